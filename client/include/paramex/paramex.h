@@ -1,0 +1,183 @@
+/* libparamex — the paramex client library.
+ *
+ * A worker connects to a paramex-server, joins with its rank, declares the tensors it
+ * trains, and then, every step s, pushes its gradients for step s and pulls the
+ * parameters of version s+1 (the server aggregates the gradients of all workers for a
+ * step, in rank order, and applies the optimizer). Version 0 holds the initial values.
+ *
+ *     pmx_client* c;  pmx_tensor* w;
+ *     pmx_connect("127.0.0.1:50051", NULL, &c);
+ *     pmx_join(c, rank, world_size, NULL);
+ *     pmx_declare(c, "w", PMX_F32, shape, 2, &init, &w);
+ *     pmx_pull(c, 1, &w, &params, 0);               // version 0
+ *     for (s = 0; s < steps; s++) {
+ *       compute(params, grad);
+ *       pmx_push(c, s, 1, &w, &grad);
+ *       pmx_pull(c, 1, &w, &params, s + 1);
+ *     }
+ *     pmx_client_destroy(c);
+ *
+ * Conventions:
+ *  - Every function returning pmx_status returns PMX_OK (0) or an error; on error nothing
+ *    was written to the output arguments and pmx_last_error() holds a one-line message
+ *    from the server or the library for the calling thread.
+ *  - Handles are opaque. A pmx_client may be used from several threads at once unless a
+ *    function says otherwise; a pmx_op belongs to the thread that waits on it.
+ *  - No gRPC or protobuf type appears here; the library hides every other symbol.
+ */
+#ifndef PARAMEX_H
+#define PARAMEX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define PMX_API __attribute__((visibility("default")))
+#else
+#define PMX_API
+#endif
+
+#define PMX_VERSION_MAJOR 0
+#define PMX_VERSION_MINOR 1
+#define PMX_VERSION_PATCH 0
+/* The library's version as "MAJOR.MINOR.PATCH" (static string). */
+PMX_API const char* pmx_version(void);
+
+/* Errors. The values are pinned; the first ones equal gRPC status codes. */
+typedef enum pmx_status {
+  PMX_OK = 0,
+  PMX_ERR_CANCELLED = 1,
+  PMX_ERR_UNKNOWN = 2,
+  PMX_ERR_INVALID_ARGUMENT = 3,    /* bad argument or request (shape, length, name, ...) */
+  PMX_ERR_DEADLINE_EXCEEDED = 4,   /* the timeout ran out */
+  PMX_ERR_NOT_FOUND = 5,           /* unknown tensor */
+  PMX_ERR_ALREADY_EXISTS = 6,
+  PMX_ERR_PERMISSION_DENIED = 7,
+  PMX_ERR_RESOURCE_EXHAUSTED = 8,  /* a server limit */
+  PMX_ERR_FAILED_PRECONDITION = 9, /* e.g. not joined, stale incarnation, shape conflict */
+  PMX_ERR_ABORTED = 10,
+  PMX_ERR_OUT_OF_RANGE = 11,       /* e.g. a step ahead of the server's version */
+  PMX_ERR_UNIMPLEMENTED = 12,
+  PMX_ERR_INTERNAL = 13,
+  PMX_ERR_UNAVAILABLE = 14,        /* server not reachable or shutting down */
+  PMX_ERR_DATA_LOSS = 15,          /* checksum mismatch */
+  PMX_ERR_UNAUTHENTICATED = 16,
+  PMX_ERR_NO_MEMORY = 100,
+  PMX_ERR_PROTOCOL = 101,          /* the server sent something malformed */
+} pmx_status;
+
+/* Static English name of a status, e.g. "invalid argument". Never NULL. */
+PMX_API const char* pmx_strerror(pmx_status status);
+/* The calling thread's message for its last failed call (static per thread, overwritten
+ * by the next failure). "" when none. */
+PMX_API const char* pmx_last_error(void);
+
+typedef enum pmx_dtype { PMX_F32 = 1, PMX_BF16 = 2, PMX_F16 = 3 } pmx_dtype;
+
+typedef struct pmx_client pmx_client;
+typedef struct pmx_tensor pmx_tensor; /* owned by its client; valid until pmx_client_destroy */
+typedef struct pmx_op pmx_op;
+
+typedef struct pmx_options {
+  /* Deadline of each call in milliseconds (pull waits included); 0 = 60000. */
+  int64_t timeout_ms;
+  /* How long pmx_join waits for a server that is not reachable yet; 0 = 30000. */
+  int64_t connect_timeout_ms;
+} pmx_options;
+
+/* Creates a client for the server at addr ("HOST:PORT"). opts may be NULL. Connecting is
+ * lazy: an unreachable server is reported by the first call. *out is destroyed with
+ * pmx_client_destroy. */
+PMX_API pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** out);
+/* Cancels operations still running, waits for them, frees the client and its tensors.
+ * Accepts NULL. No other thread may use the client during or after this call. */
+PMX_API void pmx_client_destroy(pmx_client* client);
+
+typedef struct pmx_join_info {
+  uint32_t worker_id;
+  uint64_t incarnation;
+  uint32_t world_size;
+} pmx_join_info;
+
+/* Joins as worker `rank` of `world_size` (which must match the server's --workers),
+ * waiting up to connect_timeout_ms for the server to come up. A new join (for example
+ * after a restart) gets a new incarnation; pushes of the old incarnation are refused.
+ * info may be NULL. Must precede pmx_push. */
+PMX_API pmx_status pmx_join(pmx_client* client, uint32_t rank, uint32_t world_size,
+                            pmx_join_info* info);
+
+typedef enum pmx_init_kind {
+  PMX_INIT_ZEROS = 0,
+  PMX_INIT_CONSTANT = 1, /* a */
+  PMX_INIT_NORMAL = 2,   /* mean a, standard deviation b */
+  PMX_INIT_UNIFORM = 3,  /* [a, b) */
+} pmx_init_kind;
+
+typedef struct pmx_init {
+  pmx_init_kind kind;
+  float a, b;
+  uint64_t seed;
+} pmx_init;
+
+/* Declares tensor `name` (1..255 bytes) of dtype and shape (ndim 1..8, every dimension
+ * >= 1). The first declaration creates it; later ones (from any worker) must give the same
+ * dtype and shape and get the same tensor (PMX_ERR_FAILED_PRECONDITION otherwise). Initial
+ * values: `values` (numel elements of dtype, copied before return; large tensors are sent
+ * in several calls) or, when values is NULL, the seeded initializer `init` (NULL = zeros),
+ * generated on the server. Values are used only by the creating call. *out stays valid
+ * until pmx_client_destroy. */
+PMX_API pmx_status pmx_declare(pmx_client* client, const char* name, pmx_dtype dtype,
+                               const uint64_t* shape, size_t ndim, const void* values,
+                               const pmx_init* init, pmx_tensor** out);
+
+/* Facts about a declared tensor. */
+PMX_API uint64_t pmx_tensor_numel(const pmx_tensor* t);
+PMX_API size_t pmx_tensor_bytes(const pmx_tensor* t);
+PMX_API uint32_t pmx_tensor_id(const pmx_tensor* t);
+PMX_API uint32_t pmx_tensor_num_chunks(const pmx_tensor* t);
+
+/* Pushes this worker's gradients for `step`: grads[i] holds numel elements of tensors[i]'s
+ * dtype. Returns once the server acknowledged every chunk. A retried push of a step that
+ * was already counted is acknowledged and not counted twice. grads are read in place (not
+ * copied) and must not change until the call returns. */
+PMX_API pmx_status pmx_push(pmx_client* client, uint64_t step, size_t n,
+                            pmx_tensor* const* tensors, const void* const* grads);
+
+/* Pulls the parameters of tensors[i] into dst[i] (numel elements each), waiting until
+ * every chunk reached min_version (within timeout_ms). The client remembers which version
+ * each dst holds, so chunks that did not change since are not sent again; dst must
+ * therefore not be modified between pulls (pass a different buffer and it is refilled).
+ * versions (may be NULL) receives the lowest chunk version of each tensor. */
+PMX_API pmx_status pmx_pull(pmx_client* client, size_t n, pmx_tensor* const* tensors,
+                            void* const* dst, uint64_t min_version, uint64_t* versions);
+
+/* Asynchronous forms: start the operation and return at once; the same arguments must
+ * stay valid (and grads unchanged, dst untouched) until pmx_op_wait returned. A worker can
+ * so overlap its push of step s with its pull for step s + 1, or start the next pull
+ * while it computes. */
+PMX_API pmx_status pmx_push_async(pmx_client* client, uint64_t step, size_t n,
+                                  pmx_tensor* const* tensors, const void* const* grads,
+                                  pmx_op** op);
+PMX_API pmx_status pmx_pull_async(pmx_client* client, size_t n, pmx_tensor* const* tensors,
+                                  void* const* dst, uint64_t min_version, uint64_t* versions,
+                                  pmx_op** op);
+/* Waits for the operation, returns its result and frees it (op is invalid afterwards,
+ * even on error). */
+PMX_API pmx_status pmx_op_wait(pmx_op* op);
+
+/* Counters of this client since pmx_connect. */
+typedef struct pmx_client_stats {
+  uint64_t push_chunks, push_raw_bytes, push_wire_bytes;
+  uint64_t pull_chunks, pull_raw_bytes, pull_wire_bytes, pull_unchanged_chunks;
+  uint64_t checksum_failures;
+} pmx_client_stats;
+PMX_API void pmx_client_get_stats(pmx_client* client, pmx_client_stats* out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

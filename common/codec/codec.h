@@ -1,0 +1,28 @@
+/* paramex codecs shared by client and server: element types, checksums of chunk
+ * contents, and the deterministic seeded initializers. */
+#ifndef PMX_CODEC_H
+#define PMX_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Element types; values equal the wire enum paramex.v1.DType. */
+enum { PMX_DT_F32 = 1, PMX_DT_BF16 = 2, PMX_DT_F16 = 3 };
+/* Bytes per element, 0 for an unknown type. */
+size_t pmx_dtype_size(int dtype);
+const char* pmx_dtype_name(int dtype); /* "f32", "bf16", "f16", "?" */
+
+/* xxh64 with seed 0 of the chunk's decoded contents (libxxhash). */
+uint64_t pmx_checksum(const void* p, size_t n);
+
+/* Initializer kinds; values equal paramex.v1.Initializer.Kind. */
+enum { PMX_INIT_ZEROS = 0, PMX_INIT_CONSTANT = 1, PMX_INIT_NORMAL = 2, PMX_INIT_UNIFORM = 3 };
+/* Fills dst[0..n) with elements first..first+n of the tensor initialised with (kind, a,
+ * b, seed). Element i depends only on (kind, a, b, seed, i), so any chunking gives the
+ * same tensor and client and server agree bit for bit. NORMAL: mean a, stddev b
+ * (Box-Muller on counter-based splitmix64 uniforms); UNIFORM: [a, b). Returns -1 for an
+ * unknown kind. */
+int pmx_init_fill_f32(float* dst, uint64_t first, size_t n, int kind, float a, float b,
+                      uint64_t seed);
+
+#endif

@@ -1,0 +1,164 @@
+/* The transport adapter: the ONLY code in paramex that calls grpc_* (the gRPC C core API
+ * changes between releases). Everything above it sees messages as segments (pmx_iov),
+ * statuses as integers equal to gRPC's codes, and calls as opaque handles driven by
+ * callbacks. See shared/notes/grpc-core.md for the traps this layer handles.
+ *
+ * Threads: each server and each channel owns its completion-queue threads. Callbacks
+ * run on those threads unless stated otherwise and must not block; hand work to a pool.
+ * Every call operation below is thread-safe and may be called from any thread. */
+#ifndef PMX_RPC_H
+#define PMX_RPC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "wire/wire.h"
+
+/* Status codes, equal to gRPC's. */
+enum {
+  PMX_ST_OK = 0, PMX_ST_CANCELLED = 1, PMX_ST_UNKNOWN = 2, PMX_ST_INVALID_ARGUMENT = 3,
+  PMX_ST_DEADLINE_EXCEEDED = 4, PMX_ST_NOT_FOUND = 5, PMX_ST_ALREADY_EXISTS = 6,
+  PMX_ST_PERMISSION_DENIED = 7, PMX_ST_RESOURCE_EXHAUSTED = 8, PMX_ST_FAILED_PRECONDITION = 9,
+  PMX_ST_ABORTED = 10, PMX_ST_OUT_OF_RANGE = 11, PMX_ST_UNIMPLEMENTED = 12,
+  PMX_ST_INTERNAL = 13, PMX_ST_UNAVAILABLE = 14, PMX_ST_DATA_LOSS = 15,
+  PMX_ST_UNAUTHENTICATED = 16
+};
+const char* pmx_status_name(int status); /* "INVALID_ARGUMENT", ... */
+
+/* Largest message either side accepts (gRPC's default receive limit). */
+#define PMX_RPC_MAX_MESSAGE (4u << 20)
+
+void pmx_rpc_init(void);     /* grpc_init; reference counted */
+void pmx_rpc_shutdown(void); /* grpc_shutdown */
+
+/* ---- received messages --------------------------------------------------------------
+ * A received message. The receiver owns it and frees it with pmx_msg_free (any thread). */
+typedef struct pmx_msg pmx_msg;
+size_t pmx_msg_len(const pmx_msg* m);
+/* The message's segments (pointers into gRPC's slices, valid until pmx_msg_free). */
+const pmx_iov* pmx_msg_segments(pmx_msg* m, size_t* nseg);
+/* The whole message contiguous (copied once on first use when it has several segments;
+ * valid until pmx_msg_free). NULL only when out of memory. */
+const uint8_t* pmx_msg_flat(pmx_msg* m, size_t* len);
+void pmx_msg_free(pmx_msg* m); /* accepts NULL */
+
+/* Outgoing messages are a copied head (small: protobuf header fields, a packed control
+ * message) followed by an optional zero-copy body. release(release_ctx) runs exactly once,
+ * on any thread, when gRPC no longer references body (immediately when body is NULL or
+ * the send could not start). */
+typedef void (*pmx_release_fn)(void* release_ctx);
+typedef struct pmx_out {
+  const void* head;
+  size_t head_len;
+  const void* body;
+  size_t body_len;
+  pmx_release_fn release;
+  void* release_ctx;
+} pmx_out;
+
+/* ---- server ------------------------------------------------------------------------- */
+typedef struct pmx_rpc_server pmx_rpc_server;
+typedef struct pmx_srv_call pmx_srv_call;
+
+typedef enum { PMX_RPC_UNARY, PMX_RPC_CLIENT_STREAMING, PMX_RPC_SERVER_STREAMING } pmx_rpc_kind;
+
+typedef struct pmx_rpc_method {
+  const char* path; /* "/paramex.v1.ParameterExchange/Push"; must outlive the server */
+  pmx_rpc_kind kind;
+  /* A new call (CQ thread). For unary and server-streaming methods req is the request
+   * (owned by the handler; NULL when the client sent none); NULL for client streaming.
+   * The handler must eventually finish the call, or it lives until the client's deadline
+   * or cancel. */
+  void (*on_call)(void* svc, pmx_srv_call* call, pmx_msg* req);
+} pmx_rpc_method;
+
+typedef struct pmx_srv_call_cbs {
+  /* After pmx_srv_call_read: ok && msg: a message (yours); ok && !msg: the client
+   * half-closed; !ok: the call failed or was cancelled. */
+  void (*on_message)(pmx_srv_call* call, void* ctx, pmx_msg* msg, bool ok);
+  /* After pmx_srv_call_send: ok false when the call failed. */
+  void (*on_sent)(pmx_srv_call* call, void* ctx, bool ok);
+  /* Once, when the call is over on the wire (status sent, cancelled or deadline).
+   * cancelled: ended without the status we sent. Release references to the call that
+   * parked work holds. May be NULL. */
+  void (*on_closed)(pmx_srv_call* call, void* ctx, bool cancelled);
+  /* Once, last, after on_closed, when no operation is pending and no reference is held:
+   * free ctx here. Runs on the thread that dropped the last reference. May be NULL. */
+  void (*on_done)(pmx_srv_call* call, void* ctx);
+} pmx_srv_call_cbs;
+
+/* Attach callbacks and context (in on_call, before any other operation). */
+void pmx_srv_call_set(pmx_srv_call* call, const pmx_srv_call_cbs* cbs, void* ctx);
+void pmx_srv_call_ref(pmx_srv_call* call);
+void pmx_srv_call_unref(pmx_srv_call* call);
+/* Request the next client message (one outstanding read at a time). false when the call
+ * is already finished (no callback follows). */
+bool pmx_srv_call_read(pmx_srv_call* call);
+/* Send one message (one outstanding send at a time). false when finished (release has
+ * run, no callback follows). */
+bool pmx_srv_call_send(pmx_srv_call* call, const pmx_out* out);
+/* Send an optional last message (out may be NULL) and the status. Only the first finish
+ * of a call has effect; details is copied. */
+void pmx_srv_call_finish(pmx_srv_call* call, const pmx_out* out, int status, const char* details);
+/* A request header's value, or NULL. Valid while the call lives. key is lower case. */
+const char* pmx_srv_call_header(pmx_srv_call* call, const char* key, char* buf, size_t cap);
+/* "ipv4:127.0.0.1:5000" style peer; copied into buf. */
+const char* pmx_srv_call_peer(pmx_srv_call* call, char* buf, size_t cap);
+
+typedef struct pmx_rpc_server_opts {
+  const char* listen;   /* "HOST:PORT", port 0 = ephemeral */
+  unsigned cq_threads;  /* completion-queue threads, >= 1 */
+} pmx_rpc_server_opts;
+
+/* Creates, binds and starts the server. Unknown methods are answered UNIMPLEMENTED.
+ * *port receives the bound port. NULL with one line in err on failure. */
+pmx_rpc_server* pmx_rpc_server_start(const pmx_rpc_server_opts* opts, const pmx_rpc_method* methods,
+                                     size_t nmethods, void* svc, int* port, char* err, size_t errlen);
+/* Stops accepting calls and waits up to drain_ms for the live calls to end, then cancels
+ * the rest, waits for every call to be done and stops the threads. Blocking; call once,
+ * not from a callback. */
+void pmx_rpc_server_shutdown(pmx_rpc_server* srv, int64_t drain_ms);
+void pmx_rpc_server_destroy(pmx_rpc_server* srv); /* after shutdown; accepts NULL */
+size_t pmx_rpc_server_live_calls(pmx_rpc_server* srv);
+
+/* ---- client ------------------------------------------------------------------------- */
+typedef struct pmx_rpc_channel pmx_rpc_channel;
+typedef struct pmx_cli_call pmx_cli_call;
+
+/* A channel to target "HOST:PORT" with its own completion-queue thread. NULL with one line
+ * in err on failure. Connecting is lazy. */
+pmx_rpc_channel* pmx_rpc_channel_create(const char* target, char* err, size_t errlen);
+/* Cancels live calls, waits for them to be done, stops the thread. Accepts NULL. */
+void pmx_rpc_channel_destroy(pmx_rpc_channel* ch);
+
+typedef struct pmx_cli_call_cbs {
+  void (*on_message)(pmx_cli_call* call, void* ctx, pmx_msg* msg); /* NULL: end or failure */
+  void (*on_sent)(pmx_cli_call* call, void* ctx, bool ok);
+  /* Once, last, when the status arrived, no operation is pending and no reference is
+   * held. details is valid during the callback only. Free ctx here. */
+  void (*on_done)(pmx_cli_call* call, void* ctx, int status, const char* details);
+} pmx_cli_call_cbs;
+
+/* Starts a call on method path with a deadline timeout_ms from now. wait_for_ready:
+ * queue the call while the server is not reachable yet (until the deadline) instead of
+ * failing UNAVAILABLE at once. Returns NULL only when out of memory. */
+pmx_cli_call* pmx_cli_call_start(pmx_rpc_channel* ch, const char* path, int64_t timeout_ms,
+                                 bool wait_for_ready, const pmx_cli_call_cbs* cbs, void* ctx);
+void pmx_cli_call_ref(pmx_cli_call* call);
+void pmx_cli_call_unref(pmx_cli_call* call);
+/* One outstanding send at a time; last: also half-close. false when the call is over
+ * (release has run, no callback follows). */
+bool pmx_cli_call_send(pmx_cli_call* call, const pmx_out* out, bool last);
+bool pmx_cli_call_close_send(pmx_cli_call* call); /* half-close without a message */
+/* One outstanding read at a time. */
+bool pmx_cli_call_read(pmx_cli_call* call);
+void pmx_cli_call_cancel(pmx_cli_call* call);
+
+/* Blocking unary call. Returns the status; on OK *resp (malloc'd, caller frees) and
+ * *resp_len hold the response. details gets the status message (may be empty). */
+int pmx_rpc_unary(pmx_rpc_channel* ch, const char* path, const void* req, size_t req_len,
+                  int64_t timeout_ms, bool wait_for_ready, uint8_t** resp, size_t* resp_len,
+                  char* details, size_t details_cap);
+
+#endif
