@@ -16,7 +16,7 @@ const char* pmx_dtype_name(int dtype); /* "f32", "bf16", "f16", "?" */
 uint64_t pmx_checksum(const void* p, size_t n);
 
 /* Initializer kinds; values equal paramex.v1.Initializer.Kind. */
-enum { PMX_INIT_ZEROS = 0, PMX_INIT_CONSTANT = 1, PMX_INIT_NORMAL = 2, PMX_INIT_UNIFORM = 3 };
+enum { PMX_FILL_ZEROS = 0, PMX_FILL_CONSTANT = 1, PMX_FILL_NORMAL = 2, PMX_FILL_UNIFORM = 3 };
 /* Fills dst[0..n) with elements first..first+n of the tensor initialised with (kind, a,
  * b, seed). Element i depends only on (kind, a, b, seed, i), so any chunking gives the
  * same tensor and client and server agree bit for bit. NORMAL: mean a, stddev b

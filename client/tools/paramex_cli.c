@@ -1,0 +1,553 @@
+/* paramex: command-line tool for a running paramex-server.
+ *
+ *   paramex health ADDR [--wait SECONDS] [--service NAME]   grpc.health.v1 Check
+ *   paramex stats ADDR [--json]                             ParameterExchange/Stats
+ *   paramex version | --help
+ *
+ * Exit status: 0 success (health: SERVING), 1 failure (RPC error, NOT_SERVING), 2 usage.
+ * Talks to the server only through common/rpc; messages are (de)serialised with
+ * protobuf-c. Strings from the server are untrusted: control characters are replaced
+ * before they reach the terminal and JSON output is always valid UTF-8. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "codec/codec.h"
+#include "health.pb-c.h"
+#include "paramex.pb-c.h"
+#include "rpc/rpc.h"
+#include "util/util.h"
+
+#ifndef PMX_VERSION
+#define PMX_VERSION "0.1.0"
+#endif
+
+#define HEALTH_CHECK_PATH "/grpc.health.v1.Health/Check"
+#define STATS_PATH "/paramex.v1.ParameterExchange/Stats"
+#define HEALTH_TIMEOUT_MS 5000
+#define STATS_TIMEOUT_MS 10000
+#define WAIT_MAX_S 86400.0
+
+/* ---- small helpers ------------------------------------------------------------------ */
+
+/* Length of the valid UTF-8 sequence at p (n bytes available), 0 when invalid. */
+static size_t utf8_seq(const unsigned char* p, size_t n) {
+  unsigned char c = p[0];
+  size_t len;
+  unsigned char lo = 0x80, hi = 0xBF; /* bounds of the second byte */
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) len = 2;
+  else if (c == 0xE0) { len = 3; lo = 0xA0; }
+  else if (c == 0xED) { len = 3; hi = 0x9F; }  /* no surrogates */
+  else if (c >= 0xE1 && c <= 0xEF) len = 3;
+  else if (c == 0xF0) { len = 4; lo = 0x90; }
+  else if (c >= 0xF1 && c <= 0xF3) len = 4;
+  else if (c == 0xF4) { len = 4; hi = 0x8F; }  /* <= U+10FFFF */
+  else return 0;
+  if (n < len || p[1] < lo || p[1] > hi) return 0;
+  for (size_t i = 2; i < len; i++)
+    if (p[i] < 0x80 || p[i] > 0xBF) return 0;
+  return len;
+}
+
+/* Copies s into buf with every control character and every byte that is not valid UTF-8
+ * replaced by replacement, so that text from the server or from gRPC stays on one line
+ * and cannot drive the terminal. */
+static const char* one_line(const char* s, char* buf, size_t cap, char replacement) {
+  const unsigned char* p = (const unsigned char*)(s ? s : "");
+  size_t n = 0, left = strlen((const char*)p);
+  while (left && n + 1 < cap) {
+    size_t len = utf8_seq(p, left);
+    if (len == 0 || len >= cap - n || (len == 1 && (*p < 0x20 || *p == 0x7f))) {
+      buf[n++] = replacement;
+      len = 1;
+    } else {
+      memcpy(buf + n, p, len);
+      n += len;
+    }
+    p += len;
+    left -= len;
+  }
+  buf[n] = '\0';
+  return buf;
+}
+
+static void sleep_ms(uint64_t ms) {
+  struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+static void top_usage(FILE* out) {
+  fputs("usage: paramex COMMAND [ARGS]\n"
+        "\n"
+        "commands:\n"
+        "  health ADDR [--wait SECONDS] [--service NAME]\n"
+        "                  check a server's gRPC health; exit 0 when SERVING\n"
+        "  stats ADDR [--json]\n"
+        "                  print a server's counters, tensors and workers\n"
+        "  version         print the version\n"
+        "  help            show this help\n"
+        "\n"
+        "Run 'paramex COMMAND --help' for the flags of a command.\n"
+        "Exit status: 0 success, 1 failure, 2 usage error.\n",
+        out);
+}
+
+/* Parses a subcommand's flags (argv[0] is the subcommand) and its single ADDR argument.
+ * Returns -1 to continue, otherwise the exit status. */
+static int parse_cmd(const char* cmd, const pmx_flag* flags, size_t nflags, int argc, char** argv,
+                     const char** addr) {
+  char err[256], prog[32];
+  pmx_flags_result res;
+  snprintf(prog, sizeof prog, "paramex %s", cmd);
+  int rc = pmx_flags_parse(flags, nflags, argc, argv, &res, err, sizeof err);
+  if (rc == 1) {
+    pmx_flags_usage(stdout, prog, "ADDR [flags]", flags, nflags);
+    return 0;
+  }
+  if (rc != 0) {
+    fprintf(stderr, "%s: %s\n", prog, err);
+    return 2;
+  }
+  if (res.npositional == 0) {
+    fprintf(stderr, "%s: missing ADDR (HOST:PORT)\n", prog);
+    return 2;
+  }
+  if (res.npositional > 1) {
+    fprintf(stderr, "%s: unexpected argument '%s'\n", prog, res.positional[1]);
+    return 2;
+  }
+  *addr = res.positional[0];
+  return -1;
+}
+
+/* ---- health ------------------------------------------------------------------------- */
+
+/* One Check call. Returns the gRPC status; on OK *serving receives the ServingStatus. */
+static int health_once(pmx_rpc_channel* ch, const uint8_t* req, size_t req_len, int64_t timeout_ms,
+                       bool wait_for_ready, int* serving, char* details, size_t cap) {
+  uint8_t* resp = NULL;
+  size_t resp_len = 0;
+  int st = pmx_rpc_unary(ch, HEALTH_CHECK_PATH, req, req_len, timeout_ms, wait_for_ready, &resp,
+                         &resp_len, details, cap);
+  if (st == PMX_ST_OK) {
+    Grpc__Health__V1__HealthCheckResponse* r =
+        grpc__health__v1__health_check_response__unpack(NULL, resp_len, resp);
+    if (!r) {
+      st = PMX_ST_INTERNAL;
+      snprintf(details, cap, "malformed HealthCheckResponse");
+    } else {
+      *serving = (int)r->status;
+      grpc__health__v1__health_check_response__free_unpacked(r, NULL);
+    }
+  }
+  free(resp);
+  return st;
+}
+
+static const char* serving_name(int s, char* buf, size_t cap) {
+  switch (s) {
+    case GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__UNKNOWN: return "UNKNOWN";
+    case GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING: return "SERVING";
+    case GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING: return "NOT_SERVING";
+    case GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN:
+      return "SERVICE_UNKNOWN";
+    default: snprintf(buf, cap, "UNKNOWN(%d)", s); return buf;
+  }
+}
+
+static int cmd_health(int argc, char** argv) {
+  double wait_s = 0;
+  const char* service = "";
+  const pmx_flag flags[] = {
+      {"wait", PMX_FLAG_F64, &wait_s, 0, WAIT_MAX_S, "SECONDS",
+       "retry until SERVING or this many seconds passed (0: one attempt, 5 s deadline)"},
+      {"service", PMX_FLAG_STR, &service, 0, 0, "NAME", "service to check (empty: the server)"},
+  };
+  const char* addr = NULL;
+  int rc = parse_cmd("health", flags, sizeof flags / sizeof flags[0], argc, argv, &addr);
+  if (rc >= 0) return rc;
+
+  Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+  req.service = (char*)service;
+  size_t req_len = grpc__health__v1__health_check_request__get_packed_size(&req);
+  uint8_t* req_buf = malloc(req_len ? req_len : 1);
+  if (!req_buf) {
+    fprintf(stderr, "paramex: health %s: out of memory\n", addr);
+    return 1;
+  }
+  grpc__health__v1__health_check_request__pack(&req, req_buf);
+
+  pmx_rpc_init();
+  char err[256], details[512];
+  pmx_rpc_channel* ch = pmx_rpc_channel_create(addr, err, sizeof err);
+  int st = PMX_ST_UNKNOWN, serving = -1;
+  details[0] = '\0';
+  if (!ch) {
+    st = PMX_ST_INVALID_ARGUMENT;
+    pmx_strlcpy(details, err, sizeof details);
+  } else if (wait_s <= 0) {
+    st = health_once(ch, req_buf, req_len, HEALTH_TIMEOUT_MS, false, &serving, details,
+                     sizeof details);
+  } else {
+    /* Each attempt may use all the time that is left (wait_for_ready queues it until the
+     * server is reachable). An attempt that ends early (NOT_SERVING, the server not up
+     * yet, a refused connection) is retried after a pause that grows from 50 ms to 1 s,
+     * which also bounds the number of attempts by about 8 + wait seconds. */
+    const uint64_t deadline = pmx_now_ms() + (uint64_t)(wait_s * 1000.0 + 0.5);
+    const unsigned max_attempts = 16 + (unsigned)wait_s;
+    uint64_t pause = 50;
+    for (unsigned attempt = 0; attempt < max_attempts; attempt++) {
+      uint64_t now = pmx_now_ms();
+      int64_t left = deadline > now ? (int64_t)(deadline - now) : 0;
+      if (attempt > 0 && left == 0) break;
+      serving = -1;
+      st = health_once(ch, req_buf, req_len, left > 0 ? left : 1, true, &serving, details,
+                       sizeof details);
+      if (st == PMX_ST_OK && serving == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING)
+        break;
+      now = pmx_now_ms();
+      if (now >= deadline) break;
+      sleep_ms(pause < deadline - now ? pause : deadline - now);
+      pause = pause * 2 < 1000 ? pause * 2 : 1000;
+    }
+  }
+  pmx_rpc_channel_destroy(ch);
+  pmx_rpc_shutdown();
+  free(req_buf);
+
+  char line[512], nbuf[32];
+  if (st != PMX_ST_OK) {
+    if (details[0])
+      fprintf(stderr, "error: %s: %s\n", pmx_status_name(st), one_line(details, line, sizeof line, ' '));
+    else
+      fprintf(stderr, "error: %s\n", pmx_status_name(st));
+    return 1;
+  }
+  printf("%s\n", serving_name(serving, nbuf, sizeof nbuf));
+  if (fflush(stdout) != 0) return 1;
+  return serving == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING ? 0 : 1;
+}
+
+/* ---- JSON --------------------------------------------------------------------------- */
+
+/* Writes s as a JSON string: escapes quotes, backslashes and control characters, and
+ * replaces bytes that are not valid UTF-8 with U+FFFD. */
+static void json_str(FILE* out, const char* s) {
+  const unsigned char* p = (const unsigned char*)(s ? s : "");
+  size_t n = strlen((const char*)p);
+  fputc('"', out);
+  for (size_t i = 0; i < n;) {
+    unsigned char c = p[i];
+    switch (c) {
+      case '"': fputs("\\\"", out); i++; continue;
+      case '\\': fputs("\\\\", out); i++; continue;
+      case '\b': fputs("\\b", out); i++; continue;
+      case '\f': fputs("\\f", out); i++; continue;
+      case '\n': fputs("\\n", out); i++; continue;
+      case '\r': fputs("\\r", out); i++; continue;
+      case '\t': fputs("\\t", out); i++; continue;
+      default: break;
+    }
+    if (c < 0x20) {
+      fprintf(out, "\\u%04x", c);
+      i++;
+      continue;
+    }
+    size_t len = utf8_seq(p + i, n - i);
+    if (len == 0) {
+      fputs("\\ufffd", out);
+      i++;
+    } else {
+      fwrite(p + i, 1, len, out);
+      i += len;
+    }
+  }
+  fputc('"', out);
+}
+
+static void json_key(FILE* out, const char* key, bool* first) {
+  if (!*first) fputc(',', out);
+  *first = false;
+  json_str(out, key);
+  fputc(':', out);
+}
+
+static void json_u64(FILE* out, const char* key, uint64_t v, bool* first) {
+  json_key(out, key, first);
+  fprintf(out, "%" PRIu64, v);
+}
+
+static void json_string_field(FILE* out, const char* key, const char* v, bool* first) {
+  json_key(out, key, first);
+  json_str(out, v);
+}
+
+/* Enums as their proto value names, as the protobuf JSON mapping writes them; a number
+ * when the value is unknown. */
+static void json_enum(FILE* out, const char* key, const ProtobufCEnumDescriptor* d, int v,
+                      bool* first) {
+  const ProtobufCEnumValue* ev = protobuf_c_enum_descriptor_get_value(d, v);
+  json_key(out, key, first);
+  if (ev)
+    json_str(out, ev->name);
+  else
+    fprintf(out, "%d", v);
+}
+
+static void stats_json(FILE* out, const Paramex__V1__StatsResponse* r) {
+  bool first = true;
+  fputc('{', out);
+  json_string_field(out, "server_id", r->server_id, &first);
+  json_u64(out, "uptime_ms", r->uptime_ms, &first);
+  json_u64(out, "workers_expected", r->workers_expected, &first);
+  json_u64(out, "workers_joined", r->workers_joined, &first);
+  json_u64(out, "push_chunks", r->push_chunks, &first);
+  json_u64(out, "push_duplicates", r->push_duplicates, &first);
+  json_u64(out, "push_raw_bytes", r->push_raw_bytes, &first);
+  json_u64(out, "push_wire_bytes", r->push_wire_bytes, &first);
+  json_u64(out, "pull_chunks", r->pull_chunks, &first);
+  json_u64(out, "pull_raw_bytes", r->pull_raw_bytes, &first);
+  json_u64(out, "pull_wire_bytes", r->pull_wire_bytes, &first);
+  json_u64(out, "steps_completed", r->steps_completed, &first);
+  json_u64(out, "rejected_calls", r->rejected_calls, &first);
+  json_key(out, "tensors", &first);
+  fputc('[', out);
+  for (size_t i = 0; i < r->n_tensors; i++) {
+    const Paramex__V1__TensorStats* t = r->tensors[i];
+    bool f = true;
+    fputs(i ? ",{" : "{", out);
+    json_u64(out, "id", t->id, &f);
+    json_string_field(out, "name", t->name, &f);
+    json_enum(out, "dtype", &paramex__v1__dtype__descriptor, (int)t->dtype, &f);
+    json_key(out, "shape", &f);
+    fputc('[', out);
+    for (size_t k = 0; k < t->n_shape; k++) fprintf(out, "%s%" PRIu64, k ? "," : "", t->shape[k]);
+    fputc(']', out);
+    json_u64(out, "version_min", t->version_min, &f);
+    json_u64(out, "version_max", t->version_max, &f);
+    json_u64(out, "bytes", t->bytes, &f);
+    json_u64(out, "num_chunks", t->num_chunks, &f);
+    json_u64(out, "checksum", t->checksum, &f);
+    fputc('}', out);
+  }
+  fputc(']', out);
+  json_key(out, "workers", &first);
+  fputc('[', out);
+  for (size_t i = 0; i < r->n_workers; i++) {
+    const Paramex__V1__WorkerStats* w = r->workers[i];
+    bool f = true;
+    fputs(i ? ",{" : "{", out);
+    json_u64(out, "rank", w->rank, &f);
+    json_u64(out, "incarnation", w->incarnation, &f);
+    json_string_field(out, "name", w->name, &f);
+    json_u64(out, "chunks_pushed", w->chunks_pushed, &f);
+    json_u64(out, "last_seen_ms", w->last_seen_ms, &f);
+    fputc('}', out);
+  }
+  fputc(']', out);
+  json_u64(out, "version_min", r->version_min, &first);
+  json_u64(out, "version_max", r->version_max, &first);
+  fputs("}\n", out);
+}
+
+/* ---- human-readable stats ----------------------------------------------------------- */
+
+static const char* human_bytes(uint64_t v, char* buf, size_t cap) {
+  static const char* const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double d = (double)v;
+  int u = 0;
+  while (d >= 1024.0 && u < 6) {
+    d /= 1024.0;
+    u++;
+  }
+  if (u == 0)
+    snprintf(buf, cap, "%" PRIu64 " B", v);
+  else
+    snprintf(buf, cap, "%.1f %s", d, units[u]);
+  return buf;
+}
+
+static const char* ratio(uint64_t wire, uint64_t raw, char* buf, size_t cap) {
+  if (raw == 0)
+    snprintf(buf, cap, "n/a");
+  else
+    snprintf(buf, cap, "%.3f", (double)wire / (double)raw);
+  return buf;
+}
+
+static const char* human_duration(uint64_t ms, char* buf, size_t cap) {
+  uint64_t s = ms / 1000;
+  if (s < 60)
+    snprintf(buf, cap, "%.1f s", (double)ms / 1000.0);
+  else if (s < 3600)
+    snprintf(buf, cap, "%" PRIu64 "m%02" PRIu64 "s", s / 60, s % 60);
+  else
+    snprintf(buf, cap, "%" PRIu64 "h%02" PRIu64 "m", s / 3600, (s / 60) % 60);
+  return buf;
+}
+
+static const char* shape_str(const Paramex__V1__TensorStats* t, char* buf, size_t cap) {
+  size_t n = (size_t)snprintf(buf, cap, "[");
+  for (size_t k = 0; k < t->n_shape && n < cap; k++)
+    n += (size_t)snprintf(buf + n, cap - n, "%s%" PRIu64, k ? "," : "", t->shape[k]);
+  if (n < cap) snprintf(buf + n, cap - n, "]");
+  return buf;
+}
+
+static int text_width(const char* s, int min, int max) {
+  int n = (int)strlen(s);
+  return n < min ? min : n > max ? max : n;
+}
+
+static void stats_text(FILE* out, const Paramex__V1__StatsResponse* r) {
+  char a[64], b[256], c[64], line[512];
+  fprintf(out, "%-18s %s\n", "server_id", one_line(r->server_id, line, sizeof line, '?'));
+  fprintf(out, "%-18s %" PRIu64 " (%s)\n", "uptime_ms", r->uptime_ms,
+          human_duration(r->uptime_ms, a, sizeof a));
+  fprintf(out, "%-18s %" PRIu32 "\n", "workers_expected", r->workers_expected);
+  fprintf(out, "%-18s %" PRIu32 "\n", "workers_joined", r->workers_joined);
+  fprintf(out, "%-18s %" PRIu64 "\n", "version_min", r->version_min);
+  fprintf(out, "%-18s %" PRIu64 "\n", "version_max", r->version_max);
+  fprintf(out, "%-18s %" PRIu64 "\n", "steps_completed", r->steps_completed);
+  fprintf(out, "%-18s %" PRIu64 "\n", "rejected_calls", r->rejected_calls);
+  fprintf(out, "%-18s %" PRIu64 "\n", "push_chunks", r->push_chunks);
+  fprintf(out, "%-18s %" PRIu64 "\n", "push_duplicates", r->push_duplicates);
+  fprintf(out, "%-18s %" PRIu64 " (%s)\n", "push_raw_bytes", r->push_raw_bytes,
+          human_bytes(r->push_raw_bytes, a, sizeof a));
+  fprintf(out, "%-18s %" PRIu64 " (%s)\n", "push_wire_bytes", r->push_wire_bytes,
+          human_bytes(r->push_wire_bytes, a, sizeof a));
+  fprintf(out, "%-18s %s\n", "push wire/raw",
+          ratio(r->push_wire_bytes, r->push_raw_bytes, a, sizeof a));
+  fprintf(out, "%-18s %" PRIu64 "\n", "pull_chunks", r->pull_chunks);
+  fprintf(out, "%-18s %" PRIu64 " (%s)\n", "pull_raw_bytes", r->pull_raw_bytes,
+          human_bytes(r->pull_raw_bytes, a, sizeof a));
+  fprintf(out, "%-18s %" PRIu64 " (%s)\n", "pull_wire_bytes", r->pull_wire_bytes,
+          human_bytes(r->pull_wire_bytes, a, sizeof a));
+  fprintf(out, "%-18s %s\n", "pull wire/raw",
+          ratio(r->pull_wire_bytes, r->pull_raw_bytes, a, sizeof a));
+
+  /* Column widths follow the content (names capped at 64 characters). */
+  int wname = 4, wshape = 5;
+  for (size_t i = 0; i < r->n_tensors; i++) {
+    int wn = text_width(r->tensors[i]->name, 4, 64);
+    int ws = text_width(shape_str(r->tensors[i], b, sizeof b), 5, 63);
+    wname = wn > wname ? wn : wname;
+    wshape = ws > wshape ? ws : wshape;
+  }
+  fprintf(out, "\ntensors (%zu)\n", r->n_tensors);
+  if (r->n_tensors)
+    fprintf(out, "  %5s  %-*s  %-5s  %-*s  %11s  %11s  %14s  %8s  %s\n", "ID", wname, "NAME",
+            "DTYPE", wshape, "SHAPE", "VERSION_MIN", "VERSION_MAX", "BYTES", "CHUNKS", "CHECKSUM");
+  for (size_t i = 0; i < r->n_tensors; i++) {
+    const Paramex__V1__TensorStats* t = r->tensors[i];
+    if (t->checksum)
+      snprintf(c, sizeof c, "0x%016" PRIx64, t->checksum);
+    else
+      snprintf(c, sizeof c, "-");
+    fprintf(out, "  %5" PRIu32 "  %-*s  %-5s  %-*s  %11" PRIu64 "  %11" PRIu64 "  %14" PRIu64
+                 "  %8" PRIu32 "  %s\n",
+            t->id, wname, one_line(t->name, line, sizeof line, '?'), pmx_dtype_name((int)t->dtype),
+            wshape, shape_str(t, b, sizeof b), t->version_min, t->version_max, t->bytes,
+            t->num_chunks, c);
+  }
+
+  int wwname = 4;
+  for (size_t i = 0; i < r->n_workers; i++) {
+    int wn = text_width(r->workers[i]->name, 4, 64);
+    wwname = wn > wwname ? wn : wwname;
+  }
+  fprintf(out, "\nworkers (%zu)\n", r->n_workers);
+  if (r->n_workers)
+    fprintf(out, "  %5s  %20s  %-*s  %14s  %12s\n", "RANK", "INCARNATION", wwname, "NAME",
+            "CHUNKS_PUSHED", "LAST_SEEN_MS");
+  for (size_t i = 0; i < r->n_workers; i++) {
+    const Paramex__V1__WorkerStats* w = r->workers[i];
+    fprintf(out, "  %5" PRIu32 "  %20" PRIu64 "  %-*s  %14" PRIu64 "  %12" PRIu64 "\n", w->rank,
+            w->incarnation, wwname, one_line(w->name, line, sizeof line, '?'), w->chunks_pushed,
+            w->last_seen_ms);
+  }
+}
+
+static int cmd_stats(int argc, char** argv) {
+  bool json = false;
+  const pmx_flag flags[] = {
+      {"json", PMX_FLAG_BOOL, &json, 0, 0, NULL, "print one JSON object (proto field names)"},
+  };
+  const char* addr = NULL;
+  int rc = parse_cmd("stats", flags, sizeof flags / sizeof flags[0], argc, argv, &addr);
+  if (rc >= 0) return rc;
+
+  pmx_rpc_init();
+  char err[256], details[512], line[512];
+  pmx_rpc_channel* ch = pmx_rpc_channel_create(addr, err, sizeof err);
+  if (!ch) {
+    pmx_rpc_shutdown();
+    fprintf(stderr, "paramex: stats %s: %s\n", addr, one_line(err, line, sizeof line, ' '));
+    return 1;
+  }
+  Paramex__V1__StatsRequest req = PARAMEX__V1__STATS_REQUEST__INIT;
+  uint8_t req_buf[16];
+  size_t req_len = paramex__v1__stats_request__pack(&req, req_buf); /* 0: an empty message */
+  uint8_t* resp = NULL;
+  size_t resp_len = 0;
+  int st = pmx_rpc_unary(ch, STATS_PATH, req_buf, req_len, STATS_TIMEOUT_MS, false, &resp,
+                         &resp_len, details, sizeof details);
+  pmx_rpc_channel_destroy(ch);
+  pmx_rpc_shutdown();
+  if (st != PMX_ST_OK) {
+    fprintf(stderr, "paramex: stats %s: %s: %s\n", addr, pmx_status_name(st),
+            details[0] ? one_line(details, line, sizeof line, ' ') : "no details");
+    free(resp);
+    return 1;
+  }
+  Paramex__V1__StatsResponse* r = paramex__v1__stats_response__unpack(NULL, resp_len, resp);
+  free(resp);
+  if (!r) {
+    fprintf(stderr, "paramex: stats %s: malformed StatsResponse\n", addr);
+    return 1;
+  }
+  if (json)
+    stats_json(stdout, r);
+  else
+    stats_text(stdout, r);
+  paramex__v1__stats_response__free_unpacked(r, NULL);
+  if (fflush(stdout) != 0 || ferror(stdout)) {
+    fprintf(stderr, "paramex: stats: cannot write the output\n");
+    return 1;
+  }
+  return 0;
+}
+
+/* ---- main --------------------------------------------------------------------------- */
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    top_usage(stderr);
+    return 2;
+  }
+  const char* cmd = argv[1];
+  if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
+    top_usage(stdout);
+    return 0;
+  }
+  if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+    if (argc > 2) {
+      fprintf(stderr, "paramex: version: unexpected argument '%s'\n", argv[2]);
+      return 2;
+    }
+    printf("paramex %s\n", PMX_VERSION);
+    return fflush(stdout) == 0 ? 0 : 1;
+  }
+  if (strcmp(cmd, "health") == 0) return cmd_health(argc - 1, argv + 1);
+  if (strcmp(cmd, "stats") == 0) return cmd_stats(argc - 1, argv + 1);
+  if (cmd[0] == '-')
+    fprintf(stderr, "paramex: unknown flag %s (try 'paramex --help')\n", cmd);
+  else
+    fprintf(stderr, "paramex: unknown command '%s' (try 'paramex --help')\n", cmd);
+  return 2;
+}

@@ -1,0 +1,167 @@
+/* Messages, statuses and library init shared by the server and client adapters. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "rpc/rpc_internal.h"
+
+static const char* const status_names[] = {
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED"};
+
+const char* pmx_status_name(int status) {
+  if (status < 0 || status >= (int)(sizeof status_names / sizeof status_names[0]))
+    return "UNKNOWN_STATUS";
+  return status_names[status];
+}
+
+void pmx_rpc_init(void) { grpc_init(); }
+void pmx_rpc_shutdown(void) { grpc_shutdown(); }
+
+pmx_msg* rpc_msg_wrap(grpc_byte_buffer* bb) {
+  if (!bb) return NULL;
+  pmx_msg* m = calloc(1, sizeof *m);
+  if (!m) {
+    grpc_byte_buffer_destroy(bb);
+    return NULL;
+  }
+  m->bb = bb;
+  return m;
+}
+
+size_t pmx_msg_len(const pmx_msg* m) { return grpc_byte_buffer_length(m->bb); }
+
+const pmx_iov* pmx_msg_segments(pmx_msg* m, size_t* nseg) {
+  if (!m->rd_init) {
+    /* The reader decompresses a compressed message into its own buffer; it lives as
+     * long as the message. */
+    if (!grpc_byte_buffer_reader_init(&m->rd, m->bb)) {
+      *nseg = 0;
+      return NULL;
+    }
+    m->rd_init = true;
+    size_t cap = 0;
+    grpc_slice* s;
+    while (grpc_byte_buffer_reader_peek(&m->rd, &s)) {
+      if (m->nseg == cap) {
+        size_t ncap = cap ? cap * 2 : 16;
+        pmx_iov* n = realloc(m->seg, ncap * sizeof *n);
+        if (!n) {
+          *nseg = 0;
+          return NULL;
+        }
+        m->seg = n;
+        cap = ncap;
+      }
+      m->seg[m->nseg].p = GRPC_SLICE_START_PTR(*s);
+      m->seg[m->nseg].n = GRPC_SLICE_LENGTH(*s);
+      m->nseg++;
+    }
+  }
+  *nseg = m->nseg;
+  return m->seg;
+}
+
+const uint8_t* pmx_msg_flat(pmx_msg* m, size_t* len) {
+  size_t n;
+  const pmx_iov* seg = pmx_msg_segments(m, &n);
+  if (!m->rd_init) return NULL;
+  if (n == 0) {
+    *len = 0;
+    return (const uint8_t*)"";
+  }
+  if (n == 1) {
+    *len = seg[0].n;
+    return seg[0].p;
+  }
+  if (!m->flat) {
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) total += seg[i].n;
+    m->flat = malloc(total ? total : 1);
+    if (!m->flat) return NULL;
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+      memcpy(m->flat + off, seg[i].p, seg[i].n);
+      off += seg[i].n;
+    }
+  }
+  *len = grpc_byte_buffer_length(m->bb);
+  return m->flat;
+}
+
+void pmx_msg_free(pmx_msg* m) {
+  if (!m) return;
+  if (m->rd_init) grpc_byte_buffer_reader_destroy(&m->rd);
+  grpc_byte_buffer_destroy(m->bb);
+  free(m->seg);
+  free(m->flat);
+  free(m);
+}
+
+typedef struct release_box {
+  pmx_release_fn fn;
+  void* ctx;
+} release_box;
+
+static void release_trampoline(void* p) {
+  release_box* b = p;
+  b->fn(b->ctx);
+  free(b);
+}
+
+void rpc_out_release(const pmx_out* out) {
+  if (out && out->release) out->release(out->release_ctx);
+}
+
+grpc_byte_buffer* rpc_out_buffer(const pmx_out* out) {
+  grpc_slice s[2];
+  size_t n = 0;
+  if (out->head_len) s[n++] = grpc_slice_from_copied_buffer(out->head, out->head_len);
+  if (out->body && out->body_len) {
+    if (out->release) {
+      release_box* b = malloc(sizeof *b);
+      if (!b) {
+        for (size_t i = 0; i < n; i++) grpc_slice_unref(s[i]);
+        rpc_out_release(out);
+        return NULL;
+      }
+      b->fn = out->release;
+      b->ctx = out->release_ctx;
+      s[n++] = grpc_slice_new_with_user_data((void*)out->body, out->body_len,
+                                             release_trampoline, b);
+    } else {
+      /* No release callback: the body outlives the call (static data). */
+      s[n++] = grpc_slice_from_static_buffer(out->body, out->body_len);
+    }
+  } else {
+    rpc_out_release(out);
+  }
+  grpc_byte_buffer* bb = grpc_raw_byte_buffer_create(s, n);
+  for (size_t i = 0; i < n; i++) grpc_slice_unref(s[i]);
+  return bb;
+}
+
+gpr_timespec rpc_deadline_ms(int64_t ms) {
+  if (ms <= 0) return gpr_inf_future(GPR_CLOCK_MONOTONIC);
+  return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(ms, GPR_TIMESPAN));
+}
+
+void rpc_abs_monotonic(struct timespec* ts, int64_t ms) {
+  clock_gettime(CLOCK_MONOTONIC, ts);
+  ts->tv_sec += ms / 1000;
+  ts->tv_nsec += (ms % 1000) * 1000000L;
+  if (ts->tv_nsec >= 1000000000L) {
+    ts->tv_sec++;
+    ts->tv_nsec -= 1000000000L;
+  }
+}
+
+void rpc_cond_init_monotonic(pthread_cond_t* cv) {
+  pthread_condattr_t a;
+  pthread_condattr_init(&a);
+  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+  pthread_cond_init(cv, &a);
+  pthread_condattr_destroy(&a);
+}

@@ -1,0 +1,62 @@
+/* Large buffers, malloc tuning and small helpers (util.h). */
+#include <malloc.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "util/util.h"
+
+#define HUGE_PAGE ((size_t)2 << 20)
+
+void* pmx_big_alloc(size_t bytes) {
+  if (bytes == 0 || bytes > SIZE_MAX - HUGE_PAGE) return NULL;
+  /* Regions of at least one huge page start on a 2 MiB boundary so that transparent
+   * huge pages can back all of them: map 2 MiB more and unmap the unaligned ends. */
+  size_t len = bytes >= HUGE_PAGE ? bytes + HUGE_PAGE : bytes;
+  uint8_t* base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (base == MAP_FAILED) return NULL;
+  uint8_t* p = base;
+  if (len != bytes) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)base + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
+    p = (uint8_t*)a;
+    size_t used = (bytes + page - 1) & ~(page - 1);
+    if (p > base) munmap(base, (size_t)(p - base));
+    uint8_t* end = base + len;
+    if (p + used < end) munmap(p + used, (size_t)(end - (p + used)));
+  }
+  (void)madvise(p, bytes, MADV_HUGEPAGE); /* best effort: THP may be off */
+  return p;
+}
+
+void pmx_big_free(void* p, size_t bytes) {
+  if (p && bytes) munmap(p, bytes);
+}
+
+void pmx_tune_malloc(void) {
+  /* glibc caps M_MMAP_THRESHOLD at HEAP_MAX_SIZE/2 (32 MiB on 64-bit) and rejects larger
+   * values, so fall back to the cap. Setting it also stops glibc's dynamic adjustment. */
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  if (mallopt(M_MMAP_THRESHOLD, 256 << 20) == 0) mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TOP_PAD, 64 << 20);
+}
+
+unsigned pmx_ncpus(void) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return (unsigned)n;
+  }
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (unsigned)n : 1;
+}
+
+char* pmx_strlcpy(char* dst, const char* src, size_t cap) {
+  if (cap == 0) return dst;
+  if (!src) src = "";
+  size_t n = strnlen(src, cap - 1);
+  memcpy(dst, src, n);
+  dst[n] = '\0';
+  return dst;
+}

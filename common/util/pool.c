@@ -1,0 +1,88 @@
+/* Compute thread pool (util.h): a mutex-protected intrusive FIFO and a condition
+ * variable. Workers leave only when the pool is stopping AND the queue is empty, so
+ * destroy runs every queued job, including jobs resubmitted by running jobs. */
+#include <pthread.h>
+#include <stdlib.h>
+
+#include "util/util.h"
+
+struct pmx_pool {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;      /* signalled when a job is queued or the pool stops */
+  pmx_job* head;
+  pmx_job* tail;
+  bool stopping;
+  unsigned nthreads;      /* threads started */
+  pthread_t threads[];
+};
+
+static void* pool_main(void* arg) {
+  pmx_pool* pool = arg;
+  pthread_mutex_lock(&pool->mu);
+  for (;;) {
+    while (!pool->head && !pool->stopping) pthread_cond_wait(&pool->cv, &pool->mu);
+    pmx_job* job = pool->head;
+    if (!job) break; /* stopping and drained */
+    pool->head = job->next;
+    if (!pool->head) pool->tail = NULL;
+    pthread_mutex_unlock(&pool->mu);
+    job->next = NULL;
+    job->fn(job); /* may free or resubmit job: not touched afterwards */
+    pthread_mutex_lock(&pool->mu);
+  }
+  pthread_mutex_unlock(&pool->mu);
+  return NULL;
+}
+
+static void pool_stop_join(pmx_pool* pool) {
+  pthread_mutex_lock(&pool->mu);
+  pool->stopping = true;
+  pthread_cond_broadcast(&pool->cv);
+  pthread_mutex_unlock(&pool->mu);
+  for (unsigned i = 0; i < pool->nthreads; i++) pthread_join(pool->threads[i], NULL);
+}
+
+pmx_pool* pmx_pool_create(unsigned nthreads) {
+  if (nthreads == 0 || nthreads > 4096) return NULL;
+  pmx_pool* pool = calloc(1, sizeof *pool + nthreads * sizeof(pthread_t));
+  if (!pool) return NULL;
+  if (pthread_mutex_init(&pool->mu, NULL) != 0) {
+    free(pool);
+    return NULL;
+  }
+  if (pthread_cond_init(&pool->cv, NULL) != 0) {
+    pthread_mutex_destroy(&pool->mu);
+    free(pool);
+    return NULL;
+  }
+  for (unsigned i = 0; i < nthreads; i++) {
+    if (pthread_create(&pool->threads[i], NULL, pool_main, pool) != 0) {
+      pmx_pool_destroy(pool); /* joins the threads started so far */
+      return NULL;
+    }
+    pool->nthreads = i + 1;
+  }
+  return pool;
+}
+
+void pmx_pool_submit(pmx_pool* pool, pmx_job* job) {
+  job->next = NULL;
+  pthread_mutex_lock(&pool->mu);
+  if (pool->tail)
+    pool->tail->next = job;
+  else
+    pool->head = job;
+  pool->tail = job;
+  pthread_cond_signal(&pool->cv);
+  pthread_mutex_unlock(&pool->mu);
+}
+
+unsigned pmx_pool_threads(const pmx_pool* pool) { return pool ? pool->nthreads : 0; }
+
+void pmx_pool_destroy(pmx_pool* pool) {
+  if (!pool) return;
+  pool_stop_join(pool);
+  pthread_cond_destroy(&pool->cv);
+  pthread_mutex_destroy(&pool->mu);
+  free(pool);
+}

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Installs the Debian packages paramex needs to build and test. This is the ONE place that
+# lists them; scripts/demo.sh and scripts/test.sh call it first.
+#
+# Fast path: when dpkg says every package is installed (for this machine's architecture
+# or "all"), apt is not touched at all. Otherwise it runs `apt-get update` and
+# `apt-get install -y --no-install-recommends` for the missing ones, as root (through sudo
+# when not root).
+set -euo pipefail
+
+packages=(
+  build-essential      # gcc, libc headers, make; libasan/libubsan for the sanitizer build
+  pkg-config           # meson finds grpc, protobuf-c, zstd, xxhash, cmocka through it
+  meson
+  ninja-build
+  libgrpc-dev          # gRPC C core: the transport (common/rpc/)
+  protobuf-c-compiler  # protoc-c: control-plane codecs generated at build time
+  libprotobuf-c-dev
+  protobuf-compiler    # protoc, which nanopb_generator.py runs to parse the .proto
+  nanopb               # nanopb_generator.py: data-plane codecs generated at build time
+  libnanopb-dev
+  python3              # runs nanopb_generator.py; scripts parse JSON with it
+  python3-protobuf     # imported by nanopb_generator.py
+  libzstd-dev          # diff compression
+  libxxhash-dev        # chunk checksums
+  libcmocka-dev        # unit and integration tests
+)
+
+if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
+  echo "deps.sh: not a Debian system (no dpkg-query/apt-get); make sure these are installed:" \
+       "${packages[*]}" >&2
+  exit 0
+fi
+
+# Exact check: a package counts only when dpkg's status is "installed" and its
+# architecture is this machine's or "all" (not half-installed, not config-files only,
+# not only a foreign-architecture copy).
+native_arch=$(dpkg --print-architecture)
+declare -A installed=()
+while read -r name arch status; do
+  if [[ $status == installed && ( $arch == "$native_arch" || $arch == all ) ]]; then
+    installed[$name]=1
+  fi
+done < <(dpkg-query -W -f='${Package} ${Architecture} ${db:Status-Status}\n' \
+           "${packages[@]}" 2>/dev/null || true)
+
+missing=()
+for p in "${packages[@]}"; do
+  [[ -n ${installed[$p]:-} ]] || missing+=("$p")
+done
+
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+
+echo "deps.sh: installing ${#missing[@]} missing package(s): ${missing[*]}"
+
+as_root=()
+if ((EUID != 0)); then
+  if command -v sudo >/dev/null 2>&1; then
+    as_root=(sudo)
+  else
+    echo "deps.sh: not root and no sudo; as root run: apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+echo "deps.sh: installed ${missing[*]}"

@@ -1,0 +1,69 @@
+/* paramex-server flags; each is also a PMX_* environment variable. */
+#include <stdio.h>
+#include <string.h>
+
+#include "server.h"
+
+#define SYNOPSIS "[--listen HOST:PORT] [--workers N] [--lr F] [flags...]"
+
+int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
+  memset(cfg, 0, sizeof *cfg);
+  cfg->listen = "0.0.0.0:50051";
+  cfg->workers = 1;
+  cfg->lr = 0.01;
+  cfg->chunk_bytes = 1u << 20;
+  cfg->threads = pmx_ncpus();
+  cfg->cq_threads = 2;
+  cfg->max_tensors = 16384;
+  cfg->max_tensor_bytes = 16ull << 30;
+  cfg->hold_bytes = 256u << 20;
+  cfg->drain_timeout = 5.0;
+  cfg->log_level = "info";
+  const pmx_flag flags[] = {
+      {"listen", PMX_FLAG_STR, &cfg->listen, 0, 0, "HOST:PORT",
+       "address to serve on; port 0 picks a free port"},
+      {"workers", PMX_FLAG_U32, &cfg->workers, 1, 4096, "N",
+       "workers per step (BSP: a step completes when all N pushed)"},
+      {"lr", PMX_FLAG_F64, &cfg->lr, 0, 1e6, "F", "SGD learning rate"},
+      {"momentum", PMX_FLAG_F64, &cfg->momentum, 0, 0.999999, "F", "SGD momentum (0 = none)"},
+      {"weight-decay", PMX_FLAG_F64, &cfg->weight_decay, 0, 1e3, "F", "L2 weight decay"},
+      {"chunk-bytes", PMX_FLAG_SIZE, &cfg->chunk_bytes, 1024, 3u << 20, "SIZE",
+       "bytes of f32 per chunk (K/M suffixes; 1K..3M)"},
+      {"threads", PMX_FLAG_U32, &cfg->threads, 1, 256, "N", "compute threads"},
+      {"cq-threads", PMX_FLAG_U32, &cfg->cq_threads, 1, 64, "N", "gRPC completion-queue threads"},
+      {"max-tensors", PMX_FLAG_U32, &cfg->max_tensors, 1, 1u << 20, "N", "most tensors"},
+      {"max-tensor-bytes", PMX_FLAG_SIZE, &cfg->max_tensor_bytes, 4, 1ull << 40, "SIZE",
+       "largest tensor"},
+      {"hold-bytes", PMX_FLAG_SIZE, &cfg->hold_bytes, 0, 1ull << 40, "SIZE",
+       "memory for contributions that arrive before a lower rank's"},
+      {"drain-timeout", PMX_FLAG_F64, &cfg->drain_timeout, 0, 3600, "SECONDS",
+       "on SIGTERM, time for calls in flight before they are cancelled"},
+      {"log-level", PMX_FLAG_STR, &cfg->log_level, 0, 0, "LEVEL", "error, warn, info or debug"},
+  };
+  const size_t nflags = sizeof flags / sizeof flags[0];
+  char err[256];
+  int rc = pmx_flags_parse(flags, nflags, argc, argv, NULL, err, sizeof err);
+  if (rc == 1) {
+    pmx_flags_usage(stdout, "paramex-server", SYNOPSIS, flags, nflags);
+    return 1;
+  }
+  if (rc == 0 && pmx_log_level_parse(cfg->log_level) < 0) {
+    snprintf(err, sizeof err, "--log-level: '%s' is not one of error, warn, info, debug",
+             cfg->log_level);
+    rc = 2;
+  }
+  if (rc == 0 && (cfg->chunk_bytes % 4) != 0) {
+    snprintf(err, sizeof err, "--chunk-bytes: %llu is not a multiple of 4",
+             (unsigned long long)cfg->chunk_bytes);
+    rc = 2;
+  }
+  if (rc == 0 && (!strchr(cfg->listen, ':') || cfg->listen[0] == ':')) {
+    snprintf(err, sizeof err, "--listen: '%s' is not HOST:PORT", cfg->listen);
+    rc = 2;
+  }
+  if (rc != 0) {
+    fprintf(stderr, "paramex-server: %s\n", err);
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,862 @@
+/* The ParameterExchange and Health handlers. Completion-queue threads only dispatch:
+ * decoding, validation, accumulation and the optimizer run on the compute pool. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "codec/codec.h"
+#include "health.pb-c.h"
+#include "paramex.pb-c.h"
+#include "server.h"
+
+#define ERRLEN 512
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static void reject(pmx_service* svc, pmx_srv_call* call, int status, const char* msg) {
+  atomic_fetch_add(&svc->ctr.rejected_calls, 1);
+  pmx_debug("rejected call: %s: %s", pmx_status_name(status), msg);
+  pmx_srv_call_finish(call, NULL, status, msg);
+}
+
+/* Finishes a unary call with a packed protobuf-c message. */
+static void reply(pmx_srv_call* call, const ProtobufCMessage* m) {
+  size_t n = protobuf_c_message_get_packed_size(m);
+  uint8_t stackbuf[512];
+  uint8_t* buf = n <= sizeof stackbuf ? stackbuf : malloc(n);
+  if (!buf) {
+    pmx_srv_call_finish(call, NULL, PMX_ST_RESOURCE_EXHAUSTED, "out of memory for the reply");
+    return;
+  }
+  protobuf_c_message_pack(m, buf);
+  pmx_out out = {buf, n, NULL, 0, NULL, NULL};
+  pmx_srv_call_finish(call, &out, PMX_ST_OK, NULL);
+  if (buf != stackbuf) free(buf);
+}
+
+static bool draining(pmx_service* svc) {
+  pthread_mutex_lock(&svc->park_mu);
+  bool d = svc->draining;
+  pthread_mutex_unlock(&svc->park_mu);
+  return d;
+}
+
+/* A unary call handled on the pool. */
+typedef struct unary_job {
+  pmx_job job;
+  pmx_service* svc;
+  pmx_srv_call* call;
+  pmx_msg* req;
+  void (*handle)(pmx_service* svc, pmx_srv_call* call, const uint8_t* req, size_t len);
+} unary_job;
+
+static void unary_run(pmx_job* j) {
+  unary_job* u = (unary_job*)j;
+  size_t len = 0;
+  const uint8_t* p = u->req ? pmx_msg_flat(u->req, &len) : (const uint8_t*)"";
+  if (!p) reject(u->svc, u->call, PMX_ST_RESOURCE_EXHAUSTED, "out of memory reading request");
+  else u->handle(u->svc, u->call, p, len);
+  pmx_msg_free(u->req);
+  pmx_srv_call_unref(u->call);
+  free(u);
+}
+
+static void submit_unary(pmx_service* svc, pmx_srv_call* call, pmx_msg* req,
+                         void (*handle)(pmx_service*, pmx_srv_call*, const uint8_t*, size_t)) {
+  unary_job* u = calloc(1, sizeof *u);
+  if (!u) {
+    pmx_msg_free(req);
+    reject(svc, call, PMX_ST_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  u->job.fn = unary_run;
+  u->svc = svc;
+  u->call = call;
+  u->req = req;
+  u->handle = handle;
+  pmx_srv_call_ref(call);
+  pmx_pool_submit(svc->pool, &u->job);
+}
+
+/* ---- Join --------------------------------------------------------------------------------- */
+
+static void handle_join(pmx_service* svc, pmx_srv_call* call, const uint8_t* p, size_t n) {
+  char err[ERRLEN];
+  Paramex__V1__JoinRequest* r = paramex__v1__join_request__unpack(NULL, n, p);
+  if (!r) {
+    reject(svc, call, PMX_ST_INVALID_ARGUMENT, "malformed JoinRequest");
+    return;
+  }
+  if (r->world_size != svc->cfg.workers) {
+    snprintf(err, sizeof err, "world_size %u does not match the server's --workers %u",
+             r->world_size, svc->cfg.workers);
+    reject(svc, call, PMX_ST_FAILED_PRECONDITION, err);
+  } else if (r->rank >= r->world_size) {
+    snprintf(err, sizeof err, "rank %u is not below world_size %u", r->rank, r->world_size);
+    reject(svc, call, PMX_ST_INVALID_ARGUMENT, err);
+  } else {
+    pmx_worker_state* w = &svc->workers[r->rank];
+    uint64_t inc = atomic_fetch_add(&svc->next_incarnation, 1);
+    pthread_mutex_lock(&svc->declare_mu);
+    pmx_strlcpy(w->name, r->name ? r->name : "", sizeof w->name);
+    pthread_mutex_unlock(&svc->declare_mu);
+    uint64_t old = atomic_exchange(&w->incarnation, inc);
+    atomic_store(&w->last_seen_ms, pmx_now_ms());
+    pmx_info("worker %u joined (incarnation %llu%s, %s)", r->rank, (unsigned long long)inc,
+             old ? ", replacing an earlier one" : "", r->name && r->name[0] ? r->name : "unnamed");
+    Paramex__V1__JoinResponse resp = PARAMEX__V1__JOIN_RESPONSE__INIT;
+    resp.worker_id = r->rank;
+    resp.incarnation = inc;
+    resp.world_size = svc->cfg.workers;
+    resp.server_id = svc->server_id;
+    reply(call, &resp.base);
+  }
+  paramex__v1__join_request__free_unpacked(r, NULL);
+}
+
+/* ---- Declare ------------------------------------------------------------------------------ */
+
+static void handle_declare(pmx_service* svc, pmx_srv_call* call, const uint8_t* p, size_t n) {
+  char err[ERRLEN];
+  Paramex__V1__DeclareRequest* r = paramex__v1__declare_request__unpack(NULL, n, p);
+  if (!r) {
+    reject(svc, call, PMX_ST_INVALID_ARGUMENT, "malformed DeclareRequest");
+    return;
+  }
+  pmx_declare_args a = {0};
+  a.name = r->name ? r->name : "";
+  a.dtype = r->dtype;
+  a.shape = r->shape;
+  a.ndim = r->n_shape;
+  if (r->initializer) {
+    a.init_kind = r->initializer->kind;
+    a.init_a = r->initializer->a;
+    a.init_b = r->initializer->b;
+    a.init_seed = r->initializer->seed;
+  }
+  if (r->values.len) {
+    a.values = r->values.data;
+    a.values_len = r->values.len;
+  }
+  a.values_offset = r->values_offset;
+  a.worker_id = r->worker_id;
+  a.incarnation = r->incarnation;
+  pmx_tensor_state* t = NULL;
+  bool created = false;
+  int st = pmx_store_declare(svc, &a, &t, &created, err, sizeof err);
+  if (st != PMX_ST_OK) {
+    reject(svc, call, st, err);
+  } else {
+    Paramex__V1__DeclareResponse resp = PARAMEX__V1__DECLARE_RESPONSE__INIT;
+    resp.tensor_id = t->id;
+    resp.version = pmx_tensor_version_min(t, NULL, NULL);
+    resp.chunk_elems = t->chunk_elems;
+    resp.num_chunks = t->nchunks;
+    resp.created = created;
+    reply(call, &resp.base);
+  }
+  paramex__v1__declare_request__free_unpacked(r, NULL);
+}
+
+/* ---- Push --------------------------------------------------------------------------------- */
+
+typedef struct pmx_push {
+  pmx_service* svc;
+  pmx_srv_call* call;
+  pmx_job job;
+  pmx_msg* msg;
+  float* buf;       /* receive buffer (svc->cfg.chunk_bytes) owned by this call, or NULL */
+  uint32_t accepted, duplicate;
+  pmx_chunk_state* stalled_on; /* chunk holding our buffer while we wait (under its mu) */
+  uint32_t stalled_rank;
+} pmx_push;
+
+enum { PUSH_CONTINUE, PUSH_STALL, PUSH_FAIL };
+
+static void push_release_buf(pmx_push* ps) {
+  if (ps->buf) pmx_buf_put(ps->buf, ps->svc->cfg.chunk_bytes);
+  ps->buf = NULL;
+}
+
+static void push_on_done(pmx_srv_call* call, void* ctx) {
+  (void)call;
+  pmx_push* ps = ctx;
+  pmx_msg_free(ps->msg);
+  push_release_buf(ps);
+  free(ps);
+}
+
+/* Adds the contribution of rank c->next_rank into c->acc; takes ownership of buf (it
+ * becomes acc for rank 0, else it goes back to the pool). c->mu held. */
+static void acc_add(pmx_chunk_state* c, float* buf, size_t buf_bytes) {
+  if (c->next_rank == 0) {
+    c->acc = buf;
+  } else {
+    float* restrict acc = c->acc;
+    const float* restrict g = buf;
+    for (uint32_t i = 0; i < c->elems; i++) acc[i] += g[i];
+    pmx_buf_put(buf, buf_bytes);
+  }
+  c->next_rank++;
+}
+
+typedef struct resume_list {
+  pmx_push* stalled[PMX_MAX_WORKERS];
+  size_t n;
+} resume_list;
+
+static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* status, char* err,
+                        size_t errlen) {
+  pmx_service* svc = ps->svc;
+  size_t nseg;
+  const pmx_iov* seg = pmx_msg_segments(ps->msg, &nseg);
+  size_t wire = pmx_msg_len(ps->msg);
+  pmx_chunk h;
+  *status = PMX_ST_INVALID_ARGUMENT;
+  if (!seg && wire > 0) {
+    *status = PMX_ST_RESOURCE_EXHAUSTED;
+    snprintf(err, errlen, "out of memory reading a PushChunk");
+    return PUSH_FAIL;
+  }
+  if (pmx_chunk_parse(PMX_CHUNK_PUSH, seg, nseg, &h, err, errlen) != 0) return PUSH_FAIL;
+  if (h.worker_id >= svc->cfg.workers) {
+    snprintf(err, errlen, "worker_id %u is not below --workers %u", h.worker_id, svc->cfg.workers);
+    return PUSH_FAIL;
+  }
+  pmx_worker_state* w = &svc->workers[h.worker_id];
+  uint64_t inc = atomic_load(&w->incarnation);
+  if (inc == 0) {
+    *status = PMX_ST_FAILED_PRECONDITION;
+    snprintf(err, errlen, "worker %u has not joined", h.worker_id);
+    return PUSH_FAIL;
+  }
+  if (h.incarnation != inc) {
+    *status = PMX_ST_FAILED_PRECONDITION;
+    snprintf(err, errlen, "worker %u: incarnation %llu is stale (current %llu): it rejoined",
+             h.worker_id, (unsigned long long)h.incarnation, (unsigned long long)inc);
+    return PUSH_FAIL;
+  }
+  pmx_tensor_state* t = pmx_store_tensor(svc, h.tensor_id);
+  if (!t) {
+    *status = PMX_ST_NOT_FOUND;
+    snprintf(err, errlen, "unknown tensor id %u", h.tensor_id);
+    return PUSH_FAIL;
+  }
+  if (h.chunk >= t->nchunks) {
+    *status = PMX_ST_OUT_OF_RANGE;
+    snprintf(err, errlen, "tensor '%s': chunk %u out of range (it has %u)", t->name, h.chunk,
+             t->nchunks);
+    return PUSH_FAIL;
+  }
+  pmx_chunk_state* c = &t->chunks[h.chunk];
+  size_t bytes = (size_t)c->elems * pmx_dtype_size(t->dtype);
+  if ((int)h.dtype != t->dtype) {
+    snprintf(err, errlen, "tensor '%s': dtype %u does not match the tensor's %s", t->name, h.dtype,
+             pmx_dtype_name(t->dtype));
+    return PUSH_FAIL;
+  }
+  if (h.encoding != 0) {
+    snprintf(err, errlen, "tensor '%s' chunk %u: push encoding %u is not supported (RAW only)",
+             t->name, h.chunk, h.encoding);
+    return PUSH_FAIL;
+  }
+  if (h.raw_len != bytes || h.payload_len != bytes) {
+    snprintf(err, errlen, "tensor '%s' chunk %u: raw_len %u and payload %zu bytes, expected %zu",
+             t->name, h.chunk, h.raw_len, h.payload_len, bytes);
+    return PUSH_FAIL;
+  }
+  const size_t cb = svc->cfg.chunk_bytes;
+  if (!ps->buf) {
+    ps->buf = pmx_buf_get(cb);
+    if (!ps->buf) {
+      *status = PMX_ST_RESOURCE_EXHAUSTED;
+      snprintf(err, errlen, "out of memory for a receive buffer");
+      return PUSH_FAIL;
+    }
+  }
+  pmx_chunk_copy_payload(&h, seg, nseg, ps->buf, bytes);
+  if (pmx_checksum(ps->buf, bytes) != h.checksum) {
+    *status = PMX_ST_DATA_LOSS;
+    snprintf(err, errlen, "tensor '%s' chunk %u: checksum mismatch", t->name, h.chunk);
+    return PUSH_FAIL;
+  }
+  atomic_store(&w->last_seen_ms, pmx_now_ms());
+
+  int result = PUSH_CONTINUE;
+  pthread_mutex_lock(&c->mu);
+  if (!c->initialized) {
+    pthread_mutex_unlock(&c->mu);
+    *status = PMX_ST_FAILED_PRECONDITION;
+    snprintf(err, errlen, "tensor '%s' is still receiving its initial values", t->name);
+    return PUSH_FAIL;
+  }
+  if (h.step > c->version) {
+    uint64_t v = c->version;
+    pthread_mutex_unlock(&c->mu);
+    *status = PMX_ST_OUT_OF_RANGE;
+    snprintf(err, errlen, "tensor '%s' chunk %u: step %llu is ahead of version %llu", t->name,
+             h.chunk, (unsigned long long)h.step, (unsigned long long)v);
+    return PUSH_FAIL;
+  }
+  if (h.step + 1 < c->version) {
+    uint64_t v = c->version;
+    pthread_mutex_unlock(&c->mu);
+    *status = PMX_ST_FAILED_PRECONDITION;
+    snprintf(err, errlen, "tensor '%s' chunk %u: step %llu is too old (chunk at version %llu)",
+             t->name, h.chunk, (unsigned long long)h.step, (unsigned long long)v);
+    return PUSH_FAIL;
+  }
+  if (h.step + 1 == c->version || c->contributed[h.worker_id]) {
+    pthread_mutex_unlock(&c->mu);
+    ps->duplicate++;
+    atomic_fetch_add(&svc->ctr.push_duplicates, 1);
+    return PUSH_CONTINUE;
+  }
+  c->contributed[h.worker_id] = 1;
+  c->ncontrib++;
+  if (h.worker_id == c->next_rank) {
+    acc_add(c, ps->buf, cb);
+    ps->buf = NULL;
+    /* Later ranks that arrived early follow, still in rank order. */
+    while (c->next_rank < svc->cfg.workers && c->held[c->next_rank].buf) {
+      pmx_held* hd = &c->held[c->next_rank];
+      float* b = hd->buf;
+      pmx_push* owner = hd->owner;
+      hd->buf = NULL;
+      hd->owner = NULL;
+      float* restrict acc = c->acc;
+      for (uint32_t i = 0; i < c->elems; i++) acc[i] += b[i];
+      c->next_rank++;
+      if (owner) {
+        owner->buf = b; /* the stalled call gets its buffer back and resumes */
+        __atomic_store_n(&owner->stalled_on, NULL, __ATOMIC_RELEASE);
+        rl->stalled[rl->n++] = owner;
+      } else {
+        pmx_buf_put(b, cb);
+        atomic_fetch_add(&svc->hold_left, (int64_t)cb);
+      }
+    }
+  } else {
+    pmx_held* hd = &c->held[h.worker_id];
+    hd->buf = ps->buf;
+    if (atomic_fetch_sub(&svc->hold_left, (int64_t)cb) >= (int64_t)cb) {
+      hd->owner = NULL;
+      ps->buf = NULL;
+    } else {
+      /* Budget spent: this call waits, without reading, until its buffer is consumed.
+       * Lower ranks never wait for higher ones, so the wait always ends. */
+      atomic_fetch_add(&svc->hold_left, (int64_t)cb);
+      hd->owner = ps;
+      ps->buf = NULL;
+      __atomic_store_n(&ps->stalled_on, c, __ATOMIC_RELEASE);
+      ps->stalled_rank = h.worker_id;
+      pmx_srv_call_ref(ps->call);
+      result = PUSH_STALL;
+    }
+  }
+  if (c->next_rank == svc->cfg.workers) {
+    pmx_sgd_apply(&svc->sgd, c->params, c->mom, c->mom_first, c->acc, c->elems,
+                  svc->cfg.workers);
+    c->mom_first = false;
+    pmx_buf_put(c->acc, cb);
+    c->acc = NULL;
+    c->next_rank = 0;
+    c->ncontrib = 0;
+    memset(c->contributed, 0, svc->cfg.workers);
+    c->version++;
+    atomic_fetch_add(&svc->ctr.steps_completed, 1);
+    *wake = pmx_chunk_advanced(svc, c);
+    pmx_frame_unref(pmx_chunk_frame(c, t->dtype)); /* encode once, here on the pool */
+  }
+  pthread_mutex_unlock(&c->mu);
+  ps->accepted++;
+  atomic_fetch_add(&svc->ctr.push_chunks, 1);
+  atomic_fetch_add(&svc->ctr.push_raw_bytes, bytes);
+  atomic_fetch_add(&svc->ctr.push_wire_bytes, wire);
+  atomic_fetch_add(&w->chunks_pushed, 1);
+  return result;
+}
+
+static void push_job(pmx_job* j) {
+  pmx_push* ps = (pmx_push*)((char*)j - offsetof(pmx_push, job));
+  resume_list rl;
+  rl.n = 0;
+  pmx_pull* wake = NULL;
+  int status;
+  char err[ERRLEN];
+  int r = push_process(ps, &rl, &wake, &status, err, sizeof err);
+  pmx_msg_free(ps->msg);
+  ps->msg = NULL;
+  if (r == PUSH_FAIL) reject(ps->svc, ps->call, status, err);
+  else if (r == PUSH_CONTINUE) pmx_srv_call_read(ps->call);
+  pmx_pulls_resume(wake);
+  for (size_t i = 0; i < rl.n; i++) {
+    pmx_push* o = rl.stalled[i];
+    pmx_srv_call_read(o->call);
+    pmx_srv_call_unref(o->call);
+  }
+  pmx_srv_call_unref(ps->call);
+}
+
+static void push_on_message(pmx_srv_call* call, void* ctx, pmx_msg* msg, bool ok) {
+  pmx_push* ps = ctx;
+  if (!ok) return; /* cancelled: nothing to answer */
+  if (!msg) {
+    Paramex__V1__PushResponse resp = PARAMEX__V1__PUSH_RESPONSE__INIT;
+    resp.accepted = ps->accepted;
+    resp.duplicate = ps->duplicate;
+    reply(call, &resp.base);
+    return;
+  }
+  ps->msg = msg;
+  pmx_srv_call_ref(call);
+  pmx_pool_submit(ps->svc->pool, &ps->job);
+}
+
+/* A cancelled call stops waiting; its held contribution stays counted. */
+static void push_on_closed(pmx_srv_call* call, void* ctx, bool cancelled) {
+  (void)cancelled;
+  pmx_push* ps = ctx;
+  bool unstall = false;
+  pmx_chunk_state* c = NULL;
+  /* stalled_on changes only under the chunk's mutex; read it, then confirm under it. */
+  for (int tries = 0; tries < 2 && !unstall; tries++) {
+    c = __atomic_load_n(&ps->stalled_on, __ATOMIC_ACQUIRE);
+    if (!c) break;
+    pthread_mutex_lock(&c->mu);
+    if (ps->stalled_on == c && c->held[ps->stalled_rank].owner == ps) {
+      c->held[ps->stalled_rank].owner = NULL;
+      atomic_fetch_sub(&ps->svc->hold_left, (int64_t)ps->svc->cfg.chunk_bytes);
+      __atomic_store_n(&ps->stalled_on, NULL, __ATOMIC_RELEASE);
+      unstall = true;
+    }
+    pthread_mutex_unlock(&c->mu);
+  }
+  if (unstall) pmx_srv_call_unref(call);
+}
+
+static const pmx_srv_call_cbs push_cbs = {push_on_message, NULL, push_on_closed, push_on_done};
+
+static void on_push(void* s, pmx_srv_call* call, pmx_msg* req) {
+  pmx_service* svc = s;
+  (void)req;
+  if (draining(svc)) {
+    reject(svc, call, PMX_ST_UNAVAILABLE, "server is shutting down");
+    return;
+  }
+  pmx_push* ps = calloc(1, sizeof *ps);
+  if (!ps) {
+    reject(svc, call, PMX_ST_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  ps->svc = svc;
+  ps->call = call;
+  ps->job.fn = push_job;
+  pmx_srv_call_set(call, &push_cbs, ps);
+  pmx_srv_call_read(call);
+}
+
+/* ---- Pull --------------------------------------------------------------------------------- */
+
+static void pull_free(pmx_pull* p) {
+  free(p->tids);
+  free(p->have);
+  free(p);
+}
+
+static void pull_on_done(pmx_srv_call* call, void* ctx) {
+  (void)call;
+  pull_free(ctx);
+}
+
+/* Ends the pull's active reference. */
+static void pull_end(pmx_pull* p, int status, const char* msg) {
+  if (status >= 0) pmx_srv_call_finish(p->call, NULL, status, msg);
+  pmx_srv_call_unref(p->call);
+}
+
+/* Sends the next chunk, parks on it, or finishes. Holds the pull's active reference. */
+static void pull_advance(pmx_pull* p) {
+  pmx_service* svc = p->svc;
+  for (;;) {
+    if (p->ti >= p->ntensors) {
+      pull_end(p, PMX_ST_OK, NULL);
+      return;
+    }
+    pmx_tensor_state* t = pmx_store_tensor(svc, p->tids[p->ti]);
+    if (p->ci >= t->nchunks) {
+      p->ti++;
+      p->ci = 0;
+      continue;
+    }
+    pmx_chunk_state* c = &t->chunks[p->ci];
+    pthread_mutex_lock(&c->mu);
+    if (!c->initialized || c->version < p->min_version) {
+      pthread_mutex_lock(&svc->park_mu);
+      bool closed = p->closed, drain = svc->draining;
+      if (!closed && !drain) {
+        p->parked_on = c;
+        p->wprev = NULL;
+        p->wnext = c->waiters;
+        if (c->waiters) c->waiters->wprev = p;
+        c->waiters = p;
+      }
+      pthread_mutex_unlock(&svc->park_mu);
+      pthread_mutex_unlock(&c->mu);
+      if (closed) pull_end(p, -1, NULL);
+      else if (drain) pull_end(p, PMX_ST_UNAVAILABLE, "server is shutting down");
+      return;
+    }
+    pmx_frame* f = pmx_chunk_frame(c, t->dtype);
+    uint64_t version = c->version;
+    pthread_mutex_unlock(&c->mu);
+    if (!f) {
+      pull_end(p, PMX_ST_RESOURCE_EXHAUSTED, "out of memory for a pull frame");
+      return;
+    }
+    pmx_chunk h = {0};
+    h.tensor_id = t->id;
+    h.chunk = p->ci;
+    h.version = version;
+    h.dtype = (uint32_t)t->dtype;
+    h.raw_len = (uint32_t)f->len;
+    h.checksum = f->checksum;
+    bool unchanged = p->have && p->have[p->ti] == version;
+    h.encoding = unchanged ? 1 : 0;
+    h.base_version = unchanged ? version : 0;
+    uint8_t head[PMX_CHUNK_HDR_MAX];
+    size_t body = unchanged ? 0 : f->len;
+    size_t hl = pmx_chunk_encode_header(PMX_CHUNK_PULL, &h, body, head, sizeof head);
+    pmx_out out = {head, hl, unchanged ? NULL : f->data, body, pmx_frame_unref, f};
+    atomic_fetch_add(&svc->ctr.pull_chunks, 1);
+    atomic_fetch_add(&svc->ctr.pull_raw_bytes, f->len);
+    atomic_fetch_add(&svc->ctr.pull_wire_bytes, hl + body);
+    p->ci++;
+    if (!pmx_srv_call_send(p->call, &out)) pull_end(p, -1, NULL);
+    return;
+  }
+}
+
+static void pull_job(pmx_job* j) {
+  pull_advance((pmx_pull*)((char*)j - offsetof(pmx_pull, job)));
+}
+
+void pmx_pulls_resume(pmx_pull* list) {
+  while (list) {
+    pmx_pull* next = list->wnext;
+    list->wnext = list->wprev = NULL;
+    pull_advance(list);
+    list = next;
+  }
+}
+
+static void pull_on_sent(pmx_srv_call* call, void* ctx, bool ok) {
+  (void)call;
+  pmx_pull* p = ctx;
+  if (!ok) {
+    pull_end(p, -1, NULL);
+    return;
+  }
+  pull_advance(p); /* no compute: takes a frame reference and starts the next send */
+}
+
+static void pull_on_closed(pmx_srv_call* call, void* ctx, bool cancelled) {
+  (void)call;
+  (void)cancelled;
+  pmx_pull* p = ctx;
+  pmx_service* svc = p->svc;
+  pthread_mutex_lock(&svc->park_mu);
+  p->closed = true;
+  pmx_chunk_state* c = p->parked_on;
+  if (c) {
+    if (p->wprev) p->wprev->wnext = p->wnext;
+    else c->waiters = p->wnext;
+    if (p->wnext) p->wnext->wprev = p->wprev;
+    p->parked_on = NULL;
+  }
+  pthread_mutex_unlock(&svc->park_mu);
+  if (c) pmx_srv_call_unref(p->call); /* the parked pull's active reference */
+}
+
+static const pmx_srv_call_cbs pull_cbs = {NULL, pull_on_sent, pull_on_closed, pull_on_done};
+
+static void handle_pull(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, size_t n) {
+  char err[ERRLEN];
+  Paramex__V1__PullRequest* r = paramex__v1__pull_request__unpack(NULL, n, b);
+  if (!r) {
+    reject(svc, call, PMX_ST_INVALID_ARGUMENT, "malformed PullRequest");
+    return;
+  }
+  int st = PMX_ST_OK;
+  if (r->n_tensor_ids == 0) {
+    st = PMX_ST_INVALID_ARGUMENT;
+    snprintf(err, sizeof err, "PullRequest names no tensor");
+  } else if (r->n_have_versions != 0 && r->n_have_versions != r->n_tensor_ids) {
+    st = PMX_ST_INVALID_ARGUMENT;
+    snprintf(err, sizeof err, "PullRequest has %zu have_versions for %zu tensors",
+             r->n_have_versions, r->n_tensor_ids);
+  } else {
+    for (size_t i = 0; i < r->n_tensor_ids; i++) {
+      if (!pmx_store_tensor(svc, r->tensor_ids[i])) {
+        st = PMX_ST_NOT_FOUND;
+        snprintf(err, sizeof err, "unknown tensor id %u", r->tensor_ids[i]);
+        break;
+      }
+    }
+  }
+  pmx_pull* p = NULL;
+  if (st == PMX_ST_OK) {
+    p = calloc(1, sizeof *p);
+    if (p) {
+      p->tids = malloc(r->n_tensor_ids * sizeof *p->tids);
+      p->have = r->n_have_versions ? malloc(r->n_tensor_ids * sizeof *p->have) : NULL;
+    }
+    if (!p || !p->tids || (r->n_have_versions && !p->have)) {
+      if (p) pull_free(p);
+      st = PMX_ST_RESOURCE_EXHAUSTED;
+      snprintf(err, sizeof err, "out of memory");
+    }
+  }
+  if (st != PMX_ST_OK) {
+    reject(svc, call, st, err);
+    paramex__v1__pull_request__free_unpacked(r, NULL);
+    return;
+  }
+  p->svc = svc;
+  p->call = call;
+  p->job.fn = pull_job;
+  p->ntensors = (uint32_t)r->n_tensor_ids;
+  memcpy(p->tids, r->tensor_ids, r->n_tensor_ids * sizeof *p->tids);
+  if (p->have) memcpy(p->have, r->have_versions, r->n_tensor_ids * sizeof *p->have);
+  p->min_version = r->min_version;
+  if (r->worker_id < svc->cfg.workers)
+    atomic_store(&svc->workers[r->worker_id].last_seen_ms, pmx_now_ms());
+  paramex__v1__pull_request__free_unpacked(r, NULL);
+  pmx_srv_call_set(call, &pull_cbs, p);
+  pmx_srv_call_ref(call); /* the pull's active reference */
+  pull_advance(p);
+}
+
+/* ---- Stats -------------------------------------------------------------------------------- */
+
+static void handle_stats(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, size_t n) {
+  Paramex__V1__StatsRequest* r = paramex__v1__stats_request__unpack(NULL, n, b);
+  if (!r) {
+    reject(svc, call, PMX_ST_INVALID_ARGUMENT, "malformed StatsRequest");
+    return;
+  }
+  paramex__v1__stats_request__free_unpacked(r, NULL);
+  Paramex__V1__StatsResponse s = PARAMEX__V1__STATS_RESPONSE__INIT;
+  s.server_id = svc->server_id;
+  s.uptime_ms = pmx_now_ms() - svc->start_ms;
+  s.workers_expected = svc->cfg.workers;
+  s.push_chunks = atomic_load(&svc->ctr.push_chunks);
+  s.push_duplicates = atomic_load(&svc->ctr.push_duplicates);
+  s.push_raw_bytes = atomic_load(&svc->ctr.push_raw_bytes);
+  s.push_wire_bytes = atomic_load(&svc->ctr.push_wire_bytes);
+  s.pull_chunks = atomic_load(&svc->ctr.pull_chunks);
+  s.pull_raw_bytes = atomic_load(&svc->ctr.pull_raw_bytes);
+  s.pull_wire_bytes = atomic_load(&svc->ctr.pull_wire_bytes);
+  s.steps_completed = atomic_load(&svc->ctr.steps_completed);
+  s.rejected_calls = atomic_load(&svc->ctr.rejected_calls);
+
+  uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
+  Paramex__V1__TensorStats* ts = calloc(nt ? nt : 1, sizeof *ts);
+  Paramex__V1__TensorStats** tp = calloc(nt ? nt : 1, sizeof *tp);
+  Paramex__V1__WorkerStats* ws = calloc(svc->cfg.workers, sizeof *ws);
+  Paramex__V1__WorkerStats** wp = calloc(svc->cfg.workers, sizeof *wp);
+  char(*names)[64] = calloc(svc->cfg.workers, sizeof *names);
+  if (!ts || !tp || !ws || !wp || !names) {
+    reject(svc, call, PMX_ST_RESOURCE_EXHAUSTED, "out of memory");
+    goto out;
+  }
+  uint64_t vmin_all = UINT64_MAX, vmax_all = 0;
+  for (uint32_t i = 0; i < nt; i++) {
+    pmx_tensor_state* t = svc->tensors[i];
+    paramex__v1__tensor_stats__init(&ts[i]);
+    ts[i].id = t->id;
+    ts[i].name = t->name;
+    ts[i].dtype = t->dtype;
+    ts[i].n_shape = t->ndim;
+    ts[i].shape = t->shape;
+    ts[i].version_min = pmx_tensor_version_min(t, &ts[i].version_max, &ts[i].checksum);
+    ts[i].bytes = t->params_bytes;
+    ts[i].num_chunks = t->nchunks;
+    if (ts[i].version_min < vmin_all) vmin_all = ts[i].version_min;
+    if (ts[i].version_max > vmax_all) vmax_all = ts[i].version_max;
+    tp[i] = &ts[i];
+  }
+  s.n_tensors = nt;
+  s.tensors = tp;
+  s.version_min = nt ? vmin_all : 0;
+  s.version_max = vmax_all;
+  uint64_t now = pmx_now_ms();
+  size_t nw = 0;
+  pthread_mutex_lock(&svc->declare_mu);
+  for (uint32_t i = 0; i < svc->cfg.workers; i++) {
+    pmx_worker_state* w = &svc->workers[i];
+    uint64_t inc = atomic_load(&w->incarnation);
+    if (!inc) continue;
+    paramex__v1__worker_stats__init(&ws[nw]);
+    ws[nw].rank = i;
+    ws[nw].incarnation = inc;
+    pmx_strlcpy(names[nw], w->name, sizeof names[nw]);
+    ws[nw].name = names[nw];
+    ws[nw].chunks_pushed = atomic_load(&w->chunks_pushed);
+    uint64_t seen = atomic_load(&w->last_seen_ms);
+    ws[nw].last_seen_ms = now > seen ? now - seen : 0;
+    wp[nw] = &ws[nw];
+    nw++;
+  }
+  pthread_mutex_unlock(&svc->declare_mu);
+  s.workers_joined = (uint32_t)nw;
+  s.n_workers = nw;
+  s.workers = wp;
+  reply(call, &s.base);
+out:
+  free(ts);
+  free(tp);
+  free(ws);
+  free(wp);
+  free(names);
+}
+
+/* ---- Health ------------------------------------------------------------------------------- */
+
+static void handle_health(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, size_t n) {
+  Grpc__Health__V1__HealthCheckRequest* r = grpc__health__v1__health_check_request__unpack(NULL, n, b);
+  if (!r) {
+    reject(svc, call, PMX_ST_INVALID_ARGUMENT, "malformed HealthCheckRequest");
+    return;
+  }
+  const char* name = r->service ? r->service : "";
+  if (name[0] && strcmp(name, "paramex.v1.ParameterExchange") != 0) {
+    char err[ERRLEN];
+    snprintf(err, sizeof err, "unknown service '%.200s'", name);
+    reject(svc, call, PMX_ST_NOT_FOUND, err);
+  } else {
+    Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    resp.status = draining(svc) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+                                : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    reply(call, &resp.base);
+  }
+  grpc__health__v1__health_check_request__free_unpacked(r, NULL);
+}
+
+/* ---- dispatch ------------------------------------------------------------------------------ */
+
+#define UNARY_ENTRY(fn_name, handler, gate)                                   \
+  static void fn_name(void* s, pmx_srv_call* call, pmx_msg* req) {           \
+    pmx_service* svc = s;                                                     \
+    if ((gate) && draining(svc)) {                                            \
+      pmx_msg_free(req);                                                      \
+      reject(svc, call, PMX_ST_UNAVAILABLE, "server is shutting down");      \
+      return;                                                                 \
+    }                                                                         \
+    submit_unary(svc, call, req, handler);                                    \
+  }
+UNARY_ENTRY(on_join, handle_join, true)
+UNARY_ENTRY(on_declare, handle_declare, true)
+UNARY_ENTRY(on_pull, handle_pull, true)
+UNARY_ENTRY(on_stats, handle_stats, false)
+UNARY_ENTRY(on_health, handle_health, false)
+
+static const pmx_rpc_method methods[] = {
+    {"/paramex.v1.ParameterExchange/Join", PMX_RPC_UNARY, on_join},
+    {"/paramex.v1.ParameterExchange/Declare", PMX_RPC_UNARY, on_declare},
+    {"/paramex.v1.ParameterExchange/Push", PMX_RPC_CLIENT_STREAMING, on_push},
+    {"/paramex.v1.ParameterExchange/Pull", PMX_RPC_SERVER_STREAMING, on_pull},
+    {"/paramex.v1.ParameterExchange/Stats", PMX_RPC_UNARY, on_stats},
+    {"/grpc.health.v1.Health/Check", PMX_RPC_UNARY, on_health},
+};
+
+int pmx_service_init(pmx_service* svc, const pmx_config* cfg, char* err, size_t errlen) {
+  memset(svc, 0, sizeof *svc);
+  svc->cfg = *cfg;
+  svc->sgd.lr = (float)cfg->lr;
+  svc->sgd.momentum = (float)cfg->momentum;
+  svc->sgd.weight_decay = (float)cfg->weight_decay;
+  svc->start_ms = pmx_now_ms();
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  /* Incarnations stay unique across restarts of the server: they start at the wall
+   * clock in microseconds. */
+  uint64_t now_us = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+  atomic_init(&svc->next_incarnation, now_us);
+  snprintf(svc->server_id, sizeof svc->server_id, "%llx-%d", (unsigned long long)now_us,
+           (int)getpid());
+  pthread_mutex_init(&svc->declare_mu, NULL);
+  pthread_mutex_init(&svc->park_mu, NULL);
+  atomic_init(&svc->hold_left, (int64_t)cfg->hold_bytes);
+  svc->tensors = calloc(cfg->max_tensors, sizeof *svc->tensors);
+  svc->workers = calloc(cfg->workers, sizeof *svc->workers);
+  svc->pool = pmx_pool_create(cfg->threads);
+  if (!svc->tensors || !svc->workers || !svc->pool) {
+    snprintf(err, errlen, "out of memory at start");
+    return -1;
+  }
+  return 0;
+}
+
+int pmx_service_start(pmx_service* svc, int* port, char* err, size_t errlen) {
+  pmx_rpc_server_opts o = {svc->cfg.listen, svc->cfg.cq_threads};
+  svc->rpc = pmx_rpc_server_start(&o, methods, sizeof methods / sizeof methods[0], svc, port,
+                                  err, errlen);
+  return svc->rpc ? 0 : -1;
+}
+
+void pmx_service_stop(pmx_service* svc) {
+  /* Health turns NOT_SERVING and parked pulls end with UNAVAILABLE at once: they may wait
+   * for a step that will never come. Pushes and sends in flight get the drain time. */
+  pmx_pull* list = NULL;
+  pthread_mutex_lock(&svc->park_mu);
+  svc->draining = true;
+  uint32_t nt = atomic_load(&svc->ntensors);
+  for (uint32_t i = 0; i < nt; i++) {
+    pmx_tensor_state* t = svc->tensors[i];
+    for (uint32_t k = 0; k < t->nchunks; k++) {
+      pmx_chunk_state* c = &t->chunks[k];
+      while (c->waiters) {
+        pmx_pull* p = c->waiters;
+        c->waiters = p->wnext;
+        p->parked_on = NULL;
+        p->wnext = list;
+        list = p;
+      }
+    }
+  }
+  pthread_mutex_unlock(&svc->park_mu);
+  while (list) {
+    pmx_pull* next = list->wnext;
+    pull_end(list, PMX_ST_UNAVAILABLE, "server is shutting down");
+    list = next;
+  }
+  pmx_rpc_server_shutdown(svc->rpc, (int64_t)(svc->cfg.drain_timeout * 1000.0));
+}
+
+void pmx_service_deinit(pmx_service* svc) {
+  pmx_pool_destroy(svc->pool);
+  pmx_rpc_server_destroy(svc->rpc);
+  uint32_t nt = atomic_load(&svc->ntensors);
+  for (uint32_t i = 0; i < nt; i++) {
+    pmx_tensor_state* t = svc->tensors[i];
+    for (uint32_t k = 0; k < t->nchunks; k++) {
+      pmx_chunk_state* c = &t->chunks[k];
+      pmx_frame_unref(c->frame);
+      if (c->acc) pmx_buf_put(c->acc, svc->cfg.chunk_bytes);
+      for (uint32_t w = 0; w < svc->cfg.workers; w++)
+        if (c->held[w].buf && !c->held[w].owner) pmx_buf_put(c->held[w].buf, svc->cfg.chunk_bytes);
+      free(c->contributed);
+      free(c->held);
+      pthread_mutex_destroy(&c->mu);
+    }
+    free(t->chunks);
+    pmx_big_free(t->params, t->params_bytes);
+    if (t->mom) pmx_big_free(t->mom, t->params_bytes);
+    free(t);
+  }
+  free(svc->tensors);
+  free(svc->workers);
+}

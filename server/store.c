@@ -1,0 +1,368 @@
+/* The tensor store: declaration, initial values, chunk frames and buffer recycling. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <xxhash.h>
+
+#include "codec/codec.h"
+#include "server.h"
+
+/* ---- buffers ---------------------------------------------------------------------------
+ * Size classes are powers of two from 4 KiB; class k holds buffers of 4 KiB << k. */
+#define NCLASSES 16
+#define BIG_CLASS_BYTES (256u << 10)
+
+static struct {
+  pthread_mutex_t mu;
+  void* free[NCLASSES];
+} g_bufs = {PTHREAD_MUTEX_INITIALIZER, {0}};
+
+static int buf_class(size_t bytes, size_t* cap) {
+  int k = 0;
+  size_t c = 4096;
+  while (c < bytes && k < NCLASSES - 1) {
+    c <<= 1;
+    k++;
+  }
+  *cap = c;
+  return c >= bytes ? k : -1;
+}
+
+void* pmx_buf_get(size_t bytes) {
+  size_t cap;
+  int k = buf_class(bytes, &cap);
+  if (k < 0) return NULL;
+  pthread_mutex_lock(&g_bufs.mu);
+  void* p = g_bufs.free[k];
+  if (p) g_bufs.free[k] = *(void**)p;
+  pthread_mutex_unlock(&g_bufs.mu);
+  if (p) return p;
+  if (cap >= BIG_CLASS_BYTES) return pmx_big_alloc(cap);
+  return aligned_alloc(64, cap);
+}
+
+void pmx_buf_put(void* p, size_t bytes) {
+  if (!p) return;
+  size_t cap;
+  int k = buf_class(bytes, &cap);
+  pthread_mutex_lock(&g_bufs.mu);
+  *(void**)p = g_bufs.free[k];
+  g_bufs.free[k] = p;
+  pthread_mutex_unlock(&g_bufs.mu);
+}
+
+/* ---- frames ----------------------------------------------------------------------------- */
+void pmx_frame_unref(void* fp) {
+  pmx_frame* f = fp;
+  if (!f) return;
+  if (atomic_fetch_sub(&f->refs, 1) != 1) return;
+  pmx_buf_put(f->data, f->len);
+  free(f);
+}
+
+pmx_frame* pmx_chunk_frame(pmx_chunk_state* c, int dtype) {
+  if (!c->frame) {
+    pmx_frame* f = calloc(1, sizeof *f);
+    size_t len = (size_t)c->elems * pmx_dtype_size(dtype);
+    uint8_t* data = f ? pmx_buf_get(len) : NULL;
+    if (!data) {
+      free(f);
+      return NULL;
+    }
+    memcpy(data, c->params, len);
+    atomic_init(&f->refs, 1);
+    f->version = c->version;
+    f->len = len;
+    f->data = data;
+    f->checksum = pmx_checksum(data, len);
+    c->frame = f;
+  }
+  atomic_fetch_add(&c->frame->refs, 1);
+  return c->frame;
+}
+
+pmx_pull* pmx_chunk_advanced(pmx_service* svc, pmx_chunk_state* c) {
+  pmx_frame_unref(c->frame);
+  c->frame = NULL;
+  pthread_mutex_lock(&svc->park_mu);
+  pmx_pull* list = c->waiters;
+  c->waiters = NULL;
+  for (pmx_pull* p = list; p; p = p->wnext) p->parked_on = NULL;
+  pthread_mutex_unlock(&svc->park_mu);
+  return list;
+}
+
+/* ---- declare ----------------------------------------------------------------------------- */
+pmx_tensor_state* pmx_store_tensor(pmx_service* svc, uint32_t id) {
+  uint32_t n = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
+  return id < n ? svc->tensors[id] : NULL;
+}
+
+static pmx_tensor_state* find_by_name(pmx_service* svc, const char* name) {
+  uint32_t n = atomic_load(&svc->ntensors);
+  for (uint32_t i = 0; i < n; i++)
+    if (strcmp(svc->tensors[i]->name, name) == 0) return svc->tensors[i];
+  return NULL;
+}
+
+static void tensor_free(pmx_tensor_state* t, uint32_t workers) {
+  if (!t) return;
+  if (t->chunks) {
+    for (uint32_t i = 0; i < t->nchunks; i++) {
+      pmx_chunk_state* c = &t->chunks[i];
+      free(c->contributed);
+      free(c->held);
+      pthread_mutex_destroy(&c->mu);
+    }
+  }
+  (void)workers;
+  free(t->chunks);
+  pmx_big_free(t->params, t->params_bytes);
+  pmx_big_free(t->mom, t->params_bytes);
+  free(t);
+}
+
+static int shape_check(const pmx_declare_args* a, uint64_t* numel, char* err, size_t errlen) {
+  if (a->ndim == 0 || a->ndim > PMX_MAX_DIMS) {
+    snprintf(err, errlen, "tensor '%s': shape has %zu dimensions (want 1..%d)", a->name, a->ndim,
+             PMX_MAX_DIMS);
+    return -1;
+  }
+  uint64_t n = 1;
+  for (size_t i = 0; i < a->ndim; i++) {
+    if (a->shape[i] == 0) {
+      snprintf(err, errlen, "tensor '%s': dimension %zu is 0", a->name, i);
+      return -1;
+    }
+    if (n > UINT64_MAX / a->shape[i]) {
+      snprintf(err, errlen, "tensor '%s': shape overflows", a->name);
+      return -1;
+    }
+    n *= a->shape[i];
+  }
+  *numel = n;
+  return 0;
+}
+
+static bool same_decl(const pmx_tensor_state* t, const pmx_declare_args* a) {
+  if (t->dtype != a->dtype || t->ndim != a->ndim) return false;
+  for (size_t i = 0; i < a->ndim; i++)
+    if (t->shape[i] != a->shape[i]) return false;
+  return true;
+}
+
+static void shape_str(char* buf, size_t cap, const uint64_t* shape, size_t ndim) {
+  size_t off = 0;
+  off += (size_t)snprintf(buf + off, cap - off, "[");
+  for (size_t i = 0; i < ndim && off < cap; i++)
+    off += (size_t)snprintf(buf + off, cap - off, i ? ",%llu" : "%llu",
+                            (unsigned long long)shape[i]);
+  if (off < cap) snprintf(buf + off, cap - off, "]");
+}
+
+/* Marks chunks whose elements are all present as initialized; returns their waiters. */
+static pmx_pull* mark_initialized(pmx_service* svc, pmx_tensor_state* t, uint64_t upto) {
+  pmx_pull* all = NULL;
+  for (uint32_t i = 0; i < t->nchunks; i++) {
+    pmx_chunk_state* c = &t->chunks[i];
+    uint64_t end = (uint64_t)i * t->chunk_elems + c->elems;
+    if (end > upto) break;
+    pthread_mutex_lock(&c->mu);
+    if (!c->initialized) {
+      c->initialized = true;
+      pmx_pull* w = pmx_chunk_advanced(svc, c);
+      pmx_frame_unref(pmx_chunk_frame(c, t->dtype));
+      while (w) {
+        pmx_pull* nx = w->wnext;
+        w->wnext = all;
+        all = w;
+        w = nx;
+      }
+    }
+    pthread_mutex_unlock(&c->mu);
+  }
+  return all;
+}
+
+static int write_values(pmx_service* svc, pmx_tensor_state* t, const pmx_declare_args* a,
+                        pmx_pull** wake, char* err, size_t errlen) {
+  size_t es = pmx_dtype_size(t->dtype);
+  if (a->values_len % es != 0) {
+    snprintf(err, errlen, "tensor '%s': %zu bytes of values is not a multiple of %zu", t->name,
+             a->values_len, es);
+    return PMX_ST_INVALID_ARGUMENT;
+  }
+  uint64_t n = a->values_len / es;
+  if (a->values_offset > t->numel || n > t->numel - a->values_offset) {
+    snprintf(err, errlen, "tensor '%s': values [%llu, %llu) run past its %llu elements", t->name,
+             (unsigned long long)a->values_offset, (unsigned long long)(a->values_offset + n),
+             (unsigned long long)t->numel);
+    return PMX_ST_INVALID_ARGUMENT;
+  }
+  if (a->values_offset + n <= t->init_cursor) return PMX_ST_OK; /* a repeat: already have it */
+  if (a->values_offset > t->init_cursor) {
+    snprintf(err, errlen, "tensor '%s': values_offset %llu leaves a gap (next expected %llu)",
+             t->name, (unsigned long long)a->values_offset, (unsigned long long)t->init_cursor);
+    return PMX_ST_INVALID_ARGUMENT;
+  }
+  uint64_t skip = t->init_cursor - a->values_offset;
+  memcpy((uint8_t*)t->params + t->init_cursor * es, a->values + skip * es, (n - skip) * es);
+  t->init_cursor = a->values_offset + n;
+  *wake = mark_initialized(svc, t, t->init_cursor);
+  return PMX_ST_OK;
+}
+
+int pmx_store_declare(pmx_service* svc, const pmx_declare_args* a, pmx_tensor_state** out,
+                      bool* created, char* err, size_t errlen) {
+  size_t namelen = strlen(a->name);
+  if (namelen == 0 || namelen > PMX_MAX_NAME) {
+    snprintf(err, errlen, "tensor name must be 1..%d bytes (got %zu)", PMX_MAX_NAME, namelen);
+    return PMX_ST_INVALID_ARGUMENT;
+  }
+  if (a->dtype != PMX_DT_F32) {
+    snprintf(err, errlen, "tensor '%s': dtype %d is not supported (this server stores f32)",
+             a->name, a->dtype);
+    return PMX_ST_INVALID_ARGUMENT;
+  }
+  uint64_t numel;
+  if (shape_check(a, &numel, err, errlen) != 0) return PMX_ST_INVALID_ARGUMENT;
+  size_t es = pmx_dtype_size(a->dtype);
+  if (numel > svc->cfg.max_tensor_bytes / es) {
+    snprintf(err, errlen, "tensor '%s': %llu elements exceed --max-tensor-bytes %llu", a->name,
+             (unsigned long long)numel, (unsigned long long)svc->cfg.max_tensor_bytes);
+    return PMX_ST_RESOURCE_EXHAUSTED;
+  }
+  if (a->values && a->init_kind != PMX_FILL_ZEROS) {
+    snprintf(err, errlen, "tensor '%s': give either values or an initializer", a->name);
+    return PMX_ST_INVALID_ARGUMENT;
+  }
+  if (a->init_kind < PMX_FILL_ZEROS || a->init_kind > PMX_FILL_UNIFORM) {
+    snprintf(err, errlen, "tensor '%s': unknown initializer kind %d", a->name, a->init_kind);
+    return PMX_ST_INVALID_ARGUMENT;
+  }
+  if (a->values_offset != 0 && !a->values) {
+    snprintf(err, errlen, "tensor '%s': values_offset without values", a->name);
+    return PMX_ST_INVALID_ARGUMENT;
+  }
+
+  pmx_pull* wake = NULL;
+  int st = PMX_ST_OK;
+  pthread_mutex_lock(&svc->declare_mu);
+  pmx_tensor_state* t = find_by_name(svc, a->name);
+  if (t) {
+    *created = false;
+    if (!same_decl(t, a)) {
+      char have[160], want[160];
+      shape_str(have, sizeof have, t->shape, t->ndim);
+      shape_str(want, sizeof want, a->shape, a->ndim);
+      snprintf(err, errlen, "tensor '%s' exists as %s %s, not %s %s", a->name,
+               pmx_dtype_name(t->dtype), have, pmx_dtype_name(a->dtype), want);
+      st = PMX_ST_FAILED_PRECONDITION;
+    } else if (a->values && t->creator == a->worker_id &&
+               t->creator_incarnation == a->incarnation && t->init_cursor < t->numel) {
+      st = write_values(svc, t, a, &wake, err, errlen);
+    }
+    goto out;
+  }
+  *created = true;
+  uint32_t n = atomic_load(&svc->ntensors);
+  if (n >= svc->cfg.max_tensors) {
+    snprintf(err, errlen, "tensor '%s': the server holds --max-tensors %u tensors", a->name,
+             svc->cfg.max_tensors);
+    st = PMX_ST_RESOURCE_EXHAUSTED;
+    goto out;
+  }
+  t = calloc(1, sizeof *t);
+  if (!t) goto oom;
+  t->id = n;
+  memcpy(t->name, a->name, namelen + 1);
+  t->dtype = a->dtype;
+  t->ndim = (uint32_t)a->ndim;
+  memcpy(t->shape, a->shape, a->ndim * sizeof *a->shape);
+  t->numel = numel;
+  t->chunk_elems = (uint32_t)(svc->cfg.chunk_bytes / 4);
+  t->nchunks = (uint32_t)((numel + t->chunk_elems - 1) / t->chunk_elems);
+  t->params_bytes = numel * es;
+  t->params = pmx_big_alloc(t->params_bytes);
+  if (svc->cfg.momentum != 0) t->mom = pmx_big_alloc(t->params_bytes);
+  t->chunks = calloc(t->nchunks, sizeof *t->chunks);
+  if (!t->params || !t->chunks || (svc->cfg.momentum != 0 && !t->mom)) goto oom;
+  t->creator = a->worker_id;
+  t->creator_incarnation = a->incarnation;
+  for (uint32_t i = 0; i < t->nchunks; i++) {
+    pmx_chunk_state* c = &t->chunks[i];
+    uint64_t first = (uint64_t)i * t->chunk_elems;
+    c->elems = (uint32_t)(numel - first < t->chunk_elems ? numel - first : t->chunk_elems);
+    c->params = t->params + first;
+    c->mom = t->mom ? t->mom + first : NULL;
+    c->mom_first = true;
+    c->contributed = calloc(svc->cfg.workers, 1);
+    c->held = calloc(svc->cfg.workers, sizeof *c->held);
+    pthread_mutex_init(&c->mu, NULL);
+    if (!c->contributed || !c->held) goto oom;
+  }
+  if (a->values) {
+    st = write_values(svc, t, a, &wake, err, errlen);
+    if (st != PMX_ST_OK) {
+      tensor_free(t, svc->cfg.workers);
+      goto out;
+    }
+  } else {
+    if (a->init_kind != PMX_FILL_ZEROS)
+      pmx_init_fill_f32(t->params, 0, numel, a->init_kind, a->init_a, a->init_b, a->init_seed);
+    t->init_cursor = numel;
+    for (uint32_t i = 0; i < t->nchunks; i++) t->chunks[i].initialized = true;
+  }
+  svc->tensors[n] = t;
+  atomic_store_explicit(&svc->ntensors, n + 1, memory_order_release);
+  pmx_info("declared tensor %u '%s' %s numel=%llu chunks=%u", t->id, t->name,
+           pmx_dtype_name(t->dtype), (unsigned long long)numel, t->nchunks);
+  goto out;
+oom:
+  tensor_free(t, svc->cfg.workers);
+  t = NULL;
+  snprintf(err, errlen, "tensor '%s': out of memory", a->name);
+  st = PMX_ST_RESOURCE_EXHAUSTED;
+out:
+  pthread_mutex_unlock(&svc->declare_mu);
+  pmx_pulls_resume(wake);
+  if (st == PMX_ST_OK) *out = t;
+  return st;
+}
+
+uint64_t pmx_tensor_version_min(pmx_tensor_state* t, uint64_t* vmax, uint64_t* checksum) {
+  uint64_t lo = UINT64_MAX, hi = 0;
+  bool ready = true;
+  for (uint32_t i = 0; i < t->nchunks; i++) {
+    pmx_chunk_state* c = &t->chunks[i];
+    pthread_mutex_lock(&c->mu);
+    if (c->version < lo) lo = c->version;
+    if (c->version > hi) hi = c->version;
+    if (!c->initialized) ready = false;
+    pthread_mutex_unlock(&c->mu);
+  }
+  if (vmax) *vmax = hi;
+  if (checksum) {
+    *checksum = 0;
+    if (ready && lo == hi) {
+      /* Hash the tensor chunk by chunk under each chunk's lock; the version check
+       * afterwards makes sure no step landed in between. */
+      XXH64_state_t* s = XXH64_createState();
+      if (s) {
+        XXH64_reset(s, 0);
+        bool same = true;
+        for (uint32_t i = 0; i < t->nchunks && same; i++) {
+          pmx_chunk_state* c = &t->chunks[i];
+          pthread_mutex_lock(&c->mu);
+          same = c->version == lo;
+          XXH64_update(s, c->params, (size_t)c->elems * pmx_dtype_size(t->dtype));
+          pthread_mutex_unlock(&c->mu);
+        }
+        if (same) *checksum = XXH64_digest(s);
+        XXH64_freeState(s);
+      }
+    }
+  }
+  return lo;
+}

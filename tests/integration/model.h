@@ -1,0 +1,31 @@
+/* The training job of the end-to-end tests, shared by pmx_test_worker (which runs it
+ * through libparamex) and test_e2e (which recomputes it locally as the reference).
+ *
+ * Two f32 tensors: "a" (numel given on the command line; by default 3,000,001, so it spans
+ * several chunks and ends in a short one) and "b" (shape 10 x 100). Initial values come
+ * from the seeded initializers of codec.h; the gradient of worker `rank` at step `step` is
+ *     g[i] = 0.5f * p[i] + noise(tensor, rank, step)[i]
+ * so a wrong pull (p) or a wrong aggregation (sum in rank order) changes the result.
+ * Both sides are compiled with -ffp-contract=off, so the float operations below give the
+ * same bits everywhere. The definitions are in model.c, so that the worker (a libparamex
+ * user) does not need codec.h. */
+#ifndef PMX_IT_MODEL_H
+#define PMX_IT_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PMX_IT_NTENSORS 2
+#define PMX_IT_DEFAULT_A_NUMEL 3000001u
+#define PMX_IT_B_ROWS 10u
+#define PMX_IT_B_COLS 100u
+
+/* "a" or "b". */
+const char* pmx_it_tensor_name(int t);
+/* Initial values of tensor t (version 0). Returns 0, -1 on failure. */
+int pmx_it_init(int t, float* p, size_t n);
+/* Gradient of worker `rank` at `step` for tensor t, from the pulled parameters p.
+ * Returns 0, -1 on failure. */
+int pmx_it_grad(int t, uint32_t rank, uint64_t step, const float* p, float* g, size_t n);
+
+#endif

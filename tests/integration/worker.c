@@ -1,0 +1,186 @@
+/* pmx_test_worker: one worker of the end-to-end tests, driving libparamex as a user would.
+ *
+ *   pmx_test_worker --server ADDR --rank R --world N --steps S --out FILE
+ *                   [--a-numel N] [--dup-step K] [--progress] [--timeout-ms MS]
+ *
+ * Joins, declares "a" and "b" (model.h) with explicit initial values, pulls version 0,
+ * then for each step s: computes its gradients from the pulled parameters, pushes step s
+ * and pulls version s+1 (odd steps overlap pmx_push_async with pmx_pull_async). With
+ * --dup-step K it pushes step K twice more (once before and once after the pull of K+1),
+ * as a retry would. --progress prints "step N" on stdout after each of the first 16
+ * steps. Writes the final parameters (a then b, raw f32) to FILE.
+ * Exit 0 on success, 1 when a paramex call failed (one line on stderr), 2 on bad usage. */
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "paramex/paramex.h"
+
+static uint32_t g_rank;
+
+static void die_pmx(const char* what, uint64_t step, pmx_status st) {
+  fprintf(stderr, "pmx_test_worker[rank %" PRIu32 "]: %s (step %" PRIu64 "): %s: %s\n", g_rank,
+          what, step, pmx_strerror(st), pmx_last_error());
+  exit(1);
+}
+
+static void die(const char* msg) {
+  fprintf(stderr, "pmx_test_worker[rank %" PRIu32 "]: %s\n", g_rank, msg);
+  exit(1);
+}
+
+static uint64_t parse_u64(const char* flag, const char* v) {
+  char* end = NULL;
+  if (!v || !*v || *v == '-') goto bad;
+  unsigned long long x = strtoull(v, &end, 10);
+  if (*end) goto bad;
+  return (uint64_t)x;
+bad:
+  fprintf(stderr, "pmx_test_worker: %s: bad value '%s'\n", flag, v ? v : "");
+  exit(2);
+}
+
+int main(int argc, char** argv) {
+  const char* server = NULL;
+  const char* out_path = NULL;
+  uint64_t rank = 0, world = 0, steps = 0, a_numel = PMX_IT_DEFAULT_A_NUMEL;
+  int64_t dup_step = -1, timeout_ms = 60000;
+  bool progress = false;
+  for (int i = 1; i < argc; i++) {
+    const char* f = argv[i];
+    const char* v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(f, "--progress")) {
+      progress = true;
+      continue;
+    }
+    if (!v) {
+      fprintf(stderr, "pmx_test_worker: %s needs a value\n", f);
+      return 2;
+    }
+    i++;
+    if (!strcmp(f, "--server")) server = v;
+    else if (!strcmp(f, "--out")) out_path = v;
+    else if (!strcmp(f, "--rank")) rank = parse_u64(f, v);
+    else if (!strcmp(f, "--world")) world = parse_u64(f, v);
+    else if (!strcmp(f, "--steps")) steps = parse_u64(f, v);
+    else if (!strcmp(f, "--a-numel")) a_numel = parse_u64(f, v);
+    else if (!strcmp(f, "--dup-step")) dup_step = (int64_t)parse_u64(f, v);
+    else if (!strcmp(f, "--timeout-ms")) timeout_ms = (int64_t)parse_u64(f, v);
+    else {
+      fprintf(stderr, "pmx_test_worker: unknown flag %s\n", f);
+      return 2;
+    }
+  }
+  if (!server || !out_path || world == 0 || rank >= world || a_numel == 0 || rank > UINT32_MAX ||
+      world > UINT32_MAX) {
+    fprintf(stderr, "usage: pmx_test_worker --server ADDR --rank R --world N --steps S --out FILE "
+                    "[--a-numel N] [--dup-step K] [--progress] [--timeout-ms MS]\n");
+    return 2;
+  }
+  g_rank = (uint32_t)rank;
+
+  size_t numel[PMX_IT_NTENSORS] = {(size_t)a_numel, PMX_IT_B_ROWS * PMX_IT_B_COLS};
+  float* params[PMX_IT_NTENSORS];
+  float* grads[PMX_IT_NTENSORS];
+  for (int t = 0; t < PMX_IT_NTENSORS; t++) {
+    params[t] = malloc(numel[t] * sizeof(float));
+    grads[t] = malloc(numel[t] * sizeof(float));
+    if (!params[t] || !grads[t]) die("out of memory");
+  }
+
+  pmx_options opts = {.timeout_ms = timeout_ms, .connect_timeout_ms = 20000};
+  pmx_client* c = NULL;
+  pmx_status st = pmx_connect(server, &opts, &c);
+  if (st != PMX_OK) die_pmx("pmx_connect", 0, st);
+  pmx_join_info info;
+  st = pmx_join(c, (uint32_t)rank, (uint32_t)world, &info);
+  if (st != PMX_OK) die_pmx("pmx_join", 0, st);
+  if (info.worker_id != rank || info.world_size != world) die("pmx_join: unexpected join info");
+
+  pmx_tensor* tensors[PMX_IT_NTENSORS];
+  for (int t = 0; t < PMX_IT_NTENSORS; t++) {
+    /* Every worker sends the initial values; only the creating call uses them. */
+    if (pmx_it_init(t, grads[t], numel[t]) != 0) die("initializer failed");
+    uint64_t shape_a[1] = {a_numel};
+    uint64_t shape_b[2] = {PMX_IT_B_ROWS, PMX_IT_B_COLS};
+    st = pmx_declare(c, pmx_it_tensor_name(t), PMX_F32, t == 0 ? shape_a : shape_b,
+                     t == 0 ? 1 : 2, grads[t], NULL, &tensors[t]);
+    if (st != PMX_OK) die_pmx("pmx_declare", 0, st);
+    if (pmx_tensor_numel(tensors[t]) != numel[t] ||
+        pmx_tensor_bytes(tensors[t]) != numel[t] * sizeof(float) ||
+        pmx_tensor_num_chunks(tensors[t]) == 0)
+      die("pmx_declare: the tensor's facts do not match its shape");
+  }
+  void* dst[PMX_IT_NTENSORS] = {params[0], params[1]};
+  const void* src[PMX_IT_NTENSORS] = {grads[0], grads[1]};
+  uint64_t versions[PMX_IT_NTENSORS];
+
+  st = pmx_pull(c, PMX_IT_NTENSORS, tensors, dst, 0, versions);
+  if (st != PMX_OK) die_pmx("pmx_pull", 0, st);
+
+  for (uint64_t s = 0; s < steps; s++) {
+    for (int t = 0; t < PMX_IT_NTENSORS; t++)
+      if (pmx_it_grad(t, (uint32_t)rank, s, params[t], grads[t], numel[t]) != 0)
+        die("gradient failed");
+    bool dup = (int64_t)s == dup_step;
+    if (s % 2 == 1 && !dup) {
+      /* Overlap: the pull of s+1 is parked until every push of s (ours included) is in. */
+      pmx_op* push_op = NULL;
+      pmx_op* pull_op = NULL;
+      st = pmx_push_async(c, s, PMX_IT_NTENSORS, tensors, src, &push_op);
+      if (st != PMX_OK) die_pmx("pmx_push_async", s, st);
+      st = pmx_pull_async(c, PMX_IT_NTENSORS, tensors, dst, s + 1, versions, &pull_op);
+      if (st != PMX_OK) {
+        pmx_op_wait(push_op);
+        die_pmx("pmx_pull_async", s, st);
+      }
+      pmx_status st_push = pmx_op_wait(push_op);
+      pmx_status st_pull = pmx_op_wait(pull_op);
+      if (st_push != PMX_OK) die_pmx("pmx_op_wait(push)", s, st_push);
+      if (st_pull != PMX_OK) die_pmx("pmx_op_wait(pull)", s, st_pull);
+    } else {
+      st = pmx_push(c, s, PMX_IT_NTENSORS, tensors, src);
+      if (st != PMX_OK) die_pmx("pmx_push", s, st);
+      if (dup) {
+        st = pmx_push(c, s, PMX_IT_NTENSORS, tensors, src);
+        if (st != PMX_OK) die_pmx("pmx_push (retry before pull)", s, st);
+      }
+      st = pmx_pull(c, PMX_IT_NTENSORS, tensors, dst, s + 1, versions);
+      if (st != PMX_OK) die_pmx("pmx_pull", s, st);
+      if (dup) {
+        st = pmx_push(c, s, PMX_IT_NTENSORS, tensors, src);
+        if (st != PMX_OK) die_pmx("pmx_push (retry after pull)", s, st);
+      }
+    }
+    for (int t = 0; t < PMX_IT_NTENSORS; t++)
+      if (versions[t] != s + 1) {
+        fprintf(stderr, "pmx_test_worker[rank %" PRIu64 "]: pull of step %" PRIu64
+                        " returned version %" PRIu64 " for %s, want %" PRIu64 "\n",
+                rank, s, versions[t], pmx_it_tensor_name(t), s + 1);
+        return 1;
+      }
+    if (progress && s < 16) {
+      printf("step %" PRIu64 "\n", s);
+      fflush(stdout);
+    }
+  }
+
+  pmx_client_stats cs;
+  pmx_client_get_stats(c, &cs);
+  if (cs.checksum_failures != 0) die("the client saw checksum failures");
+  pmx_client_destroy(c);
+
+  FILE* f = fopen(out_path, "wb");
+  if (!f) die("cannot open --out");
+  for (int t = 0; t < PMX_IT_NTENSORS; t++)
+    if (fwrite(params[t], sizeof(float), numel[t], f) != numel[t]) die("cannot write --out");
+  if (fclose(f) != 0) die("cannot write --out");
+  for (int t = 0; t < PMX_IT_NTENSORS; t++) {
+    free(params[t]);
+    free(grads[t]);
+  }
+  return 0;
+}
