@@ -24,7 +24,8 @@ scripts/deps.sh
 if [[ ! -f build/meson-private/coredata.dat ]]; then
   meson setup build --buildtype=debugoptimized
 fi
-meson compile -C build
+# Only what the demo runs, so the demo never waits for the test programs.
+meson compile -C build paramex-server client/paramex:executable paramex-train-demo
 
 server_bin=build/server/paramex-server
 cli_bin=build/client/paramex
@@ -125,20 +126,30 @@ done
 tail -n +1 -s 0.1 --pid="${worker_pids[0]}" -f "$tmp/worker0.log" &
 tail_pid=$!
 
-failed_ranks=()
-for ((r = 0; r < WORKERS; r++)); do
-  rc=0
-  wait "${worker_pids[r]}" || rc=$?
+# Reap the workers as they finish; on the first failure stop the others at once instead
+# of letting them wait for a step that will never complete.
+declare -A rank_of=()
+for ((r = 0; r < WORKERS; r++)); do rank_of[${worker_pids[r]}]=$r; done
+failure=""
+while ((${#worker_pids[@]} > 0)); do
+  rc=0 done_pid=""
+  wait -n -p done_pid "${worker_pids[@]}" || rc=$?
+  [[ -n $done_pid ]] || { failure="lost track of the workers (wait: $rc)"; break; }
+  left=()
+  for pid in "${worker_pids[@]}"; do [[ $pid == "$done_pid" ]] || left+=("$pid"); done
+  worker_pids=("${left[@]}")
   if ((rc == 124 || rc == 137)); then
-    failed_ranks+=("$r (timed out after ${WORKER_TIMEOUT_S} s)")
+    failure="worker ${rank_of[$done_pid]} timed out after ${WORKER_TIMEOUT_S} s"
   elif ((rc != 0)); then
-    failed_ranks+=("$r (exit $rc)")
+    failure="worker ${rank_of[$done_pid]} exited with status $rc"
   fi
+  [[ -z $failure ]] || break
 done
+stop_pids "${worker_pids[@]}"
 worker_pids=()
 wait "$tail_pid" || true
 tail_pid=""
-((${#failed_ranks[@]} == 0)) || fail "worker(s) failed: $(IFS=,; echo "${failed_ranks[*]}")"
+[[ -z $failure ]] || fail "$failure"
 
 # --- bit-identity: every worker's checksum equals the server's ---
 server_json=$("$cli_bin" stats "$addr" --json) || fail "paramex stats $addr --json failed"

@@ -579,7 +579,7 @@ int pmx_h_call(pmx_rpc_channel* ch, const char* path, const pmx_h_msg* msgs, siz
     snprintf(res->details, sizeof res->details, "%s", h->details);
   } else if (done) {
     snprintf(res->details, sizeof res->details,
-             "harness: no %s completion within %lld ms (call then ended %s: %s)", hang,
+             "harness: no %s completion within %lld ms (call then ended %s: %.300s)", hang,
              (long long)(timeout_ms + 10000), pmx_status_name(h->status), h->details);
   } else {
     snprintf(res->details, sizeof res->details, "harness: call did not finish within %lld ms%s%s",
