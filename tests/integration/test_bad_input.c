@@ -443,9 +443,9 @@ static void test_join_bad(void** state) {
   int st = join(2, 2, NULL, det, sizeof det);
   expect_status("join rank 2 of 2", st, PMX_ST_INVALID_ARGUMENT, det);
   expect_unchanged("join rank 2 of 2", true);
-  st = join(7, 3, NULL, det, sizeof det);
-  expect_status("join rank 7 of 3", st, PMX_ST_INVALID_ARGUMENT, det);
-  expect_unchanged("join rank 7 of 3", true);
+  st = join(UINT32_MAX, 2, NULL, det, sizeof det);
+  expect_status("join rank 2^32-1 of 2", st, PMX_ST_INVALID_ARGUMENT, det);
+  expect_unchanged("join rank 2^32-1 of 2", true);
   st = join(0, 3, NULL, det, sizeof det);
   expect_status("join world 3 (server has 2)", st, PMX_ST_FAILED_PRECONDITION, det);
   expect_unchanged("join world 3", true);
@@ -530,8 +530,18 @@ static void test_declare_bad(void** state) {
   uint64_t shape_t[1] = {T_NUMEL};
   r.n_shape = 1;
   r.shape = shape_t;
+  /* Another dtype: bf16 is also not stored by this server yet, so the request is invalid
+   * on its own (INVALID_ARGUMENT) as well as conflicting (FAILED_PRECONDITION). */
   r.dtype = PARAMEX__V1__DTYPE__DTYPE_BF16;
-  declare_expect("declare t with dtype bf16", &r, PMX_ST_FAILED_PRECONDITION);
+  {
+    char det[512];
+    int st = declare(&r, NULL, det, sizeof det);
+    CHECK(st == PMX_ST_FAILED_PRECONDITION || st == PMX_ST_INVALID_ARGUMENT,
+          "declare t with dtype bf16: got %s '%s', want FAILED_PRECONDITION or INVALID_ARGUMENT",
+          st >= 0 ? pmx_status_name(st) : "harness error", det);
+    CHECK(det[0], "declare t with dtype bf16: no message");
+    expect_unchanged("declare t with dtype bf16", true);
+  }
   r.dtype = PARAMEX__V1__DTYPE__DTYPE_F32;
 
   /* The same declaration again is fine and changes nothing. */
@@ -804,7 +814,7 @@ static void test_parked_pulls_block_no_thread(void** state) {
     size_t len;
     pull_req(&req, ids, 1, NULL, 0, 1000, &bufs[i], &len);
     msgs[i] = (pmx_h_msg){bufs[i], len, NULL, 0};
-    a[i] = pmx_h_async_start(g_ch, PMX_H_PATH_PULL, &msgs[i], 1, 4000);
+    a[i] = pmx_h_async_start(g_ch, PMX_H_PATH_PULL, &msgs[i], 1, 2500);
     CHECK(a[i], "cannot start parked pull %d", i);
   }
   int64_t t0 = pmx_h_now_ms();
@@ -817,7 +827,7 @@ static void test_parked_pulls_block_no_thread(void** state) {
   int64_t took = pmx_h_now_ms() - t0;
   CHECK(st == PMX_ST_OK, "pull of u, t while %d pulls are parked: %s '%s'", NPARKED, pmx_status_name(st),
         r.details);
-  CHECK(took < 3000, "Stats + pull took %" PRId64 " ms while %d pulls were parked", took, NPARKED);
+  CHECK(took < 2000, "Stats + pull took %" PRId64 " ms while %d pulls were parked", took, NPARKED);
   CHECK(r.nresp == 1 + T_CHUNKS, "pull of u, t returned %zu messages", r.nresp);
   for (size_t i = 0; i < r.nresp; i++) {
     pmx_chunk c;

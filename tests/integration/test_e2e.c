@@ -258,10 +258,10 @@ static void check_against_reference(const job* j, const job_out* o) {
 }
 
 /* 4 workers, SGD with momentum and weight decay, 256 KiB chunks: "a" has 46 chunks, the
- * last one short. Steps 0 and 2 use the blocking calls, step 1 the asynchronous ones. */
+ * last one short. Even steps use the blocking calls, odd steps the asynchronous ones. */
 static void test_four_workers_bit_exact_and_reproducible(void** state) {
   (void)state;
-  job j = {.world = 4, .steps = 3, .a_numel = PMX_IT_DEFAULT_A_NUMEL, .lr = "0.1",
+  job j = {.world = 4, .steps = 4, .a_numel = PMX_IT_DEFAULT_A_NUMEL, .lr = "0.1",
            .momentum = "0.9", .weight_decay = "0.01", .chunk_bytes = "256K",
            .chunk_elems = 65536, .threads = "2", .dup_rank = -1};
   job_out first = {0}, second = {0};

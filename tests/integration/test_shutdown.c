@@ -57,10 +57,10 @@ static void test_sigterm_under_load(void** state) {
     if (r == 0) progress_fd = op[0];
   }
 
-  /* Training is under way once rank 0 has pulled the result of step 3. */
+  /* Training is under way once rank 0 has pulled the result of step 5. */
   char acc[256] = "", line[64];
-  CHECK(pmx_h_read_line_prefix(progress_fd, "step 3", acc, sizeof acc, line, sizeof line, 60000) == 0,
-        "rank 0 did not report step 3 within 60 s");
+  CHECK(pmx_h_read_line_prefix(progress_fd, "step 5", acc, sizeof acc, line, sizeof line, 60000) == 0,
+        "rank 0 did not report step 5 within 60 s");
 
   int64_t t0 = pmx_h_now_ms();
   int ws = 0;
