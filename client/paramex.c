@@ -476,7 +476,6 @@ pmx_status pmx_push_async(pmx_client* c, uint64_t step, size_t n, pmx_tensor* co
     op_free(op);
     return fail(PMX_ERR_NO_MEMORY, "pmx_push: out of memory");
   }
-  pmx_cli_call_ref(op->call);
   pmx_cli_call_read(op->call); /* the PushResponse, once the stream is closed */
   push_send_next(op);
   pmx_cli_call_unref(op->call);
@@ -622,7 +621,6 @@ pmx_status pmx_pull_async(pmx_client* c, size_t n, pmx_tensor* const* tensors, v
     return fail(PMX_ERR_NO_MEMORY, "pmx_pull: out of memory");
   }
   pmx_out o = {buf, len, NULL, 0, NULL, NULL};
-  pmx_cli_call_ref(op->call);
   pmx_cli_call_send(op->call, &o, true);
   pmx_cli_call_read(op->call);
   pmx_cli_call_unref(op->call);

@@ -142,7 +142,9 @@ typedef struct pmx_cli_call_cbs {
 
 /* Starts a call on method path with a deadline timeout_ms from now. wait_for_ready:
  * queue the call while the server is not reachable yet (until the deadline) instead of
- * failing UNAVAILABLE at once. Returns NULL only when out of memory. */
+ * failing UNAVAILABLE at once. Returns NULL only when out of memory. The caller holds one
+ * reference on the returned call (callbacks may already run, but on_done cannot) and
+ * drops it with pmx_cli_call_unref after its last operation on the handle. */
 pmx_cli_call* pmx_cli_call_start(pmx_rpc_channel* ch, const char* path, int64_t timeout_ms,
                                  bool wait_for_ready, const pmx_cli_call_cbs* cbs, void* ctx);
 void pmx_cli_call_ref(pmx_cli_call* call);

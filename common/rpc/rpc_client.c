@@ -233,7 +233,8 @@ pmx_cli_call* pmx_cli_call_start(pmx_rpc_channel* ch, const char* path, int64_t 
   ch->nlive++;
   pthread_mutex_unlock(&ch->mu);
 
-  c->refs = 3; /* the call itself (dropped with the status) + start + status batches */
+  /* the call itself (dropped with the status) + start + status batches + the caller's */
+  c->refs = 4;
   grpc_op ops[2];
   memset(ops, 0, sizeof ops);
   ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
@@ -380,7 +381,6 @@ int pmx_rpc_unary(pmx_rpc_channel* ch, const char* path, const void* req, size_t
   pmx_cli_call* c = pmx_cli_call_start(ch, path, timeout_ms, wait_for_ready, &unary_cbs, &w);
   if (!c) return PMX_ST_RESOURCE_EXHAUSTED;
   pmx_out out = {req, req_len, NULL, 0, NULL, NULL};
-  pmx_cli_call_ref(c);
   pmx_cli_call_send(c, &out, true);
   pmx_cli_call_read(c);
   pmx_cli_call_unref(c);

@@ -513,7 +513,6 @@ int pmx_h_call(pmx_rpc_channel* ch, const char* path, const pmx_h_msg* msgs, siz
     snprintf(res->details, sizeof res->details, "harness: pmx_cli_call_start failed");
     return res->status;
   }
-  pmx_cli_call_ref(call); /* keeps the handle valid until our last operation */
   const char* hang = NULL;
 
   pthread_mutex_lock(&h->mu);

@@ -60,7 +60,7 @@ static void test_sigterm_under_load(void** state) {
   /* Training is under way once rank 0 has pulled the result of step 5. */
   char acc[256] = "", line[64];
   CHECK(pmx_h_read_line_prefix(progress_fd, "step 5", acc, sizeof acc, line, sizeof line, 60000) == 0,
-        "rank 0 did not report step 5 within 60 s");
+        "rank 0 did not report step 5 within 60 s (its stdout ended or timed out)");
 
   int64_t t0 = pmx_h_now_ms();
   int ws = 0;
