@@ -46,6 +46,7 @@ void pmx_buf_put(void* p, size_t bytes) {
   if (!p) return;
   size_t cap;
   int k = buf_class(bytes, &cap);
+  if (k < 0) abort(); /* never handed out by pmx_buf_get */
   pthread_mutex_lock(&g_bufs.mu);
   *(void**)p = g_bufs.free[k];
   g_bufs.free[k] = p;

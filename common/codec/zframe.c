@@ -82,7 +82,7 @@ size_t pmx_zstd_bound(size_t n) {
 }
 
 size_t pmx_zstd_compress(const void* src, size_t n, void* dst, size_t cap, int level) {
-  if ( level > ZSTD_maxCLevel()) return 0;
+  if (level < 1 || level > ZSTD_maxCLevel()) return 0;
   ZSTD_CCtx* c = thread_cctx();
   if (!c) return 0;
   ZSTD_CCtx_reset(c, ZSTD_reset_session_and_parameters);

@@ -99,7 +99,8 @@ bool pmx_srv_call_read(pmx_srv_call* call);
  * run, no callback follows). */
 bool pmx_srv_call_send(pmx_srv_call* call, const pmx_out* out);
 /* Send an optional last message (out may be NULL) and the status. Only the first finish
- * of a call has effect; details is copied. */
+ * of a call has effect; details is copied. out must be NULL while a send is pending: such
+ * a message is released unsent and the call ends INTERNAL. */
 void pmx_srv_call_finish(pmx_srv_call* call, const pmx_out* out, int status, const char* details);
 /* A request header's value, or NULL. Valid while the call lives. key is lower case. */
 const char* pmx_srv_call_header(pmx_srv_call* call, const char* key, char* buf, size_t cap);

@@ -176,8 +176,12 @@ void pmx_srv_call_finish(pmx_srv_call* c, const pmx_out* out, int status, const 
       ops[n].data.send_message.send_message = c->final_bb;
       n++;
     }
-  } else {
+  } else if (out) {
+    /* A last message while a send is pending cannot be queued: report the misuse rather
+     * than end the call OK without it. */
     rpc_out_release(out);
+    status = PMX_ST_INTERNAL;
+    details = "server error: final message while a send was pending";
   }
   c->status_details = grpc_slice_from_copied_string(details ? details : "");
   c->has_status_details = true;

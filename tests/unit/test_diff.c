@@ -115,6 +115,20 @@ static void check_exhaustive(int ebits, int mbits, float (*to32)(uint16_t),
   for (uint32_t i = 0; i < 65536; i++) assert_int_equal(bits(wide[i]), bits(to32(all[i])));
   to16n(wide, back, 65536);
   for (uint32_t i = 0; i < 65536; i++) assert_int_equal(back[i], to16(wide[i]));
+  /* lengths that are not a multiple of the vector block, at odd offsets: the tails */
+  static const size_t lens[] = {1, 5, 31, 33, 65533};
+  for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++) {
+    static float w2[65536];
+    static uint16_t b2[65536];
+    memset(w2, 0, sizeof w2);
+    to32n(all + 3, w2, lens[l]);
+    for (size_t i = 0; i < lens[l]; i++) assert_int_equal(bits(w2[i]), bits(wide[i + 3]));
+    assert_int_equal(bits(w2[lens[l]]), 0);
+    memset(b2, 0, sizeof b2);
+    to16n(wide + 1, b2, lens[l]);
+    for (size_t i = 0; i < lens[l]; i++) assert_int_equal(b2[i], back[i + 1]);
+    assert_int_equal(b2[lens[l]], 0);
+  }
 }
 
 static void test_bf16_exhaustive(void** st) {
