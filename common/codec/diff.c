@@ -72,66 +72,93 @@ void pmx_delta_apply(const void* base, const void* d, size_t n, int width, void*
   }
 }
 
-/* ---- zigzag + shuffle --------------------------------------------------------------- */
+/* ---- zigzag + shuffle ---------------------------------------------------------------
+ * The byte planes are gathered / scattered with byte loads and stores (s[4*i + b]):
+ * gcc turns those into SSE2 interleave permutes, 2.5-3x faster than extracting bytes
+ * from words with shifts. Zigzag needs whole words, so it runs over a block of ZB words
+ * in a stack buffer (L1 resident) that is then shuffled as bytes; the inverse
+ * unshuffles into the output and unzigzags it in place, block by block. */
 
-static void zzsh16(const w16* restrict d, size_t n, uint8_t* restrict p0, uint8_t* restrict p1) {
-  FOR_EACH(n, uint16_t z = zz16(d[i]); p0[i] = (uint8_t)z; p1[i] = (uint8_t)(z >> 8));
+#define ZB 1024 /* words per zigzag block: 4 KiB on the stack */
+
+static void gather2(const uint8_t* restrict s, size_t n, uint8_t* restrict p0,
+                    uint8_t* restrict p1) {
+  FOR_EACH(n, p0[i] = s[2 * i]; p1[i] = s[2 * i + 1]);
 }
-static void zzsh32(const w32* restrict d, size_t n, uint8_t* restrict p0, uint8_t* restrict p1,
-                   uint8_t* restrict p2, uint8_t* restrict p3) {
-  FOR_EACH(n, uint32_t z = zz32(d[i]); p0[i] = (uint8_t)z; p1[i] = (uint8_t)(z >> 8);
-           p2[i] = (uint8_t)(z >> 16); p3[i] = (uint8_t)(z >> 24));
+static void gather4(const uint8_t* restrict s, size_t n, uint8_t* restrict p0,
+                    uint8_t* restrict p1, uint8_t* restrict p2, uint8_t* restrict p3) {
+  FOR_EACH(n, p0[i] = s[4 * i]; p1[i] = s[4 * i + 1]; p2[i] = s[4 * i + 2]; p3[i] = s[4 * i + 3]);
 }
-static void unzzsh16(const uint8_t* restrict p0, const uint8_t* restrict p1, size_t n,
-                     w16* restrict d) {
-  FOR_EACH(n, d[i] = unzz16((uint16_t)(p0[i] | p1[i] << 8)));
+static void scatter2(const uint8_t* restrict p0, const uint8_t* restrict p1, size_t n,
+                     uint8_t* restrict d) {
+  FOR_EACH(n, d[2 * i] = p0[i]; d[2 * i + 1] = p1[i]);
 }
-static void unzzsh32(const uint8_t* restrict p0, const uint8_t* restrict p1,
+static void scatter4(const uint8_t* restrict p0, const uint8_t* restrict p1,
                      const uint8_t* restrict p2, const uint8_t* restrict p3, size_t n,
-                     w32* restrict d) {
-  FOR_EACH(n, d[i] = unzz32((uint32_t)p0[i] | (uint32_t)p1[i] << 8 | (uint32_t)p2[i] << 16 |
-                            (uint32_t)p3[i] << 24));
+                     uint8_t* restrict d) {
+  FOR_EACH(n, d[4 * i] = p0[i]; d[4 * i + 1] = p1[i]; d[4 * i + 2] = p2[i]; d[4 * i + 3] = p3[i]);
 }
 
-static void sh16(const w16* restrict s, size_t n, uint8_t* restrict p0, uint8_t* restrict p1) {
-  FOR_EACH(n, uint16_t w = s[i]; p0[i] = (uint8_t)w; p1[i] = (uint8_t)(w >> 8));
+static void zz16_n(const w16* restrict s, size_t n, uint16_t* restrict t) {
+  FOR_EACH(n, t[i] = zz16(s[i]));
 }
-static void sh32(const w32* restrict s, size_t n, uint8_t* restrict p0, uint8_t* restrict p1,
-                 uint8_t* restrict p2, uint8_t* restrict p3) {
-  FOR_EACH(n, uint32_t w = s[i]; p0[i] = (uint8_t)w; p1[i] = (uint8_t)(w >> 8);
-           p2[i] = (uint8_t)(w >> 16); p3[i] = (uint8_t)(w >> 24));
+static void zz32_n(const w32* restrict s, size_t n, uint32_t* restrict t) {
+  FOR_EACH(n, t[i] = zz32(s[i]));
 }
-static void unsh16(const uint8_t* restrict p0, const uint8_t* restrict p1, size_t n,
-                   w16* restrict d) {
-  FOR_EACH(n, d[i] = (uint16_t)(p0[i] | p1[i] << 8));
+static void unzz16_n(w16* restrict t, size_t n) { FOR_EACH(n, t[i] = unzz16(t[i])); }
+static void unzz32_n(w32* restrict t, size_t n) { FOR_EACH(n, t[i] = unzz32(t[i])); }
+
+static void zzsh16(const uint8_t* d, size_t n, uint8_t* out) {
+  uint16_t t[ZB];
+  for (size_t i = 0; i < n; i += ZB) {
+    size_t k = n - i < ZB ? n - i : ZB;
+    zz16_n((const w16*)(d + 2 * i), k, t);
+    gather2((const uint8_t*)t, k, out + i, out + n + i);
+  }
 }
-static void unsh32(const uint8_t* restrict p0, const uint8_t* restrict p1,
-                   const uint8_t* restrict p2, const uint8_t* restrict p3, size_t n,
-                   w32* restrict d) {
-  FOR_EACH(n, d[i] = (uint32_t)p0[i] | (uint32_t)p1[i] << 8 | (uint32_t)p2[i] << 16 |
-                     (uint32_t)p3[i] << 24);
+static void zzsh32(const uint8_t* d, size_t n, uint8_t* out) {
+  uint32_t t[ZB];
+  for (size_t i = 0; i < n; i += ZB) {
+    size_t k = n - i < ZB ? n - i : ZB;
+    zz32_n((const w32*)(d + 4 * i), k, t);
+    gather4((const uint8_t*)t, k, out + i, out + n + i, out + 2 * n + i, out + 3 * n + i);
+  }
+}
+static void unzzsh16(const uint8_t* in, size_t n, uint8_t* d) {
+  for (size_t i = 0; i < n; i += ZB) {
+    size_t k = n - i < ZB ? n - i : ZB;
+    scatter2(in + i, in + n + i, k, d + 2 * i);
+    unzz16_n((w16*)(d + 2 * i), k);
+  }
+}
+static void unzzsh32(const uint8_t* in, size_t n, uint8_t* d) {
+  for (size_t i = 0; i < n; i += ZB) {
+    size_t k = n - i < ZB ? n - i : ZB;
+    scatter4(in + i, in + n + i, in + 2 * n + i, in + 3 * n + i, k, d + 4 * i);
+    unzz32_n((w32*)(d + 4 * i), k);
+  }
 }
 
 void pmx_zigzag_shuffle(const void* d, size_t n, int width, uint8_t* out) {
   if (n == 0) return;
-  if (width == 2) zzsh16(d, n, out, out + n);
-  else if (width == 4) zzsh32(d, n, out, out + n, out + 2 * n, out + 3 * n);
+  if (width == 2) zzsh16(d, n, out);
+  else if (width == 4) zzsh32(d, n, out);
 }
 
 void pmx_unshuffle_unzigzag(const uint8_t* in, size_t n, int width, void* d) {
   if (n == 0) return;
-  if (width == 2) unzzsh16(in, in + n, n, d);
-  else if (width == 4) unzzsh32(in, in + n, in + 2 * n, in + 3 * n, n, d);
+  if (width == 2) unzzsh16(in, n, d);
+  else if (width == 4) unzzsh32(in, n, d);
 }
 
 void pmx_shuffle(const void* src, size_t n, int width, uint8_t* out) {
   if (n == 0) return;
-  if (width == 2) sh16(src, n, out, out + n);
-  else if (width == 4) sh32(src, n, out, out + n, out + 2 * n, out + 3 * n);
+  if (width == 2) gather2(src, n, out, out + n);
+  else if (width == 4) gather4(src, n, out, out + n, out + 2 * n, out + 3 * n);
 }
 
 void pmx_unshuffle(const uint8_t* in, size_t n, int width, void* out) {
   if (n == 0) return;
-  if (width == 2) unsh16(in, in + n, n, out);
-  else if (width == 4) unsh32(in, in + n, in + 2 * n, in + 3 * n, n, out);
+  if (width == 2) scatter2(in, in + n, n, out);
+  else if (width == 4) scatter4(in, in + n, in + 2 * n, in + 3 * n, n, out);
 }
