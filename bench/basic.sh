@@ -13,7 +13,7 @@ bench_bin=$build/bench/paramex-basic-bench
 for b in "$server_bin" "$bench_bin"; do
   [[ -x $b ]] || { echo "bench/basic.sh: $b is missing: build first (meson compile -C $build)" >&2; exit 2; }
 done
-command -v iperf3 >/dev/null || { echo "bench/basic.sh: iperf3 is missing (scripts/deps.sh --bench installs it)" >&2; exit 2; }
+scripts/deps.sh --bench
 
 tmp=$(mktemp -d)
 pids=()

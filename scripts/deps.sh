@@ -6,7 +6,16 @@
 # or "all"), apt is not touched at all. Otherwise it runs `apt-get update` and
 # `apt-get install -y --no-install-recommends` for the missing ones, as root (through sudo
 # when not root).
+# Usage: scripts/deps.sh [--bench]   (--bench adds what bench/ runs beside paramex)
 set -euo pipefail
+
+bench=0
+for arg in "$@"; do
+  case $arg in
+    --bench) bench=1 ;;
+    *) echo "deps.sh: unknown argument '$arg' (usage: scripts/deps.sh [--bench])" >&2; exit 2 ;;
+  esac
+done
 
 packages=(
   build-essential      # gcc, libc headers, make; libasan/libubsan for the sanitizer build
@@ -25,6 +34,11 @@ packages=(
   libxxhash-dev        # chunk checksums
   libcmocka-dev        # unit and integration tests
 )
+if ((bench)); then
+  packages+=(
+    iperf3             # loopback TCP baseline measured in the same run as paramex
+  )
+fi
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
   echo "deps.sh: not a Debian system (no dpkg-query/apt-get); make sure these are installed:" \
