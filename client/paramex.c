@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include "codec/codec.h"
+#include "codec/diff.h"
+#include "codec/frame.h"
 #include "paramex.pb-c.h"
 #include "rpc/rpc.h"
 #include "util/util.h"
@@ -35,12 +37,17 @@ struct pmx_tensor {
   /* Which version the buffer last pulled into holds (guarded by the client mutex). */
   const void* have_dst;
   uint64_t have_version;
+  int have_view;
   bool have_valid;
+  /* push compression (pmx_tensor_set_push_compression) */
+  pmx_push_mode push_mode;
+  size_t push_min_bytes;
 };
 
 struct pmx_client {
   pmx_rpc_channel* ch;
   int64_t timeout_ms, connect_timeout_ms;
+  bool compressed_pulls;
   pthread_mutex_t mu;
   uint32_t worker_id;
   uint64_t incarnation;
@@ -103,6 +110,7 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
   if (!c) return fail(PMX_ERR_NO_MEMORY, "pmx_connect: out of memory");
   c->timeout_ms = opts && opts->timeout_ms > 0 ? opts->timeout_ms : 60000;
   c->connect_timeout_ms = opts && opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 30000;
+  c->compressed_pulls = !(opts && opts->no_compression);
   pthread_mutex_init(&c->mu, NULL);
   pmx_rpc_init();
   char err[256];
@@ -279,6 +287,17 @@ pmx_status pmx_declare(pmx_client* c, const char* name, pmx_dtype dtype, const u
   return PMX_OK;
 }
 
+pmx_status pmx_tensor_set_push_compression(pmx_tensor* t, pmx_push_mode mode, size_t min_bytes) {
+  if (!t || mode < PMX_PUSH_RAW || mode > PMX_PUSH_BF16_ZSTD)
+    return fail(PMX_ERR_INVALID_ARGUMENT, "pmx_tensor_set_push_compression: bad mode");
+  if ((mode & PMX_PUSH_BF16) && t->dtype != PMX_F32)
+    return fail(PMX_ERR_INVALID_ARGUMENT, "pmx_tensor_set_push_compression: '%s' is not f32",
+                t->name);
+  t->push_mode = mode;
+  t->push_min_bytes = min_bytes;
+  return PMX_OK;
+}
+
 uint64_t pmx_tensor_numel(const pmx_tensor* t) { return t->numel; }
 size_t pmx_tensor_bytes(const pmx_tensor* t) { return (size_t)(t->numel * t->elem); }
 uint32_t pmx_tensor_id(const pmx_tensor* t) { return t->id; }
@@ -313,6 +332,10 @@ struct pmx_op {
   uint64_t* have;   /* [n] the have_version sent, or UINT64_MAX for none */
   uint64_t* vmin;   /* [n] lowest chunk version received */
   uint64_t* vmax;
+  int view;         /* 0: each tensor's dtype; 1: bf16 view of f32 tensors */
+  bool* bad;        /* [n] a chunk failed its checksum: pull the tensor again, in full */
+  size_t* orig;     /* [n] index in the caller's arrays (healing pulls a subset) */
+  int heal_rounds;
 };
 
 static void op_set_error(pmx_op* op, pmx_status st, const char* fmt, ...)
@@ -337,6 +360,8 @@ static void op_free(pmx_op* op) {
   free(op->have);
   free(op->vmin);
   free(op->vmax);
+  free(op->bad);
+  free(op->orig);
   free(op);
 }
 
@@ -391,6 +416,23 @@ static pmx_status check_args(pmx_client* c, size_t n, pmx_tensor* const* tensors
 
 /* ---- push ---- */
 
+typedef struct push_buf {
+  pmx_op* op;
+  uint8_t* data;
+} push_buf;
+
+/* Release of an encoded push payload: frees it, then counts the slice as released. */
+static void push_buf_released(void* ctx) {
+  push_buf* pb = ctx;
+  pmx_op* op = pb->op;
+  free(pb->data);
+  free(pb);
+  pthread_mutex_lock(&op->mu);
+  op->slices_live--;
+  op_check_done(op);
+  pthread_mutex_unlock(&op->mu);
+}
+
 /* Sends the chunk at the cursor; the last one also half-closes. */
 static void push_send_next(pmx_op* op) {
   pmx_tensor* t = op->tensors[op->ti];
@@ -405,14 +447,68 @@ static void push_send_next(pmx_op* op) {
   h.tensor_id = t->id;
   h.chunk = op->ci;
   h.dtype = (uint32_t)t->dtype;
-  h.raw_len = (uint32_t)bytes;
-  h.checksum = pmx_checksum(body, bytes);
+  h.encoding = PMX_ENC_RAW;
+  size_t body_len = bytes, raw_len = bytes;
+  push_buf* pb = NULL;
+  pmx_push_mode mode = t->push_mode;
+  if (mode != PMX_PUSH_RAW && pmx_tensor_bytes(t) >= t->push_min_bytes) {
+    /* Encode into a buffer of our own that lives until gRPC releases it. */
+    size_t n = (size_t)elems;
+    int w = (int)t->elem;
+    const uint8_t* src = body;
+    uint8_t* cast = NULL;
+    if (mode & PMX_PUSH_BF16) {
+      cast = malloc(n * 2);
+      if (cast) {
+        pmx_f32_to_bf16_n((const float*)body, (uint16_t*)cast, n);
+        src = cast;
+        w = 2;
+        h.dtype = PMX_BF16;
+      }
+    }
+    raw_len = n * (size_t)w;
+    uint8_t* z = NULL;
+    size_t zl = 0;
+    if (mode & PMX_PUSH_ZSTD) {
+      size_t cap = pmx_zstd_bound(raw_len);
+      z = malloc(cap);
+      zl = z ? pmx_encode_shuffle(src, n, w, 1, z, cap) : 0;
+      if (zl == 0 || zl * 100 >= raw_len * 95) {
+        free(z);
+        z = NULL;
+      }
+    }
+    pb = malloc(sizeof *pb);
+    if (pb && (z || src != body)) {
+      pb->op = op;
+      h.checksum = pmx_checksum(src, raw_len);
+      if (z) {
+        free(cast);
+        pb->data = z;
+        body_len = zl;
+        h.encoding = PMX_ENC_SHUFFLE_ZSTD;
+      } else {
+        pb->data = cast;
+        body_len = raw_len;
+      }
+      body = pb->data;
+    } else {
+      free(pb);
+      free(z);
+      free(cast);
+      pb = NULL;
+      h.dtype = (uint32_t)t->dtype;
+      raw_len = bytes;
+    }
+  }
+  h.raw_len = (uint32_t)raw_len;
+  if (!pb) h.checksum = pmx_checksum(body, bytes);
   uint8_t head[PMX_CHUNK_HDR_MAX];
-  size_t hl = pmx_chunk_encode_header(PMX_CHUNK_PUSH, &h, bytes, head, sizeof head);
+  size_t hl = pmx_chunk_encode_header(PMX_CHUNK_PUSH, &h, body_len, head, sizeof head);
   pmx_client* c = op->client;
   atomic_fetch_add(&c->push_chunks, 1);
   atomic_fetch_add(&c->push_raw, bytes);
-  atomic_fetch_add(&c->push_wire, hl + bytes);
+  atomic_fetch_add(&c->push_wire, hl + body_len);
   if (++op->ci == t->nchunks) {
     op->ci = 0;
     op->ti++;
@@ -421,7 +517,8 @@ static void push_send_next(pmx_op* op) {
   pthread_mutex_lock(&op->mu);
   op->slices_live++;
   pthread_mutex_unlock(&op->mu);
-  pmx_out out = {head, hl, body, bytes, slice_released, op};
+  pmx_out out = {head, hl, body, body_len, pb ? push_buf_released : slice_released,
+                 pb ? (void*)pb : (void*)op};
   pmx_cli_call_send(op->call, &out, last);
 }
 
@@ -492,6 +589,11 @@ pmx_status pmx_push(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* t
 
 /* ---- pull ---- */
 
+/* Element width of tensor t in the op's view. */
+static int view_width(const pmx_op* op, const pmx_tensor* t) {
+  return op->view == 1 && t->dtype == PMX_F32 ? 2 : (int)t->elem;
+}
+
 static void pull_on_message(pmx_cli_call* call, void* ctx, pmx_msg* m) {
   pmx_op* op = ctx;
   if (!m) return; /* end of stream: the status follows */
@@ -510,47 +612,42 @@ static void pull_on_message(pmx_cli_call* call, void* ctx, pmx_msg* m) {
     goto cancel;
   }
   pmx_tensor* t = op->tensors[op->ti];
+  const int w = view_width(op, t);
+  const uint32_t want_dtype = w == 2 && t->dtype == PMX_F32 ? PMX_BF16 : (uint32_t)t->dtype;
   uint64_t first = (uint64_t)op->ci * t->chunk_elems;
   uint64_t elems = t->numel - first < t->chunk_elems ? t->numel - first : t->chunk_elems;
-  size_t bytes = (size_t)(elems * t->elem);
-  uint8_t* dst = (uint8_t*)op->bufs[op->ti] + first * t->elem;
-  if (h.tensor_id != t->id || h.chunk != op->ci || h.raw_len != bytes ||
-      h.dtype != (uint32_t)t->dtype || h.version < op->min_version) {
+  uint8_t* dst = (uint8_t*)op->bufs[op->ti] + first * (uint64_t)w;
+  if (h.tensor_id != t->id || h.chunk != op->ci || h.dtype != want_dtype ||
+      h.version < op->min_version) {
     op_set_error(op, PMX_ERR_PROTOCOL,
-                 "Pull: unexpected chunk (tensor %u chunk %u version %llu, %u bytes), wanted "
+                 "Pull: unexpected chunk (tensor %u chunk %u version %llu dtype %u), wanted "
                  "tensor %u chunk %u", h.tensor_id, h.chunk, (unsigned long long)h.version,
-                 h.raw_len, t->id, op->ci);
+                 h.dtype, t->id, op->ci);
     goto cancel;
   }
-  if (h.encoding == 0) {
-    if (h.payload_len != bytes || pmx_chunk_copy_payload(&h, seg, nseg, dst, bytes) != 0) {
-      op_set_error(op, PMX_ERR_PROTOCOL, "Pull: tensor '%s' chunk %u: payload of %zu bytes, want %zu",
-                   t->name, h.chunk, h.payload_len, bytes);
-      goto cancel;
-    }
-  } else if (h.encoding == 1) {
-    if (op->have[op->ti] != h.base_version || h.version != h.base_version) {
-      op_set_error(op, PMX_ERR_PROTOCOL, "Pull: tensor '%s' chunk %u: UNCHANGED against version %llu, "
-                   "but we hold %llu", t->name, h.chunk, (unsigned long long)h.base_version,
-                   (unsigned long long)op->have[op->ti]);
-      goto cancel;
-    }
-    atomic_fetch_add(&c->pull_unchanged, 1);
-  } else {
-    op_set_error(op, PMX_ERR_PROTOCOL, "Pull: unknown encoding %u", h.encoding);
+  if ((h.encoding == PMX_ENC_UNCHANGED || h.encoding == PMX_ENC_DELTA_ZSTD) &&
+      (op->have[op->ti] == UINT64_MAX || h.base_version != op->have[op->ti])) {
+    op_set_error(op, PMX_ERR_PROTOCOL,
+                 "Pull: tensor '%s' chunk %u: %s against version %llu, but we hold %llu",
+                 t->name, h.chunk, pmx_encoding_name(h.encoding),
+                 (unsigned long long)h.base_version, (unsigned long long)op->have[op->ti]);
     goto cancel;
   }
-  if (pmx_checksum(dst, bytes) != h.checksum) {
+  pmx_decode_result r = pmx_chunk_decode(&h, seg, nseg, dst, (size_t)elems, w, err, sizeof err);
+  if (r == PMX_DECODE_MALFORMED) {
+    op_set_error(op, PMX_ERR_PROTOCOL, "Pull: tensor '%s' chunk %u: %s", t->name, h.chunk, err);
+    goto cancel;
+  }
+  if (r == PMX_DECODE_CHECKSUM) {
+    /* dst is untouched; this tensor is pulled again in full once the stream ends */
     atomic_fetch_add(&c->checksum_failures, 1);
-    op_set_error(op, PMX_ERR_DATA_LOSS, "Pull: tensor '%s' chunk %u version %llu: checksum mismatch%s",
-                 t->name, h.chunk, (unsigned long long)h.version,
-                 h.encoding == 1 ? " (the buffer was modified since the last pull)" : "");
-    goto cancel;
+    op->bad[op->ti] = true;
   }
+  if (h.encoding == PMX_ENC_UNCHANGED) atomic_fetch_add(&c->pull_unchanged, 1);
   if (h.version < op->vmin[op->ti]) op->vmin[op->ti] = h.version;
   if (h.version > op->vmax[op->ti]) op->vmax[op->ti] = h.version;
   atomic_fetch_add(&c->pull_chunks, 1);
-  atomic_fetch_add(&c->pull_raw, bytes);
+  atomic_fetch_add(&c->pull_raw, elems * (uint64_t)w);
   atomic_fetch_add(&c->pull_wire, wire);
   if (++op->ci == t->nchunks) {
     op->ci = 0;
@@ -566,58 +663,52 @@ cancel:
 
 static const pmx_cli_call_cbs pull_cbs = {pull_on_message, NULL, op_on_done};
 
-pmx_status pmx_pull_async(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
-                          uint64_t min_version, uint64_t* versions, pmx_op** out) {
-  pmx_status st = check_args(c, n, tensors, (const void* const*)dst, "pmx_pull");
-  if (st != PMX_OK) return st;
-  if (!out) return fail(PMX_ERR_INVALID_ARGUMENT, "pmx_pull: no op pointer");
-  pmx_op* op = op_new(c, OP_PULL, n, tensors, (const void* const*)dst);
-  if (!op) return fail(PMX_ERR_NO_MEMORY, "pmx_pull: out of memory");
-  op->min_version = min_version;
-  op->versions_out = versions;
-  op->have = malloc(n * sizeof *op->have);
-  op->vmin = malloc(n * sizeof *op->vmin);
-  op->vmax = calloc(n, sizeof *op->vmax);
+/* Starts the Pull call of op (its tensors, bufs, view, min_version and have set). */
+static pmx_status pull_start(pmx_op* op) {
+  pmx_client* c = op->client;
+  size_t n = op->n;
   uint32_t* ids = malloc(n * sizeof *ids);
-  if (!op->have || !op->vmin || !op->vmax || !ids) {
-    free(ids);
-    op_free(op);
-    return fail(PMX_ERR_NO_MEMORY, "pmx_pull: out of memory");
-  }
-  /* What each buffer holds; a buffer being pulled into holds nothing certain until done. */
-  pthread_mutex_lock(&c->mu);
+  if (!ids) return fail(PMX_ERR_NO_MEMORY, "pmx_pull: out of memory");
+  bool any_have = false;
   for (size_t i = 0; i < n; i++) {
-    pmx_tensor* t = tensors[i];
-    op->have[i] = t->have_valid && t->have_dst == dst[i] ? t->have_version : UINT64_MAX;
-    t->have_valid = false;
+    ids[i] = op->tensors[i]->id;
     op->vmin[i] = UINT64_MAX;
-    ids[i] = t->id;
+    op->vmax[i] = 0;
+    op->bad[i] = false;
+    any_have |= op->have[i] != UINT64_MAX;
   }
-  pthread_mutex_unlock(&c->mu);
+  op->ti = op->ci = 0;
   Paramex__V1__PullRequest req = PARAMEX__V1__PULL_REQUEST__INIT;
+  Paramex__V1__Encoding accept[2] = {PARAMEX__V1__ENCODING__ENCODING_DELTA_ZSTD,
+                                     PARAMEX__V1__ENCODING__ENCODING_SHUFFLE_ZSTD};
   req.worker_id = op->worker_id;
   req.n_tensor_ids = n;
   req.tensor_ids = ids;
-  bool any_have = false;
-  for (size_t i = 0; i < n; i++) any_have |= op->have[i] != UINT64_MAX;
   if (any_have) {
     req.n_have_versions = n;
     req.have_versions = op->have;
   }
-  req.min_version = min_version;
+  req.min_version = op->min_version;
+  req.view = op->view == 1 ? PARAMEX__V1__DTYPE__DTYPE_BF16 : PARAMEX__V1__DTYPE__DTYPE_UNSPECIFIED;
+  if (c->compressed_pulls) {
+    req.n_accept = 2;
+    req.accept = accept;
+  }
   size_t len = paramex__v1__pull_request__get_packed_size(&req);
   uint8_t* buf = malloc(len ? len : 1);
   if (!buf) {
     free(ids);
-    op_free(op);
     return fail(PMX_ERR_NO_MEMORY, "pmx_pull: out of memory");
   }
   paramex__v1__pull_request__pack(&req, buf);
   free(ids);
+  pthread_mutex_lock(&op->mu);
+  op->done = false;
+  op->status = PMX_OK;
+  pthread_mutex_unlock(&op->mu);
   op->call = pmx_cli_call_start(c->ch, M_PULL, c->timeout_ms, false, &pull_cbs, op);
   if (!op->call) {
     free(buf);
-    op_free(op);
     return fail(PMX_ERR_NO_MEMORY, "pmx_pull: out of memory");
   }
   pmx_out o = {buf, len, NULL, 0, NULL, NULL};
@@ -625,8 +716,53 @@ pmx_status pmx_pull_async(pmx_client* c, size_t n, pmx_tensor* const* tensors, v
   pmx_cli_call_read(op->call);
   pmx_cli_call_unref(op->call);
   free(buf);
+  return PMX_OK;
+}
+
+pmx_status pmx_pull_as_async(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
+                             pmx_dtype view, uint64_t min_version, uint64_t* versions,
+                             pmx_op** out) {
+  pmx_status st = check_args(c, n, tensors, (const void* const*)dst, "pmx_pull");
+  if (st != PMX_OK) return st;
+  if (!out) return fail(PMX_ERR_INVALID_ARGUMENT, "pmx_pull: no op pointer");
+  if (view != 0 && view != PMX_BF16)
+    return fail(PMX_ERR_INVALID_ARGUMENT, "pmx_pull: view must be 0 (native) or PMX_BF16");
+  pmx_op* op = op_new(c, OP_PULL, n, tensors, (const void* const*)dst);
+  if (!op) return fail(PMX_ERR_NO_MEMORY, "pmx_pull: out of memory");
+  op->min_version = min_version;
+  op->versions_out = versions;
+  op->view = view == PMX_BF16 ? 1 : 0;
+  op->have = malloc(n * sizeof *op->have);
+  op->vmin = malloc(n * sizeof *op->vmin);
+  op->vmax = calloc(n, sizeof *op->vmax);
+  op->bad = calloc(n, sizeof *op->bad);
+  op->orig = malloc(n * sizeof *op->orig);
+  if (!op->have || !op->vmin || !op->vmax || !op->bad || !op->orig) {
+    op_free(op);
+    return fail(PMX_ERR_NO_MEMORY, "pmx_pull: out of memory");
+  }
+  /* What each buffer holds; a buffer being pulled into holds nothing certain until done. */
+  pthread_mutex_lock(&c->mu);
+  for (size_t i = 0; i < n; i++) {
+    pmx_tensor* t = tensors[i];
+    op->orig[i] = i;
+    bool same = t->have_valid && t->have_dst == dst[i] && t->have_view == op->view;
+    op->have[i] = same ? t->have_version : UINT64_MAX;
+    t->have_valid = false;
+  }
+  pthread_mutex_unlock(&c->mu);
+  st = pull_start(op);
+  if (st != PMX_OK) {
+    op_free(op);
+    return st;
+  }
   *out = op;
   return PMX_OK;
+}
+
+pmx_status pmx_pull_async(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
+                          uint64_t min_version, uint64_t* versions, pmx_op** out) {
+  return pmx_pull_as_async(c, n, tensors, dst, 0, min_version, versions, out);
 }
 
 pmx_status pmx_pull(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
@@ -636,28 +772,75 @@ pmx_status pmx_pull(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* c
   return st == PMX_OK ? pmx_op_wait(op) : st;
 }
 
-pmx_status pmx_op_wait(pmx_op* op) {
-  if (!op) return fail(PMX_ERR_INVALID_ARGUMENT, "pmx_op_wait: no op");
+pmx_status pmx_pull_as(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
+                       pmx_dtype view, uint64_t min_version, uint64_t* versions) {
+  pmx_op* op;
+  pmx_status st = pmx_pull_as_async(c, n, tensors, dst, view, min_version, versions, &op);
+  return st == PMX_OK ? pmx_op_wait(op) : st;
+}
+
+/* Waits for the op's call to be over. */
+static void op_wait_call(pmx_op* op) {
   pthread_mutex_lock(&op->mu);
   while (!(op->done && op->slices_live == 0)) pthread_cond_wait(&op->cv, &op->mu);
   pthread_mutex_unlock(&op->mu);
+}
+
+#define HEAL_ROUNDS 3
+
+/* Records what each successfully pulled buffer now holds (tensors whose chunks all
+ * decoded), for the next pull's UNCHANGED and delta answers and for versions_out. */
+static void record_pulled(pmx_op* op) {
+  pmx_client* c = op->client;
+  pthread_mutex_lock(&c->mu);
+  for (size_t i = 0; i < op->n; i++) {
+    if (op->bad[i]) continue;
+    pmx_tensor* t = op->tensors[i];
+    /* Every chunk of dst is at a version >= vmin and equal to what the server sent; a
+     * uniform version can serve as the base of the next diff. */
+    t->have_dst = op->bufs[i];
+    t->have_version = op->vmin[i];
+    t->have_view = op->view;
+    t->have_valid = op->vmin[i] == op->vmax[i];
+    if (op->versions_out) op->versions_out[op->orig[i]] = op->vmin[i];
+  }
+  pthread_mutex_unlock(&c->mu);
+}
+
+pmx_status pmx_op_wait(pmx_op* op) {
+  if (!op) return fail(PMX_ERR_INVALID_ARGUMENT, "pmx_op_wait: no op");
+  op_wait_call(op);
   pmx_status st = op->status;
   if (st == PMX_OK && op->kind == OP_PULL && op->ti != op->n)
     op_set_error(op, PMX_ERR_PROTOCOL, "Pull: the stream ended after %u of %zu tensors", op->ti,
                  op->n), st = op->status;
-  if (st == PMX_OK && op->kind == OP_PULL) {
-    pmx_client* c = op->client;
-    pthread_mutex_lock(&c->mu);
+  /* Chunks that failed their checksum left their buffer as it was: pull those tensors
+   * again in full (no base), a bounded number of times. */
+  while (st == PMX_OK && op->kind == OP_PULL) {
+    record_pulled(op);
+    size_t k = 0;
     for (size_t i = 0; i < op->n; i++) {
-      pmx_tensor* t = op->tensors[i];
-      /* Every chunk of dst is at a version >= vmin and equal to what the server sent:
-       * chunks still at vmin can be answered UNCHANGED next time. */
-      t->have_dst = op->bufs[i];
-      t->have_version = op->vmin[i];
-      t->have_valid = true;
-      if (op->versions_out) op->versions_out[i] = op->vmin[i];
+      if (!op->bad[i]) continue;
+      op->tensors[k] = op->tensors[i];
+      op->bufs[k] = op->bufs[i];
+      op->orig[k] = op->orig[i];
+      op->have[k] = UINT64_MAX;
+      k++;
     }
-    pthread_mutex_unlock(&c->mu);
+    if (k == 0) break;
+    if (++op->heal_rounds > HEAL_ROUNDS) {
+      op_set_error(op, PMX_ERR_DATA_LOSS, "Pull: checksum mismatch persists after %d full pulls",
+                   HEAL_ROUNDS);
+      st = op->status;
+      break;
+    }
+    op->n = k;
+    st = pull_start(op);
+    if (st != PMX_OK) break;
+    op_wait_call(op);
+    st = op->status;
+    if (st == PMX_OK && op->ti != op->n)
+      op_set_error(op, PMX_ERR_PROTOCOL, "Pull: the stream ended early"), st = op->status;
   }
   if (st != PMX_OK) fail(st, "%s", op->error);
   op_free(op);

@@ -18,6 +18,10 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
   cfg->max_tensor_bytes = 16ull << 30;
   cfg->hold_bytes = 256u << 20;
   cfg->drain_timeout = 5.0;
+  cfg->history = 2;
+  cfg->history_bytes = 1ull << 30;
+  cfg->compression_level = 1;
+  cfg->compression = true;
   cfg->log_level = "info";
   const pmx_flag flags[] = {
       {"listen", PMX_FLAG_STR, &cfg->listen, 0, 0, "HOST:PORT",
@@ -36,6 +40,14 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
        "largest tensor"},
       {"hold-bytes", PMX_FLAG_SIZE, &cfg->hold_bytes, 0, 1ull << 40, "SIZE",
        "memory for contributions that arrive before a lower rank's"},
+      {"history", PMX_FLAG_U32, &cfg->history, 0, PMX_MAX_HISTORY, "H",
+       "per-step deltas kept per chunk: pulls from up to H versions back get a diff"},
+      {"history-bytes", PMX_FLAG_SIZE, &cfg->history_bytes, 0, 1ull << 40, "SIZE",
+       "memory budget of that history (older deltas are dropped past it)"},
+      {"compression-level", PMX_FLAG_U32, &cfg->compression_level, 1, 19, "L",
+       "zstd level of pull frames (1 is fastest; higher gains <1% here)"},
+      {"compression", PMX_FLAG_BOOL, &cfg->compression, 0, 0, NULL,
+       "diff-compress pulls (--no-compression: raw chunks only)"},
       {"drain-timeout", PMX_FLAG_F64, &cfg->drain_timeout, 0, 3600, "SECONDS",
        "on SIGTERM, time for calls in flight before they are cancelled"},
       {"log-level", PMX_FLAG_STR, &cfg->log_level, 0, 0, "LEVEL", "error, warn, info or debug"},

@@ -22,6 +22,10 @@ typedef struct pmx_config {
   uint32_t max_tensors;
   uint64_t max_tensor_bytes;
   uint64_t hold_bytes; /* budget for out-of-order contributions held for rank order */
+  uint32_t history;          /* per-step deltas kept per chunk and view */
+  uint64_t history_bytes;    /* memory budget of the history */
+  uint32_t compression_level;
+  bool compression;          /* false: --no-compression */
   double drain_timeout;
   const char* log_level;
 } pmx_config;
@@ -47,13 +51,22 @@ void* pmx_buf_get(size_t bytes);
 void pmx_buf_put(void* p, size_t bytes);
 
 /* ---- store (store.c) ------------------------------------------------------------------- */
+/* An encoded chunk payload, immutable once built and shared by every pull that sends
+ * it (reference counted; the last unref frees it, on any thread). */
+#define PMX_BASE_NONE UINT64_MAX
 typedef struct pmx_frame {
   atomic_int refs;
-  uint64_t version;
-  uint64_t checksum;
+  uint64_t version;  /* the version it reconstructs */
+  uint64_t base;     /* DELTA_ZSTD: the version it applies to; PMX_BASE_NONE otherwise */
+  uint32_t encoding; /* PMX_ENC_* */
+  uint64_t checksum; /* xxh64 of the reconstructed chunk (of its view) */
   size_t len;
+  size_t cap;        /* allocation size of data (a pmx_buf_get class) */
   uint8_t* data;
+  bool in_history;
 } pmx_frame;
+/* A frame with room for cap bytes; NULL when out of memory. refs = 1. */
+pmx_frame* pmx_frame_new(size_t cap);
 void pmx_frame_unref(void* frame); /* pmx_release_fn-compatible */
 
 struct pmx_push;
@@ -68,6 +81,8 @@ typedef struct pmx_pull {
   uint32_t* tids;
   uint64_t* have;          /* [ntensors] or NULL */
   uint64_t min_version;
+  int view;                /* 0 native, 1 bf16 view of f32 tensors */
+  bool accept_delta, accept_shuffle;
   uint32_t ti, ci;         /* cursor: next chunk to send */
   /* parking (under svc->park_mu) */
   struct pmx_chunk_state* parked_on;
@@ -81,12 +96,33 @@ typedef struct pmx_held {
   struct pmx_push* owner; /* non-NULL: that call is stalled until this buffer is used */
 } pmx_held;
 
+/* What a chunk keeps for one view of its parameters (0: the tensor's own dtype, 1: the
+ * bf16 view of an f32 tensor, enabled when a client first asks for it). */
+#define PMX_MAX_HISTORY 16
+#define PMX_CACHE_SLOTS 4
+#define PMX_KEY_FULL (UINT64_MAX)      /* a full chunk, best allowed encoding */
+#define PMX_KEY_RAW (UINT64_MAX - 1)   /* a full chunk, RAW */
+typedef struct pmx_view_state {
+  bool enabled;
+  bool checksum_valid;
+  uint64_t checksum;                /* of this view at the chunk's version */
+  pmx_frame* hist[PMX_MAX_HISTORY]; /* hist[i]: delta version-i-1 -> version-i */
+  uint32_t nhist;
+  struct {
+    uint64_t key;                   /* base version, PMX_KEY_FULL or PMX_KEY_RAW */
+    pmx_frame* frame;               /* NULL while pending */
+    bool used, pending;
+    uint64_t stamp;                 /* for least-recently-used eviction */
+  } cache[PMX_CACHE_SLOTS];         /* frames of the current version */
+} pmx_view_state;
+
 typedef struct pmx_chunk_state {
   pthread_mutex_t mu;
   uint64_t version;
   bool initialized;     /* initial values complete */
+  uint32_t index;
   uint32_t elems;
-  float* params;        /* into the tensor's buffer */
+  void* params;         /* into the tensor's buffer, elements of the tensor's dtype */
   float* mom;           /* NULL without momentum */
   bool mom_first;       /* no momentum step applied yet */
   float* acc;           /* rank-ordered sum of this step, NULL before rank 0 */
@@ -94,7 +130,7 @@ typedef struct pmx_chunk_state {
   uint32_t ncontrib;
   uint8_t* contributed; /* [workers] for the step at `version` */
   pmx_held* held;       /* [workers] out-of-order contributions */
-  pmx_frame* frame;     /* the current version's frame, built on demand */
+  pmx_view_state view[2];
   struct pmx_pull* waiters;
 } pmx_chunk_state;
 
@@ -104,20 +140,22 @@ typedef struct pmx_chunk_state {
 
 typedef struct pmx_tensor_state {
   uint32_t id;
+  size_t elem;          /* bytes per element */
   char name[PMX_MAX_NAME + 1];
   int dtype;
   uint32_t ndim;
   uint64_t shape[PMX_MAX_DIMS];
   uint64_t numel;
   uint32_t chunk_elems, nchunks;
-  float* params;
+  void* params;
   size_t params_bytes;
-  float* mom;
+  float* mom;           /* numel f32, with momentum */
   pmx_chunk_state* chunks;
   /* initial values upload (guarded by the store's declare mutex) */
   uint32_t creator;
   uint64_t creator_incarnation;
   uint64_t init_cursor; /* elements received so far */
+  _Atomic uint64_t push_raw, push_wire, pull_raw, pull_wire;
 } pmx_tensor_state;
 
 typedef struct pmx_worker_state {
@@ -131,6 +169,8 @@ typedef struct pmx_counters {
   _Atomic uint64_t push_chunks, push_duplicates, push_raw_bytes, push_wire_bytes;
   _Atomic uint64_t pull_chunks, pull_raw_bytes, pull_wire_bytes;
   _Atomic uint64_t steps_completed, rejected_calls;
+  _Atomic uint64_t encodes, cache_hits, pull_unchanged, pull_delta, pull_snapshot;
+  _Atomic int64_t frame_bytes, history_bytes;
 } pmx_counters;
 
 typedef struct pmx_service {
@@ -151,6 +191,8 @@ typedef struct pmx_service {
   bool draining;              /* under park_mu */
   _Atomic int64_t hold_left;  /* bytes of the hold budget still free */
   pmx_counters ctr;
+  uint64_t fault_corrupt_every; /* test hook PMX_FAULT_CORRUPT_PULL: corrupt every Nth frame */
+  _Atomic uint64_t fault_count;
 } pmx_service;
 
 /* service.c */
@@ -184,12 +226,34 @@ int pmx_store_declare(pmx_service* svc, const pmx_declare_args* a, pmx_tensor_st
 pmx_tensor_state* pmx_store_tensor(pmx_service* svc, uint32_t id); /* NULL if unknown */
 uint64_t pmx_tensor_version_min(pmx_tensor_state* t, uint64_t* vmax, uint64_t* checksum);
 
-/* Chunk completion: called with c->mu held when the chunk reached a new version or got
- * its initial values. Drops the old frame and takes the waiter list (returned; resume
- * them after unlocking with pmx_pulls_resume). */
-struct pmx_pull* pmx_chunk_advanced(pmx_service* svc, pmx_chunk_state* c);
+/* Detaches the chunk's waiters (c->mu held); resume them after unlocking with
+ * pmx_pulls_resume. Called whenever the chunk changed: new version, initial values, a
+ * frame built. */
+struct pmx_pull* pmx_chunk_wake(pmx_service* svc, pmx_chunk_state* c);
 void pmx_pulls_resume(struct pmx_pull* list);
-/* The current frame of c (built on demand), with a reference for the caller. c->mu held. */
-pmx_frame* pmx_chunk_frame(pmx_chunk_state* c, int dtype);
+/* Width in bytes of view v's words. */
+int pmx_view_width(const pmx_tensor_state* t, int v);
+
+/* Frames (frames.c) */
+/* After the optimizer moved chunk c from version-1 to version: old_bits/new_bits are
+ * copies of the native bits before and after (c->mu NOT held). Encodes the per-step deltas
+ * of every enabled view, extends the history, primes the cache with the frames for base
+ * version-1, sets the view checksums, then wakes waiters. */
+void pmx_frames_after_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
+                           uint64_t version, const void* old_bits, const void* new_bits);
+/* Called under c->mu right after a step incremented c->version: drops the old version's
+ * frames and marks pending the ones pmx_frames_after_step will install. */
+void pmx_frames_step_begin(pmx_service* svc, pmx_chunk_state* c);
+/* When the copies for pmx_frames_after_step could not be made: unblocks the pulls. */
+void pmx_frames_after_step_failed(pmx_service* svc, pmx_chunk_state* c, uint64_t version);
+/* Drops every cached frame and the history of a chunk (c->mu held). */
+void pmx_frames_clear(pmx_service* svc, pmx_chunk_state* c, bool history_too);
+/* Lookup for a pull (c->mu held). Returns a referenced frame, or NULL and then *must_wait
+ * says a build is pending (park and retry when woken). */
+pmx_frame* pmx_frames_get(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c, int view,
+                          uint64_t key, bool* must_wait);
+/* The cache key a pull should use for a chunk at version v (c->mu held). */
+uint64_t pmx_frames_key(pmx_service* svc, pmx_chunk_state* c, int view, uint64_t have,
+                        bool accept_delta, bool accept_shuffle);
 
 #endif

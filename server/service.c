@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include "codec/codec.h"
+#include "codec/diff.h"
+#include "codec/frame.h"
 #include "health.pb-c.h"
 #include "paramex.pb-c.h"
 #include "server.h"
@@ -205,7 +207,29 @@ static void acc_add(pmx_chunk_state* c, float* buf, size_t buf_bytes) {
 typedef struct resume_list {
   pmx_push* stalled[PMX_MAX_WORKERS];
   size_t n;
+  /* a step completed by this push: frames to encode once the lock is released */
+  pmx_tensor_state* step_t;
+  pmx_chunk_state* step_c;
+  uint64_t step_version;
+  void *old_bits, *new_bits;
+  size_t bits_bytes;
 } resume_list;
+
+/* One optimizer step on chunk c (c->mu held): 16-bit tensors are updated through f32. */
+static void apply_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c) {
+  if (t->dtype == PMX_DT_F32) {
+    pmx_sgd_apply(&svc->sgd, c->params, c->mom, c->mom_first, c->acc, c->elems, svc->cfg.workers);
+  } else {
+    float* p32 = pmx_buf_get((size_t)c->elems * sizeof(float));
+    if (t->dtype == PMX_DT_BF16) pmx_bf16_to_f32_n(c->params, p32, c->elems);
+    else pmx_f16_to_f32_n(c->params, p32, c->elems);
+    pmx_sgd_apply(&svc->sgd, p32, c->mom, c->mom_first, c->acc, c->elems, svc->cfg.workers);
+    if (t->dtype == PMX_DT_BF16) pmx_f32_to_bf16_n(p32, c->params, c->elems);
+    else pmx_f32_to_f16_n(p32, c->params, c->elems);
+    pmx_buf_put(p32, (size_t)c->elems * sizeof(float));
+  }
+  c->mom_first = false;
+}
 
 static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* status, char* err,
                         size_t errlen) {
@@ -251,18 +275,19 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
     return PUSH_FAIL;
   }
   pmx_chunk_state* c = &t->chunks[h.chunk];
-  size_t bytes = (size_t)c->elems * pmx_dtype_size(t->dtype);
-  if ((int)h.dtype != t->dtype) {
-    snprintf(err, errlen, "tensor '%s': dtype %u does not match the tensor's %s", t->name, h.dtype,
-             pmx_dtype_name(t->dtype));
+  const int pdt = (int)h.dtype;
+  if (pdt != t->dtype && !(t->dtype == PMX_DT_F32 && pdt == PMX_DT_BF16)) {
+    snprintf(err, errlen, "tensor '%s': a %s payload cannot be pushed to a %s tensor", t->name,
+             pmx_dtype_name(pdt), pmx_dtype_name(t->dtype));
     return PUSH_FAIL;
   }
-  if (h.encoding != 0) {
-    snprintf(err, errlen, "tensor '%s' chunk %u: push encoding %u is not supported (RAW only)",
-             t->name, h.chunk, h.encoding);
+  if (h.encoding != PMX_ENC_RAW && h.encoding != PMX_ENC_SHUFFLE_ZSTD) {
+    snprintf(err, errlen, "tensor '%s' chunk %u: push encoding %u is not supported", t->name,
+             h.chunk, h.encoding);
     return PUSH_FAIL;
   }
-  if (h.raw_len != bytes || h.payload_len != bytes) {
+  const size_t pw = pmx_dtype_size(pdt), bytes = (size_t)c->elems * pw;
+  if (h.raw_len != bytes || (h.encoding == PMX_ENC_RAW && h.payload_len != bytes)) {
     snprintf(err, errlen, "tensor '%s' chunk %u: raw_len %u and payload %zu bytes, expected %zu",
              t->name, h.chunk, h.raw_len, h.payload_len, bytes);
     return PUSH_FAIL;
@@ -276,12 +301,18 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
       return PUSH_FAIL;
     }
   }
-  pmx_chunk_copy_payload(&h, seg, nseg, ps->buf, bytes);
-  if (pmx_checksum(ps->buf, bytes) != h.checksum) {
-    *status = PMX_ST_DATA_LOSS;
-    snprintf(err, errlen, "tensor '%s' chunk %u: checksum mismatch", t->name, h.chunk);
+  void* dst = pdt == PMX_DT_F32 ? (void*)ps->buf : (void*)pmx_scratch(2, bytes);
+  char derr[200];
+  pmx_decode_result dr = dst ? pmx_chunk_decode(&h, seg, nseg, dst, c->elems, (int)pw, derr,
+                                                sizeof derr)
+                             : PMX_DECODE_MALFORMED;
+  if (dr != PMX_DECODE_OK) {
+    *status = dr == PMX_DECODE_CHECKSUM ? PMX_ST_DATA_LOSS : PMX_ST_INVALID_ARGUMENT;
+    snprintf(err, errlen, "tensor '%s' chunk %u: %s", t->name, h.chunk, dst ? derr : "out of memory");
     return PUSH_FAIL;
   }
+  if (pdt == PMX_DT_BF16) pmx_bf16_to_f32_n(dst, ps->buf, c->elems);
+  else if (pdt == PMX_DT_F16) pmx_f16_to_f32_n(dst, ps->buf, c->elems);
   atomic_store(&w->last_seen_ms, pmx_now_ms());
 
   int result = PUSH_CONTINUE;
@@ -357,9 +388,13 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
     }
   }
   if (c->next_rank == svc->cfg.workers) {
-    pmx_sgd_apply(&svc->sgd, c->params, c->mom, c->mom_first, c->acc, c->elems,
-                  svc->cfg.workers);
-    c->mom_first = false;
+    size_t nb = (size_t)c->elems * t->elem;
+    rl->old_bits = pmx_buf_get(nb);
+    rl->new_bits = pmx_buf_get(nb);
+    if (rl->old_bits) memcpy(rl->old_bits, c->params, nb);
+    apply_step(svc, t, c);
+    if (rl->new_bits) memcpy(rl->new_bits, c->params, nb);
+    rl->bits_bytes = nb;
     pmx_buf_put(c->acc, cb);
     c->acc = NULL;
     c->next_rank = 0;
@@ -367,14 +402,19 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
     memset(c->contributed, 0, svc->cfg.workers);
     c->version++;
     atomic_fetch_add(&svc->ctr.steps_completed, 1);
-    *wake = pmx_chunk_advanced(svc, c);
-    pmx_frame_unref(pmx_chunk_frame(c, t->dtype)); /* encode once, here on the pool */
+    pmx_frames_step_begin(svc, c);
+    rl->step_t = t;
+    rl->step_c = c;
+    rl->step_version = c->version;
   }
   pthread_mutex_unlock(&c->mu);
+  (void)wake;
   ps->accepted++;
   atomic_fetch_add(&svc->ctr.push_chunks, 1);
-  atomic_fetch_add(&svc->ctr.push_raw_bytes, bytes);
+  atomic_fetch_add(&svc->ctr.push_raw_bytes, (size_t)c->elems * sizeof(float));
   atomic_fetch_add(&svc->ctr.push_wire_bytes, wire);
+  atomic_fetch_add(&t->push_raw, (size_t)c->elems * t->elem);
+  atomic_fetch_add(&t->push_wire, wire);
   atomic_fetch_add(&w->chunks_pushed, 1);
   return result;
 }
@@ -382,7 +422,7 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
 static void push_job(pmx_job* j) {
   pmx_push* ps = (pmx_push*)((char*)j - offsetof(pmx_push, job));
   resume_list rl;
-  rl.n = 0;
+  memset(&rl, 0, sizeof rl);
   pmx_pull* wake = NULL;
   int status;
   char err[ERRLEN];
@@ -390,8 +430,18 @@ static void push_job(pmx_job* j) {
   pmx_msg_free(ps->msg);
   ps->msg = NULL;
   if (r == PUSH_FAIL) reject(ps->svc, ps->call, status, err);
-  else if (r == PUSH_CONTINUE) pmx_srv_call_read(ps->call);
+  else if (r == PUSH_CONTINUE) pmx_srv_call_read(ps->call); /* receive while we encode */
   pmx_pulls_resume(wake);
+  if (rl.step_c) {
+    /* encode once, here on the pool, the deltas every worker will pull */
+    if (rl.old_bits && rl.new_bits)
+      pmx_frames_after_step(ps->svc, rl.step_t, rl.step_c, rl.step_version, rl.old_bits,
+                            rl.new_bits);
+    else
+      pmx_frames_after_step_failed(ps->svc, rl.step_c, rl.step_version);
+    pmx_buf_put(rl.old_bits, rl.bits_bytes);
+    pmx_buf_put(rl.new_bits, rl.bits_bytes);
+  }
   for (size_t i = 0; i < rl.n; i++) {
     pmx_push* o = rl.stalled[i];
     pmx_srv_call_read(o->call);
@@ -492,8 +542,33 @@ static void pull_advance(pmx_pull* p) {
       continue;
     }
     pmx_chunk_state* c = &t->chunks[p->ci];
+    const int vi = p->view == 1 && t->dtype == PMX_DT_F32 ? 1 : 0;
+    const int width = pmx_view_width(t, vi);
+    const uint64_t have = p->have ? p->have[p->ti] : PMX_BASE_NONE;
+    pmx_frame* f = NULL;
+    bool unchanged = false, wait = false;
+    uint64_t version = 0, sum = 0;
     pthread_mutex_lock(&c->mu);
     if (!c->initialized || c->version < p->min_version) {
+      wait = true;
+    } else {
+      pmx_view_state* vs = &c->view[vi];
+      vs->enabled = true; /* the bf16 view: its history starts with the next step */
+      version = c->version;
+      if (have == version && vs->checksum_valid) {
+        unchanged = true;
+        sum = vs->checksum;
+      } else {
+        uint64_t key = pmx_frames_key(svc, c, vi, have, p->accept_delta, p->accept_shuffle);
+        f = pmx_frames_get(svc, t, c, vi, key, &wait);
+        if (!f && !wait) {
+          pthread_mutex_unlock(&c->mu);
+          pull_end(p, PMX_ST_RESOURCE_EXHAUSTED, "out of memory for a pull frame");
+          return;
+        }
+      }
+    }
+    if (wait) {
       pthread_mutex_lock(&svc->park_mu);
       bool closed = p->closed, drain = svc->draining;
       if (!closed && !drain) {
@@ -509,30 +584,48 @@ static void pull_advance(pmx_pull* p) {
       else if (drain) pull_end(p, PMX_ST_UNAVAILABLE, "server is shutting down");
       return;
     }
-    pmx_frame* f = pmx_chunk_frame(c, t->dtype);
-    uint64_t version = c->version;
     pthread_mutex_unlock(&c->mu);
-    if (!f) {
-      pull_end(p, PMX_ST_RESOURCE_EXHAUSTED, "out of memory for a pull frame");
-      return;
-    }
     pmx_chunk h = {0};
     h.tensor_id = t->id;
     h.chunk = p->ci;
     h.version = version;
-    h.dtype = (uint32_t)t->dtype;
-    h.raw_len = (uint32_t)f->len;
-    h.checksum = f->checksum;
-    bool unchanged = p->have && p->have[p->ti] == version;
-    h.encoding = unchanged ? 1 : 0;
-    h.base_version = unchanged ? version : 0;
+    h.dtype = vi == 1 ? PMX_DT_BF16 : (uint32_t)t->dtype;
+    h.raw_len = (uint32_t)((size_t)c->elems * width);
+    if (unchanged) {
+      h.encoding = PMX_ENC_UNCHANGED;
+      h.base_version = version;
+      h.checksum = sum;
+      atomic_fetch_add(&svc->ctr.pull_unchanged, 1);
+    } else {
+      h.encoding = f->encoding;
+      h.base_version = f->encoding == PMX_ENC_DELTA_ZSTD ? f->base : 0;
+      h.checksum = f->checksum;
+      atomic_fetch_add(f->encoding == PMX_ENC_DELTA_ZSTD ? &svc->ctr.pull_delta
+                                                         : &svc->ctr.pull_snapshot, 1);
+    }
+    size_t body = f ? f->len : 0;
     uint8_t head[PMX_CHUNK_HDR_MAX];
-    size_t body = unchanged ? 0 : f->len;
     size_t hl = pmx_chunk_encode_header(PMX_CHUNK_PULL, &h, body, head, sizeof head);
-    pmx_out out = {head, hl, unchanged ? NULL : f->data, body, pmx_frame_unref, f};
+    pmx_out out = {head, hl, f ? f->data : NULL, body, f ? pmx_frame_unref : NULL, f};
+    if (f && svc->fault_corrupt_every &&
+        atomic_fetch_add(&svc->fault_count, 1) % svc->fault_corrupt_every ==
+            svc->fault_corrupt_every - 1) {
+      /* test hook (PMX_FAULT_CORRUPT_PULL): this send carries one flipped byte */
+      uint8_t* bad = malloc(body);
+      if (bad) {
+        memcpy(bad, f->data, body);
+        bad[body / 2] ^= 0x40;
+        pmx_frame_unref(f);
+        out.body = bad;
+        out.release = free;
+        out.release_ctx = bad;
+      }
+    }
     atomic_fetch_add(&svc->ctr.pull_chunks, 1);
-    atomic_fetch_add(&svc->ctr.pull_raw_bytes, f->len);
+    atomic_fetch_add(&svc->ctr.pull_raw_bytes, h.raw_len);
     atomic_fetch_add(&svc->ctr.pull_wire_bytes, hl + body);
+    atomic_fetch_add(&t->pull_raw, h.raw_len);
+    atomic_fetch_add(&t->pull_wire, hl + body);
     p->ci++;
     if (!pmx_srv_call_send(p->call, &out)) pull_end(p, -1, NULL);
     return;
@@ -593,6 +686,11 @@ static void handle_pull(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, 
   if (r->n_tensor_ids == 0) {
     st = PMX_ST_INVALID_ARGUMENT;
     snprintf(err, sizeof err, "PullRequest names no tensor");
+  } else if (r->view != PARAMEX__V1__DTYPE__DTYPE_UNSPECIFIED &&
+             r->view != PARAMEX__V1__DTYPE__DTYPE_BF16) {
+    st = PMX_ST_INVALID_ARGUMENT;
+    snprintf(err, sizeof err, "PullRequest view %d is not supported (unspecified or bf16)",
+             (int)r->view);
   } else if (r->n_have_versions != 0 && r->n_have_versions != r->n_tensor_ids) {
     st = PMX_ST_INVALID_ARGUMENT;
     snprintf(err, sizeof err, "PullRequest has %zu have_versions for %zu tensors",
@@ -631,6 +729,11 @@ static void handle_pull(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, 
   memcpy(p->tids, r->tensor_ids, r->n_tensor_ids * sizeof *p->tids);
   if (p->have) memcpy(p->have, r->have_versions, r->n_tensor_ids * sizeof *p->have);
   p->min_version = r->min_version;
+  p->view = r->view == PARAMEX__V1__DTYPE__DTYPE_BF16 ? 1 : 0;
+  for (size_t i = 0; i < r->n_accept; i++) {
+    if ((int)r->accept[i] == PMX_ENC_DELTA_ZSTD) p->accept_delta = true;
+    if ((int)r->accept[i] == PMX_ENC_SHUFFLE_ZSTD) p->accept_shuffle = true;
+  }
   if (r->worker_id < svc->cfg.workers)
     atomic_store(&svc->workers[r->worker_id].last_seen_ms, pmx_now_ms());
   paramex__v1__pull_request__free_unpacked(r, NULL);
@@ -661,6 +764,15 @@ static void handle_stats(pmx_service* svc, pmx_srv_call* call, const uint8_t* b,
   s.pull_wire_bytes = atomic_load(&svc->ctr.pull_wire_bytes);
   s.steps_completed = atomic_load(&svc->ctr.steps_completed);
   s.rejected_calls = atomic_load(&svc->ctr.rejected_calls);
+  s.history_bytes = (uint64_t)atomic_load(&svc->ctr.history_bytes);
+  s.history_budget = svc->cfg.history_bytes;
+  int64_t fb = atomic_load(&svc->ctr.frame_bytes) - atomic_load(&svc->ctr.history_bytes);
+  s.frame_cache_bytes = fb > 0 ? (uint64_t)fb : 0;
+  s.encodes = atomic_load(&svc->ctr.encodes);
+  s.frame_cache_hits = atomic_load(&svc->ctr.cache_hits);
+  s.pull_unchanged = atomic_load(&svc->ctr.pull_unchanged);
+  s.pull_delta = atomic_load(&svc->ctr.pull_delta);
+  s.pull_snapshot = atomic_load(&svc->ctr.pull_snapshot);
 
   uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
   Paramex__V1__TensorStats* ts = calloc(nt ? nt : 1, sizeof *ts);
@@ -683,6 +795,10 @@ static void handle_stats(pmx_service* svc, pmx_srv_call* call, const uint8_t* b,
     ts[i].shape = t->shape;
     ts[i].version_min = pmx_tensor_version_min(t, &ts[i].version_max, &ts[i].checksum);
     ts[i].bytes = t->params_bytes;
+    ts[i].push_raw_bytes = atomic_load(&t->push_raw);
+    ts[i].push_wire_bytes = atomic_load(&t->push_wire);
+    ts[i].pull_raw_bytes = atomic_load(&t->pull_raw);
+    ts[i].pull_wire_bytes = atomic_load(&t->pull_wire);
     ts[i].num_chunks = t->nchunks;
     if (ts[i].version_min < vmin_all) vmin_all = ts[i].version_min;
     if (ts[i].version_max > vmax_all) vmax_all = ts[i].version_max;
@@ -790,6 +906,13 @@ int pmx_service_init(pmx_service* svc, const pmx_config* cfg, char* err, size_t 
   pthread_mutex_init(&svc->declare_mu, NULL);
   pthread_mutex_init(&svc->park_mu, NULL);
   atomic_init(&svc->hold_left, (int64_t)cfg->hold_bytes);
+  const char* fault = getenv("PMX_FAULT_CORRUPT_PULL");
+  if (fault && *fault) {
+    svc->fault_corrupt_every = strtoull(fault, NULL, 10);
+    pmx_warn("PMX_FAULT_CORRUPT_PULL=%llu: every %lluth pulled frame is sent corrupted (a test hook)",
+             (unsigned long long)svc->fault_corrupt_every,
+             (unsigned long long)svc->fault_corrupt_every);
+  }
   svc->tensors = calloc(cfg->max_tensors, sizeof *svc->tensors);
   svc->workers = calloc(cfg->workers, sizeof *svc->workers);
   svc->pool = pmx_pool_create(cfg->threads);
@@ -844,7 +967,7 @@ void pmx_service_deinit(pmx_service* svc) {
     pmx_tensor_state* t = svc->tensors[i];
     for (uint32_t k = 0; k < t->nchunks; k++) {
       pmx_chunk_state* c = &t->chunks[k];
-      pmx_frame_unref(c->frame);
+      pmx_frames_clear(svc, c, true);
       if (c->acc) pmx_buf_put(c->acc, svc->cfg.chunk_bytes);
       for (uint32_t w = 0; w < svc->cfg.workers; w++)
         if (c->held[w].buf && !c->held[w].owner) pmx_buf_put(c->held[w].buf, svc->cfg.chunk_bytes);
@@ -854,7 +977,7 @@ void pmx_service_deinit(pmx_service* svc) {
     }
     free(t->chunks);
     pmx_big_free(t->params, t->params_bytes);
-    if (t->mom) pmx_big_free(t->mom, t->params_bytes);
+    if (t->mom) pmx_big_free(t->mom, t->numel * sizeof(float));
     free(t);
   }
   free(svc->tensors);

@@ -6,6 +6,7 @@
 #include <xxhash.h>
 
 #include "codec/codec.h"
+#include "codec/diff.h"
 #include "server.h"
 
 /* ---- buffers ---------------------------------------------------------------------------
@@ -53,39 +54,7 @@ void pmx_buf_put(void* p, size_t bytes) {
   pthread_mutex_unlock(&g_bufs.mu);
 }
 
-/* ---- frames ----------------------------------------------------------------------------- */
-void pmx_frame_unref(void* fp) {
-  pmx_frame* f = fp;
-  if (!f) return;
-  if (atomic_fetch_sub(&f->refs, 1) != 1) return;
-  pmx_buf_put(f->data, f->len);
-  free(f);
-}
-
-pmx_frame* pmx_chunk_frame(pmx_chunk_state* c, int dtype) {
-  if (!c->frame) {
-    pmx_frame* f = calloc(1, sizeof *f);
-    size_t len = (size_t)c->elems * pmx_dtype_size(dtype);
-    uint8_t* data = f ? pmx_buf_get(len) : NULL;
-    if (!data) {
-      free(f);
-      return NULL;
-    }
-    memcpy(data, c->params, len);
-    atomic_init(&f->refs, 1);
-    f->version = c->version;
-    f->len = len;
-    f->data = data;
-    f->checksum = pmx_checksum(data, len);
-    c->frame = f;
-  }
-  atomic_fetch_add(&c->frame->refs, 1);
-  return c->frame;
-}
-
-pmx_pull* pmx_chunk_advanced(pmx_service* svc, pmx_chunk_state* c) {
-  pmx_frame_unref(c->frame);
-  c->frame = NULL;
+pmx_pull* pmx_chunk_wake(pmx_service* svc, pmx_chunk_state* c) {
   pthread_mutex_lock(&svc->park_mu);
   pmx_pull* list = c->waiters;
   c->waiters = NULL;
@@ -120,7 +89,7 @@ static void tensor_free(pmx_tensor_state* t, uint32_t workers) {
   (void)workers;
   free(t->chunks);
   pmx_big_free(t->params, t->params_bytes);
-  pmx_big_free(t->mom, t->params_bytes);
+  pmx_big_free(t->mom, t->numel * sizeof(float));
   free(t);
 }
 
@@ -172,8 +141,9 @@ static pmx_pull* mark_initialized(pmx_service* svc, pmx_tensor_state* t, uint64_
     pthread_mutex_lock(&c->mu);
     if (!c->initialized) {
       c->initialized = true;
-      pmx_pull* w = pmx_chunk_advanced(svc, c);
-      pmx_frame_unref(pmx_chunk_frame(c, t->dtype));
+      c->view[0].checksum = pmx_checksum(c->params, (size_t)c->elems * t->elem);
+      c->view[0].checksum_valid = true;
+      pmx_pull* w = pmx_chunk_wake(svc, c);
       while (w) {
         pmx_pull* nx = w->wnext;
         w->wnext = all;
@@ -184,6 +154,24 @@ static pmx_pull* mark_initialized(pmx_service* svc, pmx_tensor_state* t, uint64_
     pthread_mutex_unlock(&c->mu);
   }
   return all;
+}
+
+/* The seeded initializer, generated in f32 and rounded for 16-bit tensors. */
+static int fill_init(pmx_tensor_state* t, const pmx_declare_args* a) {
+  if (t->dtype == PMX_DT_F32)
+    return pmx_init_fill_f32(t->params, 0, t->numel, a->init_kind, a->init_a, a->init_b,
+                             a->init_seed);
+  float* tmp = malloc((size_t)t->chunk_elems * sizeof *tmp);
+  if (!tmp) return -1;
+  uint16_t* dst = t->params;
+  for (uint64_t first = 0; first < t->numel; first += t->chunk_elems) {
+    size_t n = t->numel - first < t->chunk_elems ? (size_t)(t->numel - first) : t->chunk_elems;
+    pmx_init_fill_f32(tmp, first, n, a->init_kind, a->init_a, a->init_b, a->init_seed);
+    if (t->dtype == PMX_DT_BF16) pmx_f32_to_bf16_n(tmp, dst + first, n);
+    else pmx_f32_to_f16_n(tmp, dst + first, n);
+  }
+  free(tmp);
+  return 0;
 }
 
 static int write_values(pmx_service* svc, pmx_tensor_state* t, const pmx_declare_args* a,
@@ -221,9 +209,9 @@ int pmx_store_declare(pmx_service* svc, const pmx_declare_args* a, pmx_tensor_st
     snprintf(err, errlen, "tensor name must be 1..%d bytes (got %zu)", PMX_MAX_NAME, namelen);
     return PMX_ST_INVALID_ARGUMENT;
   }
-  if (a->dtype != PMX_DT_F32) {
-    snprintf(err, errlen, "tensor '%s': dtype %d is not supported (this server stores f32)",
-             a->name, a->dtype);
+  if (pmx_dtype_size(a->dtype) == 0) {
+    snprintf(err, errlen, "tensor '%s': unknown dtype %d (want f32, bf16 or f16)", a->name,
+             a->dtype);
     return PMX_ST_INVALID_ARGUMENT;
   }
   uint64_t numel;
@@ -277,6 +265,7 @@ int pmx_store_declare(pmx_service* svc, const pmx_declare_args* a, pmx_tensor_st
   t = calloc(1, sizeof *t);
   if (!t) goto oom;
   t->id = n;
+  t->elem = es;
   memcpy(t->name, a->name, namelen + 1);
   t->dtype = a->dtype;
   t->ndim = (uint32_t)a->ndim;
@@ -286,7 +275,7 @@ int pmx_store_declare(pmx_service* svc, const pmx_declare_args* a, pmx_tensor_st
   t->nchunks = (uint32_t)((numel + t->chunk_elems - 1) / t->chunk_elems);
   t->params_bytes = numel * es;
   t->params = pmx_big_alloc(t->params_bytes);
-  if (svc->cfg.momentum != 0) t->mom = pmx_big_alloc(t->params_bytes);
+  if (svc->cfg.momentum != 0) t->mom = pmx_big_alloc(numel * sizeof(float));
   t->chunks = calloc(t->nchunks, sizeof *t->chunks);
   if (!t->params || !t->chunks || (svc->cfg.momentum != 0 && !t->mom)) goto oom;
   t->creator = a->worker_id;
@@ -294,8 +283,10 @@ int pmx_store_declare(pmx_service* svc, const pmx_declare_args* a, pmx_tensor_st
   for (uint32_t i = 0; i < t->nchunks; i++) {
     pmx_chunk_state* c = &t->chunks[i];
     uint64_t first = (uint64_t)i * t->chunk_elems;
+    c->index = i;
     c->elems = (uint32_t)(numel - first < t->chunk_elems ? numel - first : t->chunk_elems);
-    c->params = t->params + first;
+    c->params = (uint8_t*)t->params + first * es;
+    c->view[0].enabled = true;
     c->mom = t->mom ? t->mom + first : NULL;
     c->mom_first = true;
     c->contributed = calloc(svc->cfg.workers, 1);
@@ -310,10 +301,14 @@ int pmx_store_declare(pmx_service* svc, const pmx_declare_args* a, pmx_tensor_st
       goto out;
     }
   } else {
-    if (a->init_kind != PMX_FILL_ZEROS)
-      pmx_init_fill_f32(t->params, 0, numel, a->init_kind, a->init_a, a->init_b, a->init_seed);
+    if (a->init_kind != PMX_FILL_ZEROS && fill_init(t, a) != 0) goto oom;
     t->init_cursor = numel;
-    for (uint32_t i = 0; i < t->nchunks; i++) t->chunks[i].initialized = true;
+    for (uint32_t i = 0; i < t->nchunks; i++) {
+      pmx_chunk_state* c = &t->chunks[i];
+      c->initialized = true;
+      c->view[0].checksum = pmx_checksum(c->params, (size_t)c->elems * es);
+      c->view[0].checksum_valid = true;
+    }
   }
   svc->tensors[n] = t;
   atomic_store_explicit(&svc->ntensors, n + 1, memory_order_release);
@@ -357,7 +352,7 @@ uint64_t pmx_tensor_version_min(pmx_tensor_state* t, uint64_t* vmax, uint64_t* c
           pmx_chunk_state* c = &t->chunks[i];
           pthread_mutex_lock(&c->mu);
           same = c->version == lo;
-          XXH64_update(s, c->params, (size_t)c->elems * pmx_dtype_size(t->dtype));
+          XXH64_update(s, c->params, (size_t)c->elems * t->elem);
           pthread_mutex_unlock(&c->mu);
         }
         if (same) *checksum = XXH64_digest(s);

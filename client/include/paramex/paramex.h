@@ -87,6 +87,10 @@ typedef struct pmx_options {
   int64_t timeout_ms;
   /* How long pmx_join waits for a server that is not reachable yet; 0 = 30000. */
   int64_t connect_timeout_ms;
+  /* Non-zero: accept only raw chunks on pulls (no diffs, no zstd). Pulls are otherwise
+   * diffs against the version the buffer holds, compressed with zstd, whenever that is
+   * smaller. */
+  int no_compression;
 } pmx_options;
 
 /* Creates a client for the server at addr ("HOST:PORT"). opts may be NULL. Connecting is
@@ -155,6 +159,28 @@ PMX_API pmx_status pmx_push(pmx_client* client, uint64_t step, size_t n,
 PMX_API pmx_status pmx_pull(pmx_client* client, size_t n, pmx_tensor* const* tensors,
                             void* const* dst, uint64_t min_version, uint64_t* versions);
 
+/* Pulls the bf16 view of f32 tensors (view = PMX_BF16: round to nearest even, NaN and
+ * infinities kept; dst[i] then holds numel uint16_t bf16 words) or, with view = 0, each
+ * tensor's own dtype (as pmx_pull). Tensors that are not f32 always come in their own
+ * dtype. Diffs travel against the view the buffer holds, and bf16 words change far less
+ * often than f32 ones: the cheapest way to feed workers that compute in bf16. */
+PMX_API pmx_status pmx_pull_as(pmx_client* client, size_t n, pmx_tensor* const* tensors,
+                               void* const* dst, pmx_dtype view, uint64_t min_version,
+                               uint64_t* versions);
+
+/* How pmx_push sends a tensor's gradients. Off (RAW) by default: dense gradients compress
+ * losslessly only ~1.1x, and the lossy cast changes what the server aggregates. */
+typedef enum pmx_push_mode {
+  PMX_PUSH_RAW = 0,       /* the elements as they are */
+  PMX_PUSH_ZSTD = 1,      /* lossless: byte shuffle + zstd, when that is >= 5% smaller */
+  PMX_PUSH_BF16 = 2,      /* lossy, f32 tensors only: gradients rounded to bf16 (half) */
+  PMX_PUSH_BF16_ZSTD = 3, /* both */
+} pmx_push_mode;
+/* Sets the push mode of t for chunks of tensors of at least min_bytes (smaller tensors
+ * are sent raw). Not thread-safe with a push of t in flight. */
+PMX_API pmx_status pmx_tensor_set_push_compression(pmx_tensor* t, pmx_push_mode mode,
+                                                   size_t min_bytes);
+
 /* Asynchronous forms: start the operation and return at once; the same arguments must
  * stay valid (and grads unchanged, dst untouched) until pmx_op_wait returned. A worker can
  * so overlap its push of step s with its pull for step s + 1, or start the next pull
@@ -165,6 +191,9 @@ PMX_API pmx_status pmx_push_async(pmx_client* client, uint64_t step, size_t n,
 PMX_API pmx_status pmx_pull_async(pmx_client* client, size_t n, pmx_tensor* const* tensors,
                                   void* const* dst, uint64_t min_version, uint64_t* versions,
                                   pmx_op** op);
+PMX_API pmx_status pmx_pull_as_async(pmx_client* client, size_t n, pmx_tensor* const* tensors,
+                                     void* const* dst, pmx_dtype view, uint64_t min_version,
+                                     uint64_t* versions, pmx_op** op);
 /* Waits for the operation, returns its result and frees it (op is invalid afterwards,
  * even on error). */
 PMX_API pmx_status pmx_op_wait(pmx_op* op);
@@ -173,7 +202,7 @@ PMX_API pmx_status pmx_op_wait(pmx_op* op);
 typedef struct pmx_client_stats {
   uint64_t push_chunks, push_raw_bytes, push_wire_bytes;
   uint64_t pull_chunks, pull_raw_bytes, pull_wire_bytes, pull_unchanged_chunks;
-  uint64_t checksum_failures;
+  uint64_t checksum_failures; /* chunks that failed their checksum (and were pulled again) */
 } pmx_client_stats;
 PMX_API void pmx_client_get_stats(pmx_client* client, pmx_client_stats* out);
 

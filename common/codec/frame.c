@@ -1,0 +1,195 @@
+/* Chunk payload encode/decode on top of the diff transforms and zstd (codec/diff.h). */
+#include "codec/frame.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH64_state_t on the stack */
+#include <xxhash.h>
+
+#include "codec/codec.h"
+#include "codec/diff.h"
+
+const char* pmx_encoding_name(uint32_t enc) {
+  switch (enc) {
+    case PMX_ENC_RAW: return "raw";
+    case PMX_ENC_UNCHANGED: return "unchanged";
+    case PMX_ENC_DELTA_ZSTD: return "delta+zstd";
+    case PMX_ENC_SHUFFLE_ZSTD: return "shuffle+zstd";
+  }
+  return "unknown";
+}
+
+/* ---- per-thread scratch ---------------------------------------------------------------- */
+#define NSCRATCH 4
+typedef struct scratch {
+  uint8_t* p[NSCRATCH];
+  size_t cap[NSCRATCH];
+} scratch;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static _Thread_local scratch* tl_scratch;
+
+static void scratch_free(void* v) {
+  scratch* s = v;
+  for (int i = 0; i < NSCRATCH; i++) free(s->p[i]);
+  free(s);
+}
+static void scratch_key_create(void) { pthread_key_create(&scratch_key, scratch_free); }
+
+uint8_t* pmx_scratch(int which, size_t bytes) {
+  if (which < 0 || which >= NSCRATCH) return NULL;
+  if (!tl_scratch) {
+    pthread_once(&scratch_once, scratch_key_create);
+    tl_scratch = calloc(1, sizeof *tl_scratch);
+    if (!tl_scratch) return NULL;
+    pthread_setspecific(scratch_key, tl_scratch);
+  }
+  scratch* s = tl_scratch;
+  if (s->cap[which] < bytes) {
+    size_t cap = bytes < 4096 ? 4096 : bytes;
+    uint8_t* p = aligned_alloc(64, (cap + 63) & ~(size_t)63);
+    if (!p) return NULL;
+    free(s->p[which]);
+    s->p[which] = p;
+    s->cap[which] = cap;
+  }
+  return s->p[which];
+}
+
+/* ---- decode ------------------------------------------------------------------------------ */
+
+/* Copies the payload into contiguous memory when it spans segments. */
+static const uint8_t* payload_flat(const pmx_chunk* c, const pmx_iov* seg, size_t nseg,
+                                   uint8_t* tmp) {
+  size_t i = c->payload_seg, off = c->payload_off;
+  while (i < nseg && off >= seg[i].n) {
+    i++;
+    off = 0;
+  }
+  if (c->payload_len == 0) return tmp;
+  if (i < nseg && seg[i].n - off >= c->payload_len) return seg[i].p + off;
+  if (pmx_chunk_copy_payload(c, seg, nseg, tmp, c->payload_len) != 0) return NULL;
+  return tmp;
+}
+
+pmx_decode_result pmx_chunk_decode(const pmx_chunk* c, const pmx_iov* seg, size_t nseg, void* dst,
+                                   size_t n, int width, char* err, size_t errlen) {
+  const size_t bytes = n * (size_t)width;
+  if (c->raw_len != bytes) {
+    snprintf(err, errlen, "raw_len %u, expected %zu", c->raw_len, bytes);
+    return PMX_DECODE_MALFORMED;
+  }
+  switch (c->encoding) {
+    case PMX_ENC_UNCHANGED:
+      if (c->payload_len != 0) {
+        snprintf(err, errlen, "an UNCHANGED chunk carries %zu bytes", c->payload_len);
+        return PMX_DECODE_MALFORMED;
+      }
+      if (pmx_checksum(dst, bytes) != c->checksum) {
+        snprintf(err, errlen, "checksum mismatch of the unchanged chunk");
+        return PMX_DECODE_CHECKSUM;
+      }
+      return PMX_DECODE_OK;
+    case PMX_ENC_RAW: {
+      if (c->payload_len != bytes) {
+        snprintf(err, errlen, "RAW payload of %zu bytes, expected %zu", c->payload_len, bytes);
+        return PMX_DECODE_MALFORMED;
+      }
+      /* Hash the payload where it lies, then copy it once. */
+      XXH64_state_t st;
+      XXH64_reset(&st, 0);
+      size_t i = c->payload_seg, off = c->payload_off, left = bytes;
+      while (left > 0 && i < nseg) {
+        size_t k = seg[i].n - off < left ? seg[i].n - off : left;
+        XXH64_update(&st, seg[i].p + off, k);
+        left -= k;
+        i++;
+        off = 0;
+      }
+      if (left > 0) {
+        snprintf(err, errlen, "RAW payload truncated");
+        return PMX_DECODE_MALFORMED;
+      }
+      if (XXH64_digest(&st) != c->checksum) {
+        snprintf(err, errlen, "checksum mismatch");
+        return PMX_DECODE_CHECKSUM;
+      }
+      pmx_chunk_copy_payload(c, seg, nseg, dst, bytes);
+      return PMX_DECODE_OK;
+    }
+    case PMX_ENC_DELTA_ZSTD:
+    case PMX_ENC_SHUFFLE_ZSTD: {
+      if (c->payload_len == 0 || c->payload_len > pmx_zstd_bound(bytes)) {
+        snprintf(err, errlen, "%s payload of %zu bytes for a %zu-byte chunk",
+                 pmx_encoding_name(c->encoding), c->payload_len, bytes);
+        return PMX_DECODE_MALFORMED;
+      }
+      uint8_t* s0 = pmx_scratch(0, pmx_zstd_bound(bytes));
+      uint8_t* s1 = pmx_scratch(1, bytes);
+      if (!s0 || !s1) {
+        snprintf(err, errlen, "out of memory");
+        return PMX_DECODE_MALFORMED;
+      }
+      const uint8_t* frame = payload_flat(c, seg, nseg, s0);
+      char zerr[160];
+      if (!frame || pmx_zstd_decompress(frame, c->payload_len, s1, bytes, zerr, sizeof zerr) != 0) {
+        snprintf(err, errlen, "bad zstd frame: %s", frame ? zerr : "truncated");
+        return PMX_DECODE_MALFORMED;
+      }
+      /* s1: shuffled words; s0 (free again): the result */
+      if (c->encoding == PMX_ENC_DELTA_ZSTD) {
+        pmx_unshuffle_unzigzag(s1, n, width, s0);
+        pmx_delta_apply(dst, s0, n, width, s0);
+      } else {
+        pmx_unshuffle(s1, n, width, s0);
+      }
+      if (pmx_checksum(s0, bytes) != c->checksum) {
+        snprintf(err, errlen, "checksum mismatch%s",
+                 c->encoding == PMX_ENC_DELTA_ZSTD ? " (wrong or modified base?)" : "");
+        return PMX_DECODE_CHECKSUM;
+      }
+      memcpy(dst, s0, bytes);
+      return PMX_DECODE_OK;
+    }
+  }
+  snprintf(err, errlen, "unknown encoding %u", c->encoding);
+  return PMX_DECODE_MALFORMED;
+}
+
+/* ---- encode ------------------------------------------------------------------------------ */
+
+size_t pmx_encode_delta_words(const void* d, size_t n, int width, int level, uint8_t* out,
+                              size_t cap) {
+  uint8_t* sh = pmx_scratch(2, n * (size_t)width);
+  if (!sh) return 0;
+  pmx_zigzag_shuffle(d, n, width, sh);
+  return pmx_zstd_compress(sh, n * (size_t)width, out, cap, level);
+}
+
+size_t pmx_encode_delta(const void* new_, const void* base, size_t n, int width, int level,
+                        uint8_t* out, size_t cap) {
+  uint8_t* d = pmx_scratch(3, n * (size_t)width);
+  if (!d) return 0;
+  pmx_delta(new_, base, n, width, d);
+  return pmx_encode_delta_words(d, n, width, level, out, cap);
+}
+
+size_t pmx_encode_shuffle(const void* src, size_t n, int width, int level, uint8_t* out,
+                          size_t cap) {
+  uint8_t* sh = pmx_scratch(2, n * (size_t)width);
+  if (!sh) return 0;
+  pmx_shuffle(src, n, width, sh);
+  return pmx_zstd_compress(sh, n * (size_t)width, out, cap, level);
+}
+
+int pmx_decode_delta_words(const uint8_t* frame, size_t len, size_t n, int width, void* d) {
+  size_t bytes = n * (size_t)width;
+  uint8_t* sh = pmx_scratch(3, bytes);
+  char err[64];
+  if (!sh || pmx_zstd_decompress(frame, len, sh, bytes, err, sizeof err) != 0) return -1;
+  pmx_unshuffle_unzigzag(sh, n, width, d);
+  return 0;
+}

@@ -1,0 +1,403 @@
+/* Encoded frames of chunk versions: the per-step delta history, the encode-once cache
+ * and the build jobs that fill it on the compute pool.
+ *
+ * For every chunk and view the server keeps the last --history per-step deltas as
+ * DELTA_ZSTD frames (integer delta of the bit patterns, zigzag, byte shuffle, zstd).
+ * Integer deltas add up modulo 2^width, so the delta from any base within the history is
+ * the sum of the per-step ones: the base does not need to be stored. The delta from the
+ * previous version is encoded once when a step completes and served to every worker; a
+ * frame for another base (or a full chunk) is encoded once on first demand and cached
+ * for the current version. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec/codec.h"
+#include "codec/diff.h"
+#include "codec/frame.h"
+#include "server.h"
+
+pmx_frame* pmx_frame_new(size_t cap) {
+  pmx_frame* f = calloc(1, sizeof *f);
+  if (!f) return NULL;
+  f->data = pmx_buf_get(cap ? cap : 1);
+  if (!f->data) {
+    free(f);
+    return NULL;
+  }
+  f->cap = cap ? cap : 1;
+  atomic_init(&f->refs, 1);
+  f->base = PMX_BASE_NONE;
+  return f;
+}
+
+static _Atomic int64_t* g_frame_bytes; /* the service's counter, set at first use */
+
+void pmx_frame_unref(void* fp) {
+  pmx_frame* f = fp;
+  if (!f) return;
+  if (atomic_fetch_sub(&f->refs, 1) != 1) return;
+  if (g_frame_bytes) atomic_fetch_sub(g_frame_bytes, (int64_t)f->cap);
+  pmx_buf_put(f->data, f->cap);
+  free(f);
+}
+
+static pmx_frame* frame_from(pmx_service* svc, const void* bytes, size_t len, uint32_t enc,
+                             uint64_t version, uint64_t base, uint64_t checksum) {
+  pmx_frame* f = pmx_frame_new(len);
+  if (!f) return NULL;
+  g_frame_bytes = &svc->ctr.frame_bytes;
+  atomic_fetch_add(&svc->ctr.frame_bytes, (int64_t)f->cap);
+  memcpy(f->data, bytes, len);
+  f->len = len;
+  f->encoding = enc;
+  f->version = version;
+  f->base = base;
+  f->checksum = checksum;
+  atomic_fetch_add(&svc->ctr.encodes, 1);
+  return f;
+}
+
+int pmx_view_width(const pmx_tensor_state* t, int v) { return v == 1 ? 2 : (int)t->elem; }
+
+
+/* ---- cache ------------------------------------------------------------------------------ */
+
+static _Atomic uint64_t g_stamp; /* recency of cache slots */
+
+static int slot_find(pmx_view_state* vs, uint64_t key) {
+  for (int i = 0; i < PMX_CACHE_SLOTS; i++)
+    if (vs->cache[i].used && vs->cache[i].key == key) return i;
+  return -1;
+}
+
+/* A slot for key: a free one, else the least recently used that is not pending; -1 when
+ * every slot is pending. */
+static int slot_claim(pmx_view_state* vs, uint64_t key) {
+  int best = -1;
+  for (int i = 0; i < PMX_CACHE_SLOTS; i++) {
+    if (!vs->cache[i].used) {
+      best = i;
+      break;
+    }
+    if (!vs->cache[i].pending && (best < 0 || vs->cache[i].stamp < vs->cache[best].stamp))
+      best = i;
+  }
+  if (best < 0) return -1;
+  pmx_frame_unref(vs->cache[best].frame);
+  vs->cache[best].frame = NULL;
+  vs->cache[best].used = true;
+  vs->cache[best].pending = true;
+  vs->cache[best].key = key;
+  vs->cache[best].stamp = ++g_stamp;
+  return best;
+}
+
+static void slot_install(pmx_view_state* vs, uint64_t key, pmx_frame* f) {
+  int i = slot_find(vs, key);
+  if (i < 0) i = slot_claim(vs, key);
+  if (i < 0) return;
+  pmx_frame_unref(vs->cache[i].frame);
+  atomic_fetch_add(&f->refs, 1);
+  vs->cache[i].frame = f;
+  vs->cache[i].pending = false;
+}
+
+static void cache_clear(pmx_view_state* vs) {
+  for (int i = 0; i < PMX_CACHE_SLOTS; i++) {
+    pmx_frame_unref(vs->cache[i].frame);
+    memset(&vs->cache[i], 0, sizeof vs->cache[i]);
+  }
+}
+
+static void hist_drop_from(pmx_service* svc, pmx_view_state* vs, uint32_t keep) {
+  while (vs->nhist > keep) {
+    pmx_frame* f = vs->hist[--vs->nhist];
+    vs->hist[vs->nhist] = NULL;
+    atomic_fetch_sub(&svc->ctr.history_bytes, (int64_t)f->cap);
+    pmx_frame_unref(f);
+  }
+}
+
+void pmx_frames_clear(pmx_service* svc, pmx_chunk_state* c, bool history_too) {
+  for (int v = 0; v < 2; v++) {
+    cache_clear(&c->view[v]);
+    if (history_too) hist_drop_from(svc, &c->view[v], 0);
+  }
+}
+
+/* Called under c->mu right after c->version was incremented: the old version's frames go,
+ * and the frames that pmx_frames_after_step will install are marked pending so that pulls
+ * wait for them instead of building their own. */
+static void mark_pending_after_step(pmx_service* svc, pmx_chunk_state* c) {
+  for (int v = 0; v < 2; v++) {
+    pmx_view_state* vs = &c->view[v];
+    cache_clear(vs);
+    vs->checksum_valid = false;
+    if (!vs->enabled) continue;
+    if (svc->cfg.compression && svc->cfg.history > 0) {
+      slot_claim(vs, c->version - 1);
+    } else if (!svc->cfg.compression) {
+      slot_claim(vs, PMX_KEY_FULL);
+      slot_claim(vs, PMX_KEY_RAW);
+    }
+  }
+}
+
+void pmx_frames_step_begin(pmx_service* svc, pmx_chunk_state* c) { mark_pending_after_step(svc, c); }
+
+void pmx_frames_after_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
+                           uint64_t version, const void* old_bits, const void* new_bits) {
+  pmx_frame* delta[2] = {NULL, NULL};
+  pmx_frame* full[2] = {NULL, NULL};
+  uint64_t sums[2] = {0, 0};
+  bool todo[2];
+  pthread_mutex_lock(&c->mu);
+  todo[0] = true;
+  todo[1] = c->view[1].enabled;
+  pthread_mutex_unlock(&c->mu);
+
+  const size_t n = c->elems;
+  for (int v = 0; v < 2; v++) {
+    if (!todo[v]) continue;
+    int w = pmx_view_width(t, v);
+    size_t raw = n * (size_t)w;
+    const void* nb = new_bits;
+    const void* ob = old_bits;
+    if (v == 1) {
+      uint16_t* a = (uint16_t*)pmx_scratch(0, raw);
+      uint16_t* b = (uint16_t*)pmx_scratch(1, raw);
+      if (!a || !b) continue;
+      pmx_f32_to_bf16_n(new_bits, a, n);
+      pmx_f32_to_bf16_n(old_bits, b, n);
+      nb = a;
+      ob = b;
+    }
+    sums[v] = pmx_checksum(nb, raw);
+    if (svc->cfg.compression && svc->cfg.history > 0) {
+      size_t cap = pmx_zstd_bound(raw);
+      pmx_frame* f = pmx_frame_new(cap);
+      if (f) {
+        g_frame_bytes = &svc->ctr.frame_bytes;
+        atomic_fetch_add(&svc->ctr.frame_bytes, (int64_t)f->cap);
+        f->len = pmx_encode_delta(nb, ob, n, w, (int)svc->cfg.compression_level, f->data, cap);
+        f->encoding = PMX_ENC_DELTA_ZSTD;
+        f->version = version;
+        f->base = version - 1;
+        f->checksum = sums[v];
+        atomic_fetch_add(&svc->ctr.encodes, 1);
+        if (f->len == 0) {
+          pmx_frame_unref(f);
+          f = NULL;
+        }
+      }
+      delta[v] = f;
+      if (!f || f->len * 100 >= raw * 95)
+        full[v] = frame_from(svc, nb, raw, PMX_ENC_RAW, version, PMX_BASE_NONE, sums[v]);
+    } else if (!svc->cfg.compression) {
+      full[v] = frame_from(svc, nb, raw, PMX_ENC_RAW, version, PMX_BASE_NONE, sums[v]);
+    }
+  }
+
+  pthread_mutex_lock(&c->mu);
+  if (c->version == version) {
+    for (int v = 0; v < 2; v++) {
+      if (!todo[v]) continue;
+      pmx_view_state* vs = &c->view[v];
+      vs->checksum = sums[v];
+      vs->checksum_valid = true;
+      if (delta[v]) {
+        if (vs->nhist > 0 && vs->hist[0]->version + 1 != version) hist_drop_from(svc, vs, 0);
+        hist_drop_from(svc, vs, svc->cfg.history - 1);
+        memmove(&vs->hist[1], &vs->hist[0], vs->nhist * sizeof vs->hist[0]);
+        vs->hist[0] = delta[v];
+        delta[v]->in_history = true;
+        atomic_fetch_add(&delta[v]->refs, 1);
+        vs->nhist++;
+        int64_t total = atomic_fetch_add(&svc->ctr.history_bytes, (int64_t)delta[v]->cap) +
+                        (int64_t)delta[v]->cap;
+        if (total > (int64_t)svc->cfg.history_bytes) hist_drop_from(svc, vs, 1);
+        slot_install(vs, version - 1, full[v] ? full[v] : delta[v]);
+      } else if (full[v]) {
+        if (svc->cfg.compression) {
+          slot_install(vs, version - 1, full[v]);
+        } else {
+          slot_install(vs, PMX_KEY_FULL, full[v]);
+          slot_install(vs, PMX_KEY_RAW, full[v]);
+        }
+      }
+      /* a pending slot nobody will fill (encoding failed) must not stall pulls */
+      for (int i = 0; i < PMX_CACHE_SLOTS; i++)
+        if (vs->cache[i].used && vs->cache[i].pending && vs->cache[i].key == version - 1 &&
+            !delta[v] && !full[v])
+          memset(&vs->cache[i], 0, sizeof vs->cache[i]);
+    }
+  }
+  pmx_pull* wake = pmx_chunk_wake(svc, c);
+  pthread_mutex_unlock(&c->mu);
+  for (int v = 0; v < 2; v++) {
+    pmx_frame_unref(delta[v]);
+    pmx_frame_unref(full[v]);
+  }
+  pmx_pulls_resume(wake);
+}
+
+/* ---- builds on demand ---------------------------------------------------------------------- */
+
+typedef struct build_job {
+  pmx_job job;
+  pmx_service* svc;
+  pmx_tensor_state* t;
+  pmx_chunk_state* c;
+  int view;
+  uint64_t key;
+  uint64_t version;
+} build_job;
+
+static void build_run(pmx_job* j) {
+  build_job* b = (build_job*)j;
+  pmx_service* svc = b->svc;
+  pmx_tensor_state* t = b->t;
+  pmx_chunk_state* c = b->c;
+  const int v = b->view, w = pmx_view_width(t, v);
+  const size_t n = c->elems, raw = n * (size_t)w;
+  pmx_frame* hist[PMX_MAX_HISTORY];
+  uint32_t k = 0;
+  pmx_frame* f = NULL;
+  uint8_t* cur = pmx_scratch(0, raw);
+  bool ok = cur != NULL;
+
+  pthread_mutex_lock(&c->mu);
+  pmx_view_state* vs = &c->view[v];
+  int slot = slot_find(vs, b->key);
+  if (!ok || c->version != b->version || slot < 0 || !vs->cache[slot].pending) {
+    ok = false;
+  } else {
+    if (v == 0) memcpy(cur, c->params, raw);
+    else pmx_f32_to_bf16_n(c->params, (uint16_t*)cur, n);
+    if (b->key < PMX_KEY_RAW) {
+      k = (uint32_t)(b->version - b->key);
+      if (k == 0 || k > vs->nhist) k = 0;
+      for (uint32_t i = 0; i < k; i++) {
+        hist[i] = vs->hist[i];
+        atomic_fetch_add(&hist[i]->refs, 1);
+      }
+    }
+  }
+  pthread_mutex_unlock(&c->mu);
+
+  uint64_t sum = 0;
+  if (ok) {
+    sum = pmx_checksum(cur, raw);
+    const int level = (int)svc->cfg.compression_level;
+    size_t cap = pmx_zstd_bound(raw);
+    if (k > 0) {
+      /* sum the per-step deltas: delta(base -> version) */
+      uint8_t* acc = pmx_scratch(1, raw);
+      uint8_t* d = malloc(raw);
+      bool good = acc && d && pmx_decode_delta_words(hist[0]->data, hist[0]->len, n, w, acc) == 0;
+      for (uint32_t i = 1; good && i < k; i++) {
+        good = pmx_decode_delta_words(hist[i]->data, hist[i]->len, n, w, d) == 0;
+        if (good) pmx_delta_add(acc, d, n, w);
+      }
+      free(d);
+      if (good) {
+        f = pmx_frame_new(cap);
+        if (f) {
+          g_frame_bytes = &svc->ctr.frame_bytes;
+          atomic_fetch_add(&svc->ctr.frame_bytes, (int64_t)f->cap);
+          f->len = pmx_encode_delta_words(acc, n, w, level, f->data, cap);
+          f->encoding = PMX_ENC_DELTA_ZSTD;
+          f->version = b->version;
+          f->base = b->key;
+          f->checksum = sum;
+          atomic_fetch_add(&svc->ctr.encodes, 1);
+          if (f->len == 0 || f->len * 100 >= raw * 95) {
+            pmx_frame_unref(f);
+            f = NULL;
+          }
+        }
+      }
+    } else if (b->key == PMX_KEY_FULL && svc->cfg.compression) {
+      uint8_t* z = malloc(cap);
+      size_t zl = z ? pmx_encode_shuffle(cur, n, w, level, z, cap) : 0;
+      if (zl > 0 && zl * 100 < raw * 95)
+        f = frame_from(svc, z, zl, PMX_ENC_SHUFFLE_ZSTD, b->version, PMX_BASE_NONE, sum);
+      free(z);
+    }
+    if (!f) f = frame_from(svc, cur, raw, PMX_ENC_RAW, b->version, PMX_BASE_NONE, sum);
+  }
+  for (uint32_t i = 0; i < k; i++) pmx_frame_unref(hist[i]);
+
+  pthread_mutex_lock(&c->mu);
+  slot = slot_find(vs, b->key);
+  if (slot >= 0 && vs->cache[slot].pending && c->version == b->version) {
+    if (f) {
+      slot_install(vs, b->key, f);
+      if (!vs->checksum_valid) {
+        vs->checksum = sum;
+        vs->checksum_valid = true;
+      }
+    } else {
+      memset(&vs->cache[slot], 0, sizeof vs->cache[slot]); /* let a later pull retry */
+    }
+  }
+  pmx_pull* wake = pmx_chunk_wake(svc, c);
+  pthread_mutex_unlock(&c->mu);
+  pmx_frame_unref(f);
+  free(b);
+  pmx_pulls_resume(wake);
+}
+
+uint64_t pmx_frames_key(pmx_service* svc, pmx_chunk_state* c, int view, uint64_t have,
+                        bool accept_delta, bool accept_shuffle) {
+  pmx_view_state* vs = &c->view[view];
+  uint64_t full = accept_shuffle && svc->cfg.compression ? PMX_KEY_FULL : PMX_KEY_RAW;
+  if (!svc->cfg.compression) return PMX_KEY_FULL; /* RAW frames, shared by both keys */
+  if (!accept_delta || have == PMX_BASE_NONE || have >= c->version) return full;
+  if (slot_find(vs, have) >= 0) return have;
+  uint64_t k = c->version - have;
+  if (k <= vs->nhist && vs->hist[k - 1]->version == have + 1) return have;
+  return full;
+}
+
+pmx_frame* pmx_frames_get(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c, int view,
+                          uint64_t key, bool* must_wait) {
+  pmx_view_state* vs = &c->view[view];
+  *must_wait = false;
+  int i = slot_find(vs, key);
+  if (i >= 0 && !vs->cache[i].pending) {
+    vs->cache[i].stamp = ++g_stamp;
+    atomic_fetch_add(&vs->cache[i].frame->refs, 1);
+    atomic_fetch_add(&svc->ctr.cache_hits, 1);
+    return vs->cache[i].frame;
+  }
+  *must_wait = true;
+  if (i >= 0) return NULL; /* being built */
+  build_job* b = calloc(1, sizeof *b);
+  if (!b || slot_claim(vs, key) < 0) {
+    free(b);
+    return NULL; /* every slot busy: a finishing build wakes us */
+  }
+  b->job.fn = build_run;
+  b->svc = svc;
+  b->t = t;
+  b->c = c;
+  b->view = view;
+  b->key = key;
+  b->version = c->version;
+  pmx_pool_submit(svc->pool, &b->job);
+  return NULL;
+}
+
+void pmx_frames_after_step_failed(pmx_service* svc, pmx_chunk_state* c, uint64_t version) {
+  pthread_mutex_lock(&c->mu);
+  if (c->version == version) {
+    for (int v = 0; v < 2; v++) {
+      cache_clear(&c->view[v]);             /* pulls then build what they need */
+      hist_drop_from(svc, &c->view[v], 0);  /* the history has a gap now */
+    }
+  }
+  pmx_pull* wake = pmx_chunk_wake(svc, c);
+  pthread_mutex_unlock(&c->mu);
+  pmx_pulls_resume(wake);
+}
