@@ -57,7 +57,8 @@ int main(int argc, char** argv) {
   int steps = 10, warmup = 2;
   int sgd = 0;          /* --workload sgd: weights N(0,0.02^2), gradients N(0,0.01^2) */
   int bf16_view = 0;    /* --pull-dtype bf16 */
-  int no_comp = 0;      /* --no-compression (client side: accept raw only) */
+  int no_comp = 0;      /* --client-compression off: accept raw pulls only */
+  int push_mode = 0;    /* --push raw|zstd|bf16|bf16+zstd */
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--server")) addr = argv[i + 1];
     else if (!strcmp(argv[i], "--rank")) rank = (unsigned)strtoul(argv[i + 1], NULL, 10);
@@ -68,6 +69,10 @@ int main(int argc, char** argv) {
     else if (!strcmp(argv[i], "--workload")) sgd = !strcmp(argv[i + 1], "sgd");
     else if (!strcmp(argv[i], "--pull-dtype")) bf16_view = !strcmp(argv[i + 1], "bf16");
     else if (!strcmp(argv[i], "--client-compression")) no_comp = !strcmp(argv[i + 1], "off");
+    else if (!strcmp(argv[i], "--push"))
+      push_mode = !strcmp(argv[i + 1], "zstd") ? PMX_PUSH_ZSTD
+                  : !strcmp(argv[i + 1], "bf16") ? PMX_PUSH_BF16
+                  : !strcmp(argv[i + 1], "bf16+zstd") ? PMX_PUSH_BF16_ZSTD : PMX_PUSH_RAW;
     else {
       fprintf(stderr, "basic-bench: unknown flag %s\n", argv[i]);
       return 2;
@@ -90,6 +95,7 @@ int main(int argc, char** argv) {
   char name[64];
   snprintf(name, sizeof name, "bench.x%llu", numel);
   CHECK("declare", pmx_declare(c, name, PMX_F32, shape, 1, NULL, &init, &t));
+  CHECK("push mode", pmx_tensor_set_push_compression(t, (pmx_push_mode)push_mode, 0));
   float* params = malloc(numel * sizeof *params);
   /* Gradients: three buffers used in turn so that consecutive steps differ. */
   enum { NGRAD = 3 };
