@@ -33,6 +33,9 @@ packages=(
   libzstd-dev          # diff compression
   libxxhash-dev        # chunk checksums
   libcmocka-dev        # unit and integration tests
+  libjansson-dev       # JSON: safetensors checkpoint headers, stats output
+  clang                # libFuzzer targets (tests/fuzz), run briefly by scripts/test.sh
+  libclang-rt-14-dev   # clang's sanitizer and libFuzzer runtimes
 )
 if ((bench)); then
   packages+=(
