@@ -112,13 +112,51 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
   c->connect_timeout_ms = opts && opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 30000;
   c->compressed_pulls = !(opts && opts->no_compression);
   pthread_mutex_init(&c->mu, NULL);
-  pmx_rpc_init();
-  char err[256];
-  c->ch = pmx_rpc_channel_create(addr, err, sizeof err);
-  if (!c->ch) {
+  char err[256] = "";
+  pmx_rpc_channel_opts co = {0};
+  char *ca = NULL, *cert = NULL, *key = NULL, *token = NULL;
+  bool ok = true;
+#define OPT(field, env) (opts && opts->field ? opts->field : getenv(env))
+  const char* ca_file = OPT(tls_ca_file, "PMX_TLS_CA");
+  const char* cert_file = OPT(tls_cert_file, "PMX_TLS_CERT");
+  const char* key_file = OPT(tls_key_file, "PMX_TLS_KEY");
+  const char* token_file = OPT(token_file, "PMX_TOKEN_FILE");
+  co.tls_server_name = OPT(tls_server_name, "PMX_TLS_SERVER_NAME");
+  co.token = OPT(token, "PMX_TOKEN");
+#undef OPT
+  if (ca_file && *ca_file) {
+    ok = (ca = pmx_read_file(ca_file, 1u << 20, NULL, err, sizeof err)) != NULL;
+    if (ok && ((cert_file && *cert_file) != (key_file && *key_file))) {
+      snprintf(err, sizeof err, "a client certificate needs both PMX_TLS_CERT and PMX_TLS_KEY");
+      ok = false;
+    }
+    if (ok && cert_file && *cert_file)
+      ok = (cert = pmx_read_file(cert_file, 1u << 20, NULL, err, sizeof err)) &&
+           (key = pmx_read_file(key_file, 1u << 20, NULL, err, sizeof err));
+    co.tls_ca_pem = ca;
+    co.tls_cert_pem = cert;
+    co.tls_key_pem = key;
+  } else if (cert_file && *cert_file) {
+    snprintf(err, sizeof err, "a client certificate needs a CA (tls_ca_file or PMX_TLS_CA)");
+    ok = false;
+  }
+  if (ok && !(co.token && *co.token) && token_file && *token_file) {
+    ok = (token = pmx_read_token(token_file, err, sizeof err)) != NULL;
+    co.token = token;
+  }
+  if (co.token && !*co.token) co.token = NULL;
+  if (ok) {
+    pmx_rpc_init();
+    c->ch = pmx_rpc_channel_create_ex(addr, &co, err, sizeof err);
+    if (!c->ch) pmx_rpc_shutdown();
+  }
+  free(ca);
+  free(cert);
+  pmx_free_secret(key);
+  pmx_free_secret(token);
+  if (!ok || !c->ch) {
     pthread_mutex_destroy(&c->mu);
     free(c);
-    pmx_rpc_shutdown();
     return fail(PMX_ERR_INVALID_ARGUMENT, "pmx_connect: %s", err);
   }
   *out = c;

@@ -51,6 +51,13 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
       {"drain-timeout", PMX_FLAG_F64, &cfg->drain_timeout, 0, 3600, "SECONDS",
        "on SIGTERM, time for calls in flight before they are cancelled"},
       {"log-level", PMX_FLAG_STR, &cfg->log_level, 0, 0, "LEVEL", "error, warn, info or debug"},
+      {"tls-cert", PMX_FLAG_STR, &cfg->tls_cert, 0, 0, "FILE",
+       "PEM certificate chain: serve TLS (needs --tls-key)"},
+      {"tls-key", PMX_FLAG_STR, &cfg->tls_key, 0, 0, "FILE", "PEM private key of --tls-cert"},
+      {"tls-client-ca", PMX_FLAG_STR, &cfg->tls_client_ca, 0, 0, "FILE",
+       "PEM CA: require client certificates signed by it (mutual TLS)"},
+      {"token-file", PMX_FLAG_STR, &cfg->token_file, 0, 0, "FILE",
+       "bearer token every call but health must carry"},
   };
   const size_t nflags = sizeof flags / sizeof flags[0];
   char err[256];
@@ -71,6 +78,15 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
   }
   if (rc == 0 && (!strchr(cfg->listen, ':') || cfg->listen[0] == ':')) {
     snprintf(err, sizeof err, "--listen: '%s' is not HOST:PORT", cfg->listen);
+    rc = 2;
+  }
+  if (rc == 0 && (!cfg->tls_cert) != (!cfg->tls_key)) {
+    snprintf(err, sizeof err, "%s needs %s too", cfg->tls_cert ? "--tls-cert" : "--tls-key",
+             cfg->tls_cert ? "--tls-key" : "--tls-cert");
+    rc = 2;
+  }
+  if (rc == 0 && cfg->tls_client_ca && !cfg->tls_cert) {
+    snprintf(err, sizeof err, "--tls-client-ca needs --tls-cert and --tls-key");
     rc = 2;
   }
   if (rc != 0) {

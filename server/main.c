@@ -35,14 +35,17 @@ int main(int argc, char** argv) {
     fprintf(stderr, "paramex-server: %s\n", err);
     pmx_service_deinit(&svc);
     pmx_rpc_shutdown();
-    return 1;
+    return 2;
   }
   const char* colon = strrchr(cfg.listen, ':');
   printf("paramex-server listening on %.*s:%d\n", (int)(colon - cfg.listen), cfg.listen, port);
   fflush(stdout);
   pmx_info("serving %u workers, lr %g momentum %g weight decay %g, chunk %llu bytes, "
-           "%u compute threads", cfg.workers, cfg.lr, cfg.momentum, cfg.weight_decay,
-           (unsigned long long)cfg.chunk_bytes, cfg.threads);
+           "%u compute threads, %s%s%s", cfg.workers, cfg.lr, cfg.momentum, cfg.weight_decay,
+           (unsigned long long)cfg.chunk_bytes, cfg.threads,
+           cfg.tls_client_ca ? "mutual TLS" : cfg.tls_cert ? "TLS" : "plaintext",
+           cfg.token_file ? ", bearer token required" : "",
+           cfg.compression ? "" : ", compression off");
 
   int sig = 0;
   sigwait(&sigs, &sig);

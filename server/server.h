@@ -28,6 +28,10 @@ typedef struct pmx_config {
   bool compression;          /* false: --no-compression */
   double drain_timeout;
   const char* log_level;
+  const char* tls_cert;      /* paths */
+  const char* tls_key;
+  const char* tls_client_ca;
+  const char* token_file;
 } pmx_config;
 
 /* Fills defaults, then environment, then argv. Returns 0 to run, 1 when usage was printed
@@ -191,6 +195,7 @@ typedef struct pmx_service {
   bool draining;              /* under park_mu */
   _Atomic int64_t hold_left;  /* bytes of the hold budget still free */
   pmx_counters ctr;
+  char *tls_cert_pem, *tls_key_pem, *tls_client_ca_pem, *token; /* loaded at start */
   uint64_t fault_corrupt_every; /* test hook PMX_FAULT_CORRUPT_PULL: corrupt every Nth frame */
   _Atomic uint64_t fault_count;
 } pmx_service;

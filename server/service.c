@@ -924,7 +924,26 @@ int pmx_service_init(pmx_service* svc, const pmx_config* cfg, char* err, size_t 
 }
 
 int pmx_service_start(pmx_service* svc, int* port, char* err, size_t errlen) {
-  pmx_rpc_server_opts o = {svc->cfg.listen, svc->cfg.cq_threads};
+  pmx_rpc_server_opts o = {svc->cfg.listen, svc->cfg.cq_threads, NULL, NULL, NULL, NULL, NULL};
+  const size_t max_pem = 1u << 20;
+  if (svc->cfg.tls_cert) {
+    svc->tls_cert_pem = pmx_read_file(svc->cfg.tls_cert, max_pem, NULL, err, errlen);
+    if (svc->tls_cert_pem)
+      svc->tls_key_pem = pmx_read_file(svc->cfg.tls_key, max_pem, NULL, err, errlen);
+    if (svc->tls_key_pem && svc->cfg.tls_client_ca)
+      svc->tls_client_ca_pem = pmx_read_file(svc->cfg.tls_client_ca, max_pem, NULL, err, errlen);
+    if (!svc->tls_cert_pem || !svc->tls_key_pem || (svc->cfg.tls_client_ca && !svc->tls_client_ca_pem))
+      return -1;
+    o.tls_cert_pem = svc->tls_cert_pem;
+    o.tls_key_pem = svc->tls_key_pem;
+    o.tls_client_ca_pem = svc->tls_client_ca_pem;
+  }
+  if (svc->cfg.token_file) {
+    svc->token = pmx_read_token(svc->cfg.token_file, err, errlen);
+    if (!svc->token) return -1;
+    o.token = svc->token;
+    o.token_exempt_prefix = "/grpc.health.v1.Health/";
+  }
   svc->rpc = pmx_rpc_server_start(&o, methods, sizeof methods / sizeof methods[0], svc, port,
                                   err, errlen);
   return svc->rpc ? 0 : -1;
@@ -982,4 +1001,8 @@ void pmx_service_deinit(pmx_service* svc) {
   }
   free(svc->tensors);
   free(svc->workers);
+  free(svc->tls_cert_pem);
+  pmx_free_secret(svc->tls_key_pem);
+  free(svc->tls_client_ca_pem);
+  pmx_free_secret(svc->token);
 }

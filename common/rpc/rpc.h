@@ -110,6 +110,16 @@ const char* pmx_srv_call_peer(pmx_srv_call* call, char* buf, size_t cap);
 typedef struct pmx_rpc_server_opts {
   const char* listen;   /* "HOST:PORT", port 0 = ephemeral */
   unsigned cq_threads;  /* completion-queue threads, >= 1 */
+  /* TLS: PEM contents (not paths); all NULL = plaintext. With tls_client_ca_pem, clients
+   * must present a certificate signed by it (mutual TLS). */
+  const char* tls_cert_pem;
+  const char* tls_key_pem;
+  const char* tls_client_ca_pem;
+  /* Bearer token every call must carry as "authorization: Bearer TOKEN", compared in
+   * constant time, except methods whose path starts with token_exempt_prefix (health).
+   * Others get UNAUTHENTICATED before their handler runs. NULL = no token. */
+  const char* token;
+  const char* token_exempt_prefix;
 } pmx_rpc_server_opts;
 
 /* Creates, binds and starts the server. Unknown methods are answered UNIMPLEMENTED.
@@ -128,8 +138,22 @@ typedef struct pmx_rpc_channel pmx_rpc_channel;
 typedef struct pmx_cli_call pmx_cli_call;
 
 /* A channel to target "HOST:PORT" with its own completion-queue thread. NULL with one line
- * in err on failure. Connecting is lazy. */
+ * in err on failure. Connecting is lazy. Plaintext, no token. */
 pmx_rpc_channel* pmx_rpc_channel_create(const char* target, char* err, size_t errlen);
+
+typedef struct pmx_rpc_channel_opts {
+  /* TLS: PEM contents. tls_ca_pem set = TLS, verifying the server against it; cert and key
+   * add a client certificate (mutual TLS). tls_server_name overrides the name checked in
+   * the server's certificate (default: the target's host). */
+  const char* tls_ca_pem;
+  const char* tls_cert_pem;
+  const char* tls_key_pem;
+  const char* tls_server_name;
+  /* Sent as "authorization: Bearer TOKEN" on every call (copied). */
+  const char* token;
+} pmx_rpc_channel_opts;
+pmx_rpc_channel* pmx_rpc_channel_create_ex(const char* target, const pmx_rpc_channel_opts* opts,
+                                           char* err, size_t errlen);
 /* Cancels live calls, waits for them to be done, stops the thread. Accepts NULL. */
 void pmx_rpc_channel_destroy(pmx_rpc_channel* ch);
 

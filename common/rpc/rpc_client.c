@@ -39,6 +39,8 @@ struct pmx_rpc_channel {
     void* handle;
   } reg[MAX_REGISTERED];
   size_t nreg;
+  grpc_metadata auth_md; /* authorization header, when a token was given */
+  bool has_auth;
 };
 
 static void* channel_thread(void* arg) {
@@ -93,6 +95,11 @@ static void* channel_thread(void* arg) {
 }
 
 pmx_rpc_channel* pmx_rpc_channel_create(const char* target, char* err, size_t errlen) {
+  return pmx_rpc_channel_create_ex(target, NULL, err, errlen);
+}
+
+pmx_rpc_channel* pmx_rpc_channel_create_ex(const char* target, const pmx_rpc_channel_opts* opts,
+                                           char* err, size_t errlen) {
   pmx_rpc_channel* ch = calloc(1, sizeof *ch);
   if (!ch) {
     snprintf(err, errlen, "out of memory");
@@ -100,7 +107,7 @@ pmx_rpc_channel* pmx_rpc_channel_create(const char* target, char* err, size_t er
   }
   pthread_mutex_init(&ch->mu, NULL);
   rpc_cond_init_monotonic(&ch->cv);
-  grpc_arg args[2];
+  grpc_arg args[3];
   args[0].type = GRPC_ARG_INTEGER;
   args[0].key = (char*)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
   args[0].value.integer = (int)PMX_RPC_MAX_MESSAGE;
@@ -110,9 +117,41 @@ pmx_rpc_channel* pmx_rpc_channel_create(const char* target, char* err, size_t er
   args[1].key = (char*)GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
   args[1].value.integer = 1;
   grpc_channel_args ca = {2, args};
-  grpc_channel_credentials* creds = grpc_insecure_credentials_create();
+  if (opts && opts->tls_server_name) {
+    args[2].type = GRPC_ARG_STRING;
+    args[2].key = (char*)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+    args[2].value.string = (char*)opts->tls_server_name;
+    ca.num_args = 3;
+  }
+  grpc_channel_credentials* creds;
+  if (opts && opts->tls_ca_pem) {
+    grpc_ssl_pem_key_cert_pair kp = {opts->tls_key_pem, opts->tls_cert_pem};
+    creds = grpc_ssl_credentials_create_ex(opts->tls_ca_pem,
+                                           opts->tls_cert_pem && opts->tls_key_pem ? &kp : NULL,
+                                           NULL, NULL);
+  } else {
+    creds = grpc_insecure_credentials_create();
+  }
+  if (!creds) {
+    snprintf(err, errlen, "cannot load the TLS CA, certificate or key");
+    free(ch);
+    return NULL;
+  }
   ch->channel = grpc_channel_create(target, creds, &ca);
   grpc_channel_credentials_release(creds);
+  if (opts && opts->token) {
+    /* Call credentials are refused on plaintext channels: send the header ourselves. */
+    size_t n = strlen(opts->token) + 8;
+    char* v = malloc(n);
+    if (v) {
+      snprintf(v, n, "Bearer %s", opts->token);
+      ch->auth_md.key = grpc_slice_from_static_string("authorization");
+      ch->auth_md.value = grpc_slice_from_copied_string(v);
+      memset(v, 0, n);
+      free(v);
+      ch->has_auth = true;
+    }
+  }
   if (!ch->channel) {
     snprintf(err, errlen, "cannot create a channel to %s", target);
     free(ch);
@@ -142,6 +181,7 @@ void pmx_rpc_channel_destroy(pmx_rpc_channel* ch) {
   grpc_completion_queue_destroy(ch->cq);
   pthread_mutex_destroy(&ch->mu);
   pthread_cond_destroy(&ch->cv);
+  if (ch->has_auth) grpc_slice_unref(ch->auth_md.value);
   free(ch);
 }
 
@@ -239,6 +279,10 @@ pmx_cli_call* pmx_cli_call_start(pmx_rpc_channel* ch, const char* path, int64_t 
   memset(ops, 0, sizeof ops);
   ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
   ops[0].flags = wait_for_ready ? GRPC_INITIAL_METADATA_WAIT_FOR_READY : 0;
+  if (ch->has_auth) {
+    ops[0].data.send_initial_metadata.count = 1;
+    ops[0].data.send_initial_metadata.metadata = &ch->auth_md;
+  }
   grpc_call_error e1 = grpc_call_start_batch(c->call, ops, 1, &c->t_start, NULL);
   memset(ops, 0, sizeof ops);
   ops[0].op = GRPC_OP_RECV_INITIAL_METADATA;

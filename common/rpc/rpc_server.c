@@ -48,7 +48,25 @@ struct pmx_rpc_server {
   pthread_cond_t cv;
   size_t live_calls;
   bool shutting_down, shutdown_seen;
+  char* want_auth;          /* "Bearer TOKEN", or NULL */
+  char* token_exempt_prefix;
 };
+
+/* Constant-time comparison of the authorization header with the expected value: the time
+ * depends only on the expected length. */
+static bool auth_ok(pmx_srv_call* c) {
+  const char* want = c->srv->want_auth;
+  if (!want) return true;
+  const grpc_slice* got = NULL;
+  for (size_t i = 0; i < c->md.count; i++)
+    if (grpc_slice_str_cmp(c->md.metadata[i].key, "authorization") == 0) got = &c->md.metadata[i].value;
+  size_t wl = strlen(want);
+  const uint8_t* g = got ? GRPC_SLICE_START_PTR(*got) : NULL;
+  size_t gl = got ? GRPC_SLICE_LENGTH(*got) : 0;
+  unsigned diff = gl != wl;
+  for (size_t i = 0; i < wl; i++) diff |= (unsigned)(uint8_t)want[i] ^ (i < gl ? g[i] : 0u);
+  return diff == 0;
+}
 
 static const pmx_srv_call_cbs no_cbs = {0};
 
@@ -248,6 +266,13 @@ static void on_request(pmx_srv_call* c, bool ok) {
     return;
   }
   const pmx_rpc_method* m = &srv->methods[c->method];
+  if (srv->want_auth && !(srv->token_exempt_prefix &&
+                          strncmp(m->path, srv->token_exempt_prefix,
+                                  strlen(srv->token_exempt_prefix)) == 0) &&
+      !auth_ok(c)) {
+    pmx_srv_call_finish(c, NULL, PMX_ST_UNAUTHENTICATED, "missing or invalid bearer token");
+    return;
+  }
   pmx_msg* req = NULL;
   if (m->kind != PMX_RPC_CLIENT_STREAMING) {
     req = rpc_msg_wrap(c->payload);
@@ -395,11 +420,31 @@ pmx_rpc_server* pmx_rpc_server_start(const pmx_rpc_server_opts* opts, const pmx_
                                                      : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
         0);
   }
-  grpc_server_credentials* creds = grpc_insecure_server_credentials_create();
-  int bound = grpc_server_add_http2_port(srv->server, opts->listen, creds);
-  grpc_server_credentials_release(creds);
+  if (opts->token) {
+    size_t n = strlen(opts->token) + 8;
+    srv->want_auth = malloc(n);
+    if (srv->want_auth) snprintf(srv->want_auth, n, "Bearer %s", opts->token);
+    if (opts->token_exempt_prefix) srv->token_exempt_prefix = strdup(opts->token_exempt_prefix);
+  }
+  grpc_server_credentials* creds;
+  if (opts->tls_cert_pem || opts->tls_key_pem) {
+    grpc_ssl_pem_key_cert_pair kp = {opts->tls_key_pem, opts->tls_cert_pem};
+    creds = grpc_ssl_server_credentials_create_ex(
+        opts->tls_client_ca_pem, &kp, 1,
+        opts->tls_client_ca_pem ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+        NULL);
+  } else {
+    creds = grpc_insecure_server_credentials_create();
+  }
+  int bound = creds ? grpc_server_add_http2_port(srv->server, opts->listen, creds) : 0;
+  if (creds) grpc_server_credentials_release(creds);
   if (bound == 0) {
-    snprintf(err, errlen, "cannot listen on %s (address in use or invalid)", opts->listen);
+    if (!creds) snprintf(err, errlen, "cannot load the TLS certificate and key");
+    else snprintf(err, errlen, "cannot listen on %s (address in use, invalid, or a bad TLS "
+                  "certificate or key)", opts->listen);
+    free(srv->want_auth);
+    free(srv->token_exempt_prefix);
     grpc_server_destroy(srv->server);
     grpc_completion_queue_shutdown(srv->cq);
     while (grpc_completion_queue_next(srv->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
@@ -461,6 +506,13 @@ void pmx_rpc_server_destroy(pmx_rpc_server* srv) {
   grpc_completion_queue_destroy(srv->cq);
   pthread_mutex_destroy(&srv->mu);
   pthread_cond_destroy(&srv->cv);
+  if (srv->want_auth) {
+    /* the token does not linger in freed memory */
+    volatile char* w = srv->want_auth;
+    for (size_t i = 0; w[i]; i++) w[i] = 0;
+  }
+  free(srv->want_auth);
+  free(srv->token_exempt_prefix);
   free(srv->threads);
   free(srv->registered);
   free(srv);

@@ -99,6 +99,17 @@ void pmx_big_free(void* p, size_t bytes);
  * re-faulted between messages (the gRPC core allocates per message). Call once at start. */
 void pmx_tune_malloc(void);
 
+/* ---- files -------------------------------------------------------------------------- */
+/* Reads a whole file (at most max bytes) into a NUL-terminated malloc'd buffer; *len (may
+ * be NULL) gets its length. NULL with one line in err ("PATH: No such file or directory",
+ * "PATH: larger than 1048576 bytes") on failure. */
+char* pmx_read_file(const char* path, size_t max, size_t* len, char* err, size_t errlen);
+/* Reads a secret token from path: the file's content without trailing whitespace; empty
+ * or containing control characters is an error. Returns malloc'd string or NULL + err. */
+char* pmx_read_token(const char* path, char* err, size_t errlen);
+/* Overwrites and frees a secret (accepts NULL). */
+void pmx_free_secret(char* s);
+
 /* ---- misc -------------------------------------------------------------------------- */
 unsigned pmx_ncpus(void);
 /* snprintf that always terminates and never overflows; returns dst. */

@@ -91,6 +91,19 @@ typedef struct pmx_options {
    * diffs against the version the buffer holds, compressed with zstd, whenever that is
    * smaller. */
   int no_compression;
+  /* Security. Each NULL field falls back to its environment variable.
+   * tls_ca_file (PMX_TLS_CA): PEM CA file; set = TLS, verifying the server against it.
+   * tls_cert_file / tls_key_file (PMX_TLS_CERT / PMX_TLS_KEY): a client certificate for
+   *   mutual TLS. tls_server_name (PMX_TLS_SERVER_NAME): the name to check in the server's
+   *   certificate instead of the address's host.
+   * token (PMX_TOKEN) or token_file (PMX_TOKEN_FILE): the bearer token sent on every call.
+   * Files are read by pmx_connect; secrets are never logged. */
+  const char* tls_ca_file;
+  const char* tls_cert_file;
+  const char* tls_key_file;
+  const char* tls_server_name;
+  const char* token;
+  const char* token_file;
 } pmx_options;
 
 /* Creates a client for the server at addr ("HOST:PORT"). opts may be NULL. Connecting is
