@@ -22,6 +22,7 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
   cfg->history_bytes = 1ull << 30;
   cfg->compression_level = 1;
   cfg->compression = true;
+  cfg->keep = 3;
   cfg->log_level = "info";
   const pmx_flag flags[] = {
       {"listen", PMX_FLAG_STR, &cfg->listen, 0, 0, "HOST:PORT",
@@ -51,6 +52,13 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
       {"drain-timeout", PMX_FLAG_F64, &cfg->drain_timeout, 0, 3600, "SECONDS",
        "on SIGTERM, time for calls in flight before they are cancelled"},
       {"log-level", PMX_FLAG_STR, &cfg->log_level, 0, 0, "LEVEL", "error, warn, info or debug"},
+      {"checkpoint-dir", PMX_FLAG_STR, &cfg->checkpoint_dir, 0, 0, "DIR",
+       "write checkpoints here, restore the newest valid one at start"},
+      {"checkpoint-every", PMX_FLAG_U64, &cfg->checkpoint_every, 0, 1e15, "STEPS",
+       "checkpoint at every version that is a multiple of STEPS (0: off)"},
+      {"checkpoint-interval", PMX_FLAG_F64, &cfg->checkpoint_interval, 0, 1e7, "SECONDS",
+       "checkpoint every SECONDS (0: off)"},
+      {"keep", PMX_FLAG_U32, &cfg->keep, 1, 100000, "K", "checkpoints kept (oldest removed)"},
       {"tls-cert", PMX_FLAG_STR, &cfg->tls_cert, 0, 0, "FILE",
        "PEM certificate chain: serve TLS (needs --tls-key)"},
       {"tls-key", PMX_FLAG_STR, &cfg->tls_key, 0, 0, "FILE", "PEM private key of --tls-cert"},
@@ -83,6 +91,11 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
   if (rc == 0 && (!cfg->tls_cert) != (!cfg->tls_key)) {
     snprintf(err, sizeof err, "%s needs %s too", cfg->tls_cert ? "--tls-cert" : "--tls-key",
              cfg->tls_cert ? "--tls-key" : "--tls-cert");
+    rc = 2;
+  }
+  if (rc == 0 && !cfg->checkpoint_dir && (cfg->checkpoint_every || cfg->checkpoint_interval > 0)) {
+    snprintf(err, sizeof err, "--checkpoint-%s needs --checkpoint-dir",
+             cfg->checkpoint_every ? "every" : "interval");
     rc = 2;
   }
   if (rc == 0 && cfg->tls_client_ca && !cfg->tls_cert) {

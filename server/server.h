@@ -32,6 +32,10 @@ typedef struct pmx_config {
   const char* tls_key;
   const char* tls_client_ca;
   const char* token_file;
+  const char* checkpoint_dir;
+  uint64_t checkpoint_every;    /* steps; 0 = off */
+  double checkpoint_interval;   /* seconds; 0 = off */
+  uint32_t keep;
 } pmx_config;
 
 /* Fills defaults, then environment, then argv. Returns 0 to run, 1 when usage was printed
@@ -136,6 +140,7 @@ typedef struct pmx_chunk_state {
   pmx_held* held;       /* [workers] out-of-order contributions */
   pmx_view_state view[2];
   struct pmx_pull* waiters;
+  uint64_t ckpt_gen;    /* the checkpoint generation that copied this chunk */
 } pmx_chunk_state;
 
 #define PMX_MAX_NAME 255
@@ -177,6 +182,20 @@ typedef struct pmx_counters {
   _Atomic int64_t frame_bytes, history_bytes;
 } pmx_counters;
 
+typedef struct pmx_ckpt pmx_ckpt;
+struct ckpt_waiter;
+typedef struct pmx_ckpt_state {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  pmx_ckpt* pending;
+  struct ckpt_waiter* waiters;
+  pthread_t thread;
+  bool thread_started, stop, done_ok;
+  uint64_t gen, done_gen;
+  uint64_t written, failures, last_version, restored_version;
+  char last_path[600];
+} pmx_ckpt_state;
+
 typedef struct pmx_service {
   pmx_config cfg;
   pmx_sgd sgd;
@@ -196,6 +215,7 @@ typedef struct pmx_service {
   _Atomic int64_t hold_left;  /* bytes of the hold budget still free */
   pmx_counters ctr;
   char *tls_cert_pem, *tls_key_pem, *tls_client_ca_pem, *token; /* loaded at start */
+  pmx_ckpt_state ckpt;
   uint64_t fault_corrupt_every; /* test hook PMX_FAULT_CORRUPT_PULL: corrupt every Nth frame */
   _Atomic uint64_t fault_count;
 } pmx_service;
@@ -230,6 +250,27 @@ int pmx_store_declare(pmx_service* svc, const pmx_declare_args* a, pmx_tensor_st
                       bool* created, char* err, size_t errlen);
 pmx_tensor_state* pmx_store_tensor(pmx_service* svc, uint32_t id); /* NULL if unknown */
 uint64_t pmx_tensor_version_min(pmx_tensor_state* t, uint64_t* vmax, uint64_t* checksum);
+
+/* Creates a tensor from a checkpoint entry at version (all chunks initialized). */
+struct pmx_st_tensor;
+int pmx_store_restore(pmx_service* svc, const struct pmx_st_tensor* e, const void* mom,
+                      uint64_t version, char* err, size_t errlen);
+
+/* Checkpoints (checkpoint.c) */
+int pmx_ckpt_init(pmx_service* svc, char* err, size_t errlen);
+/* Restores the newest valid checkpoint of --checkpoint-dir (skipping corrupt ones with a
+ * warning). -1 only when a file failed half way through loading. */
+int pmx_ckpt_restore(pmx_service* svc);
+/* Capture hooks, c->mu held: before a step leaves c->version, after it arrived. */
+void pmx_ckpt_before_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c);
+void pmx_ckpt_after_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c);
+/* On demand; waiter (may be NULL) is finished when the file is written. -1: no dir/OOM. */
+int pmx_ckpt_now(pmx_service* svc, pmx_srv_call* waiter, const char* reason);
+/* The checkpoint at shutdown; waits up to wait_ms. true when written. */
+bool pmx_ckpt_final(pmx_service* svc, int64_t wait_ms);
+/* Ends the Checkpoint calls still waiting with UNAVAILABLE (before the transport drains). */
+void pmx_ckpt_fail_waiters(pmx_service* svc);
+void pmx_ckpt_shutdown(pmx_service* svc);
 
 /* Detaches the chunk's waiters (c->mu held); resume them after unlocking with
  * pmx_pulls_resume. Called whenever the chunk changed: new version, initial values, a

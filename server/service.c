@@ -392,6 +392,7 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
     rl->old_bits = pmx_buf_get(nb);
     rl->new_bits = pmx_buf_get(nb);
     if (rl->old_bits) memcpy(rl->old_bits, c->params, nb);
+    pmx_ckpt_before_step(svc, t, c);
     apply_step(svc, t, c);
     if (rl->new_bits) memcpy(rl->new_bits, c->params, nb);
     rl->bits_bytes = nb;
@@ -403,6 +404,7 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
     c->version++;
     atomic_fetch_add(&svc->ctr.steps_completed, 1);
     pmx_frames_step_begin(svc, c);
+    pmx_ckpt_after_step(svc, t, c);
     rl->step_t = t;
     rl->step_c = c;
     rl->step_version = c->version;
@@ -773,6 +775,15 @@ static void handle_stats(pmx_service* svc, pmx_srv_call* call, const uint8_t* b,
   s.pull_unchanged = atomic_load(&svc->ctr.pull_unchanged);
   s.pull_delta = atomic_load(&svc->ctr.pull_delta);
   s.pull_snapshot = atomic_load(&svc->ctr.pull_snapshot);
+  char ckpt_path[600];
+  pthread_mutex_lock(&svc->ckpt.mu);
+  s.checkpoints_written = svc->ckpt.written;
+  s.checkpoint_failures = svc->ckpt.failures;
+  s.checkpoint_version = svc->ckpt.last_version;
+  s.restored_version = svc->ckpt.restored_version;
+  snprintf(ckpt_path, sizeof ckpt_path, "%s", svc->ckpt.last_path);
+  pthread_mutex_unlock(&svc->ckpt.mu);
+  s.checkpoint_path = ckpt_path;
 
   uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
   Paramex__V1__TensorStats* ts = calloc(nt ? nt : 1, sizeof *ts);
@@ -839,6 +850,28 @@ out:
   free(names);
 }
 
+/* ---- Checkpoint ------------------------------------------------------------------------- */
+
+static void handle_checkpoint(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, size_t n) {
+  Paramex__V1__CheckpointRequest* r = paramex__v1__checkpoint_request__unpack(NULL, n, b);
+  if (!r) {
+    reject(svc, call, PMX_ST_INVALID_ARGUMENT, "malformed CheckpointRequest");
+    return;
+  }
+  paramex__v1__checkpoint_request__free_unpacked(r, NULL);
+  if (!svc->cfg.checkpoint_dir) {
+    reject(svc, call, PMX_ST_FAILED_PRECONDITION, "the server runs without --checkpoint-dir");
+    return;
+  }
+  if (atomic_load(&svc->ntensors) == 0) {
+    reject(svc, call, PMX_ST_FAILED_PRECONDITION, "no tensor declared yet: nothing to checkpoint");
+    return;
+  }
+  if (pmx_ckpt_now(svc, call, "requested") != 0)
+    reject(svc, call, PMX_ST_RESOURCE_EXHAUSTED, "cannot start a checkpoint (out of memory)");
+  /* the call is finished by the checkpoint thread once the file is written */
+}
+
 /* ---- Health ------------------------------------------------------------------------------- */
 
 static void handle_health(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, size_t n) {
@@ -877,6 +910,7 @@ UNARY_ENTRY(on_join, handle_join, true)
 UNARY_ENTRY(on_declare, handle_declare, true)
 UNARY_ENTRY(on_pull, handle_pull, true)
 UNARY_ENTRY(on_stats, handle_stats, false)
+UNARY_ENTRY(on_checkpoint, handle_checkpoint, true)
 UNARY_ENTRY(on_health, handle_health, false)
 
 static const pmx_rpc_method methods[] = {
@@ -885,6 +919,7 @@ static const pmx_rpc_method methods[] = {
     {"/paramex.v1.ParameterExchange/Push", PMX_RPC_CLIENT_STREAMING, on_push},
     {"/paramex.v1.ParameterExchange/Pull", PMX_RPC_SERVER_STREAMING, on_pull},
     {"/paramex.v1.ParameterExchange/Stats", PMX_RPC_UNARY, on_stats},
+    {"/paramex.v1.ParameterExchange/Checkpoint", PMX_RPC_UNARY, on_checkpoint},
     {"/grpc.health.v1.Health/Check", PMX_RPC_UNARY, on_health},
 };
 
@@ -918,6 +953,11 @@ int pmx_service_init(pmx_service* svc, const pmx_config* cfg, char* err, size_t 
   svc->pool = pmx_pool_create(cfg->threads);
   if (!svc->tensors || !svc->workers || !svc->pool) {
     snprintf(err, errlen, "out of memory at start");
+    return -1;
+  }
+  if (pmx_ckpt_init(svc, err, errlen) != 0) return -1;
+  if (pmx_ckpt_restore(svc) != 0) {
+    snprintf(err, errlen, "could not restore from %s (see above)", cfg->checkpoint_dir);
     return -1;
   }
   return 0;
@@ -975,10 +1015,15 @@ void pmx_service_stop(pmx_service* svc) {
     pull_end(list, PMX_ST_UNAVAILABLE, "server is shutting down");
     list = next;
   }
+  pmx_ckpt_fail_waiters(svc);
   pmx_rpc_server_shutdown(svc->rpc, (int64_t)(svc->cfg.drain_timeout * 1000.0));
+  /* every call is over: the final checkpoint sees no more steps */
+  if (svc->cfg.checkpoint_dir && atomic_load(&svc->ntensors) > 0)
+    pmx_ckpt_final(svc, (int64_t)(svc->cfg.drain_timeout * 1000.0) + 60000);
 }
 
 void pmx_service_deinit(pmx_service* svc) {
+  pmx_ckpt_shutdown(svc);
   pmx_pool_destroy(svc->pool);
   pmx_rpc_server_destroy(svc->rpc);
   uint32_t nt = atomic_load(&svc->ntensors);

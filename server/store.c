@@ -7,6 +7,7 @@
 
 #include "codec/codec.h"
 #include "codec/diff.h"
+#include "codec/safetensors.h"
 #include "server.h"
 
 /* ---- buffers ---------------------------------------------------------------------------
@@ -325,6 +326,41 @@ out:
   pmx_pulls_resume(wake);
   if (st == PMX_ST_OK) *out = t;
   return st;
+}
+
+int pmx_store_restore(pmx_service* svc, const struct pmx_st_tensor* e, const void* mom,
+                      uint64_t version, char* err, size_t errlen) {
+  if (pmx_dtype_size(e->dtype) == 0) {
+    snprintf(err, errlen, "tensor '%s': dtype %s is not a parameter type", e->name,
+             pmx_st_dtype_name(e->dtype));
+    return -1;
+  }
+  pmx_declare_args a = {0};
+  a.name = e->name;
+  a.dtype = e->dtype;
+  a.shape = e->shape;
+  a.ndim = e->ndim;
+  a.values = e->data;
+  a.values_len = e->nbytes;
+  pmx_tensor_state* t = NULL;
+  bool created = false;
+  int st = pmx_store_declare(svc, &a, &t, &created, err, errlen);
+  if (st != PMX_ST_OK || !created) {
+    if (st == PMX_ST_OK) snprintf(err, errlen, "tensor '%s' appears twice", e->name);
+    return -1;
+  }
+  for (uint32_t i = 0; i < t->nchunks; i++) {
+    pmx_chunk_state* c = &t->chunks[i];
+    pthread_mutex_lock(&c->mu);
+    c->version = version;
+    if (mom && c->mom) {
+      memcpy(c->mom, (const uint8_t*)mom + (uint64_t)i * t->chunk_elems * sizeof(float),
+             (size_t)c->elems * sizeof(float));
+      c->mom_first = version == 0;
+    }
+    pthread_mutex_unlock(&c->mu);
+  }
+  return 0;
 }
 
 uint64_t pmx_tensor_version_min(pmx_tensor_state* t, uint64_t* vmax, uint64_t* checksum) {

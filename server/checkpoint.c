@@ -1,0 +1,519 @@
+/* Checkpoints: consistent (every chunk at one version), written atomically as safetensors
+ * by a thread of their own, restored at start.
+ *
+ * A checkpoint at version V copies each chunk's parameters and momentum as they are at V:
+ * a chunk already at V is copied when the checkpoint starts, a chunk still below V when
+ * it arrives at V (after its step), and a chunk about to leave V just before its step.
+ * Copies are taken under the chunk's lock; the file is written outside every lock. */
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "codec/codec.h"
+#include "codec/safetensors.h"
+#include "paramex.pb-c.h"
+#include "server.h"
+
+#define MOM_SUFFIX "@momentum"
+
+struct pmx_ckpt {
+  uint64_t gen;
+  uint64_t version;
+  uint32_t ntensors;
+  void** params;   /* [ntensors] copies */
+  float** mom;     /* [ntensors] copies, NULL without momentum */
+  size_t* pbytes;
+  size_t* mbytes;
+  size_t remaining; /* chunks not captured yet (under ckpt.mu) */
+  char reason[24];
+  uint64_t started_ms;
+};
+
+typedef struct ckpt_waiter {
+  pmx_srv_call* call;
+  struct ckpt_waiter* next;
+} ckpt_waiter;
+
+static void ckpt_free(pmx_ckpt* k) {
+  if (!k) return;
+  for (uint32_t i = 0; i < k->ntensors; i++) {
+    pmx_big_free(k->params[i], k->pbytes[i]);
+    if (k->mom) pmx_big_free(k->mom[i], k->mbytes[i]);
+  }
+  free(k->params);
+  free(k->mom);
+  free(k->pbytes);
+  free(k->mbytes);
+  free(k);
+}
+
+/* ---- capture --------------------------------------------------------------------------- */
+
+/* Copies chunk c into k (c->mu held). */
+static void capture(pmx_service* svc, pmx_ckpt* k, pmx_tensor_state* t, pmx_chunk_state* c) {
+  if (t->id >= k->ntensors || c->ckpt_gen == k->gen) return;
+  uint64_t first = (uint64_t)c->index * t->chunk_elems;
+  memcpy((uint8_t*)k->params[t->id] + first * t->elem, c->params, (size_t)c->elems * t->elem);
+  if (k->mom && k->mom[t->id]) {
+    if (c->mom_first) memset(k->mom[t->id] + first, 0, (size_t)c->elems * sizeof(float));
+    else memcpy(k->mom[t->id] + first, c->mom, (size_t)c->elems * sizeof(float));
+  }
+  c->ckpt_gen = k->gen;
+  pthread_mutex_lock(&svc->ckpt.mu);
+  if (--k->remaining == 0) pthread_cond_broadcast(&svc->ckpt.cv);
+  pthread_mutex_unlock(&svc->ckpt.mu);
+}
+
+/* A new pending checkpoint of the tensors declared now (ckpt.mu held). */
+static pmx_ckpt* ckpt_new(pmx_service* svc, uint64_t version, const char* reason) {
+  pmx_ckpt* k = calloc(1, sizeof *k);
+  if (!k) return NULL;
+  uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
+  k->gen = ++svc->ckpt.gen;
+  k->version = version;
+  k->ntensors = nt;
+  k->params = calloc(nt ? nt : 1, sizeof *k->params);
+  k->pbytes = calloc(nt ? nt : 1, sizeof *k->pbytes);
+  k->mbytes = calloc(nt ? nt : 1, sizeof *k->mbytes);
+  if (svc->cfg.momentum != 0) k->mom = calloc(nt ? nt : 1, sizeof *k->mom);
+  snprintf(k->reason, sizeof k->reason, "%s", reason);
+  k->started_ms = pmx_now_ms();
+  bool ok = k->params && k->pbytes && k->mbytes && (svc->cfg.momentum == 0 || k->mom);
+  for (uint32_t i = 0; ok && i < nt; i++) {
+    pmx_tensor_state* t = svc->tensors[i];
+    k->pbytes[i] = t->params_bytes;
+    k->mbytes[i] = t->numel * sizeof(float);
+    k->params[i] = pmx_big_alloc(t->params_bytes);
+    ok = k->params[i] != NULL;
+    if (ok && k->mom) ok = (k->mom[i] = pmx_big_alloc(k->mbytes[i])) != NULL;
+    k->remaining += t->nchunks;
+  }
+  if (!ok) {
+    ckpt_free(k);
+    pmx_error("checkpoint at version %" PRIu64 ": out of memory for the copies", version);
+    return NULL;
+  }
+  if (k->remaining == 0) pthread_cond_broadcast(&svc->ckpt.cv);
+  return k;
+}
+
+void pmx_ckpt_before_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c) {
+  if (!svc->cfg.checkpoint_dir) return;
+  pthread_mutex_lock(&svc->ckpt.mu);
+  pmx_ckpt* k = svc->ckpt.pending;
+  bool take = k && k->version == c->version && c->ckpt_gen != k->gen;
+  pthread_mutex_unlock(&svc->ckpt.mu);
+  if (take) capture(svc, k, t, c);
+}
+
+void pmx_ckpt_after_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c) {
+  if (!svc->cfg.checkpoint_dir) return;
+  pthread_mutex_lock(&svc->ckpt.mu);
+  pmx_ckpt* k = svc->ckpt.pending;
+  if (!k && svc->cfg.checkpoint_every && c->version % svc->cfg.checkpoint_every == 0 &&
+      c->version > svc->ckpt.last_version)
+    k = svc->ckpt.pending = ckpt_new(svc, c->version, "periodic");
+  bool take = k && k->version == c->version && c->ckpt_gen != k->gen;
+  pthread_mutex_unlock(&svc->ckpt.mu);
+  if (take) capture(svc, k, t, c);
+}
+
+/* Starts a checkpoint at the newest version any chunk has (or joins the one in progress).
+ * Returns its generation, 0 on failure. */
+static uint64_t request(pmx_service* svc, const char* reason) {
+  uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
+  uint64_t vmax = 0;
+  for (uint32_t i = 0; i < nt; i++) {
+    uint64_t hi;
+    pmx_tensor_version_min(svc->tensors[i], &hi, NULL);
+    if (hi > vmax) vmax = hi;
+  }
+  pthread_mutex_lock(&svc->ckpt.mu);
+  pmx_ckpt* k = svc->ckpt.pending;
+  if (!k) k = svc->ckpt.pending = ckpt_new(svc, vmax, reason);
+  uint64_t gen = k ? k->gen : 0;
+  pthread_mutex_unlock(&svc->ckpt.mu);
+  if (!k) return 0;
+  /* chunks already at the version are copied now; the others on arrival */
+  for (uint32_t i = 0; i < k->ntensors; i++) {
+    pmx_tensor_state* t = svc->tensors[i];
+    for (uint32_t j = 0; j < t->nchunks; j++) {
+      pmx_chunk_state* c = &t->chunks[j];
+      pthread_mutex_lock(&c->mu);
+      if (c->initialized && c->version == k->version) capture(svc, k, t, c);
+      pthread_mutex_unlock(&c->mu);
+    }
+  }
+  return gen;
+}
+
+/* ---- writing ------------------------------------------------------------------------------ */
+
+typedef struct write_ctx {
+  pmx_service* svc;
+  pmx_ckpt* k;
+} write_ctx;
+
+static int write_tensor(void* ctx, size_t index, pmx_st_sink* sink) {
+  write_ctx* w = ctx;
+  pmx_ckpt* k = w->k;
+  size_t ti = k->mom ? index / 2 : index;
+  bool mom = k->mom && index % 2 == 1;
+  if (mom) return pmx_st_sink_write(sink, k->mom[ti], w->svc->tensors[ti]->numel * sizeof(float));
+  return pmx_st_sink_write(sink, k->params[ti], k->pbytes[ti]);
+}
+
+static int name_version(const char* name, uint64_t* v) {
+  unsigned long long x;
+  int used = 0;
+  if (sscanf(name, "ckpt-%20llu.safetensors%n", &x, &used) != 1 || name[used] != 0) return -1;
+  *v = x;
+  return 0;
+}
+
+/* Checkpoint files of dir, newest first. Returns their count (at most cap). */
+static size_t list_checkpoints(const char* dir, uint64_t* versions, size_t cap) {
+  DIR* d = opendir(dir);
+  if (!d) return 0;
+  size_t n = 0;
+  struct dirent* e;
+  while ((e = readdir(d)) != NULL) {
+    uint64_t v;
+    if (name_version(e->d_name, &v) != 0) continue;
+    if (n < cap) versions[n++] = v;
+  }
+  closedir(d);
+  for (size_t i = 1; i < n; i++) /* insertion sort, descending */
+    for (size_t j = i; j > 0 && versions[j] > versions[j - 1]; j--) {
+      uint64_t x = versions[j];
+      versions[j] = versions[j - 1];
+      versions[j - 1] = x;
+    }
+  return n;
+}
+
+static void finish_waiters(pmx_service* svc, ckpt_waiter* w, int status, const char* msg,
+                           uint64_t version, const char* path, uint64_t bytes) {
+  (void)svc;
+  while (w) {
+    ckpt_waiter* next = w->next;
+    if (status == PMX_ST_OK) {
+      Paramex__V1__CheckpointResponse r = PARAMEX__V1__CHECKPOINT_RESPONSE__INIT;
+      r.version = version;
+      r.path = (char*)path;
+      r.bytes = bytes;
+      uint8_t buf[1024];
+      size_t n = paramex__v1__checkpoint_response__get_packed_size(&r);
+      if (n <= sizeof buf) {
+        paramex__v1__checkpoint_response__pack(&r, buf);
+        pmx_out out = {buf, n, NULL, 0, NULL, NULL};
+        pmx_srv_call_finish(w->call, &out, PMX_ST_OK, NULL);
+      } else {
+        pmx_srv_call_finish(w->call, NULL, PMX_ST_OK, NULL);
+      }
+    } else {
+      pmx_srv_call_finish(w->call, NULL, status, msg);
+    }
+    pmx_srv_call_unref(w->call);
+    free(w);
+    w = next;
+  }
+}
+
+static int write_checkpoint(pmx_service* svc, pmx_ckpt* k, char* path, size_t pathlen,
+                            uint64_t* bytes, char* err, size_t errlen) {
+  size_t n = (size_t)k->ntensors * (k->mom ? 2 : 1);
+  pmx_st_entry* e = calloc(n ? n : 1, sizeof *e);
+  char (*names)[PMX_MAX_NAME + 16] = calloc(n ? n : 1, sizeof *names);
+  if (!e || !names) {
+    free(e);
+    free(names);
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  *bytes = 0;
+  for (uint32_t i = 0, j = 0; i < k->ntensors; i++) {
+    pmx_tensor_state* t = svc->tensors[i];
+    e[j] = (pmx_st_entry){t->name, t->dtype, t->ndim, t->shape, t->params_bytes};
+    *bytes += t->params_bytes;
+    j++;
+    if (k->mom) {
+      snprintf(names[j], sizeof names[j], "%s" MOM_SUFFIX, t->name);
+      e[j] = (pmx_st_entry){names[j], PMX_DT_F32, t->ndim, t->shape, t->numel * sizeof(float)};
+      *bytes += t->numel * sizeof(float);
+      j++;
+    }
+  }
+  /* metadata: the version, the workers' incarnations (so that they need not rejoin) */
+  char version[32], workers[16], server[80];
+  snprintf(version, sizeof version, "%" PRIu64, k->version);
+  snprintf(workers, sizeof workers, "%u", svc->cfg.workers);
+  snprintf(server, sizeof server, "%s", svc->server_id);
+  size_t inc_cap = (size_t)svc->cfg.workers * 21 + 1;
+  char* inc = malloc(inc_cap);
+  size_t off = 0;
+  for (uint32_t w = 0; inc && w < svc->cfg.workers; w++)
+    off += (size_t)snprintf(inc + off, inc_cap - off, w ? ",%" PRIu64 : "%" PRIu64,
+                            (uint64_t)atomic_load(&svc->workers[w].incarnation));
+  if (inc && svc->cfg.workers == 0) inc[0] = 0;
+  const char* meta[] = {"pmx.version", version, "pmx.workers", workers, "pmx.server_id", server,
+                        "pmx.incarnations", inc ? inc : "", "pmx.momentum",
+                        k->mom ? "1" : "0"};
+  char name[64];
+  snprintf(name, sizeof name, "ckpt-%020" PRIu64 ".safetensors", k->version);
+  write_ctx ctx = {svc, k};
+  int rc = pmx_st_write(svc->cfg.checkpoint_dir, name, e, n, write_tensor, &ctx, meta,
+                        sizeof meta / sizeof meta[0] / 2, err, errlen);
+  snprintf(path, pathlen, "%s/%s", svc->cfg.checkpoint_dir, name);
+  free(inc);
+  free(e);
+  free(names);
+  if (rc != 0) return -1;
+  /* keep the newest --keep */
+  uint64_t vs[1024];
+  size_t nv = list_checkpoints(svc->cfg.checkpoint_dir, vs, 1024);
+  for (size_t i = svc->cfg.keep; i < nv; i++) {
+    char old[600];
+    snprintf(old, sizeof old, "%s/ckpt-%020" PRIu64 ".safetensors", svc->cfg.checkpoint_dir, vs[i]);
+    if (unlink(old) != 0) pmx_warn("checkpoint: cannot remove %s: %s", old, strerror(errno));
+  }
+  return 0;
+}
+
+static void* ckpt_thread(void* arg) {
+  pmx_service* svc = arg;
+  uint64_t next_timed = svc->cfg.checkpoint_interval > 0
+                            ? pmx_now_ms() + (uint64_t)(svc->cfg.checkpoint_interval * 1000.0)
+                            : UINT64_MAX;
+  pthread_mutex_lock(&svc->ckpt.mu);
+  for (;;) {
+    pmx_ckpt* k = svc->ckpt.pending;
+    if (k && k->remaining == 0) {
+      svc->ckpt.pending = NULL;
+      ckpt_waiter* w = svc->ckpt.waiters;
+      svc->ckpt.waiters = NULL;
+      pthread_mutex_unlock(&svc->ckpt.mu);
+      char path[600], err[512];
+      uint64_t bytes = 0, t0 = pmx_now_ms();
+      int rc = write_checkpoint(svc, k, path, sizeof path, &bytes, err, sizeof err);
+      if (rc == 0)
+        pmx_info("checkpoint written: %s (version %" PRIu64 ", %" PRIu64 " bytes, %s, %" PRIu64
+                 " ms)", path, k->version, bytes, k->reason, pmx_now_ms() - t0);
+      else
+        pmx_error("checkpoint at version %" PRIu64 " failed, the previous one is intact: %s",
+                  k->version, err);
+      pthread_mutex_lock(&svc->ckpt.mu);
+      if (rc == 0) {
+        svc->ckpt.written++;
+        svc->ckpt.last_version = k->version;
+        snprintf(svc->ckpt.last_path, sizeof svc->ckpt.last_path, "%s", path);
+      } else {
+        svc->ckpt.failures++;
+      }
+      svc->ckpt.done_gen = k->gen;
+      svc->ckpt.done_ok = rc == 0;
+      pthread_cond_broadcast(&svc->ckpt.cv);
+      pthread_mutex_unlock(&svc->ckpt.mu);
+      finish_waiters(svc, w, rc == 0 ? PMX_ST_OK : PMX_ST_ABORTED, err, k->version, path, bytes);
+      ckpt_free(k);
+      pthread_mutex_lock(&svc->ckpt.mu);
+      continue;
+    }
+    if (svc->ckpt.stop) break;
+    uint64_t now = pmx_now_ms();
+    if (now >= next_timed) {
+      next_timed = now + (uint64_t)(svc->cfg.checkpoint_interval * 1000.0);
+      if (!svc->ckpt.pending && atomic_load(&svc->ntensors) > 0) {
+        pthread_mutex_unlock(&svc->ckpt.mu);
+        request(svc, "interval");
+        pthread_mutex_lock(&svc->ckpt.mu);
+      }
+      continue;
+    }
+    if (next_timed == UINT64_MAX) {
+      pthread_cond_wait(&svc->ckpt.cv, &svc->ckpt.mu);
+    } else {
+      struct timespec ts;
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      uint64_t wait = next_timed - now;
+      ts.tv_sec += (time_t)(wait / 1000);
+      ts.tv_nsec += (long)(wait % 1000) * 1000000L;
+      if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+      }
+      pthread_cond_timedwait(&svc->ckpt.cv, &svc->ckpt.mu, &ts);
+    }
+  }
+  pthread_mutex_unlock(&svc->ckpt.mu);
+  return NULL;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------------ */
+
+int pmx_ckpt_init(pmx_service* svc, char* err, size_t errlen) {
+  pthread_mutex_init(&svc->ckpt.mu, NULL);
+  pthread_condattr_t a;
+  pthread_condattr_init(&a);
+  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+  pthread_cond_init(&svc->ckpt.cv, &a);
+  pthread_condattr_destroy(&a);
+  if (!svc->cfg.checkpoint_dir) return 0;
+  if (mkdir(svc->cfg.checkpoint_dir, 0755) != 0 && errno != EEXIST) {
+    snprintf(err, errlen, "--checkpoint-dir %s: %s", svc->cfg.checkpoint_dir, strerror(errno));
+    return -1;
+  }
+  struct stat st;
+  if (stat(svc->cfg.checkpoint_dir, &st) != 0 || !S_ISDIR(st.st_mode) ||
+      access(svc->cfg.checkpoint_dir, W_OK) != 0) {
+    snprintf(err, errlen, "--checkpoint-dir %s: not a writable directory", svc->cfg.checkpoint_dir);
+    return -1;
+  }
+  if (pthread_create(&svc->ckpt.thread, NULL, ckpt_thread, svc) != 0) {
+    snprintf(err, errlen, "cannot start the checkpoint thread");
+    return -1;
+  }
+  svc->ckpt.thread_started = true;
+  return 0;
+}
+
+/* Loads one checkpoint file into the (empty) store. */
+static int restore_file(pmx_service* svc, const char* path, uint64_t* version, char* err,
+                        size_t errlen) {
+  pmx_st_file* f = pmx_st_open(path, err, errlen);
+  if (!f) return -1;
+  const char* vs = pmx_st_meta(f, "pmx.version");
+  const char* ws = pmx_st_meta(f, "pmx.workers");
+  char* end = NULL;
+  unsigned long long v = vs ? strtoull(vs, &end, 10) : 0;
+  int rc = -1;
+  if (!vs || !end || *end) {
+    snprintf(err, errlen, "no pmx.version in its metadata");
+  } else if (!ws || strtoul(ws, NULL, 10) != svc->cfg.workers) {
+    snprintf(err, errlen, "written for %s workers, this server has --workers %u",
+             ws ? ws : "?", svc->cfg.workers);
+  } else {
+    rc = 0;
+    size_t n = pmx_st_count(f);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+      pmx_st_tensor e;
+      pmx_st_entry_at(f, i, &e);
+      size_t nl = strlen(e.name);
+      if (nl > strlen(MOM_SUFFIX) && strcmp(e.name + nl - strlen(MOM_SUFFIX), MOM_SUFFIX) == 0)
+        continue;
+      pmx_st_tensor m;
+      char mname[PMX_MAX_NAME + 16];
+      snprintf(mname, sizeof mname, "%s" MOM_SUFFIX, e.name);
+      bool has_mom = pmx_st_find(f, mname, &m) == 0 && m.dtype == PMX_DT_F32 &&
+                     m.nbytes == e.nbytes / pmx_dtype_size(e.dtype) * sizeof(float);
+      rc = pmx_store_restore(svc, &e, has_mom ? m.data : NULL, v, err, errlen);
+    }
+    const char* inc = pmx_st_meta(f, "pmx.incarnations");
+    for (uint32_t w = 0; rc == 0 && inc && *inc && w < svc->cfg.workers; w++) {
+      uint64_t x = strtoull(inc, &end, 10);
+      atomic_store(&svc->workers[w].incarnation, x);
+      if (x >= atomic_load(&svc->next_incarnation)) atomic_store(&svc->next_incarnation, x + 1);
+      inc = *end == ',' ? end + 1 : end;
+    }
+  }
+  pmx_st_close(f);
+  *version = v;
+  return rc;
+}
+
+int pmx_ckpt_restore(pmx_service* svc) {
+  if (!svc->cfg.checkpoint_dir) return 0;
+  uint64_t vs[1024];
+  size_t n = list_checkpoints(svc->cfg.checkpoint_dir, vs, 1024);
+  for (size_t i = 0; i < n; i++) {
+    char path[600], err[512];
+    snprintf(path, sizeof path, "%s/ckpt-%020" PRIu64 ".safetensors", svc->cfg.checkpoint_dir, vs[i]);
+    uint64_t v = 0;
+    if (restore_file(svc, path, &v, err, sizeof err) == 0) {
+      pmx_info("restored %s: version %" PRIu64 ", %u tensors", path, v,
+               atomic_load(&svc->ntensors));
+      svc->ckpt.last_version = v;
+      svc->ckpt.restored_version = v;
+      snprintf(svc->ckpt.last_path, sizeof svc->ckpt.last_path, "%s", path);
+      return 0;
+    }
+    pmx_warn("skipping checkpoint %s: %s", path, err);
+    if (atomic_load(&svc->ntensors) > 0) {
+      /* a file that failed half way left tensors behind: start over cleanly */
+      pmx_error("checkpoint %s failed after loading some tensors; not restoring", path);
+      return -1;
+    }
+  }
+  if (n == 0) pmx_info("no checkpoint in %s: starting empty", svc->cfg.checkpoint_dir);
+  return 0;
+}
+
+int pmx_ckpt_now(pmx_service* svc, pmx_srv_call* waiter, const char* reason) {
+  if (!svc->cfg.checkpoint_dir) return -1;
+  if (waiter) {
+    ckpt_waiter* w = calloc(1, sizeof *w);
+    if (!w) return -1;
+    pmx_srv_call_ref(waiter);
+    w->call = waiter;
+    pthread_mutex_lock(&svc->ckpt.mu);
+    w->next = svc->ckpt.waiters;
+    svc->ckpt.waiters = w;
+    pthread_mutex_unlock(&svc->ckpt.mu);
+  }
+  return request(svc, reason) ? 0 : -1;
+}
+
+bool pmx_ckpt_final(pmx_service* svc, int64_t wait_ms) {
+  if (!svc->cfg.checkpoint_dir) return true;
+  uint64_t gen = request(svc, "shutdown");
+  if (!gen) return false;
+  struct timespec until;
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_sec += wait_ms / 1000;
+  until.tv_nsec += (wait_ms % 1000) * 1000000L;
+  if (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&svc->ckpt.mu);
+  while (svc->ckpt.done_gen < gen)
+    if (pthread_cond_timedwait(&svc->ckpt.cv, &svc->ckpt.mu, &until) != 0) break;
+  bool ok = svc->ckpt.done_gen >= gen && svc->ckpt.done_ok;
+  pmx_ckpt* k = svc->ckpt.pending;
+  if (svc->ckpt.done_gen < gen && k)
+    pmx_warn("final checkpoint at version %" PRIu64 " not written: %zu chunks never reached it "
+             "(a step was in progress); the newest checkpoint is version %" PRIu64,
+             k->version, k->remaining, svc->ckpt.last_version);
+  pthread_mutex_unlock(&svc->ckpt.mu);
+  return ok;
+}
+
+void pmx_ckpt_fail_waiters(pmx_service* svc) {
+  pthread_mutex_lock(&svc->ckpt.mu);
+  ckpt_waiter* w = svc->ckpt.waiters;
+  svc->ckpt.waiters = NULL;
+  pthread_mutex_unlock(&svc->ckpt.mu);
+  finish_waiters(svc, w, PMX_ST_UNAVAILABLE, "server is shutting down", 0, NULL, 0);
+}
+
+void pmx_ckpt_shutdown(pmx_service* svc) {
+  pthread_mutex_lock(&svc->ckpt.mu);
+  svc->ckpt.stop = true;
+  pthread_cond_broadcast(&svc->ckpt.cv);
+  ckpt_waiter* w = svc->ckpt.waiters;
+  svc->ckpt.waiters = NULL;
+  pmx_ckpt* k = svc->ckpt.pending;
+  svc->ckpt.pending = NULL;
+  pthread_mutex_unlock(&svc->ckpt.mu);
+  if (svc->ckpt.thread_started) pthread_join(svc->ckpt.thread, NULL);
+  finish_waiters(svc, w, PMX_ST_UNAVAILABLE, "server is shutting down", 0, NULL, 0);
+  ckpt_free(k);
+  pthread_mutex_destroy(&svc->ckpt.mu);
+  pthread_cond_destroy(&svc->ckpt.cv);
+}
