@@ -51,6 +51,10 @@ struct pmx_client {
   pthread_mutex_t mu;
   uint32_t worker_id;
   uint64_t incarnation;
+  bool joined;
+  uint32_t rank, world;     /* for rejoining after a server restart */
+  char server_id[96];
+  int64_t retry_timeout_ms;
   pmx_tensor** tensors;
   size_t ntensors, cap;
   _Atomic uint64_t push_chunks, push_raw, push_wire;
@@ -111,6 +115,7 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
   c->timeout_ms = opts && opts->timeout_ms > 0 ? opts->timeout_ms : 60000;
   c->connect_timeout_ms = opts && opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 30000;
   c->compressed_pulls = !(opts && opts->no_compression);
+  c->retry_timeout_ms = opts && opts->retry_timeout_ms > 0 ? opts->retry_timeout_ms : 120000;
   pthread_mutex_init(&c->mu, NULL);
   char err[256] = "";
   pmx_rpc_channel_opts co = {0};
@@ -221,7 +226,13 @@ pmx_status pmx_join(pmx_client* c, uint32_t rank, uint32_t world_size, pmx_join_
   pthread_mutex_lock(&c->mu);
   c->worker_id = r->worker_id;
   c->incarnation = r->incarnation;
+  c->joined = true;
+  c->rank = rank;
+  c->world = world_size;
+  pmx_strlcpy(c->server_id, r->server_id ? r->server_id : "", sizeof c->server_id);
   pthread_mutex_unlock(&c->mu);
+  /* Pushes and pulls name the server they joined: a restarted server answers ABORTED. */
+  if (r->server_id && *r->server_id) pmx_rpc_channel_set_header(c->ch, "pmx-server-id", r->server_id);
   if (info) {
     info->worker_id = r->worker_id;
     info->incarnation = r->incarnation;
@@ -598,6 +609,27 @@ static void op_on_done(pmx_cli_call* call, void* ctx, int status, const char* de
 
 static const pmx_cli_call_cbs push_cbs = {push_on_message, push_on_sent, op_on_done};
 
+/* Starts (or restarts) the Push call of op from its first chunk. */
+static pmx_status push_start(pmx_op* op) {
+  pmx_client* c = op->client;
+  op->ti = op->ci = 0;
+  op->accepted = op->duplicate = 0;
+  pthread_mutex_lock(&c->mu);
+  op->worker_id = c->worker_id;
+  op->incarnation = c->incarnation;
+  pthread_mutex_unlock(&c->mu);
+  pthread_mutex_lock(&op->mu);
+  op->done = false;
+  op->status = PMX_OK;
+  pthread_mutex_unlock(&op->mu);
+  op->call = pmx_cli_call_start(c->ch, M_PUSH, c->timeout_ms, false, &push_cbs, op);
+  if (!op->call) return fail(PMX_ERR_NO_MEMORY, "pmx_push: out of memory");
+  pmx_cli_call_read(op->call); /* the PushResponse, once the stream is closed */
+  push_send_next(op);
+  pmx_cli_call_unref(op->call);
+  return PMX_OK;
+}
+
 pmx_status pmx_push_async(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* tensors,
                           const void* const* grads, pmx_op** out) {
   pmx_status st = check_args(c, n, tensors, grads, "pmx_push");
@@ -606,14 +638,11 @@ pmx_status pmx_push_async(pmx_client* c, uint64_t step, size_t n, pmx_tensor* co
   pmx_op* op = op_new(c, OP_PUSH, n, tensors, grads);
   if (!op) return fail(PMX_ERR_NO_MEMORY, "pmx_push: out of memory");
   op->step = step;
-  op->call = pmx_cli_call_start(c->ch, M_PUSH, c->timeout_ms, false, &push_cbs, op);
-  if (!op->call) {
+  st = push_start(op);
+  if (st != PMX_OK) {
     op_free(op);
-    return fail(PMX_ERR_NO_MEMORY, "pmx_push: out of memory");
+    return st;
   }
-  pmx_cli_call_read(op->call); /* the PushResponse, once the stream is closed */
-  push_send_next(op);
-  pmx_cli_call_unref(op->call);
   *out = op;
   return PMX_OK;
 }
@@ -845,10 +874,59 @@ static void record_pulled(pmx_op* op) {
   pthread_mutex_unlock(&c->mu);
 }
 
+/* Waits ms on the op's condition variable (nothing signals it while no call runs). */
+static void backoff_wait(pmx_op* op, int64_t ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += ms / 1000;
+  ts.tv_nsec += (ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&op->mu);
+  while (pthread_cond_timedwait(&op->cv, &op->mu, &ts) == 0) {
+  }
+  pthread_mutex_unlock(&op->mu);
+}
+
+/* After a server restart: join again (new server id and incarnation). */
+static void rejoin(pmx_client* c) {
+  pthread_mutex_lock(&c->mu);
+  bool joined = c->joined;
+  uint32_t rank = c->rank, world = c->world;
+  pthread_mutex_unlock(&c->mu);
+  if (!joined) return;
+  char saved[sizeof tl_error];
+  memcpy(saved, tl_error, sizeof saved);
+  pmx_join(c, rank, world, NULL);
+  memcpy(tl_error, saved, sizeof saved);
+}
+
 pmx_status pmx_op_wait(pmx_op* op) {
   if (!op) return fail(PMX_ERR_INVALID_ARGUMENT, "pmx_op_wait: no op");
+  pmx_client* cl = op->client;
+  uint64_t give_up = pmx_now_ms() + (uint64_t)cl->retry_timeout_ms;
+  int64_t delay = 50;
   op_wait_call(op);
   pmx_status st = op->status;
+  /* Transport failures (server down, restarting, network) are retried with capped
+   * exponential back-off; the server ignores chunks it already counted. */
+  while (st == PMX_ERR_UNAVAILABLE && pmx_now_ms() + (uint64_t)delay < give_up) {
+    int64_t jitter = (int64_t)((uint64_t)rand() % (uint64_t)(delay / 2 + 1));
+    backoff_wait(op, delay / 2 + jitter);
+    delay = delay * 2 > 2000 ? 2000 : delay * 2;
+    if (op->kind == OP_PUSH) {
+      st = push_start(op);
+    } else {
+      for (size_t i = 0; i < op->n; i++) op->have[i] = UINT64_MAX; /* partly written: full */
+      st = pull_start(op);
+    }
+    if (st != PMX_OK) break;
+    op_wait_call(op);
+    st = op->status;
+  }
+  if (st == PMX_ERR_ABORTED) rejoin(cl);
   if (st == PMX_OK && op->kind == OP_PULL && op->ti != op->n)
     op_set_error(op, PMX_ERR_PROTOCOL, "Pull: the stream ended after %u of %zu tensors", op->ti,
                  op->n), st = op->status;

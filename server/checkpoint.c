@@ -380,6 +380,16 @@ int pmx_ckpt_init(pmx_service* svc, char* err, size_t errlen) {
     return -1;
   }
   svc->ckpt.thread_started = true;
+  /* temp files of writes that a crash interrupted */
+  DIR* d = opendir(svc->cfg.checkpoint_dir);
+  struct dirent* e;
+  while (d && (e = readdir(d)) != NULL) {
+    if (strncmp(e->d_name, ".ckpt-", 6) != 0 || !strstr(e->d_name, ".tmp")) continue;
+    char p[600];
+    snprintf(p, sizeof p, "%s/%s", svc->cfg.checkpoint_dir, e->d_name);
+    if (unlink(p) == 0) pmx_info("removed %s, left by an interrupted checkpoint", p);
+  }
+  if (d) closedir(d);
   return 0;
 }
 

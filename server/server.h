@@ -216,6 +216,7 @@ typedef struct pmx_service {
   pmx_counters ctr;
   char *tls_cert_pem, *tls_key_pem, *tls_client_ca_pem, *token; /* loaded at start */
   pmx_ckpt_state ckpt;
+  _Atomic int64_t active_calls; /* Push and Pull calls in progress */
   uint64_t fault_corrupt_every; /* test hook PMX_FAULT_CORRUPT_PULL: corrupt every Nth frame */
   _Atomic uint64_t fault_count;
 } pmx_service;

@@ -45,6 +45,27 @@ static bool draining(pmx_service* svc) {
   return d;
 }
 
+/* A push or pull that names another server id (the header libparamex sends after Join)
+ * comes from a worker that joined an earlier run of this server: it must resynchronise
+ * from the version this server has (restored from a checkpoint), not continue. */
+static bool stale_server(pmx_service* svc, pmx_srv_call* call) {
+  char id[96];
+  const char* h = pmx_srv_call_header(call, "pmx-server-id", id, sizeof id);
+  if (!h || strcmp(h, svc->server_id) == 0) return false;
+  uint64_t vmin = UINT64_MAX;
+  uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
+  for (uint32_t i = 0; i < nt; i++) {
+    uint64_t v = pmx_tensor_version_min(svc->tensors[i], NULL, NULL);
+    if (v < vmin) vmin = v;
+  }
+  char msg[256];
+  snprintf(msg, sizeof msg,
+           "server restarted (was %.40s, now %s) with its tensors at version %llu: join again "
+           "and resume from there", h, svc->server_id, nt ? (unsigned long long)vmin : 0ull);
+  reject(svc, call, PMX_ST_ABORTED, msg);
+  return true;
+}
+
 /* A unary call handled on the pool. */
 typedef struct unary_job {
   pmx_job job;
@@ -185,6 +206,7 @@ static void push_release_buf(pmx_push* ps) {
 static void push_on_done(pmx_srv_call* call, void* ctx) {
   (void)call;
   pmx_push* ps = ctx;
+  atomic_fetch_sub(&ps->svc->active_calls, 1);
   pmx_msg_free(ps->msg);
   push_release_buf(ps);
   free(ps);
@@ -498,6 +520,7 @@ static void on_push(void* s, pmx_srv_call* call, pmx_msg* req) {
     reject(svc, call, PMX_ST_UNAVAILABLE, "server is shutting down");
     return;
   }
+  if (stale_server(svc, call)) return;
   pmx_push* ps = calloc(1, sizeof *ps);
   if (!ps) {
     reject(svc, call, PMX_ST_RESOURCE_EXHAUSTED, "out of memory");
@@ -506,6 +529,7 @@ static void on_push(void* s, pmx_srv_call* call, pmx_msg* req) {
   ps->svc = svc;
   ps->call = call;
   ps->job.fn = push_job;
+  atomic_fetch_add(&svc->active_calls, 1);
   pmx_srv_call_set(call, &push_cbs, ps);
   pmx_srv_call_read(call);
 }
@@ -520,7 +544,9 @@ static void pull_free(pmx_pull* p) {
 
 static void pull_on_done(pmx_srv_call* call, void* ctx) {
   (void)call;
-  pull_free(ctx);
+  pmx_pull* p = ctx;
+  atomic_fetch_sub(&p->svc->active_calls, 1);
+  pull_free(p);
 }
 
 /* Ends the pull's active reference. */
@@ -739,6 +765,7 @@ static void handle_pull(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, 
   if (r->worker_id < svc->cfg.workers)
     atomic_store(&svc->workers[r->worker_id].last_seen_ms, pmx_now_ms());
   paramex__v1__pull_request__free_unpacked(r, NULL);
+  atomic_fetch_add(&svc->active_calls, 1);
   pmx_srv_call_set(call, &pull_cbs, p);
   pmx_srv_call_ref(call); /* the pull's active reference */
   pull_advance(p);
@@ -908,7 +935,10 @@ static void handle_health(pmx_service* svc, pmx_srv_call* call, const uint8_t* b
   }
 UNARY_ENTRY(on_join, handle_join, true)
 UNARY_ENTRY(on_declare, handle_declare, true)
-UNARY_ENTRY(on_pull, handle_pull, true)
+static void handle_pull_checked(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, size_t n) {
+  if (!stale_server(svc, call)) handle_pull(svc, call, b, n);
+}
+UNARY_ENTRY(on_pull, handle_pull_checked, true)
 UNARY_ENTRY(on_stats, handle_stats, false)
 UNARY_ENTRY(on_checkpoint, handle_checkpoint, true)
 UNARY_ENTRY(on_health, handle_health, false)
@@ -964,7 +994,7 @@ int pmx_service_init(pmx_service* svc, const pmx_config* cfg, char* err, size_t 
 }
 
 int pmx_service_start(pmx_service* svc, int* port, char* err, size_t errlen) {
-  pmx_rpc_server_opts o = {svc->cfg.listen, svc->cfg.cq_threads, NULL, NULL, NULL, NULL, NULL};
+  pmx_rpc_server_opts o = {.listen = svc->cfg.listen, .cq_threads = svc->cfg.cq_threads};
   const size_t max_pem = 1u << 20;
   if (svc->cfg.tls_cert) {
     svc->tls_cert_pem = pmx_read_file(svc->cfg.tls_cert, max_pem, NULL, err, errlen);
@@ -1016,7 +1046,19 @@ void pmx_service_stop(pmx_service* svc) {
     list = next;
   }
   pmx_ckpt_fail_waiters(svc);
-  pmx_rpc_server_shutdown(svc->rpc, (int64_t)(svc->cfg.drain_timeout * 1000.0));
+  /* Drain while still answering: health says NOT_SERVING and new work gets UNAVAILABLE,
+   * pushes and pulls in flight may finish; then the transport stops (cancelling what is
+   * left when --drain-timeout is spent). */
+  const uint64_t drain_ms = (uint64_t)(svc->cfg.drain_timeout * 1000.0);
+  const uint64_t until = pmx_now_ms() + drain_ms;
+  for (int i = 0; i < 100000 && atomic_load(&svc->active_calls) > 0 && pmx_now_ms() < until; i++) {
+    struct timespec ts = {0, 5 * 1000000L};
+    nanosleep(&ts, NULL);
+  }
+  uint64_t now = pmx_now_ms();
+  pmx_info("drained: %lld push/pull calls still active after %llu ms",
+           (long long)atomic_load(&svc->active_calls), (unsigned long long)(drain_ms - (until > now ? until - now : 0)));
+  pmx_rpc_server_shutdown(svc->rpc, (int64_t)(until > now ? until - now : 0));
   /* every call is over: the final checkpoint sees no more steps */
   if (svc->cfg.checkpoint_dir && atomic_load(&svc->ntensors) > 0)
     pmx_ckpt_final(svc, (int64_t)(svc->cfg.drain_timeout * 1000.0) + 60000);

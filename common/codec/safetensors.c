@@ -70,6 +70,9 @@ static void seterr(char* err, size_t errlen, const char* fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(err, errlen, fmt, ap);
   va_end(ap);
+  /* one line whatever the file held (jansson quotes the input near a syntax error) */
+  for (char* p = err; *p; p++)
+    if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
 }
 
 /* A name from an untrusted file, safe to quote in a one-line message: at most 64 bytes,

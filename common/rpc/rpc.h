@@ -154,6 +154,9 @@ typedef struct pmx_rpc_channel_opts {
 } pmx_rpc_channel_opts;
 pmx_rpc_channel* pmx_rpc_channel_create_ex(const char* target, const pmx_rpc_channel_opts* opts,
                                            char* err, size_t errlen);
+/* Sets (value non-NULL) or clears one extra request header sent by every call started
+ * afterwards (key lower case; both copied). */
+void pmx_rpc_channel_set_header(pmx_rpc_channel* ch, const char* key, const char* value);
 /* Cancels live calls, waits for them to be done, stops the thread. Accepts NULL. */
 void pmx_rpc_channel_destroy(pmx_rpc_channel* ch);
 

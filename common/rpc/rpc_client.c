@@ -17,6 +17,8 @@ struct pmx_cli_call {
   grpc_byte_buffer* recv_bb;
   grpc_byte_buffer* send_bb;
   rpc_tag t_start, t_status, t_recv, t_send;
+  grpc_metadata md[2]; /* initial metadata sent by this call (own slice refs) */
+  size_t nmd;
 
   pthread_mutex_t mu;
   int refs;
@@ -41,6 +43,8 @@ struct pmx_rpc_channel {
   size_t nreg;
   grpc_metadata auth_md; /* authorization header, when a token was given */
   bool has_auth;
+  grpc_slice extra_key, extra_value; /* pmx_rpc_channel_set_header (under mu) */
+  bool has_extra;
 };
 
 static void* channel_thread(void* arg) {
@@ -182,7 +186,29 @@ void pmx_rpc_channel_destroy(pmx_rpc_channel* ch) {
   pthread_mutex_destroy(&ch->mu);
   pthread_cond_destroy(&ch->cv);
   if (ch->has_auth) grpc_slice_unref(ch->auth_md.value);
+  if (ch->has_extra) {
+    grpc_slice_unref(ch->extra_key);
+    grpc_slice_unref(ch->extra_value);
+  }
   free(ch);
+}
+
+void pmx_rpc_channel_set_header(pmx_rpc_channel* ch, const char* key, const char* value) {
+  grpc_slice k = grpc_slice_from_copied_string(key);
+  grpc_slice v = grpc_slice_from_copied_string(value ? value : "");
+  pthread_mutex_lock(&ch->mu);
+  if (ch->has_extra) {
+    grpc_slice_unref(ch->extra_key);
+    grpc_slice_unref(ch->extra_value);
+  }
+  ch->extra_key = k;
+  ch->extra_value = v;
+  ch->has_extra = value != NULL;
+  pthread_mutex_unlock(&ch->mu);
+  if (!value) {
+    grpc_slice_unref(k);
+    grpc_slice_unref(v);
+  }
 }
 
 static void* registered_method(pmx_rpc_channel* ch, const char* path) {
@@ -213,6 +239,10 @@ static void call_free(pmx_cli_call* c) {
   grpc_metadata_array_destroy(&c->init_md);
   grpc_metadata_array_destroy(&c->trail_md);
   grpc_slice_unref(c->details);
+  for (size_t i = 0; i < c->nmd; i++) {
+    grpc_slice_unref(c->md[i].key);
+    grpc_slice_unref(c->md[i].value);
+  }
   if (c->recv_bb) grpc_byte_buffer_destroy(c->recv_bb);
   if (c->send_bb) grpc_byte_buffer_destroy(c->send_bb);
   grpc_call_unref(c->call);
@@ -279,9 +309,21 @@ pmx_cli_call* pmx_cli_call_start(pmx_rpc_channel* ch, const char* path, int64_t 
   memset(ops, 0, sizeof ops);
   ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
   ops[0].flags = wait_for_ready ? GRPC_INITIAL_METADATA_WAIT_FOR_READY : 0;
+  pthread_mutex_lock(&ch->mu);
   if (ch->has_auth) {
-    ops[0].data.send_initial_metadata.count = 1;
-    ops[0].data.send_initial_metadata.metadata = &ch->auth_md;
+    c->md[c->nmd].key = grpc_slice_ref(ch->auth_md.key);
+    c->md[c->nmd].value = grpc_slice_ref(ch->auth_md.value);
+    c->nmd++;
+  }
+  if (ch->has_extra) {
+    c->md[c->nmd].key = grpc_slice_ref(ch->extra_key);
+    c->md[c->nmd].value = grpc_slice_ref(ch->extra_value);
+    c->nmd++;
+  }
+  pthread_mutex_unlock(&ch->mu);
+  if (c->nmd) {
+    ops[0].data.send_initial_metadata.count = c->nmd;
+    ops[0].data.send_initial_metadata.metadata = c->md;
   }
   grpc_call_error e1 = grpc_call_start_batch(c->call, ops, 1, &c->t_start, NULL);
   memset(ops, 0, sizeof ops);

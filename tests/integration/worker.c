@@ -91,7 +91,8 @@ int main(int argc, char** argv) {
     if (!params[t] || !grads[t]) die("out of memory");
   }
 
-  pmx_options opts = {.timeout_ms = timeout_ms, .connect_timeout_ms = 20000};
+  pmx_options opts = {.timeout_ms = timeout_ms, .connect_timeout_ms = 20000,
+                      .retry_timeout_ms = timeout_ms};
   pmx_client* c = NULL;
   pmx_status st = pmx_connect(server, &opts, &c);
   if (st != PMX_OK) die_pmx("pmx_connect", 0, st);

@@ -392,7 +392,7 @@ static int group_setup(void** state) {
   pmx_rpc_init();
   char err[256] = "";
   int port = 0;
-  pmx_rpc_server_opts o = {"127.0.0.1:0", 2};
+  pmx_rpc_server_opts o = {.listen = "127.0.0.1:0", .cq_threads = 2};
   g_srv = pmx_rpc_server_start(&o, g_methods, NMETHODS, NULL, &port, err, sizeof err);
   if (!g_srv || port <= 0) {
     fprintf(stderr, "server start failed: %s\n", err);
@@ -648,7 +648,7 @@ static void test_client_send_one_outstanding(void** state) {
   (void)state;
   char err[256] = "";
   int port = 0;
-  pmx_rpc_server_opts so = {"127.0.0.1:0", 1};
+  pmx_rpc_server_opts so = {.listen = "127.0.0.1:0", .cq_threads = 1};
   pmx_rpc_server* tmp = pmx_rpc_server_start(&so, g_methods, NMETHODS, NULL, &port, err, sizeof err);
   assert_non_null(tmp);
   pmx_rpc_server_shutdown(tmp, 0);
@@ -951,7 +951,7 @@ static void test_server_shutdown_with_parked_call(void** state) {
   (void)state;
   char err[256] = "";
   int port = 0;
-  pmx_rpc_server_opts so = {"127.0.0.1:0", 1};
+  pmx_rpc_server_opts so = {.listen = "127.0.0.1:0", .cq_threads = 1};
   pmx_rpc_server* srv = pmx_rpc_server_start(&so, g_methods, NMETHODS, NULL, &port, err, sizeof err);
   assert_non_null(srv);
   assert_true(port > 0);
@@ -995,7 +995,7 @@ static void test_server_shutdown_idle_is_prompt(void** state) {
   (void)state;
   char err[256] = "";
   int port = 0;
-  pmx_rpc_server_opts so = {"127.0.0.1:0", 2};
+  pmx_rpc_server_opts so = {.listen = "127.0.0.1:0", .cq_threads = 2};
   pmx_rpc_server* srv = pmx_rpc_server_start(&so, g_methods, NMETHODS, NULL, &port, err, sizeof err);
   assert_non_null(srv);
   char target[64];
@@ -1023,7 +1023,7 @@ static void test_listen_failure(void** state) {
   (void)state;
   char err[256] = "";
   int port = -7;
-  pmx_rpc_server_opts so = {"256.1.2.3:bad", 1};
+  pmx_rpc_server_opts so = {.listen = "256.1.2.3:bad", .cq_threads = 1};
   pmx_rpc_server* srv = pmx_rpc_server_start(&so, g_methods, NMETHODS, NULL, &port, err, sizeof err);
   assert_null(srv);
   assert_int_equal(port, -7);

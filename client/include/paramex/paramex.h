@@ -59,7 +59,7 @@ typedef enum pmx_status {
   PMX_ERR_PERMISSION_DENIED = 7,
   PMX_ERR_RESOURCE_EXHAUSTED = 8,  /* a server limit */
   PMX_ERR_FAILED_PRECONDITION = 9, /* e.g. not joined, stale incarnation, shape conflict */
-  PMX_ERR_ABORTED = 10,
+  PMX_ERR_ABORTED = 10,            /* the server restarted from a checkpoint: resynchronise */
   PMX_ERR_OUT_OF_RANGE = 11,       /* e.g. a step ahead of the server's version */
   PMX_ERR_UNIMPLEMENTED = 12,
   PMX_ERR_INTERNAL = 13,
@@ -104,6 +104,9 @@ typedef struct pmx_options {
   const char* tls_server_name;
   const char* token;
   const char* token_file;
+  /* How long a push or pull keeps retrying while the server is unavailable (down,
+   * restarting): capped exponential back-off from 25 ms to 2 s; 0 = 120000. */
+  int64_t retry_timeout_ms;
 } pmx_options;
 
 /* Creates a client for the server at addr ("HOST:PORT"). opts may be NULL. Connecting is
