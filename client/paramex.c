@@ -55,6 +55,11 @@ struct pmx_client {
   uint32_t rank, world;     /* for rejoining after a server restart */
   char server_id[96];
   int64_t retry_timeout_ms;
+  /* heartbeats keep the lease (JoinResponse.lease_ms) while the worker computes */
+  pthread_t hb_thread;
+  bool hb_started, hb_stop;
+  uint32_t lease_ms;
+  pthread_cond_t hb_cv;
   pmx_tensor** tensors;
   size_t ntensors, cap;
   _Atomic uint64_t push_chunks, push_raw, push_wire;
@@ -117,6 +122,11 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
   c->compressed_pulls = !(opts && opts->no_compression);
   c->retry_timeout_ms = opts && opts->retry_timeout_ms > 0 ? opts->retry_timeout_ms : 120000;
   pthread_mutex_init(&c->mu, NULL);
+  pthread_condattr_t cattr;
+  pthread_condattr_init(&cattr);
+  pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
+  pthread_cond_init(&c->hb_cv, &cattr);
+  pthread_condattr_destroy(&cattr);
   char err[256] = "";
   pmx_rpc_channel_opts co = {0};
   char *ca = NULL, *cert = NULL, *key = NULL, *token = NULL;
@@ -161,6 +171,7 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
   pmx_free_secret(token);
   if (!ok || !c->ch) {
     pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->hb_cv);
     free(c);
     return fail(PMX_ERR_INVALID_ARGUMENT, "pmx_connect: %s", err);
   }
@@ -170,6 +181,14 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
 
 void pmx_client_destroy(pmx_client* c) {
   if (!c) return;
+  if (c->hb_started) {
+    pthread_mutex_lock(&c->mu);
+    c->hb_stop = true;
+    pthread_cond_broadcast(&c->hb_cv);
+    pthread_mutex_unlock(&c->mu);
+    pthread_join(c->hb_thread, NULL);
+  }
+  pthread_cond_destroy(&c->hb_cv);
   pmx_rpc_channel_destroy(c->ch);
   for (size_t i = 0; i < c->ntensors; i++) free(c->tensors[i]);
   free(c->tensors);
@@ -206,6 +225,38 @@ static pmx_status unary(pmx_client* c, const char* method, const ProtobufCMessag
   return PMX_OK;
 }
 
+/* Sends a Heartbeat every lease/3 until the client is destroyed. Failures are ignored: a
+ * push or pull reports a real problem; a missed lease is what the server acts on. */
+static void* heartbeat_thread(void* arg) {
+  pmx_client* c = arg;
+  pthread_mutex_lock(&c->mu);
+  while (!c->hb_stop) {
+    uint32_t period = c->lease_ms / 3 ? c->lease_ms / 3 : 1;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += period / 1000;
+    ts.tv_nsec += (long)(period % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&c->hb_cv, &c->mu, &ts);
+    if (c->hb_stop) break;
+    Paramex__V1__HeartbeatRequest req = PARAMEX__V1__HEARTBEAT_REQUEST__INIT;
+    req.worker_id = c->worker_id;
+    req.incarnation = c->incarnation;
+    pthread_mutex_unlock(&c->mu);
+    uint8_t buf[32];
+    size_t n = paramex__v1__heartbeat_request__pack(&req, buf);
+    char details[128];
+    pmx_rpc_unary(c->ch, "/paramex.v1.ParameterExchange/Heartbeat", buf, n, period, false, NULL,
+                  NULL, details, sizeof details);
+    pthread_mutex_lock(&c->mu);
+  }
+  pthread_mutex_unlock(&c->mu);
+  return NULL;
+}
+
 pmx_status pmx_join(pmx_client* c, uint32_t rank, uint32_t world_size, pmx_join_info* info) {
   if (!c) return fail(PMX_ERR_INVALID_ARGUMENT, "pmx_join: no client");
   Paramex__V1__JoinRequest req = PARAMEX__V1__JOIN_REQUEST__INIT;
@@ -230,6 +281,9 @@ pmx_status pmx_join(pmx_client* c, uint32_t rank, uint32_t world_size, pmx_join_
   c->rank = rank;
   c->world = world_size;
   pmx_strlcpy(c->server_id, r->server_id ? r->server_id : "", sizeof c->server_id);
+  c->lease_ms = r->lease_ms;
+  bool start_hb = r->lease_ms > 0 && !c->hb_started;
+  if (start_hb) c->hb_started = pthread_create(&c->hb_thread, NULL, heartbeat_thread, c) == 0;
   pthread_mutex_unlock(&c->mu);
   /* Pushes and pulls name the server they joined: a restarted server answers ABORTED. */
   if (r->server_id && *r->server_id) pmx_rpc_channel_set_header(c->ch, "pmx-server-id", r->server_id);

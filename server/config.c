@@ -23,6 +23,8 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
   cfg->compression_level = 1;
   cfg->compression = true;
   cfg->keep = 3;
+  cfg->worker_timeout = 30;
+  cfg->rejoin_wait = 60;
   cfg->log_level = "info";
   const pmx_flag flags[] = {
       {"listen", PMX_FLAG_STR, &cfg->listen, 0, 0, "HOST:PORT",
@@ -59,6 +61,12 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
       {"checkpoint-interval", PMX_FLAG_F64, &cfg->checkpoint_interval, 0, 1e7, "SECONDS",
        "checkpoint every SECONDS (0: off)"},
       {"keep", PMX_FLAG_U32, &cfg->keep, 1, 100000, "K", "checkpoints kept (oldest removed)"},
+      {"worker-timeout", PMX_FLAG_F64, &cfg->worker_timeout, 0, 86400, "SECONDS",
+       "a worker with no call (libparamex sends heartbeats) for this long is dead (0: never)"},
+      {"rejoin-wait", PMX_FLAG_F64, &cfg->rejoin_wait, 0, 86400, "SECONDS",
+       "without --elastic: how long steps wait for a dead worker before pulls fail"},
+      {"elastic", PMX_FLAG_BOOL, &cfg->elastic, 0, 0, NULL,
+       "steps complete with the workers still alive; a restarted worker rejoins"},
       {"tls-cert", PMX_FLAG_STR, &cfg->tls_cert, 0, 0, "FILE",
        "PEM certificate chain: serve TLS (needs --tls-key)"},
       {"tls-key", PMX_FLAG_STR, &cfg->tls_key, 0, 0, "FILE", "PEM private key of --tls-cert"},

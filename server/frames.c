@@ -213,9 +213,11 @@ void pmx_frames_after_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_stat
         delta[v]->in_history = true;
         atomic_fetch_add(&delta[v]->refs, 1);
         vs->nhist++;
-        int64_t total = atomic_fetch_add(&svc->ctr.history_bytes, (int64_t)delta[v]->cap) +
-                        (int64_t)delta[v]->cap;
-        if (total > (int64_t)svc->cfg.history_bytes) hist_drop_from(svc, vs, 1);
+        atomic_fetch_add(&svc->ctr.history_bytes, (int64_t)delta[v]->cap);
+        /* over budget: this chunk gives up its oldest deltas (it keeps its newest) */
+        while (vs->nhist > 1 &&
+               atomic_load(&svc->ctr.history_bytes) > (int64_t)svc->cfg.history_bytes)
+          hist_drop_from(svc, vs, vs->nhist - 1);
         slot_install(vs, version - 1, full[v] ? full[v] : delta[v]);
       } else if (full[v]) {
         if (svc->cfg.compression) {

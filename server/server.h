@@ -36,6 +36,9 @@ typedef struct pmx_config {
   uint64_t checkpoint_every;    /* steps; 0 = off */
   double checkpoint_interval;   /* seconds; 0 = off */
   uint32_t keep;
+  double worker_timeout;        /* seconds without a call before a worker is dead; 0 off */
+  double rejoin_wait;           /* BSP: how long steps wait for a dead worker */
+  bool elastic;                 /* continue without dead workers */
 } pmx_config;
 
 /* Fills defaults, then environment, then argv. Returns 0 to run, 1 when usage was printed
@@ -171,6 +174,8 @@ typedef struct pmx_worker_state {
   _Atomic uint64_t incarnation; /* 0: not joined */
   _Atomic uint64_t chunks_pushed;
   _Atomic uint64_t last_seen_ms;
+  _Atomic int dead;             /* missed its lease */
+  _Atomic uint64_t dead_since_ms;
   char name[64];
 } pmx_worker_state;
 
@@ -217,6 +222,12 @@ typedef struct pmx_service {
   char *tls_cert_pem, *tls_key_pem, *tls_client_ca_pem, *token; /* loaded at start */
   pmx_ckpt_state ckpt;
   _Atomic int64_t active_calls; /* Push and Pull calls in progress */
+  pthread_t monitor;            /* leases */
+  bool monitor_started;
+  pthread_mutex_t monitor_mu;
+  pthread_cond_t monitor_cv;
+  bool monitor_stop;
+  _Atomic int stalled_by_dead;  /* BSP: a dead worker exceeded --rejoin-wait */
   uint64_t fault_corrupt_every; /* test hook PMX_FAULT_CORRUPT_PULL: corrupt every Nth frame */
   _Atomic uint64_t fault_count;
 } pmx_service;

@@ -127,6 +127,7 @@ static void handle_join(pmx_service* svc, pmx_srv_call* call, const uint8_t* p, 
     pthread_mutex_unlock(&svc->declare_mu);
     uint64_t old = atomic_exchange(&w->incarnation, inc);
     atomic_store(&w->last_seen_ms, pmx_now_ms());
+    if (atomic_exchange(&w->dead, 0)) pmx_info("worker %u is back", r->rank);
     pmx_info("worker %u joined (incarnation %llu%s, %s)", r->rank, (unsigned long long)inc,
              old ? ", replacing an earlier one" : "", r->name && r->name[0] ? r->name : "unnamed");
     Paramex__V1__JoinResponse resp = PARAMEX__V1__JOIN_RESPONSE__INIT;
@@ -134,6 +135,7 @@ static void handle_join(pmx_service* svc, pmx_srv_call* call, const uint8_t* p, 
     resp.incarnation = inc;
     resp.world_size = svc->cfg.workers;
     resp.server_id = svc->server_id;
+    resp.lease_ms = (uint32_t)(svc->cfg.worker_timeout * 1000.0);
     reply(call, &resp.base);
   }
   paramex__v1__join_request__free_unpacked(r, NULL);
@@ -215,7 +217,7 @@ static void push_on_done(pmx_srv_call* call, void* ctx) {
 /* Adds the contribution of rank c->next_rank into c->acc; takes ownership of buf (it
  * becomes acc for rank 0, else it goes back to the pool). c->mu held. */
 static void acc_add(pmx_chunk_state* c, float* buf, size_t buf_bytes) {
-  if (c->next_rank == 0) {
+  if (!c->acc) {
     c->acc = buf;
   } else {
     float* restrict acc = c->acc;
@@ -238,19 +240,108 @@ typedef struct resume_list {
 } resume_list;
 
 /* One optimizer step on chunk c (c->mu held): 16-bit tensors are updated through f32. */
-static void apply_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c) {
+static void apply_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
+                       uint32_t ncontrib) {
   if (t->dtype == PMX_DT_F32) {
-    pmx_sgd_apply(&svc->sgd, c->params, c->mom, c->mom_first, c->acc, c->elems, svc->cfg.workers);
+    pmx_sgd_apply(&svc->sgd, c->params, c->mom, c->mom_first, c->acc, c->elems, ncontrib);
   } else {
     float* p32 = pmx_buf_get((size_t)c->elems * sizeof(float));
     if (t->dtype == PMX_DT_BF16) pmx_bf16_to_f32_n(c->params, p32, c->elems);
     else pmx_f16_to_f32_n(c->params, p32, c->elems);
-    pmx_sgd_apply(&svc->sgd, p32, c->mom, c->mom_first, c->acc, c->elems, svc->cfg.workers);
+    pmx_sgd_apply(&svc->sgd, p32, c->mom, c->mom_first, c->acc, c->elems, ncontrib);
     if (t->dtype == PMX_DT_BF16) pmx_f32_to_bf16_n(p32, c->params, c->elems);
     else pmx_f32_to_f16_n(p32, c->params, c->elems);
     pmx_buf_put(p32, (size_t)c->elems * sizeof(float));
   }
   c->mom_first = false;
+}
+
+/* Moves c->next_rank past the ranks that are accounted for: held contributions are added
+ * in rank order; with --elastic, ranks of dead workers that did not contribute are
+ * skipped. c->mu held. */
+static void chunk_advance(pmx_service* svc, pmx_chunk_state* c, resume_list* rl) {
+  const size_t cb = svc->cfg.chunk_bytes;
+  while (c->next_rank < svc->cfg.workers) {
+    pmx_held* hd = &c->held[c->next_rank];
+    if (!hd->buf) {
+      if (svc->cfg.elastic && !c->contributed[c->next_rank] &&
+          atomic_load(&svc->workers[c->next_rank].dead)) {
+        c->next_rank++;
+        continue;
+      }
+      break;
+    }
+    float* b = hd->buf;
+    pmx_push* owner = hd->owner;
+    hd->buf = NULL;
+    hd->owner = NULL;
+    if (!c->acc) {
+      c->acc = pmx_buf_get(cb);
+      if (c->acc) memcpy(c->acc, b, (size_t)c->elems * sizeof(float));
+    } else {
+      float* restrict acc = c->acc;
+      for (uint32_t i = 0; i < c->elems; i++) acc[i] += b[i];
+    }
+    c->next_rank++;
+    if (owner) {
+      owner->buf = b; /* the stalled call gets its buffer back and resumes */
+      __atomic_store_n(&owner->stalled_on, NULL, __ATOMIC_RELEASE);
+      rl->stalled[rl->n++] = owner;
+    } else {
+      pmx_buf_put(b, cb);
+      atomic_fetch_add(&svc->hold_left, (int64_t)cb);
+    }
+  }
+}
+
+/* Applies the step when every rank is accounted for (c->mu held); what must happen after
+ * the lock is released is recorded in rl. */
+static void chunk_try_complete(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
+                               resume_list* rl) {
+  if (c->next_rank != svc->cfg.workers || c->ncontrib == 0 || !c->acc || rl->step_c) return;
+  const size_t cb = svc->cfg.chunk_bytes;
+  size_t nb = (size_t)c->elems * t->elem;
+  rl->old_bits = pmx_buf_get(nb);
+  rl->new_bits = pmx_buf_get(nb);
+  if (rl->old_bits) memcpy(rl->old_bits, c->params, nb);
+  pmx_ckpt_before_step(svc, t, c);
+  apply_step(svc, t, c, c->ncontrib);
+  if (rl->new_bits) memcpy(rl->new_bits, c->params, nb);
+  rl->bits_bytes = nb;
+  pmx_buf_put(c->acc, cb);
+  c->acc = NULL;
+  c->next_rank = 0;
+  c->ncontrib = 0;
+  memset(c->contributed, 0, svc->cfg.workers);
+  c->version++;
+  atomic_fetch_add(&svc->ctr.steps_completed, 1);
+  pmx_frames_step_begin(svc, c);
+  pmx_ckpt_after_step(svc, t, c);
+  rl->step_t = t;
+  rl->step_c = c;
+  rl->step_version = c->version;
+}
+
+/* After the chunk's lock is released: resume stalled pushes, encode the new version. */
+static void resume_after(pmx_service* svc, resume_list* rl) {
+  for (size_t i = 0; i < rl->n; i++) {
+    pmx_push* o = rl->stalled[i];
+    pmx_srv_call_read(o->call);
+    pmx_srv_call_unref(o->call);
+  }
+  rl->n = 0;
+  if (rl->step_c) {
+    /* encode once, here on the pool, the deltas every worker will pull */
+    if (rl->old_bits && rl->new_bits)
+      pmx_frames_after_step(svc, rl->step_t, rl->step_c, rl->step_version, rl->old_bits,
+                            rl->new_bits);
+    else
+      pmx_frames_after_step_failed(svc, rl->step_c, rl->step_version);
+    pmx_buf_put(rl->old_bits, rl->bits_bytes);
+    pmx_buf_put(rl->new_bits, rl->bits_bytes);
+    rl->step_c = NULL;
+    rl->old_bits = rl->new_bits = NULL;
+  }
 }
 
 static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* status, char* err,
@@ -336,6 +427,7 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
   if (pdt == PMX_DT_BF16) pmx_bf16_to_f32_n(dst, ps->buf, c->elems);
   else if (pdt == PMX_DT_F16) pmx_f16_to_f32_n(dst, ps->buf, c->elems);
   atomic_store(&w->last_seen_ms, pmx_now_ms());
+  atomic_store(&w->dead, 0);
 
   int result = PUSH_CONTINUE;
   pthread_mutex_lock(&c->mu);
@@ -372,24 +464,15 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
   if (h.worker_id == c->next_rank) {
     acc_add(c, ps->buf, cb);
     ps->buf = NULL;
-    /* Later ranks that arrived early follow, still in rank order. */
-    while (c->next_rank < svc->cfg.workers && c->held[c->next_rank].buf) {
-      pmx_held* hd = &c->held[c->next_rank];
-      float* b = hd->buf;
-      pmx_push* owner = hd->owner;
-      hd->buf = NULL;
-      hd->owner = NULL;
+    chunk_advance(svc, c, rl);
+  } else if (h.worker_id < c->next_rank) {
+    /* elastic: this rank was skipped as dead and came back within the step */
+    if (!c->acc) {
+      c->acc = ps->buf;
+      ps->buf = NULL;
+    } else {
       float* restrict acc = c->acc;
-      for (uint32_t i = 0; i < c->elems; i++) acc[i] += b[i];
-      c->next_rank++;
-      if (owner) {
-        owner->buf = b; /* the stalled call gets its buffer back and resumes */
-        __atomic_store_n(&owner->stalled_on, NULL, __ATOMIC_RELEASE);
-        rl->stalled[rl->n++] = owner;
-      } else {
-        pmx_buf_put(b, cb);
-        atomic_fetch_add(&svc->hold_left, (int64_t)cb);
-      }
+      for (uint32_t i = 0; i < c->elems; i++) acc[i] += ps->buf[i];
     }
   } else {
     pmx_held* hd = &c->held[h.worker_id];
@@ -408,34 +491,14 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
       pmx_srv_call_ref(ps->call);
       result = PUSH_STALL;
     }
+    chunk_advance(svc, c, rl); /* elastic: dead ranks before it may be skipped */
   }
-  if (c->next_rank == svc->cfg.workers) {
-    size_t nb = (size_t)c->elems * t->elem;
-    rl->old_bits = pmx_buf_get(nb);
-    rl->new_bits = pmx_buf_get(nb);
-    if (rl->old_bits) memcpy(rl->old_bits, c->params, nb);
-    pmx_ckpt_before_step(svc, t, c);
-    apply_step(svc, t, c);
-    if (rl->new_bits) memcpy(rl->new_bits, c->params, nb);
-    rl->bits_bytes = nb;
-    pmx_buf_put(c->acc, cb);
-    c->acc = NULL;
-    c->next_rank = 0;
-    c->ncontrib = 0;
-    memset(c->contributed, 0, svc->cfg.workers);
-    c->version++;
-    atomic_fetch_add(&svc->ctr.steps_completed, 1);
-    pmx_frames_step_begin(svc, c);
-    pmx_ckpt_after_step(svc, t, c);
-    rl->step_t = t;
-    rl->step_c = c;
-    rl->step_version = c->version;
-  }
+  chunk_try_complete(svc, t, c, rl);
   pthread_mutex_unlock(&c->mu);
   (void)wake;
   ps->accepted++;
   atomic_fetch_add(&svc->ctr.push_chunks, 1);
-  atomic_fetch_add(&svc->ctr.push_raw_bytes, (size_t)c->elems * sizeof(float));
+  atomic_fetch_add(&svc->ctr.push_raw_bytes, (size_t)c->elems * t->elem);
   atomic_fetch_add(&svc->ctr.push_wire_bytes, wire);
   atomic_fetch_add(&t->push_raw, (size_t)c->elems * t->elem);
   atomic_fetch_add(&t->push_wire, wire);
@@ -595,6 +658,14 @@ static void pull_advance(pmx_pull* p) {
           return;
         }
       }
+    }
+    if (wait && c->initialized && c->version < p->min_version &&
+        atomic_load(&svc->stalled_by_dead)) {
+      pthread_mutex_unlock(&c->mu);
+      pull_end(p, PMX_ST_FAILED_PRECONDITION,
+               "a worker has been gone longer than --rejoin-wait: this step cannot complete "
+               "(restart that worker, or run the server with --elastic)");
+      return;
     }
     if (wait) {
       pthread_mutex_lock(&svc->park_mu);
@@ -762,8 +833,10 @@ static void handle_pull(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, 
     if ((int)r->accept[i] == PMX_ENC_DELTA_ZSTD) p->accept_delta = true;
     if ((int)r->accept[i] == PMX_ENC_SHUFFLE_ZSTD) p->accept_shuffle = true;
   }
-  if (r->worker_id < svc->cfg.workers)
+  if (r->worker_id < svc->cfg.workers) {
     atomic_store(&svc->workers[r->worker_id].last_seen_ms, pmx_now_ms());
+    atomic_store(&svc->workers[r->worker_id].dead, 0);
+  }
   paramex__v1__pull_request__free_unpacked(r, NULL);
   atomic_fetch_add(&svc->active_calls, 1);
   pmx_srv_call_set(call, &pull_cbs, p);
@@ -861,11 +934,14 @@ static void handle_stats(pmx_service* svc, pmx_srv_call* call, const uint8_t* b,
     ws[nw].chunks_pushed = atomic_load(&w->chunks_pushed);
     uint64_t seen = atomic_load(&w->last_seen_ms);
     ws[nw].last_seen_ms = now > seen ? now - seen : 0;
+    ws[nw].alive = !atomic_load(&w->dead);
+    s.workers_alive += ws[nw].alive;
     wp[nw] = &ws[nw];
     nw++;
   }
   pthread_mutex_unlock(&svc->declare_mu);
   s.workers_joined = (uint32_t)nw;
+  s.elastic = svc->cfg.elastic;
   s.n_workers = nw;
   s.workers = wp;
   reply(call, &s.base);
@@ -897,6 +973,143 @@ static void handle_checkpoint(pmx_service* svc, pmx_srv_call* call, const uint8_
   if (pmx_ckpt_now(svc, call, "requested") != 0)
     reject(svc, call, PMX_ST_RESOURCE_EXHAUSTED, "cannot start a checkpoint (out of memory)");
   /* the call is finished by the checkpoint thread once the file is written */
+}
+
+/* ---- Heartbeat and leases ------------------------------------------------------------- */
+
+static void handle_heartbeat(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, size_t n) {
+  Paramex__V1__HeartbeatRequest* r = paramex__v1__heartbeat_request__unpack(NULL, n, b);
+  if (!r) {
+    reject(svc, call, PMX_ST_INVALID_ARGUMENT, "malformed HeartbeatRequest");
+    return;
+  }
+  char err[ERRLEN];
+  if (r->worker_id >= svc->cfg.workers) {
+    snprintf(err, sizeof err, "worker_id %u is not below --workers %u", r->worker_id,
+             svc->cfg.workers);
+    reject(svc, call, PMX_ST_INVALID_ARGUMENT, err);
+  } else if (atomic_load(&svc->workers[r->worker_id].incarnation) != r->incarnation) {
+    snprintf(err, sizeof err, "worker %u: incarnation %llu is not the current one", r->worker_id,
+             (unsigned long long)r->incarnation);
+    reject(svc, call, PMX_ST_FAILED_PRECONDITION, err);
+  } else {
+    pmx_worker_state* w = &svc->workers[r->worker_id];
+    atomic_store(&w->last_seen_ms, pmx_now_ms());
+    if (atomic_exchange(&w->dead, 0)) pmx_info("worker %u is back", r->worker_id);
+    Paramex__V1__HeartbeatResponse resp = PARAMEX__V1__HEARTBEAT_RESPONSE__INIT;
+    reply(call, &resp.base);
+  }
+  paramex__v1__heartbeat_request__free_unpacked(r, NULL);
+}
+
+/* --elastic: steps waiting only for dead workers complete without them. */
+static void complete_without_dead(pmx_service* svc) {
+  uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
+  for (uint32_t i = 0; i < nt; i++) {
+    pmx_tensor_state* t = svc->tensors[i];
+    for (uint32_t k = 0; k < t->nchunks; k++) {
+      pmx_chunk_state* c = &t->chunks[k];
+      resume_list rl;
+      memset(&rl, 0, sizeof rl);
+      pthread_mutex_lock(&c->mu);
+      if (c->initialized && c->ncontrib > 0) {
+        chunk_advance(svc, c, &rl);
+        chunk_try_complete(svc, t, c, &rl);
+      }
+      pthread_mutex_unlock(&c->mu);
+      resume_after(svc, &rl);
+    }
+  }
+}
+
+/* BSP: a dead worker stayed away past --rejoin-wait; pulls waiting for a version end. */
+static void fail_waiting_pulls(pmx_service* svc, uint32_t rank, double gone_s) {
+  char msg[256];
+  snprintf(msg, sizeof msg,
+           "worker %u has been gone for %.0f s (--rejoin-wait %.0f s): this step cannot "
+           "complete (restart that worker, or run the server with --elastic)",
+           rank, gone_s, svc->cfg.rejoin_wait);
+  pmx_pull* list = NULL;
+  uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
+  for (uint32_t i = 0; i < nt; i++) {
+    pmx_tensor_state* t = svc->tensors[i];
+    for (uint32_t k = 0; k < t->nchunks; k++) {
+      pmx_chunk_state* c = &t->chunks[k];
+      pthread_mutex_lock(&c->mu);
+      pthread_mutex_lock(&svc->park_mu);
+      pmx_pull** pp = &c->waiters;
+      while (*pp) {
+        pmx_pull* p = *pp;
+        if (c->initialized && c->version < p->min_version) {
+          *pp = p->wnext;
+          if (p->wnext) p->wnext->wprev = p->wprev;
+          p->parked_on = NULL;
+          p->wnext = list;
+          list = p;
+        } else {
+          pp = &p->wnext;
+        }
+      }
+      pthread_mutex_unlock(&svc->park_mu);
+      pthread_mutex_unlock(&c->mu);
+    }
+  }
+  while (list) {
+    pmx_pull* next = list->wnext;
+    pull_end(list, PMX_ST_FAILED_PRECONDITION, msg);
+    list = next;
+  }
+}
+
+static void* monitor_thread(void* arg) {
+  pmx_service* svc = arg;
+  const uint64_t timeout = (uint64_t)(svc->cfg.worker_timeout * 1000.0);
+  const uint64_t period = timeout / 4 < 1000 ? (timeout / 4 ? timeout / 4 : 1) : 1000;
+  pthread_mutex_lock(&svc->monitor_mu);
+  while (!svc->monitor_stop) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += (time_t)(period / 1000);
+    ts.tv_nsec += (long)(period % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&svc->monitor_cv, &svc->monitor_mu, &ts);
+    if (svc->monitor_stop) break;
+    pthread_mutex_unlock(&svc->monitor_mu);
+    uint64_t now = pmx_now_ms();
+    bool newly_dead = false, stalled = false;
+    for (uint32_t r = 0; r < svc->cfg.workers; r++) {
+      pmx_worker_state* w = &svc->workers[r];
+      if (!atomic_load(&w->incarnation)) continue;
+      uint64_t seen = atomic_load(&w->last_seen_ms);
+      if (!atomic_load(&w->dead) && now > seen && now - seen > timeout) {
+        atomic_store(&w->dead_since_ms, now);
+        atomic_store(&w->dead, 1);
+        newly_dead = true;
+        pmx_warn("worker %u (%s) is dead: no call for %.1f s (--worker-timeout %.0f s)%s", r,
+                 w->name, (now - seen) / 1000.0, svc->cfg.worker_timeout,
+                 svc->cfg.elastic ? "; continuing without it (--elastic)" : "");
+      }
+      if (!svc->cfg.elastic && atomic_load(&w->dead)) {
+        double gone = (now - atomic_load(&w->dead_since_ms)) / 1000.0;
+        if (gone >= svc->cfg.rejoin_wait) {
+          stalled = true;
+          if (!atomic_exchange(&svc->stalled_by_dead, 1)) {
+            pmx_error("worker %u has not come back within --rejoin-wait %.0f s: failing the "
+                      "pulls that wait for this step", r, svc->cfg.rejoin_wait);
+            fail_waiting_pulls(svc, r, gone + svc->cfg.worker_timeout);
+          }
+        }
+      }
+    }
+    if (!stalled) atomic_store(&svc->stalled_by_dead, 0);
+    if (newly_dead && svc->cfg.elastic) complete_without_dead(svc);
+    pthread_mutex_lock(&svc->monitor_mu);
+  }
+  pthread_mutex_unlock(&svc->monitor_mu);
+  return NULL;
 }
 
 /* ---- Health ------------------------------------------------------------------------------- */
@@ -941,6 +1154,7 @@ static void handle_pull_checked(pmx_service* svc, pmx_srv_call* call, const uint
 UNARY_ENTRY(on_pull, handle_pull_checked, true)
 UNARY_ENTRY(on_stats, handle_stats, false)
 UNARY_ENTRY(on_checkpoint, handle_checkpoint, true)
+UNARY_ENTRY(on_heartbeat, handle_heartbeat, false)
 UNARY_ENTRY(on_health, handle_health, false)
 
 static const pmx_rpc_method methods[] = {
@@ -950,6 +1164,7 @@ static const pmx_rpc_method methods[] = {
     {"/paramex.v1.ParameterExchange/Pull", PMX_RPC_SERVER_STREAMING, on_pull},
     {"/paramex.v1.ParameterExchange/Stats", PMX_RPC_UNARY, on_stats},
     {"/paramex.v1.ParameterExchange/Checkpoint", PMX_RPC_UNARY, on_checkpoint},
+    {"/paramex.v1.ParameterExchange/Heartbeat", PMX_RPC_UNARY, on_heartbeat},
     {"/grpc.health.v1.Health/Check", PMX_RPC_UNARY, on_health},
 };
 
@@ -1016,10 +1231,28 @@ int pmx_service_start(pmx_service* svc, int* port, char* err, size_t errlen) {
   }
   svc->rpc = pmx_rpc_server_start(&o, methods, sizeof methods / sizeof methods[0], svc, port,
                                   err, errlen);
-  return svc->rpc ? 0 : -1;
+  if (!svc->rpc) return -1;
+  pthread_mutex_init(&svc->monitor_mu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&svc->monitor_cv, &ca);
+  pthread_condattr_destroy(&ca);
+  if (svc->cfg.worker_timeout > 0 &&
+      pthread_create(&svc->monitor, NULL, monitor_thread, svc) == 0)
+    svc->monitor_started = true;
+  return 0;
 }
 
 void pmx_service_stop(pmx_service* svc) {
+  if (svc->monitor_started) {
+    pthread_mutex_lock(&svc->monitor_mu);
+    svc->monitor_stop = true;
+    pthread_cond_broadcast(&svc->monitor_cv);
+    pthread_mutex_unlock(&svc->monitor_mu);
+    pthread_join(svc->monitor, NULL);
+    svc->monitor_started = false;
+  }
   /* Health turns NOT_SERVING and parked pulls end with UNAVAILABLE at once: they may wait
    * for a step that will never come. Pushes and sends in flight get the drain time. */
   pmx_pull* list = NULL;

@@ -218,11 +218,6 @@ int pmx_store_declare(pmx_service* svc, const pmx_declare_args* a, pmx_tensor_st
   uint64_t numel;
   if (shape_check(a, &numel, err, errlen) != 0) return PMX_ST_INVALID_ARGUMENT;
   size_t es = pmx_dtype_size(a->dtype);
-  if (numel > svc->cfg.max_tensor_bytes / es) {
-    snprintf(err, errlen, "tensor '%s': %llu elements exceed --max-tensor-bytes %llu", a->name,
-             (unsigned long long)numel, (unsigned long long)svc->cfg.max_tensor_bytes);
-    return PMX_ST_RESOURCE_EXHAUSTED;
-  }
   if (a->values && a->init_kind != PMX_FILL_ZEROS) {
     snprintf(err, errlen, "tensor '%s': give either values or an initializer", a->name);
     return PMX_ST_INVALID_ARGUMENT;
@@ -256,6 +251,12 @@ int pmx_store_declare(pmx_service* svc, const pmx_declare_args* a, pmx_tensor_st
     goto out;
   }
   *created = true;
+  if (numel > svc->cfg.max_tensor_bytes / es) {
+    snprintf(err, errlen, "tensor '%s': %llu elements exceed --max-tensor-bytes %llu", a->name,
+             (unsigned long long)numel, (unsigned long long)svc->cfg.max_tensor_bytes);
+    st = PMX_ST_RESOURCE_EXHAUSTED;
+    goto out;
+  }
   uint32_t n = atomic_load(&svc->ntensors);
   if (n >= svc->cfg.max_tensors) {
     snprintf(err, errlen, "tensor '%s': the server holds --max-tensors %u tensors", a->name,

@@ -315,6 +315,14 @@ static void stats_json(FILE* out, const Paramex__V1__StatsResponse* r) {
   json_u64(out, "pull_wire_bytes", r->pull_wire_bytes, &first);
   json_u64(out, "steps_completed", r->steps_completed, &first);
   json_u64(out, "rejected_calls", r->rejected_calls, &first);
+  json_u64(out, "history_bytes", r->history_bytes, &first);
+  json_u64(out, "history_budget", r->history_budget, &first);
+  json_u64(out, "frame_cache_bytes", r->frame_cache_bytes, &first);
+  json_u64(out, "encodes", r->encodes, &first);
+  json_u64(out, "frame_cache_hits", r->frame_cache_hits, &first);
+  json_u64(out, "pull_unchanged", r->pull_unchanged, &first);
+  json_u64(out, "pull_delta", r->pull_delta, &first);
+  json_u64(out, "pull_snapshot", r->pull_snapshot, &first);
   json_key(out, "tensors", &first);
   fputc('[', out);
   for (size_t i = 0; i < r->n_tensors; i++) {
@@ -333,6 +341,10 @@ static void stats_json(FILE* out, const Paramex__V1__StatsResponse* r) {
     json_u64(out, "bytes", t->bytes, &f);
     json_u64(out, "num_chunks", t->num_chunks, &f);
     json_u64(out, "checksum", t->checksum, &f);
+    json_u64(out, "push_raw_bytes", t->push_raw_bytes, &f);
+    json_u64(out, "push_wire_bytes", t->push_wire_bytes, &f);
+    json_u64(out, "pull_raw_bytes", t->pull_raw_bytes, &f);
+    json_u64(out, "pull_wire_bytes", t->pull_wire_bytes, &f);
     fputc('}', out);
   }
   fputc(']', out);
@@ -430,6 +442,17 @@ static void stats_text(FILE* out, const Paramex__V1__StatsResponse* r) {
           human_bytes(r->pull_wire_bytes, a, sizeof a));
   fprintf(out, "%-18s %s\n", "pull wire/raw",
           ratio(r->pull_wire_bytes, r->pull_raw_bytes, a, sizeof a));
+  fprintf(out, "%-18s %" PRIu64 "\n", "pull_unchanged", r->pull_unchanged);
+  fprintf(out, "%-18s %" PRIu64 "\n", "pull_delta", r->pull_delta);
+  fprintf(out, "%-18s %" PRIu64 "\n", "pull_snapshot", r->pull_snapshot);
+  fprintf(out, "%-18s %" PRIu64 "\n", "encodes", r->encodes);
+  fprintf(out, "%-18s %" PRIu64 "\n", "frame_cache_hits", r->frame_cache_hits);
+  fprintf(out, "%-18s %" PRIu64 " (%s)\n", "frame_cache_bytes", r->frame_cache_bytes,
+          human_bytes(r->frame_cache_bytes, a, sizeof a));
+  fprintf(out, "%-18s %" PRIu64 " (%s)\n", "history_bytes", r->history_bytes,
+          human_bytes(r->history_bytes, a, sizeof a));
+  fprintf(out, "%-18s %" PRIu64 " (%s)\n", "history_budget", r->history_budget,
+          human_bytes(r->history_budget, a, sizeof a));
 
   /* Column widths follow the content (names capped at 64 characters). */
   int wname = 4, wshape = 5;
@@ -454,6 +477,24 @@ static void stats_text(FILE* out, const Paramex__V1__StatsResponse* r) {
             t->id, wname, one_line(t->name, line, sizeof line, '?'), pmx_dtype_name((int)t->dtype),
             wshape, shape_str(t, b, sizeof b), t->version_min, t->version_max, t->bytes,
             t->num_chunks, c);
+  }
+  /* Traffic per tensor, in its own table so that the one above stays readable: raw
+   * bytes are the decoded chunk contents, wire bytes the messages as sent. */
+  if (r->n_tensors) {
+    fprintf(out, "\ntensor traffic\n");
+    fprintf(out, "  %5s  %-*s  %12s  %12s  %8s  %12s  %12s  %8s\n", "ID", wname, "NAME",
+            "PUSH_RAW", "PUSH_WIRE", "WIRE/RAW", "PULL_RAW", "PULL_WIRE", "WIRE/RAW");
+  }
+  for (size_t i = 0; i < r->n_tensors; i++) {
+    const Paramex__V1__TensorStats* t = r->tensors[i];
+    char pr[32], pw[32], pq[32], lr[32], lw[32], lq[32];
+    fprintf(out, "  %5" PRIu32 "  %-*s  %12s  %12s  %8s  %12s  %12s  %8s\n", t->id, wname,
+            one_line(t->name, line, sizeof line, '?'), human_bytes(t->push_raw_bytes, pr, sizeof pr),
+            human_bytes(t->push_wire_bytes, pw, sizeof pw),
+            ratio(t->push_wire_bytes, t->push_raw_bytes, pq, sizeof pq),
+            human_bytes(t->pull_raw_bytes, lr, sizeof lr),
+            human_bytes(t->pull_wire_bytes, lw, sizeof lw),
+            ratio(t->pull_wire_bytes, t->pull_raw_bytes, lq, sizeof lq));
   }
 
   int wwname = 4;

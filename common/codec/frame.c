@@ -40,7 +40,7 @@ static void scratch_free(void* v) {
 static void scratch_key_create(void) { pthread_key_create(&scratch_key, scratch_free); }
 
 uint8_t* pmx_scratch(int which, size_t bytes) {
-  if (which < 0 || which >= NSCRATCH) return NULL;
+  if (which < 0 || which >= NSCRATCH || bytes > SIZE_MAX - 4096) return NULL;
   if (!tl_scratch) {
     pthread_once(&scratch_once, scratch_key_create);
     tl_scratch = calloc(1, sizeof *tl_scratch);
@@ -139,19 +139,21 @@ pmx_decode_result pmx_chunk_decode(const pmx_chunk* c, const pmx_iov* seg, size_
         snprintf(err, errlen, "bad zstd frame: %s", frame ? zerr : "truncated");
         return PMX_DECODE_MALFORMED;
       }
-      /* s1: shuffled words; s0 (free again): the result */
+      /* s1: shuffled words; s0 (free again) and then s1 hold the result */
+      const uint8_t* result = s0;
       if (c->encoding == PMX_ENC_DELTA_ZSTD) {
         pmx_unshuffle_unzigzag(s1, n, width, s0);
-        pmx_delta_apply(dst, s0, n, width, s0);
+        pmx_delta_apply(dst, s0, n, width, s1); /* no aliasing: d and out differ */
+        result = s1;
       } else {
         pmx_unshuffle(s1, n, width, s0);
       }
-      if (pmx_checksum(s0, bytes) != c->checksum) {
+      if (pmx_checksum(result, bytes) != c->checksum) {
         snprintf(err, errlen, "checksum mismatch%s",
                  c->encoding == PMX_ENC_DELTA_ZSTD ? " (wrong or modified base?)" : "");
         return PMX_DECODE_CHECKSUM;
       }
-      memcpy(dst, s0, bytes);
+      memcpy(dst, result, bytes);
       return PMX_DECODE_OK;
     }
   }

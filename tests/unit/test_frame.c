@@ -88,12 +88,15 @@ enum {
  * one segment is an ASan error rather than a read of the next one. */
 typedef struct msg {
   pmx_iov* seg;
-  size_t nseg;
+  size_t nseg, cap;
 } msg;
 
 static void msg_add(msg* m, const uint8_t* p, size_t n) {
-  m->seg = realloc(m->seg, (m->nseg + 1) * sizeof *m->seg);
-  assert_non_null(m->seg);
+  if (m->nseg == m->cap) {
+    m->cap = m->cap ? 2 * m->cap : 16;
+    m->seg = realloc(m->seg, m->cap * sizeof *m->seg);
+    assert_non_null(m->seg);
+  }
   m->seg[m->nseg].p = dup_mem(p, n);
   m->seg[m->nseg].n = n;
   m->nseg++;
@@ -103,12 +106,12 @@ static void msg_free(msg* m) {
   for (size_t i = 0; i < m->nseg; i++) free((void*)m->seg[i].p);
   free(m->seg);
   m->seg = NULL;
-  m->nseg = 0;
+  m->nseg = m->cap = 0;
 }
 
 /* Splits b[0..n) (header of hl bytes, then the payload) as `mode` says. */
 static msg msg_split(const uint8_t* b, size_t n, size_t hl, int mode) {
-  msg m = {NULL, 0};
+  msg m = {NULL, 0, 0};
   size_t off = 0;
   switch (mode) {
     case SPLIT_ONE:
@@ -920,10 +923,6 @@ static void test_scratch(void** st) {
   assert_null(pmx_scratch(-1, 10));
   assert_null(pmx_scratch(4, 10));
   assert_null(pmx_scratch(1000, 10));
-  /* a request too large to round up is refused, never a buffer smaller than asked */
-  assert_null(pmx_scratch(0, SIZE_MAX));
-  assert_null(pmx_scratch(0, SIZE_MAX - 62));
-  assert_ptr_equal(pmx_scratch(0, 10), b[0]);
   /* per thread: another thread gets its own buffer (freed at its exit: LSan) */
   uint8_t* got[2] = {NULL, NULL};
   pthread_t th;
@@ -932,6 +931,31 @@ static void test_scratch(void** st) {
   assert_non_null(got[0]);
   assert_ptr_equal(got[1], got[0]);
   assert_ptr_not_equal(got[0], b[0]);
+}
+
+/* A request too large to round up to the allocation granule is refused: never a buffer
+ * smaller than asked, and the thread's buffer stays usable. Runs on its own thread so
+ * that a failure cannot leave this thread's scratch broken for the other tests. */
+static void* huge_thread(void* arg) {
+  int* ok = arg;
+  uint8_t* before = pmx_scratch(0, 100);
+  ok[0] = before != NULL;
+  ok[1] = pmx_scratch(0, SIZE_MAX) == NULL;
+  ok[2] = pmx_scratch(0, SIZE_MAX - 62) == NULL;
+  ok[3] = pmx_scratch(0, 100) == before;
+  return NULL;
+}
+
+static void test_scratch_huge_request(void** st) {
+  (void)st;
+  int ok[4] = {0, 0, 0, 0};
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, huge_thread, ok), 0);
+  assert_int_equal(pthread_join(th, NULL), 0);
+  assert_true(ok[0]);
+  if (!ok[1]) fail_msg("pmx_scratch(0, SIZE_MAX) returned a buffer");
+  if (!ok[2]) fail_msg("pmx_scratch(0, SIZE_MAX - 62) returned a buffer");
+  if (!ok[3]) fail_msg("after a refused request the thread's scratch 0 moved");
 }
 
 static void test_encoding_names(void** st) {
@@ -954,6 +978,7 @@ int main(void) {
       cmocka_unit_test(test_composition),
       cmocka_unit_test(test_scratch_discipline),
       cmocka_unit_test(test_scratch),
+      cmocka_unit_test(test_scratch_huge_request),
       cmocka_unit_test(test_encoding_names),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
