@@ -2,13 +2,18 @@
  *
  *   paramex health ADDR [--wait SECONDS] [--service NAME]   grpc.health.v1 Check
  *   paramex stats ADDR [--json]                             ParameterExchange/Stats
+ *   paramex checkpoint ADDR [--timeout SECONDS]             ParameterExchange/Checkpoint
+ *   paramex export ADDR|CHECKPOINT --out FILE.safetensors   parameters as safetensors
  *   paramex version | --help
+ * Every command that talks to a server takes --tls-ca/--tls-cert/--tls-key/
+ * --tls-server-name/--token-file (or PMX_TLS_CA, ..., PMX_TOKEN_FILE, PMX_TOKEN).
  *
  * Exit status: 0 success (health: SERVING), 1 failure (RPC error, NOT_SERVING), 2 usage.
  * Talks to the server only through common/rpc; messages are (de)serialised with
  * protobuf-c. Strings from the server are untrusted: control characters are replaced
  * before they reach the terminal and JSON output is always valid UTF-8. */
 #include <errno.h>
+#include <pthread.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +21,8 @@
 #include <time.h>
 
 #include "codec/codec.h"
+#include "codec/frame.h"
+#include "codec/safetensors.h"
 #include "health.pb-c.h"
 #include "paramex.pb-c.h"
 #include "rpc/rpc.h"
@@ -26,10 +33,60 @@
 #endif
 
 #define HEALTH_CHECK_PATH "/grpc.health.v1.Health/Check"
+#define CHECKPOINT_PATH "/paramex.v1.ParameterExchange/Checkpoint"
+#define PULL_PATH "/paramex.v1.ParameterExchange/Pull"
 #define STATS_PATH "/paramex.v1.ParameterExchange/Stats"
 #define HEALTH_TIMEOUT_MS 5000
 #define STATS_TIMEOUT_MS 10000
 #define WAIT_MAX_S 86400.0
+
+/* ---- connection flags ---------------------------------------------------------------- */
+
+typedef struct conn_opts {
+  const char *tls_ca, *tls_cert, *tls_key, *tls_server_name, *token_file;
+} conn_opts;
+static conn_opts g_conn;
+#define CONN_FLAGS                                                                          \
+  {"tls-ca", PMX_FLAG_STR, &g_conn.tls_ca, 0, 0, "FILE", "PEM CA: connect with TLS"},          \
+  {"tls-cert", PMX_FLAG_STR, &g_conn.tls_cert, 0, 0, "FILE", "client certificate (mutual TLS)"}, \
+  {"tls-key", PMX_FLAG_STR, &g_conn.tls_key, 0, 0, "FILE", "key of --tls-cert"},              \
+  {"tls-server-name", PMX_FLAG_STR, &g_conn.tls_server_name, 0, 0, "NAME",                  \
+   "name to expect in the server certificate"},                                              \
+  {"token-file", PMX_FLAG_STR, &g_conn.token_file, 0, 0, "FILE",                             \
+   "bearer token (else PMX_TOKEN)"}
+
+/* A channel to addr with the connection flags. NULL with one line in err. */
+static pmx_rpc_channel* open_channel(const char* addr, char* err, size_t errlen) {
+  pmx_rpc_channel_opts o = {0};
+  char *ca = NULL, *cert = NULL, *key = NULL, *token = NULL;
+  pmx_rpc_channel* ch = NULL;
+  if ((g_conn.tls_cert != NULL) != (g_conn.tls_key != NULL)) {
+    snprintf(err, errlen, "--tls-cert and --tls-key go together");
+    return NULL;
+  }
+  if (g_conn.tls_cert && !g_conn.tls_ca) {
+    snprintf(err, errlen, "--tls-cert needs --tls-ca");
+    return NULL;
+  }
+  if (g_conn.tls_ca && !(ca = pmx_read_file(g_conn.tls_ca, 1u << 20, NULL, err, errlen))) goto out;
+  if (g_conn.tls_cert && (!(cert = pmx_read_file(g_conn.tls_cert, 1u << 20, NULL, err, errlen)) ||
+                          !(key = pmx_read_file(g_conn.tls_key, 1u << 20, NULL, err, errlen))))
+    goto out;
+  if (g_conn.token_file && !(token = pmx_read_token(g_conn.token_file, err, errlen))) goto out;
+  o.tls_ca_pem = ca;
+  o.tls_cert_pem = cert;
+  o.tls_key_pem = key;
+  o.tls_server_name = g_conn.tls_server_name;
+  o.token = token ? token : getenv("PMX_TOKEN");
+  if (o.token && !*o.token) o.token = NULL;
+  ch = pmx_rpc_channel_create_ex(addr, &o, err, errlen);
+out:
+  free(ca);
+  free(cert);
+  pmx_free_secret(key);
+  pmx_free_secret(token);
+  return ch;
+}
 
 /* ---- small helpers ------------------------------------------------------------------ */
 
@@ -89,6 +146,10 @@ static void top_usage(FILE* out) {
         "                  check a server's gRPC health; exit 0 when SERVING\n"
         "  stats ADDR [--json]\n"
         "                  print a server's counters, tensors and workers\n"
+        "  checkpoint ADDR [--timeout SECONDS]\n"
+        "                  have the server write a checkpoint now; prints its path\n"
+        "  export ADDR|CHECKPOINT --out FILE.safetensors\n"
+        "                  write the parameters (no optimizer state) as safetensors\n"
         "  version         print the version\n"
         "  help            show this help\n"
         "\n"
@@ -167,6 +228,7 @@ static int cmd_health(int argc, char** argv) {
       {"wait", PMX_FLAG_F64, &wait_s, 0, WAIT_MAX_S, "SECONDS",
        "retry until SERVING or this many seconds passed (0: one attempt, 5 s deadline)"},
       {"service", PMX_FLAG_STR, &service, 0, 0, "NAME", "service to check (empty: the server)"},
+      CONN_FLAGS,
   };
   const char* addr = NULL;
   int rc = parse_cmd("health", flags, sizeof flags / sizeof flags[0], argc, argv, &addr);
@@ -184,7 +246,7 @@ static int cmd_health(int argc, char** argv) {
 
   pmx_rpc_init();
   char err[256], details[512];
-  pmx_rpc_channel* ch = pmx_rpc_channel_create(addr, err, sizeof err);
+  pmx_rpc_channel* ch = open_channel(addr, err, sizeof err);
   int st = PMX_ST_UNKNOWN, serving = -1;
   details[0] = '\0';
   if (!ch) {
@@ -518,6 +580,7 @@ static int cmd_stats(int argc, char** argv) {
   bool json = false;
   const pmx_flag flags[] = {
       {"json", PMX_FLAG_BOOL, &json, 0, 0, NULL, "print one JSON object (proto field names)"},
+      CONN_FLAGS,
   };
   const char* addr = NULL;
   int rc = parse_cmd("stats", flags, sizeof flags / sizeof flags[0], argc, argv, &addr);
@@ -525,7 +588,7 @@ static int cmd_stats(int argc, char** argv) {
 
   pmx_rpc_init();
   char err[256], details[512], line[512];
-  pmx_rpc_channel* ch = pmx_rpc_channel_create(addr, err, sizeof err);
+  pmx_rpc_channel* ch = open_channel(addr, err, sizeof err);
   if (!ch) {
     pmx_rpc_shutdown();
     fprintf(stderr, "paramex: stats %s: %s\n", addr, one_line(err, line, sizeof line, ' '));
@@ -564,6 +627,284 @@ static int cmd_stats(int argc, char** argv) {
   return 0;
 }
 
+/* ---- checkpoint ------------------------------------------------------------------------ */
+
+static int cmd_checkpoint(int argc, char** argv) {
+  double timeout_s = 600;
+  const pmx_flag flags[] = {
+      {"timeout", PMX_FLAG_F64, &timeout_s, 1, 86400, "SECONDS",
+       "wait this long for every chunk to reach the version and the file to be written"},
+      CONN_FLAGS,
+  };
+  const char* addr = NULL;
+  int rc = parse_cmd("checkpoint", flags, sizeof flags / sizeof flags[0], argc, argv, &addr);
+  if (rc >= 0) return rc;
+  pmx_rpc_init();
+  char err[512], details[512], line[512];
+  pmx_rpc_channel* ch = open_channel(addr, err, sizeof err);
+  if (!ch) {
+    pmx_rpc_shutdown();
+    fprintf(stderr, "paramex: checkpoint %s: %s\n", addr, one_line(err, line, sizeof line, ' '));
+    return 1;
+  }
+  uint8_t* resp = NULL;
+  size_t resp_len = 0;
+  int st = pmx_rpc_unary(ch, CHECKPOINT_PATH, "", 0, (int64_t)(timeout_s * 1000.0), false, &resp,
+                         &resp_len, details, sizeof details);
+  pmx_rpc_channel_destroy(ch);
+  pmx_rpc_shutdown();
+  if (st != PMX_ST_OK) {
+    fprintf(stderr, "paramex: checkpoint %s: %s: %s\n", addr, pmx_status_name(st),
+            details[0] ? one_line(details, line, sizeof line, ' ') : "no details");
+    free(resp);
+    return 1;
+  }
+  Paramex__V1__CheckpointResponse* r = paramex__v1__checkpoint_response__unpack(NULL, resp_len, resp);
+  free(resp);
+  if (!r) {
+    fprintf(stderr, "paramex: checkpoint %s: malformed CheckpointResponse\n", addr);
+    return 1;
+  }
+  printf("checkpoint at version %" PRIu64 ": %s (%" PRIu64 " bytes)\n", r->version,
+         one_line(r->path ? r->path : "", line, sizeof line, '?'), r->bytes);
+  paramex__v1__checkpoint_response__free_unpacked(r, NULL);
+  return fflush(stdout) == 0 ? 0 : 1;
+}
+
+/* ---- export ------------------------------------------------------------------------------ */
+
+typedef struct export_src {
+  size_t n;
+  pmx_st_entry* e;
+  const void** data; /* one buffer per entry */
+} export_src;
+
+static int export_write(void* ctx, size_t index, pmx_st_sink* sink) {
+  export_src* x = ctx;
+  return pmx_st_sink_write(sink, x->data[index], x->e[index].nbytes);
+}
+
+/* Splits "dir/name" for pmx_st_write; out must be absolute or relative. */
+static int write_safetensors(const char* out, export_src* x, const char* version, char* err,
+                             size_t errlen) {
+  char dir[4096];
+  const char* slash = strrchr(out, '/');
+  const char* name = slash ? slash + 1 : out;
+  if (!*name) {
+    snprintf(err, errlen, "--out %s: not a file name", out);
+    return -1;
+  }
+  snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - out) : 1, slash ? out : ".");
+  if (slash == out) snprintf(dir, sizeof dir, "/");
+  const char* meta[] = {"pmx.version", version};
+  return pmx_st_write(dir, name, x->e, x->n, export_write, x, meta, version ? 1 : 0, err, errlen);
+}
+
+static int export_checkpoint(const char* path, const char* out) {
+  char err[512], line[512];
+  pmx_st_file* f = pmx_st_open(path, err, sizeof err);
+  if (!f) {
+    fprintf(stderr, "paramex: export: %s\n", one_line(err, line, sizeof line, ' '));
+    return 1;
+  }
+  size_t n = pmx_st_count(f), k = 0;
+  export_src x = {0, calloc(n ? n : 1, sizeof *x.e), calloc(n ? n : 1, sizeof *x.data)};
+  for (size_t i = 0; x.e && x.data && i < n; i++) {
+    pmx_st_tensor t;
+    pmx_st_entry_at(f, i, &t);
+    size_t nl = strlen(t.name);
+    if (nl > 9 && strcmp(t.name + nl - 9, "@momentum") == 0) continue; /* optimizer state */
+    x.e[k] = (pmx_st_entry){t.name, t.dtype, t.ndim, t.shape, t.nbytes};
+    x.data[k++] = t.data;
+  }
+  x.n = k;
+  int rc = x.e && x.data ? write_safetensors(out, &x, pmx_st_meta(f, "pmx.version"), err, sizeof err)
+                         : -1;
+  if (rc != 0) fprintf(stderr, "paramex: export: %s\n", one_line(err, line, sizeof line, ' '));
+  else printf("exported %zu tensors from %s to %s\n", k, path, out);
+  free(x.e);
+  free(x.data);
+  pmx_st_close(f);
+  return rc == 0 ? 0 : 1;
+}
+
+/* From a live server: Stats for the tensors, one Pull (RAW chunks) for their bytes. */
+typedef struct export_pull {
+  Paramex__V1__StatsResponse* stats;
+  uint8_t** bufs;
+  uint32_t ti, ci, chunk_elems0;
+  uint64_t vmin, vmax;
+  bool bad;
+  char err[256];
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  bool done;
+  int status;
+  char details[256];
+} export_pull;
+
+static void xp_message(pmx_cli_call* call, void* ctx, pmx_msg* m) {
+  export_pull* x = ctx;
+  if (!m) return;
+  size_t nseg;
+  const pmx_iov* seg = pmx_msg_segments(m, &nseg);
+  pmx_chunk h;
+  if (x->bad || pmx_chunk_parse(PMX_CHUNK_PULL, seg, nseg, &h, x->err, sizeof x->err) != 0 ||
+      x->ti >= x->stats->n_tensors) {
+    if (!x->bad && x->ti >= x->stats->n_tensors) snprintf(x->err, sizeof x->err, "too many chunks");
+    x->bad = true;
+    pmx_msg_free(m);
+    pmx_cli_call_cancel(call);
+    return;
+  }
+  Paramex__V1__TensorStats* t = x->stats->tensors[x->ti];
+  size_t es = pmx_dtype_size(t->dtype);
+  if (h.chunk == 0) x->chunk_elems0 = es ? h.raw_len / (uint32_t)es : 0;
+  uint64_t off = (uint64_t)h.chunk * x->chunk_elems0 * es;
+  if (h.tensor_id != t->id || h.chunk != x->ci || es == 0 || off + h.raw_len > t->bytes ||
+      pmx_chunk_decode(&h, seg, nseg, x->bufs[x->ti] + off, h.raw_len / es, (int)es, x->err,
+                       sizeof x->err) != PMX_DECODE_OK) {
+    if (h.tensor_id != t->id || h.chunk != x->ci) snprintf(x->err, sizeof x->err, "chunks out of order");
+    x->bad = true;
+    pmx_msg_free(m);
+    pmx_cli_call_cancel(call);
+    return;
+  }
+  if (h.version < x->vmin) x->vmin = h.version;
+  if (h.version > x->vmax) x->vmax = h.version;
+  if (++x->ci == t->num_chunks) {
+    x->ci = 0;
+    x->ti++;
+  }
+  pmx_msg_free(m);
+  pmx_cli_call_read(call);
+}
+
+static void xp_done(pmx_cli_call* call, void* ctx, int status, const char* details) {
+  (void)call;
+  export_pull* x = ctx;
+  pthread_mutex_lock(&x->mu);
+  x->status = status;
+  snprintf(x->details, sizeof x->details, "%s", details);
+  x->done = true;
+  pthread_cond_signal(&x->cv);
+  pthread_mutex_unlock(&x->mu);
+}
+
+static const pmx_cli_call_cbs xp_cbs = {xp_message, NULL, xp_done};
+
+static int export_server(const char* addr, const char* out) {
+  char err[512], details[512], line[512];
+  pmx_rpc_init();
+  pmx_rpc_channel* ch = open_channel(addr, err, sizeof err);
+  if (!ch) {
+    pmx_rpc_shutdown();
+    fprintf(stderr, "paramex: export %s: %s\n", addr, one_line(err, line, sizeof line, ' '));
+    return 1;
+  }
+  uint8_t* resp = NULL;
+  size_t resp_len = 0;
+  int st = pmx_rpc_unary(ch, STATS_PATH, "", 0, STATS_TIMEOUT_MS, false, &resp, &resp_len,
+                         details, sizeof details);
+  Paramex__V1__StatsResponse* s = st == PMX_ST_OK ? paramex__v1__stats_response__unpack(NULL, resp_len, resp) : NULL;
+  free(resp);
+  int rc = 1;
+  export_pull x = {0};
+  pthread_mutex_init(&x.mu, NULL);
+  pthread_cond_init(&x.cv, NULL);
+  x.vmin = UINT64_MAX;
+  if (!s) {
+    fprintf(stderr, "paramex: export %s: Stats: %s: %s\n", addr, pmx_status_name(st),
+            one_line(details, line, sizeof line, ' '));
+    goto out;
+  }
+  x.stats = s;
+  x.bufs = calloc(s->n_tensors ? s->n_tensors : 1, sizeof *x.bufs);
+  uint32_t* ids = calloc(s->n_tensors ? s->n_tensors : 1, sizeof *ids);
+  for (size_t i = 0; x.bufs && ids && i < s->n_tensors; i++) {
+    x.bufs[i] = malloc(s->tensors[i]->bytes ? s->tensors[i]->bytes : 1);
+    ids[i] = s->tensors[i]->id;
+    if (!x.bufs[i]) break;
+  }
+  Paramex__V1__PullRequest pr = PARAMEX__V1__PULL_REQUEST__INIT;
+  pr.n_tensor_ids = s->n_tensors;
+  pr.tensor_ids = ids;
+  pr.min_version = s->version_max; /* every chunk at least at the newest version seen */
+  size_t plen = paramex__v1__pull_request__get_packed_size(&pr);
+  uint8_t* pbuf = malloc(plen ? plen : 1);
+  if (s->n_tensors == 0) {
+    fprintf(stderr, "paramex: export %s: the server has no tensor\n", addr);
+  } else if (pbuf && ids && x.bufs) {
+    paramex__v1__pull_request__pack(&pr, pbuf);
+    pmx_cli_call* call = pmx_cli_call_start(ch, PULL_PATH, 600000, false, &xp_cbs, &x);
+    pmx_out o = {pbuf, plen, NULL, 0, NULL, NULL};
+    pmx_cli_call_send(call, &o, true);
+    pmx_cli_call_read(call);
+    pmx_cli_call_unref(call);
+    pthread_mutex_lock(&x.mu);
+    while (!x.done) pthread_cond_wait(&x.cv, &x.mu);
+    pthread_mutex_unlock(&x.mu);
+    if (x.bad || x.status != PMX_ST_OK || x.ti != s->n_tensors) {
+      fprintf(stderr, "paramex: export %s: Pull: %s\n", addr,
+              x.bad ? x.err : x.status != PMX_ST_OK ? one_line(x.details, line, sizeof line, ' ')
+                                                     : "the stream ended early");
+    } else {
+      export_src src = {s->n_tensors, calloc(s->n_tensors, sizeof *src.e),
+                        calloc(s->n_tensors, sizeof *src.data)};
+      for (size_t i = 0; src.e && src.data && i < s->n_tensors; i++) {
+        src.e[i] = (pmx_st_entry){s->tensors[i]->name, s->tensors[i]->dtype,
+                                  (uint32_t)s->tensors[i]->n_shape, s->tensors[i]->shape,
+                                  s->tensors[i]->bytes};
+        src.data[i] = x.bufs[i];
+      }
+      char version[32];
+      snprintf(version, sizeof version, "%" PRIu64, x.vmin);
+      if (src.e && src.data && write_safetensors(out, &src, version, err, sizeof err) == 0) {
+        printf("exported %zu tensors at version %" PRIu64 "%s from %s to %s\n", s->n_tensors,
+               x.vmin, x.vmin == x.vmax ? "" : " (some chunks newer: training was running)",
+               addr, out);
+        rc = 0;
+      } else {
+        fprintf(stderr, "paramex: export: %s\n", one_line(err, line, sizeof line, ' '));
+      }
+      free(src.e);
+      free(src.data);
+    }
+  }
+  for (size_t i = 0; x.bufs && i < s->n_tensors; i++) free(x.bufs[i]);
+  free(x.bufs);
+  free(ids);
+  free(pbuf);
+out:
+  if (s) paramex__v1__stats_response__free_unpacked(s, NULL);
+  pmx_rpc_channel_destroy(ch);
+  pmx_rpc_shutdown();
+  pthread_mutex_destroy(&x.mu);
+  pthread_cond_destroy(&x.cv);
+  return rc;
+}
+
+static int cmd_export(int argc, char** argv) {
+  const char* out = NULL;
+  const pmx_flag flags[] = {
+      {"out", PMX_FLAG_STR, &out, 0, 0, "FILE", "safetensors file to write (required)"},
+      CONN_FLAGS,
+  };
+  const char* src = NULL;
+  int rc = parse_cmd("export", flags, sizeof flags / sizeof flags[0], argc, argv, &src);
+  if (rc >= 0) return rc;
+  if (!out) {
+    fprintf(stderr, "paramex export: --out FILE is required\n");
+    return 2;
+  }
+  FILE* f = fopen(src, "rb");
+  if (f) {
+    fclose(f);
+    return export_checkpoint(src, out);
+  }
+  return export_server(src, out);
+}
+
 /* ---- main --------------------------------------------------------------------------- */
 
 int main(int argc, char** argv) {
@@ -586,6 +927,8 @@ int main(int argc, char** argv) {
   }
   if (strcmp(cmd, "health") == 0) return cmd_health(argc - 1, argv + 1);
   if (strcmp(cmd, "stats") == 0) return cmd_stats(argc - 1, argv + 1);
+  if (strcmp(cmd, "checkpoint") == 0) return cmd_checkpoint(argc - 1, argv + 1);
+  if (strcmp(cmd, "export") == 0) return cmd_export(argc - 1, argv + 1);
   if (cmd[0] == '-')
     fprintf(stderr, "paramex: unknown flag %s (try 'paramex --help')\n", cmd);
   else
