@@ -1,6 +1,7 @@
 /* paramex-server flags; each is also a PMX_* environment variable. */
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "server.h"
 
@@ -25,6 +26,13 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
   cfg->keep = 3;
   cfg->worker_timeout = 30;
   cfg->rejoin_wait = 60;
+  {
+    /* default memory budget: 80% of the machine's memory */
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    cfg->memory_limit = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz / 5 * 4 : 0;
+  }
+  cfg->max_calls = 4096;
+  cfg->call_timeout = 3600;
   cfg->log_level = "info";
   const pmx_flag flags[] = {
       {"listen", PMX_FLAG_STR, &cfg->listen, 0, 0, "HOST:PORT",
@@ -67,6 +75,12 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
        "without --elastic: how long steps wait for a dead worker before pulls fail"},
       {"elastic", PMX_FLAG_BOOL, &cfg->elastic, 0, 0, NULL,
        "steps complete with the workers still alive; a restarted worker rejoins"},
+      {"memory-limit", PMX_FLAG_SIZE, &cfg->memory_limit, 0, 1ull << 50, "SIZE",
+       "budget for parameters, optimizer state, history and frames (default 80% of RAM)"},
+      {"max-calls", PMX_FLAG_U32, &cfg->max_calls, 1, 1u << 20, "N",
+       "concurrent calls; more get RESOURCE_EXHAUSTED"},
+      {"call-timeout", PMX_FLAG_F64, &cfg->call_timeout, 1, 86400 * 7, "SECONDS",
+       "longest a pull may wait for its version (clients usually set a shorter deadline)"},
       {"tls-cert", PMX_FLAG_STR, &cfg->tls_cert, 0, 0, "FILE",
        "PEM certificate chain: serve TLS (needs --tls-key)"},
       {"tls-key", PMX_FLAG_STR, &cfg->tls_key, 0, 0, "FILE", "PEM private key of --tls-cert"},

@@ -375,6 +375,12 @@ pmx_frame* pmx_frames_get(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state
   }
   *must_wait = true;
   if (i >= 0) return NULL; /* being built */
+  if (svc->cfg.memory_limit &&
+      (uint64_t)(atomic_load(&svc->ctr.store_bytes) + atomic_load(&svc->ctr.frame_bytes)) >
+          svc->cfg.memory_limit) {
+    *must_wait = false; /* the caller answers RESOURCE_EXHAUSTED naming --memory-limit */
+    return NULL;
+  }
   build_job* b = calloc(1, sizeof *b);
   if (!b || slot_claim(vs, key) < 0) {
     free(b);

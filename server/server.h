@@ -39,6 +39,9 @@ typedef struct pmx_config {
   double worker_timeout;        /* seconds without a call before a worker is dead; 0 off */
   double rejoin_wait;           /* BSP: how long steps wait for a dead worker */
   bool elastic;                 /* continue without dead workers */
+  uint64_t memory_limit;        /* bytes for parameters, optimizer state and frames */
+  uint32_t max_calls;           /* concurrent calls */
+  double call_timeout;          /* longest a pull may stay parked, seconds */
 } pmx_config;
 
 /* Fills defaults, then environment, then argv. Returns 0 to run, 1 when usage was printed
@@ -99,6 +102,7 @@ typedef struct pmx_pull {
   struct pmx_chunk_state* parked_on;
   struct pmx_pull *wprev, *wnext;
   bool closed;
+  uint64_t started_ms;
   pmx_job job;
 } pmx_pull;
 
@@ -185,6 +189,7 @@ typedef struct pmx_counters {
   _Atomic uint64_t steps_completed, rejected_calls;
   _Atomic uint64_t encodes, cache_hits, pull_unchanged, pull_delta, pull_snapshot;
   _Atomic int64_t frame_bytes, history_bytes;
+  _Atomic int64_t store_bytes; /* parameters + momentum */
 } pmx_counters;
 
 typedef struct pmx_ckpt pmx_ckpt;

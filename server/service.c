@@ -654,7 +654,8 @@ static void pull_advance(pmx_pull* p) {
         f = pmx_frames_get(svc, t, c, vi, key, &wait);
         if (!f && !wait) {
           pthread_mutex_unlock(&c->mu);
-          pull_end(p, PMX_ST_RESOURCE_EXHAUSTED, "out of memory for a pull frame");
+          pull_end(p, PMX_ST_RESOURCE_EXHAUSTED,
+                   "no memory for another frame within --memory-limit (or out of memory)");
           return;
         }
       }
@@ -824,6 +825,7 @@ static void handle_pull(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, 
   p->svc = svc;
   p->call = call;
   p->job.fn = pull_job;
+  p->started_ms = pmx_now_ms();
   p->ntensors = (uint32_t)r->n_tensor_ids;
   memcpy(p->tids, r->tensor_ids, r->n_tensor_ids * sizeof *p->tids);
   if (p->have) memcpy(p->have, r->have_versions, r->n_tensor_ids * sizeof *p->have);
@@ -1061,9 +1063,42 @@ static void fail_waiting_pulls(pmx_service* svc, uint32_t rank, double gone_s) {
   }
 }
 
+/* Pulls parked longer than --call-timeout end with DEADLINE_EXCEEDED. */
+static void expire_parked_pulls(pmx_service* svc, uint64_t now) {
+  const uint64_t limit = (uint64_t)(svc->cfg.call_timeout * 1000.0);
+  pmx_pull* list = NULL;
+  uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
+  pthread_mutex_lock(&svc->park_mu);
+  for (uint32_t i = 0; i < nt; i++) {
+    pmx_tensor_state* t = svc->tensors[i];
+    for (uint32_t k = 0; k < t->nchunks; k++) {
+      pmx_pull** pp = &t->chunks[k].waiters;
+      while (*pp) {
+        pmx_pull* p = *pp;
+        if (now > p->started_ms && now - p->started_ms > limit) {
+          *pp = p->wnext;
+          if (p->wnext) p->wnext->wprev = p->wprev;
+          p->parked_on = NULL;
+          p->wnext = list;
+          list = p;
+        } else {
+          pp = &p->wnext;
+        }
+      }
+    }
+  }
+  pthread_mutex_unlock(&svc->park_mu);
+  while (list) {
+    pmx_pull* next = list->wnext;
+    pull_end(list, PMX_ST_DEADLINE_EXCEEDED, "the pull waited longer than the server's --call-timeout");
+    list = next;
+  }
+}
+
 static void* monitor_thread(void* arg) {
   pmx_service* svc = arg;
-  const uint64_t timeout = (uint64_t)(svc->cfg.worker_timeout * 1000.0);
+  const uint64_t timeout = svc->cfg.worker_timeout > 0 ? (uint64_t)(svc->cfg.worker_timeout * 1000.0)
+                                                       : UINT64_MAX;
   const uint64_t period = timeout / 4 < 1000 ? (timeout / 4 ? timeout / 4 : 1) : 1000;
   pthread_mutex_lock(&svc->monitor_mu);
   while (!svc->monitor_stop) {
@@ -1084,7 +1119,7 @@ static void* monitor_thread(void* arg) {
       pmx_worker_state* w = &svc->workers[r];
       if (!atomic_load(&w->incarnation)) continue;
       uint64_t seen = atomic_load(&w->last_seen_ms);
-      if (!atomic_load(&w->dead) && now > seen && now - seen > timeout) {
+      if (timeout != UINT64_MAX && !atomic_load(&w->dead) && now > seen && now - seen > timeout) {
         atomic_store(&w->dead_since_ms, now);
         atomic_store(&w->dead, 1);
         newly_dead = true;
@@ -1106,6 +1141,7 @@ static void* monitor_thread(void* arg) {
     }
     if (!stalled) atomic_store(&svc->stalled_by_dead, 0);
     if (newly_dead && svc->cfg.elastic) complete_without_dead(svc);
+    expire_parked_pulls(svc, now);
     pthread_mutex_lock(&svc->monitor_mu);
   }
   pthread_mutex_unlock(&svc->monitor_mu);
@@ -1209,7 +1245,9 @@ int pmx_service_init(pmx_service* svc, const pmx_config* cfg, char* err, size_t 
 }
 
 int pmx_service_start(pmx_service* svc, int* port, char* err, size_t errlen) {
-  pmx_rpc_server_opts o = {.listen = svc->cfg.listen, .cq_threads = svc->cfg.cq_threads};
+  pmx_rpc_server_opts o = {.listen = svc->cfg.listen, .cq_threads = svc->cfg.cq_threads,
+                           .max_calls = svc->cfg.max_calls,
+                           .token_exempt_prefix = "/grpc.health.v1.Health/"};
   const size_t max_pem = 1u << 20;
   if (svc->cfg.tls_cert) {
     svc->tls_cert_pem = pmx_read_file(svc->cfg.tls_cert, max_pem, NULL, err, errlen);
@@ -1227,7 +1265,6 @@ int pmx_service_start(pmx_service* svc, int* port, char* err, size_t errlen) {
     svc->token = pmx_read_token(svc->cfg.token_file, err, errlen);
     if (!svc->token) return -1;
     o.token = svc->token;
-    o.token_exempt_prefix = "/grpc.health.v1.Health/";
   }
   svc->rpc = pmx_rpc_server_start(&o, methods, sizeof methods / sizeof methods[0], svc, port,
                                   err, errlen);
@@ -1238,8 +1275,7 @@ int pmx_service_start(pmx_service* svc, int* port, char* err, size_t errlen) {
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&svc->monitor_cv, &ca);
   pthread_condattr_destroy(&ca);
-  if (svc->cfg.worker_timeout > 0 &&
-      pthread_create(&svc->monitor, NULL, monitor_thread, svc) == 0)
+  if (pthread_create(&svc->monitor, NULL, monitor_thread, svc) == 0)
     svc->monitor_started = true;
   return 0;
 }

@@ -257,6 +257,15 @@ int pmx_store_declare(pmx_service* svc, const pmx_declare_args* a, pmx_tensor_st
     st = PMX_ST_RESOURCE_EXHAUSTED;
     goto out;
   }
+  uint64_t need = numel * es + (svc->cfg.momentum != 0 ? numel * sizeof(float) : 0);
+  int64_t used = atomic_load(&svc->ctr.store_bytes) + atomic_load(&svc->ctr.frame_bytes);
+  if (svc->cfg.memory_limit && (uint64_t)used + need > svc->cfg.memory_limit) {
+    snprintf(err, errlen, "tensor '%s': %llu more bytes would exceed --memory-limit %llu (%lld in use)",
+             a->name, (unsigned long long)need, (unsigned long long)svc->cfg.memory_limit,
+             (long long)used);
+    st = PMX_ST_RESOURCE_EXHAUSTED;
+    goto out;
+  }
   uint32_t n = atomic_load(&svc->ntensors);
   if (n >= svc->cfg.max_tensors) {
     snprintf(err, errlen, "tensor '%s': the server holds --max-tensors %u tensors", a->name,
@@ -313,6 +322,7 @@ int pmx_store_declare(pmx_service* svc, const pmx_declare_args* a, pmx_tensor_st
     }
   }
   svc->tensors[n] = t;
+  atomic_fetch_add(&svc->ctr.store_bytes, (int64_t)need);
   atomic_store_explicit(&svc->ntensors, n + 1, memory_order_release);
   pmx_info("declared tensor %u '%s' %s numel=%llu chunks=%u", t->id, t->name,
            pmx_dtype_name(t->dtype), (unsigned long long)numel, t->nchunks);

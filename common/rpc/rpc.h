@@ -120,6 +120,9 @@ typedef struct pmx_rpc_server_opts {
    * Others get UNAUTHENTICATED before their handler runs. NULL = no token. */
   const char* token;
   const char* token_exempt_prefix;
+  /* More live calls than this get RESOURCE_EXHAUSTED at once (0: no limit); calls whose
+   * path starts with token_exempt_prefix (health) are always served. */
+  size_t max_calls;
 } pmx_rpc_server_opts;
 
 /* Creates, binds and starts the server. Unknown methods are answered UNIMPLEMENTED.

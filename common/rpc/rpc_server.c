@@ -48,6 +48,7 @@ struct pmx_rpc_server {
   pthread_cond_t cv;
   size_t live_calls;
   bool shutting_down, shutdown_seen;
+  size_t max_calls;
   char* want_auth;          /* "Bearer TOKEN", or NULL */
   char* token_exempt_prefix;
 };
@@ -243,6 +244,7 @@ static void on_request(pmx_srv_call* c, bool ok) {
   pthread_mutex_lock(&srv->mu);
   srv->live_calls++;
   bool shutting = srv->shutting_down;
+  bool too_many = srv->max_calls && srv->live_calls > srv->max_calls;
   pthread_mutex_unlock(&srv->mu);
   c->live = true;
   if (!shutting) request_new(srv, c->method);
@@ -266,11 +268,16 @@ static void on_request(pmx_srv_call* c, bool ok) {
     return;
   }
   const pmx_rpc_method* m = &srv->methods[c->method];
-  if (srv->want_auth && !(srv->token_exempt_prefix &&
-                          strncmp(m->path, srv->token_exempt_prefix,
-                                  strlen(srv->token_exempt_prefix)) == 0) &&
-      !auth_ok(c)) {
+  bool exempt = srv->token_exempt_prefix &&
+                strncmp(m->path, srv->token_exempt_prefix, strlen(srv->token_exempt_prefix)) == 0;
+  if (srv->want_auth && !exempt && !auth_ok(c)) {
     pmx_srv_call_finish(c, NULL, PMX_ST_UNAUTHENTICATED, "missing or invalid bearer token");
+    return;
+  }
+  if (too_many && !exempt) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "too many concurrent calls (--max-calls %zu)", srv->max_calls);
+    pmx_srv_call_finish(c, NULL, PMX_ST_RESOURCE_EXHAUSTED, msg);
     return;
   }
   pmx_msg* req = NULL;
@@ -401,6 +408,7 @@ pmx_rpc_server* pmx_rpc_server_start(const pmx_rpc_server_opts* opts, const pmx_
   srv->nmethods = nmethods;
   srv->svc = svc;
   srv->t_shutdown = (rpc_tag){TAG_SHUTDOWN, srv};
+  srv->max_calls = opts->max_calls;
   pthread_mutex_init(&srv->mu, NULL);
   rpc_cond_init_monotonic(&srv->cv);
   srv->registered = calloc(nmethods ? nmethods : 1, sizeof *srv->registered);
