@@ -96,6 +96,7 @@ if ((quick == 0)); then
   run_suite asan+ubsan build-asan 3 -Db_sanitize=address,undefined -Db_lundef=false \
     -Dwerror=true --buildtype=debugoptimized
 fi
+((quick)) || { rm -f build-fuzz/summary; scripts/fuzz.sh 10 || true; [[ $(cat build-fuzz/summary 2>/dev/null) =~ ^fuzz:\ ([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]] && passed=$((passed + BASH_REMATCH[1])) failed=$((failed + BASH_REMATCH[2])) || failed=$((failed + 1)); }
 
 summary
 ((failed == 0))

@@ -10,7 +10,10 @@
  * file is fuzzed without editing this file.
  *
  * Round trip: a message that unpacks is packed (get_packed_size must equal what pack
- * writes), unpacked again (must succeed) and packed again: same size, same bytes. */
+ * writes), unpacked again (must succeed) and packed again: same size, same bytes.
+ * Skipped for one known protobuf-c 1.4.1 quirk that paramex does not depend on (it never
+ * re-packs a received message): a non-minimal tag varint for field number 0 (80 00) is
+ * accepted as an unknown field, packed back as 00 00, which unpack then rejects. */
 #include <protobuf-c/protobuf-c.h>
 
 #include "fuzz_common.h"
@@ -48,6 +51,31 @@ static const msg_type types[] = {
 };
 #define NTYPES (sizeof types / sizeof types[0])
 
+/* True when m or a message inside it kept an unknown field with field number 0. */
+static bool has_field0(const ProtobufCMessage* m) {
+  for (unsigned i = 0; i < m->n_unknown_fields; i++)
+    if (m->unknown_fields[i].tag == 0) return true;
+  const ProtobufCMessageDescriptor* d = m->descriptor;
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor* f = &d->fields[i];
+    if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+    if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+        *(const uint32_t*)((const char*)m + f->quantifier_offset) != f->id)
+      continue; /* another member of the oneof is set */
+    const char* p = (const char*)m + f->offset;
+    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+      size_t n = *(const size_t*)((const char*)m + f->quantifier_offset);
+      ProtobufCMessage* const* v = *(ProtobufCMessage* const* const*)p;
+      for (size_t k = 0; k < n; k++)
+        if (has_field0(v[k])) return true;
+    } else {
+      const ProtobufCMessage* sub = *(const ProtobufCMessage* const*)p;
+      if (sub && has_field0(sub)) return true;
+    }
+  }
+  return false;
+}
+
 static uint8_t* pack(const msg_type* t, const ProtobufCMessage* m, size_t* len) {
   size_t n = t->packed_size(m);
   uint8_t* buf = malloc(n ? n : 1);
@@ -63,6 +91,10 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   ProtobufCMessage* m = t->unpack(size - 1, data + 1);
   if (!m) return 0;
   FUZZ_CHECK(m->descriptor == t->desc);
+  if (has_field0(m)) {
+    t->free_unpacked(m);
+    return 0;
+  }
 
   size_t len1, len2;
   uint8_t* buf1 = pack(t, m, &len1);

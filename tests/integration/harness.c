@@ -85,8 +85,19 @@ static void registry_remove(pid_t pid) {
 
 /* ---- spawning ------------------------------------------------------------------------- */
 
-/* environ without PMX_* plus extra, in one malloc'd NULL-terminated array (built before
- * fork: the child may only make async-signal-safe calls). */
+/* Whether extra holds a "NAME=..." entry for the NAME of environment entry e. */
+static bool overridden(const char* e, const char* const* extra) {
+  const char* eq = strchr(e, '=');
+  size_t n = eq ? (size_t)(eq - e) : strlen(e);
+  if (extra)
+    for (const char* const* x = extra; *x; x++)
+      if (strncmp(*x, e, n) == 0 && (*x)[n] == '=') return true;
+  return false;
+}
+
+/* environ without PMX_* (and without the names extra sets) plus extra, in one malloc'd
+ * NULL-terminated array (built before fork: the child may only make async-signal-safe
+ * calls). */
 static char** build_env(const char* const* extra) {
   size_t n = 0, k = 0;
   for (char** e = environ; *e; e++) n++;
@@ -95,7 +106,7 @@ static char** build_env(const char* const* extra) {
   char** out = calloc(n + 1, sizeof *out);
   if (!out) return NULL;
   for (char** e = environ; *e; e++)
-    if (strncmp(*e, "PMX_", 4) != 0) out[k++] = *e;
+    if (strncmp(*e, "PMX_", 4) != 0 && !overridden(*e, extra)) out[k++] = *e;
   if (extra)
     for (const char* const* e = extra; *e; e++) out[k++] = (char*)*e;
   out[k] = NULL;
@@ -240,13 +251,19 @@ int pmx_h_read_line_prefix(int fd, const char* prefix, char* acc, size_t cap, ch
 
 int pmx_h_server_start(pmx_h_server* s, const char* const* args, const char* const* env,
                        int timeout_ms, char* err, size_t errlen) {
+  return pmx_h_server_start_ex(s, NULL, args, env, -1, timeout_ms, err, errlen);
+}
+
+int pmx_h_server_start_ex(pmx_h_server* s, const char* listen, const char* const* args,
+                          const char* const* env, int stderr_fd, int timeout_ms, char* err,
+                          size_t errlen) {
   memset(s, 0, sizeof *s);
   s->out_fd = -1;
   const char* argv[64];
   size_t n = 0;
   argv[n++] = pmx_h_server_bin();
   argv[n++] = "--listen";
-  argv[n++] = "127.0.0.1:0";
+  argv[n++] = listen ? listen : "127.0.0.1:0";
   if (args)
     for (const char* const* a = args; *a && n < 63; a++) argv[n++] = *a;
   argv[n] = NULL;
@@ -256,7 +273,7 @@ int pmx_h_server_start(pmx_h_server* s, const char* const* args, const char* con
     snprintf(err, errlen, "pipe: %s", strerror(errno));
     return -1;
   }
-  pid_t pid = pmx_h_spawn(argv, env, pfd[1], -1);
+  pid_t pid = pmx_h_spawn(argv, env, pfd[1], stderr_fd);
   close(pfd[1]);
   if (pid < 0) {
     close(pfd[0]);
@@ -387,6 +404,18 @@ void* pmx_h_read_file(const char* path, size_t* len) {
   }
   fclose(f);
   return buf;
+}
+
+long pmx_h_rss_kib(pid_t pid) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  FILE* f = fopen(path, "r");
+  if (!f) return -1;
+  long kib = -1;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "VmRSS: %ld kB", &kib) == 1) break;
+  fclose(f);
+  return kib;
 }
 
 /* ---- rpc -------------------------------------------------------------------------------- */

@@ -52,13 +52,21 @@ typedef struct pmx_h_server {
 int pmx_h_server_start(pmx_h_server* s, const char* const* args, const char* const* env,
                        int timeout_ms, char* err, size_t errlen);
 
+/* pmx_h_server_start with more control: listen is the --listen value (NULL:
+ * "127.0.0.1:0"; give "127.0.0.1:PORT" to restart a server on the port it had) and
+ * stderr_fd receives the server's stderr (-1: the test's stderr). */
+int pmx_h_server_start_ex(pmx_h_server* s, const char* listen, const char* const* args,
+                          const char* const* env, int stderr_fd, int timeout_ms, char* err,
+                          size_t errlen);
+
 /* Sends SIGTERM and waits at most timeout_ms for the exit. Returns 0 and the waitpid
  * status in *wstatus, or -1 when it did not exit in time (it is then SIGKILLed and
  * reaped). *extra_stdout_bytes (may be NULL) receives how many bytes the server wrote on
  * stdout after its listening line (should be 0). */
 int pmx_h_server_stop(pmx_h_server* s, int timeout_ms, int* wstatus, size_t* extra_stdout_bytes);
 
-/* Spawns argv[0] with argv (NULL-terminated). stdout_fd / stderr_fd: a descriptor for the
+/* Spawns argv[0] with argv (NULL-terminated). An env entry replaces a variable of the
+ * test's environment with the same name (ASAN_OPTIONS, say). stdout_fd / stderr_fd: a descriptor for the
  * child's stdout / stderr, or -1 to inherit. stdin is /dev/null. Returns the pid or -1. */
 pid_t pmx_h_spawn(const char* const* argv, const char* const* env, int stdout_fd, int stderr_fd);
 
@@ -89,6 +97,9 @@ void pmx_h_rmtree(const char* dir);
 
 /* Reads a whole file (malloc'd, caller frees). NULL on error. */
 void* pmx_h_read_file(const char* path, size_t* len);
+
+/* VmRSS of a running process in KiB (from /proc/PID/status), -1 when unreadable. */
+long pmx_h_rss_kib(pid_t pid);
 
 /* Milliseconds on CLOCK_MONOTONIC. */
 int64_t pmx_h_now_ms(void);

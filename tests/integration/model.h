@@ -28,4 +28,12 @@ int pmx_it_init(int t, float* p, size_t n);
  * Returns 0, -1 on failure. */
 int pmx_it_grad(int t, uint32_t rank, uint64_t step, const float* p, float* g, size_t n);
 
+/* The BSP reference the server must compute: tensor t (n elements) after `steps` steps of
+ * `world` workers (gradients summed in rank order, mean, weight decay, momentum, SGD, in
+ * float). lr, momentum and weight_decay are the server's flag strings, converted as the
+ * server converts them. params receives the parameters; mom (may be NULL) the momentum
+ * buffer (zeros before the first step). Returns 0, -1 when out of memory. */
+int pmx_it_reference(int t, size_t n, uint32_t world, uint64_t steps, const char* lr,
+                     const char* momentum, const char* weight_decay, float* params, float* mom);
+
 #endif

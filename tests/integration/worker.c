@@ -2,13 +2,25 @@
  *
  *   pmx_test_worker --server ADDR --rank R --world N --steps S --out FILE
  *                   [--a-numel N] [--dup-step K] [--progress] [--timeout-ms MS]
+ *                   [--connect-timeout-ms MS] [--progress-every K] [--resync]
  *
  * Joins, declares "a" and "b" (model.h) with explicit initial values, pulls version 0,
  * then for each step s: computes its gradients from the pulled parameters, pushes step s
  * and pulls version s+1 (odd steps overlap pmx_push_async with pmx_pull_async). With
  * --dup-step K it pushes step K twice more (once before and once after the pull of K+1),
  * as a retry would. --progress prints "step N" on stdout after each of the first 16
- * steps. Writes the final parameters (a then b, raw f32) to FILE.
+ * steps, --progress-every K after every step s with s % K == 0. Writes the final
+ * parameters (a then b, raw f32) to FILE. --connect-timeout-ms bounds pmx_join's wait for
+ * the server (default 20000).
+ *
+ * --resync (the recovery path of an application): the first step is the version the
+ * initial pull returned (so a restarted worker continues where the job is; it prints
+ * "start step V"), and a push or pull that fails PMX_ERR_ABORTED (the server restarted
+ * from a checkpoint; the library has joined it again) is followed by a pull with
+ * min_version 0, whose versions give the step to resume from; the worker prints "resync
+ * at step S: resuming at step V" each time and "resyncs N" at the end. Gradients depend
+ * only on (rank, step, parameters), so a resumed run ends with the bits of an
+ * uninterrupted one.
  * Exit 0 on success, 1 when a paramex call failed (one line on stderr), 2 on bad usage. */
 #include <inttypes.h>
 #include <stdbool.h>
@@ -32,6 +44,13 @@ static void die(const char* msg) {
   exit(1);
 }
 
+static uint64_t lowest(const uint64_t* versions) {
+  uint64_t v = versions[0];
+  for (int t = 1; t < PMX_IT_NTENSORS; t++)
+    if (versions[t] < v) v = versions[t];
+  return v;
+}
+
 static uint64_t parse_u64(const char* flag, const char* v) {
   char* end = NULL;
   if (!v || !*v || *v == '-') goto bad;
@@ -47,13 +66,18 @@ int main(int argc, char** argv) {
   const char* server = NULL;
   const char* out_path = NULL;
   uint64_t rank = 0, world = 0, steps = 0, a_numel = PMX_IT_DEFAULT_A_NUMEL;
-  int64_t dup_step = -1, timeout_ms = 60000;
-  bool progress = false;
+  int64_t dup_step = -1, timeout_ms = 60000, connect_timeout_ms = 20000;
+  uint64_t progress_every = 0;
+  bool progress = false, resync = false;
   for (int i = 1; i < argc; i++) {
     const char* f = argv[i];
     const char* v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(f, "--progress")) {
       progress = true;
+      continue;
+    }
+    if (!strcmp(f, "--resync")) {
+      resync = true;
       continue;
     }
     if (!v) {
@@ -69,6 +93,8 @@ int main(int argc, char** argv) {
     else if (!strcmp(f, "--a-numel")) a_numel = parse_u64(f, v);
     else if (!strcmp(f, "--dup-step")) dup_step = (int64_t)parse_u64(f, v);
     else if (!strcmp(f, "--timeout-ms")) timeout_ms = (int64_t)parse_u64(f, v);
+    else if (!strcmp(f, "--connect-timeout-ms")) connect_timeout_ms = (int64_t)parse_u64(f, v);
+    else if (!strcmp(f, "--progress-every")) progress_every = parse_u64(f, v);
     else {
       fprintf(stderr, "pmx_test_worker: unknown flag %s\n", f);
       return 2;
@@ -77,7 +103,8 @@ int main(int argc, char** argv) {
   if (!server || !out_path || world == 0 || rank >= world || a_numel == 0 || rank > UINT32_MAX ||
       world > UINT32_MAX) {
     fprintf(stderr, "usage: pmx_test_worker --server ADDR --rank R --world N --steps S --out FILE "
-                    "[--a-numel N] [--dup-step K] [--progress] [--timeout-ms MS]\n");
+                    "[--a-numel N] [--dup-step K] [--progress] [--timeout-ms MS] "
+                    "[--connect-timeout-ms MS] [--progress-every K] [--resync]\n");
     return 2;
   }
   g_rank = (uint32_t)rank;
@@ -91,7 +118,7 @@ int main(int argc, char** argv) {
     if (!params[t] || !grads[t]) die("out of memory");
   }
 
-  pmx_options opts = {.timeout_ms = timeout_ms, .connect_timeout_ms = 20000,
+  pmx_options opts = {.timeout_ms = timeout_ms, .connect_timeout_ms = connect_timeout_ms,
                       .retry_timeout_ms = timeout_ms};
   pmx_client* c = NULL;
   pmx_status st = pmx_connect(server, &opts, &c);
@@ -122,11 +149,20 @@ int main(int argc, char** argv) {
   st = pmx_pull(c, PMX_IT_NTENSORS, tensors, dst, 0, versions);
   if (st != PMX_OK) die_pmx("pmx_pull", 0, st);
 
-  for (uint64_t s = 0; s < steps; s++) {
+  uint64_t s = 0, resyncs = 0;
+  if (resync) {
+    s = lowest(versions);
+    if (s > 0) {
+      printf("start step %" PRIu64 "\n", s);
+      fflush(stdout);
+    }
+  }
+  while (s < steps) {
     for (int t = 0; t < PMX_IT_NTENSORS; t++)
       if (pmx_it_grad(t, (uint32_t)rank, s, params[t], grads[t], numel[t]) != 0)
         die("gradient failed");
     bool dup = (int64_t)s == dup_step;
+    pmx_status aborted = PMX_OK; /* PMX_ERR_ABORTED when --resync must resynchronise */
     if (s % 2 == 1 && !dup) {
       /* Overlap: the pull of s+1 is parked until every push of s (ours included) is in. */
       pmx_op* push_op = NULL;
@@ -140,21 +176,45 @@ int main(int argc, char** argv) {
       }
       pmx_status st_push = pmx_op_wait(push_op);
       pmx_status st_pull = pmx_op_wait(pull_op);
-      if (st_push != PMX_OK) die_pmx("pmx_op_wait(push)", s, st_push);
-      if (st_pull != PMX_OK) die_pmx("pmx_op_wait(pull)", s, st_pull);
+      if (resync && (st_push == PMX_ERR_ABORTED || st_pull == PMX_ERR_ABORTED) &&
+          (st_push == PMX_OK || st_push == PMX_ERR_ABORTED) &&
+          (st_pull == PMX_OK || st_pull == PMX_ERR_ABORTED))
+        aborted = PMX_ERR_ABORTED;
+      else if (st_push != PMX_OK)
+        die_pmx("pmx_op_wait(push)", s, st_push);
+      else if (st_pull != PMX_OK)
+        die_pmx("pmx_op_wait(pull)", s, st_pull);
     } else {
       st = pmx_push(c, s, PMX_IT_NTENSORS, tensors, src);
-      if (st != PMX_OK) die_pmx("pmx_push", s, st);
-      if (dup) {
+      if (resync && st == PMX_ERR_ABORTED) aborted = st;
+      else if (st != PMX_OK) die_pmx("pmx_push", s, st);
+      if (!aborted && dup) {
         st = pmx_push(c, s, PMX_IT_NTENSORS, tensors, src);
         if (st != PMX_OK) die_pmx("pmx_push (retry before pull)", s, st);
       }
-      st = pmx_pull(c, PMX_IT_NTENSORS, tensors, dst, s + 1, versions);
-      if (st != PMX_OK) die_pmx("pmx_pull", s, st);
-      if (dup) {
+      if (!aborted) {
+        st = pmx_pull(c, PMX_IT_NTENSORS, tensors, dst, s + 1, versions);
+        if (resync && st == PMX_ERR_ABORTED) aborted = st;
+        else if (st != PMX_OK) die_pmx("pmx_pull", s, st);
+      }
+      if (!aborted && dup) {
         st = pmx_push(c, s, PMX_IT_NTENSORS, tensors, src);
         if (st != PMX_OK) die_pmx("pmx_push (retry after pull)", s, st);
       }
+    }
+    if (aborted) {
+      /* The library joined the restarted server; its versions say where the job is. A
+       * server that restarts again meanwhile answers ABORTED once more. */
+      int tries = 0;
+      do st = pmx_pull(c, PMX_IT_NTENSORS, tensors, dst, 0, versions);
+      while (st == PMX_ERR_ABORTED && ++tries < 10);
+      if (st != PMX_OK) die_pmx("pmx_pull (resync)", s, st);
+      uint64_t v = lowest(versions);
+      resyncs++;
+      printf("resync at step %" PRIu64 ": resuming at step %" PRIu64 "\n", s, v);
+      fflush(stdout);
+      s = v;
+      continue;
     }
     for (int t = 0; t < PMX_IT_NTENSORS; t++)
       if (versions[t] != s + 1) {
@@ -163,10 +223,15 @@ int main(int argc, char** argv) {
                 rank, s, versions[t], pmx_it_tensor_name(t), s + 1);
         return 1;
       }
-    if (progress && s < 16) {
+    if ((progress && s < 16) || (progress_every && s % progress_every == 0)) {
       printf("step %" PRIu64 "\n", s);
       fflush(stdout);
     }
+    s++;
+  }
+  if (resync) {
+    printf("resyncs %" PRIu64 "\n", resyncs);
+    fflush(stdout);
   }
 
   pmx_client_stats cs;

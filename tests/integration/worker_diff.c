@@ -120,6 +120,12 @@ static void record(pmx_client* c, uint64_t step, int kind, size_t nt, const uint
   for (size_t i = 0; i < nt; i++) write_or_die(bufs[i], bytes[i]);
 }
 
+/* f32 -> the 16-bit dtype, round to nearest even. */
+static void to_dtype(pmx_dtype dt, const float* src, uint16_t* dst, size_t n) {
+  if (dt == PMX_BF16) pmx_f32_to_bf16_n(src, dst, n);
+  else pmx_f32_to_f16_n(src, dst, n);
+}
+
 static void* alloc_garbage(size_t bytes) {
   void* p = malloc(bytes);
   if (!p) die("out of memory");
@@ -221,8 +227,10 @@ int main(int argc, char** argv) {
     if (!t->f32 || !t->grad || !t->grad16) die("out of memory");
     if (pmx_dm_init((uint32_t)i, t->f32, t->numel) != 0) die("initializer failed");
     const void* values = t->f32;
-    if (t->dtype == PMX_BF16) pmx_f32_to_bf16_n(t->f32, t->grad16, t->numel), values = t->grad16;
-    if (t->dtype == PMX_F16) pmx_f32_to_f16_n(t->f32, t->grad16, t->numel), values = t->grad16;
+    if (t->dtype != PMX_F32) {
+      to_dtype(t->dtype, t->f32, t->grad16, t->numel);
+      values = t->grad16;
+    }
     uint64_t shape[1] = {t->numel};
     st = pmx_declare(c, t->name, t->dtype, shape, 1, values, NULL, &t->h);
     if (st != PMX_OK) die_pmx("pmx_declare", 0, st);
@@ -277,8 +285,10 @@ int main(int argc, char** argv) {
         die("gradient failed");
       hs[i] = t->h;
       grads[i] = t->grad;
-      if (t->dtype == PMX_BF16) pmx_f32_to_bf16_n(t->grad, t->grad16, t->numel), grads[i] = t->grad16;
-      if (t->dtype == PMX_F16) pmx_f32_to_f16_n(t->grad, t->grad16, t->numel), grads[i] = t->grad16;
+      if (t->dtype != PMX_F32) {
+        to_dtype(t->dtype, t->grad, t->grad16, t->numel); /* pushed in the tensor's dtype */
+        grads[i] = t->grad16;
+      }
     }
     st = pmx_push(c, s, nall, hs, grads);
     if (st != PMX_OK) die_pmx("pmx_push", s, st);
