@@ -755,12 +755,9 @@ static void pull_on_message(pmx_cli_call* call, void* ctx, pmx_msg* m) {
     goto cancel;
   }
   pmx_decode_result r = pmx_chunk_decode(&h, seg, nseg, dst, (size_t)elems, w, err, sizeof err);
-  if (r == PMX_DECODE_MALFORMED) {
-    op_set_error(op, PMX_ERR_PROTOCOL, "Pull: tensor '%s' chunk %u: %s", t->name, h.chunk, err);
-    goto cancel;
-  }
-  if (r == PMX_DECODE_CHECKSUM) {
-    /* dst is untouched; this tensor is pulled again in full once the stream ends */
+  if (r != PMX_DECODE_OK) {
+    /* A frame that fails to decode or to check (corrupted on the way) leaves dst
+     * untouched; this tensor is pulled again in full once the stream ends. */
     atomic_fetch_add(&c->checksum_failures, 1);
     op->bad[op->ti] = true;
   }

@@ -359,6 +359,12 @@ uint64_t pmx_frames_key(pmx_service* svc, pmx_chunk_state* c, int view, uint64_t
   if (slot_find(vs, have) >= 0) return have;
   uint64_t k = c->version - have;
   if (k <= vs->nhist && vs->hist[k - 1]->version == have + 1) return have;
+  /* The step that made this version is still being encoded (its delta is not in the
+   * history yet): the history will cover the base once it is; wait for it. */
+  int st = slot_find(vs, c->version - 1);
+  if (st >= 0 && vs->cache[st].pending && k - 1 <= vs->nhist && k >= 2 &&
+      vs->hist[k - 2]->version == have + 1)
+    return have;
   return full;
 }
 
@@ -375,6 +381,10 @@ pmx_frame* pmx_frames_get(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state
   }
   *must_wait = true;
   if (i >= 0) return NULL; /* being built */
+  if (key < PMX_KEY_RAW) {
+    int st = slot_find(vs, c->version - 1);
+    if (st >= 0 && vs->cache[st].pending) return NULL; /* the step's delta comes first */
+  }
   if (svc->cfg.memory_limit &&
       (uint64_t)(atomic_load(&svc->ctr.store_bytes) + atomic_load(&svc->ctr.frame_bytes)) >
           svc->cfg.memory_limit) {
