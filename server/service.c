@@ -840,8 +840,7 @@ static void handle_pull(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, 
     atomic_store(&svc->workers[r->worker_id].dead, 0);
   }
   paramex__v1__pull_request__free_unpacked(r, NULL);
-  atomic_fetch_add(&svc->active_calls, 1);
-  pmx_srv_call_set(call, &pull_cbs, p);
+  pmx_srv_call_set(call, &pull_cbs, p); /* its on_done ends the count begun in on_pull */
   pmx_srv_call_ref(call); /* the pull's active reference */
   pull_advance(p);
 }
@@ -1184,10 +1183,23 @@ static void handle_health(pmx_service* svc, pmx_srv_call* call, const uint8_t* b
   }
 UNARY_ENTRY(on_join, handle_join, true)
 UNARY_ENTRY(on_declare, handle_declare, true)
+/* A pull counts as active from its arrival (so that a drain waits for a pull still
+ * queued on the pool) until its call is done; pulls refused before they start stop
+ * counting at once. */
 static void handle_pull_checked(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, size_t n) {
   if (!stale_server(svc, call)) handle_pull(svc, call, b, n);
+  if (!pmx_srv_call_has_ctx(call)) atomic_fetch_sub(&svc->active_calls, 1);
 }
-UNARY_ENTRY(on_pull, handle_pull_checked, true)
+static void on_pull(void* s, pmx_srv_call* call, pmx_msg* req) {
+  pmx_service* svc = s;
+  if (draining(svc)) {
+    pmx_msg_free(req);
+    reject(svc, call, PMX_ST_UNAVAILABLE, "server is shutting down");
+    return;
+  }
+  atomic_fetch_add(&svc->active_calls, 1);
+  submit_unary(svc, call, req, handle_pull_checked);
+}
 UNARY_ENTRY(on_stats, handle_stats, false)
 UNARY_ENTRY(on_checkpoint, handle_checkpoint, true)
 UNARY_ENTRY(on_heartbeat, handle_heartbeat, false)

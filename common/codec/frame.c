@@ -48,7 +48,7 @@ uint8_t* pmx_scratch(int which, size_t bytes) {
     pthread_setspecific(scratch_key, tl_scratch);
   }
   scratch* s = tl_scratch;
-  if (s->cap[which] < bytes) {
+  if (s->cap[which] < bytes || !s->p[which]) {
     size_t cap = bytes < 4096 ? 4096 : bytes;
     uint8_t* p = aligned_alloc(64, (cap + 63) & ~(size_t)63);
     if (!p) return NULL;

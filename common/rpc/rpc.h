@@ -90,6 +90,8 @@ typedef struct pmx_srv_call_cbs {
 
 /* Attach callbacks and context (in on_call, before any other operation). */
 void pmx_srv_call_set(pmx_srv_call* call, const pmx_srv_call_cbs* cbs, void* ctx);
+/* Whether pmx_srv_call_set attached a context. */
+bool pmx_srv_call_has_ctx(pmx_srv_call* call);
 void pmx_srv_call_ref(pmx_srv_call* call);
 void pmx_srv_call_unref(pmx_srv_call* call);
 /* Request the next client message (one outstanding read at a time). false when the call

@@ -109,6 +109,8 @@ void pmx_srv_call_unref(pmx_srv_call* c) {
   call_free(c);
 }
 
+bool pmx_srv_call_has_ctx(pmx_srv_call* c) { return c->ctx != NULL; }
+
 void pmx_srv_call_set(pmx_srv_call* c, const pmx_srv_call_cbs* cbs, void* ctx) {
   c->cbs = cbs ? cbs : &no_cbs;
   c->ctx = ctx;

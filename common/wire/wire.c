@@ -47,6 +47,9 @@ static bool seg_read_cb(pb_istream_t* stream, pb_byte_t* buf, size_t count) {
 /* Payload callback: remember where the payload starts and skip it without copying. */
 static bool payload_locate_cb(pb_istream_t* stream, const pb_field_iter_t* field, void** arg) {
   (void)field;
+  /* nanopb also calls this for a payload sent with a non-length-delimited wire type, on a
+   * stream of its own over a small stack buffer: that is a malformed message. */
+  if (stream->callback != seg_read_cb) return false;
   pmx_chunk* c = *arg;
   segreader* r = stream->state;
   seg_normalize(r);

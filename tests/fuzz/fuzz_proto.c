@@ -45,7 +45,8 @@ typedef struct msg_type {
 #undef X
 
 static const msg_type types[] = {
-#define X(name) {#name, &name##__descriptor, name##_unpack_, name##_size_, name##_pack_, name##_free_},
+#define X(name) \
+  {#name, &name##__descriptor, name##_unpack_, name##_size_, name##_pack_, name##_free_},
 #include "fuzz_proto_messages.h"
 #undef X
 };

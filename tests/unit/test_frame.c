@@ -946,6 +946,21 @@ static void* huge_thread(void* arg) {
   return NULL;
 }
 
+/* A thread's first request may be for 0 bytes (found by fuzz_zstd: it returned NULL). */
+static void *zero_scratch_thread(void* arg) {
+  (void)arg;
+  return pmx_scratch(1, 0);
+}
+
+static void test_scratch_zero_first(void** st) {
+  (void)st;
+  pthread_t th;
+  void* got = NULL;
+  assert_int_equal(pthread_create(&th, NULL, zero_scratch_thread, NULL), 0);
+  assert_int_equal(pthread_join(th, &got), 0);
+  assert_non_null(got);
+}
+
 static void test_scratch_huge_request(void** st) {
   (void)st;
   int ok[4] = {0, 0, 0, 0};
@@ -979,6 +994,7 @@ int main(void) {
       cmocka_unit_test(test_scratch_discipline),
       cmocka_unit_test(test_scratch),
       cmocka_unit_test(test_scratch_huge_request),
+      cmocka_unit_test(test_scratch_zero_first),
       cmocka_unit_test(test_encoding_names),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -184,6 +184,14 @@ static void test_malformed(void** st) {
   /* field number 0 */
   const uint8_t f0[] = {0x00, 0x01};
   expect_malformed(f0, sizeof f0);
+  /* the payload sent as a varint (found by fuzz_chunk: it crashed the parser) */
+  const uint8_t pv[] = {0x78, 0x00};
+  expect_malformed(pv, sizeof pv);
+  /* ... or as a fixed64 / fixed32 */
+  const uint8_t p64[] = {(15 << 3) | 1, 1, 2, 3, 4, 5, 6, 7, 8};
+  expect_malformed(p64, sizeof p64);
+  const uint8_t p32[] = {(15 << 3) | 5, 1, 2, 3, 4};
+  expect_malformed(p32, sizeof p32);
 }
 
 static void test_empty_message(void** st) {
