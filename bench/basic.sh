@@ -44,7 +44,8 @@ PY
 # Starts a server with the given flags; sets $addr and appends its PID.
 start_server() {
   : >"$tmp/srv.out"
-  "$server_bin" --listen 127.0.0.1:0 --log-level warn "$@" >"$tmp/srv.out" 2>"$tmp/srv.err" &
+  # --no-compression: these are transport numbers (bench/diff.sh measures compression)
+  "$server_bin" --listen 127.0.0.1:0 --log-level warn --no-compression "$@" >"$tmp/srv.out" 2>"$tmp/srv.err" &
   srv_pid=$!
   pids+=("$srv_pid")
   for _ in $(seq 1 400); do

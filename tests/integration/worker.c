@@ -163,7 +163,7 @@ int main(int argc, char** argv) {
         die("gradient failed");
     bool dup = (int64_t)s == dup_step;
     pmx_status aborted = PMX_OK; /* PMX_ERR_ABORTED when --resync must resynchronise */
-    if (s % 2 == 1 && !dup) {
+    if (s % 2 == 1 && !dup && !getenv("SYNC_ONLY")) {
       /* Overlap: the pull of s+1 is parked until every push of s (ours included) is in. */
       pmx_op* push_op = NULL;
       pmx_op* pull_op = NULL;
