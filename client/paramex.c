@@ -439,6 +439,7 @@ struct pmx_op {
   bool* bad;        /* [n] a chunk failed its checksum: pull the tensor again, in full */
   size_t* orig;     /* [n] index in the caller's arrays (healing pulls a subset) */
   int heal_rounds;
+  char server_id[96]; /* the server this operation was started against */
 };
 
 static void op_set_error(pmx_op* op, pmx_status st, const char* fmt, ...)
@@ -488,6 +489,7 @@ static pmx_op* op_new(pmx_client* c, op_kind kind, size_t n, pmx_tensor* const* 
   pthread_mutex_lock(&c->mu);
   op->worker_id = c->worker_id;
   op->incarnation = c->incarnation;
+  memcpy(op->server_id, c->server_id, sizeof op->server_id);
   pthread_mutex_unlock(&c->mu);
   return op;
 }
@@ -967,6 +969,20 @@ pmx_status pmx_op_wait(pmx_op* op) {
     int64_t jitter = (int64_t)((uint64_t)rand() % (uint64_t)(delay / 2 + 1));
     backoff_wait(op, delay / 2 + jitter);
     delay = delay * 2 > 2000 ? 2000 : delay * 2;
+    /* Another operation found the server restarted and joined again: this one belongs to
+     * the earlier run (its step or version may not exist any more). */
+    pthread_mutex_lock(&cl->mu);
+    bool restarted = strcmp(cl->server_id, op->server_id) != 0;
+    pthread_mutex_unlock(&cl->mu);
+    if (restarted) {
+      op->status = PMX_OK;
+      op_set_error(op, PMX_ERR_ABORTED,
+                   "%s: the server restarted (from a checkpoint) while this operation was "
+                   "retried: resume from the server's version",
+                   op->kind == OP_PUSH ? "Push" : "Pull");
+      st = op->status;
+      break;
+    }
     if (op->kind == OP_PUSH) {
       st = push_start(op);
     } else {

@@ -320,7 +320,8 @@ static void* ckpt_thread(void* arg) {
       svc->ckpt.done_ok = rc == 0;
       pthread_cond_broadcast(&svc->ckpt.cv);
       pthread_mutex_unlock(&svc->ckpt.mu);
-      finish_waiters(svc, w, rc == 0 ? PMX_ST_OK : PMX_ST_ABORTED, err, k->version, path, bytes);
+      finish_waiters(svc, w, rc == 0 ? PMX_ST_OK : PMX_ST_FAILED_PRECONDITION, err, k->version,
+                     path, bytes);
       ckpt_free(k);
       pthread_mutex_lock(&svc->ckpt.mu);
       continue;
@@ -479,10 +480,10 @@ int pmx_ckpt_now(pmx_service* svc, pmx_srv_call* waiter, const char* reason) {
   return request(svc, reason) ? 0 : -1;
 }
 
-bool pmx_ckpt_final(pmx_service* svc, int64_t wait_ms) {
-  if (!svc->cfg.checkpoint_dir) return true;
+int pmx_ckpt_final(pmx_service* svc, int64_t wait_ms) {
+  if (!svc->cfg.checkpoint_dir) return 0;
   uint64_t gen = request(svc, "shutdown");
-  if (!gen) return false;
+  if (!gen) return -1;
   struct timespec until;
   clock_gettime(CLOCK_MONOTONIC, &until);
   until.tv_sec += wait_ms / 1000;
@@ -494,14 +495,15 @@ bool pmx_ckpt_final(pmx_service* svc, int64_t wait_ms) {
   pthread_mutex_lock(&svc->ckpt.mu);
   while (svc->ckpt.done_gen < gen)
     if (pthread_cond_timedwait(&svc->ckpt.cv, &svc->ckpt.mu, &until) != 0) break;
-  bool ok = svc->ckpt.done_gen >= gen && svc->ckpt.done_ok;
+  int rc = 0;
   pmx_ckpt* k = svc->ckpt.pending;
+  if (svc->ckpt.done_gen >= gen && !svc->ckpt.done_ok) rc = -1; /* the write failed */
   if (svc->ckpt.done_gen < gen && k)
     pmx_warn("final checkpoint at version %" PRIu64 " not written: %zu chunks never reached it "
              "(a step was in progress); the newest checkpoint is version %" PRIu64,
              k->version, k->remaining, svc->ckpt.last_version);
   pthread_mutex_unlock(&svc->ckpt.mu);
-  return ok;
+  return rc;
 }
 
 void pmx_ckpt_fail_waiters(pmx_service* svc) {

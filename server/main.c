@@ -51,9 +51,13 @@ int main(int argc, char** argv) {
   sigwait(&sigs, &sig);
   pmx_info("%s: draining (up to %.1f s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
            cfg.drain_timeout);
-  pmx_service_stop(&svc);
+  rc = pmx_service_stop(&svc);
   pmx_service_deinit(&svc);
   pmx_rpc_shutdown();
+  if (rc != 0) {
+    pmx_error("stopped, but the final checkpoint could not be written (see above)");
+    return 1;
+  }
   pmx_info("stopped");
   return 0;
 }

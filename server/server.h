@@ -243,7 +243,7 @@ int pmx_service_init(pmx_service* svc, const pmx_config* cfg, char* err, size_t 
 int pmx_service_start(pmx_service* svc, int* port, char* err, size_t errlen);
 /* Health goes NOT_SERVING, new calls get UNAVAILABLE, parked pulls end with UNAVAILABLE;
  * then the transport drains for drain_ms and stops. */
-void pmx_service_stop(pmx_service* svc);
+int pmx_service_stop(pmx_service* svc); /* -1: the final checkpoint could not be written */
 void pmx_service_deinit(pmx_service* svc);
 
 /* store.c — called by the handlers in service.c */
@@ -283,8 +283,9 @@ void pmx_ckpt_before_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state
 void pmx_ckpt_after_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c);
 /* On demand; waiter (may be NULL) is finished when the file is written. -1: no dir/OOM. */
 int pmx_ckpt_now(pmx_service* svc, pmx_srv_call* waiter, const char* reason);
-/* The checkpoint at shutdown; waits up to wait_ms. true when written. */
-bool pmx_ckpt_final(pmx_service* svc, int64_t wait_ms);
+/* The checkpoint at shutdown; waits up to wait_ms. -1 when its write failed (0 when
+ * written, or skipped because a step never completed). */
+int pmx_ckpt_final(pmx_service* svc, int64_t wait_ms);
 /* Ends the Checkpoint calls still waiting with UNAVAILABLE (before the transport drains). */
 void pmx_ckpt_fail_waiters(pmx_service* svc);
 void pmx_ckpt_shutdown(pmx_service* svc);

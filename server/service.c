@@ -1292,7 +1292,7 @@ int pmx_service_start(pmx_service* svc, int* port, char* err, size_t errlen) {
   return 0;
 }
 
-void pmx_service_stop(pmx_service* svc) {
+int pmx_service_stop(pmx_service* svc) {
   if (svc->monitor_started) {
     pthread_mutex_lock(&svc->monitor_mu);
     svc->monitor_stop = true;
@@ -1342,7 +1342,8 @@ void pmx_service_stop(pmx_service* svc) {
   pmx_rpc_server_shutdown(svc->rpc, (int64_t)(until > now ? until - now : 0));
   /* every call is over: the final checkpoint sees no more steps */
   if (svc->cfg.checkpoint_dir && atomic_load(&svc->ntensors) > 0)
-    pmx_ckpt_final(svc, (int64_t)(svc->cfg.drain_timeout * 1000.0) + 60000);
+    return pmx_ckpt_final(svc, (int64_t)(svc->cfg.drain_timeout * 1000.0) + 60000);
+  return 0;
 }
 
 void pmx_service_deinit(pmx_service* svc) {

@@ -163,7 +163,7 @@ int main(int argc, char** argv) {
         die("gradient failed");
     bool dup = (int64_t)s == dup_step;
     pmx_status aborted = PMX_OK; /* PMX_ERR_ABORTED when --resync must resynchronise */
-    if (s % 2 == 1 && !dup && !getenv("SYNC_ONLY")) {
+    if (s % 2 == 1 && !dup) {
       /* Overlap: the pull of s+1 is parked until every push of s (ours included) is in. */
       pmx_op* push_op = NULL;
       pmx_op* pull_op = NULL;
@@ -175,15 +175,21 @@ int main(int argc, char** argv) {
         die_pmx("pmx_pull_async", s, st);
       }
       pmx_status st_push = pmx_op_wait(push_op);
+      char push_err[512];
+      snprintf(push_err, sizeof push_err, "%s", st_push == PMX_OK ? "" : pmx_last_error());
       pmx_status st_pull = pmx_op_wait(pull_op);
-      if (resync && (st_push == PMX_ERR_ABORTED || st_pull == PMX_ERR_ABORTED) &&
-          (st_push == PMX_OK || st_push == PMX_ERR_ABORTED) &&
-          (st_pull == PMX_OK || st_pull == PMX_ERR_ABORTED))
-        aborted = PMX_ERR_ABORTED;
-      else if (st_push != PMX_OK)
-        die_pmx("pmx_op_wait(push)", s, st_push);
-      else if (st_pull != PMX_OK)
-        die_pmx("pmx_op_wait(pull)", s, st_pull);
+      bool push_ok = st_push == PMX_OK || (resync && st_push == PMX_ERR_ABORTED);
+      bool pull_ok = st_pull == PMX_OK || (resync && st_pull == PMX_ERR_ABORTED);
+      if (!push_ok || !pull_ok) {
+        const bool push_failed = !push_ok;
+        fprintf(stderr, "pmx_test_worker[rank %" PRIu32 "]: pmx_op_wait(%s) (step %" PRIu64 "): %s: %s "
+                "(the overlapped %s ended %s)\n", g_rank, push_failed ? "push" : "pull", s,
+                pmx_strerror(push_failed ? st_push : st_pull),
+                push_failed ? push_err : pmx_last_error(), push_failed ? "pull" : "push",
+                pmx_strerror(push_failed ? st_pull : st_push));
+        exit(1);
+      }
+      if (st_push == PMX_ERR_ABORTED || st_pull == PMX_ERR_ABORTED) aborted = PMX_ERR_ABORTED;
     } else {
       st = pmx_push(c, s, PMX_IT_NTENSORS, tensors, src);
       if (resync && st == PMX_ERR_ABORTED) aborted = st;
