@@ -434,8 +434,8 @@ pmx_rpc_server* pmx_rpc_server_start(const pmx_rpc_server_opts* opts, const pmx_
     size_t n = strlen(opts->token) + 8;
     srv->want_auth = malloc(n);
     if (srv->want_auth) snprintf(srv->want_auth, n, "Bearer %s", opts->token);
-    if (opts->token_exempt_prefix) srv->token_exempt_prefix = strdup(opts->token_exempt_prefix);
   }
+  if (opts->token_exempt_prefix) srv->token_exempt_prefix = strdup(opts->token_exempt_prefix);
   grpc_server_credentials* creds;
   if (opts->tls_cert_pem || opts->tls_key_pem) {
     grpc_ssl_pem_key_cert_pair kp = {opts->tls_key_pem, opts->tls_cert_pem};
