@@ -233,13 +233,7 @@ static void* heartbeat_thread(void* arg) {
   while (!c->hb_stop) {
     uint32_t period = c->lease_ms / 3 ? c->lease_ms / 3 : 1;
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += period / 1000;
-    ts.tv_nsec += (long)(period % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000L;
-    }
+    pmx_deadline_ts(&ts, CLOCK_MONOTONIC, period);
     pthread_cond_timedwait(&c->hb_cv, &c->mu, &ts);
     if (c->hb_stop) break;
     Paramex__V1__HeartbeatRequest req = PARAMEX__V1__HEARTBEAT_REQUEST__INIT;
@@ -930,13 +924,7 @@ static void record_pulled(pmx_op* op) {
 /* Waits ms on the op's condition variable (nothing signals it while no call runs). */
 static void backoff_wait(pmx_op* op, int64_t ms) {
   struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += ms / 1000;
-  ts.tv_nsec += (ms % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
+  pmx_deadline_ts(&ts, CLOCK_REALTIME, ms);
   pthread_mutex_lock(&op->mu);
   while (pthread_cond_timedwait(&op->cv, &op->mu, &ts) == 0) {
   }

@@ -341,14 +341,7 @@ static void* ckpt_thread(void* arg) {
       pthread_cond_wait(&svc->ckpt.cv, &svc->ckpt.mu);
     } else {
       struct timespec ts;
-      clock_gettime(CLOCK_MONOTONIC, &ts);
-      uint64_t wait = next_timed - now;
-      ts.tv_sec += (time_t)(wait / 1000);
-      ts.tv_nsec += (long)(wait % 1000) * 1000000L;
-      if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-      }
+      pmx_deadline_ts(&ts, CLOCK_MONOTONIC, (int64_t)(next_timed - now));
       pthread_cond_timedwait(&svc->ckpt.cv, &svc->ckpt.mu, &ts);
     }
   }
@@ -485,13 +478,7 @@ int pmx_ckpt_final(pmx_service* svc, int64_t wait_ms) {
   uint64_t gen = request(svc, "shutdown");
   if (!gen) return -1;
   struct timespec until;
-  clock_gettime(CLOCK_MONOTONIC, &until);
-  until.tv_sec += wait_ms / 1000;
-  until.tv_nsec += (wait_ms % 1000) * 1000000L;
-  if (until.tv_nsec >= 1000000000L) {
-    until.tv_sec++;
-    until.tv_nsec -= 1000000000L;
-  }
+  pmx_deadline_ts(&until, CLOCK_MONOTONIC, wait_ms);
   pthread_mutex_lock(&svc->ckpt.mu);
   while (svc->ckpt.done_gen < gen)
     if (pthread_cond_timedwait(&svc->ckpt.cv, &svc->ckpt.mu, &until) != 0) break;

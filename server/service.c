@@ -1023,13 +1023,10 @@ static void complete_without_dead(pmx_service* svc) {
   }
 }
 
-/* BSP: a dead worker stayed away past --rejoin-wait; pulls waiting for a version end. */
-static void fail_waiting_pulls(pmx_service* svc, uint32_t rank, double gone_s) {
-  char msg[256];
-  snprintf(msg, sizeof msg,
-           "worker %u has been gone for %.0f s (--rejoin-wait %.0f s): this step cannot "
-           "complete (restart that worker, or run the server with --elastic)",
-           rank, gone_s, svc->cfg.rejoin_wait);
+/* Detaches, from every chunk's waiter list, the parked pulls for which pred(c, p, arg)
+ * holds (checked with the chunk's and the park locks held) and returns them as a list. */
+static pmx_pull* detach_parked(pmx_service* svc, bool (*pred)(pmx_chunk_state*, pmx_pull*, uint64_t),
+                               uint64_t arg) {
   pmx_pull* list = NULL;
   uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
   for (uint32_t i = 0; i < nt; i++) {
@@ -1041,7 +1038,7 @@ static void fail_waiting_pulls(pmx_service* svc, uint32_t rank, double gone_s) {
       pmx_pull** pp = &c->waiters;
       while (*pp) {
         pmx_pull* p = *pp;
-        if (c->initialized && c->version < p->min_version) {
+        if (pred(c, p, arg)) {
           *pp = p->wnext;
           if (p->wnext) p->wnext->wprev = p->wprev;
           p->parked_on = NULL;
@@ -1055,43 +1052,43 @@ static void fail_waiting_pulls(pmx_service* svc, uint32_t rank, double gone_s) {
       pthread_mutex_unlock(&c->mu);
     }
   }
+  return list;
+}
+
+static void end_pulls(pmx_pull* list, int status, const char* msg) {
   while (list) {
     pmx_pull* next = list->wnext;
-    pull_end(list, PMX_ST_FAILED_PRECONDITION, msg);
+    pull_end(list, status, msg);
     list = next;
   }
+}
+
+static bool waits_for_version(pmx_chunk_state* c, pmx_pull* p, uint64_t unused) {
+  (void)unused;
+  return c->initialized && c->version < p->min_version;
+}
+
+static bool started_before(pmx_chunk_state* c, pmx_pull* p, uint64_t before_ms) {
+  (void)c;
+  return p->started_ms < before_ms;
+}
+
+/* BSP: a dead worker stayed away past --rejoin-wait; pulls waiting for a version end. */
+static void fail_waiting_pulls(pmx_service* svc, uint32_t rank, double gone_s) {
+  char msg[256];
+  snprintf(msg, sizeof msg,
+           "worker %u has been gone for %.0f s (--rejoin-wait %.0f s): this step cannot "
+           "complete (restart that worker, or run the server with --elastic)",
+           rank, gone_s, svc->cfg.rejoin_wait);
+  end_pulls(detach_parked(svc, waits_for_version, 0), PMX_ST_FAILED_PRECONDITION, msg);
 }
 
 /* Pulls parked longer than --call-timeout end with DEADLINE_EXCEEDED. */
 static void expire_parked_pulls(pmx_service* svc, uint64_t now) {
   const uint64_t limit = (uint64_t)(svc->cfg.call_timeout * 1000.0);
-  pmx_pull* list = NULL;
-  uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
-  pthread_mutex_lock(&svc->park_mu);
-  for (uint32_t i = 0; i < nt; i++) {
-    pmx_tensor_state* t = svc->tensors[i];
-    for (uint32_t k = 0; k < t->nchunks; k++) {
-      pmx_pull** pp = &t->chunks[k].waiters;
-      while (*pp) {
-        pmx_pull* p = *pp;
-        if (now > p->started_ms && now - p->started_ms > limit) {
-          *pp = p->wnext;
-          if (p->wnext) p->wnext->wprev = p->wprev;
-          p->parked_on = NULL;
-          p->wnext = list;
-          list = p;
-        } else {
-          pp = &p->wnext;
-        }
-      }
-    }
-  }
-  pthread_mutex_unlock(&svc->park_mu);
-  while (list) {
-    pmx_pull* next = list->wnext;
-    pull_end(list, PMX_ST_DEADLINE_EXCEEDED, "the pull waited longer than the server's --call-timeout");
-    list = next;
-  }
+  if (now <= limit) return;
+  end_pulls(detach_parked(svc, started_before, now - limit), PMX_ST_DEADLINE_EXCEEDED,
+            "the pull waited longer than the server's --call-timeout");
 }
 
 static void* monitor_thread(void* arg) {
@@ -1102,13 +1099,7 @@ static void* monitor_thread(void* arg) {
   pthread_mutex_lock(&svc->monitor_mu);
   while (!svc->monitor_stop) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += (time_t)(period / 1000);
-    ts.tv_nsec += (long)(period % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000L;
-    }
+    pmx_deadline_ts(&ts, CLOCK_MONOTONIC, (int64_t)period);
     pthread_cond_timedwait(&svc->monitor_cv, &svc->monitor_mu, &ts);
     if (svc->monitor_stop) break;
     pthread_mutex_unlock(&svc->monitor_mu);

@@ -4,6 +4,7 @@
 #include <time.h>
 
 #include "rpc/rpc_internal.h"
+#include "util/util.h"
 
 static const char* const status_names[] = {
     "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
@@ -148,15 +149,7 @@ gpr_timespec rpc_deadline_ms(int64_t ms) {
   return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(ms, GPR_TIMESPAN));
 }
 
-void rpc_abs_monotonic(struct timespec* ts, int64_t ms) {
-  clock_gettime(CLOCK_MONOTONIC, ts);
-  ts->tv_sec += ms / 1000;
-  ts->tv_nsec += (ms % 1000) * 1000000L;
-  if (ts->tv_nsec >= 1000000000L) {
-    ts->tv_sec++;
-    ts->tv_nsec -= 1000000000L;
-  }
-}
+void rpc_abs_monotonic(struct timespec* ts, int64_t ms) { pmx_deadline_ts(ts, CLOCK_MONOTONIC, ms); }
 
 void rpc_cond_init_monotonic(pthread_cond_t* cv) {
   pthread_condattr_t a;

@@ -65,3 +65,13 @@ void pmx_log_write(pmx_log_level level, const char* fmt, ...) {
   /* One call per line so that lines of concurrent threads never interleave. */
   fprintf(stderr, "%s [%s] %s %s\n", stamp, log_role, lname, msg);
 }
+
+void pmx_deadline_ts(struct timespec* ts, int clock, int64_t ms) {
+  clock_gettime((clockid_t)clock, ts);
+  ts->tv_sec += (time_t)(ms / 1000);
+  ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (ts->tv_nsec >= 1000000000L) {
+    ts->tv_sec++;
+    ts->tv_nsec -= 1000000000L;
+  }
+}

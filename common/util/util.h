@@ -12,6 +12,10 @@
 /* ---- clocks ---------------------------------------------------------------------- */
 uint64_t pmx_now_ns(void); /* CLOCK_MONOTONIC */
 uint64_t pmx_now_ms(void); /* CLOCK_MONOTONIC, milliseconds */
+/* *ts = now + ms on clock (for pthread_cond_timedwait on a condition variable using that
+ * clock: CLOCK_MONOTONIC when set with pthread_condattr_setclock, else CLOCK_REALTIME). */
+struct timespec;
+void pmx_deadline_ts(struct timespec* ts, int clock, int64_t ms);
 
 /* ---- logging ----------------------------------------------------------------------
  * One line per message on stderr: "2026-11-25T12:00:00.123Z [role] LEVEL message".
