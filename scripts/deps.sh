@@ -40,6 +40,10 @@ packages=(
 if ((bench)); then
   packages+=(
     iperf3             # loopback TCP baseline measured in the same run as paramex
+    openmpi-bin        # mpirun: the MPI_Allreduce baseline of bench/paramex-bench
+    libopenmpi-dev     # mpicc and mpi.h for bench/baseline_mpi.c
+    gnuplot-nox        # bench/plot draws the PNGs with it
+    iproute2           # ip netns, veth and tc for paramex-bench --link
   )
 fi
 
