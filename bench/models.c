@@ -130,11 +130,12 @@ static int parse_count(const char* s, uint64_t* out) {
 
 int bench_model_init(bench_model* m, const char* spec, char* err, size_t errlen) {
   memset(m, 0, sizeof *m);
-  if (strlen(spec) >= sizeof m->spec) {
-    snprintf(err, errlen, "model spec too long: %s", spec);
+  size_t slen = strlen(spec);
+  if (slen >= sizeof m->spec) {
+    snprintf(err, errlen, "model spec too long: %.64s...", spec);
     return -1;
   }
-  snprintf(m->spec, sizeof m->spec, "%s", spec);
+  memcpy(m->spec, spec, slen + 1);
   builder b = {m, 0, 0};
   if (!strncmp(spec, "dense:", 6)) {
     uint64_t n;
