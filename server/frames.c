@@ -150,15 +150,15 @@ void pmx_frames_after_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_stat
   pmx_frame* delta[2] = {NULL, NULL};
   pmx_frame* full[2] = {NULL, NULL};
   uint64_t sums[2] = {0, 0};
-  bool todo[2];
+  bool want[2];
   pthread_mutex_lock(&c->mu);
-  todo[0] = true;
-  todo[1] = c->view[1].enabled;
+  want[0] = true;
+  want[1] = c->view[1].enabled;
   pthread_mutex_unlock(&c->mu);
 
   const size_t n = c->elems;
   for (int v = 0; v < 2; v++) {
-    if (!todo[v]) continue;
+    if (!want[v]) continue;
     int w = pmx_view_width(t, v);
     size_t raw = n * (size_t)w;
     const void* nb = new_bits;
@@ -201,7 +201,7 @@ void pmx_frames_after_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_stat
   pthread_mutex_lock(&c->mu);
   if (c->version == version) {
     for (int v = 0; v < 2; v++) {
-      if (!todo[v]) continue;
+      if (!want[v]) continue;
       pmx_view_state* vs = &c->view[v];
       vs->checksum = sums[v];
       vs->checksum_valid = true;

@@ -576,6 +576,31 @@ static void stats_text(FILE* out, const Paramex__V1__StatsResponse* r) {
   }
 }
 
+/* One unary call of `cmd` to addr with an empty request: opens the channel, calls, and
+ * prints one line on failure. Returns the response (malloc'd; *len its size) or NULL. */
+static uint8_t* call_empty(const char* cmd, const char* addr, const char* path, int64_t timeout_ms,
+                           size_t* len) {
+  char err[512], details[512], line[512];
+  pmx_rpc_init();
+  pmx_rpc_channel* ch = open_channel(addr, err, sizeof err);
+  if (!ch) {
+    pmx_rpc_shutdown();
+    fprintf(stderr, "paramex: %s %s: %s\n", cmd, addr, one_line(err, line, sizeof line, ' '));
+    return NULL;
+  }
+  uint8_t* resp = NULL;
+  int st = pmx_rpc_unary(ch, path, "", 0, timeout_ms, false, &resp, len, details, sizeof details);
+  pmx_rpc_channel_destroy(ch);
+  pmx_rpc_shutdown();
+  if (st != PMX_ST_OK) {
+    fprintf(stderr, "paramex: %s %s: %s: %s\n", cmd, addr, pmx_status_name(st),
+            details[0] ? one_line(details, line, sizeof line, ' ') : "no details");
+    free(resp);
+    return NULL;
+  }
+  return resp;
+}
+
 static int cmd_stats(int argc, char** argv) {
   bool json = false;
   const pmx_flag flags[] = {
@@ -586,29 +611,9 @@ static int cmd_stats(int argc, char** argv) {
   int rc = parse_cmd("stats", flags, sizeof flags / sizeof flags[0], argc, argv, &addr);
   if (rc >= 0) return rc;
 
-  pmx_rpc_init();
-  char err[256], details[512], line[512];
-  pmx_rpc_channel* ch = open_channel(addr, err, sizeof err);
-  if (!ch) {
-    pmx_rpc_shutdown();
-    fprintf(stderr, "paramex: stats %s: %s\n", addr, one_line(err, line, sizeof line, ' '));
-    return 1;
-  }
-  Paramex__V1__StatsRequest req = PARAMEX__V1__STATS_REQUEST__INIT;
-  uint8_t req_buf[16];
-  size_t req_len = paramex__v1__stats_request__pack(&req, req_buf); /* 0: an empty message */
-  uint8_t* resp = NULL;
   size_t resp_len = 0;
-  int st = pmx_rpc_unary(ch, STATS_PATH, req_buf, req_len, STATS_TIMEOUT_MS, false, &resp,
-                         &resp_len, details, sizeof details);
-  pmx_rpc_channel_destroy(ch);
-  pmx_rpc_shutdown();
-  if (st != PMX_ST_OK) {
-    fprintf(stderr, "paramex: stats %s: %s: %s\n", addr, pmx_status_name(st),
-            details[0] ? one_line(details, line, sizeof line, ' ') : "no details");
-    free(resp);
-    return 1;
-  }
+  uint8_t* resp = call_empty("stats", addr, STATS_PATH, STATS_TIMEOUT_MS, &resp_len);
+  if (!resp) return 1;
   Paramex__V1__StatsResponse* r = paramex__v1__stats_response__unpack(NULL, resp_len, resp);
   free(resp);
   if (!r) {
@@ -639,26 +644,11 @@ static int cmd_checkpoint(int argc, char** argv) {
   const char* addr = NULL;
   int rc = parse_cmd("checkpoint", flags, sizeof flags / sizeof flags[0], argc, argv, &addr);
   if (rc >= 0) return rc;
-  pmx_rpc_init();
-  char err[512], details[512], line[512];
-  pmx_rpc_channel* ch = open_channel(addr, err, sizeof err);
-  if (!ch) {
-    pmx_rpc_shutdown();
-    fprintf(stderr, "paramex: checkpoint %s: %s\n", addr, one_line(err, line, sizeof line, ' '));
-    return 1;
-  }
-  uint8_t* resp = NULL;
   size_t resp_len = 0;
-  int st = pmx_rpc_unary(ch, CHECKPOINT_PATH, "", 0, (int64_t)(timeout_s * 1000.0), false, &resp,
-                         &resp_len, details, sizeof details);
-  pmx_rpc_channel_destroy(ch);
-  pmx_rpc_shutdown();
-  if (st != PMX_ST_OK) {
-    fprintf(stderr, "paramex: checkpoint %s: %s: %s\n", addr, pmx_status_name(st),
-            details[0] ? one_line(details, line, sizeof line, ' ') : "no details");
-    free(resp);
-    return 1;
-  }
+  uint8_t* resp = call_empty("checkpoint", addr, CHECKPOINT_PATH, (int64_t)(timeout_s * 1000.0),
+                             &resp_len);
+  if (!resp) return 1;
+  char line[512];
   Paramex__V1__CheckpointResponse* r = paramex__v1__checkpoint_response__unpack(NULL, resp_len, resp);
   free(resp);
   if (!r) {
