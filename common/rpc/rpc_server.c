@@ -116,7 +116,8 @@ void pmx_srv_call_set(pmx_srv_call* c, const pmx_srv_call_cbs* cbs, void* ctx) {
   c->ctx = ctx;
 }
 
-/* Starts a batch; on failure to start, drops the reference taken for it. */
+/* Starts a batch; false (logged) when gRPC refuses it: the caller drops the reference it
+ * took for the batch. */
 static bool start_batch(pmx_srv_call* c, grpc_op* ops, size_t n, rpc_tag* tag) {
   grpc_call_error e = grpc_call_start_batch(c->call, ops, n, tag, NULL);
   if (e != GRPC_CALL_OK) {
