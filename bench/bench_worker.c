@@ -12,7 +12,7 @@
  * the warm-up ends (the harness samples the server's CPU time then).
  *
  *   paramex-bench-worker --server ADDR [--rank R --world W] [--model SPEC] [--steps S]
- *       [--warmup S] [--pull-dtype f32|bf16] [--no-compression] [--push raw|zstd|bf16]
+ *       [--warmup S] [--pull-dtype f32|bf16] [--compression auto|on|off] [--push raw|zstd|bf16]
  *   paramex-bench-worker --model SPEC --describe     (the model's tensors as JSON)
  *   paramex-bench-worker --check-models              (published totals; exit 0 when equal)
  */
@@ -180,9 +180,9 @@ static int check_models(void) {
 static void usage(FILE* f) {
   fprintf(f,
           "usage: paramex-bench-worker --server ADDR [--rank R] [--world W] [--model SPEC]\n"
-          "           [--steps S] [--warmup S] [--pull-dtype f32|bf16] [--no-compression]\n"
+          "           [--steps S] [--warmup S] [--pull-dtype f32|bf16] [--compression auto|on|off]\n"
           "           [--push raw|zstd|bf16|bf16+zstd] [--grad-buffers K] [--timeout-ms MS]\n"
-          "           [--progress]\n"
+          "           [--progress]   (--no-compression = --compression off)\n"
           "       paramex-bench-worker --model SPEC --describe\n"
           "       paramex-bench-worker --check-models\n"
           "SPEC: dense:N (N f32 values, K/M/G = 1e3/1e6/1e9), resnet50, bert-base\n");
@@ -193,7 +193,7 @@ int main(int argc, char** argv) {
   const char* spec = "dense:25M";
   unsigned rank = 0, world = 1;
   int steps = 10, warmup = 2, ngrad = 3, progress = 0, do_describe = 0;
-  int bf16_view = 0, no_comp = 0;
+  int bf16_view = 0, compression = PMX_COMPRESSION_AUTO;
   const char* push_name = "raw";
   pmx_push_mode push_mode = PMX_PUSH_RAW;
   long long timeout_ms = 0;
@@ -208,7 +208,7 @@ int main(int argc, char** argv) {
     } else if (!strcmp(a, "--describe")) {
       do_describe = 1;
     } else if (!strcmp(a, "--no-compression")) {
-      no_comp = 1;
+      compression = PMX_COMPRESSION_OFF;
     } else if (!strcmp(a, "--progress")) {
       progress = 1;
     } else if (!v) {
@@ -229,6 +229,14 @@ int main(int argc, char** argv) {
         if (!strcmp(v, "bf16")) bf16_view = 1;
         else if (strcmp(v, "f32")) {
           fprintf(stderr, "bench-worker: --pull-dtype %s: want f32 or bf16\n", v);
+          return 2;
+        }
+      } else if (!strcmp(a, "--compression")) {
+        if (!strcmp(v, "auto")) compression = PMX_COMPRESSION_AUTO;
+        else if (!strcmp(v, "on")) compression = PMX_COMPRESSION_ON;
+        else if (!strcmp(v, "off")) compression = PMX_COMPRESSION_OFF;
+        else {
+          fprintf(stderr, "bench-worker: --compression %s: want auto, on or off\n", v);
           return 2;
         }
       } else if (!strcmp(a, "--push")) {
@@ -313,7 +321,7 @@ int main(int argc, char** argv) {
   double t_setup = now_s();
   pmx_client* c;
   pmx_options opts = {0};
-  opts.no_compression = no_comp;
+  opts.compression = compression;
   opts.timeout_ms = timeout_ms;
   CHECK("connect", pmx_connect(addr, &opts, &c));
   CHECK("join", pmx_join(c, rank, world, NULL));
@@ -378,9 +386,9 @@ int main(int argc, char** argv) {
 
   printf("{\"rank\": %u, \"world\": %u, \"model\": \"%s\", \"tensors\": %zu, \"numel\": %" PRIu64
          ", \"model_bytes\": %zu, \"steps\": %d, \"warmup\": %d, \"pull_dtype\": \"%s\", "
-         "\"push_mode\": \"%s\", \"no_compression\": %s",
+         "\"push_mode\": \"%s\", \"compressed_pulls\": %s",
          rank, world, m.spec, m.n, m.numel, bytes, steps, warmup, bf16_view ? "bf16" : "f32",
-         push_name, no_comp ? "true" : "false");
+         push_name, st1.compressed_pulls ? "true" : "false");
   print_percentiles("step", tstep, steps);
   print_percentiles("push", tpush + warmup, steps);
   print_percentiles("pull", tpull + warmup, steps);

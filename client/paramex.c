@@ -119,7 +119,6 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
   if (!c) return fail(PMX_ERR_NO_MEMORY, "pmx_connect: out of memory");
   c->timeout_ms = opts && opts->timeout_ms > 0 ? opts->timeout_ms : 60000;
   c->connect_timeout_ms = opts && opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 30000;
-  c->compressed_pulls = !(opts && opts->no_compression);
   c->retry_timeout_ms = opts && opts->retry_timeout_ms > 0 ? opts->retry_timeout_ms : 120000;
   pthread_mutex_init(&c->mu, NULL);
   pthread_condattr_t cattr;
@@ -160,6 +159,28 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
     co.token = token;
   }
   if (co.token && !*co.token) co.token = NULL;
+  int compression = opts ? opts->compression : PMX_COMPRESSION_AUTO;
+  if (ok && (compression < PMX_COMPRESSION_AUTO || compression > PMX_COMPRESSION_OFF)) {
+    snprintf(err, sizeof err, "compression must be PMX_COMPRESSION_AUTO, _ON or _OFF, not %d",
+             compression);
+    ok = false;
+  }
+  const char* cenv = getenv("PMX_COMPRESSION");
+  if (ok && cenv && *cenv) {
+    if (strcmp(cenv, "auto") == 0) compression = PMX_COMPRESSION_AUTO;
+    else if (strcmp(cenv, "on") == 0) compression = PMX_COMPRESSION_ON;
+    else if (strcmp(cenv, "off") == 0) compression = PMX_COMPRESSION_OFF;
+    else {
+      snprintf(err, sizeof err, "PMX_COMPRESSION must be auto, on or off, not '%.40s'", cenv);
+      ok = false;
+    }
+  }
+  if (opts && opts->no_compression) compression = PMX_COMPRESSION_OFF;
+  c->compressed_pulls = compression == PMX_COMPRESSION_ON ||
+                        (compression == PMX_COMPRESSION_AUTO && !pmx_target_is_local(addr));
+  const char* menv = getenv("PMX_MALLOC_TUNE");
+  if (ok && !(opts && opts->no_malloc_tuning) && !(menv && strcmp(menv, "0") == 0))
+    pmx_tune_malloc_once();
   if (ok) {
     pmx_rpc_init();
     c->ch = pmx_rpc_channel_create_ex(addr, &co, err, sizeof err);
@@ -206,6 +227,7 @@ void pmx_client_get_stats(pmx_client* c, pmx_client_stats* s) {
   s->pull_wire_bytes = atomic_load(&c->pull_wire);
   s->pull_unchanged_chunks = atomic_load(&c->pull_unchanged);
   s->checksum_failures = atomic_load(&c->checksum_failures);
+  s->compressed_pulls = c->compressed_pulls;
 }
 
 /* Packs m, runs a unary call, returns the status; *resp is malloc'd on OK. */

@@ -1,5 +1,6 @@
 /* Large buffers, malloc tuning and small helpers (util.h). */
 #include <malloc.h>
+#include <pthread.h>
 #include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -40,6 +41,11 @@ void pmx_tune_malloc(void) {
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
   if (mallopt(M_MMAP_THRESHOLD, 256 << 20) == 0) mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TOP_PAD, 64 << 20);
+}
+
+void pmx_tune_malloc_once(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, pmx_tune_malloc);
 }
 
 unsigned pmx_ncpus(void) {

@@ -102,6 +102,7 @@ void pmx_big_free(void* p, size_t bytes);
 /* Raise glibc's trim and mmap thresholds so the heap is not returned to the kernel and
  * re-faulted between messages (the gRPC core allocates per message). Call once at start. */
 void pmx_tune_malloc(void);
+void pmx_tune_malloc_once(void); /* the same, at most once per process (libraries) */
 
 /* ---- files -------------------------------------------------------------------------- */
 /* Reads a whole file (at most max bytes) into a NUL-terminated malloc'd buffer; *len (may
@@ -116,6 +117,10 @@ void pmx_free_secret(char* s);
 
 /* ---- misc -------------------------------------------------------------------------- */
 unsigned pmx_ncpus(void);
+/* Whether a gRPC target ("HOST:PORT", "[V6]:PORT", "dns:///HOST:PORT", "unix:PATH") is
+ * this host: unix sockets, and names whose every address is loopback or one of this
+ * host's interface addresses. False when it does not resolve. */
+bool pmx_target_is_local(const char* target);
 /* snprintf that always terminates and never overflows; returns dst. */
 char* pmx_strlcpy(char* dst, const char* src, size_t cap);
 

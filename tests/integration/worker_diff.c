@@ -210,8 +210,10 @@ int main(int argc, char** argv) {
   sy->numel = (size_t)sync_numel;
   const size_t nall = g_n + 1;
 
+  /* compression is forced on: the tests check the diffs' behaviour on loopback, where the
+   * client's default (auto) would pull raw */
   pmx_options opts = {.timeout_ms = timeout_ms, .connect_timeout_ms = 20000,
-                      .no_compression = no_compression};
+                      .compression = no_compression ? PMX_COMPRESSION_OFF : PMX_COMPRESSION_ON};
   pmx_client* c = NULL;
   pmx_status st = pmx_connect(server, &opts, &c);
   if (st != PMX_OK) die_pmx("pmx_connect", 0, st);

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <regex.h>
 #include <stdatomic.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -715,6 +716,34 @@ static void test_tune_malloc(void** state) {
   free(p);
 }
 
+/* The client's default pull compression depends on this: same host = raw pulls. */
+static void test_target_is_local(void** state) {
+  (void)state;
+  assert_true(pmx_target_is_local("127.0.0.1:5000"));
+  assert_true(pmx_target_is_local("127.8.9.10:1"));
+  assert_true(pmx_target_is_local("localhost:5000"));
+  assert_true(pmx_target_is_local("dns:///127.0.0.1:5000"));
+  assert_true(pmx_target_is_local("ipv4:127.0.0.1:80"));
+  assert_true(pmx_target_is_local("unix:/tmp/paramex.sock"));
+  /* documentation and reserved addresses never belong to this host */
+  assert_false(pmx_target_is_local("192.0.2.1:5000"));
+  assert_false(pmx_target_is_local("[2001:db8::1]:5000"));
+  assert_false(pmx_target_is_local("198.51.100.7"));
+  /* what does not parse or resolve is remote (compression on) */
+  assert_false(pmx_target_is_local(""));
+  assert_false(pmx_target_is_local(":5000"));
+  assert_false(pmx_target_is_local("[::1:5000"));
+  assert_false(pmx_target_is_local("no-such-host.invalid:5000"));
+  assert_false(pmx_target_is_local(NULL));
+  /* ::1 only where the host has IPv6 loopback configured; the parse must accept it */
+  struct addrinfo hints = {.ai_family = AF_INET6, .ai_flags = AI_NUMERICHOST};
+  struct addrinfo* r = NULL;
+  if (getaddrinfo("::1", NULL, &hints, &r) == 0) {
+    freeaddrinfo(r);
+    assert_true(pmx_target_is_local("[::1]:5000"));
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_log_level_parse),
@@ -739,6 +768,7 @@ int main(void) {
       cmocka_unit_test(test_pool_edge_cases),
       cmocka_unit_test(test_big_alloc),
       cmocka_unit_test(test_tune_malloc),
+      cmocka_unit_test(test_target_is_local),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -87,9 +87,8 @@ typedef struct pmx_options {
   int64_t timeout_ms;
   /* How long pmx_join waits for a server that is not reachable yet; 0 = 30000. */
   int64_t connect_timeout_ms;
-  /* Non-zero: accept only raw chunks on pulls (no diffs, no zstd). Pulls are otherwise
-   * diffs against the version the buffer holds, compressed with zstd, whenever that is
-   * smaller. */
+  /* Non-zero: accept only raw chunks on pulls (no diffs, no zstd); same as
+   * compression = PMX_COMPRESSION_OFF. */
   int no_compression;
   /* Security. Each NULL field falls back to its environment variable.
    * tls_ca_file (PMX_TLS_CA): PEM CA file; set = TLS, verifying the server against it.
@@ -107,7 +106,21 @@ typedef struct pmx_options {
   /* How long a push or pull keeps retrying while the server is unavailable (down,
    * restarting): capped exponential back-off from 25 ms to 2 s; 0 = 120000. */
   int64_t retry_timeout_ms;
+  /* Pull compression: compressed pulls are diffs against the version the buffer holds
+   * (or whole chunks), zstd-compressed, whenever that is smaller.
+   * PMX_COMPRESSION_AUTO (0, the default; environment PMX_COMPRESSION=auto|on|off
+   * overrides it): on, unless the server is on this host (a loopback or local interface
+   * address, or a unix socket), where the transfer runs at memory speed and encoding
+   * only costs time (measured: bench/README.md). */
+  int compression;
+  /* Non-zero: leave glibc's malloc settings alone. By default pmx_connect raises the
+   * trim and mmap thresholds once per process (see PMX_MALLOC_TUNE=0), because gRPC
+   * allocates per message and a heap returned to the kernel is re-faulted on every
+   * large pull (~10 us per 4 KiB page on VMs; it halved pull throughput here). */
+  int no_malloc_tuning;
 } pmx_options;
+
+enum { PMX_COMPRESSION_AUTO = 0, PMX_COMPRESSION_ON = 1, PMX_COMPRESSION_OFF = 2 };
 
 /* Creates a client for the server at addr ("HOST:PORT"). opts may be NULL. Connecting is
  * lazy: an unreachable server is reported by the first call. *out is destroyed with
@@ -219,6 +232,7 @@ typedef struct pmx_client_stats {
   uint64_t push_chunks, push_raw_bytes, push_wire_bytes;
   uint64_t pull_chunks, pull_raw_bytes, pull_wire_bytes, pull_unchanged_chunks;
   uint64_t checksum_failures; /* chunks that failed their checksum (and were pulled again) */
+  int compressed_pulls;        /* 1: pulls accept compressed frames (pmx_options.compression) */
 } pmx_client_stats;
 PMX_API void pmx_client_get_stats(pmx_client* client, pmx_client_stats* out);
 
