@@ -19,6 +19,10 @@ struct pmx_cli_call {
   rpc_tag t_start, t_status, t_recv, t_send;
   grpc_metadata md[2]; /* initial metadata sent by this call (own slice refs) */
   size_t nmd;
+  /* Initial metadata not sent yet: it goes out with the first send, close or read, so
+   * that headers and the request share one write (and one completion). Under mu. */
+  bool md_pending;
+  uint32_t md_flags;
 
   pthread_mutex_t mu;
   int refs;
@@ -303,12 +307,10 @@ pmx_cli_call* pmx_cli_call_start(pmx_rpc_channel* ch, const char* path, int64_t 
   ch->nlive++;
   pthread_mutex_unlock(&ch->mu);
 
-  /* the call itself (dropped with the status) + start + status batches + the caller's */
-  c->refs = 4;
-  grpc_op ops[2];
-  memset(ops, 0, sizeof ops);
-  ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-  ops[0].flags = wait_for_ready ? GRPC_INITIAL_METADATA_WAIT_FOR_READY : 0;
+  /* the call itself (dropped with the status) + the status batch + the caller's */
+  c->refs = 3;
+  c->md_pending = true;
+  c->md_flags = wait_for_ready ? GRPC_INITIAL_METADATA_WAIT_FOR_READY : 0;
   pthread_mutex_lock(&ch->mu);
   if (ch->has_auth) {
     c->md[c->nmd].key = grpc_slice_ref(ch->auth_md.key);
@@ -321,11 +323,9 @@ pmx_cli_call* pmx_cli_call_start(pmx_rpc_channel* ch, const char* path, int64_t 
     c->nmd++;
   }
   pthread_mutex_unlock(&ch->mu);
-  if (c->nmd) {
-    ops[0].data.send_initial_metadata.count = c->nmd;
-    ops[0].data.send_initial_metadata.metadata = c->md;
-  }
-  grpc_call_error e1 = grpc_call_start_batch(c->call, ops, 1, &c->t_start, NULL);
+  /* The status batch may precede the initial metadata: the client channel queues
+   * batches until the call starts with its SEND_INITIAL_METADATA. */
+  grpc_op ops[2];
   memset(ops, 0, sizeof ops);
   ops[0].op = GRPC_OP_RECV_INITIAL_METADATA;
   ops[0].data.recv_initial_metadata.recv_initial_metadata = &c->init_md;
@@ -333,14 +333,26 @@ pmx_cli_call* pmx_cli_call_start(pmx_rpc_channel* ch, const char* path, int64_t 
   ops[1].data.recv_status_on_client.trailing_metadata = &c->trail_md;
   ops[1].data.recv_status_on_client.status = &c->status;
   ops[1].data.recv_status_on_client.status_details = &c->details;
-  grpc_call_error e2 = grpc_call_start_batch(c->call, ops, 2, &c->t_status, NULL);
-  if (e1 != GRPC_CALL_OK || e2 != GRPC_CALL_OK) {
+  grpc_call_error e = grpc_call_start_batch(c->call, ops, 2, &c->t_status, NULL);
+  if (e != GRPC_CALL_OK) {
     /* Cannot happen with a fresh call; fail loudly rather than hang. */
-    fprintf(stderr, "paramex rpc: cannot start call %s: %s %s\n", path,
-            grpc_call_error_to_string(e1), grpc_call_error_to_string(e2));
+    fprintf(stderr, "paramex rpc: cannot start call %s: %s\n", path, grpc_call_error_to_string(e));
     abort();
   }
   return c;
+}
+
+/* c->mu held: puts the pending initial metadata first in ops; returns the ops used (0/1).
+ * The batch that carries it must be started before c->mu is released, so that no other
+ * batch of the call overtakes it. */
+static size_t take_initial_md(pmx_cli_call* c, grpc_op* op) {
+  if (!c->md_pending) return 0;
+  c->md_pending = false;
+  op->op = GRPC_OP_SEND_INITIAL_METADATA;
+  op->flags = c->md_flags;
+  op->data.send_initial_metadata.count = c->nmd;
+  op->data.send_initial_metadata.metadata = c->nmd ? c->md : NULL;
+  return 1;
 }
 
 bool pmx_cli_call_send(pmx_cli_call* c, const pmx_out* out, bool last) {
@@ -353,25 +365,23 @@ bool pmx_cli_call_send(pmx_cli_call* c, const pmx_out* out, bool last) {
   c->sending = true;
   c->half_closed = last;
   c->refs++;
-  pthread_mutex_unlock(&c->mu);
   c->send_bb = rpc_out_buffer(out);
-  grpc_op ops[2];
+  grpc_op ops[3];
   memset(ops, 0, sizeof ops);
-  size_t n = 0;
+  size_t n = take_initial_md(c, &ops[0]);
   ops[n].op = GRPC_OP_SEND_MESSAGE;
   ops[n].data.send_message.send_message = c->send_bb;
   n++;
   if (last) ops[n++].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-  if (!c->send_bb || grpc_call_start_batch(c->call, ops, n, &c->t_send, NULL) != GRPC_CALL_OK) {
+  bool ok = c->send_bb && grpc_call_start_batch(c->call, ops, n, &c->t_send, NULL) == GRPC_CALL_OK;
+  if (!ok) {
     if (c->send_bb) grpc_byte_buffer_destroy(c->send_bb);
     c->send_bb = NULL;
-    pthread_mutex_lock(&c->mu);
     c->sending = false;
-    pthread_mutex_unlock(&c->mu);
-    pmx_cli_call_unref(c);
-    return false;
   }
-  return true;
+  pthread_mutex_unlock(&c->mu);
+  if (!ok) pmx_cli_call_unref(c);
+  return ok;
 }
 
 bool pmx_cli_call_close_send(pmx_cli_call* c) {
@@ -383,18 +393,15 @@ bool pmx_cli_call_close_send(pmx_cli_call* c) {
   c->half_closed = true;
   c->sending = true;
   c->refs++;
+  grpc_op ops[2];
+  memset(ops, 0, sizeof ops);
+  size_t n = take_initial_md(c, &ops[0]);
+  ops[n++].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+  bool ok = grpc_call_start_batch(c->call, ops, n, &c->t_send, NULL) == GRPC_CALL_OK;
+  if (!ok) c->sending = false;
   pthread_mutex_unlock(&c->mu);
-  grpc_op op;
-  memset(&op, 0, sizeof op);
-  op.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-  if (grpc_call_start_batch(c->call, &op, 1, &c->t_send, NULL) != GRPC_CALL_OK) {
-    pthread_mutex_lock(&c->mu);
-    c->sending = false;
-    pthread_mutex_unlock(&c->mu);
-    pmx_cli_call_unref(c);
-    return false;
-  }
-  return true;
+  if (!ok) pmx_cli_call_unref(c);
+  return ok;
 }
 
 bool pmx_cli_call_read(pmx_cli_call* c) {
@@ -405,19 +412,20 @@ bool pmx_cli_call_read(pmx_cli_call* c) {
   }
   c->reading = true;
   c->refs++;
-  pthread_mutex_unlock(&c->mu);
-  grpc_op op;
-  memset(&op, 0, sizeof op);
-  op.op = GRPC_OP_RECV_MESSAGE;
-  op.data.recv_message.recv_message = &c->recv_bb;
-  if (grpc_call_start_batch(c->call, &op, 1, &c->t_recv, NULL) != GRPC_CALL_OK) {
-    pthread_mutex_lock(&c->mu);
-    c->reading = false;
-    pthread_mutex_unlock(&c->mu);
-    pmx_cli_call_unref(c);
-    return false;
+  grpc_op op[2];
+  memset(op, 0, sizeof op);
+  if (take_initial_md(c, &op[0])) { /* a read before any send: the headers go first */
+    c->refs++;
+    if (grpc_call_start_batch(c->call, op, 1, &c->t_start, NULL) != GRPC_CALL_OK) c->refs--;
+    memset(op, 0, sizeof op);
   }
-  return true;
+  op[0].op = GRPC_OP_RECV_MESSAGE;
+  op[0].data.recv_message.recv_message = &c->recv_bb;
+  bool ok = grpc_call_start_batch(c->call, op, 1, &c->t_recv, NULL) == GRPC_CALL_OK;
+  if (!ok) c->reading = false;
+  pthread_mutex_unlock(&c->mu);
+  if (!ok) pmx_cli_call_unref(c);
+  return ok;
 }
 
 void pmx_cli_call_cancel(pmx_cli_call* c) { grpc_call_cancel(c->call, NULL); }

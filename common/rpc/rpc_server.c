@@ -29,6 +29,9 @@ struct pmx_srv_call {
   pthread_mutex_t mu;
   int refs;
   bool live, finished, closed, reading, sending;
+  /* Initial metadata not sent yet: it goes out with the first message or the status (one
+   * write and one completion fewer per call). Under mu. */
+  bool md_pending;
   const pmx_srv_call_cbs* cbs;
   void* ctx;
 };
@@ -127,6 +130,16 @@ static bool start_batch(pmx_srv_call* c, grpc_op* ops, size_t n, rpc_tag* tag) {
   return true;
 }
 
+/* c->mu held: puts the pending initial metadata first in ops; returns the ops used (0/1).
+ * The batch carrying it is started before c->mu is released so that no other send can
+ * overtake it. */
+static size_t take_initial_md(pmx_srv_call* c, grpc_op* op) {
+  if (!c->md_pending) return 0;
+  c->md_pending = false;
+  op->op = GRPC_OP_SEND_INITIAL_METADATA;
+  return 1;
+}
+
 bool pmx_srv_call_read(pmx_srv_call* c) {
   pthread_mutex_lock(&c->mu);
   if (c->finished || c->closed || c->reading) {
@@ -159,22 +172,22 @@ bool pmx_srv_call_send(pmx_srv_call* c, const pmx_out* out) {
   }
   c->sending = true;
   c->refs++;
-  pthread_mutex_unlock(&c->mu);
   c->send_bb = rpc_out_buffer(out);
-  grpc_op op;
-  memset(&op, 0, sizeof op);
-  op.op = GRPC_OP_SEND_MESSAGE;
-  op.data.send_message.send_message = c->send_bb;
-  if (!c->send_bb || !start_batch(c, &op, 1, &c->t_send)) {
+  grpc_op ops[2];
+  memset(ops, 0, sizeof ops);
+  size_t n = take_initial_md(c, &ops[0]);
+  ops[n].op = GRPC_OP_SEND_MESSAGE;
+  ops[n].data.send_message.send_message = c->send_bb;
+  n++;
+  bool ok = c->send_bb && start_batch(c, ops, n, &c->t_send);
+  if (!ok) {
     if (c->send_bb) grpc_byte_buffer_destroy(c->send_bb);
     c->send_bb = NULL;
-    pthread_mutex_lock(&c->mu);
     c->sending = false;
-    pthread_mutex_unlock(&c->mu);
-    pmx_srv_call_unref(c);
-    return false;
   }
-  return true;
+  pthread_mutex_unlock(&c->mu);
+  if (!ok) pmx_srv_call_unref(c);
+  return ok;
 }
 
 void pmx_srv_call_finish(pmx_srv_call* c, const pmx_out* out, int status, const char* details) {
@@ -187,10 +200,9 @@ void pmx_srv_call_finish(pmx_srv_call* c, const pmx_out* out, int status, const 
   c->finished = true;
   c->refs++;
   bool sending = c->sending;
-  pthread_mutex_unlock(&c->mu);
-  grpc_op ops[2];
+  grpc_op ops[3];
   memset(ops, 0, sizeof ops);
-  size_t n = 0;
+  size_t n = take_initial_md(c, &ops[0]); /* a status never goes without it (trap 1) */
   if (out && !sending) {
     c->final_bb = rpc_out_buffer(out);
     if (c->final_bb) {
@@ -212,7 +224,9 @@ void pmx_srv_call_finish(pmx_srv_call* c, const pmx_out* out, int status, const 
   ops[n].data.send_status_from_server.trailing_metadata_count = 0;
   ops[n].data.send_status_from_server.status_details = &c->status_details;
   n++;
-  if (!start_batch(c, ops, n, &c->t_status)) pmx_srv_call_unref(c);
+  bool ok = start_batch(c, ops, n, &c->t_status);
+  pthread_mutex_unlock(&c->mu);
+  if (!ok) pmx_srv_call_unref(c);
 }
 
 const char* pmx_srv_call_header(pmx_srv_call* c, const char* key, char* buf, size_t cap) {
@@ -252,15 +266,16 @@ static void on_request(pmx_srv_call* c, bool ok) {
   c->live = true;
   if (!shutting) request_new(srv, c->method);
 
-  /* Initial metadata goes out at once (a status must never be sent without it) and
-   * RECV_CLOSE_ON_SERVER tells us when the call is over, cancelled or not. */
+  /* RECV_CLOSE_ON_SERVER tells us when the call is over, cancelled or not. The initial
+   * metadata goes with the first message or the status (a status must never be sent
+   * without it: pmx_srv_call_finish adds it). */
   c->refs = 2; /* the call itself (dropped when closed) + the close batch */
-  grpc_op ops[2];
+  c->md_pending = true;
+  grpc_op ops[1];
   memset(ops, 0, sizeof ops);
-  ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-  ops[1].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-  ops[1].data.recv_close_on_server.cancelled = &c->cancelled;
-  if (!start_batch(c, ops, 2, &c->t_close)) {
+  ops[0].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+  ops[0].data.recv_close_on_server.cancelled = &c->cancelled;
+  if (!start_batch(c, ops, 1, &c->t_close)) {
     c->closed = true;
     c->refs = 1;
     pmx_srv_call_unref(c);
