@@ -165,13 +165,13 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
              compression);
     ok = false;
   }
-  const char* cenv = getenv("PMX_COMPRESSION");
+  const char* cenv = getenv("PMX_PULL_COMPRESSION");
   if (ok && cenv && *cenv) {
     if (strcmp(cenv, "auto") == 0) compression = PMX_COMPRESSION_AUTO;
     else if (strcmp(cenv, "on") == 0) compression = PMX_COMPRESSION_ON;
     else if (strcmp(cenv, "off") == 0) compression = PMX_COMPRESSION_OFF;
     else {
-      snprintf(err, sizeof err, "PMX_COMPRESSION must be auto, on or off, not '%.40s'", cenv);
+      snprintf(err, sizeof err, "PMX_PULL_COMPRESSION must be auto, on or off, not '%.40s'", cenv);
       ok = false;
     }
   }

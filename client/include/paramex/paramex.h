@@ -108,7 +108,7 @@ typedef struct pmx_options {
   int64_t retry_timeout_ms;
   /* Pull compression: compressed pulls are diffs against the version the buffer holds
    * (or whole chunks), zstd-compressed, whenever that is smaller.
-   * PMX_COMPRESSION_AUTO (0, the default; environment PMX_COMPRESSION=auto|on|off
+   * PMX_COMPRESSION_AUTO (0, the default; environment PMX_PULL_COMPRESSION=auto|on|off
    * overrides it): on, unless the server is on this host (a loopback or local interface
    * address, or a unix socket), where the transfer runs at memory speed and encoding
    * only costs time (measured: bench/README.md). */
