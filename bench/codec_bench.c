@@ -1,7 +1,7 @@
 /* paramex-codec-bench: throughput of the pull-frame pipeline on the SGD workload.
  *   encode (server): integer delta + zigzag + byte shuffle + zstd, per 1 MiB chunk, on
  *                    1..T threads (chunks shared out by an atomic counter);
- *   decode (client): zstd + unshuffle + unzigzag + apply + xxh64 check, one thread.
+ *   decode (client): zstd + unshuffle + unzigzag + apply + XXH3-64 check, one thread.
  * Weights N(0, 0.02^2), one SGD step with gradients N(0, 0.01^2) at --lr.
  * Usage: paramex-codec-bench [--mib N] [--lr F] [--threads T] [--view f32|bf16]
  * Prints one JSON line per thread count. */

@@ -31,7 +31,7 @@ const char* pmx_dtype_name(int dtype) {
 
 uint64_t pmx_checksum(const void* p, size_t n) {
   static const unsigned char empty[1];
-  return XXH64(n ? p : empty, n, 0);
+  return XXH3_64bits(n ? p : empty, n);
 }
 
 #define GOLDEN UINT64_C(0x9E3779B97F4A7C15)

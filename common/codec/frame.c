@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#define XXH_STATIC_LINKING_ONLY /* XXH64_state_t on the stack */
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
 #include <xxhash.h>
 
 #include "codec/codec.h"
@@ -99,12 +99,13 @@ pmx_decode_result pmx_chunk_decode(const pmx_chunk* c, const pmx_iov* seg, size_
         return PMX_DECODE_MALFORMED;
       }
       /* Hash the payload where it lies, then copy it once. */
-      XXH64_state_t st;
-      XXH64_reset(&st, 0);
+      XXH3_state_t st;
+      XXH3_INITSTATE(&st);
+      XXH3_64bits_reset(&st);
       size_t i = c->payload_seg, off = c->payload_off, left = bytes;
       while (left > 0 && i < nseg) {
         size_t k = seg[i].n - off < left ? seg[i].n - off : left;
-        XXH64_update(&st, seg[i].p + off, k);
+        XXH3_64bits_update(&st, seg[i].p + off, k);
         left -= k;
         i++;
         off = 0;
@@ -113,7 +114,7 @@ pmx_decode_result pmx_chunk_decode(const pmx_chunk* c, const pmx_iov* seg, size_
         snprintf(err, errlen, "RAW payload truncated");
         return PMX_DECODE_MALFORMED;
       }
-      if (XXH64_digest(&st) != c->checksum) {
+      if (XXH3_64bits_digest(&st) != c->checksum) {
         snprintf(err, errlen, "checksum mismatch");
         return PMX_DECODE_CHECKSUM;
       }

@@ -12,7 +12,7 @@
  * inside the message; copy_payload copies exactly those bytes and refuses a smaller
  * buffer; header re-encoding round-trips; protobuf-c agrees on every field when both
  * decoders accept; decode leaves the destination untouched on every failure and, on
- * success, leaves a chunk whose xxh64 is the message's checksum. */
+ * success, leaves a chunk whose XXH3-64 is the message's checksum. */
 #include <stdbool.h>
 
 #include "codec/codec.h"

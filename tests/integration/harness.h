@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <xxhash.h>
+
 #include "paramex.pb-c.h"
 #include "rpc/rpc.h"
 
@@ -152,5 +154,9 @@ Paramex__V1__StatsResponse* pmx_h_stats(pmx_rpc_channel* ch, char* details, size
 /* The row of tensor `name`, or NULL. */
 const Paramex__V1__TensorStats* pmx_h_stats_tensor(const Paramex__V1__StatsResponse* st,
                                                    const char* name);
+
+/* The whole-tensor checksum of a Stats response: xxh64 (seed 0) of the tensor's bytes
+ * (chunks carry XXH3-64; Stats keeps the xxh64 users compare with, as the demo does). */
+static inline uint64_t it_stats_checksum(const void* p, size_t n) { return XXH64(p, n, 0); }
 
 #endif

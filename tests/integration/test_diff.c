@@ -497,7 +497,7 @@ static void run_job(const char* name, const djob* j, ref* R, jres* o) {
     chunks_total += ts->num_chunks;
     CHECK(ts->version_min == j->steps && ts->version_max == j->steps, "%s: %s versions %" PRIu64 "..%" PRIu64,
           name, tn, ts->version_min, ts->version_max);
-    uint64_t want = pmx_checksum(ref_at(R, t, j->steps), R->numel[t] * R->width[t]);
+    uint64_t want = it_stats_checksum(ref_at(R, t, j->steps), R->numel[t] * R->width[t]);
     CHECK(ts->checksum == want, "%s: %s: Stats checksum %016" PRIx64 ", the reference hashes to %016" PRIx64,
           name, tn, ts->checksum, want);
   }
@@ -1242,8 +1242,8 @@ static void test_hostile_setup(void** state) {
   take_hsnap(&g_base);
   CHECK(g_base.vmin[0] == 1 && g_base.vmax[0] == 1 && g_base.vmin[1] == 1 && g_base.vmax[1] == 1,
         "not at version 1 after step 0");
-  CHECK(g_base.sum[0] == pmx_checksum(g_t[1], sizeof g_t[1]), "t after step 0 differs from the reference");
-  CHECK(g_base.sum[1] == pmx_checksum(g_h[1], sizeof g_h[1]), "h after step 0 differs from the reference");
+  CHECK(g_base.sum[0] == it_stats_checksum(g_t[1], sizeof g_t[1]), "t after step 0 differs from the reference");
+  CHECK(g_base.sum[1] == it_stats_checksum(g_h[1], sizeof g_h[1]), "h after step 0 differs from the reference");
 }
 
 static void test_hostile_pulls(void** state) {
@@ -1387,8 +1387,8 @@ static void test_hostile_then_valid_step(void** state) {
         "step 1: push_chunks %" PRIu64 " -> %" PRIu64 ", steps %" PRIu64 " -> %" PRIu64, g_base.push_chunks,
         now.push_chunks, g_base.steps_completed, now.steps_completed);
   CHECK(now.vmin[0] == 2 && now.vmax[0] == 2 && now.vmin[1] == 2 && now.vmax[1] == 2, "not at version 2");
-  CHECK(now.sum[0] == pmx_checksum(g_t[2], sizeof g_t[2]), "t after the bf16 push differs from the reference");
-  CHECK(now.sum[1] == pmx_checksum(g_h[2], sizeof g_h[2]), "h after step 1 differs from the reference");
+  CHECK(now.sum[0] == it_stats_checksum(g_t[2], sizeof g_t[2]), "t after the bf16 push differs from the reference");
+  CHECK(now.sum[1] == it_stats_checksum(g_h[2], sizeof g_h[2]), "h after step 1 differs from the reference");
   g_base = now;
   uint64_t have1 = 1, have0 = 0;
   static const uint32_t both[2] = {PMX_ENC_DELTA_ZSTD, PMX_ENC_SHUFFLE_ZSTD};

@@ -216,7 +216,7 @@ static void run_job(const job* j, job_out* out) {
     CHECK(ts->n_shape == (t == 0 ? 1u : 2u), "%s ndim %zu", name, ts->n_shape);
     CHECK(ts->version_min == j->steps && ts->version_max == j->steps,
           "%s versions %" PRIu64 "..%" PRIu64, name, ts->version_min, ts->version_max);
-    uint64_t want = pmx_checksum(out->params[t], out->numel[t] * sizeof(float));
+    uint64_t want = it_stats_checksum(out->params[t], out->numel[t] * sizeof(float));
     CHECK(ts->checksum == want, "%s: Stats checksum %016" PRIx64 ", the workers' parameters hash to %016" PRIx64,
           name, ts->checksum, want);
   }

@@ -534,7 +534,7 @@ static void test_version_min_and_checksum(void** state) {
   char err[256];
   assert_int_equal(declare(&a, &t, &created, err, sizeof err), PMX_ST_OK);
   const uint64_t want = XXH64(t->params, 3000 * 4, 0);
-  assert_true(want == pmx_checksum(t->params, 3000 * 4));
+  assert_true(XXH3_64bits(t->params, 3000 * 4) == pmx_checksum(t->params, 3000 * 4));
   uint64_t vmax = 99, cs = 0;
   assert_int_equal(pmx_tensor_version_min(t, &vmax, &cs), 0);
   assert_int_equal(vmax, 0);
