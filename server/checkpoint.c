@@ -59,11 +59,13 @@ static void ckpt_free(pmx_ckpt* k) {
 static void capture(pmx_service* svc, pmx_ckpt* k, pmx_tensor_state* t, pmx_chunk_state* c) {
   if (t->id >= k->ntensors || c->ckpt_gen == k->gen) return;
   uint64_t first = (uint64_t)c->index * t->chunk_elems;
-  memcpy((uint8_t*)k->params[t->id] + first * t->elem, c->params, (size_t)c->elems * t->elem);
-  if (k->mom && k->mom[t->id]) {
-    if (c->mom_first) memset(k->mom[t->id] + first, 0, (size_t)c->elems * sizeof(float));
-    else memcpy(k->mom[t->id] + first, c->mom, (size_t)c->elems * sizeof(float));
+  float* mom = k->mom && k->mom[t->id] ? k->mom[t->id] + first : NULL;
+  if (mom && c->mom_first) { /* no momentum yet: zeros, whatever the backend holds */
+    memset(mom, 0, (size_t)c->elems * sizeof(float));
+    mom = NULL;
   }
+  svc->backend->ops->snapshot(svc->backend, t, c, (uint8_t*)k->params[t->id] + first * t->elem,
+                              mom);
   c->ckpt_gen = k->gen;
   pthread_mutex_lock(&svc->ckpt.mu);
   if (--k->remaining == 0) pthread_cond_broadcast(&svc->ckpt.cv);

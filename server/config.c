@@ -34,6 +34,7 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
   cfg->max_calls = 4096;
   cfg->call_timeout = 3600;
   cfg->log_level = "info";
+  cfg->device = "cpu";
   const pmx_flag flags[] = {
       {"listen", PMX_FLAG_STR, &cfg->listen, 0, 0, "HOST:PORT",
        "address to serve on; port 0 picks a free port"},
@@ -88,6 +89,10 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
        "PEM CA: require client certificates signed by it (mutual TLS)"},
       {"token-file", PMX_FLAG_STR, &cfg->token_file, 0, 0, "FILE",
        "bearer token every call but health must carry"},
+      {"device", PMX_FLAG_STR, &cfg->device, 0, 0, "cpu|cuda",
+       "where gradients are summed and the optimizer runs (cuda: GPUs with NCCL)"},
+      {"gpus", PMX_FLAG_STR, &cfg->gpus, 0, 0, "LIST",
+       "with --device cuda: the GPUs to use, e.g. 0,1 (default: every GPU)"},
   };
   const size_t nflags = sizeof flags / sizeof flags[0];
   char err[256];
@@ -124,6 +129,17 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
     snprintf(err, sizeof err, "--tls-client-ca needs --tls-cert and --tls-key");
     rc = 2;
   }
+  if (rc == 0 && strcmp(cfg->device, "cpu") != 0 && strcmp(cfg->device, "cuda") != 0) {
+    snprintf(err, sizeof err, "--device: '%.40s' is not cpu or cuda", cfg->device);
+    rc = 2;
+  }
+  if (rc == 0 && cfg->gpus && strcmp(cfg->device, "cuda") != 0) {
+    snprintf(err, sizeof err, "--gpus needs --device cuda");
+    rc = 2;
+  }
+  if (rc == 0 && cfg->gpus &&
+      pmx_gpu_list_parse(cfg->gpus, cfg->gpu_ids, PMX_MAX_GPUS, &cfg->ngpus, err, sizeof err) != 0)
+    rc = 2;
   if (rc != 0) {
     fprintf(stderr, "paramex-server: %s\n", err);
     return 2;

@@ -145,33 +145,58 @@ static void mark_pending_after_step(pmx_service* svc, pmx_chunk_state* c) {
 
 void pmx_frames_step_begin(pmx_service* svc, pmx_chunk_state* c) { mark_pending_after_step(svc, c); }
 
+void pmx_step_io_init(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c, bool view1,
+                      pmx_step_io* io) {
+  const size_t n = c->elems;
+  const bool v1 = view1 && t->dtype == PMX_DT_F32;
+  const bool enc = svc->cfg.compression && svc->cfg.history > 0;
+  memset(io, 0, sizeof *io);
+  io->bits[0] = pmx_buf_get(n * t->elem);
+  if (v1) io->bits[1] = pmx_buf_get(n * 2);
+  if (enc) io->enc[0] = pmx_buf_get(n * t->elem);
+  if (enc && v1) io->enc[1] = pmx_buf_get(n * 2);
+  if (!io->bits[0] || (v1 && !io->bits[1]) || (enc && !io->enc[0]) || (enc && v1 && !io->enc[1]))
+    pmx_step_io_free(t, c, io); /* all or nothing: no bits[0] means "failed" */
+}
+
+void pmx_step_io_free(pmx_tensor_state* t, pmx_chunk_state* c, pmx_step_io* io) {
+  const size_t n = c->elems;
+  pmx_buf_put(io->bits[0], n * t->elem);
+  pmx_buf_put(io->bits[1], n * 2);
+  pmx_buf_put(io->enc[0], n * t->elem);
+  pmx_buf_put(io->enc[1], n * 2);
+  memset(io, 0, sizeof *io);
+}
+
 void pmx_frames_after_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
                            uint64_t version, const void* old_bits, const void* new_bits) {
+  pthread_mutex_lock(&c->mu);
+  bool view1 = c->view[1].enabled;
+  pthread_mutex_unlock(&c->mu);
+  pmx_step_io io;
+  pmx_step_io_init(svc, t, c, view1, &io);
+  if (io.bits[0]) {
+    pmx_step_outputs(t, c->elems, old_bits, new_bits, &io);
+    pmx_frames_after_step_io(svc, t, c, version, &io);
+  } else {
+    pmx_frames_after_step_failed(svc, c, version);
+  }
+  pmx_step_io_free(t, c, &io);
+}
+
+void pmx_frames_after_step_io(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
+                              uint64_t version, const pmx_step_io* io) {
   pmx_frame* delta[2] = {NULL, NULL};
   pmx_frame* full[2] = {NULL, NULL};
   uint64_t sums[2] = {0, 0};
-  bool want[2];
-  pthread_mutex_lock(&c->mu);
-  want[0] = true;
-  want[1] = c->view[1].enabled;
-  pthread_mutex_unlock(&c->mu);
+  const bool want[2] = {io->bits[0] != NULL, io->bits[1] != NULL};
 
   const size_t n = c->elems;
   for (int v = 0; v < 2; v++) {
     if (!want[v]) continue;
     int w = pmx_view_width(t, v);
     size_t raw = n * (size_t)w;
-    const void* nb = new_bits;
-    const void* ob = old_bits;
-    if (v == 1) {
-      uint16_t* a = (uint16_t*)pmx_scratch(0, raw);
-      uint16_t* b = (uint16_t*)pmx_scratch(1, raw);
-      if (!a || !b) continue;
-      pmx_f32_to_bf16_n(new_bits, a, n);
-      pmx_f32_to_bf16_n(old_bits, b, n);
-      nb = a;
-      ob = b;
-    }
+    const void* nb = io->bits[v];
     sums[v] = pmx_checksum(nb, raw);
     if (svc->cfg.compression && svc->cfg.history > 0) {
       size_t cap = pmx_zstd_bound(raw);
@@ -179,7 +204,9 @@ void pmx_frames_after_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_stat
       if (f) {
         g_frame_bytes = &svc->ctr.frame_bytes;
         atomic_fetch_add(&svc->ctr.frame_bytes, (int64_t)f->cap);
-        f->len = pmx_encode_delta(nb, ob, n, w, (int)svc->cfg.compression_level, f->data, cap);
+        f->len = io->enc[v] ? pmx_zstd_compress(io->enc[v], raw, f->data, cap,
+                                                (int)svc->cfg.compression_level)
+                            : 0;
         f->encoding = PMX_ENC_DELTA_ZSTD;
         f->version = version;
         f->base = version - 1;
@@ -274,8 +301,7 @@ static void build_run(pmx_job* j) {
   if (!ok || c->version != b->version || slot < 0 || !vs->cache[slot].pending) {
     ok = false;
   } else {
-    if (v == 0) memcpy(cur, c->params, raw);
-    else pmx_f32_to_bf16_n(c->params, (uint16_t*)cur, n);
+    svc->backend->ops->read_view(svc->backend, t, c, v, cur);
     if (b->key < PMX_KEY_RAW) {
       k = (uint32_t)(b->version - b->key);
       if (k == 0 || k > vs->nhist) k = 0;

@@ -25,10 +25,11 @@ int main(int argc, char** argv) {
   pmx_rpc_init();
 
   static pmx_service svc;
-  char err[256];
-  if (pmx_service_init(&svc, &cfg, err, sizeof err) != 0) {
+  char err[512];
+  rc = pmx_service_init(&svc, &cfg, err, sizeof err);
+  if (rc != 0) {
     fprintf(stderr, "paramex-server: %s\n", err);
-    return 1;
+    return rc == -2 ? 2 : 1;
   }
   int port = 0;
   if (pmx_service_start(&svc, &port, err, sizeof err) != 0) {
@@ -41,8 +42,8 @@ int main(int argc, char** argv) {
   printf("paramex-server listening on %.*s:%d\n", (int)(colon - cfg.listen), cfg.listen, port);
   fflush(stdout);
   pmx_info("serving %u workers, lr %g momentum %g weight decay %g, chunk %llu bytes, "
-           "%u compute threads, %s%s%s", cfg.workers, cfg.lr, cfg.momentum, cfg.weight_decay,
-           (unsigned long long)cfg.chunk_bytes, cfg.threads,
+           "%u compute threads, backend %s, %s%s%s", cfg.workers, cfg.lr, cfg.momentum, cfg.weight_decay,
+           (unsigned long long)cfg.chunk_bytes, cfg.threads, svc.backend->desc,
            cfg.tls_client_ca ? "mutual TLS" : cfg.tls_cert ? "TLS" : "plaintext",
            cfg.token_file ? ", bearer token required" : "",
            cfg.compression ? "" : ", compression off");

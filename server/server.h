@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend.h"
 #include "rpc/rpc.h"
 #include "util/util.h"
 
@@ -42,21 +43,18 @@ typedef struct pmx_config {
   uint64_t memory_limit;        /* bytes for parameters, optimizer state and frames */
   uint32_t max_calls;           /* concurrent calls */
   double call_timeout;          /* longest a pull may stay parked, seconds */
+  const char* device;           /* backend: "cpu" or "cuda" */
+  const char* gpus;             /* --gpus LIST as given, NULL: every GPU */
+#define PMX_MAX_GPUS 64
+  int gpu_ids[PMX_MAX_GPUS];    /* parsed --gpus */
+  uint32_t ngpus;               /* 0: every GPU */
 } pmx_config;
 
 /* Fills defaults, then environment, then argv. Returns 0 to run, 1 when usage was printed
  * (exit 0), 2 after printing one line naming the bad flag (exit 2). */
 int pmx_config_parse(pmx_config* cfg, int argc, char** argv);
 
-/* ---- optimizer (optimizer.c) ---------------------------------------------------------- */
-typedef struct pmx_sgd {
-  float lr, momentum, weight_decay;
-} pmx_sgd;
-/* One SGD step on n elements from the rank-ordered gradient sum of nworkers workers:
- *   g = sum / nworkers; if (wd) g = g + wd * p; if (momentum) { m = first ? g : momentum*m + g;
- *   g = m; } p = p - lr * g.   (PyTorch's SGD with dampening 0, nesterov off.) */
-void pmx_sgd_apply(const pmx_sgd* o, float* p, float* mom, bool first, const float* sum,
-                   size_t n, uint32_t nworkers);
+/* The optimizer (pmx_sgd, pmx_sgd_apply) and the backends are declared in backend.h. */
 
 /* ---- buffers (store.c) ---------------------------------------------------------------- */
 /* Chunk-sized buffers recycled through per-size-class free lists (never returned to the
@@ -137,10 +135,11 @@ typedef struct pmx_chunk_state {
   bool initialized;     /* initial values complete */
   uint32_t index;
   uint32_t elems;
-  void* params;         /* into the tensor's buffer, elements of the tensor's dtype */
-  float* mom;           /* NULL without momentum */
+  void* params;         /* into the tensor's buffer, elements of the tensor's dtype (host
+                         * mirror: equal to the backend's copy whenever c->mu is free) */
+  float* mom;           /* cpu backend: host momentum; NULL without momentum or on cuda */
   bool mom_first;       /* no momentum step applied yet */
-  float* acc;           /* rank-ordered sum of this step, NULL before rank 0 */
+  void* be;             /* the backend's state of this chunk (its sum of this step, ...) */
   uint32_t next_rank;   /* ranks 0..next_rank-1 are in acc */
   uint32_t ncontrib;
   uint8_t* contributed; /* [workers] for the step at `version` */
@@ -165,7 +164,8 @@ typedef struct pmx_tensor_state {
   uint32_t chunk_elems, nchunks;
   void* params;
   size_t params_bytes;
-  float* mom;           /* numel f32, with momentum */
+  float* mom;           /* numel f32, with momentum on the cpu backend (else NULL) */
+  void* be;             /* the backend's state of this tensor */
   pmx_chunk_state* chunks;
   /* initial values upload (guarded by the store's declare mutex) */
   uint32_t creator;
@@ -208,7 +208,7 @@ typedef struct pmx_ckpt_state {
 
 typedef struct pmx_service {
   pmx_config cfg;
-  pmx_sgd sgd;
+  pmx_backend* backend;       /* --device */
   pmx_pool* pool;
   pmx_rpc_server* rpc;
   char server_id[64];
@@ -238,6 +238,8 @@ typedef struct pmx_service {
 } pmx_service;
 
 /* service.c */
+/* 0; -1 with err when it cannot start; -2 with err when the configuration is wrong in a
+ * way only start-up could tell (a --gpus device that does not exist): exit status 2. */
 int pmx_service_init(pmx_service* svc, const pmx_config* cfg, char* err, size_t errlen);
 /* Starts the gRPC server; *port receives the bound port. */
 int pmx_service_start(pmx_service* svc, int* port, char* err, size_t errlen);
@@ -299,12 +301,23 @@ void pmx_pulls_resume(struct pmx_pull* list);
 int pmx_view_width(const pmx_tensor_state* t, int v);
 
 /* Frames (frames.c) */
-/* After the optimizer moved chunk c from version-1 to version: old_bits/new_bits are
- * copies of the native bits before and after (c->mu NOT held). Encodes the per-step deltas
- * of every enabled view, extends the history, primes the cache with the frames for base
- * version-1, sets the view checksums, then wakes waiters. */
+/* After the optimizer moved chunk c from version-1 to version (c->mu NOT held): io holds
+ * what the backend produced for the views that were enabled at the step (io->bits[v]
+ * non-NULL; io->enc[v] too when the history is on). Compresses the per-step deltas,
+ * extends the history, primes the cache with the frames for base version-1, sets the
+ * view checksums, then wakes waiters. */
+void pmx_frames_after_step_io(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
+                              uint64_t version, const pmx_step_io* io);
+/* The same from host copies of the native bits before and after the step: the outputs
+ * are computed on the cpu (pmx_step_outputs) for the views enabled now. */
 void pmx_frames_after_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
                            uint64_t version, const void* old_bits, const void* new_bits);
+/* Output buffers of a step of chunk c for the frames: bits[0] always, the bf16 view when
+ * view1 (f32 tensors), the encoder inputs when the history is on. All or nothing: on out
+ * of memory every pointer is NULL. pmx_step_io_free gives them back. */
+void pmx_step_io_init(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c, bool view1,
+                      pmx_step_io* io);
+void pmx_step_io_free(pmx_tensor_state* t, pmx_chunk_state* c, pmx_step_io* io);
 /* Called under c->mu right after a step incremented c->version: drops the old version's
  * frames and marks pending the ones pmx_frames_after_step will install. */
 void pmx_frames_step_begin(pmx_service* svc, pmx_chunk_state* c);

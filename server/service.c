@@ -214,18 +214,15 @@ static void push_on_done(pmx_srv_call* call, void* ctx) {
   free(ps);
 }
 
-/* Adds the contribution of rank c->next_rank into c->acc; takes ownership of buf (it
- * becomes acc for rank 0, else it goes back to the pool). c->mu held. */
-static void acc_add(pmx_chunk_state* c, float* buf, size_t buf_bytes) {
-  if (!c->acc) {
-    c->acc = buf;
-  } else {
-    float* restrict acc = c->acc;
-    const float* restrict g = buf;
-    for (uint32_t i = 0; i < c->elems; i++) acc[i] += g[i];
-    pmx_buf_put(buf, buf_bytes);
-  }
-  c->next_rank++;
+/* Adds the contribution of `rank` (in *buf, a receive buffer of the call) to the chunk's
+ * sum through the backend, which may keep the buffer (then *buf becomes NULL). c->mu held.
+ * -1 when the backend is out of memory (nothing changed). */
+static int acc_add(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c, uint32_t rank,
+                   float** buf) {
+  bool taken = false;
+  if (svc->backend->ops->accumulate(svc->backend, t, c, rank, *buf, true, &taken) != 0) return -1;
+  if (taken) *buf = NULL;
+  return 0;
 }
 
 typedef struct resume_list {
@@ -235,31 +232,14 @@ typedef struct resume_list {
   pmx_tensor_state* step_t;
   pmx_chunk_state* step_c;
   uint64_t step_version;
-  void *old_bits, *new_bits;
-  size_t bits_bytes;
+  pmx_step_io io; /* what the backend produced for the frames */
 } resume_list;
-
-/* One optimizer step on chunk c (c->mu held): 16-bit tensors are updated through f32. */
-static void apply_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
-                       uint32_t ncontrib) {
-  if (t->dtype == PMX_DT_F32) {
-    pmx_sgd_apply(&svc->sgd, c->params, c->mom, c->mom_first, c->acc, c->elems, ncontrib);
-  } else {
-    float* p32 = pmx_buf_get((size_t)c->elems * sizeof(float));
-    if (t->dtype == PMX_DT_BF16) pmx_bf16_to_f32_n(c->params, p32, c->elems);
-    else pmx_f16_to_f32_n(c->params, p32, c->elems);
-    pmx_sgd_apply(&svc->sgd, p32, c->mom, c->mom_first, c->acc, c->elems, ncontrib);
-    if (t->dtype == PMX_DT_BF16) pmx_f32_to_bf16_n(p32, c->params, c->elems);
-    else pmx_f32_to_f16_n(p32, c->params, c->elems);
-    pmx_buf_put(p32, (size_t)c->elems * sizeof(float));
-  }
-  c->mom_first = false;
-}
 
 /* Moves c->next_rank past the ranks that are accounted for: held contributions are added
  * in rank order; with --elastic, ranks of dead workers that did not contribute are
  * skipped. c->mu held. */
-static void chunk_advance(pmx_service* svc, pmx_chunk_state* c, resume_list* rl) {
+static void chunk_advance(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
+                          resume_list* rl) {
   const size_t cb = svc->cfg.chunk_bytes;
   while (c->next_rank < svc->cfg.workers) {
     pmx_held* hd = &c->held[c->next_rank];
@@ -273,15 +253,12 @@ static void chunk_advance(pmx_service* svc, pmx_chunk_state* c, resume_list* rl)
     }
     float* b = hd->buf;
     pmx_push* owner = hd->owner;
+    bool taken = false;
+    /* out of memory: the contribution stays held and the step waits for the next try */
+    if (svc->backend->ops->accumulate(svc->backend, t, c, c->next_rank, b, false, &taken) != 0)
+      break;
     hd->buf = NULL;
     hd->owner = NULL;
-    if (!c->acc) {
-      c->acc = pmx_buf_get(cb);
-      if (c->acc) memcpy(c->acc, b, (size_t)c->elems * sizeof(float));
-    } else {
-      float* restrict acc = c->acc;
-      for (uint32_t i = 0; i < c->elems; i++) acc[i] += b[i];
-    }
     c->next_rank++;
     if (owner) {
       owner->buf = b; /* the stalled call gets its buffer back and resumes */
@@ -298,18 +275,14 @@ static void chunk_advance(pmx_service* svc, pmx_chunk_state* c, resume_list* rl)
  * the lock is released is recorded in rl. */
 static void chunk_try_complete(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
                                resume_list* rl) {
-  if (c->next_rank != svc->cfg.workers || c->ncontrib == 0 || !c->acc || rl->step_c) return;
-  const size_t cb = svc->cfg.chunk_bytes;
-  size_t nb = (size_t)c->elems * t->elem;
-  rl->old_bits = pmx_buf_get(nb);
-  rl->new_bits = pmx_buf_get(nb);
-  if (rl->old_bits) memcpy(rl->old_bits, c->params, nb);
+  if (c->next_rank != svc->cfg.workers || c->ncontrib == 0 || rl->step_c) return;
+  pmx_step_io_init(svc, t, c, c->view[1].enabled, &rl->io);
+  rl->io.ncontrib = c->ncontrib;
+  rl->io.first = c->mom_first;
   pmx_ckpt_before_step(svc, t, c);
-  apply_step(svc, t, c, c->ncontrib);
-  if (rl->new_bits) memcpy(rl->new_bits, c->params, nb);
-  rl->bits_bytes = nb;
-  pmx_buf_put(c->acc, cb);
-  c->acc = NULL;
+  /* the optimizer; c->params holds the new version when it returns */
+  svc->backend->ops->step(svc->backend, t, c, &rl->io);
+  c->mom_first = false;
   c->next_rank = 0;
   c->ncontrib = 0;
   memset(c->contributed, 0, svc->cfg.workers);
@@ -322,6 +295,17 @@ static void chunk_try_complete(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_
   rl->step_version = c->version;
 }
 
+/* Encodes once, on the pool and outside the chunk's lock, the frames of the step that rl
+ * recorded: the deltas every worker will pull. */
+static void frames_after(pmx_service* svc, resume_list* rl) {
+  if (rl->io.bits[0])
+    pmx_frames_after_step_io(svc, rl->step_t, rl->step_c, rl->step_version, &rl->io);
+  else
+    pmx_frames_after_step_failed(svc, rl->step_c, rl->step_version);
+  pmx_step_io_free(rl->step_t, rl->step_c, &rl->io);
+  rl->step_c = NULL;
+}
+
 /* After the chunk's lock is released: resume stalled pushes, encode the new version. */
 static void resume_after(pmx_service* svc, resume_list* rl) {
   for (size_t i = 0; i < rl->n; i++) {
@@ -331,16 +315,7 @@ static void resume_after(pmx_service* svc, resume_list* rl) {
   }
   rl->n = 0;
   if (rl->step_c) {
-    /* encode once, here on the pool, the deltas every worker will pull */
-    if (rl->old_bits && rl->new_bits)
-      pmx_frames_after_step(svc, rl->step_t, rl->step_c, rl->step_version, rl->old_bits,
-                            rl->new_bits);
-    else
-      pmx_frames_after_step_failed(svc, rl->step_c, rl->step_version);
-    pmx_buf_put(rl->old_bits, rl->bits_bytes);
-    pmx_buf_put(rl->new_bits, rl->bits_bytes);
-    rl->step_c = NULL;
-    rl->old_bits = rl->new_bits = NULL;
+    frames_after(svc, rl);
   }
 }
 
@@ -461,18 +436,19 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
   }
   c->contributed[h.worker_id] = 1;
   c->ncontrib++;
-  if (h.worker_id == c->next_rank) {
-    acc_add(c, ps->buf, cb);
-    ps->buf = NULL;
-    chunk_advance(svc, c, rl);
-  } else if (h.worker_id < c->next_rank) {
-    /* elastic: this rank was skipped as dead and came back within the step */
-    if (!c->acc) {
-      c->acc = ps->buf;
-      ps->buf = NULL;
-    } else {
-      float* restrict acc = c->acc;
-      for (uint32_t i = 0; i < c->elems; i++) acc[i] += ps->buf[i];
+  if (h.worker_id <= c->next_rank) {
+    /* in rank order; or (elastic) a rank skipped as dead that came back within the step */
+    if (acc_add(svc, t, c, h.worker_id, &ps->buf) != 0) {
+      c->contributed[h.worker_id] = 0;
+      c->ncontrib--;
+      pthread_mutex_unlock(&c->mu);
+      *status = PMX_ST_RESOURCE_EXHAUSTED;
+      snprintf(err, errlen, "tensor '%s' chunk %u: out of memory for the sum", t->name, h.chunk);
+      return PUSH_FAIL;
+    }
+    if (h.worker_id == c->next_rank) {
+      c->next_rank++;
+      chunk_advance(svc, t, c, rl);
     }
   } else {
     pmx_held* hd = &c->held[h.worker_id];
@@ -491,7 +467,7 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
       pmx_srv_call_ref(ps->call);
       result = PUSH_STALL;
     }
-    chunk_advance(svc, c, rl); /* elastic: dead ranks before it may be skipped */
+    chunk_advance(svc, t, c, rl); /* elastic: dead ranks before it may be skipped */
   }
   chunk_try_complete(svc, t, c, rl);
   pthread_mutex_unlock(&c->mu);
@@ -519,16 +495,7 @@ static void push_job(pmx_job* j) {
   if (r == PUSH_FAIL) reject(ps->svc, ps->call, status, err);
   else if (r == PUSH_CONTINUE) pmx_srv_call_read(ps->call); /* receive while we encode */
   pmx_pulls_resume(wake);
-  if (rl.step_c) {
-    /* encode once, here on the pool, the deltas every worker will pull */
-    if (rl.old_bits && rl.new_bits)
-      pmx_frames_after_step(ps->svc, rl.step_t, rl.step_c, rl.step_version, rl.old_bits,
-                            rl.new_bits);
-    else
-      pmx_frames_after_step_failed(ps->svc, rl.step_c, rl.step_version);
-    pmx_buf_put(rl.old_bits, rl.bits_bytes);
-    pmx_buf_put(rl.new_bits, rl.bits_bytes);
-  }
+  if (rl.step_c) frames_after(ps->svc, &rl);
   for (size_t i = 0; i < rl.n; i++) {
     pmx_push* o = rl.stalled[i];
     pmx_srv_call_read(o->call);
@@ -1014,7 +981,7 @@ static void complete_without_dead(pmx_service* svc) {
       memset(&rl, 0, sizeof rl);
       pthread_mutex_lock(&c->mu);
       if (c->initialized && c->ncontrib > 0) {
-        chunk_advance(svc, c, &rl);
+        chunk_advance(svc, t, c, &rl);
         chunk_try_complete(svc, t, c, &rl);
       }
       pthread_mutex_unlock(&c->mu);
@@ -1210,9 +1177,6 @@ static const pmx_rpc_method methods[] = {
 int pmx_service_init(pmx_service* svc, const pmx_config* cfg, char* err, size_t errlen) {
   memset(svc, 0, sizeof *svc);
   svc->cfg = *cfg;
-  svc->sgd.lr = (float)cfg->lr;
-  svc->sgd.momentum = (float)cfg->momentum;
-  svc->sgd.weight_decay = (float)cfg->weight_decay;
   svc->start_ms = pmx_now_ms();
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -1232,6 +1196,8 @@ int pmx_service_init(pmx_service* svc, const pmx_config* cfg, char* err, size_t 
              (unsigned long long)svc->fault_corrupt_every,
              (unsigned long long)svc->fault_corrupt_every);
   }
+  int brc = pmx_backend_create(cfg, &svc->backend, err, errlen);
+  if (brc != 0) return brc;
   svc->tensors = calloc(cfg->max_tensors, sizeof *svc->tensors);
   svc->workers = calloc(cfg->workers, sizeof *svc->workers);
   svc->pool = pmx_pool_create(cfg->threads);
@@ -1347,18 +1313,19 @@ void pmx_service_deinit(pmx_service* svc) {
     for (uint32_t k = 0; k < t->nchunks; k++) {
       pmx_chunk_state* c = &t->chunks[k];
       pmx_frames_clear(svc, c, true);
-      if (c->acc) pmx_buf_put(c->acc, svc->cfg.chunk_bytes);
       for (uint32_t w = 0; w < svc->cfg.workers; w++)
         if (c->held[w].buf && !c->held[w].owner) pmx_buf_put(c->held[w].buf, svc->cfg.chunk_bytes);
       free(c->contributed);
       free(c->held);
       pthread_mutex_destroy(&c->mu);
     }
+    svc->backend->ops->tensor_destroy(svc->backend, t);
     free(t->chunks);
     pmx_big_free(t->params, t->params_bytes);
-    if (t->mom) pmx_big_free(t->mom, t->numel * sizeof(float));
     free(t);
   }
+  pmx_backend_destroy(svc->backend);
+  svc->backend = NULL;
   free(svc->tensors);
   free(svc->workers);
   free(svc->tls_cert_pem);

@@ -77,8 +77,9 @@ static pmx_tensor_state* find_by_name(pmx_service* svc, const char* name) {
   return NULL;
 }
 
-static void tensor_free(pmx_tensor_state* t, uint32_t workers) {
+static void tensor_free(pmx_service* svc, pmx_tensor_state* t) {
   if (!t) return;
+  svc->backend->ops->tensor_destroy(svc->backend, t);
   if (t->chunks) {
     for (uint32_t i = 0; i < t->nchunks; i++) {
       pmx_chunk_state* c = &t->chunks[i];
@@ -87,10 +88,8 @@ static void tensor_free(pmx_tensor_state* t, uint32_t workers) {
       pthread_mutex_destroy(&c->mu);
     }
   }
-  (void)workers;
   free(t->chunks);
   pmx_big_free(t->params, t->params_bytes);
-  pmx_big_free(t->mom, t->numel * sizeof(float));
   free(t);
 }
 
@@ -142,6 +141,7 @@ static pmx_pull* mark_initialized(pmx_service* svc, pmx_tensor_state* t, uint64_
     pthread_mutex_lock(&c->mu);
     if (!c->initialized) {
       c->initialized = true;
+      svc->backend->ops->chunk_load(svc->backend, t, c, NULL);
       c->view[0].checksum = pmx_checksum(c->params, (size_t)c->elems * t->elem);
       c->view[0].checksum_valid = true;
       pmx_pull* w = pmx_chunk_wake(svc, c);
@@ -286,9 +286,8 @@ int pmx_store_declare(pmx_service* svc, const pmx_declare_args* a, pmx_tensor_st
   t->nchunks = (uint32_t)((numel + t->chunk_elems - 1) / t->chunk_elems);
   t->params_bytes = numel * es;
   t->params = pmx_big_alloc(t->params_bytes);
-  if (svc->cfg.momentum != 0) t->mom = pmx_big_alloc(numel * sizeof(float));
   t->chunks = calloc(t->nchunks, sizeof *t->chunks);
-  if (!t->params || !t->chunks || (svc->cfg.momentum != 0 && !t->mom)) goto oom;
+  if (!t->params || !t->chunks) goto oom;
   t->creator = a->worker_id;
   t->creator_incarnation = a->incarnation;
   for (uint32_t i = 0; i < t->nchunks; i++) {
@@ -298,17 +297,23 @@ int pmx_store_declare(pmx_service* svc, const pmx_declare_args* a, pmx_tensor_st
     c->elems = (uint32_t)(numel - first < t->chunk_elems ? numel - first : t->chunk_elems);
     c->params = (uint8_t*)t->params + first * es;
     c->view[0].enabled = true;
-    c->mom = t->mom ? t->mom + first : NULL;
     c->mom_first = true;
     c->contributed = calloc(svc->cfg.workers, 1);
     c->held = calloc(svc->cfg.workers, sizeof *c->held);
     pthread_mutex_init(&c->mu, NULL);
     if (!c->contributed || !c->held) goto oom;
   }
+  /* the backend's state: momentum, sums, device memory (cuda) */
+  if (svc->backend->ops->tensor_create(svc->backend, t, err, errlen) != 0) {
+    tensor_free(svc, t);
+    t = NULL;
+    st = PMX_ST_RESOURCE_EXHAUSTED;
+    goto out;
+  }
   if (a->values) {
     st = write_values(svc, t, a, &wake, err, errlen);
     if (st != PMX_ST_OK) {
-      tensor_free(t, svc->cfg.workers);
+      tensor_free(svc, t);
       goto out;
     }
   } else {
@@ -317,6 +322,7 @@ int pmx_store_declare(pmx_service* svc, const pmx_declare_args* a, pmx_tensor_st
     for (uint32_t i = 0; i < t->nchunks; i++) {
       pmx_chunk_state* c = &t->chunks[i];
       c->initialized = true;
+      svc->backend->ops->chunk_load(svc->backend, t, c, NULL);
       c->view[0].checksum = pmx_checksum(c->params, (size_t)c->elems * es);
       c->view[0].checksum_valid = true;
     }
@@ -328,7 +334,7 @@ int pmx_store_declare(pmx_service* svc, const pmx_declare_args* a, pmx_tensor_st
            pmx_dtype_name(t->dtype), (unsigned long long)numel, t->nchunks);
   goto out;
 oom:
-  tensor_free(t, svc->cfg.workers);
+  tensor_free(svc, t);
   t = NULL;
   snprintf(err, errlen, "tensor '%s': out of memory", a->name);
   st = PMX_ST_RESOURCE_EXHAUSTED;
@@ -364,9 +370,9 @@ int pmx_store_restore(pmx_service* svc, const struct pmx_st_tensor* e, const voi
     pmx_chunk_state* c = &t->chunks[i];
     pthread_mutex_lock(&c->mu);
     c->version = version;
-    if (mom && c->mom) {
-      memcpy(c->mom, (const uint8_t*)mom + (uint64_t)i * t->chunk_elems * sizeof(float),
-             (size_t)c->elems * sizeof(float));
+    if (mom && svc->backend->momentum) {
+      svc->backend->ops->chunk_load(svc->backend, t, c,
+                                    (const float*)mom + (uint64_t)i * t->chunk_elems);
       c->mom_first = version == 0;
     }
     pthread_mutex_unlock(&c->mu);

@@ -1,0 +1,103 @@
+/* The GPU side of the cuda backend: devices, streams, pinned staging, kernels and the
+ * NCCL communicator. This directory is the only place that includes CUDA or NCCL
+ * headers; this header is plain C (and C++) so that backend_cuda.c can use it.
+ *
+ * Layout: every GPU g of the server has NSTREAMS streams, a stream for NCCL, a ring of
+ * pinned host staging slots (each with a device buffer and an event) and a few pinned
+ * output slots. A chunk has an owner GPU (chunks are dealt round robin) holding its
+ * parameters and momentum, and on every GPU a partial sum. The contribution of rank r
+ * goes to GPU r mod G: it is copied into a free staging slot (a host memcpy, so the
+ * caller's buffer is free at once), sent with cudaMemcpyAsync on the chunk's stream of
+ * that GPU and added there by a kernel; nothing waits for the GPU. When the step is
+ * complete the partial sums are reduced onto the owner with ncclReduce (one NCCL group
+ * over the G communicators, also for G = 1), and one fused kernel applies the optimizer
+ * and produces the bf16 view and the encoder input (word delta, zigzag, byte shuffle);
+ * the results come back through a pinned output slot, and the call returns after the
+ * chunk's stream is synchronised.
+ *
+ * Determinism: the partial sum of GPU g adds ranks g, g+G, g+2G, ... in that order
+ * (calls for one chunk come in rank order and go to one stream); the kernels use
+ * explicitly rounded operations (__fadd_rn, __fmul_rn, __fdiv_rn, __fsub_rn) in the
+ * order of the cpu code, so with G = 1 results are bit-identical to the cpu backend.
+ *
+ * Threads: any thread may call; calls for one chunk must not overlap (the server holds
+ * the chunk's lock). Every function returns 0, or -1 with one line in err naming the CUDA
+ * or NCCL call and its error. */
+#ifndef PMX_GPU_H
+#define PMX_GPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct pmx_gpu pmx_gpu;
+typedef struct pmx_gpu_chunk pmx_gpu_chunk;
+
+/* Number of usable devices, or -1 with err (no driver, ...). */
+int pmx_gpu_count(char* err, size_t errlen);
+
+/* Opens devs[0..ndev) (ndev == 0: every device) for chunks of at most max_elems f32
+ * elements. Returns 0; -1 with err on a CUDA/NCCL failure; -2 with err when a device in
+ * devs does not exist. */
+int pmx_gpu_create(const int* devs, int ndev, size_t max_elems, pmx_gpu** out, char* err,
+                   size_t errlen);
+void pmx_gpu_destroy(pmx_gpu* g); /* accepts NULL */
+int pmx_gpu_ndev(const pmx_gpu* g);
+/* "0:NVIDIA H100 80GB HBM3, 1:..." */
+void pmx_gpu_describe(const pmx_gpu* g, char* out, size_t cap);
+
+/* A chunk of elems elements of dtype (PMX_DT_*), owned by GPU (seq mod G); momentum:
+ * keep momentum state. */
+int pmx_gpu_chunk_create(pmx_gpu* g, uint64_t seq, uint32_t elems, int dtype, int momentum,
+                         pmx_gpu_chunk** out, char* err, size_t errlen);
+void pmx_gpu_chunk_destroy(pmx_gpu* g, pmx_gpu_chunk* c); /* accepts NULL */
+
+/* Uploads the parameters (elems words of the dtype) and, when mom != NULL, the momentum. */
+int pmx_gpu_load(pmx_gpu* g, pmx_gpu_chunk* c, const void* params, const float* mom, char* err,
+                 size_t errlen);
+/* Adds rank's contribution x (elems f32, host) to the chunk's sum. */
+int pmx_gpu_accumulate(pmx_gpu* g, pmx_gpu_chunk* c, uint32_t rank, const float* x, char* err,
+                       size_t errlen);
+
+typedef struct pmx_gpu_step_args {
+  float lr, momentum, weight_decay;
+  uint32_t ncontrib;
+  int first;            /* first momentum step */
+  void* params_out;     /* new parameters (required) */
+  void* bits0_out;      /* a second copy of them, or NULL */
+  uint16_t* bits1_out;  /* bf16 view (f32 chunks), or NULL */
+  uint8_t* enc0_out;    /* encoder input of the native words, or NULL */
+  uint8_t* enc1_out;    /* encoder input of the bf16 view (f32 chunks), or NULL */
+} pmx_gpu_step_args;
+/* Reduces the partial sums onto the owner, applies SGD, writes the outputs, and resets
+ * the sum. Fails when no contribution was added. */
+int pmx_gpu_step(pmx_gpu* g, pmx_gpu_chunk* c, const pmx_gpu_step_args* a, char* err,
+                 size_t errlen);
+
+/* The bf16 view of an f32 chunk's parameters (elems words). */
+int pmx_gpu_read_bf16(pmx_gpu* g, pmx_gpu_chunk* c, uint16_t* out, char* err, size_t errlen);
+/* The momentum (elems f32); zeros when the chunk has none. */
+int pmx_gpu_read_mom(pmx_gpu* g, pmx_gpu_chunk* c, float* out, char* err, size_t errlen);
+
+/* Device-resident kernel throughput on GPU 0 (for bench/backend_bench.c), elems f32
+ * elements, iters repetitions after one warm-up. GB/s count bytes read + written. */
+typedef struct pmx_gpu_bench {
+  char name[128];
+  double acc_gbs;        /* the accumulate kernel: 12 bytes per element */
+  double step_gbs;       /* the fused optimizer (momentum, bf16 view, both encoder inputs):
+                          * 28 bytes per element (reads sum, p, mom; writes p, mom,
+                          * 4 + 2 + 2 bytes of view and encoder input) */
+  double d2d_gbs;        /* cudaMemcpy device to device (read + write) */
+  double peak_gbs;       /* 2 * memory clock * bus width; 0 when the device does not say */
+} pmx_gpu_bench;
+int pmx_gpu_kernel_bench(pmx_gpu* g, size_t elems, int iters, pmx_gpu_bench* r, char* err,
+                         size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
