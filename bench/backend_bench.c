@@ -62,7 +62,7 @@ static void* step_chunks(void* p) {
       }
     }
     pmx_step_io io;
-    pmx_step_io_init(b->svc, t, c, true, &io);
+    pmx_step_io_init(b->svc, t, c, true, true, &io); /* bf16 view and encoder input too */
     if (!io.bits[0]) {
       fprintf(stderr, "backend-bench: out of memory for the step outputs\n");
       exit(1);

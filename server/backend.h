@@ -43,6 +43,8 @@ typedef struct pmx_sgd {
  *   g = m; } p = p - lr * g.   (PyTorch's SGD with dampening 0, nesterov off.) */
 void pmx_sgd_apply(const pmx_sgd* o, float* p, float* mom, bool first, const float* sum,
                    size_t n, uint32_t nworkers);
+/* acc[i] += g[i] for i in [0, n), in order (vectorized; the same bits as the scalar loop). */
+void pmx_f32_add(float* acc, const float* g, size_t n);
 
 /* ---- one step's inputs and outputs ------------------------------------------------------- */
 /* Output buffers are host memory owned by the caller, c->elems words each; a NULL output

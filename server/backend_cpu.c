@@ -67,9 +67,7 @@ static int cpu_accumulate(pmx_backend* b, pmx_tensor_state* t, pmx_chunk_state* 
     memcpy(k->acc, g, (size_t)c->elems * sizeof(float));
     return 0;
   }
-  float* restrict acc = k->acc;
-  const float* restrict x = g;
-  for (uint32_t i = 0; i < c->elems; i++) acc[i] += x[i];
+  pmx_f32_add(k->acc, g, c->elems);
   return 0;
 }
 
@@ -106,8 +104,11 @@ void pmx_step_outputs(const pmx_tensor_state* t, size_t n, const void* old_bits,
 static void cpu_step(pmx_backend* b, pmx_tensor_state* t, pmx_chunk_state* c, pmx_step_io* io) {
   cpu_chunk* k = c->be;
   const size_t n = c->elems, nb = n * t->elem;
-  uint8_t* old = scratch_or_die(0, nb);
-  memcpy(old, c->params, nb);
+  uint8_t* old = NULL; /* the old bits, only for a delta the frames want */
+  if (io->enc[0] || io->enc[1]) {
+    old = scratch_or_die(0, nb);
+    memcpy(old, c->params, nb);
+  }
   if (!k->acc) pmx_backend_fatal("cpu", "step without a contribution");
   if (t->dtype == PMX_DT_F32) {
     pmx_sgd_apply(&b->sgd, c->params, c->mom, io->first, k->acc, n, io->ncontrib);

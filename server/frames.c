@@ -128,28 +128,38 @@ void pmx_frames_clear(pmx_service* svc, pmx_chunk_state* c, bool history_too) {
 /* Called under c->mu right after c->version was incremented: the old version's frames go,
  * and the frames that pmx_frames_after_step will install are marked pending so that pulls
  * wait for them instead of building their own. */
-static void mark_pending_after_step(pmx_service* svc, pmx_chunk_state* c) {
+static void mark_pending_after_step(pmx_service* svc, pmx_chunk_state* c, bool encode) {
   for (int v = 0; v < 2; v++) {
     pmx_view_state* vs = &c->view[v];
     cache_clear(vs);
     vs->checksum_valid = false;
     if (!vs->enabled) continue;
-    if (svc->cfg.compression && svc->cfg.history > 0) {
+    if (encode) {
       slot_claim(vs, c->version - 1);
-    } else if (!svc->cfg.compression) {
-      slot_claim(vs, PMX_KEY_FULL);
+    } else {
+      if (!svc->cfg.compression) slot_claim(vs, PMX_KEY_FULL);
       slot_claim(vs, PMX_KEY_RAW);
     }
   }
 }
 
-void pmx_frames_step_begin(pmx_service* svc, pmx_chunk_state* c) { mark_pending_after_step(svc, c); }
+void pmx_frames_step_begin(pmx_service* svc, pmx_chunk_state* c, bool encode) {
+  mark_pending_after_step(svc, c, encode && svc->cfg.compression && svc->cfg.history > 0);
+}
+
+bool pmx_frames_eager_delta(pmx_service* svc, pmx_chunk_state* c) {
+  if (!svc->cfg.compression || svc->cfg.history == 0) return false;
+  const uint64_t next = c->version + 1, window = (uint64_t)svc->cfg.history + 1;
+  for (int v = 0; v < 2; v++)
+    if (c->view[v].enabled && next <= c->view[v].delta_demand + window) return true;
+  return false;
+}
 
 void pmx_step_io_init(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c, bool view1,
-                      pmx_step_io* io) {
+                      bool encode, pmx_step_io* io) {
   const size_t n = c->elems;
   const bool v1 = view1 && t->dtype == PMX_DT_F32;
-  const bool enc = svc->cfg.compression && svc->cfg.history > 0;
+  const bool enc = encode && svc->cfg.compression && svc->cfg.history > 0;
   memset(io, 0, sizeof *io);
   io->bits[0] = pmx_buf_get(n * t->elem);
   if (v1) io->bits[1] = pmx_buf_get(n * 2);
@@ -174,7 +184,7 @@ void pmx_frames_after_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_stat
   bool view1 = c->view[1].enabled;
   pthread_mutex_unlock(&c->mu);
   pmx_step_io io;
-  pmx_step_io_init(svc, t, c, view1, &io);
+  pmx_step_io_init(svc, t, c, view1, true, &io);
   if (io.bits[0]) {
     pmx_step_outputs(t, c->elems, old_bits, new_bits, &io);
     pmx_frames_after_step_io(svc, t, c, version, &io);
@@ -190,6 +200,7 @@ void pmx_frames_after_step_io(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_s
   pmx_frame* full[2] = {NULL, NULL};
   uint64_t sums[2] = {0, 0};
   const bool want[2] = {io->bits[0] != NULL, io->bits[1] != NULL};
+  const bool encode = io->enc[0] != NULL; /* the step's delta is wanted */
 
   const size_t n = c->elems;
   for (int v = 0; v < 2; v++) {
@@ -198,7 +209,7 @@ void pmx_frames_after_step_io(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_s
     size_t raw = n * (size_t)w;
     const void* nb = io->bits[v];
     sums[v] = pmx_checksum(nb, raw);
-    if (svc->cfg.compression && svc->cfg.history > 0) {
+    if (encode) {
       size_t cap = pmx_zstd_bound(raw);
       pmx_frame* f = pmx_frame_new(cap);
       if (f) {
@@ -220,7 +231,7 @@ void pmx_frames_after_step_io(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_s
       delta[v] = f;
       if (!f || f->len * 100 >= raw * 95)
         full[v] = frame_from(svc, nb, raw, PMX_ENC_RAW, version, PMX_BASE_NONE, sums[v]);
-    } else if (!svc->cfg.compression) {
+    } else {
       full[v] = frame_from(svc, nb, raw, PMX_ENC_RAW, version, PMX_BASE_NONE, sums[v]);
     }
   }
@@ -232,6 +243,7 @@ void pmx_frames_after_step_io(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_s
       pmx_view_state* vs = &c->view[v];
       vs->checksum = sums[v];
       vs->checksum_valid = true;
+      if (!encode) hist_drop_from(svc, vs, 0); /* a gap: nobody pulls diffs now */
       if (delta[v]) {
         if (vs->nhist > 0 && vs->hist[0]->version + 1 != version) hist_drop_from(svc, vs, 0);
         hist_drop_from(svc, vs, svc->cfg.history - 1);
@@ -247,17 +259,17 @@ void pmx_frames_after_step_io(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_s
           hist_drop_from(svc, vs, vs->nhist - 1);
         slot_install(vs, version - 1, full[v] ? full[v] : delta[v]);
       } else if (full[v]) {
-        if (svc->cfg.compression) {
+        if (encode) {
           slot_install(vs, version - 1, full[v]);
         } else {
-          slot_install(vs, PMX_KEY_FULL, full[v]);
+          if (!svc->cfg.compression) slot_install(vs, PMX_KEY_FULL, full[v]);
           slot_install(vs, PMX_KEY_RAW, full[v]);
         }
       }
       /* a pending slot nobody will fill (encoding failed) must not stall pulls */
       for (int i = 0; i < PMX_CACHE_SLOTS; i++)
-        if (vs->cache[i].used && vs->cache[i].pending && vs->cache[i].key == version - 1 &&
-            !delta[v] && !full[v])
+        if (vs->cache[i].used && vs->cache[i].pending && !delta[v] && !full[v] &&
+            (vs->cache[i].key == version - 1 || vs->cache[i].key >= PMX_KEY_RAW))
           memset(&vs->cache[i], 0, sizeof vs->cache[i]);
     }
   }
@@ -381,6 +393,7 @@ uint64_t pmx_frames_key(pmx_service* svc, pmx_chunk_state* c, int view, uint64_t
   pmx_view_state* vs = &c->view[view];
   uint64_t full = accept_shuffle && svc->cfg.compression ? PMX_KEY_FULL : PMX_KEY_RAW;
   if (!svc->cfg.compression) return PMX_KEY_FULL; /* RAW frames, shared by both keys */
+  if (accept_delta && c->version > vs->delta_demand) vs->delta_demand = c->version;
   if (!accept_delta || have == PMX_BASE_NONE || have >= c->version) return full;
   if (slot_find(vs, have) >= 0) return have;
   uint64_t k = c->version - have;

@@ -276,7 +276,8 @@ static void chunk_advance(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state
 static void chunk_try_complete(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
                                resume_list* rl) {
   if (c->next_rank != svc->cfg.workers || c->ncontrib == 0 || rl->step_c) return;
-  pmx_step_io_init(svc, t, c, c->view[1].enabled, &rl->io);
+  const bool encode = pmx_frames_eager_delta(svc, c);
+  pmx_step_io_init(svc, t, c, c->view[1].enabled, encode, &rl->io);
   rl->io.ncontrib = c->ncontrib;
   rl->io.first = c->mom_first;
   pmx_ckpt_before_step(svc, t, c);
@@ -288,7 +289,7 @@ static void chunk_try_complete(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_
   memset(c->contributed, 0, svc->cfg.workers);
   c->version++;
   atomic_fetch_add(&svc->ctr.steps_completed, 1);
-  pmx_frames_step_begin(svc, c);
+  pmx_frames_step_begin(svc, c, encode);
   pmx_ckpt_after_step(svc, t, c);
   rl->step_t = t;
   rl->step_c = c;
@@ -482,6 +483,9 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
   return result;
 }
 
+/* Push messages up to this size are processed inline (the 1,000-float round trip). */
+#define INLINE_PUSH_BYTES (64u << 10)
+
 static void push_job(pmx_job* j) {
   pmx_push* ps = (pmx_push*)((char*)j - offsetof(pmx_push, job));
   resume_list rl;
@@ -516,7 +520,10 @@ static void push_on_message(pmx_srv_call* call, void* ctx, pmx_msg* msg, bool ok
   }
   ps->msg = msg;
   pmx_srv_call_ref(call);
-  pmx_pool_submit(ps->svc->pool, &ps->job);
+  /* A small chunk costs less to process here, on the completion-queue thread, than a
+   * hand-off to the pool costs in thread wake-ups; larger ones go to the pool. */
+  if (pmx_msg_len(msg) <= INLINE_PUSH_BYTES) push_job(&ps->job);
+  else pmx_pool_submit(ps->svc->pool, &ps->job);
 }
 
 /* A cancelled call stops waiting; its held contribution stays counted. */

@@ -899,6 +899,15 @@ static void test_no_compression(void** state) {
   run_job("client no_compression", &j, &R, &o);
   CHECK(o.st->pull_delta == 0, "pull_delta %" PRIu64 " with clients that accept no diffs", o.st->pull_delta);
   expect_raw_pulls("client no_compression", &o, -1);
+  /* Nobody wants diffs: steps stop encoding them once the demand window (history + 1
+   * versions from the start) has passed and publish only their RAW frame: one frame per
+   * chunk and version, plus at most history + 1 deltas per chunk (encoding every step's
+   * delta as well would make it about twice that), and no history is kept. */
+  const uint64_t chunks = nchunks(&j, 30000) + nchunks(&j, 700) + nchunks(&j, j.sync_numel);
+  const uint64_t most = (j.steps + 1 + j.history + 1) * chunks;
+  CHECK(o.st->encodes <= most && o.st->history_bytes == 0,
+        "encodes %" PRIu64 " (at most %" PRIu64 "), history_bytes %" PRIu64
+        " with clients that accept no diffs", o.st->encodes, most, o.st->history_bytes);
   jres_free(&o);
 
   /* mixed: only rank 1 refuses compression; the others still get diffs */

@@ -192,6 +192,31 @@ static void test_bit_exact_random(void** state) {
   free(sum);
 }
 
+/* The vectorized accumulation gives the scalar loop's bits, signed zeros, infinities and
+ * NaN included, at every length around the vector block. */
+static void test_f32_add_bit_exact(void** state) {
+  (void)state;
+  const size_t lens[] = {0, 1, 15, 16, 17, 1037};
+  float acc[1037], ref[1037], g[1037];
+  rng_state = 0x2545f4914f6cdd1dull;
+  for (size_t l = 0; l < N_OF(lens); l++) {
+    const size_t n = lens[l];
+    for (size_t i = 0; i < n; i++) {
+      acc[i] = ref[i] = rnd(-5, 5);
+      g[i] = rnd(-5, 5);
+    }
+    if (n > 20) {
+      acc[3] = ref[3] = -0.0f, g[3] = 0.0f;  /* -0 + 0 = +0 */
+      acc[5] = ref[5] = -0.0f, g[5] = -0.0f; /* stays -0 */
+      g[7] = 1.0f / 0.0f;
+      acc[9] = ref[9] = 1.0f / 0.0f, g[9] = -1.0f / 0.0f; /* NaN */
+    }
+    pmx_f32_add(acc, g, n);
+    for (size_t i = 0; i < n; i++) ref[i] += g[i];
+    if (n && memcmp(acc, ref, n * sizeof *acc) != 0) fail_msg("pmx_f32_add differs at n=%zu", n);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_plain_sgd),
@@ -201,6 +226,7 @@ int main(void) {
       cmocka_unit_test(test_momentum_with_weight_decay),
       cmocka_unit_test(test_zero_elements),
       cmocka_unit_test(test_bit_exact_random),
+      cmocka_unit_test(test_f32_add_bit_exact),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

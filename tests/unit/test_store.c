@@ -667,7 +667,7 @@ static uint64_t step(pmx_tensor_state* t, pmx_chunk_state* c, float lr) {
   memcpy(nw, c->params, nb);
   c->version++;
   const uint64_t v = c->version;
-  pmx_frames_step_begin(&g_svc, c);
+  pmx_frames_step_begin(&g_svc, c, true);
   pthread_mutex_unlock(&c->mu);
   pmx_frames_after_step(&g_svc, t, c, v, old, nw);
   free(f);
@@ -901,7 +901,7 @@ static void test_chunk_frames(void** state) {
   p[0] = old0 + 42.0f;
   void* after = dup_mem(c->params, bytes);
   c->version = 1;
-  pmx_frames_step_begin(&g_svc, c);
+  pmx_frames_step_begin(&g_svc, c, true);
   assert_true(slot_of(vs, PMX_KEY_FULL) < 0);
   assert_true(slot_of(vs, PMX_KEY_RAW) < 0);
   si = slot_of(vs, 0); /* the delta from version 0 will be installed: pulls wait for it */
@@ -1008,7 +1008,7 @@ static void test_after_step_history(void** state) {
    * full chunks, and the next step starts a new history. */
   pthread_mutex_lock(&c->mu);
   c->version++;
-  pmx_frames_step_begin(&g_svc, c);
+  pmx_frames_step_begin(&g_svc, c, true);
   pthread_mutex_unlock(&c->mu);
   pmx_frames_after_step_failed(&g_svc, c, STEPS + 1);
   assert_int_equal(c->view[0].nhist, 0);
