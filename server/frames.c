@@ -149,9 +149,12 @@ void pmx_frames_step_begin(pmx_service* svc, pmx_chunk_state* c, bool encode) {
 
 bool pmx_frames_eager_delta(pmx_service* svc, pmx_chunk_state* c) {
   if (!svc->cfg.compression || svc->cfg.history == 0) return false;
+  /* the version the step makes, against the last version a pull wanted diffs from */
   const uint64_t next = c->version + 1, window = (uint64_t)svc->cfg.history + 1;
-  for (int v = 0; v < 2; v++)
-    if (c->view[v].enabled && next <= c->view[v].delta_demand + window) return true;
+  for (int v = 0; v < 2; v++) {
+    const uint64_t d = c->view[v].delta_demand;
+    if (c->view[v].enabled && d > 0 && next <= d - 1 + window) return true;
+  }
   return false;
 }
 
@@ -393,7 +396,7 @@ uint64_t pmx_frames_key(pmx_service* svc, pmx_chunk_state* c, int view, uint64_t
   pmx_view_state* vs = &c->view[view];
   uint64_t full = accept_shuffle && svc->cfg.compression ? PMX_KEY_FULL : PMX_KEY_RAW;
   if (!svc->cfg.compression) return PMX_KEY_FULL; /* RAW frames, shared by both keys */
-  if (accept_delta && c->version > vs->delta_demand) vs->delta_demand = c->version;
+  if (accept_delta && c->version + 1 > vs->delta_demand) vs->delta_demand = c->version + 1;
   if (!accept_delta || have == PMX_BASE_NONE || have >= c->version) return full;
   if (slot_find(vs, have) >= 0) return have;
   uint64_t k = c->version - have;

@@ -121,8 +121,9 @@ typedef struct pmx_view_state {
   uint64_t checksum;                /* of this view at the chunk's version */
   pmx_frame* hist[PMX_MAX_HISTORY]; /* hist[i]: delta version-i-1 -> version-i */
   uint32_t nhist;
-  /* The chunk version at which a pull of this view last accepted deltas: steps encode
-   * their delta eagerly only while such pulls are recent (pmx_frames_eager_delta). */
+  /* 1 + the chunk version at which a pull of this view last accepted deltas (0: none
+   * yet): steps encode their delta eagerly only while such pulls are recent
+   * (pmx_frames_eager_delta). */
   uint64_t delta_demand;
   struct {
     uint64_t key;                   /* base version, PMX_KEY_FULL or PMX_KEY_RAW */

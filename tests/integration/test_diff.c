@@ -1232,6 +1232,11 @@ static void test_hostile_setup(void** state) {
   protobuf_c_message_free_unpacked(resp, NULL);
   g_tid_t = declare_raw("t", PMX_DT_F32, g_t[0], sizeof g_t[0]);
   g_tid_h = declare_raw("h", PMX_DT_BF16, g_h[0], sizeof g_h[0]);
+  /* The initial values, pulled the way workers do before their first step: by a client
+   * that accepts diffs, so that the server encodes the steps' deltas from now on. */
+  static const uint32_t comp[2] = {PMX_ENC_DELTA_ZSTD, PMX_ENC_SHUFFLE_ZSTD};
+  pull_expect("initial pull of t", false, NULL, NULL, comp, 2, g_t[0], 0, "03");
+  pull_expect("initial pull of h", true, NULL, NULL, comp, 2, g_h[0], 0, "03");
 
   cmsg cm[2 * H_CHUNKS];
   pmx_h_msg msgs[2 * H_CHUNKS];
