@@ -86,8 +86,16 @@ static int cu_err(char* err, size_t errlen, const char* what, cudaError_t e) {
   return -1;
 }
 
+/* ncclGetErrorString only names the class of error ("unhandled system error"); the
+ * detail (which file, which syscall, which peer) is in ncclGetLastError. The server runs
+ * on GPU machines that nobody can debug interactively, so the one line must say it all. */
 static int nccl_err(char* err, size_t errlen, const char* what, ncclResult_t r) {
-  if (err && errlen) snprintf(err, errlen, "%s: %s", what, ncclGetErrorString(r));
+  const char* last = ncclGetLastError(NULL);
+  if (err && errlen)
+    snprintf(err, errlen, "%s: %s%s%s", what, ncclGetErrorString(r), last && *last ? ": " : "",
+             last ? last : "");
+  for (char* q = err; err && errlen && *q; q++) /* one line, whatever NCCL's text holds */
+    if (*q == '\n' || *q == '\r') *q = ' ';
   return -1;
 }
 
@@ -390,8 +398,15 @@ fail:
 
 /* ---- chunks ------------------------------------------------------------------------- */
 
+/* cudaMalloc and cudaFree may synchronise a whole device. Done while another thread is
+ * between the per-device kernel launches of ncclGroupEnd, that can wait on an NCCL kernel
+ * whose peers are not launched yet (NCCL's documentation warns about exactly this). Chunks
+ * are created and destroyed under the store's declare lock while other chunks step, so
+ * their device allocations take nccl_mu: then no NCCL group is half launched, and every
+ * NCCL kernel a device synchronisation may wait for has all its peers launched. */
 void pmx_gpu_chunk_destroy(pmx_gpu* g, pmx_gpu_chunk* c) {
   if (!c) return;
+  pthread_mutex_lock(&g->nccl_mu);
   for (int i = 0; c->part && i < g->n; i++) {
     if (cudaSetDevice(g->d[i].id) != cudaSuccess) continue;
     cudaStreamSynchronize(g->d[i].s[c->sid]);
@@ -403,6 +418,7 @@ void pmx_gpu_chunk_destroy(pmx_gpu* g, pmx_gpu_chunk* c) {
     if (c->params) cudaFree(c->params);
     if (c->mom) cudaFree(c->mom);
   }
+  pthread_mutex_unlock(&g->nccl_mu);
   free(c->part);
   free(c->has);
   free(c->ev);
@@ -431,6 +447,7 @@ int pmx_gpu_chunk_create(pmx_gpu* g, uint64_t seq, uint32_t elems, int dtype, in
   c->part = (float**)calloc((size_t)g->n, sizeof *c->part);
   c->has = (unsigned char*)calloc((size_t)g->n, 1);
   c->ev = (cudaEvent_t*)calloc((size_t)g->n, sizeof *c->ev);
+  pthread_mutex_lock(&g->nccl_mu); /* see pmx_gpu_chunk_destroy */
   if (!c->part || !c->has || !c->ev) {
     snprintf(err, errlen, "out of memory");
     rc = -1;
@@ -440,16 +457,22 @@ int pmx_gpu_chunk_create(pmx_gpu* g, uint64_t seq, uint32_t elems, int dtype, in
   CU_GO("cudaMalloc", cudaMalloc(&c->params, (size_t)elems * c->es));
   if (momentum) {
     CU_GO("cudaMalloc", cudaMalloc((void**)&c->mom, (size_t)elems * sizeof(float)));
-    CU_GO("cudaMemset", cudaMemset(c->mom, 0, (size_t)elems * sizeof(float)));
+    /* On the chunk's own stream: a plain cudaMemset runs on the legacy default stream,
+     * which the cudaStreamNonBlocking streams are NOT ordered after, so it could land
+     * after (and wipe) a momentum that pmx_gpu_load restores on the chunk's stream. */
+    CU_GO("cudaMemsetAsync", cudaMemsetAsync(c->mom, 0, (size_t)elems * sizeof(float),
+                                             g->d[c->owner].s[c->sid]));
   }
   for (int i = 0; i < g->n; i++) {
     CU_GO("cudaSetDevice", cudaSetDevice(g->d[i].id));
     CU_GO("cudaMalloc", cudaMalloc((void**)&c->part[i], (size_t)elems * sizeof(float)));
     CU_GO("cudaEventCreateWithFlags", cudaEventCreateWithFlags(&c->ev[i], cudaEventDisableTiming));
   }
+  pthread_mutex_unlock(&g->nccl_mu);
   *out = c;
   return 0;
 fail:
+  pthread_mutex_unlock(&g->nccl_mu);
   pmx_gpu_chunk_destroy(g, c);
   return rc;
 }

@@ -21,8 +21,11 @@
  * order of the cpu code, so with G = 1 results are bit-identical to the cpu backend.
  *
  * Threads: any thread may call; calls for one chunk must not overlap (the server holds
- * the chunk's lock). Every function returns 0, or -1 with one line in err naming the CUDA
- * or NCCL call and its error. */
+ * the chunk's lock). NCCL communicators are not thread safe: every NCCL group (and every
+ * chunk's device allocation or free, which may synchronise a device) runs under one
+ * mutex of the pmx_gpu, so the communicators see the reductions in one order, never
+ * concurrently. Every function returns 0, or -1 with one line in err naming the CUDA or
+ * NCCL call and its error. */
 #ifndef PMX_GPU_H
 #define PMX_GPU_H
 

@@ -81,6 +81,9 @@ static void test_cuda(void** state) {
   pmx_h_server s;
   char err[512];
   if (pmx_h_server_start(&s, cuda, NULL, 60000, err, sizeof err) != 0) {
+    /* scripts/gpu-check.sh sets PMX_TEST_REQUIRE_GPU=1: there a refusal is a failure */
+    const char* req = getenv("PMX_TEST_REQUIRE_GPU");
+    if (req && strcmp(req, "1") == 0) fail_msg("--device cuda did not start on a GPU machine: %s", err);
     expect_refusal(cuda, 1, "--device cuda: cuda");
     return;
   }

@@ -20,7 +20,11 @@
  * (|p| < 2, lr <= 0.5) stay within 1e-5 of the reference, and 16-bit parameters within
  * one unit in the last place (a rounding may flip). That is the tolerance used when the
  * backend reports more than one device; the encoder inputs are then checked against the
- * backend's own bits. */
+ * backend's own bits.
+ *
+ * Besides: subnormal values (f16 and f32, so that a device flushing them to zero fails)
+ * and a concurrency run (8 threads stepping 41 chunks at once, like the compute pool,
+ * compared byte for byte with a single-threaded cpu run). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -120,7 +124,12 @@ typedef struct scenario {
   float lr, momentum, wd;
   int steps;
   bool view1, enc;    /* ask for the bf16 view and the encoder inputs */
+  float scale;        /* values are scale * [-1, 1); 0 means 1. Tiny scales make the values
+                       * subnormal (f32 below 2^-126, f16 below 2^-14): a device that
+                       * flushed them to zero would differ from the cpu */
 } scenario;
+
+static float scale_of(const scenario* sc) { return sc->scale != 0.0f ? sc->scale : 1.0f; }
 
 /* Every output byte of a run, in order, for comparing two backends. */
 typedef struct outlog {
@@ -176,18 +185,16 @@ static void expect_words(const scenario* sc, const void* got, const float* ref, 
   }
 }
 
-static void run(const scenario* sc, const char* dev, outlog* log) {
-  svc_up(sc, dev);
-  pmx_backend* b = g_svc.backend;
-  const bool exact = b->ndev == 1;
+/* Declares sc's tensor on g_svc with its initial values; pref (may be NULL) gets them as
+ * f32 values. */
+static pmx_tensor_state* declare(const scenario* sc, float* pref) {
   const size_t es = pmx_dtype_size(sc->dtype), n = sc->numel;
-  float* pref = malloc(n * sizeof(float));   /* reference parameters (f32 values) */
-  float* mref = calloc(n, sizeof(float));    /* reference momentum */
   uint8_t* init = malloc(n * es);
-  assert_true(pref && mref && init);
+  assert_non_null(init);
   for (size_t i = 0; i < n; i++) {
-    pref[i] = round_to(sc->dtype, val(1, 0, i));
-    uint32_t wv = word_of(sc->dtype, pref[i]);
+    float v = round_to(sc->dtype, scale_of(sc) * val(1, 0, i));
+    if (pref) pref[i] = v;
+    uint32_t wv = word_of(sc->dtype, v);
     memcpy(init + i * es, &wv, es); /* little endian: the low bytes */
   }
   const uint64_t shape[1] = {n};
@@ -199,6 +206,21 @@ static void run(const scenario* sc, const char* dev, outlog* log) {
   if (pmx_store_declare(&g_svc, &a, &t, &created, err, sizeof err) != PMX_ST_OK)
     fail_msg("declare: %s", err);
   assert_true(t->nchunks >= 2);
+  free(init);
+  return t;
+}
+
+/* Returns the number of devices the backend used. */
+static uint32_t run(const scenario* sc, const char* dev, outlog* log) {
+  svc_up(sc, dev);
+  pmx_backend* b = g_svc.backend;
+  const uint32_t ndev = b->ndev;
+  const bool exact = ndev == 1;
+  const size_t es = pmx_dtype_size(sc->dtype), n = sc->numel;
+  float* pref = malloc(n * sizeof(float));   /* reference parameters (f32 values) */
+  float* mref = calloc(n, sizeof(float));    /* reference momentum */
+  assert_true(pref && mref);
+  pmx_tensor_state* t = declare(sc, pref);
 
   bool first = true;
   for (int s = 0; s <= sc->steps; s++) {
@@ -215,14 +237,15 @@ static void run(const scenario* sc, const char* dev, outlog* log) {
       if (restore_step && b->momentum) {
         float* mom = malloc(m * sizeof(float));
         assert_non_null(mom);
-        for (size_t i = 0; i < m; i++) mref[off + i] = mom[i] = 0.25f * val(7, k, i);
+        for (size_t i = 0; i < m; i++)
+          mref[off + i] = mom[i] = 0.25f * scale_of(sc) * val(7, k, i);
         b->ops->chunk_load(b, t, c, mom);
         c->mom_first = false;
         free(mom);
       }
       for (uint32_t r = 0; r < sc->workers; r++) {
         for (size_t i = 0; i < m; i++) {
-          g[i] = round_to(sc->gdtype, val(100 + (uint64_t)s, r, off + i));
+          g[i] = round_to(sc->gdtype, scale_of(sc) * val(100 + (uint64_t)s, r, off + i));
           sum[i] = r == 0 ? g[i] : sum[i] + g[i];
         }
         bool taken = false;
@@ -326,19 +349,16 @@ static void run(const scenario* sc, const char* dev, outlog* log) {
   }
   free(pref);
   free(mref);
-  free(init);
   pmx_service_deinit(&g_svc);
+  return ndev;
 }
 
 /* Runs sc on the backend under test and, when that is not cpu and uses one device, on
  * the cpu backend too: every output byte must agree. */
 static void conform(const scenario* sc) {
   outlog mine = {0}, cpu = {0};
-  run(sc, g_dev, &mine);
+  uint32_t ndev = run(sc, g_dev, &mine);
   if (strcmp(g_dev, "cpu") != 0) {
-    svc_up(sc, g_dev);
-    uint32_t ndev = g_svc.backend->ndev;
-    pmx_service_deinit(&g_svc);
     if (ndev == 1) {
       run(sc, "cpu", &cpu);
       assert_int_equal(mine.len, cpu.len);
@@ -354,33 +374,190 @@ static void conform(const scenario* sc) {
 
 static void test_f32_plain(void** state) {
   (void)state;
-  const scenario sc = {"f32-plain", PMX_DT_F32, PMX_DT_F32, 3000, 3, 0.5f, 0, 0, 2, true, true};
+  const scenario sc = {"f32-plain", PMX_DT_F32, PMX_DT_F32, 3000, 3, 0.5f, 0, 0, 2, true, true, 0};
   conform(&sc);
 }
 
 static void test_f32_momentum_wd_bf16_pushes(void** state) {
   (void)state;
   const scenario sc = {"f32-momentum", PMX_DT_F32, PMX_DT_BF16, 2500, 4, 0.1f, 0.9f, 0.01f, 3,
-                       true, true};
+                       true, true, 0};
   conform(&sc);
 }
 
 static void test_bf16_tensor(void** state) {
   (void)state;
-  const scenario sc = {"bf16", PMX_DT_BF16, PMX_DT_BF16, 2100, 2, 0.25f, 0.9f, 0, 3, false, true};
+  const scenario sc = {"bf16", PMX_DT_BF16, PMX_DT_BF16, 2100, 2, 0.25f, 0.9f, 0, 3, false, true, 0};
   conform(&sc);
 }
 
 static void test_f16_tensor(void** state) {
   (void)state;
-  const scenario sc = {"f16", PMX_DT_F16, PMX_DT_F16, 1500, 3, 0.125f, 0, 0.01f, 2, false, true};
+  const scenario sc = {"f16", PMX_DT_F16, PMX_DT_F16, 1500, 3, 0.125f, 0, 0.01f, 2, false, true, 0};
   conform(&sc);
 }
 
 static void test_no_outputs(void** state) {
   (void)state;
-  const scenario sc = {"bare", PMX_DT_F32, PMX_DT_F32, 2049, 1, 0.5f, 0.5f, 0, 2, false, false};
+  const scenario sc = {"bare", PMX_DT_F32, PMX_DT_F32, 2049, 1, 0.5f, 0.5f, 0, 2, false, false, 0};
   conform(&sc);
+}
+
+/* f16 parameters and contributions that are mostly f16 subnormals (|x| < 2^-14): the
+ * subnormal paths of both 16-bit conversions. */
+static void test_f16_subnormal(void** state) {
+  (void)state;
+  const scenario sc = {"f16-subnormal", PMX_DT_F16, PMX_DT_F16, 2100, 3, 0.5f, 0.9f, 0, 3,
+                       false, true, 0x1p-15f};
+  conform(&sc);
+}
+
+/* f32 values around 2^-126 and below: every product and sum is subnormal, and so is the
+ * bf16 view. A device that flushed subnormals to zero (-ftz=true) fails this. */
+static void test_f32_subnormal(void** state) {
+  (void)state;
+  const scenario sc = {"f32-subnormal", PMX_DT_F32, PMX_DT_F32, 2500, 2, 0.25f, 0.5f, 0.5f, 3,
+                       true, true, 0x1p-125f};
+  conform(&sc);
+}
+
+/* ---- concurrency: chunks stepped from several threads at once -------------------------------
+ * The server's compute pool runs ops on different chunks concurrently (each under its
+ * chunk's lock). Here NTH threads do that with many chunks (so chunks share device streams,
+ * staging and output slots, and NCCL reductions interleave), and every output byte of every
+ * step must equal a single-threaded cpu run's (with one device; with more, the parameters
+ * must agree within the tolerance of the top of the file). Threads record outputs only:
+ * cmocka's assertions are made on the main thread after the join. */
+
+typedef struct mt_run {
+  const scenario* sc;
+  pmx_backend* b;
+  pmx_tensor_state* t;
+  int step;             /* 0..steps-1: a step; steps: the final snapshot and views */
+  uint32_t nth;
+  size_t slot;          /* output bytes per chunk and step */
+  uint8_t* out;         /* [steps + 1][nchunks][slot] */
+  int failed;           /* set (atomically) by a thread when the backend refused */
+} mt_run;
+
+typedef struct mt_arg {
+  mt_run* r;
+  uint32_t id;
+} mt_arg;
+
+static void* mt_thread(void* p) {
+  mt_arg* a = p;
+  mt_run* r = a->r;
+  const scenario* sc = r->sc;
+  pmx_backend* b = r->b;
+  pmx_tensor_state* t = r->t;
+  const size_t es = pmx_dtype_size(sc->dtype), ce = t->chunk_elems;
+  const bool v1 = sc->dtype == PMX_DT_F32;
+  for (uint32_t k = a->id; k < t->nchunks; k += r->nth) {
+    pmx_chunk_state* c = &t->chunks[k];
+    const size_t m = c->elems, off = (size_t)k * ce;
+    uint8_t* o = r->out + ((size_t)r->step * t->nchunks + k) * r->slot;
+    if (r->step == sc->steps) { /* layout: params, momentum, bf16 view */
+      pthread_mutex_lock(&c->mu);
+      b->ops->snapshot(b, t, c, o, b->momentum ? (float*)(o + ce * es) : NULL);
+      if (v1) b->ops->read_view(b, t, c, 1, o + ce * es + ce * 4);
+      pthread_mutex_unlock(&c->mu);
+      continue;
+    }
+    float* g = pmx_buf_get(g_svc.cfg.chunk_bytes);
+    if (!g) {
+      __atomic_store_n(&r->failed, 1, __ATOMIC_RELAXED);
+      return NULL;
+    }
+    pthread_mutex_lock(&c->mu);
+    for (uint32_t w = 0; w < sc->workers; w++) {
+      for (size_t i = 0; i < m; i++)
+        g[i] = round_to(sc->gdtype, scale_of(sc) * val(100 + (uint64_t)r->step, w, off + i));
+      bool taken = false;
+      if (b->ops->accumulate(b, t, c, w, g, w == 0, &taken) != 0)
+        __atomic_store_n(&r->failed, 1, __ATOMIC_RELAXED);
+      if (taken) g = pmx_buf_get(g_svc.cfg.chunk_bytes);
+      if (!g) {
+        __atomic_store_n(&r->failed, 1, __ATOMIC_RELAXED);
+        pthread_mutex_unlock(&c->mu);
+        return NULL;
+      }
+    }
+    /* layout: params (the host mirror), new bits, bf16 view, encoder input 0, 1 */
+    pmx_step_io io = {.ncontrib = sc->workers, .first = c->mom_first};
+    io.bits[0] = o + ce * es;
+    if (v1) io.bits[1] = o + 2 * ce * es;
+    io.enc[0] = o + 2 * ce * es + ce * 2;
+    if (v1) io.enc[1] = o + 3 * ce * es + ce * 2;
+    b->ops->step(b, t, c, &io);
+    c->mom_first = false;
+    memcpy(o, c->params, m * es);
+    pthread_mutex_unlock(&c->mu);
+    pmx_buf_put(g, g_svc.cfg.chunk_bytes);
+  }
+  return NULL;
+}
+
+/* Runs sc on dev with nth threads; returns the outputs (caller frees), *len their size. */
+static uint8_t* run_mt(const scenario* sc, const char* dev, uint32_t nth, uint32_t* ndev,
+                       size_t* len) {
+  svc_up(sc, dev);
+  mt_run r = {.sc = sc, .b = g_svc.backend, .nth = nth};
+  r.t = declare(sc, NULL);
+  *ndev = r.b->ndev;
+  const size_t es = pmx_dtype_size(sc->dtype), ce = r.t->chunk_elems;
+  r.slot = ce * (3 * es + 4); /* the larger of the step layout and the snapshot layout */
+  if (r.slot < ce * (es + 4 + 2)) r.slot = ce * (es + 4 + 2);
+  *len = (size_t)(sc->steps + 1) * r.t->nchunks * r.slot;
+  r.out = calloc(1, *len); /* bytes a layout leaves unused stay 0 in every run */
+  assert_non_null(r.out);
+  pthread_t th[16];
+  mt_arg args[16];
+  assert_true(nth >= 1 && nth <= 16);
+  for (r.step = 0; r.step <= sc->steps; r.step++) {
+    for (uint32_t i = 0; i < nth; i++) {
+      args[i] = (mt_arg){&r, i};
+      assert_int_equal(pthread_create(&th[i], NULL, mt_thread, &args[i]), 0);
+    }
+    for (uint32_t i = 0; i < nth; i++) pthread_join(th[i], NULL);
+    if (r.failed) fail_msg("%s on %s: the backend refused a contribution", sc->name, dev);
+  }
+  pmx_service_deinit(&g_svc);
+  return r.out;
+}
+
+static void test_concurrent_chunks(void** state) {
+  (void)state;
+  /* 41 chunks of 1024 elements (4K chunks), the last one partial */
+  const scenario sc = {"concurrent", PMX_DT_F32, PMX_DT_BF16, 40 * 1024 + 300, 4, 0.1f, 0.9f,
+                       0.01f, 3, true, true, 0};
+  uint32_t ndev = 0, ndev_cpu = 0;
+  size_t len = 0, len_cpu = 0;
+  uint8_t* mine = run_mt(&sc, g_dev, 8, &ndev, &len);
+  uint8_t* ref = run_mt(&sc, "cpu", 1, &ndev_cpu, &len_cpu);
+  assert_int_equal(len, len_cpu);
+  if (ndev == 1) {
+    for (size_t i = 0; i < len; i++)
+      if (mine[i] != ref[i])
+        fail_msg("%s on %s with 8 threads: output byte %zu is 0x%02x, the single-threaded cpu "
+                 "run's 0x%02x", sc.name, g_dev, i, mine[i], ref[i]);
+  } else {
+    /* the parameters of every step (the first 4 * chunk_elems bytes of each slot) */
+    const size_t ce = 1024, slot = ce * (3 * 4 + 4), nslots = len / slot;
+    for (size_t k = 0; k < nslots; k++)
+      for (size_t i = 0; i < ce; i++) {
+        float a, b;
+        memcpy(&a, mine + k * slot + 4 * i, 4);
+        memcpy(&b, ref + k * slot + 4 * i, 4);
+        if (!(fabsf(a - b) <= 1e-5f))
+          fail_msg("%s on %u GPUs: parameter %zu of slot %zu: %a, cpu %a", sc.name, ndev, i, k,
+                   (double)a, (double)b);
+      }
+    print_message("%s: %u GPUs: compared with the cpu within the stated tolerance\n", sc.name,
+                  ndev);
+  }
+  free(mine);
+  free(ref);
 }
 
 /* ---- --device and --gpus ------------------------------------------------------------------ */
@@ -469,6 +646,9 @@ int main(int argc, char** argv) {
       cmocka_unit_test(test_bf16_tensor),
       cmocka_unit_test(test_f16_tensor),
       cmocka_unit_test(test_no_outputs),
+      cmocka_unit_test(test_f16_subnormal),
+      cmocka_unit_test(test_f32_subnormal),
+      cmocka_unit_test(test_concurrent_chunks),
   };
   const struct CMUnitTest config[] = {
       cmocka_unit_test(test_gpu_lists),
