@@ -57,6 +57,27 @@ static pmx_frame* frame_from(pmx_service* svc, const void* bytes, size_t len, ui
   return f;
 }
 
+/* A RAW frame that takes over *buf (a pmx_buf_get buffer of len bytes: a step's output),
+ * instead of copying it: *buf is NULL afterwards. NULL (and *buf kept) when out of memory. */
+static pmx_frame* frame_adopt(pmx_service* svc, void** buf, size_t len, uint64_t version,
+                              uint64_t checksum) {
+  pmx_frame* f = calloc(1, sizeof *f);
+  if (!f) return NULL;
+  f->data = *buf;
+  *buf = NULL;
+  f->cap = len;
+  f->len = len;
+  atomic_init(&f->refs, 1);
+  f->encoding = PMX_ENC_RAW;
+  f->version = version;
+  f->base = PMX_BASE_NONE;
+  f->checksum = checksum;
+  g_frame_bytes = &svc->ctr.frame_bytes;
+  atomic_fetch_add(&svc->ctr.frame_bytes, (int64_t)f->cap);
+  atomic_fetch_add(&svc->ctr.encodes, 1);
+  return f;
+}
+
 int pmx_view_width(const pmx_tensor_state* t, int v) { return v == 1 ? 2 : (int)t->elem; }
 
 
@@ -198,7 +219,7 @@ void pmx_frames_after_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_stat
 }
 
 void pmx_frames_after_step_io(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
-                              uint64_t version, const pmx_step_io* io) {
+                              uint64_t version, pmx_step_io* io) {
   pmx_frame* delta[2] = {NULL, NULL};
   pmx_frame* full[2] = {NULL, NULL};
   uint64_t sums[2] = {0, 0};
@@ -232,10 +253,10 @@ void pmx_frames_after_step_io(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_s
         }
       }
       delta[v] = f;
-      if (!f || f->len * 100 >= raw * 95)
-        full[v] = frame_from(svc, nb, raw, PMX_ENC_RAW, version, PMX_BASE_NONE, sums[v]);
+      if (!f || f->len * 100 >= raw * 95) full[v] = frame_adopt(svc, &io->bits[v], raw, version, sums[v]);
     } else {
-      full[v] = frame_from(svc, nb, raw, PMX_ENC_RAW, version, PMX_BASE_NONE, sums[v]);
+      /* the step's output becomes the frame: no copy of the chunk */
+      full[v] = frame_adopt(svc, &io->bits[v], raw, version, sums[v]);
     }
   }
 

@@ -313,7 +313,7 @@ int pmx_view_width(const pmx_tensor_state* t, int v);
  * new version (and drops the history, which has a gap now). Then it sets the view
  * checksums and wakes waiters. */
 void pmx_frames_after_step_io(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
-                              uint64_t version, const pmx_step_io* io);
+                              uint64_t version, pmx_step_io* io); /* may take io->bits[v] */
 /* The same from host copies of the native bits before and after the step: the outputs
  * are computed on the cpu (pmx_step_outputs) for the views enabled now. */
 void pmx_frames_after_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
