@@ -392,8 +392,9 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
   }
   void* dst = pdt == PMX_DT_F32 ? (void*)ps->buf : (void*)pmx_scratch(2, bytes);
   char derr[200];
-  pmx_decode_result dr = dst ? pmx_chunk_decode(&h, seg, nseg, dst, c->elems, (int)pw, derr,
-                                                sizeof derr)
+  /* dst is this call's receive buffer or scratch: it may be written before the check */
+  pmx_decode_result dr = dst ? pmx_chunk_decode_private(&h, seg, nseg, dst, c->elems, (int)pw,
+                                                        derr, sizeof derr)
                              : PMX_DECODE_MALFORMED;
   if (dr != PMX_DECODE_OK) {
     *status = dr == PMX_DECODE_CHECKSUM ? PMX_ST_DATA_LOSS : PMX_ST_INVALID_ARGUMENT;

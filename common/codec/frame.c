@@ -75,6 +75,49 @@ static const uint8_t* payload_flat(const pmx_chunk* c, const pmx_iov* seg, size_
   return tmp;
 }
 
+/* RAW into a private destination: copy and hash in one pass, block by block, hashing
+ * each block where it was just written (in L1) instead of reading the payload twice. */
+static pmx_decode_result raw_copy_hash(const pmx_chunk* c, const pmx_iov* seg, size_t nseg,
+                                       uint8_t* dst, size_t bytes, char* err, size_t errlen) {
+  enum { BLOCK = 32 << 10 };
+  XXH3_state_t st;
+  XXH3_INITSTATE(&st);
+  XXH3_64bits_reset(&st);
+  size_t i = c->payload_seg, off = c->payload_off, left = bytes;
+  uint8_t* d = dst;
+  while (left > 0 && i < nseg) {
+    size_t k = seg[i].n - off < left ? seg[i].n - off : left;
+    for (size_t done = 0; done < k;) {
+      size_t b = k - done < BLOCK ? k - done : BLOCK;
+      memcpy(d, seg[i].p + off + done, b);
+      XXH3_64bits_update(&st, d, b);
+      d += b;
+      done += b;
+    }
+    left -= k;
+    i++;
+    off = 0;
+  }
+  if (left > 0) {
+    snprintf(err, errlen, "RAW payload truncated");
+    return PMX_DECODE_MALFORMED;
+  }
+  if (XXH3_64bits_digest(&st) != c->checksum) {
+    snprintf(err, errlen, "checksum mismatch");
+    return PMX_DECODE_CHECKSUM;
+  }
+  return PMX_DECODE_OK;
+}
+
+pmx_decode_result pmx_chunk_decode_private(const pmx_chunk* c, const pmx_iov* seg, size_t nseg,
+                                           void* dst, size_t n, int width, char* err,
+                                           size_t errlen) {
+  const size_t bytes = n * (size_t)width;
+  if (c->encoding == PMX_ENC_RAW && c->raw_len == bytes && c->payload_len == bytes)
+    return raw_copy_hash(c, seg, nseg, dst, bytes, err, errlen);
+  return pmx_chunk_decode(c, seg, nseg, dst, n, width, err, errlen);
+}
+
 pmx_decode_result pmx_chunk_decode(const pmx_chunk* c, const pmx_iov* seg, size_t nseg, void* dst,
                                    size_t n, int width, char* err, size_t errlen) {
   const size_t bytes = n * (size_t)width;

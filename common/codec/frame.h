@@ -31,6 +31,12 @@ typedef enum {
  * err holds one line. Uses pmx_scratch(0) and (1). */
 pmx_decode_result pmx_chunk_decode(const pmx_chunk* c, const pmx_iov* seg, size_t nseg, void* dst,
                                    size_t n, int width, char* err, size_t errlen);
+/* The same for a destination private to the caller, which may be written even when the
+ * decode then fails (a receive buffer): a RAW payload is copied and hashed in one pass
+ * instead of hashed in place and then copied (one read of the payload fewer). */
+pmx_decode_result pmx_chunk_decode_private(const pmx_chunk* c, const pmx_iov* seg, size_t nseg,
+                                           void* dst, size_t n, int width, char* err,
+                                           size_t errlen);
 
 /* Encodes a DELTA_ZSTD frame of new against base (n words of width bytes) into out (cap
  * >= pmx_zstd_bound(n*width)). Returns its size, 0 on error. Uses pmx_scratch(2), (3). */

@@ -189,6 +189,9 @@ static pmx_chunk header(uint32_t enc, size_t n, int width, uint64_t checksum) {
 
 /* Sends (h, payload) through encode_header + split `mode` + parse, then decodes into dst.
  * The kind alternates with the mode: both messages carry payloads the same way. */
+/* decode_msg uses pmx_chunk_decode_private (the server's receive path) when set */
+static bool g_private;
+
 static pmx_decode_result decode_msg(const pmx_chunk* h, const void* payload, size_t plen,
                                     int mode, void* dst, size_t n, int width, char* err,
                                     size_t errlen) {
@@ -206,7 +209,9 @@ static pmx_decode_result decode_msg(const pmx_chunk* h, const void* payload, siz
   assert_int_equal(c.raw_len, h->raw_len);
   assert_true(c.checksum == h->checksum);
   err[0] = 0;
-  pmx_decode_result r = pmx_chunk_decode(&c, m.seg, m.nseg, dst, n, width, err, errlen);
+  pmx_decode_result r = g_private
+                            ? pmx_chunk_decode_private(&c, m.seg, m.nseg, dst, n, width, err, errlen)
+                            : pmx_chunk_decode(&c, m.seg, m.nseg, dst, n, width, err, errlen);
   msg_free(&m);
   return r;
 }
@@ -354,6 +359,50 @@ static void test_decode_large_chunk(void** st) {
   free(next);
   free(base);
   free(w);
+}
+
+/* The one-pass copy+hash of RAW payloads into a private buffer: every split of the
+ * message (payloads across segments and past the 32 KiB copy blocks), both widths; a
+ * wrong checksum or a short payload is refused like by pmx_chunk_decode; other encodings
+ * take pmx_chunk_decode's path. */
+static void test_decode_private(void** st) {
+  (void)st;
+  rng_state = 9;
+  g_private = true;
+  const size_t lens[] = {1, 777, (1u << 18) + 3};
+  for (size_t s = 0; s < sizeof lens / sizeof *lens; s++) {
+    for (int width = 2; width <= 4; width += 2) {
+      const size_t n = lens[s], bytes = n * (size_t)width;
+      void* v = random_words(n, width);
+      void* start = random_words(n, width);
+      pmx_chunk h = header(PMX_ENC_RAW, n, width, pmx_checksum(v, bytes));
+      expect_ok(&h, v, bytes, start, v, n, width);
+      void* dst = dup_mem(start, bytes);
+      char err[256];
+      h.checksum ^= 1;
+      for (int mode = 0; mode < NSPLIT; mode++)
+        assert_int_equal(decode_msg(&h, v, bytes, mode, dst, n, width, err, sizeof err),
+                         PMX_DECODE_CHECKSUM);
+      h.checksum ^= 1;
+      if (n > 1) /* a payload shorter than raw_len says */
+        assert_int_equal(decode_msg(&h, v, bytes - (size_t)width, SPLIT_ONE, dst, n, width, err,
+                                    sizeof err),
+                         PMX_DECODE_MALFORMED);
+      /* SHUFFLE_ZSTD through the private entry point decodes as usual */
+      const size_t cap = pmx_zstd_bound(bytes);
+      uint8_t* frame = malloc(cap);
+      assert_non_null(frame);
+      size_t fl = pmx_encode_shuffle(v, n, width, 1, frame, cap);
+      assert_true(fl > 0);
+      pmx_chunk hz = header(PMX_ENC_SHUFFLE_ZSTD, n, width, pmx_checksum(v, bytes));
+      expect_ok(&hz, frame, fl, start, v, n, width);
+      free(frame);
+      free(dst);
+      free(start);
+      free(v);
+    }
+  }
+  g_private = false;
 }
 
 /* ---- encoder round trips ----------------------------------------------------------------- */
@@ -987,6 +1036,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_decode_every_encoding),
       cmocka_unit_test(test_decode_large_chunk),
+      cmocka_unit_test(test_decode_private),
       cmocka_unit_test(test_round_trips),
       cmocka_unit_test(test_hostile),
       cmocka_unit_test(test_segments_end_early),
