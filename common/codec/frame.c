@@ -75,24 +75,28 @@ static const uint8_t* payload_flat(const pmx_chunk* c, const pmx_iov* seg, size_
   return tmp;
 }
 
-/* RAW into a private destination: copy and hash in one pass, block by block, hashing
- * each block where it was just written (in L1) instead of reading the payload twice. */
-static pmx_decode_result raw_copy_hash(const pmx_chunk* c, const pmx_iov* seg, size_t nseg,
-                                       uint8_t* dst, size_t bytes, char* err, size_t errlen) {
+/* Walks a RAW payload of `bytes` and checks its checksum. With dst, copies it there on the
+ * way, 32 KiB at a time, hashing each block where it was just written (in L1), so the
+ * payload is read once; without, only hashes it where it lies. */
+static pmx_decode_result raw_walk(const pmx_chunk* c, const pmx_iov* seg, size_t nseg,
+                                  uint8_t* dst, size_t bytes, char* err, size_t errlen) {
   enum { BLOCK = 32 << 10 };
   XXH3_state_t st;
   XXH3_INITSTATE(&st);
   XXH3_64bits_reset(&st);
   size_t i = c->payload_seg, off = c->payload_off, left = bytes;
-  uint8_t* d = dst;
   while (left > 0 && i < nseg) {
     size_t k = seg[i].n - off < left ? seg[i].n - off : left;
-    for (size_t done = 0; done < k;) {
-      size_t b = k - done < BLOCK ? k - done : BLOCK;
-      memcpy(d, seg[i].p + off + done, b);
-      XXH3_64bits_update(&st, d, b);
-      d += b;
-      done += b;
+    if (!dst) {
+      XXH3_64bits_update(&st, seg[i].p + off, k);
+    } else {
+      for (size_t done = 0; done < k;) {
+        size_t b = k - done < BLOCK ? k - done : BLOCK;
+        memcpy(dst, seg[i].p + off + done, b);
+        XXH3_64bits_update(&st, dst, b);
+        dst += b;
+        done += b;
+      }
     }
     left -= k;
     i++;
@@ -114,7 +118,7 @@ pmx_decode_result pmx_chunk_decode_private(const pmx_chunk* c, const pmx_iov* se
                                            size_t errlen) {
   const size_t bytes = n * (size_t)width;
   if (c->encoding == PMX_ENC_RAW && c->raw_len == bytes && c->payload_len == bytes)
-    return raw_copy_hash(c, seg, nseg, dst, bytes, err, errlen);
+    return raw_walk(c, seg, nseg, dst, bytes, err, errlen);
   return pmx_chunk_decode(c, seg, nseg, dst, n, width, err, errlen);
 }
 
@@ -141,26 +145,9 @@ pmx_decode_result pmx_chunk_decode(const pmx_chunk* c, const pmx_iov* seg, size_
         snprintf(err, errlen, "RAW payload of %zu bytes, expected %zu", c->payload_len, bytes);
         return PMX_DECODE_MALFORMED;
       }
-      /* Hash the payload where it lies, then copy it once. */
-      XXH3_state_t st;
-      XXH3_INITSTATE(&st);
-      XXH3_64bits_reset(&st);
-      size_t i = c->payload_seg, off = c->payload_off, left = bytes;
-      while (left > 0 && i < nseg) {
-        size_t k = seg[i].n - off < left ? seg[i].n - off : left;
-        XXH3_64bits_update(&st, seg[i].p + off, k);
-        left -= k;
-        i++;
-        off = 0;
-      }
-      if (left > 0) {
-        snprintf(err, errlen, "RAW payload truncated");
-        return PMX_DECODE_MALFORMED;
-      }
-      if (XXH3_64bits_digest(&st) != c->checksum) {
-        snprintf(err, errlen, "checksum mismatch");
-        return PMX_DECODE_CHECKSUM;
-      }
+      /* Hash the payload where it lies, then copy it once: dst stays untouched on failure. */
+      pmx_decode_result r = raw_walk(c, seg, nseg, NULL, bytes, err, errlen);
+      if (r != PMX_DECODE_OK) return r;
       pmx_chunk_copy_payload(c, seg, nseg, dst, bytes);
       return PMX_DECODE_OK;
     }
