@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full benchmark run behind bench/README.md: loopback sizes, ResNet-50 and BERT-base
 # against MPI_Allreduce and iperf3, the SGD lr sweep and ResNet-50 behind emulated 1 Gbit/s
-# links, then the plots. ~15 minutes on the 2-vCPU VM; --link parts need root.
+# links, issue 5's goals (bench/goals), then the plots. ~20 minutes on the 2-vCPU VM;
+# --link parts need root.
 # Usage: bench/full-run.sh [OUTDIR] [BUILD_DIR]   (default: bench/results, build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,4 +37,6 @@ if [[ $EUID -eq 0 ]]; then
     --steps 4 --warmup 2 --link 1gbit --baselines iperf3 \
     --json "$out/resnet50-1gbit.json" --csv "$out/resnet50-1gbit.csv"
 fi
-/usr/bin/env python3 bench/plot "$out"/*.json --out "$out"
+# issue 5's five goals, each a ratio measured in one invocation (writes $out/goals.json)
+/usr/bin/env python3 bench/goals --build-dir "$build" --out "$out"
+/usr/bin/env python3 bench/plot "$out"/[!g]*.json --out "$out"

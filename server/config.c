@@ -1,5 +1,7 @@
 /* paramex-server flags; each is also a PMX_* environment variable. */
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -144,5 +146,42 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
     fprintf(stderr, "paramex-server: %s\n", err);
     return 2;
   }
+  return 0;
+}
+
+/* --gpus LIST (declared in backend.h; here with the other flags, so that the flag parser
+ * and its fuzz target do not need the backends). */
+int pmx_gpu_list_parse(const char* s, int* ids, uint32_t cap, uint32_t* n, char* err,
+                       size_t errlen) {
+  uint32_t k = 0;
+  const char* p = s;
+  if (!*p) {
+    snprintf(err, errlen, "--gpus: empty list (want device numbers such as 0,1)");
+    return -1;
+  }
+  for (;;) {
+    char* end;
+    errno = 0;
+    long v = *p >= '0' && *p <= '9' ? strtol(p, &end, 10) : -1;
+    if (v < 0 || errno != 0 || v > 1023 || (end != p && *end != ',' && *end != 0)) {
+      size_t len = strcspn(p, ",");
+      snprintf(err, errlen, "--gpus: '%.*s' is not a device number (want a list such as 0,1)",
+               (int)(len > 40 ? 40 : len), p);
+      return -1;
+    }
+    for (uint32_t i = 0; i < k; i++)
+      if (ids[i] == (int)v) {
+        snprintf(err, errlen, "--gpus: device %ld is listed twice", v);
+        return -1;
+      }
+    if (k == cap) {
+      snprintf(err, errlen, "--gpus: more than %u devices", cap);
+      return -1;
+    }
+    ids[k++] = (int)v;
+    if (*end == 0) break;
+    p = end + 1;
+  }
+  *n = k;
   return 0;
 }
