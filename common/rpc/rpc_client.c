@@ -115,7 +115,7 @@ pmx_rpc_channel* pmx_rpc_channel_create_ex(const char* target, const pmx_rpc_cha
   }
   pthread_mutex_init(&ch->mu, NULL);
   rpc_cond_init_monotonic(&ch->cv);
-  grpc_arg args[3];
+  grpc_arg args[4];
   args[0].type = GRPC_ARG_INTEGER;
   args[0].key = (char*)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
   args[0].value.integer = (int)PMX_RPC_MAX_MESSAGE;
@@ -124,12 +124,17 @@ pmx_rpc_channel* pmx_rpc_channel_create_ex(const char* target, const pmx_rpc_cha
   args[1].type = GRPC_ARG_INTEGER;
   args[1].key = (char*)GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
   args[1].value.integer = 1;
-  grpc_channel_args ca = {2, args};
+  /* libparamex retries itself (idempotent pushes, backoff, restart detection); gRPC's
+   * own retry layer would only add per-call work and hold sent messages. */
+  args[2].type = GRPC_ARG_INTEGER;
+  args[2].key = (char*)GRPC_ARG_ENABLE_RETRIES;
+  args[2].value.integer = 0;
+  grpc_channel_args ca = {3, args};
   if (opts && opts->tls_server_name) {
-    args[2].type = GRPC_ARG_STRING;
-    args[2].key = (char*)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
-    args[2].value.string = (char*)opts->tls_server_name;
-    ca.num_args = 3;
+    args[3].type = GRPC_ARG_STRING;
+    args[3].key = (char*)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+    args[3].value.string = (char*)opts->tls_server_name;
+    ca.num_args = 4;
   }
   grpc_channel_credentials* creds;
   if (opts && opts->tls_ca_pem) {
