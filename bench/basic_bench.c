@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
   int bf16_view = 0;    /* --pull-dtype bf16 */
   int no_comp = 0;      /* --client-compression off: accept raw pulls only */
   int push_mode = 0;    /* --push raw|zstd|bf16|bf16+zstd */
+  int overlap = 0;      /* --overlap on: the pull of step s+1 starts before the push of s */
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--server")) addr = argv[i + 1];
     else if (!strcmp(argv[i], "--rank")) rank = (unsigned)strtoul(argv[i + 1], NULL, 10);
@@ -69,6 +70,7 @@ int main(int argc, char** argv) {
     else if (!strcmp(argv[i], "--workload")) sgd = !strcmp(argv[i + 1], "sgd");
     else if (!strcmp(argv[i], "--pull-dtype")) bf16_view = !strcmp(argv[i + 1], "bf16");
     else if (!strcmp(argv[i], "--client-compression")) no_comp = !strcmp(argv[i + 1], "off");
+    else if (!strcmp(argv[i], "--overlap")) overlap = !strcmp(argv[i + 1], "on");
     else if (!strcmp(argv[i], "--push"))
       push_mode = !strcmp(argv[i + 1], "zstd") ? PMX_PUSH_ZSTD
                   : !strcmp(argv[i + 1], "bf16") ? PMX_PUSH_BF16
@@ -80,7 +82,7 @@ int main(int argc, char** argv) {
   }
   if (!addr || numel == 0 || steps < 1 || world == 0 || rank >= world) {
     fprintf(stderr, "usage: paramex-basic-bench --server ADDR [--rank R --world N] "
-                    "[--numel N] [--steps S] [--warmup W]\n");
+                    "[--numel N] [--steps S] [--warmup W] [--overlap on]\n");
     return 2;
   }
   pmx_client* c;
@@ -118,11 +120,23 @@ int main(int argc, char** argv) {
   for (int s = 0; s < total; s++) {
     if (s == warmup) pmx_client_get_stats(c, &st0);
     const void* gsrc = grads[s % NGRAD];
-    double t0 = now_s();
-    CHECK("push", pmx_push(c, base + (uint64_t)s, 1, &t, &gsrc));
-    double t1 = now_s();
-    CHECK("pull", pmx_pull_as(c, 1, &t, &pdst, bf16_view ? PMX_BF16 : 0, base + (uint64_t)s + 1, NULL));
-    double t2 = now_s();
+    double t0 = now_s(), t1, t2;
+    if (overlap) {
+      /* pipelined: the pull parks on the server until the push completes the step, so the
+       * round trip costs about one call instead of two */
+      pmx_op* op = NULL;
+      CHECK("pull", pmx_pull_as_async(c, 1, &t, &pdst, bf16_view ? PMX_BF16 : 0,
+                                      base + (uint64_t)s + 1, NULL, &op));
+      CHECK("push", pmx_push(c, base + (uint64_t)s, 1, &t, &gsrc));
+      t1 = now_s();
+      CHECK("pull", pmx_op_wait(op));
+      t2 = now_s();
+    } else {
+      CHECK("push", pmx_push(c, base + (uint64_t)s, 1, &t, &gsrc));
+      t1 = now_s();
+      CHECK("pull", pmx_pull_as(c, 1, &t, &pdst, bf16_view ? PMX_BF16 : 0, base + (uint64_t)s + 1, NULL));
+      t2 = now_s();
+    }
     tpush[s] = t1 - t0;
     tpull[s] = t2 - t1;
   }

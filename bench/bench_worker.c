@@ -182,7 +182,8 @@ static void usage(FILE* f) {
           "usage: paramex-bench-worker --server ADDR [--rank R] [--world W] [--model SPEC]\n"
           "           [--steps S] [--warmup S] [--pull-dtype f32|bf16] [--compression auto|on|off]\n"
           "           [--push raw|zstd|bf16|bf16+zstd] [--grad-buffers K] [--timeout-ms MS]\n"
-          "           [--progress]   (--no-compression = --compression off)\n"
+          "           [--progress] [--overlap]   (--no-compression = --compression off;\n"
+          "           --overlap starts the pull of step s+1 before the push of step s)\n"
           "       paramex-bench-worker --model SPEC --describe\n"
           "       paramex-bench-worker --check-models\n"
           "SPEC: dense:N (N f32 values, K/M/G = 1e3/1e6/1e9), resnet50, bert-base\n");
@@ -194,6 +195,7 @@ int main(int argc, char** argv) {
   unsigned rank = 0, world = 1;
   int steps = 10, warmup = 2, ngrad = 3, progress = 0, do_describe = 0;
   int bf16_view = 0, compression = PMX_COMPRESSION_AUTO;
+  int overlap = 0; /* --overlap: the pull of step s+1 starts before the push of step s */
   const char* push_name = "raw";
   pmx_push_mode push_mode = PMX_PUSH_RAW;
   long long timeout_ms = 0;
@@ -211,6 +213,8 @@ int main(int argc, char** argv) {
       compression = PMX_COMPRESSION_OFF;
     } else if (!strcmp(a, "--progress")) {
       progress = 1;
+    } else if (!strcmp(a, "--overlap")) {
+      overlap = 1;
     } else if (!v) {
       fprintf(stderr, "bench-worker: %s needs a value or is unknown\n", a);
       return 2;
@@ -361,11 +365,21 @@ int main(int argc, char** argv) {
       }
     }
     const void* const* g = gptr + (size_t)(s % ngrad) * m.n;
-    double t0 = now_s();
-    CHECK("push", pmx_push(c, base + (uint64_t)s, m.n, tensors, g));
-    double t1 = now_s();
-    CHECK("pull", pmx_pull_as(c, m.n, tensors, dst, view, base + (uint64_t)s + 1, NULL));
-    double t2 = now_s();
+    double t0 = now_s(), t1, t2;
+    if (overlap) {
+      /* pipelined: the pull parks on the server until the step is complete */
+      pmx_op* op = NULL;
+      CHECK("pull", pmx_pull_as_async(c, m.n, tensors, dst, view, base + (uint64_t)s + 1, NULL, &op));
+      CHECK("push", pmx_push(c, base + (uint64_t)s, m.n, tensors, g));
+      t1 = now_s();
+      CHECK("pull", pmx_op_wait(op));
+      t2 = now_s();
+    } else {
+      CHECK("push", pmx_push(c, base + (uint64_t)s, m.n, tensors, g));
+      t1 = now_s();
+      CHECK("pull", pmx_pull_as(c, m.n, tensors, dst, view, base + (uint64_t)s + 1, NULL));
+      t2 = now_s();
+    }
     tpush[s] = t1 - t0;
     tpull[s] = t2 - t1;
     if (s >= warmup) tstep[s - warmup] = t2 - t0;

@@ -726,6 +726,36 @@ pmx_status pmx_push(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* t
   return st == PMX_OK ? pmx_op_wait(op) : st;
 }
 
+/* Cancels the op's call if it is still running. op_on_done takes op->mu, so while op->mu
+ * is held and done is false the call's memory is valid; try_ref refuses a call whose last
+ * reference is already going. */
+static void op_cancel(pmx_op* op) {
+  pthread_mutex_lock(&op->mu);
+  pmx_cli_call* call = !op->done && op->call && pmx_cli_call_try_ref(op->call) ? op->call : NULL;
+  pthread_mutex_unlock(&op->mu);
+  if (!call) return;
+  pmx_cli_call_cancel(call);
+  pmx_cli_call_unref(call);
+}
+
+pmx_status pmx_push_pull(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* tensors,
+                         const void* const* grads, void* const* dst, uint64_t* versions) {
+  pmx_op* pull = NULL;
+  pmx_status st = pmx_pull_async(c, n, tensors, dst, step + 1, versions, &pull);
+  if (st != PMX_OK) return st;
+  st = pmx_push(c, step, n, tensors, grads);
+  if (st != PMX_OK) {
+    /* the step may never complete now: stop the parked pull, report the push's error */
+    char saved[sizeof tl_error];
+    memcpy(saved, tl_error, sizeof saved);
+    op_cancel(pull);
+    pmx_op_wait(pull);
+    memcpy(tl_error, saved, sizeof saved);
+    return st;
+  }
+  return pmx_op_wait(pull);
+}
+
 /* ---- pull ---- */
 
 /* Element width of tensor t in the op's view. */

@@ -181,6 +181,10 @@ typedef struct pmx_cli_call_cbs {
 pmx_cli_call* pmx_cli_call_start(pmx_rpc_channel* ch, const char* path, int64_t timeout_ms,
                                  bool wait_for_ready, const pmx_cli_call_cbs* cbs, void* ctx);
 void pmx_cli_call_ref(pmx_cli_call* call);
+/* A reference unless the last one is already being dropped (false: on_done is running or
+ * about to, and call must not be used). The caller must know call's memory is still
+ * valid, e.g. because on_done has not returned yet. */
+bool pmx_cli_call_try_ref(pmx_cli_call* call);
 void pmx_cli_call_unref(pmx_cli_call* call);
 /* One outstanding send at a time; last: also half-close. false when the call is over
  * (release has run, no callback follows). */

@@ -265,6 +265,14 @@ void pmx_cli_call_ref(pmx_cli_call* c) {
   pthread_mutex_unlock(&c->mu);
 }
 
+bool pmx_cli_call_try_ref(pmx_cli_call* c) {
+  pthread_mutex_lock(&c->mu);
+  bool ok = c->refs > 0;
+  if (ok) c->refs++;
+  pthread_mutex_unlock(&c->mu);
+  return ok;
+}
+
 void pmx_cli_call_unref(pmx_cli_call* c) {
   pthread_mutex_lock(&c->mu);
   int left = --c->refs;

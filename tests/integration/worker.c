@@ -6,7 +6,8 @@
  *
  * Joins, declares "a" and "b" (model.h) with explicit initial values, pulls version 0,
  * then for each step s: computes its gradients from the pulled parameters, pushes step s
- * and pulls version s+1 (odd steps overlap pmx_push_async with pmx_pull_async). With
+ * and pulls version s+1 (odd steps overlap pmx_push_async with pmx_pull_async, steps
+ * 2, 6, ... use pmx_push_pull). With
  * --dup-step K it pushes step K twice more (once before and once after the pull of K+1),
  * as a retry would. --progress prints "step N" on stdout after each of the first 16
  * steps, --progress-every K after every step s with s % K == 0. Writes the final
@@ -190,6 +191,11 @@ int main(int argc, char** argv) {
         exit(1);
       }
       if (st_push == PMX_ERR_ABORTED || st_pull == PMX_ERR_ABORTED) aborted = PMX_ERR_ABORTED;
+    } else if (s % 4 == 2 && !dup) {
+      /* the pipelined form: pull of s+1 started first, then the push */
+      st = pmx_push_pull(c, s, PMX_IT_NTENSORS, tensors, src, dst, versions);
+      if (resync && st == PMX_ERR_ABORTED) aborted = st;
+      else if (st != PMX_OK) die_pmx("pmx_push_pull", s, st);
     } else {
       st = pmx_push(c, s, PMX_IT_NTENSORS, tensors, src);
       if (resync && st == PMX_ERR_ABORTED) aborted = st;

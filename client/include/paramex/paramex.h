@@ -227,6 +227,17 @@ PMX_API pmx_status pmx_pull_as_async(pmx_client* client, size_t n, pmx_tensor* c
  * even on error). */
 PMX_API pmx_status pmx_op_wait(pmx_op* op);
 
+/* One training step's exchange, pipelined: starts the pull of version step + 1 into dst,
+ * then pushes grads for step, then waits for the pull. The pull waits on the server (no
+ * thread blocked there) and each chunk comes back as soon as its step is complete, while
+ * later chunks are still being pushed, so a step costs about one round trip instead of
+ * two (1,000 floats here: 290-340 us against 400-540 us; ResNet-50 with 2 workers: 157
+ * against 237 ms). The same as pmx_push then pmx_pull otherwise: a failed push stops the
+ * pull and its error is returned; grads unchanged and dst untouched until it returns. */
+PMX_API pmx_status pmx_push_pull(pmx_client* client, uint64_t step, size_t n,
+                                 pmx_tensor* const* tensors, const void* const* grads,
+                                 void* const* dst, uint64_t* versions);
+
 /* Counters of this client since pmx_connect. */
 typedef struct pmx_client_stats {
   uint64_t push_chunks, push_raw_bytes, push_wire_bytes;
