@@ -356,16 +356,10 @@ int main(int argc, char** argv) {
     double loss, acc;
     loss_and_grad(params, &train, grad, &loss, &acc);
 
-    /* Overlap: the push of step s and the pull of version s+1 run at the same time; the
-     * pull completes once every worker's step-s gradients were applied. `params` is not
-     * touched and `grad` not changed until both operations are waited for. */
-    pmx_op* push_op;
-    pmx_op* pull_op;
-    check(pmx_push_async(client, s, 1, tensors, grads, &push_op), "push step %" PRIu64, s);
-    check(pmx_pull_async(client, 1, tensors, dst, s + 1, &version, &pull_op),
-          "pull version %" PRIu64, s + 1);
-    check(pmx_op_wait(push_op), "push step %" PRIu64, s);
-    check(pmx_op_wait(pull_op), "pull version %" PRIu64, s + 1);
+    /* One pipelined exchange per step: the pull of version s+1 starts first and waits on
+     * the server, then the gradients of step s go out; each chunk of the new parameters
+     * comes back as soon as every worker's step-s gradients were applied to it. */
+    check(pmx_push_pull(client, s, 1, tensors, grads, dst, &version), "step %" PRIu64, s);
     if (version != s + 1)
       die("pull version %" PRIu64 ": got version %" PRIu64, s + 1, version);
 
