@@ -726,9 +726,13 @@ pmx_status pmx_push(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* t
   return st == PMX_OK ? pmx_op_wait(op) : st;
 }
 
+static void op_wait_call(pmx_op* op);
+
 /* Cancels the op's call if it is still running. op_on_done takes op->mu, so while op->mu
  * is held and done is false the call's memory is valid; try_ref refuses a call whose last
- * reference is already going. */
+ * reference is already going. Lock order op->mu -> call mutex: only for pull ops, whose
+ * sends have no release callback (a push's release callbacks take op->mu and may run
+ * under the call's mutex). */
 static void op_cancel(pmx_op* op) {
   pthread_mutex_lock(&op->mu);
   pmx_cli_call* call = !op->done && op->call && pmx_cli_call_try_ref(op->call) ? op->call : NULL;
@@ -745,12 +749,13 @@ pmx_status pmx_push_pull(pmx_client* c, uint64_t step, size_t n, pmx_tensor* con
   if (st != PMX_OK) return st;
   st = pmx_push(c, step, n, tensors, grads);
   if (st != PMX_OK) {
-    /* the step may never complete now: stop the parked pull, report the push's error */
-    char saved[sizeof tl_error];
-    memcpy(saved, tl_error, sizeof saved);
+    /* The step may never complete now: stop the parked pull and report the push's error
+     * at once. Not pmx_op_wait: its retries (a pull that failed UNAVAILABLE) would wait
+     * for a version this push did not make, and its rejoin would repeat the push's. The
+     * buffers stay marked as holding nothing certain (a later pull sends them in full). */
     op_cancel(pull);
-    pmx_op_wait(pull);
-    memcpy(tl_error, saved, sizeof saved);
+    op_wait_call(pull);
+    op_free(pull);
     return st;
   }
   return pmx_op_wait(pull);

@@ -487,6 +487,16 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
 /* Push messages up to this size are processed inline (the 1,000-float round trip). */
 #define INLINE_PUSH_BYTES (64u << 10)
 
+static bool push_is_small(pmx_msg* msg) {
+  if (pmx_msg_len(msg) > INLINE_PUSH_BYTES) return false;
+  size_t nseg;
+  const pmx_iov* seg = pmx_msg_segments(msg, &nseg);
+  pmx_chunk h;
+  char err[8];
+  return pmx_chunk_parse(PMX_CHUNK_PUSH, seg, nseg, &h, err, sizeof err) == 0 &&
+         h.raw_len <= INLINE_PUSH_BYTES;
+}
+
 static void push_job(pmx_job* j) {
   pmx_push* ps = (pmx_push*)((char*)j - offsetof(pmx_push, job));
   resume_list rl;
@@ -522,8 +532,9 @@ static void push_on_message(pmx_srv_call* call, void* ctx, pmx_msg* msg, bool ok
   ps->msg = msg;
   pmx_srv_call_ref(call);
   /* A small chunk costs less to process here, on the completion-queue thread, than a
-   * hand-off to the pool costs in thread wake-ups; larger ones go to the pool. */
-  if (pmx_msg_len(msg) <= INLINE_PUSH_BYTES) push_job(&ps->job);
+   * hand-off to the pool costs in thread wake-ups; larger ones go to the pool. Small by
+   * its decoded size: a compressed message may expand to a whole chunk. */
+  if (push_is_small(msg)) push_job(&ps->job);
   else pmx_pool_submit(ps->svc->pool, &ps->job);
 }
 

@@ -115,7 +115,7 @@ pmx_rpc_channel* pmx_rpc_channel_create_ex(const char* target, const pmx_rpc_cha
   }
   pthread_mutex_init(&ch->mu, NULL);
   rpc_cond_init_monotonic(&ch->cv);
-  grpc_arg args[4];
+  grpc_arg args[3];
   args[0].type = GRPC_ARG_INTEGER;
   args[0].key = (char*)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
   args[0].value.integer = (int)PMX_RPC_MAX_MESSAGE;
@@ -124,17 +124,15 @@ pmx_rpc_channel* pmx_rpc_channel_create_ex(const char* target, const pmx_rpc_cha
   args[1].type = GRPC_ARG_INTEGER;
   args[1].key = (char*)GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
   args[1].value.integer = 1;
-  /* libparamex retries itself (idempotent pushes, backoff, restart detection); gRPC's
-   * own retry layer would only add per-call work and hold sent messages. */
-  args[2].type = GRPC_ARG_INTEGER;
-  args[2].key = (char*)GRPC_ARG_ENABLE_RETRIES;
-  args[2].value.integer = 0;
-  grpc_channel_args ca = {3, args};
+  /* gRPC's retries stay on (the default): no retry policy is configured, but the same
+   * layer retries transparently a call that raced a GOAWAY or a refused stream, which
+   * the unary control calls rely on. */
+  grpc_channel_args ca = {2, args};
   if (opts && opts->tls_server_name) {
-    args[3].type = GRPC_ARG_STRING;
-    args[3].key = (char*)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
-    args[3].value.string = (char*)opts->tls_server_name;
-    ca.num_args = 4;
+    args[2].type = GRPC_ARG_STRING;
+    args[2].key = (char*)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+    args[2].value.string = (char*)opts->tls_server_name;
+    ca.num_args = 3;
   }
   grpc_channel_credentials* creds;
   if (opts && opts->tls_ca_pem) {
@@ -381,18 +379,22 @@ bool pmx_cli_call_send(pmx_cli_call* c, const pmx_out* out, bool last) {
   c->send_bb = rpc_out_buffer(out);
   grpc_op ops[3];
   memset(ops, 0, sizeof ops);
-  size_t n = take_initial_md(c, &ops[0]);
+  const size_t md = take_initial_md(c, &ops[0]);
+  size_t n = md;
   ops[n].op = GRPC_OP_SEND_MESSAGE;
   ops[n].data.send_message.send_message = c->send_bb;
   n++;
   if (last) ops[n++].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
   bool ok = c->send_bb && grpc_call_start_batch(c->call, ops, n, &c->t_send, NULL) == GRPC_CALL_OK;
+  grpc_byte_buffer* drop = NULL;
   if (!ok) {
-    if (c->send_bb) grpc_byte_buffer_destroy(c->send_bb);
+    drop = c->send_bb; /* destroyed after unlocking: its release callback takes other locks */
     c->send_bb = NULL;
     c->sending = false;
+    if (md) c->md_pending = true; /* the headers did not go: the next batch carries them */
   }
   pthread_mutex_unlock(&c->mu);
+  if (drop) grpc_byte_buffer_destroy(drop);
   if (!ok) pmx_cli_call_unref(c);
   return ok;
 }
@@ -408,10 +410,14 @@ bool pmx_cli_call_close_send(pmx_cli_call* c) {
   c->refs++;
   grpc_op ops[2];
   memset(ops, 0, sizeof ops);
-  size_t n = take_initial_md(c, &ops[0]);
+  const size_t md = take_initial_md(c, &ops[0]);
+  size_t n = md;
   ops[n++].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
   bool ok = grpc_call_start_batch(c->call, ops, n, &c->t_send, NULL) == GRPC_CALL_OK;
-  if (!ok) c->sending = false;
+  if (!ok) {
+    c->sending = false;
+    if (md) c->md_pending = true;
+  }
   pthread_mutex_unlock(&c->mu);
   if (!ok) pmx_cli_call_unref(c);
   return ok;
@@ -429,7 +435,10 @@ bool pmx_cli_call_read(pmx_cli_call* c) {
   memset(op, 0, sizeof op);
   if (take_initial_md(c, &op[0])) { /* a read before any send: the headers go first */
     c->refs++;
-    if (grpc_call_start_batch(c->call, op, 1, &c->t_start, NULL) != GRPC_CALL_OK) c->refs--;
+    if (grpc_call_start_batch(c->call, op, 1, &c->t_start, NULL) != GRPC_CALL_OK) {
+      c->refs--;
+      c->md_pending = true;
+    }
     memset(op, 0, sizeof op);
   }
   op[0].op = GRPC_OP_RECV_MESSAGE;

@@ -175,17 +175,21 @@ bool pmx_srv_call_send(pmx_srv_call* c, const pmx_out* out) {
   c->send_bb = rpc_out_buffer(out);
   grpc_op ops[2];
   memset(ops, 0, sizeof ops);
-  size_t n = take_initial_md(c, &ops[0]);
+  const size_t md = take_initial_md(c, &ops[0]);
+  size_t n = md;
   ops[n].op = GRPC_OP_SEND_MESSAGE;
   ops[n].data.send_message.send_message = c->send_bb;
   n++;
   bool ok = c->send_bb && start_batch(c, ops, n, &c->t_send);
+  grpc_byte_buffer* drop = NULL;
   if (!ok) {
-    if (c->send_bb) grpc_byte_buffer_destroy(c->send_bb);
+    drop = c->send_bb; /* destroyed after unlocking: its release callback may take locks */
     c->send_bb = NULL;
     c->sending = false;
+    if (md) c->md_pending = true; /* the status must still carry the headers (trap 1) */
   }
   pthread_mutex_unlock(&c->mu);
+  if (drop) grpc_byte_buffer_destroy(drop);
   if (!ok) pmx_srv_call_unref(c);
   return ok;
 }

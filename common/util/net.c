@@ -3,47 +3,63 @@
 #include <ifaddrs.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 
 #include "util.h"
 
-static bool sockaddr_is_loopback(const struct sockaddr* sa) {
+/* An IPv4 address (network order) in a or in its IPv4-mapped IPv6 form; false otherwise. */
+static bool as_ipv4(const struct sockaddr* sa, uint32_t* v4) {
   if (sa->sa_family == AF_INET) {
-    const struct sockaddr_in* s4 = (const struct sockaddr_in*)(const void*)sa;
-    return (ntohl(s4->sin_addr.s_addr) >> 24) == 127;
+    *v4 = ((const struct sockaddr_in*)(const void*)sa)->sin_addr.s_addr;
+    return true;
   }
   if (sa->sa_family == AF_INET6) {
-    const struct sockaddr_in6* s6 = (const struct sockaddr_in6*)(const void*)sa;
-    if (IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr)) return true;
-    /* ::ffff:127.x.y.z */
-    return IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr) && s6->sin6_addr.s6_addr[12] == 127;
+    const struct in6_addr* a = &((const struct sockaddr_in6*)(const void*)sa)->sin6_addr;
+    if (!IN6_IS_ADDR_V4MAPPED(a)) return false;
+    memcpy(v4, &a->s6_addr[12], 4);
+    return true;
+  }
+  return false;
+}
+
+/* Loopback, or the unspecified address (a connection to 0.0.0.0 or :: reaches this host). */
+static bool sockaddr_is_this_host(const struct sockaddr* sa) {
+  uint32_t v4;
+  if (as_ipv4(sa, &v4)) return (ntohl(v4) >> 24) == 127 || v4 == 0;
+  if (sa->sa_family == AF_INET6) {
+    const struct in6_addr* a = &((const struct sockaddr_in6*)(const void*)sa)->sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(a) || IN6_IS_ADDR_UNSPECIFIED(a);
   }
   return false;
 }
 
 static bool sockaddr_same_host(const struct sockaddr* a, const struct sockaddr* b) {
-  if (a->sa_family != b->sa_family) return false;
-  if (a->sa_family == AF_INET)
-    return ((const struct sockaddr_in*)(const void*)a)->sin_addr.s_addr ==
-           ((const struct sockaddr_in*)(const void*)b)->sin_addr.s_addr;
-  if (a->sa_family == AF_INET6)
+  uint32_t x, y;
+  if (as_ipv4(a, &x) && as_ipv4(b, &y)) return x == y;
+  if (a->sa_family == AF_INET6 && b->sa_family == AF_INET6)
     return memcmp(&((const struct sockaddr_in6*)(const void*)a)->sin6_addr,
                   &((const struct sockaddr_in6*)(const void*)b)->sin6_addr,
                   sizeof(struct in6_addr)) == 0;
   return false;
 }
 
-/* Host part of "HOST:PORT", "[V6]:PORT", "dns:///HOST:PORT", "ipv4:A:PORT"; false when
- * it does not fit. */
+/* Host part of "HOST:PORT", "[V6]:PORT", "dns:///HOST:PORT", "dns://DNS-SERVER/HOST:PORT",
+ * "ipv4:A:PORT"; false when it does not fit. */
 static bool target_host(const char* target, char* host, size_t cap) {
-  static const char* const prefixes[] = {"dns:///", "dns:", "ipv4:", "ipv6:"};
+  static const char* const prefixes[] = {"dns:", "ipv4:", "ipv6:"};
   for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++) {
     size_t n = strlen(prefixes[i]);
     if (strncmp(target, prefixes[i], n) == 0) {
       target += n;
       break;
     }
+  }
+  if (strncmp(target, "//", 2) == 0) { /* an authority (the DNS server), then /HOST:PORT */
+    const char* slash = strchr(target + 2, '/');
+    if (!slash) return false;
+    target = slash + 1;
   }
   const char* end;
   if (*target == '[') {
@@ -73,7 +89,7 @@ bool pmx_target_is_local(const char* target) {
   bool have_ifs = getifaddrs(&ifs) == 0;
   bool local = true; /* every address the name resolves to must be this host's */
   for (struct addrinfo* r = res; r && local; r = r->ai_next) {
-    bool mine = sockaddr_is_loopback(r->ai_addr);
+    bool mine = sockaddr_is_this_host(r->ai_addr);
     for (struct ifaddrs* i = have_ifs ? ifs : NULL; i && !mine; i = i->ifa_next)
       mine = i->ifa_addr && sockaddr_same_host(r->ai_addr, i->ifa_addr);
     local = mine;
