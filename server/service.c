@@ -713,7 +713,9 @@ static void pull_advance(pmx_pull* p) {
     atomic_fetch_add(&t->pull_raw, h.raw_len);
     atomic_fetch_add(&t->pull_wire, hl + body);
     p->ci++;
-    if (!pmx_srv_call_send(p->call, &out)) pull_end(p, -1, NULL);
+    /* false: the call is over (then finishing does nothing) or gRPC refused the batch */
+    if (!pmx_srv_call_send(p->call, &out))
+      pull_end(p, PMX_ST_INTERNAL, "server error: a pull chunk could not be sent");
     return;
   }
 }
