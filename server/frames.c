@@ -16,17 +16,22 @@
 #include "codec/frame.h"
 #include "server.h"
 
-pmx_frame* pmx_frame_new(size_t cap) {
+/* A frame around data (a pmx_buf_get buffer of cap bytes, which it then owns). */
+static pmx_frame* frame_wrap(void* data, size_t cap) {
   pmx_frame* f = calloc(1, sizeof *f);
   if (!f) return NULL;
-  f->data = pmx_buf_get(cap ? cap : 1);
-  if (!f->data) {
-    free(f);
-    return NULL;
-  }
-  f->cap = cap ? cap : 1;
+  f->data = data;
+  f->cap = cap;
   atomic_init(&f->refs, 1);
   f->base = PMX_BASE_NONE;
+  return f;
+}
+
+pmx_frame* pmx_frame_new(size_t cap) {
+  if (cap == 0) cap = 1;
+  void* data = pmx_buf_get(cap);
+  pmx_frame* f = data ? frame_wrap(data, cap) : NULL;
+  if (!f) pmx_buf_put(data, cap);
   return f;
 }
 
@@ -41,19 +46,26 @@ void pmx_frame_unref(void* fp) {
   free(f);
 }
 
-static pmx_frame* frame_from(pmx_service* svc, const void* bytes, size_t len, uint32_t enc,
-                             uint64_t version, uint64_t base, uint64_t checksum) {
-  pmx_frame* f = pmx_frame_new(len);
-  if (!f) return NULL;
-  g_frame_bytes = &svc->ctr.frame_bytes;
-  atomic_fetch_add(&svc->ctr.frame_bytes, (int64_t)f->cap);
-  memcpy(f->data, bytes, len);
+/* Describes a frame just built (len bytes of encoding enc, reconstructing version from
+ * base) and counts it: frame_bytes (until its last unref) and encodes. */
+static void frame_publish(pmx_service* svc, pmx_frame* f, size_t len, uint32_t enc,
+                          uint64_t version, uint64_t base, uint64_t checksum) {
   f->len = len;
   f->encoding = enc;
   f->version = version;
   f->base = base;
   f->checksum = checksum;
+  g_frame_bytes = &svc->ctr.frame_bytes;
+  atomic_fetch_add(&svc->ctr.frame_bytes, (int64_t)f->cap);
   atomic_fetch_add(&svc->ctr.encodes, 1);
+}
+
+static pmx_frame* frame_from(pmx_service* svc, const void* bytes, size_t len, uint32_t enc,
+                             uint64_t version, uint64_t base, uint64_t checksum) {
+  pmx_frame* f = pmx_frame_new(len);
+  if (!f) return NULL;
+  memcpy(f->data, bytes, len);
+  frame_publish(svc, f, len, enc, version, base, checksum);
   return f;
 }
 
@@ -61,20 +73,10 @@ static pmx_frame* frame_from(pmx_service* svc, const void* bytes, size_t len, ui
  * instead of copying it: *buf is NULL afterwards. NULL (and *buf kept) when out of memory. */
 static pmx_frame* frame_adopt(pmx_service* svc, void** buf, size_t len, uint64_t version,
                               uint64_t checksum) {
-  pmx_frame* f = calloc(1, sizeof *f);
+  pmx_frame* f = frame_wrap(*buf, len);
   if (!f) return NULL;
-  f->data = *buf;
   *buf = NULL;
-  f->cap = len;
-  f->len = len;
-  atomic_init(&f->refs, 1);
-  f->encoding = PMX_ENC_RAW;
-  f->version = version;
-  f->base = PMX_BASE_NONE;
-  f->checksum = checksum;
-  g_frame_bytes = &svc->ctr.frame_bytes;
-  atomic_fetch_add(&svc->ctr.frame_bytes, (int64_t)f->cap);
-  atomic_fetch_add(&svc->ctr.encodes, 1);
+  frame_publish(svc, f, len, PMX_ENC_RAW, version, PMX_BASE_NONE, checksum);
   return f;
 }
 
@@ -237,16 +239,10 @@ void pmx_frames_after_step_io(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_s
       size_t cap = pmx_zstd_bound(raw);
       pmx_frame* f = pmx_frame_new(cap);
       if (f) {
-        g_frame_bytes = &svc->ctr.frame_bytes;
-        atomic_fetch_add(&svc->ctr.frame_bytes, (int64_t)f->cap);
-        f->len = io->enc[v] ? pmx_zstd_compress(io->enc[v], raw, f->data, cap,
-                                                (int)svc->cfg.compression_level)
-                            : 0;
-        f->encoding = PMX_ENC_DELTA_ZSTD;
-        f->version = version;
-        f->base = version - 1;
-        f->checksum = sums[v];
-        atomic_fetch_add(&svc->ctr.encodes, 1);
+        size_t len = io->enc[v] ? pmx_zstd_compress(io->enc[v], raw, f->data, cap,
+                                                    (int)svc->cfg.compression_level)
+                                : 0;
+        frame_publish(svc, f, len, PMX_ENC_DELTA_ZSTD, version, version - 1, sums[v]);
         if (f->len == 0) {
           pmx_frame_unref(f);
           f = NULL;
@@ -367,14 +363,8 @@ static void build_run(pmx_job* j) {
       if (good) {
         f = pmx_frame_new(cap);
         if (f) {
-          g_frame_bytes = &svc->ctr.frame_bytes;
-          atomic_fetch_add(&svc->ctr.frame_bytes, (int64_t)f->cap);
-          f->len = pmx_encode_delta_words(acc, n, w, level, f->data, cap);
-          f->encoding = PMX_ENC_DELTA_ZSTD;
-          f->version = b->version;
-          f->base = b->key;
-          f->checksum = sum;
-          atomic_fetch_add(&svc->ctr.encodes, 1);
+          size_t len = pmx_encode_delta_words(acc, n, w, level, f->data, cap);
+          frame_publish(svc, f, len, PMX_ENC_DELTA_ZSTD, b->version, b->key, sum);
           if (f->len == 0 || f->len * 100 >= raw * 95) {
             pmx_frame_unref(f);
             f = NULL;
