@@ -24,13 +24,13 @@
 
 #include "codec/codec.h"
 #include "server.h"
-#ifdef PMX_HAVE_CUDA
+#ifdef PX_HAVE_CUDA
 #include "cuda/pmx_gpu.h"
 #endif
 
 typedef struct bench {
-  pmx_service* svc;
-  pmx_tensor_state* t;
+  px_service* svc;
+  px_tensor_state* t;
   float** g;        /* [workers] contributions (one chunk each) */
   uint32_t workers, threads;
 } bench;
@@ -49,10 +49,10 @@ static double now_s(void) {
 static void* step_chunks(void* p) {
   worker_arg* w = p;
   bench* b = w->b;
-  pmx_backend* be = b->svc->backend;
-  pmx_tensor_state* t = b->t;
+  px_backend* be = b->svc->backend;
+  px_tensor_state* t = b->t;
   for (uint32_t k = w->id; k < t->nchunks; k += b->threads) {
-    pmx_chunk_state* c = &t->chunks[k];
+    px_chunk_state* c = &t->chunks[k];
     pthread_mutex_lock(&c->mu);
     for (uint32_t r = 0; r < b->workers; r++) {
       bool taken;
@@ -61,8 +61,8 @@ static void* step_chunks(void* p) {
         exit(1);
       }
     }
-    pmx_step_io io;
-    pmx_step_io_init(b->svc, t, c, true, true, &io); /* bf16 view and encoder input too */
+    px_step_io io;
+    px_step_io_init(b->svc, t, c, true, true, &io); /* bf16 view and encoder input too */
     if (!io.bits[0]) {
       fprintf(stderr, "backend-bench: out of memory for the step outputs\n");
       exit(1);
@@ -72,7 +72,7 @@ static void* step_chunks(void* p) {
     be->ops->step(be, t, c, &io);
     c->mom_first = false;
     pthread_mutex_unlock(&c->mu);
-    pmx_step_io_free(t, c, &io);
+    px_step_io_free(t, c, &io);
   }
   return NULL;
 }
@@ -132,7 +132,7 @@ static double memcpy_gbs(size_t bytes, uint32_t threads) {
 int main(int argc, char** argv) {
   const char* device = "cpu";
   uint64_t mb = 256;
-  uint32_t workers = 4, steps = 5, threads = pmx_ncpus();
+  uint32_t workers = 4, steps = 5, threads = px_ncpus();
   for (int i = 1; i < argc; i++) {
     const char* v = i + 1 < argc ? argv[i + 1] : NULL;
     char* end = NULL;
@@ -155,23 +155,23 @@ int main(int argc, char** argv) {
   char* sargv[] = {"paramex-server", "--device", (char*)device, "--workers", w, "--lr", "0.01",
                    "--momentum", "0.9", "--weight-decay", "0.0001", "--chunk-bytes", "1M",
                    "--threads", "1", "--log-level", "warn"};
-  pmx_config cfg;
-  if (pmx_config_parse(&cfg, (int)(sizeof sargv / sizeof sargv[0]), sargv) != 0) return 2;
-  pmx_log_init("backend-bench", PMX_LOG_WARN);
-  static pmx_service svc;
+  px_config cfg;
+  if (px_config_parse(&cfg, (int)(sizeof sargv / sizeof sargv[0]), sargv) != 0) return 2;
+  px_log_init("backend-bench", PX_LOG_WARN);
+  static px_service svc;
   char err[512];
-  int rc = pmx_service_init(&svc, &cfg, err, sizeof err);
+  int rc = px_service_init(&svc, &cfg, err, sizeof err);
   if (rc != 0) {
     fprintf(stderr, "paramex-backend-bench: %s\n", err);
     return rc == -2 ? 2 : 1;
   }
   const uint64_t numel = mb << 18; /* MiB of f32 */
   const uint64_t shape[1] = {numel};
-  pmx_declare_args a = {.name = "bench", .dtype = PMX_DT_F32, .shape = shape, .ndim = 1,
-                        .init_kind = PMX_FILL_NORMAL, .init_b = 0.02f, .init_seed = 1};
-  pmx_tensor_state* t = NULL;
+  px_declare_args a = {.name = "bench", .dtype = PX_DT_F32, .shape = shape, .ndim = 1,
+                        .init_kind = PX_FILL_NORMAL, .init_b = 0.02f, .init_seed = 1};
+  px_tensor_state* t = NULL;
   bool created;
-  if (pmx_store_declare(&svc, &a, &t, &created, err, sizeof err) != PMX_ST_OK) {
+  if (px_store_declare(&svc, &a, &t, &created, err, sizeof err) != PX_ST_OK) {
     fprintf(stderr, "paramex-backend-bench: %s\n", err);
     return 1;
   }
@@ -180,7 +180,7 @@ int main(int argc, char** argv) {
   for (uint32_t r = 0; r < workers; r++) {
     b.g[r] = malloc(cfg.chunk_bytes);
     if (!b.g[r]) return 1;
-    pmx_init_fill_f32(b.g[r], (uint64_t)r * t->chunk_elems, t->chunk_elems, PMX_FILL_NORMAL,
+    px_init_fill_f32(b.g[r], (uint64_t)r * t->chunk_elems, t->chunk_elems, PX_FILL_NORMAL,
                       0.0f, 0.01f, 7);
   }
   run_threads(&b, step_chunks); /* warm-up: first-touch, momentum's first step */
@@ -201,18 +201,18 @@ int main(int argc, char** argv) {
     printf("reference: memcpy on %u threads %.2f GB/s (read + write); ratio %.2f\n", threads, ref,
            ref > 0 ? traffic / dt / 1e9 / ref : 0.0);
   }
-#ifdef PMX_HAVE_CUDA
+#ifdef PX_HAVE_CUDA
   else {
-    pmx_gpu* g = NULL;
-    pmx_gpu_bench r;
+    px_gpu* g = NULL;
+    px_gpu_bench r;
     int dev0 = cfg.ngpus ? cfg.gpu_ids[0] : 0;
-    if (pmx_gpu_create(&dev0, 1, 1, &g, err, sizeof err) != 0 ||
-        pmx_gpu_kernel_bench(g, (size_t)numel, 20, &r, err, sizeof err) != 0) {
+    if (px_gpu_create(&dev0, 1, 1, &g, err, sizeof err) != 0 ||
+        px_gpu_kernel_bench(g, (size_t)numel, 20, &r, err, sizeof err) != 0) {
       fprintf(stderr, "paramex-backend-bench: kernel bench: %s\n", err);
-      pmx_gpu_destroy(g);
+      px_gpu_destroy(g);
       return 1;
     }
-    pmx_gpu_destroy(g);
+    px_gpu_destroy(g);
     printf("device-resident kernels on %s, %llu MiB:\n", r.name, (unsigned long long)mb);
     printf("  accumulate %.1f GB/s, fused optimizer %.1f GB/s, cudaMemcpy D2D %.1f GB/s\n",
            r.acc_gbs, r.step_gbs, r.d2d_gbs);
@@ -226,6 +226,6 @@ int main(int argc, char** argv) {
 #endif
   for (uint32_t r = 0; r < workers; r++) free(b.g[r]);
   free(b.g);
-  pmx_service_deinit(&svc);
+  px_service_deinit(&svc);
   return 0;
 }

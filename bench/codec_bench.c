@@ -41,8 +41,8 @@ static void* enc_thread(void* arg) {
     if (i >= j->nchunks) break;
     size_t first = i * CHUNK_ELEMS, n = j->n - first < CHUNK_ELEMS ? j->n - first : CHUNK_ELEMS;
     size_t off = first * (size_t)j->width;
-    j->lens[i] = pmx_encode_delta(j->newb + off, j->oldb + off, n, j->width, 1, j->frames[i],
-                                  pmx_zstd_bound(n * (size_t)j->width));
+    j->lens[i] = px_encode_delta(j->newb + off, j->oldb + off, n, j->width, 1, j->frames[i],
+                                  px_zstd_bound(n * (size_t)j->width));
   }
   return NULL;
 }
@@ -65,8 +65,8 @@ int main(int argc, char** argv) {
   float* w0 = malloc(n * 4);
   float* g = malloc(n * 4);
   float* w1 = malloc(n * 4);
-  pmx_init_fill_f32(w0, 0, n, PMX_FILL_NORMAL, 0.0f, 0.02f, 1);
-  pmx_init_fill_f32(g, 0, n, PMX_FILL_NORMAL, 0.0f, 0.01f, 2);
+  px_init_fill_f32(w0, 0, n, PX_FILL_NORMAL, 0.0f, 0.02f, 1);
+  px_init_fill_f32(g, 0, n, PX_FILL_NORMAL, 0.0f, 0.01f, 2);
   for (size_t i = 0; i < n; i++) w1[i] = w0[i] - (float)lr * g[i];
   int width = 4;
   const uint8_t *newb = (const uint8_t*)w1, *oldb = (const uint8_t*)w0;
@@ -74,8 +74,8 @@ int main(int argc, char** argv) {
   if (bf16) {
     h0 = malloc(n * 2);
     h1 = malloc(n * 2);
-    pmx_f32_to_bf16_n(w0, h0, n);
-    pmx_f32_to_bf16_n(w1, h1, n);
+    px_f32_to_bf16_n(w0, h0, n);
+    px_f32_to_bf16_n(w1, h1, n);
     newb = (const uint8_t*)h1;
     oldb = (const uint8_t*)h0;
     width = 2;
@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
   job j = {newb, oldb, n, (n + CHUNK_ELEMS - 1) / CHUNK_ELEMS, width, NULL, NULL, 0};
   j.frames = calloc(j.nchunks, sizeof *j.frames);
   j.lens = calloc(j.nchunks, sizeof *j.lens);
-  for (size_t i = 0; i < j.nchunks; i++) j.frames[i] = malloc(pmx_zstd_bound(CHUNK_ELEMS * 4));
+  for (size_t i = 0; i < j.nchunks; i++) j.frames[i] = malloc(px_zstd_bound(CHUNK_ELEMS * 4));
   for (int t = 1; t <= maxt; t++) {
     double best = 1e9;
     for (int rep = 0; rep < 3; rep++) {
@@ -112,15 +112,15 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < j.nchunks; i++) {
       size_t first = i * CHUNK_ELEMS, cn = n - first < CHUNK_ELEMS ? n - first : CHUNK_ELEMS;
       size_t off = first * (size_t)width;
-      pmx_chunk c = {0};
-      c.encoding = PMX_ENC_DELTA_ZSTD;
+      px_chunk c = {0};
+      c.encoding = PX_ENC_DELTA_ZSTD;
       c.raw_len = (uint32_t)(cn * (size_t)width);
-      c.checksum = pmx_checksum(newb + off, cn * (size_t)width);
+      c.checksum = px_checksum(newb + off, cn * (size_t)width);
       c.has_payload = 1;
       c.payload_len = j.lens[i];
-      pmx_iov seg = {j.frames[i], j.lens[i]};
+      px_iov seg = {j.frames[i], j.lens[i]};
       char err[128];
-      if (pmx_chunk_decode(&c, &seg, 1, dst + off, cn, width, err, sizeof err) != PMX_DECODE_OK)
+      if (px_chunk_decode(&c, &seg, 1, dst + off, cn, width, err, sizeof err) != PX_DECODE_OK)
         bad++;
     }
     double dt = now_s() - t0;

@@ -9,8 +9,8 @@
  *              its pooler), 109,482,240 values
  *
  * Every tensor is f32. Shapes follow PyTorch's layout (out, in, kh, kw). */
-#ifndef PMX_BENCH_MODELS_H
-#define PMX_BENCH_MODELS_H
+#ifndef PX_BENCH_MODELS_H
+#define PX_BENCH_MODELS_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -45,7 +45,7 @@ struct pmx_tensor {
 };
 
 struct pmx_client {
-  pmx_rpc_channel* ch;
+  px_rpc_channel* ch;
   int64_t timeout_ms, connect_timeout_ms;
   bool compressed_pulls;
   pthread_mutex_t mu;
@@ -108,7 +108,7 @@ const char* pmx_strerror(pmx_status s) {
 }
 
 static pmx_status from_rpc(int st) {
-  return st >= 0 && st <= PMX_ST_UNAUTHENTICATED ? (pmx_status)st : PMX_ERR_UNKNOWN;
+  return st >= 0 && st <= PX_ST_UNAUTHENTICATED ? (pmx_status)st : PMX_ERR_UNKNOWN;
 }
 
 /* ---- client --------------------------------------------------------------------------------- */
@@ -127,7 +127,7 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
   pthread_cond_init(&c->hb_cv, &cattr);
   pthread_condattr_destroy(&cattr);
   char err[256] = "";
-  pmx_rpc_channel_opts co = {0};
+  px_rpc_channel_opts co = {0};
   char *ca = NULL, *cert = NULL, *key = NULL, *token = NULL;
   bool ok = true;
 #define OPT(field, env) (opts && opts->field ? opts->field : getenv(env))
@@ -139,14 +139,14 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
   co.token = OPT(token, "PMX_TOKEN");
 #undef OPT
   if (ca_file && *ca_file) {
-    ok = (ca = pmx_read_file(ca_file, 1u << 20, NULL, err, sizeof err)) != NULL;
+    ok = (ca = px_read_file(ca_file, 1u << 20, NULL, err, sizeof err)) != NULL;
     if (ok && ((cert_file && *cert_file) != (key_file && *key_file))) {
       snprintf(err, sizeof err, "a client certificate needs both PMX_TLS_CERT and PMX_TLS_KEY");
       ok = false;
     }
     if (ok && cert_file && *cert_file)
-      ok = (cert = pmx_read_file(cert_file, 1u << 20, NULL, err, sizeof err)) &&
-           (key = pmx_read_file(key_file, 1u << 20, NULL, err, sizeof err));
+      ok = (cert = px_read_file(cert_file, 1u << 20, NULL, err, sizeof err)) &&
+           (key = px_read_file(key_file, 1u << 20, NULL, err, sizeof err));
     co.tls_ca_pem = ca;
     co.tls_cert_pem = cert;
     co.tls_key_pem = key;
@@ -155,7 +155,7 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
     ok = false;
   }
   if (ok && !(co.token && *co.token) && token_file && *token_file) {
-    ok = (token = pmx_read_token(token_file, err, sizeof err)) != NULL;
+    ok = (token = px_read_token(token_file, err, sizeof err)) != NULL;
     co.token = token;
   }
   if (co.token && !*co.token) co.token = NULL;
@@ -177,19 +177,19 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
   }
   if (opts && opts->no_compression) compression = PMX_COMPRESSION_OFF;
   c->compressed_pulls = compression == PMX_COMPRESSION_ON ||
-                        (compression == PMX_COMPRESSION_AUTO && !pmx_target_is_local(addr));
+                        (compression == PMX_COMPRESSION_AUTO && !px_target_is_local(addr));
   const char* menv = getenv("PMX_MALLOC_TUNE");
   if (ok && !(opts && opts->no_malloc_tuning) && !(menv && strcmp(menv, "0") == 0))
-    pmx_tune_malloc_once();
+    px_tune_malloc_once();
   if (ok) {
-    pmx_rpc_init();
-    c->ch = pmx_rpc_channel_create_ex(addr, &co, err, sizeof err);
-    if (!c->ch) pmx_rpc_shutdown();
+    px_rpc_init();
+    c->ch = px_rpc_channel_create_ex(addr, &co, err, sizeof err);
+    if (!c->ch) px_rpc_shutdown();
   }
   free(ca);
   free(cert);
-  pmx_free_secret(key);
-  pmx_free_secret(token);
+  px_free_secret(key);
+  px_free_secret(token);
   if (!ok || !c->ch) {
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->hb_cv);
@@ -210,12 +210,12 @@ void pmx_client_destroy(pmx_client* c) {
     pthread_join(c->hb_thread, NULL);
   }
   pthread_cond_destroy(&c->hb_cv);
-  pmx_rpc_channel_destroy(c->ch);
+  px_rpc_channel_destroy(c->ch);
   for (size_t i = 0; i < c->ntensors; i++) free(c->tensors[i]);
   free(c->tensors);
   pthread_mutex_destroy(&c->mu);
   free(c);
-  pmx_rpc_shutdown();
+  px_rpc_shutdown();
 }
 
 void pmx_client_get_stats(pmx_client* c, pmx_client_stats* s) {
@@ -238,11 +238,11 @@ static pmx_status unary(pmx_client* c, const char* method, const ProtobufCMessag
   if (!buf) return fail(PMX_ERR_NO_MEMORY, "%s: out of memory", method);
   protobuf_c_message_pack(m, buf);
   char details[256];
-  int st = pmx_rpc_unary(c->ch, method, buf, n, timeout_ms, wait_ready, resp, resp_len, details,
+  int st = px_rpc_unary(c->ch, method, buf, n, timeout_ms, wait_ready, resp, resp_len, details,
                          sizeof details);
   free(buf);
-  if (st != PMX_ST_OK)
-    return fail(from_rpc(st), "%s: %s: %s", strrchr(method, '/') + 1, pmx_status_name(st),
+  if (st != PX_ST_OK)
+    return fail(from_rpc(st), "%s: %s: %s", strrchr(method, '/') + 1, px_status_name(st),
                 details);
   return PMX_OK;
 }
@@ -255,7 +255,7 @@ static void* heartbeat_thread(void* arg) {
   while (!c->hb_stop) {
     uint32_t period = c->lease_ms / 3 ? c->lease_ms / 3 : 1;
     struct timespec ts;
-    pmx_deadline_ts(&ts, CLOCK_MONOTONIC, period);
+    px_deadline_ts(&ts, CLOCK_MONOTONIC, period);
     pthread_cond_timedwait(&c->hb_cv, &c->mu, &ts);
     if (c->hb_stop) break;
     Paramex__V1__HeartbeatRequest req = PARAMEX__V1__HEARTBEAT_REQUEST__INIT;
@@ -265,7 +265,7 @@ static void* heartbeat_thread(void* arg) {
     uint8_t buf[32];
     size_t n = paramex__v1__heartbeat_request__pack(&req, buf);
     char details[128];
-    pmx_rpc_unary(c->ch, "/paramex.v1.ParameterExchange/Heartbeat", buf, n, period, false, NULL,
+    px_rpc_unary(c->ch, "/paramex.v1.ParameterExchange/Heartbeat", buf, n, period, false, NULL,
                   NULL, details, sizeof details);
     pthread_mutex_lock(&c->mu);
   }
@@ -296,13 +296,13 @@ pmx_status pmx_join(pmx_client* c, uint32_t rank, uint32_t world_size, pmx_join_
   c->joined = true;
   c->rank = rank;
   c->world = world_size;
-  pmx_strlcpy(c->server_id, r->server_id ? r->server_id : "", sizeof c->server_id);
+  px_strlcpy(c->server_id, r->server_id ? r->server_id : "", sizeof c->server_id);
   c->lease_ms = r->lease_ms;
   bool start_hb = r->lease_ms > 0 && !c->hb_started;
   if (start_hb) c->hb_started = pthread_create(&c->hb_thread, NULL, heartbeat_thread, c) == 0;
   pthread_mutex_unlock(&c->mu);
   /* Pushes and pulls name the server they joined: a restarted server answers ABORTED. */
-  if (r->server_id && *r->server_id) pmx_rpc_channel_set_header(c->ch, "pmx-server-id", r->server_id);
+  if (r->server_id && *r->server_id) px_rpc_channel_set_header(c->ch, "pmx-server-id", r->server_id);
   if (info) {
     info->worker_id = r->worker_id;
     info->incarnation = r->incarnation;
@@ -316,7 +316,7 @@ pmx_status pmx_declare(pmx_client* c, const char* name, pmx_dtype dtype, const u
                        size_t ndim, const void* values, const pmx_init* init, pmx_tensor** out) {
   if (!c || !name || !out || (ndim && !shape))
     return fail(PMX_ERR_INVALID_ARGUMENT, "pmx_declare: missing argument");
-  size_t es = pmx_dtype_size((int)dtype);
+  size_t es = px_dtype_size((int)dtype);
   if (es == 0) return fail(PMX_ERR_INVALID_ARGUMENT, "pmx_declare: unknown dtype %d", (int)dtype);
   uint64_t numel = 1;
   for (size_t i = 0; i < ndim; i++) {
@@ -364,7 +364,7 @@ pmx_status pmx_declare(pmx_client* c, const char* name, pmx_dtype dtype, const u
   }
   t->client = c;
   t->id = r->tensor_id;
-  pmx_strlcpy(t->name, name, sizeof t->name);
+  px_strlcpy(t->name, name, sizeof t->name);
   t->dtype = dtype;
   t->numel = numel;
   t->elem = es;
@@ -429,7 +429,7 @@ typedef enum { OP_PUSH, OP_PULL } op_kind;
 struct pmx_op {
   op_kind kind;
   pmx_client* client;
-  pmx_cli_call* call;
+  px_cli_call* call;
   pthread_mutex_t mu;
   pthread_cond_t cv;
   bool done;
@@ -561,14 +561,14 @@ static void push_send_next(pmx_op* op) {
   uint64_t elems = t->numel - first < t->chunk_elems ? t->numel - first : t->chunk_elems;
   size_t bytes = (size_t)(elems * t->elem);
   const uint8_t* body = (const uint8_t*)op->bufs[op->ti] + first * t->elem;
-  pmx_chunk h = {0};
+  px_chunk h = {0};
   h.worker_id = op->worker_id;
   h.incarnation = op->incarnation;
   h.step = op->step;
   h.tensor_id = t->id;
   h.chunk = op->ci;
   h.dtype = (uint32_t)t->dtype;
-  h.encoding = PMX_ENC_RAW;
+  h.encoding = PX_ENC_RAW;
   size_t body_len = bytes, raw_len = bytes;
   push_buf* pb = NULL;
   pmx_push_mode mode = t->push_mode;
@@ -581,7 +581,7 @@ static void push_send_next(pmx_op* op) {
     if (mode & PMX_PUSH_BF16) {
       cast = malloc(n * 2);
       if (cast) {
-        pmx_f32_to_bf16_n((const float*)body, (uint16_t*)cast, n);
+        px_f32_to_bf16_n((const float*)body, (uint16_t*)cast, n);
         src = cast;
         w = 2;
         h.dtype = PMX_BF16;
@@ -591,9 +591,9 @@ static void push_send_next(pmx_op* op) {
     uint8_t* z = NULL;
     size_t zl = 0;
     if (mode & PMX_PUSH_ZSTD) {
-      size_t cap = pmx_zstd_bound(raw_len);
+      size_t cap = px_zstd_bound(raw_len);
       z = malloc(cap);
-      zl = z ? pmx_encode_shuffle(src, n, w, 1, z, cap) : 0;
+      zl = z ? px_encode_shuffle(src, n, w, 1, z, cap) : 0;
       if (zl == 0 || zl * 100 >= raw_len * 95) {
         free(z);
         z = NULL;
@@ -602,12 +602,12 @@ static void push_send_next(pmx_op* op) {
     pb = malloc(sizeof *pb);
     if (pb && (z || src != body)) {
       pb->op = op;
-      h.checksum = pmx_checksum(src, raw_len);
+      h.checksum = px_checksum(src, raw_len);
       if (z) {
         free(cast);
         pb->data = z;
         body_len = zl;
-        h.encoding = PMX_ENC_SHUFFLE_ZSTD;
+        h.encoding = PX_ENC_SHUFFLE_ZSTD;
       } else {
         pb->data = cast;
         body_len = raw_len;
@@ -623,9 +623,9 @@ static void push_send_next(pmx_op* op) {
     }
   }
   h.raw_len = (uint32_t)raw_len;
-  if (!pb) h.checksum = pmx_checksum(body, bytes);
-  uint8_t head[PMX_CHUNK_HDR_MAX];
-  size_t hl = pmx_chunk_encode_header(PMX_CHUNK_PUSH, &h, body_len, head, sizeof head);
+  if (!pb) h.checksum = px_checksum(body, bytes);
+  uint8_t head[PX_CHUNK_HDR_MAX];
+  size_t hl = px_chunk_encode_header(PX_CHUNK_PUSH, &h, body_len, head, sizeof head);
   pmx_client* c = op->client;
   atomic_fetch_add(&c->push_chunks, 1);
   atomic_fetch_add(&c->push_raw, bytes);
@@ -638,24 +638,24 @@ static void push_send_next(pmx_op* op) {
   pthread_mutex_lock(&op->mu);
   op->slices_live++;
   pthread_mutex_unlock(&op->mu);
-  pmx_out out = {head, hl, body, body_len, pb ? push_buf_released : slice_released,
+  px_out out = {head, hl, body, body_len, pb ? push_buf_released : slice_released,
                  pb ? (void*)pb : (void*)op};
-  pmx_cli_call_send(op->call, &out, last);
+  px_cli_call_send(op->call, &out, last);
 }
 
-static void push_on_sent(pmx_cli_call* call, void* ctx, bool ok) {
+static void push_on_sent(px_cli_call* call, void* ctx, bool ok) {
   (void)call;
   pmx_op* op = ctx;
   if (ok && op->ti < op->n) push_send_next(op);
   /* After the last send (or a failure) the status tells the rest. */
 }
 
-static void push_on_message(pmx_cli_call* call, void* ctx, pmx_msg* m) {
+static void push_on_message(px_cli_call* call, void* ctx, px_msg* m) {
   (void)call;
   pmx_op* op = ctx;
   if (!m) return;
   size_t len;
-  const uint8_t* p = pmx_msg_flat(m, &len);
+  const uint8_t* p = px_msg_flat(m, &len);
   Paramex__V1__PushResponse* r = p ? paramex__v1__push_response__unpack(NULL, len, p) : NULL;
   if (!r) {
     op_set_error(op, PMX_ERR_PROTOCOL, "Push: malformed PushResponse");
@@ -664,22 +664,22 @@ static void push_on_message(pmx_cli_call* call, void* ctx, pmx_msg* m) {
     op->duplicate = r->duplicate;
     paramex__v1__push_response__free_unpacked(r, NULL);
   }
-  pmx_msg_free(m);
+  px_msg_free(m);
 }
 
-static void op_on_done(pmx_cli_call* call, void* ctx, int status, const char* details) {
+static void op_on_done(px_cli_call* call, void* ctx, int status, const char* details) {
   (void)call;
   pmx_op* op = ctx;
-  if (status != PMX_ST_OK)
+  if (status != PX_ST_OK)
     op_set_error(op, from_rpc(status), "%s: %s: %s", op->kind == OP_PUSH ? "Push" : "Pull",
-                 pmx_status_name(status), details);
+                 px_status_name(status), details);
   pthread_mutex_lock(&op->mu);
   op->done = true;
   op_check_done(op);
   pthread_mutex_unlock(&op->mu);
 }
 
-static const pmx_cli_call_cbs push_cbs = {push_on_message, push_on_sent, op_on_done};
+static const px_cli_call_cbs push_cbs = {push_on_message, push_on_sent, op_on_done};
 
 /* Starts (or restarts) the Push call of op from its first chunk. */
 static pmx_status push_start(pmx_op* op) {
@@ -694,11 +694,11 @@ static pmx_status push_start(pmx_op* op) {
   op->done = false;
   op->status = PMX_OK;
   pthread_mutex_unlock(&op->mu);
-  op->call = pmx_cli_call_start(c->ch, M_PUSH, c->timeout_ms, false, &push_cbs, op);
+  op->call = px_cli_call_start(c->ch, M_PUSH, c->timeout_ms, false, &push_cbs, op);
   if (!op->call) return fail(PMX_ERR_NO_MEMORY, "pmx_push: out of memory");
-  pmx_cli_call_read(op->call); /* the PushResponse, once the stream is closed */
+  px_cli_call_read(op->call); /* the PushResponse, once the stream is closed */
   push_send_next(op);
-  pmx_cli_call_unref(op->call);
+  px_cli_call_unref(op->call);
   return PMX_OK;
 }
 
@@ -735,11 +735,11 @@ static void op_wait_call(pmx_op* op);
  * under the call's mutex). */
 static void op_cancel(pmx_op* op) {
   pthread_mutex_lock(&op->mu);
-  pmx_cli_call* call = !op->done && op->call && pmx_cli_call_try_ref(op->call) ? op->call : NULL;
+  px_cli_call* call = !op->done && op->call && px_cli_call_try_ref(op->call) ? op->call : NULL;
   pthread_mutex_unlock(&op->mu);
   if (!call) return;
-  pmx_cli_call_cancel(call);
-  pmx_cli_call_unref(call);
+  px_cli_call_cancel(call);
+  px_cli_call_unref(call);
 }
 
 pmx_status pmx_push_pull(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* tensors,
@@ -768,16 +768,16 @@ static int view_width(const pmx_op* op, const pmx_tensor* t) {
   return op->view == 1 && t->dtype == PMX_F32 ? 2 : (int)t->elem;
 }
 
-static void pull_on_message(pmx_cli_call* call, void* ctx, pmx_msg* m) {
+static void pull_on_message(px_cli_call* call, void* ctx, px_msg* m) {
   pmx_op* op = ctx;
   if (!m) return; /* end of stream: the status follows */
   size_t nseg;
-  const pmx_iov* seg = pmx_msg_segments(m, &nseg);
-  size_t wire = pmx_msg_len(m);
-  pmx_chunk h;
+  const px_iov* seg = px_msg_segments(m, &nseg);
+  size_t wire = px_msg_len(m);
+  px_chunk h;
   char err[200];
   pmx_client* c = op->client;
-  if (pmx_chunk_parse(PMX_CHUNK_PULL, seg, nseg, &h, err, sizeof err) != 0) {
+  if (px_chunk_parse(PX_CHUNK_PULL, seg, nseg, &h, err, sizeof err) != 0) {
     op_set_error(op, PMX_ERR_PROTOCOL, "Pull: %s", err);
     goto cancel;
   }
@@ -799,22 +799,22 @@ static void pull_on_message(pmx_cli_call* call, void* ctx, pmx_msg* m) {
                  h.dtype, t->id, op->ci);
     goto cancel;
   }
-  if ((h.encoding == PMX_ENC_UNCHANGED || h.encoding == PMX_ENC_DELTA_ZSTD) &&
+  if ((h.encoding == PX_ENC_UNCHANGED || h.encoding == PX_ENC_DELTA_ZSTD) &&
       (op->have[op->ti] == UINT64_MAX || h.base_version != op->have[op->ti])) {
     op_set_error(op, PMX_ERR_PROTOCOL,
                  "Pull: tensor '%s' chunk %u: %s against version %llu, but we hold %llu",
-                 t->name, h.chunk, pmx_encoding_name(h.encoding),
+                 t->name, h.chunk, px_encoding_name(h.encoding),
                  (unsigned long long)h.base_version, (unsigned long long)op->have[op->ti]);
     goto cancel;
   }
-  pmx_decode_result r = pmx_chunk_decode(&h, seg, nseg, dst, (size_t)elems, w, err, sizeof err);
-  if (r != PMX_DECODE_OK) {
+  px_decode_result r = px_chunk_decode(&h, seg, nseg, dst, (size_t)elems, w, err, sizeof err);
+  if (r != PX_DECODE_OK) {
     /* A frame that fails to decode or to check (corrupted on the way) leaves dst
      * untouched; this tensor is pulled again in full once the stream ends. */
     atomic_fetch_add(&c->checksum_failures, 1);
     op->bad[op->ti] = true;
   }
-  if (h.encoding == PMX_ENC_UNCHANGED) atomic_fetch_add(&c->pull_unchanged, 1);
+  if (h.encoding == PX_ENC_UNCHANGED) atomic_fetch_add(&c->pull_unchanged, 1);
   if (h.version < op->vmin[op->ti]) op->vmin[op->ti] = h.version;
   if (h.version > op->vmax[op->ti]) op->vmax[op->ti] = h.version;
   atomic_fetch_add(&c->pull_chunks, 1);
@@ -824,15 +824,15 @@ static void pull_on_message(pmx_cli_call* call, void* ctx, pmx_msg* m) {
     op->ci = 0;
     op->ti++;
   }
-  pmx_msg_free(m);
-  pmx_cli_call_read(call);
+  px_msg_free(m);
+  px_cli_call_read(call);
   return;
 cancel:
-  pmx_msg_free(m);
-  pmx_cli_call_cancel(call);
+  px_msg_free(m);
+  px_cli_call_cancel(call);
 }
 
-static const pmx_cli_call_cbs pull_cbs = {pull_on_message, NULL, op_on_done};
+static const px_cli_call_cbs pull_cbs = {pull_on_message, NULL, op_on_done};
 
 /* Starts the Pull call of op (its tensors, bufs, view, min_version and have set). */
 static pmx_status pull_start(pmx_op* op) {
@@ -877,15 +877,15 @@ static pmx_status pull_start(pmx_op* op) {
   op->done = false;
   op->status = PMX_OK;
   pthread_mutex_unlock(&op->mu);
-  op->call = pmx_cli_call_start(c->ch, M_PULL, c->timeout_ms, false, &pull_cbs, op);
+  op->call = px_cli_call_start(c->ch, M_PULL, c->timeout_ms, false, &pull_cbs, op);
   if (!op->call) {
     free(buf);
     return fail(PMX_ERR_NO_MEMORY, "pmx_pull: out of memory");
   }
-  pmx_out o = {buf, len, NULL, 0, NULL, NULL};
-  pmx_cli_call_send(op->call, &o, true);
-  pmx_cli_call_read(op->call);
-  pmx_cli_call_unref(op->call);
+  px_out o = {buf, len, NULL, 0, NULL, NULL};
+  px_cli_call_send(op->call, &o, true);
+  px_cli_call_read(op->call);
+  px_cli_call_unref(op->call);
   free(buf);
   return PMX_OK;
 }
@@ -981,7 +981,7 @@ static void record_pulled(pmx_op* op) {
 /* Waits ms on the op's condition variable (nothing signals it while no call runs). */
 static void backoff_wait(pmx_op* op, int64_t ms) {
   struct timespec ts;
-  pmx_deadline_ts(&ts, CLOCK_REALTIME, ms);
+  px_deadline_ts(&ts, CLOCK_REALTIME, ms);
   pthread_mutex_lock(&op->mu);
   while (pthread_cond_timedwait(&op->cv, &op->mu, &ts) == 0) {
   }
@@ -1004,13 +1004,13 @@ static void rejoin(pmx_client* c) {
 pmx_status pmx_op_wait(pmx_op* op) {
   if (!op) return fail(PMX_ERR_INVALID_ARGUMENT, "pmx_op_wait: no op");
   pmx_client* cl = op->client;
-  uint64_t give_up = pmx_now_ms() + (uint64_t)cl->retry_timeout_ms;
+  uint64_t give_up = px_now_ms() + (uint64_t)cl->retry_timeout_ms;
   int64_t delay = 50;
   op_wait_call(op);
   pmx_status st = op->status;
   /* Transport failures (server down, restarting, network) are retried with capped
    * exponential back-off; the server ignores chunks it already counted. */
-  while (st == PMX_ERR_UNAVAILABLE && pmx_now_ms() + (uint64_t)delay < give_up) {
+  while (st == PMX_ERR_UNAVAILABLE && px_now_ms() + (uint64_t)delay < give_up) {
     int64_t jitter = (int64_t)((uint64_t)rand() % (uint64_t)(delay / 2 + 1));
     backoff_wait(op, delay / 2 + jitter);
     delay = delay * 2 > 2000 ? 2000 : delay * 2;

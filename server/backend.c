@@ -5,21 +5,21 @@
 
 #include "server.h"
 
-void pmx_backend_fatal(const char* name, const char* what) {
-  pmx_error("backend %s: %s; the aggregation state cannot be trusted any more: aborting "
+void px_backend_fatal(const char* name, const char* what) {
+  px_error("backend %s: %s; the aggregation state cannot be trusted any more: aborting "
             "(a restart resumes from the last checkpoint)", name, what);
   abort();
 }
 
-int pmx_backend_create(const pmx_config* cfg, pmx_backend** out, char* err, size_t errlen) {
+int px_backend_create(const px_config* cfg, px_backend** out, char* err, size_t errlen) {
   const char* dev = cfg->device ? cfg->device : "cpu";
   int rc;
   *out = NULL;
   if (strcmp(dev, "cpu") == 0) {
-    rc = pmx_backend_cpu_create(cfg, out, err, errlen);
+    rc = px_backend_cpu_create(cfg, out, err, errlen);
   } else if (strcmp(dev, "cuda") == 0) {
-#ifdef PMX_HAVE_CUDA
-    rc = pmx_backend_cuda_create(cfg, out, err, errlen);
+#ifdef PX_HAVE_CUDA
+    rc = px_backend_cuda_create(cfg, out, err, errlen);
 #else
     snprintf(err, errlen, "--device cuda: this paramex-server was built without CUDA "
              "(configure with -Dcuda=enabled on a machine with nvcc and NCCL)");
@@ -30,7 +30,7 @@ int pmx_backend_create(const pmx_config* cfg, pmx_backend** out, char* err, size
     rc = -2;
   }
   if (rc != 0) return rc;
-  pmx_backend* b = *out;
+  px_backend* b = *out;
   b->sgd.lr = (float)cfg->lr;
   b->sgd.momentum = (float)cfg->momentum;
   b->sgd.weight_decay = (float)cfg->weight_decay;
@@ -39,12 +39,12 @@ int pmx_backend_create(const pmx_config* cfg, pmx_backend** out, char* err, size
   return 0;
 }
 
-void pmx_backend_destroy(pmx_backend* b) {
+void px_backend_destroy(px_backend* b) {
   if (b) b->ops->destroy(b);
 }
 
-#ifndef PMX_HAVE_CUDA
-int pmx_backend_cuda_available(char* why, size_t whylen) {
+#ifndef PX_HAVE_CUDA
+int px_backend_cuda_available(char* why, size_t whylen) {
   snprintf(why, whylen, "built without CUDA");
   return 0;
 }

@@ -23,82 +23,82 @@
  * Any other failure (a CUDA or NCCL error after start-up, out of memory for scratch) is
  * fatal: the backend logs it and aborts, because the device state can no longer be
  * trusted; a restarted server resumes from its last checkpoint. */
-#ifndef PMX_BACKEND_H
-#define PMX_BACKEND_H
+#ifndef PX_BACKEND_H
+#define PX_BACKEND_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-struct pmx_tensor_state;
-struct pmx_chunk_state;
-struct pmx_config;
+struct px_tensor_state;
+struct px_chunk_state;
+struct px_config;
 
 /* ---- optimizer parameters (the cpu implementation is in optimizer.c) ------------------- */
-typedef struct pmx_sgd {
+typedef struct px_sgd {
   float lr, momentum, weight_decay;
-} pmx_sgd;
+} px_sgd;
 /* One SGD step on n elements from the rank-ordered gradient sum of nworkers workers:
  *   g = sum / nworkers; if (wd) g = g + wd * p; if (momentum) { m = first ? g : momentum*m + g;
  *   g = m; } p = p - lr * g.   (PyTorch's SGD with dampening 0, nesterov off.) */
-void pmx_sgd_apply(const pmx_sgd* o, float* p, float* mom, bool first, const float* sum,
+void px_sgd_apply(const px_sgd* o, float* p, float* mom, bool first, const float* sum,
                    size_t n, uint32_t nworkers);
 /* acc[i] += g[i] for i in [0, n), in order (vectorized; the same bits as the scalar loop). */
-void pmx_f32_add(float* acc, const float* g, size_t n);
+void px_f32_add(float* acc, const float* g, size_t n);
 
 /* ---- one step's inputs and outputs ------------------------------------------------------- */
 /* Output buffers are host memory owned by the caller, c->elems words each; a NULL output
  * is not produced. */
-typedef struct pmx_step_io {
+typedef struct px_step_io {
   uint32_t ncontrib;     /* contributions in the sum (the optimizer divides by it) */
   bool first;            /* no momentum step applied to this chunk yet */
   void* bits[2];         /* new bits: [0] the tensor's dtype, [1] the bf16 view (f32 only) */
-  uint8_t* enc[2];       /* encoder input of view v: pmx_zigzag_shuffle of the word delta
+  uint8_t* enc[2];       /* encoder input of view v: px_zigzag_shuffle of the word delta
                           * (new bits - old bits), the bytes the DELTA_ZSTD frame compresses */
-} pmx_step_io;
+} px_step_io;
 
 /* Fills io's outputs (those non-NULL) of a chunk of n words of t's dtype from host copies
  * of its native bits before and after a step: the cpu implementation of the bf16 view
- * and the encoder input, also used by pmx_frames_after_step. Uses pmx_scratch(1..3). */
-void pmx_step_outputs(const struct pmx_tensor_state* t, size_t n, const void* old_bits,
-                      const void* new_bits, pmx_step_io* io);
+ * and the encoder input, also used by px_frames_after_step. Uses px_scratch(1..3). */
+void px_step_outputs(const struct px_tensor_state* t, size_t n, const void* old_bits,
+                      const void* new_bits, px_step_io* io);
 
-typedef struct pmx_backend pmx_backend;
+typedef struct px_backend px_backend;
 
-typedef struct pmx_backend_ops {
+typedef struct px_backend_ops {
   /* Sets up the backend's state of a new tensor (t->chunks exist, c->params allocated,
    * initial values maybe not yet there). 0, or -1 with err (nothing left allocated). */
-  int (*tensor_create)(pmx_backend* b, struct pmx_tensor_state* t, char* err, size_t errlen);
+  int (*tensor_create)(px_backend* b, struct px_tensor_state* t, char* err, size_t errlen);
   /* Frees what tensor_create set up, including a sum in progress. */
-  void (*tensor_destroy)(pmx_backend* b, struct pmx_tensor_state* t);
+  void (*tensor_destroy)(px_backend* b, struct px_tensor_state* t);
   /* c->params now holds the chunk's values (initial values complete, or a restore): take
    * them; mom (c->elems f32, NULL: none) is its momentum from a checkpoint. */
-  void (*chunk_load)(pmx_backend* b, struct pmx_tensor_state* t, struct pmx_chunk_state* c,
+  void (*chunk_load)(px_backend* b, struct px_tensor_state* t, struct px_chunk_state* c,
                      const float* mom);
   /* Adds the contribution g (c->elems f32) of `rank` to the chunk's sum of this step. The
-   * first call of a step starts the sum. With give, g is a pmx_buf_get buffer of the
+   * first call of a step starts the sum. With give, g is a px_buf_get buffer of the
    * configured chunk bytes that the backend may keep (then *taken = true and the caller
    * forgets it). 0, or -1 when out of memory (nothing changed). */
-  int (*accumulate)(pmx_backend* b, struct pmx_tensor_state* t, struct pmx_chunk_state* c,
+  int (*accumulate)(px_backend* b, struct px_tensor_state* t, struct px_chunk_state* c,
                     uint32_t rank, float* g, bool give, bool* taken);
   /* Finishes the step: applies the optimizer to the sum, writes the new parameters to
    * c->params and the outputs of io, and forgets the sum (the next accumulate starts a
    * new one). */
-  void (*step)(pmx_backend* b, struct pmx_tensor_state* t, struct pmx_chunk_state* c,
-               pmx_step_io* io);
+  void (*step)(px_backend* b, struct px_tensor_state* t, struct px_chunk_state* c,
+               px_step_io* io);
   /* The chunk's current parameters in view v (0: its dtype, 1: bf16 of an f32 tensor). */
-  void (*read_view)(pmx_backend* b, struct pmx_tensor_state* t, struct pmx_chunk_state* c,
+  void (*read_view)(px_backend* b, struct px_tensor_state* t, struct px_chunk_state* c,
                     int view, void* out);
   /* Checkpoint copy: parameters (c->elems words) and, when mom != NULL, the momentum. */
-  void (*snapshot)(pmx_backend* b, struct pmx_tensor_state* t, struct pmx_chunk_state* c,
+  void (*snapshot)(px_backend* b, struct px_tensor_state* t, struct px_chunk_state* c,
                    void* params, float* mom);
-  void (*destroy)(pmx_backend* b);
-} pmx_backend_ops;
+  void (*destroy)(px_backend* b);
+} px_backend_ops;
 
-struct pmx_backend {
-  const pmx_backend_ops* ops;
+struct px_backend {
+  const px_backend_ops* ops;
   const char* name;      /* "cpu" or "cuda" */
-  pmx_sgd sgd;
+  px_sgd sgd;
   size_t chunk_bytes;    /* --chunk-bytes: the size of contribution buffers */
   bool momentum;         /* --momentum != 0: momentum state is kept */
   uint32_t ndev;         /* devices that sum (1 for cpu): results are bit-identical to the
@@ -109,29 +109,29 @@ struct pmx_backend {
 /* Creates the backend named by cfg->device with cfg->gpus. Returns 0; -1 with err when it
  * cannot start (built without CUDA, no GPU, a CUDA/NCCL error: err names it); -2 with
  * err when the configuration is wrong (a --gpus device that does not exist). */
-int pmx_backend_create(const struct pmx_config* cfg, pmx_backend** out, char* err,
+int px_backend_create(const struct px_config* cfg, px_backend** out, char* err,
                        size_t errlen);
 /* Accepts NULL. */
-void pmx_backend_destroy(pmx_backend* b);
+void px_backend_destroy(px_backend* b);
 
 /* Whether this build has the cuda backend and at least one GPU is usable; otherwise
  * 0 and why in `why` (for tests that skip). */
-int pmx_backend_cuda_available(char* why, size_t whylen);
+int px_backend_cuda_available(char* why, size_t whylen);
 
 /* Parses a --gpus list "0,1,3" into ids (at most cap). 0, or -1 with err naming the
  * problem (not a number, a duplicate, too many, empty). */
-int pmx_gpu_list_parse(const char* s, int* ids, uint32_t cap, uint32_t* n, char* err,
+int px_gpu_list_parse(const char* s, int* ids, uint32_t cap, uint32_t* n, char* err,
                        size_t errlen);
 
 /* Logs "backend NAME: WHAT" as an error and aborts: for failures after which the
  * backend's state cannot be trusted (see the top of this file). */
-void pmx_backend_fatal(const char* name, const char* what) __attribute__((noreturn));
+void px_backend_fatal(const char* name, const char* what) __attribute__((noreturn));
 
 /* The implementations (backend_cpu.c, backend_cuda.c). */
-int pmx_backend_cpu_create(const struct pmx_config* cfg, pmx_backend** out, char* err,
+int px_backend_cpu_create(const struct px_config* cfg, px_backend** out, char* err,
                            size_t errlen);
-#ifdef PMX_HAVE_CUDA
-int pmx_backend_cuda_create(const struct pmx_config* cfg, pmx_backend** out, char* err,
+#ifdef PX_HAVE_CUDA
+int px_backend_cuda_create(const struct px_config* cfg, px_backend** out, char* err,
                             size_t errlen);
 #endif
 

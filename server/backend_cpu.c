@@ -1,5 +1,5 @@
 /* The cpu backend: the sum, the optimizer and the views in host memory, on the compute
- * pool's threads. Per chunk its state is the sum of the step in progress (a pmx_buf_get
+ * pool's threads. Per chunk its state is the sum of the step in progress (a px_buf_get
  * buffer, the first contribution's own buffer when it may be kept); the momentum lives
  * in t->mom / c->mom. Element order and float operations are fixed and the build
  * disables FMA contraction, so results are bit-reproducible. */
@@ -15,12 +15,12 @@ typedef struct cpu_chunk {
   float* acc; /* this step's sum, NULL before the first contribution */
 } cpu_chunk;
 
-static int cpu_tensor_create(pmx_backend* b, pmx_tensor_state* t, char* err, size_t errlen) {
+static int cpu_tensor_create(px_backend* b, px_tensor_state* t, char* err, size_t errlen) {
   cpu_chunk* k = calloc(t->nchunks, sizeof *k);
-  float* mom = b->momentum ? pmx_big_alloc(t->numel * sizeof(float)) : NULL;
+  float* mom = b->momentum ? px_big_alloc(t->numel * sizeof(float)) : NULL;
   if (!k || (b->momentum && !mom)) {
     free(k);
-    pmx_big_free(mom, t->numel * sizeof(float));
+    px_big_free(mom, t->numel * sizeof(float));
     snprintf(err, errlen, "tensor '%s': out of memory for the optimizer state", t->name);
     return -1;
   }
@@ -33,24 +33,24 @@ static int cpu_tensor_create(pmx_backend* b, pmx_tensor_state* t, char* err, siz
   return 0;
 }
 
-static void cpu_tensor_destroy(pmx_backend* b, pmx_tensor_state* t) {
+static void cpu_tensor_destroy(px_backend* b, px_tensor_state* t) {
   cpu_chunk* k = t->be;
   if (k)
-    for (uint32_t i = 0; i < t->nchunks; i++) pmx_buf_put(k[i].acc, b->chunk_bytes);
+    for (uint32_t i = 0; i < t->nchunks; i++) px_buf_put(k[i].acc, b->chunk_bytes);
   free(k);
   t->be = NULL;
-  if (t->mom) pmx_big_free(t->mom, t->numel * sizeof(float));
+  if (t->mom) px_big_free(t->mom, t->numel * sizeof(float));
   t->mom = NULL;
 }
 
-static void cpu_chunk_load(pmx_backend* b, pmx_tensor_state* t, pmx_chunk_state* c,
+static void cpu_chunk_load(px_backend* b, px_tensor_state* t, px_chunk_state* c,
                            const float* mom) {
   (void)b;
   (void)t;
   if (mom && c->mom) memcpy(c->mom, mom, (size_t)c->elems * sizeof(float));
 }
 
-static int cpu_accumulate(pmx_backend* b, pmx_tensor_state* t, pmx_chunk_state* c,
+static int cpu_accumulate(px_backend* b, px_tensor_state* t, px_chunk_state* c,
                           uint32_t rank, float* g, bool give, bool* taken) {
   (void)t;
   (void)rank;
@@ -62,46 +62,46 @@ static int cpu_accumulate(pmx_backend* b, pmx_tensor_state* t, pmx_chunk_state* 
       *taken = true;
       return 0;
     }
-    k->acc = pmx_buf_get(b->chunk_bytes);
+    k->acc = px_buf_get(b->chunk_bytes);
     if (!k->acc) return -1;
     memcpy(k->acc, g, (size_t)c->elems * sizeof(float));
     return 0;
   }
-  pmx_f32_add(k->acc, g, c->elems);
+  px_f32_add(k->acc, g, c->elems);
   return 0;
 }
 
 static uint8_t* scratch_or_die(int which, size_t bytes) {
-  uint8_t* p = pmx_scratch(which, bytes);
-  if (!p) pmx_backend_fatal("cpu", "out of memory for step scratch buffers");
+  uint8_t* p = px_scratch(which, bytes);
+  if (!p) px_backend_fatal("cpu", "out of memory for step scratch buffers");
   return p;
 }
 
-void pmx_step_outputs(const pmx_tensor_state* t, size_t n, const void* old_bits,
-                      const void* new_bits, pmx_step_io* io) {
+void px_step_outputs(const px_tensor_state* t, size_t n, const void* old_bits,
+                      const void* new_bits, px_step_io* io) {
   const int w = (int)t->elem;
   if (io->bits[0] && io->bits[0] != new_bits) memcpy(io->bits[0], new_bits, n * t->elem);
-  const bool view1 = t->dtype == PMX_DT_F32 && (io->bits[1] || io->enc[1]);
+  const bool view1 = t->dtype == PX_DT_F32 && (io->bits[1] || io->enc[1]);
   uint16_t* new16 = io->bits[1];
   if (view1 && !new16) new16 = (uint16_t*)scratch_or_die(3, n * 2);
-  if (view1) pmx_f32_to_bf16_n(new_bits, new16, n);
+  if (view1) px_f32_to_bf16_n(new_bits, new16, n);
   if (!io->enc[0] && !(view1 && io->enc[1])) return;
   uint8_t* d = scratch_or_die(1, n * t->elem);
   if (io->enc[0]) {
-    pmx_delta(new_bits, old_bits, n, w, d);
-    pmx_zigzag_shuffle(d, n, w, io->enc[0]);
+    px_delta(new_bits, old_bits, n, w, d);
+    px_zigzag_shuffle(d, n, w, io->enc[0]);
   }
   if (view1 && io->enc[1]) {
     uint16_t* old16 = (uint16_t*)scratch_or_die(2, n * 2);
-    pmx_f32_to_bf16_n(old_bits, old16, n);
-    pmx_delta(new16, old16, n, 2, d);
-    pmx_zigzag_shuffle(d, n, 2, io->enc[1]);
+    px_f32_to_bf16_n(old_bits, old16, n);
+    px_delta(new16, old16, n, 2, d);
+    px_zigzag_shuffle(d, n, 2, io->enc[1]);
   }
 }
 
 /* Scratch use: 0 the old native bits, 3 an f32 copy of 16-bit parameters (then
- * pmx_step_outputs: 1..3). */
-static void cpu_step(pmx_backend* b, pmx_tensor_state* t, pmx_chunk_state* c, pmx_step_io* io) {
+ * px_step_outputs: 1..3). */
+static void cpu_step(px_backend* b, px_tensor_state* t, px_chunk_state* c, px_step_io* io) {
   cpu_chunk* k = c->be;
   const size_t n = c->elems, nb = n * t->elem;
   uint8_t* old = NULL; /* the old bits, only for a delta the frames want */
@@ -109,45 +109,45 @@ static void cpu_step(pmx_backend* b, pmx_tensor_state* t, pmx_chunk_state* c, pm
     old = scratch_or_die(0, nb);
     memcpy(old, c->params, nb);
   }
-  if (!k->acc) pmx_backend_fatal("cpu", "step without a contribution");
-  if (t->dtype == PMX_DT_F32) {
-    pmx_sgd_apply(&b->sgd, c->params, c->mom, io->first, k->acc, n, io->ncontrib);
+  if (!k->acc) px_backend_fatal("cpu", "step without a contribution");
+  if (t->dtype == PX_DT_F32) {
+    px_sgd_apply(&b->sgd, c->params, c->mom, io->first, k->acc, n, io->ncontrib);
   } else {
     float* p32 = (float*)scratch_or_die(3, n * sizeof(float));
-    if (t->dtype == PMX_DT_BF16) pmx_bf16_to_f32_n(c->params, p32, n);
-    else pmx_f16_to_f32_n(c->params, p32, n);
-    pmx_sgd_apply(&b->sgd, p32, c->mom, io->first, k->acc, n, io->ncontrib);
-    if (t->dtype == PMX_DT_BF16) pmx_f32_to_bf16_n(p32, c->params, n);
-    else pmx_f32_to_f16_n(p32, c->params, n);
+    if (t->dtype == PX_DT_BF16) px_bf16_to_f32_n(c->params, p32, n);
+    else px_f16_to_f32_n(c->params, p32, n);
+    px_sgd_apply(&b->sgd, p32, c->mom, io->first, k->acc, n, io->ncontrib);
+    if (t->dtype == PX_DT_BF16) px_f32_to_bf16_n(p32, c->params, n);
+    else px_f32_to_f16_n(p32, c->params, n);
   }
-  pmx_buf_put(k->acc, b->chunk_bytes);
+  px_buf_put(k->acc, b->chunk_bytes);
   k->acc = NULL;
-  pmx_step_outputs(t, n, old, c->params, io);
+  px_step_outputs(t, n, old, c->params, io);
 }
 
-static void cpu_read_view(pmx_backend* b, pmx_tensor_state* t, pmx_chunk_state* c, int view,
+static void cpu_read_view(px_backend* b, px_tensor_state* t, px_chunk_state* c, int view,
                           void* out) {
   (void)b;
-  if (view == 1) pmx_f32_to_bf16_n(c->params, out, c->elems);
+  if (view == 1) px_f32_to_bf16_n(c->params, out, c->elems);
   else memcpy(out, c->params, (size_t)c->elems * t->elem);
 }
 
-static void cpu_snapshot(pmx_backend* b, pmx_tensor_state* t, pmx_chunk_state* c, void* params,
+static void cpu_snapshot(px_backend* b, px_tensor_state* t, px_chunk_state* c, void* params,
                          float* mom) {
   (void)b;
   memcpy(params, c->params, (size_t)c->elems * t->elem);
   if (mom && c->mom) memcpy(mom, c->mom, (size_t)c->elems * sizeof(float));
 }
 
-static void cpu_destroy(pmx_backend* b) { free(b); }
+static void cpu_destroy(px_backend* b) { free(b); }
 
-static const pmx_backend_ops cpu_ops = {
+static const px_backend_ops cpu_ops = {
     cpu_tensor_create, cpu_tensor_destroy, cpu_chunk_load, cpu_accumulate,
     cpu_step,          cpu_read_view,      cpu_snapshot,   cpu_destroy,
 };
 
-int pmx_backend_cpu_create(const pmx_config* cfg, pmx_backend** out, char* err, size_t errlen) {
-  pmx_backend* b = calloc(1, sizeof *b);
+int px_backend_cpu_create(const px_config* cfg, px_backend** out, char* err, size_t errlen) {
+  px_backend* b = calloc(1, sizeof *b);
   if (!b) {
     snprintf(err, errlen, "out of memory at start");
     return -1;

@@ -22,7 +22,7 @@
 
 #define MOM_SUFFIX "@momentum"
 
-struct pmx_ckpt {
+struct px_ckpt {
   uint64_t gen;
   uint64_t version;
   uint32_t ntensors;
@@ -36,15 +36,15 @@ struct pmx_ckpt {
 };
 
 typedef struct ckpt_waiter {
-  pmx_srv_call* call;
+  px_srv_call* call;
   struct ckpt_waiter* next;
 } ckpt_waiter;
 
-static void ckpt_free(pmx_ckpt* k) {
+static void ckpt_free(px_ckpt* k) {
   if (!k) return;
   for (uint32_t i = 0; i < k->ntensors; i++) {
-    pmx_big_free(k->params[i], k->pbytes[i]);
-    if (k->mom) pmx_big_free(k->mom[i], k->mbytes[i]);
+    px_big_free(k->params[i], k->pbytes[i]);
+    if (k->mom) px_big_free(k->mom[i], k->mbytes[i]);
   }
   free(k->params);
   free(k->mom);
@@ -56,7 +56,7 @@ static void ckpt_free(pmx_ckpt* k) {
 /* ---- capture --------------------------------------------------------------------------- */
 
 /* Copies chunk c into k (c->mu held). */
-static void capture(pmx_service* svc, pmx_ckpt* k, pmx_tensor_state* t, pmx_chunk_state* c) {
+static void capture(px_service* svc, px_ckpt* k, px_tensor_state* t, px_chunk_state* c) {
   if (t->id >= k->ntensors || c->ckpt_gen == k->gen) return;
   uint64_t first = (uint64_t)c->index * t->chunk_elems;
   float* mom = k->mom && k->mom[t->id] ? k->mom[t->id] + first : NULL;
@@ -73,8 +73,8 @@ static void capture(pmx_service* svc, pmx_ckpt* k, pmx_tensor_state* t, pmx_chun
 }
 
 /* A new pending checkpoint of the tensors declared now (ckpt.mu held). */
-static pmx_ckpt* ckpt_new(pmx_service* svc, uint64_t version, const char* reason) {
-  pmx_ckpt* k = calloc(1, sizeof *k);
+static px_ckpt* ckpt_new(px_service* svc, uint64_t version, const char* reason) {
+  px_ckpt* k = calloc(1, sizeof *k);
   if (!k) return NULL;
   uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
   k->gen = ++svc->ckpt.gen;
@@ -85,39 +85,39 @@ static pmx_ckpt* ckpt_new(pmx_service* svc, uint64_t version, const char* reason
   k->mbytes = calloc(nt ? nt : 1, sizeof *k->mbytes);
   if (svc->cfg.momentum != 0) k->mom = calloc(nt ? nt : 1, sizeof *k->mom);
   snprintf(k->reason, sizeof k->reason, "%s", reason);
-  k->started_ms = pmx_now_ms();
+  k->started_ms = px_now_ms();
   bool ok = k->params && k->pbytes && k->mbytes && (svc->cfg.momentum == 0 || k->mom);
   for (uint32_t i = 0; ok && i < nt; i++) {
-    pmx_tensor_state* t = svc->tensors[i];
+    px_tensor_state* t = svc->tensors[i];
     k->pbytes[i] = t->params_bytes;
     k->mbytes[i] = t->numel * sizeof(float);
-    k->params[i] = pmx_big_alloc(t->params_bytes);
+    k->params[i] = px_big_alloc(t->params_bytes);
     ok = k->params[i] != NULL;
-    if (ok && k->mom) ok = (k->mom[i] = pmx_big_alloc(k->mbytes[i])) != NULL;
+    if (ok && k->mom) ok = (k->mom[i] = px_big_alloc(k->mbytes[i])) != NULL;
     k->remaining += t->nchunks;
   }
   if (!ok) {
     ckpt_free(k);
-    pmx_error("checkpoint at version %" PRIu64 ": out of memory for the copies", version);
+    px_error("checkpoint at version %" PRIu64 ": out of memory for the copies", version);
     return NULL;
   }
   if (k->remaining == 0) pthread_cond_broadcast(&svc->ckpt.cv);
   return k;
 }
 
-void pmx_ckpt_before_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c) {
+void px_ckpt_before_step(px_service* svc, px_tensor_state* t, px_chunk_state* c) {
   if (!svc->cfg.checkpoint_dir) return;
   pthread_mutex_lock(&svc->ckpt.mu);
-  pmx_ckpt* k = svc->ckpt.pending;
+  px_ckpt* k = svc->ckpt.pending;
   bool take = k && k->version == c->version && c->ckpt_gen != k->gen;
   pthread_mutex_unlock(&svc->ckpt.mu);
   if (take) capture(svc, k, t, c);
 }
 
-void pmx_ckpt_after_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c) {
+void px_ckpt_after_step(px_service* svc, px_tensor_state* t, px_chunk_state* c) {
   if (!svc->cfg.checkpoint_dir) return;
   pthread_mutex_lock(&svc->ckpt.mu);
-  pmx_ckpt* k = svc->ckpt.pending;
+  px_ckpt* k = svc->ckpt.pending;
   if (!k && svc->cfg.checkpoint_every && c->version % svc->cfg.checkpoint_every == 0 &&
       c->version > svc->ckpt.last_version)
     k = svc->ckpt.pending = ckpt_new(svc, c->version, "periodic");
@@ -128,25 +128,25 @@ void pmx_ckpt_after_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state*
 
 /* Starts a checkpoint at the newest version any chunk has (or joins the one in progress).
  * Returns its generation, 0 on failure. */
-static uint64_t request(pmx_service* svc, const char* reason) {
+static uint64_t request(px_service* svc, const char* reason) {
   uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
   uint64_t vmax = 0;
   for (uint32_t i = 0; i < nt; i++) {
     uint64_t hi;
-    pmx_tensor_version_min(svc->tensors[i], &hi, NULL);
+    px_tensor_version_min(svc->tensors[i], &hi, NULL);
     if (hi > vmax) vmax = hi;
   }
   pthread_mutex_lock(&svc->ckpt.mu);
-  pmx_ckpt* k = svc->ckpt.pending;
+  px_ckpt* k = svc->ckpt.pending;
   if (!k) k = svc->ckpt.pending = ckpt_new(svc, vmax, reason);
   uint64_t gen = k ? k->gen : 0;
   pthread_mutex_unlock(&svc->ckpt.mu);
   if (!k) return 0;
   /* chunks already at the version are copied now; the others on arrival */
   for (uint32_t i = 0; i < k->ntensors; i++) {
-    pmx_tensor_state* t = svc->tensors[i];
+    px_tensor_state* t = svc->tensors[i];
     for (uint32_t j = 0; j < t->nchunks; j++) {
-      pmx_chunk_state* c = &t->chunks[j];
+      px_chunk_state* c = &t->chunks[j];
       pthread_mutex_lock(&c->mu);
       if (c->initialized && c->version == k->version) capture(svc, k, t, c);
       pthread_mutex_unlock(&c->mu);
@@ -158,17 +158,17 @@ static uint64_t request(pmx_service* svc, const char* reason) {
 /* ---- writing ------------------------------------------------------------------------------ */
 
 typedef struct write_ctx {
-  pmx_service* svc;
-  pmx_ckpt* k;
+  px_service* svc;
+  px_ckpt* k;
 } write_ctx;
 
-static int write_tensor(void* ctx, size_t index, pmx_st_sink* sink) {
+static int write_tensor(void* ctx, size_t index, px_st_sink* sink) {
   write_ctx* w = ctx;
-  pmx_ckpt* k = w->k;
+  px_ckpt* k = w->k;
   size_t ti = k->mom ? index / 2 : index;
   bool mom = k->mom && index % 2 == 1;
-  if (mom) return pmx_st_sink_write(sink, k->mom[ti], w->svc->tensors[ti]->numel * sizeof(float));
-  return pmx_st_sink_write(sink, k->params[ti], k->pbytes[ti]);
+  if (mom) return px_st_sink_write(sink, k->mom[ti], w->svc->tensors[ti]->numel * sizeof(float));
+  return px_st_sink_write(sink, k->params[ti], k->pbytes[ti]);
 }
 
 static int name_version(const char* name, uint64_t* v) {
@@ -200,12 +200,12 @@ static size_t list_checkpoints(const char* dir, uint64_t* versions, size_t cap) 
   return n;
 }
 
-static void finish_waiters(pmx_service* svc, ckpt_waiter* w, int status, const char* msg,
+static void finish_waiters(px_service* svc, ckpt_waiter* w, int status, const char* msg,
                            uint64_t version, const char* path, uint64_t bytes) {
   (void)svc;
   while (w) {
     ckpt_waiter* next = w->next;
-    if (status == PMX_ST_OK) {
+    if (status == PX_ST_OK) {
       Paramex__V1__CheckpointResponse r = PARAMEX__V1__CHECKPOINT_RESPONSE__INIT;
       r.version = version;
       r.path = (char*)path;
@@ -214,25 +214,25 @@ static void finish_waiters(pmx_service* svc, ckpt_waiter* w, int status, const c
       size_t n = paramex__v1__checkpoint_response__get_packed_size(&r);
       if (n <= sizeof buf) {
         paramex__v1__checkpoint_response__pack(&r, buf);
-        pmx_out out = {buf, n, NULL, 0, NULL, NULL};
-        pmx_srv_call_finish(w->call, &out, PMX_ST_OK, NULL);
+        px_out out = {buf, n, NULL, 0, NULL, NULL};
+        px_srv_call_finish(w->call, &out, PX_ST_OK, NULL);
       } else {
-        pmx_srv_call_finish(w->call, NULL, PMX_ST_OK, NULL);
+        px_srv_call_finish(w->call, NULL, PX_ST_OK, NULL);
       }
     } else {
-      pmx_srv_call_finish(w->call, NULL, status, msg);
+      px_srv_call_finish(w->call, NULL, status, msg);
     }
-    pmx_srv_call_unref(w->call);
+    px_srv_call_unref(w->call);
     free(w);
     w = next;
   }
 }
 
-static int write_checkpoint(pmx_service* svc, pmx_ckpt* k, char* path, size_t pathlen,
+static int write_checkpoint(px_service* svc, px_ckpt* k, char* path, size_t pathlen,
                             uint64_t* bytes, char* err, size_t errlen) {
   size_t n = (size_t)k->ntensors * (k->mom ? 2 : 1);
-  pmx_st_entry* e = calloc(n ? n : 1, sizeof *e);
-  char (*names)[PMX_MAX_NAME + 16] = calloc(n ? n : 1, sizeof *names);
+  px_st_entry* e = calloc(n ? n : 1, sizeof *e);
+  char (*names)[PX_MAX_NAME + 16] = calloc(n ? n : 1, sizeof *names);
   if (!e || !names) {
     free(e);
     free(names);
@@ -241,13 +241,13 @@ static int write_checkpoint(pmx_service* svc, pmx_ckpt* k, char* path, size_t pa
   }
   *bytes = 0;
   for (uint32_t i = 0, j = 0; i < k->ntensors; i++) {
-    pmx_tensor_state* t = svc->tensors[i];
-    e[j] = (pmx_st_entry){t->name, t->dtype, t->ndim, t->shape, t->params_bytes};
+    px_tensor_state* t = svc->tensors[i];
+    e[j] = (px_st_entry){t->name, t->dtype, t->ndim, t->shape, t->params_bytes};
     *bytes += t->params_bytes;
     j++;
     if (k->mom) {
       snprintf(names[j], sizeof names[j], "%s" MOM_SUFFIX, t->name);
-      e[j] = (pmx_st_entry){names[j], PMX_DT_F32, t->ndim, t->shape, t->numel * sizeof(float)};
+      e[j] = (px_st_entry){names[j], PX_DT_F32, t->ndim, t->shape, t->numel * sizeof(float)};
       *bytes += t->numel * sizeof(float);
       j++;
     }
@@ -270,7 +270,7 @@ static int write_checkpoint(pmx_service* svc, pmx_ckpt* k, char* path, size_t pa
   char name[64];
   snprintf(name, sizeof name, "ckpt-%020" PRIu64 ".safetensors", k->version);
   write_ctx ctx = {svc, k};
-  int rc = pmx_st_write(svc->cfg.checkpoint_dir, name, e, n, write_tensor, &ctx, meta,
+  int rc = px_st_write(svc->cfg.checkpoint_dir, name, e, n, write_tensor, &ctx, meta,
                         sizeof meta / sizeof meta[0] / 2, err, errlen);
   snprintf(path, pathlen, "%s/%s", svc->cfg.checkpoint_dir, name);
   free(inc);
@@ -283,32 +283,32 @@ static int write_checkpoint(pmx_service* svc, pmx_ckpt* k, char* path, size_t pa
   for (size_t i = svc->cfg.keep; i < nv; i++) {
     char old[600];
     snprintf(old, sizeof old, "%s/ckpt-%020" PRIu64 ".safetensors", svc->cfg.checkpoint_dir, vs[i]);
-    if (unlink(old) != 0) pmx_warn("checkpoint: cannot remove %s: %s", old, strerror(errno));
+    if (unlink(old) != 0) px_warn("checkpoint: cannot remove %s: %s", old, strerror(errno));
   }
   return 0;
 }
 
 static void* ckpt_thread(void* arg) {
-  pmx_service* svc = arg;
+  px_service* svc = arg;
   uint64_t next_timed = svc->cfg.checkpoint_interval > 0
-                            ? pmx_now_ms() + (uint64_t)(svc->cfg.checkpoint_interval * 1000.0)
+                            ? px_now_ms() + (uint64_t)(svc->cfg.checkpoint_interval * 1000.0)
                             : UINT64_MAX;
   pthread_mutex_lock(&svc->ckpt.mu);
   for (;;) {
-    pmx_ckpt* k = svc->ckpt.pending;
+    px_ckpt* k = svc->ckpt.pending;
     if (k && k->remaining == 0) {
       svc->ckpt.pending = NULL;
       ckpt_waiter* w = svc->ckpt.waiters;
       svc->ckpt.waiters = NULL;
       pthread_mutex_unlock(&svc->ckpt.mu);
       char path[600], err[512];
-      uint64_t bytes = 0, t0 = pmx_now_ms();
+      uint64_t bytes = 0, t0 = px_now_ms();
       int rc = write_checkpoint(svc, k, path, sizeof path, &bytes, err, sizeof err);
       if (rc == 0)
-        pmx_info("checkpoint written: %s (version %" PRIu64 ", %" PRIu64 " bytes, %s, %" PRIu64
-                 " ms)", path, k->version, bytes, k->reason, pmx_now_ms() - t0);
+        px_info("checkpoint written: %s (version %" PRIu64 ", %" PRIu64 " bytes, %s, %" PRIu64
+                 " ms)", path, k->version, bytes, k->reason, px_now_ms() - t0);
       else
-        pmx_error("checkpoint at version %" PRIu64 " failed, the previous one is intact: %s",
+        px_error("checkpoint at version %" PRIu64 " failed, the previous one is intact: %s",
                   k->version, err);
       pthread_mutex_lock(&svc->ckpt.mu);
       if (rc == 0) {
@@ -322,14 +322,14 @@ static void* ckpt_thread(void* arg) {
       svc->ckpt.done_ok = rc == 0;
       pthread_cond_broadcast(&svc->ckpt.cv);
       pthread_mutex_unlock(&svc->ckpt.mu);
-      finish_waiters(svc, w, rc == 0 ? PMX_ST_OK : PMX_ST_FAILED_PRECONDITION, err, k->version,
+      finish_waiters(svc, w, rc == 0 ? PX_ST_OK : PX_ST_FAILED_PRECONDITION, err, k->version,
                      path, bytes);
       ckpt_free(k);
       pthread_mutex_lock(&svc->ckpt.mu);
       continue;
     }
     if (svc->ckpt.stop) break;
-    uint64_t now = pmx_now_ms();
+    uint64_t now = px_now_ms();
     if (now >= next_timed) {
       next_timed = now + (uint64_t)(svc->cfg.checkpoint_interval * 1000.0);
       if (!svc->ckpt.pending && atomic_load(&svc->ntensors) > 0) {
@@ -343,7 +343,7 @@ static void* ckpt_thread(void* arg) {
       pthread_cond_wait(&svc->ckpt.cv, &svc->ckpt.mu);
     } else {
       struct timespec ts;
-      pmx_deadline_ts(&ts, CLOCK_MONOTONIC, (int64_t)(next_timed - now));
+      px_deadline_ts(&ts, CLOCK_MONOTONIC, (int64_t)(next_timed - now));
       pthread_cond_timedwait(&svc->ckpt.cv, &svc->ckpt.mu, &ts);
     }
   }
@@ -353,7 +353,7 @@ static void* ckpt_thread(void* arg) {
 
 /* ---- lifecycle ------------------------------------------------------------------------------ */
 
-int pmx_ckpt_init(pmx_service* svc, char* err, size_t errlen) {
+int px_ckpt_init(px_service* svc, char* err, size_t errlen) {
   pthread_mutex_init(&svc->ckpt.mu, NULL);
   pthread_condattr_t a;
   pthread_condattr_init(&a);
@@ -383,19 +383,19 @@ int pmx_ckpt_init(pmx_service* svc, char* err, size_t errlen) {
     if (strncmp(e->d_name, ".ckpt-", 6) != 0 || !strstr(e->d_name, ".tmp")) continue;
     char p[600];
     snprintf(p, sizeof p, "%s/%s", svc->cfg.checkpoint_dir, e->d_name);
-    if (unlink(p) == 0) pmx_info("removed %s, left by an interrupted checkpoint", p);
+    if (unlink(p) == 0) px_info("removed %s, left by an interrupted checkpoint", p);
   }
   if (d) closedir(d);
   return 0;
 }
 
 /* Loads one checkpoint file into the (empty) store. */
-static int restore_file(pmx_service* svc, const char* path, uint64_t* version, char* err,
+static int restore_file(px_service* svc, const char* path, uint64_t* version, char* err,
                         size_t errlen) {
-  pmx_st_file* f = pmx_st_open(path, err, errlen);
+  px_st_file* f = px_st_open(path, err, errlen);
   if (!f) return -1;
-  const char* vs = pmx_st_meta(f, "pmx.version");
-  const char* ws = pmx_st_meta(f, "pmx.workers");
+  const char* vs = px_st_meta(f, "pmx.version");
+  const char* ws = px_st_meta(f, "pmx.workers");
   char* end = NULL;
   unsigned long long v = vs ? strtoull(vs, &end, 10) : 0;
   int rc = -1;
@@ -406,21 +406,21 @@ static int restore_file(pmx_service* svc, const char* path, uint64_t* version, c
              ws ? ws : "?", svc->cfg.workers);
   } else {
     rc = 0;
-    size_t n = pmx_st_count(f);
+    size_t n = px_st_count(f);
     for (size_t i = 0; rc == 0 && i < n; i++) {
-      pmx_st_tensor e;
-      pmx_st_entry_at(f, i, &e);
+      px_st_tensor e;
+      px_st_entry_at(f, i, &e);
       size_t nl = strlen(e.name);
       if (nl > strlen(MOM_SUFFIX) && strcmp(e.name + nl - strlen(MOM_SUFFIX), MOM_SUFFIX) == 0)
         continue;
-      pmx_st_tensor m;
-      char mname[PMX_MAX_NAME + 16];
+      px_st_tensor m;
+      char mname[PX_MAX_NAME + 16];
       snprintf(mname, sizeof mname, "%s" MOM_SUFFIX, e.name);
-      bool has_mom = pmx_st_find(f, mname, &m) == 0 && m.dtype == PMX_DT_F32 &&
-                     m.nbytes == e.nbytes / pmx_dtype_size(e.dtype) * sizeof(float);
-      rc = pmx_store_restore(svc, &e, has_mom ? m.data : NULL, v, err, errlen);
+      bool has_mom = px_st_find(f, mname, &m) == 0 && m.dtype == PX_DT_F32 &&
+                     m.nbytes == e.nbytes / px_dtype_size(e.dtype) * sizeof(float);
+      rc = px_store_restore(svc, &e, has_mom ? m.data : NULL, v, err, errlen);
     }
-    const char* inc = pmx_st_meta(f, "pmx.incarnations");
+    const char* inc = px_st_meta(f, "pmx.incarnations");
     for (uint32_t w = 0; rc == 0 && inc && *inc && w < svc->cfg.workers; w++) {
       uint64_t x = strtoull(inc, &end, 10);
       atomic_store(&svc->workers[w].incarnation, x);
@@ -428,12 +428,12 @@ static int restore_file(pmx_service* svc, const char* path, uint64_t* version, c
       inc = *end == ',' ? end + 1 : end;
     }
   }
-  pmx_st_close(f);
+  px_st_close(f);
   *version = v;
   return rc;
 }
 
-int pmx_ckpt_restore(pmx_service* svc) {
+int px_ckpt_restore(px_service* svc) {
   if (!svc->cfg.checkpoint_dir) return 0;
   uint64_t vs[1024];
   size_t n = list_checkpoints(svc->cfg.checkpoint_dir, vs, 1024);
@@ -442,30 +442,30 @@ int pmx_ckpt_restore(pmx_service* svc) {
     snprintf(path, sizeof path, "%s/ckpt-%020" PRIu64 ".safetensors", svc->cfg.checkpoint_dir, vs[i]);
     uint64_t v = 0;
     if (restore_file(svc, path, &v, err, sizeof err) == 0) {
-      pmx_info("restored %s: version %" PRIu64 ", %u tensors", path, v,
+      px_info("restored %s: version %" PRIu64 ", %u tensors", path, v,
                atomic_load(&svc->ntensors));
       svc->ckpt.last_version = v;
       svc->ckpt.restored_version = v;
       snprintf(svc->ckpt.last_path, sizeof svc->ckpt.last_path, "%s", path);
       return 0;
     }
-    pmx_warn("skipping checkpoint %s: %s", path, err);
+    px_warn("skipping checkpoint %s: %s", path, err);
     if (atomic_load(&svc->ntensors) > 0) {
       /* a file that failed half way left tensors behind: start over cleanly */
-      pmx_error("checkpoint %s failed after loading some tensors; not restoring", path);
+      px_error("checkpoint %s failed after loading some tensors; not restoring", path);
       return -1;
     }
   }
-  if (n == 0) pmx_info("no checkpoint in %s: starting empty", svc->cfg.checkpoint_dir);
+  if (n == 0) px_info("no checkpoint in %s: starting empty", svc->cfg.checkpoint_dir);
   return 0;
 }
 
-int pmx_ckpt_now(pmx_service* svc, pmx_srv_call* waiter, const char* reason) {
+int px_ckpt_now(px_service* svc, px_srv_call* waiter, const char* reason) {
   if (!svc->cfg.checkpoint_dir) return -1;
   if (waiter) {
     ckpt_waiter* w = calloc(1, sizeof *w);
     if (!w) return -1;
-    pmx_srv_call_ref(waiter);
+    px_srv_call_ref(waiter);
     w->call = waiter;
     pthread_mutex_lock(&svc->ckpt.mu);
     w->next = svc->ckpt.waiters;
@@ -475,45 +475,45 @@ int pmx_ckpt_now(pmx_service* svc, pmx_srv_call* waiter, const char* reason) {
   return request(svc, reason) ? 0 : -1;
 }
 
-int pmx_ckpt_final(pmx_service* svc, int64_t wait_ms) {
+int px_ckpt_final(px_service* svc, int64_t wait_ms) {
   if (!svc->cfg.checkpoint_dir) return 0;
   uint64_t gen = request(svc, "shutdown");
   if (!gen) return -1;
   struct timespec until;
-  pmx_deadline_ts(&until, CLOCK_MONOTONIC, wait_ms);
+  px_deadline_ts(&until, CLOCK_MONOTONIC, wait_ms);
   pthread_mutex_lock(&svc->ckpt.mu);
   while (svc->ckpt.done_gen < gen)
     if (pthread_cond_timedwait(&svc->ckpt.cv, &svc->ckpt.mu, &until) != 0) break;
   int rc = 0;
-  pmx_ckpt* k = svc->ckpt.pending;
+  px_ckpt* k = svc->ckpt.pending;
   if (svc->ckpt.done_gen >= gen && !svc->ckpt.done_ok) rc = -1; /* the write failed */
   if (svc->ckpt.done_gen < gen && k)
-    pmx_warn("final checkpoint at version %" PRIu64 " not written: %zu chunks never reached it "
+    px_warn("final checkpoint at version %" PRIu64 " not written: %zu chunks never reached it "
              "(a step was in progress); the newest checkpoint is version %" PRIu64,
              k->version, k->remaining, svc->ckpt.last_version);
   pthread_mutex_unlock(&svc->ckpt.mu);
   return rc;
 }
 
-void pmx_ckpt_fail_waiters(pmx_service* svc) {
+void px_ckpt_fail_waiters(px_service* svc) {
   pthread_mutex_lock(&svc->ckpt.mu);
   ckpt_waiter* w = svc->ckpt.waiters;
   svc->ckpt.waiters = NULL;
   pthread_mutex_unlock(&svc->ckpt.mu);
-  finish_waiters(svc, w, PMX_ST_UNAVAILABLE, "server is shutting down", 0, NULL, 0);
+  finish_waiters(svc, w, PX_ST_UNAVAILABLE, "server is shutting down", 0, NULL, 0);
 }
 
-void pmx_ckpt_shutdown(pmx_service* svc) {
+void px_ckpt_shutdown(px_service* svc) {
   pthread_mutex_lock(&svc->ckpt.mu);
   svc->ckpt.stop = true;
   pthread_cond_broadcast(&svc->ckpt.cv);
   ckpt_waiter* w = svc->ckpt.waiters;
   svc->ckpt.waiters = NULL;
-  pmx_ckpt* k = svc->ckpt.pending;
+  px_ckpt* k = svc->ckpt.pending;
   svc->ckpt.pending = NULL;
   pthread_mutex_unlock(&svc->ckpt.mu);
   if (svc->ckpt.thread_started) pthread_join(svc->ckpt.thread, NULL);
-  finish_waiters(svc, w, PMX_ST_UNAVAILABLE, "server is shutting down", 0, NULL, 0);
+  finish_waiters(svc, w, PX_ST_UNAVAILABLE, "server is shutting down", 0, NULL, 0);
   ckpt_free(k);
   pthread_mutex_destroy(&svc->ckpt.mu);
   pthread_cond_destroy(&svc->ckpt.cv);

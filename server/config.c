@@ -9,13 +9,13 @@
 
 #define SYNOPSIS "[--listen HOST:PORT] [--workers N] [--lr F] [flags...]"
 
-int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
+int px_config_parse(px_config* cfg, int argc, char** argv) {
   memset(cfg, 0, sizeof *cfg);
   cfg->listen = "0.0.0.0:50051";
   cfg->workers = 1;
   cfg->lr = 0.01;
   cfg->chunk_bytes = 1u << 20;
-  cfg->threads = pmx_ncpus();
+  cfg->threads = px_ncpus();
   cfg->cq_threads = 2;
   cfg->max_tensors = 16384;
   cfg->max_tensor_bytes = 16ull << 30;
@@ -37,73 +37,73 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
   cfg->call_timeout = 3600;
   cfg->log_level = "info";
   cfg->device = "cpu";
-  const pmx_flag flags[] = {
-      {"listen", PMX_FLAG_STR, &cfg->listen, 0, 0, "HOST:PORT",
+  const px_flag flags[] = {
+      {"listen", PX_FLAG_STR, &cfg->listen, 0, 0, "HOST:PORT",
        "address to serve on; port 0 picks a free port"},
-      {"workers", PMX_FLAG_U32, &cfg->workers, 1, 4096, "N",
+      {"workers", PX_FLAG_U32, &cfg->workers, 1, 4096, "N",
        "workers per step (BSP: a step completes when all N pushed)"},
-      {"lr", PMX_FLAG_F64, &cfg->lr, 0, 1e6, "F", "SGD learning rate"},
-      {"momentum", PMX_FLAG_F64, &cfg->momentum, 0, 0.999999, "F", "SGD momentum (0 = none)"},
-      {"weight-decay", PMX_FLAG_F64, &cfg->weight_decay, 0, 1e3, "F", "L2 weight decay"},
-      {"chunk-bytes", PMX_FLAG_SIZE, &cfg->chunk_bytes, 1024, 3u << 20, "SIZE",
+      {"lr", PX_FLAG_F64, &cfg->lr, 0, 1e6, "F", "SGD learning rate"},
+      {"momentum", PX_FLAG_F64, &cfg->momentum, 0, 0.999999, "F", "SGD momentum (0 = none)"},
+      {"weight-decay", PX_FLAG_F64, &cfg->weight_decay, 0, 1e3, "F", "L2 weight decay"},
+      {"chunk-bytes", PX_FLAG_SIZE, &cfg->chunk_bytes, 1024, 3u << 20, "SIZE",
        "bytes of f32 per chunk (K/M suffixes; 1K..3M)"},
-      {"threads", PMX_FLAG_U32, &cfg->threads, 1, 256, "N", "compute threads"},
-      {"cq-threads", PMX_FLAG_U32, &cfg->cq_threads, 1, 64, "N", "gRPC completion-queue threads"},
-      {"max-tensors", PMX_FLAG_U32, &cfg->max_tensors, 1, 1u << 20, "N", "most tensors"},
-      {"max-tensor-bytes", PMX_FLAG_SIZE, &cfg->max_tensor_bytes, 4, 1ull << 40, "SIZE",
+      {"threads", PX_FLAG_U32, &cfg->threads, 1, 256, "N", "compute threads"},
+      {"cq-threads", PX_FLAG_U32, &cfg->cq_threads, 1, 64, "N", "gRPC completion-queue threads"},
+      {"max-tensors", PX_FLAG_U32, &cfg->max_tensors, 1, 1u << 20, "N", "most tensors"},
+      {"max-tensor-bytes", PX_FLAG_SIZE, &cfg->max_tensor_bytes, 4, 1ull << 40, "SIZE",
        "largest tensor"},
-      {"hold-bytes", PMX_FLAG_SIZE, &cfg->hold_bytes, 0, 1ull << 40, "SIZE",
+      {"hold-bytes", PX_FLAG_SIZE, &cfg->hold_bytes, 0, 1ull << 40, "SIZE",
        "memory for contributions that arrive before a lower rank's"},
-      {"history", PMX_FLAG_U32, &cfg->history, 0, PMX_MAX_HISTORY, "H",
+      {"history", PX_FLAG_U32, &cfg->history, 0, PX_MAX_HISTORY, "H",
        "per-step deltas kept per chunk: pulls from up to H versions back get a diff"},
-      {"history-bytes", PMX_FLAG_SIZE, &cfg->history_bytes, 0, 1ull << 40, "SIZE",
+      {"history-bytes", PX_FLAG_SIZE, &cfg->history_bytes, 0, 1ull << 40, "SIZE",
        "memory budget of that history (older deltas are dropped past it)"},
-      {"compression-level", PMX_FLAG_U32, &cfg->compression_level, 1, 19, "L",
+      {"compression-level", PX_FLAG_U32, &cfg->compression_level, 1, 19, "L",
        "zstd level of pull frames (1 is fastest; higher gains <1% here)"},
-      {"compression", PMX_FLAG_BOOL, &cfg->compression, 0, 0, NULL,
+      {"compression", PX_FLAG_BOOL, &cfg->compression, 0, 0, NULL,
        "diff-compress pulls (--no-compression: raw chunks only)"},
-      {"drain-timeout", PMX_FLAG_F64, &cfg->drain_timeout, 0, 3600, "SECONDS",
+      {"drain-timeout", PX_FLAG_F64, &cfg->drain_timeout, 0, 3600, "SECONDS",
        "on SIGTERM, time for calls in flight before they are cancelled"},
-      {"log-level", PMX_FLAG_STR, &cfg->log_level, 0, 0, "LEVEL", "error, warn, info or debug"},
-      {"checkpoint-dir", PMX_FLAG_STR, &cfg->checkpoint_dir, 0, 0, "DIR",
+      {"log-level", PX_FLAG_STR, &cfg->log_level, 0, 0, "LEVEL", "error, warn, info or debug"},
+      {"checkpoint-dir", PX_FLAG_STR, &cfg->checkpoint_dir, 0, 0, "DIR",
        "write checkpoints here, restore the newest valid one at start"},
-      {"checkpoint-every", PMX_FLAG_U64, &cfg->checkpoint_every, 0, 1e15, "STEPS",
+      {"checkpoint-every", PX_FLAG_U64, &cfg->checkpoint_every, 0, 1e15, "STEPS",
        "checkpoint at every version that is a multiple of STEPS (0: off)"},
-      {"checkpoint-interval", PMX_FLAG_F64, &cfg->checkpoint_interval, 0, 1e7, "SECONDS",
+      {"checkpoint-interval", PX_FLAG_F64, &cfg->checkpoint_interval, 0, 1e7, "SECONDS",
        "checkpoint every SECONDS (0: off)"},
-      {"keep", PMX_FLAG_U32, &cfg->keep, 1, 100000, "K", "checkpoints kept (oldest removed)"},
-      {"worker-timeout", PMX_FLAG_F64, &cfg->worker_timeout, 0, 86400, "SECONDS",
+      {"keep", PX_FLAG_U32, &cfg->keep, 1, 100000, "K", "checkpoints kept (oldest removed)"},
+      {"worker-timeout", PX_FLAG_F64, &cfg->worker_timeout, 0, 86400, "SECONDS",
        "a worker with no call (libparamex sends heartbeats) for this long is dead (0: never)"},
-      {"rejoin-wait", PMX_FLAG_F64, &cfg->rejoin_wait, 0, 86400, "SECONDS",
+      {"rejoin-wait", PX_FLAG_F64, &cfg->rejoin_wait, 0, 86400, "SECONDS",
        "without --elastic: how long steps wait for a dead worker before pulls fail"},
-      {"elastic", PMX_FLAG_BOOL, &cfg->elastic, 0, 0, NULL,
+      {"elastic", PX_FLAG_BOOL, &cfg->elastic, 0, 0, NULL,
        "steps complete with the workers still alive; a restarted worker rejoins"},
-      {"memory-limit", PMX_FLAG_SIZE, &cfg->memory_limit, 0, 1ull << 50, "SIZE",
+      {"memory-limit", PX_FLAG_SIZE, &cfg->memory_limit, 0, 1ull << 50, "SIZE",
        "budget for parameters, optimizer state, history and frames (default 80% of RAM)"},
-      {"max-calls", PMX_FLAG_U32, &cfg->max_calls, 1, 1u << 20, "N",
+      {"max-calls", PX_FLAG_U32, &cfg->max_calls, 1, 1u << 20, "N",
        "concurrent calls; more get RESOURCE_EXHAUSTED"},
-      {"call-timeout", PMX_FLAG_F64, &cfg->call_timeout, 1, 86400 * 7, "SECONDS",
+      {"call-timeout", PX_FLAG_F64, &cfg->call_timeout, 1, 86400 * 7, "SECONDS",
        "longest a pull may wait for its version (clients usually set a shorter deadline)"},
-      {"tls-cert", PMX_FLAG_STR, &cfg->tls_cert, 0, 0, "FILE",
+      {"tls-cert", PX_FLAG_STR, &cfg->tls_cert, 0, 0, "FILE",
        "PEM certificate chain: serve TLS (needs --tls-key)"},
-      {"tls-key", PMX_FLAG_STR, &cfg->tls_key, 0, 0, "FILE", "PEM private key of --tls-cert"},
-      {"tls-client-ca", PMX_FLAG_STR, &cfg->tls_client_ca, 0, 0, "FILE",
+      {"tls-key", PX_FLAG_STR, &cfg->tls_key, 0, 0, "FILE", "PEM private key of --tls-cert"},
+      {"tls-client-ca", PX_FLAG_STR, &cfg->tls_client_ca, 0, 0, "FILE",
        "PEM CA: require client certificates signed by it (mutual TLS)"},
-      {"token-file", PMX_FLAG_STR, &cfg->token_file, 0, 0, "FILE",
+      {"token-file", PX_FLAG_STR, &cfg->token_file, 0, 0, "FILE",
        "bearer token every call but health must carry"},
-      {"device", PMX_FLAG_STR, &cfg->device, 0, 0, "cpu|cuda",
+      {"device", PX_FLAG_STR, &cfg->device, 0, 0, "cpu|cuda",
        "where gradients are summed and the optimizer runs (cuda: GPUs with NCCL)"},
-      {"gpus", PMX_FLAG_STR, &cfg->gpus, 0, 0, "LIST",
+      {"gpus", PX_FLAG_STR, &cfg->gpus, 0, 0, "LIST",
        "with --device cuda: the GPUs to use, e.g. 0,1 (default: every GPU)"},
   };
   const size_t nflags = sizeof flags / sizeof flags[0];
   char err[256];
-  int rc = pmx_flags_parse(flags, nflags, argc, argv, NULL, err, sizeof err);
+  int rc = px_flags_parse(flags, nflags, argc, argv, NULL, err, sizeof err);
   if (rc == 1) {
-    pmx_flags_usage(stdout, "paramex-server", SYNOPSIS, flags, nflags);
+    px_flags_usage(stdout, "paramex-server", SYNOPSIS, flags, nflags);
     return 1;
   }
-  if (rc == 0 && pmx_log_level_parse(cfg->log_level) < 0) {
+  if (rc == 0 && px_log_level_parse(cfg->log_level) < 0) {
     snprintf(err, sizeof err, "--log-level: '%s' is not one of error, warn, info, debug",
              cfg->log_level);
     rc = 2;
@@ -140,7 +140,7 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
     rc = 2;
   }
   if (rc == 0 && cfg->gpus &&
-      pmx_gpu_list_parse(cfg->gpus, cfg->gpu_ids, PMX_MAX_GPUS, &cfg->ngpus, err, sizeof err) != 0)
+      px_gpu_list_parse(cfg->gpus, cfg->gpu_ids, PX_MAX_GPUS, &cfg->ngpus, err, sizeof err) != 0)
     rc = 2;
   if (rc != 0) {
     fprintf(stderr, "paramex-server: %s\n", err);
@@ -151,7 +151,7 @@ int pmx_config_parse(pmx_config* cfg, int argc, char** argv) {
 
 /* --gpus LIST (declared in backend.h; here with the other flags, so that the flag parser
  * and its fuzz target do not need the backends). */
-int pmx_gpu_list_parse(const char* s, int* ids, uint32_t cap, uint32_t* n, char* err,
+int px_gpu_list_parse(const char* s, int* ids, uint32_t cap, uint32_t* n, char* err,
                        size_t errlen) {
   uint32_t k = 0;
   const char* p = s;

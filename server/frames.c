@@ -16,39 +16,39 @@
 #include "codec/frame.h"
 #include "server.h"
 
-/* A frame around data (a pmx_buf_get buffer of cap bytes, which it then owns). */
-static pmx_frame* frame_wrap(void* data, size_t cap) {
-  pmx_frame* f = calloc(1, sizeof *f);
+/* A frame around data (a px_buf_get buffer of cap bytes, which it then owns). */
+static px_frame* frame_wrap(void* data, size_t cap) {
+  px_frame* f = calloc(1, sizeof *f);
   if (!f) return NULL;
   f->data = data;
   f->cap = cap;
   atomic_init(&f->refs, 1);
-  f->base = PMX_BASE_NONE;
+  f->base = PX_BASE_NONE;
   return f;
 }
 
-pmx_frame* pmx_frame_new(size_t cap) {
+px_frame* px_frame_new(size_t cap) {
   if (cap == 0) cap = 1;
-  void* data = pmx_buf_get(cap);
-  pmx_frame* f = data ? frame_wrap(data, cap) : NULL;
-  if (!f) pmx_buf_put(data, cap);
+  void* data = px_buf_get(cap);
+  px_frame* f = data ? frame_wrap(data, cap) : NULL;
+  if (!f) px_buf_put(data, cap);
   return f;
 }
 
 static _Atomic int64_t* g_frame_bytes; /* the service's counter, set at first use */
 
-void pmx_frame_unref(void* fp) {
-  pmx_frame* f = fp;
+void px_frame_unref(void* fp) {
+  px_frame* f = fp;
   if (!f) return;
   if (atomic_fetch_sub(&f->refs, 1) != 1) return;
   if (g_frame_bytes) atomic_fetch_sub(g_frame_bytes, (int64_t)f->cap);
-  pmx_buf_put(f->data, f->cap);
+  px_buf_put(f->data, f->cap);
   free(f);
 }
 
 /* Describes a frame just built (len bytes of encoding enc, reconstructing version from
  * base) and counts it: frame_bytes (until its last unref) and encodes. */
-static void frame_publish(pmx_service* svc, pmx_frame* f, size_t len, uint32_t enc,
+static void frame_publish(px_service* svc, px_frame* f, size_t len, uint32_t enc,
                           uint64_t version, uint64_t base, uint64_t checksum) {
   f->len = len;
   f->encoding = enc;
@@ -60,44 +60,44 @@ static void frame_publish(pmx_service* svc, pmx_frame* f, size_t len, uint32_t e
   atomic_fetch_add(&svc->ctr.encodes, 1);
 }
 
-static pmx_frame* frame_from(pmx_service* svc, const void* bytes, size_t len, uint32_t enc,
+static px_frame* frame_from(px_service* svc, const void* bytes, size_t len, uint32_t enc,
                              uint64_t version, uint64_t base, uint64_t checksum) {
-  pmx_frame* f = pmx_frame_new(len);
+  px_frame* f = px_frame_new(len);
   if (!f) return NULL;
   memcpy(f->data, bytes, len);
   frame_publish(svc, f, len, enc, version, base, checksum);
   return f;
 }
 
-/* A RAW frame that takes over *buf (a pmx_buf_get buffer of len bytes: a step's output),
+/* A RAW frame that takes over *buf (a px_buf_get buffer of len bytes: a step's output),
  * instead of copying it: *buf is NULL afterwards. NULL (and *buf kept) when out of memory. */
-static pmx_frame* frame_adopt(pmx_service* svc, void** buf, size_t len, uint64_t version,
+static px_frame* frame_adopt(px_service* svc, void** buf, size_t len, uint64_t version,
                               uint64_t checksum) {
-  pmx_frame* f = frame_wrap(*buf, len);
+  px_frame* f = frame_wrap(*buf, len);
   if (!f) return NULL;
   *buf = NULL;
-  frame_publish(svc, f, len, PMX_ENC_RAW, version, PMX_BASE_NONE, checksum);
+  frame_publish(svc, f, len, PX_ENC_RAW, version, PX_BASE_NONE, checksum);
   return f;
 }
 
-int pmx_view_width(const pmx_tensor_state* t, int v) { return v == 1 ? 2 : (int)t->elem; }
+int px_view_width(const px_tensor_state* t, int v) { return v == 1 ? 2 : (int)t->elem; }
 
 
 /* ---- cache ------------------------------------------------------------------------------ */
 
 static _Atomic uint64_t g_stamp; /* recency of cache slots */
 
-static int slot_find(pmx_view_state* vs, uint64_t key) {
-  for (int i = 0; i < PMX_CACHE_SLOTS; i++)
+static int slot_find(px_view_state* vs, uint64_t key) {
+  for (int i = 0; i < PX_CACHE_SLOTS; i++)
     if (vs->cache[i].used && vs->cache[i].key == key) return i;
   return -1;
 }
 
 /* A slot for key: a free one, else the least recently used that is not pending; -1 when
  * every slot is pending. */
-static int slot_claim(pmx_view_state* vs, uint64_t key) {
+static int slot_claim(px_view_state* vs, uint64_t key) {
   int best = -1;
-  for (int i = 0; i < PMX_CACHE_SLOTS; i++) {
+  for (int i = 0; i < PX_CACHE_SLOTS; i++) {
     if (!vs->cache[i].used) {
       best = i;
       break;
@@ -106,7 +106,7 @@ static int slot_claim(pmx_view_state* vs, uint64_t key) {
       best = i;
   }
   if (best < 0) return -1;
-  pmx_frame_unref(vs->cache[best].frame);
+  px_frame_unref(vs->cache[best].frame);
   vs->cache[best].frame = NULL;
   vs->cache[best].used = true;
   vs->cache[best].pending = true;
@@ -115,33 +115,33 @@ static int slot_claim(pmx_view_state* vs, uint64_t key) {
   return best;
 }
 
-static void slot_install(pmx_view_state* vs, uint64_t key, pmx_frame* f) {
+static void slot_install(px_view_state* vs, uint64_t key, px_frame* f) {
   int i = slot_find(vs, key);
   if (i < 0) i = slot_claim(vs, key);
   if (i < 0) return;
-  pmx_frame_unref(vs->cache[i].frame);
+  px_frame_unref(vs->cache[i].frame);
   atomic_fetch_add(&f->refs, 1);
   vs->cache[i].frame = f;
   vs->cache[i].pending = false;
 }
 
-static void cache_clear(pmx_view_state* vs) {
-  for (int i = 0; i < PMX_CACHE_SLOTS; i++) {
-    pmx_frame_unref(vs->cache[i].frame);
+static void cache_clear(px_view_state* vs) {
+  for (int i = 0; i < PX_CACHE_SLOTS; i++) {
+    px_frame_unref(vs->cache[i].frame);
     memset(&vs->cache[i], 0, sizeof vs->cache[i]);
   }
 }
 
-static void hist_drop_from(pmx_service* svc, pmx_view_state* vs, uint32_t keep) {
+static void hist_drop_from(px_service* svc, px_view_state* vs, uint32_t keep) {
   while (vs->nhist > keep) {
-    pmx_frame* f = vs->hist[--vs->nhist];
+    px_frame* f = vs->hist[--vs->nhist];
     vs->hist[vs->nhist] = NULL;
     atomic_fetch_sub(&svc->ctr.history_bytes, (int64_t)f->cap);
-    pmx_frame_unref(f);
+    px_frame_unref(f);
   }
 }
 
-void pmx_frames_clear(pmx_service* svc, pmx_chunk_state* c, bool history_too) {
+void px_frames_clear(px_service* svc, px_chunk_state* c, bool history_too) {
   for (int v = 0; v < 2; v++) {
     cache_clear(&c->view[v]);
     if (history_too) hist_drop_from(svc, &c->view[v], 0);
@@ -149,28 +149,28 @@ void pmx_frames_clear(pmx_service* svc, pmx_chunk_state* c, bool history_too) {
 }
 
 /* Called under c->mu right after c->version was incremented: the old version's frames go,
- * and the frames that pmx_frames_after_step will install are marked pending so that pulls
+ * and the frames that px_frames_after_step will install are marked pending so that pulls
  * wait for them instead of building their own. */
-static void mark_pending_after_step(pmx_service* svc, pmx_chunk_state* c, bool encode) {
+static void mark_pending_after_step(px_service* svc, px_chunk_state* c, bool encode) {
   for (int v = 0; v < 2; v++) {
-    pmx_view_state* vs = &c->view[v];
+    px_view_state* vs = &c->view[v];
     cache_clear(vs);
     vs->checksum_valid = false;
     if (!vs->enabled) continue;
     if (encode) {
       slot_claim(vs, c->version - 1);
     } else {
-      if (!svc->cfg.compression) slot_claim(vs, PMX_KEY_FULL);
-      slot_claim(vs, PMX_KEY_RAW);
+      if (!svc->cfg.compression) slot_claim(vs, PX_KEY_FULL);
+      slot_claim(vs, PX_KEY_RAW);
     }
   }
 }
 
-void pmx_frames_step_begin(pmx_service* svc, pmx_chunk_state* c, bool encode) {
+void px_frames_step_begin(px_service* svc, px_chunk_state* c, bool encode) {
   mark_pending_after_step(svc, c, encode && svc->cfg.compression && svc->cfg.history > 0);
 }
 
-bool pmx_frames_eager_delta(pmx_service* svc, pmx_chunk_state* c) {
+bool px_frames_eager_delta(px_service* svc, px_chunk_state* c) {
   if (!svc->cfg.compression || svc->cfg.history == 0) return false;
   /* the version the step makes, against the last version a pull wanted diffs from */
   const uint64_t next = c->version + 1, window = (uint64_t)svc->cfg.history + 1;
@@ -181,49 +181,49 @@ bool pmx_frames_eager_delta(pmx_service* svc, pmx_chunk_state* c) {
   return false;
 }
 
-void pmx_step_io_init(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c, bool view1,
-                      bool encode, pmx_step_io* io) {
+void px_step_io_init(px_service* svc, px_tensor_state* t, px_chunk_state* c, bool view1,
+                      bool encode, px_step_io* io) {
   const size_t n = c->elems;
-  const bool v1 = view1 && t->dtype == PMX_DT_F32;
+  const bool v1 = view1 && t->dtype == PX_DT_F32;
   const bool enc = encode && svc->cfg.compression && svc->cfg.history > 0;
   memset(io, 0, sizeof *io);
-  io->bits[0] = pmx_buf_get(n * t->elem);
-  if (v1) io->bits[1] = pmx_buf_get(n * 2);
-  if (enc) io->enc[0] = pmx_buf_get(n * t->elem);
-  if (enc && v1) io->enc[1] = pmx_buf_get(n * 2);
+  io->bits[0] = px_buf_get(n * t->elem);
+  if (v1) io->bits[1] = px_buf_get(n * 2);
+  if (enc) io->enc[0] = px_buf_get(n * t->elem);
+  if (enc && v1) io->enc[1] = px_buf_get(n * 2);
   if (!io->bits[0] || (v1 && !io->bits[1]) || (enc && !io->enc[0]) || (enc && v1 && !io->enc[1]))
-    pmx_step_io_free(t, c, io); /* all or nothing: no bits[0] means "failed" */
+    px_step_io_free(t, c, io); /* all or nothing: no bits[0] means "failed" */
 }
 
-void pmx_step_io_free(pmx_tensor_state* t, pmx_chunk_state* c, pmx_step_io* io) {
+void px_step_io_free(px_tensor_state* t, px_chunk_state* c, px_step_io* io) {
   const size_t n = c->elems;
-  pmx_buf_put(io->bits[0], n * t->elem);
-  pmx_buf_put(io->bits[1], n * 2);
-  pmx_buf_put(io->enc[0], n * t->elem);
-  pmx_buf_put(io->enc[1], n * 2);
+  px_buf_put(io->bits[0], n * t->elem);
+  px_buf_put(io->bits[1], n * 2);
+  px_buf_put(io->enc[0], n * t->elem);
+  px_buf_put(io->enc[1], n * 2);
   memset(io, 0, sizeof *io);
 }
 
-void pmx_frames_after_step(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
+void px_frames_after_step(px_service* svc, px_tensor_state* t, px_chunk_state* c,
                            uint64_t version, const void* old_bits, const void* new_bits) {
   pthread_mutex_lock(&c->mu);
   bool view1 = c->view[1].enabled;
   pthread_mutex_unlock(&c->mu);
-  pmx_step_io io;
-  pmx_step_io_init(svc, t, c, view1, true, &io);
+  px_step_io io;
+  px_step_io_init(svc, t, c, view1, true, &io);
   if (io.bits[0]) {
-    pmx_step_outputs(t, c->elems, old_bits, new_bits, &io);
-    pmx_frames_after_step_io(svc, t, c, version, &io);
+    px_step_outputs(t, c->elems, old_bits, new_bits, &io);
+    px_frames_after_step_io(svc, t, c, version, &io);
   } else {
-    pmx_frames_after_step_failed(svc, c, version);
+    px_frames_after_step_failed(svc, c, version);
   }
-  pmx_step_io_free(t, c, &io);
+  px_step_io_free(t, c, &io);
 }
 
-void pmx_frames_after_step_io(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
-                              uint64_t version, pmx_step_io* io) {
-  pmx_frame* delta[2] = {NULL, NULL};
-  pmx_frame* full[2] = {NULL, NULL};
+void px_frames_after_step_io(px_service* svc, px_tensor_state* t, px_chunk_state* c,
+                              uint64_t version, px_step_io* io) {
+  px_frame* delta[2] = {NULL, NULL};
+  px_frame* full[2] = {NULL, NULL};
   uint64_t sums[2] = {0, 0};
   const bool want[2] = {io->bits[0] != NULL, io->bits[1] != NULL};
   const bool encode = io->enc[0] != NULL; /* the step's delta is wanted */
@@ -231,20 +231,20 @@ void pmx_frames_after_step_io(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_s
   const size_t n = c->elems;
   for (int v = 0; v < 2; v++) {
     if (!want[v]) continue;
-    int w = pmx_view_width(t, v);
+    int w = px_view_width(t, v);
     size_t raw = n * (size_t)w;
     const void* nb = io->bits[v];
-    sums[v] = pmx_checksum(nb, raw);
+    sums[v] = px_checksum(nb, raw);
     if (encode) {
-      size_t cap = pmx_zstd_bound(raw);
-      pmx_frame* f = pmx_frame_new(cap);
+      size_t cap = px_zstd_bound(raw);
+      px_frame* f = px_frame_new(cap);
       if (f) {
-        size_t len = io->enc[v] ? pmx_zstd_compress(io->enc[v], raw, f->data, cap,
+        size_t len = io->enc[v] ? px_zstd_compress(io->enc[v], raw, f->data, cap,
                                                     (int)svc->cfg.compression_level)
                                 : 0;
-        frame_publish(svc, f, len, PMX_ENC_DELTA_ZSTD, version, version - 1, sums[v]);
+        frame_publish(svc, f, len, PX_ENC_DELTA_ZSTD, version, version - 1, sums[v]);
         if (f->len == 0) {
-          pmx_frame_unref(f);
+          px_frame_unref(f);
           f = NULL;
         }
       }
@@ -260,7 +260,7 @@ void pmx_frames_after_step_io(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_s
   if (c->version == version) {
     for (int v = 0; v < 2; v++) {
       if (!want[v]) continue;
-      pmx_view_state* vs = &c->view[v];
+      px_view_state* vs = &c->view[v];
       vs->checksum = sums[v];
       vs->checksum_valid = true;
       if (!encode) hist_drop_from(svc, vs, 0); /* a gap: nobody pulls diffs now */
@@ -282,59 +282,59 @@ void pmx_frames_after_step_io(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_s
         if (encode) {
           slot_install(vs, version - 1, full[v]);
         } else {
-          if (!svc->cfg.compression) slot_install(vs, PMX_KEY_FULL, full[v]);
-          slot_install(vs, PMX_KEY_RAW, full[v]);
+          if (!svc->cfg.compression) slot_install(vs, PX_KEY_FULL, full[v]);
+          slot_install(vs, PX_KEY_RAW, full[v]);
         }
       }
       /* a pending slot nobody will fill (encoding failed) must not stall pulls */
-      for (int i = 0; i < PMX_CACHE_SLOTS; i++)
+      for (int i = 0; i < PX_CACHE_SLOTS; i++)
         if (vs->cache[i].used && vs->cache[i].pending && !delta[v] && !full[v] &&
-            (vs->cache[i].key == version - 1 || vs->cache[i].key >= PMX_KEY_RAW))
+            (vs->cache[i].key == version - 1 || vs->cache[i].key >= PX_KEY_RAW))
           memset(&vs->cache[i], 0, sizeof vs->cache[i]);
     }
   }
-  pmx_pull* wake = pmx_chunk_wake(svc, c);
+  pmx_pull* wake = px_chunk_wake(svc, c);
   pthread_mutex_unlock(&c->mu);
   for (int v = 0; v < 2; v++) {
-    pmx_frame_unref(delta[v]);
-    pmx_frame_unref(full[v]);
+    px_frame_unref(delta[v]);
+    px_frame_unref(full[v]);
   }
-  pmx_pulls_resume(wake);
+  px_pulls_resume(wake);
 }
 
 /* ---- builds on demand ---------------------------------------------------------------------- */
 
 typedef struct build_job {
-  pmx_job job;
-  pmx_service* svc;
-  pmx_tensor_state* t;
-  pmx_chunk_state* c;
+  px_job job;
+  px_service* svc;
+  px_tensor_state* t;
+  px_chunk_state* c;
   int view;
   uint64_t key;
   uint64_t version;
 } build_job;
 
-static void build_run(pmx_job* j) {
+static void build_run(px_job* j) {
   build_job* b = (build_job*)j;
-  pmx_service* svc = b->svc;
-  pmx_tensor_state* t = b->t;
-  pmx_chunk_state* c = b->c;
-  const int v = b->view, w = pmx_view_width(t, v);
+  px_service* svc = b->svc;
+  px_tensor_state* t = b->t;
+  px_chunk_state* c = b->c;
+  const int v = b->view, w = px_view_width(t, v);
   const size_t n = c->elems, raw = n * (size_t)w;
-  pmx_frame* hist[PMX_MAX_HISTORY];
+  px_frame* hist[PX_MAX_HISTORY];
   uint32_t k = 0;
-  pmx_frame* f = NULL;
-  uint8_t* cur = pmx_scratch(0, raw);
+  px_frame* f = NULL;
+  uint8_t* cur = px_scratch(0, raw);
   bool ok = cur != NULL;
 
   pthread_mutex_lock(&c->mu);
-  pmx_view_state* vs = &c->view[v];
+  px_view_state* vs = &c->view[v];
   int slot = slot_find(vs, b->key);
   if (!ok || c->version != b->version || slot < 0 || !vs->cache[slot].pending) {
     ok = false;
   } else {
     svc->backend->ops->read_view(svc->backend, t, c, v, cur);
-    if (b->key < PMX_KEY_RAW) {
+    if (b->key < PX_KEY_RAW) {
       k = (uint32_t)(b->version - b->key);
       if (k == 0 || k > vs->nhist) k = 0;
       for (uint32_t i = 0; i < k; i++) {
@@ -347,40 +347,40 @@ static void build_run(pmx_job* j) {
 
   uint64_t sum = 0;
   if (ok) {
-    sum = pmx_checksum(cur, raw);
+    sum = px_checksum(cur, raw);
     const int level = (int)svc->cfg.compression_level;
-    size_t cap = pmx_zstd_bound(raw);
+    size_t cap = px_zstd_bound(raw);
     if (k > 0) {
       /* sum the per-step deltas: delta(base -> version) */
-      uint8_t* acc = pmx_scratch(1, raw);
+      uint8_t* acc = px_scratch(1, raw);
       uint8_t* d = malloc(raw);
-      bool good = acc && d && pmx_decode_delta_words(hist[0]->data, hist[0]->len, n, w, acc) == 0;
+      bool good = acc && d && px_decode_delta_words(hist[0]->data, hist[0]->len, n, w, acc) == 0;
       for (uint32_t i = 1; good && i < k; i++) {
-        good = pmx_decode_delta_words(hist[i]->data, hist[i]->len, n, w, d) == 0;
-        if (good) pmx_delta_add(acc, d, n, w);
+        good = px_decode_delta_words(hist[i]->data, hist[i]->len, n, w, d) == 0;
+        if (good) px_delta_add(acc, d, n, w);
       }
       free(d);
       if (good) {
-        f = pmx_frame_new(cap);
+        f = px_frame_new(cap);
         if (f) {
-          size_t len = pmx_encode_delta_words(acc, n, w, level, f->data, cap);
-          frame_publish(svc, f, len, PMX_ENC_DELTA_ZSTD, b->version, b->key, sum);
+          size_t len = px_encode_delta_words(acc, n, w, level, f->data, cap);
+          frame_publish(svc, f, len, PX_ENC_DELTA_ZSTD, b->version, b->key, sum);
           if (f->len == 0 || f->len * 100 >= raw * 95) {
-            pmx_frame_unref(f);
+            px_frame_unref(f);
             f = NULL;
           }
         }
       }
-    } else if (b->key == PMX_KEY_FULL && svc->cfg.compression) {
+    } else if (b->key == PX_KEY_FULL && svc->cfg.compression) {
       uint8_t* z = malloc(cap);
-      size_t zl = z ? pmx_encode_shuffle(cur, n, w, level, z, cap) : 0;
+      size_t zl = z ? px_encode_shuffle(cur, n, w, level, z, cap) : 0;
       if (zl > 0 && zl * 100 < raw * 95)
-        f = frame_from(svc, z, zl, PMX_ENC_SHUFFLE_ZSTD, b->version, PMX_BASE_NONE, sum);
+        f = frame_from(svc, z, zl, PX_ENC_SHUFFLE_ZSTD, b->version, PX_BASE_NONE, sum);
       free(z);
     }
-    if (!f) f = frame_from(svc, cur, raw, PMX_ENC_RAW, b->version, PMX_BASE_NONE, sum);
+    if (!f) f = frame_from(svc, cur, raw, PX_ENC_RAW, b->version, PX_BASE_NONE, sum);
   }
-  for (uint32_t i = 0; i < k; i++) pmx_frame_unref(hist[i]);
+  for (uint32_t i = 0; i < k; i++) px_frame_unref(hist[i]);
 
   pthread_mutex_lock(&c->mu);
   slot = slot_find(vs, b->key);
@@ -395,20 +395,20 @@ static void build_run(pmx_job* j) {
       memset(&vs->cache[slot], 0, sizeof vs->cache[slot]); /* let a later pull retry */
     }
   }
-  pmx_pull* wake = pmx_chunk_wake(svc, c);
+  pmx_pull* wake = px_chunk_wake(svc, c);
   pthread_mutex_unlock(&c->mu);
-  pmx_frame_unref(f);
+  px_frame_unref(f);
   free(b);
-  pmx_pulls_resume(wake);
+  px_pulls_resume(wake);
 }
 
-uint64_t pmx_frames_key(pmx_service* svc, pmx_chunk_state* c, int view, uint64_t have,
+uint64_t px_frames_key(px_service* svc, px_chunk_state* c, int view, uint64_t have,
                         bool accept_delta, bool accept_shuffle) {
-  pmx_view_state* vs = &c->view[view];
-  uint64_t full = accept_shuffle && svc->cfg.compression ? PMX_KEY_FULL : PMX_KEY_RAW;
-  if (!svc->cfg.compression) return PMX_KEY_FULL; /* RAW frames, shared by both keys */
+  px_view_state* vs = &c->view[view];
+  uint64_t full = accept_shuffle && svc->cfg.compression ? PX_KEY_FULL : PX_KEY_RAW;
+  if (!svc->cfg.compression) return PX_KEY_FULL; /* RAW frames, shared by both keys */
   if (accept_delta && c->version + 1 > vs->delta_demand) vs->delta_demand = c->version + 1;
-  if (!accept_delta || have == PMX_BASE_NONE || have >= c->version) return full;
+  if (!accept_delta || have == PX_BASE_NONE || have >= c->version) return full;
   if (slot_find(vs, have) >= 0) return have;
   uint64_t k = c->version - have;
   if (k <= vs->nhist && vs->hist[k - 1]->version == have + 1) return have;
@@ -421,9 +421,9 @@ uint64_t pmx_frames_key(pmx_service* svc, pmx_chunk_state* c, int view, uint64_t
   return full;
 }
 
-pmx_frame* pmx_frames_get(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c, int view,
+px_frame* px_frames_get(px_service* svc, px_tensor_state* t, px_chunk_state* c, int view,
                           uint64_t key, bool* must_wait) {
-  pmx_view_state* vs = &c->view[view];
+  px_view_state* vs = &c->view[view];
   *must_wait = false;
   int i = slot_find(vs, key);
   if (i >= 0 && !vs->cache[i].pending) {
@@ -434,7 +434,7 @@ pmx_frame* pmx_frames_get(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state
   }
   *must_wait = true;
   if (i >= 0) return NULL; /* being built */
-  if (key < PMX_KEY_RAW) {
+  if (key < PX_KEY_RAW) {
     int st = slot_find(vs, c->version - 1);
     if (st >= 0 && vs->cache[st].pending) return NULL; /* the step's delta comes first */
   }
@@ -456,11 +456,11 @@ pmx_frame* pmx_frames_get(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state
   b->view = view;
   b->key = key;
   b->version = c->version;
-  pmx_pool_submit(svc->pool, &b->job);
+  px_pool_submit(svc->pool, &b->job);
   return NULL;
 }
 
-void pmx_frames_after_step_failed(pmx_service* svc, pmx_chunk_state* c, uint64_t version) {
+void px_frames_after_step_failed(px_service* svc, px_chunk_state* c, uint64_t version) {
   pthread_mutex_lock(&c->mu);
   if (c->version == version) {
     for (int v = 0; v < 2; v++) {
@@ -468,7 +468,7 @@ void pmx_frames_after_step_failed(pmx_service* svc, pmx_chunk_state* c, uint64_t
       hist_drop_from(svc, &c->view[v], 0);  /* the history has a gap now */
     }
   }
-  pmx_pull* wake = pmx_chunk_wake(svc, c);
+  pmx_pull* wake = px_chunk_wake(svc, c);
   pthread_mutex_unlock(&c->mu);
-  pmx_pulls_resume(wake);
+  px_pulls_resume(wake);
 }

@@ -16,32 +16,32 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &sigs, NULL);
   signal(SIGPIPE, SIG_IGN);
 
-  pmx_config cfg;
-  int rc = pmx_config_parse(&cfg, argc, argv);
+  px_config cfg;
+  int rc = px_config_parse(&cfg, argc, argv);
   if (rc == 1) return 0;
   if (rc != 0) return 2;
-  pmx_log_init("server", (pmx_log_level)pmx_log_level_parse(cfg.log_level));
-  pmx_tune_malloc();
-  pmx_rpc_init();
+  px_log_init("server", (px_log_level)px_log_level_parse(cfg.log_level));
+  px_tune_malloc();
+  px_rpc_init();
 
-  static pmx_service svc;
+  static px_service svc;
   char err[512];
-  rc = pmx_service_init(&svc, &cfg, err, sizeof err);
+  rc = px_service_init(&svc, &cfg, err, sizeof err);
   if (rc != 0) {
     fprintf(stderr, "paramex-server: %s\n", err);
     return rc == -2 ? 2 : 1;
   }
   int port = 0;
-  if (pmx_service_start(&svc, &port, err, sizeof err) != 0) {
+  if (px_service_start(&svc, &port, err, sizeof err) != 0) {
     fprintf(stderr, "paramex-server: %s\n", err);
-    pmx_service_deinit(&svc);
-    pmx_rpc_shutdown();
+    px_service_deinit(&svc);
+    px_rpc_shutdown();
     return 2;
   }
   const char* colon = strrchr(cfg.listen, ':');
   printf("paramex-server listening on %.*s:%d\n", (int)(colon - cfg.listen), cfg.listen, port);
   fflush(stdout);
-  pmx_info("serving %u workers, lr %g momentum %g weight decay %g, chunk %llu bytes, "
+  px_info("serving %u workers, lr %g momentum %g weight decay %g, chunk %llu bytes, "
            "%u compute threads, backend %s, %s%s%s", cfg.workers, cfg.lr, cfg.momentum, cfg.weight_decay,
            (unsigned long long)cfg.chunk_bytes, cfg.threads, svc.backend->desc,
            cfg.tls_client_ca ? "mutual TLS" : cfg.tls_cert ? "TLS" : "plaintext",
@@ -50,15 +50,15 @@ int main(int argc, char** argv) {
 
   int sig = 0;
   sigwait(&sigs, &sig);
-  pmx_info("%s: draining (up to %.1f s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
+  px_info("%s: draining (up to %.1f s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
            cfg.drain_timeout);
-  rc = pmx_service_stop(&svc);
-  pmx_service_deinit(&svc);
-  pmx_rpc_shutdown();
+  rc = px_service_stop(&svc);
+  px_service_deinit(&svc);
+  px_rpc_shutdown();
   if (rc != 0) {
-    pmx_error("stopped, but the final checkpoint could not be written (see above)");
+    px_error("stopped, but the final checkpoint could not be written (see above)");
     return 1;
   }
-  pmx_info("stopped");
+  px_info("stopped");
   return 0;
 }

@@ -12,9 +12,9 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
     !defined(__SANITIZE_ADDRESS__)
-#define PMX_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define PX_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
-#define PMX_CLONES
+#define PX_CLONES
 #endif
 
 #define BLOCK 16
@@ -45,8 +45,8 @@ static inline __attribute__((always_inline)) void sgd_loop(float* restrict p, fl
   for (; i < n; i++) p[i] = sgd_one(p[i], MU ? &mom[i] : NULL, sum[i], nw, lr, mu, wd, WD, MU, FIRST);
 }
 
-PMX_CLONES
-void pmx_sgd_apply(const pmx_sgd* o, float* restrict p, float* restrict mom, bool first,
+PX_CLONES
+void px_sgd_apply(const px_sgd* o, float* restrict p, float* restrict mom, bool first,
                    const float* restrict sum, size_t n, uint32_t nworkers) {
   const float nw = (float)nworkers;
   const float lr = o->lr, mu = o->momentum, wd = o->weight_decay;
@@ -60,8 +60,8 @@ void pmx_sgd_apply(const pmx_sgd* o, float* restrict p, float* restrict mom, boo
   else sgd_loop(p, mom, sum, n, nw, lr, mu, wd, true, true, false);
 }
 
-PMX_CLONES
-void pmx_f32_add(float* restrict acc, const float* restrict g, size_t n) {
+PX_CLONES
+void px_f32_add(float* restrict acc, const float* restrict g, size_t n) {
   size_t i = 0;
   for (; i + BLOCK <= n; i += BLOCK)
     for (size_t j = 0; j < BLOCK; j++) acc[i + j] += g[i + j];

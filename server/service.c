@@ -17,28 +17,28 @@
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static void reject(pmx_service* svc, pmx_srv_call* call, int status, const char* msg) {
+static void reject(px_service* svc, px_srv_call* call, int status, const char* msg) {
   atomic_fetch_add(&svc->ctr.rejected_calls, 1);
-  pmx_debug("rejected call: %s: %s", pmx_status_name(status), msg);
-  pmx_srv_call_finish(call, NULL, status, msg);
+  px_debug("rejected call: %s: %s", px_status_name(status), msg);
+  px_srv_call_finish(call, NULL, status, msg);
 }
 
 /* Finishes a unary call with a packed protobuf-c message. */
-static void reply(pmx_srv_call* call, const ProtobufCMessage* m) {
+static void reply(px_srv_call* call, const ProtobufCMessage* m) {
   size_t n = protobuf_c_message_get_packed_size(m);
   uint8_t stackbuf[512];
   uint8_t* buf = n <= sizeof stackbuf ? stackbuf : malloc(n);
   if (!buf) {
-    pmx_srv_call_finish(call, NULL, PMX_ST_RESOURCE_EXHAUSTED, "out of memory for the reply");
+    px_srv_call_finish(call, NULL, PX_ST_RESOURCE_EXHAUSTED, "out of memory for the reply");
     return;
   }
   protobuf_c_message_pack(m, buf);
-  pmx_out out = {buf, n, NULL, 0, NULL, NULL};
-  pmx_srv_call_finish(call, &out, PMX_ST_OK, NULL);
+  px_out out = {buf, n, NULL, 0, NULL, NULL};
+  px_srv_call_finish(call, &out, PX_ST_OK, NULL);
   if (buf != stackbuf) free(buf);
 }
 
-static bool draining(pmx_service* svc) {
+static bool draining(px_service* svc) {
   pthread_mutex_lock(&svc->park_mu);
   bool d = svc->draining;
   pthread_mutex_unlock(&svc->park_mu);
@@ -48,50 +48,50 @@ static bool draining(pmx_service* svc) {
 /* A push or pull that names another server id (the header libparamex sends after Join)
  * comes from a worker that joined an earlier run of this server: it must resynchronise
  * from the version this server has (restored from a checkpoint), not continue. */
-static bool stale_server(pmx_service* svc, pmx_srv_call* call) {
+static bool stale_server(px_service* svc, px_srv_call* call) {
   char id[96];
-  const char* h = pmx_srv_call_header(call, "pmx-server-id", id, sizeof id);
+  const char* h = px_srv_call_header(call, "pmx-server-id", id, sizeof id);
   if (!h || strcmp(h, svc->server_id) == 0) return false;
   uint64_t vmin = UINT64_MAX;
   uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
   for (uint32_t i = 0; i < nt; i++) {
-    uint64_t v = pmx_tensor_version_min(svc->tensors[i], NULL, NULL);
+    uint64_t v = px_tensor_version_min(svc->tensors[i], NULL, NULL);
     if (v < vmin) vmin = v;
   }
   char msg[256];
   snprintf(msg, sizeof msg,
            "server restarted (was %.40s, now %s) with its tensors at version %llu: join again "
            "and resume from there", h, svc->server_id, nt ? (unsigned long long)vmin : 0ull);
-  reject(svc, call, PMX_ST_ABORTED, msg);
+  reject(svc, call, PX_ST_ABORTED, msg);
   return true;
 }
 
 /* A unary call handled on the pool. */
 typedef struct unary_job {
-  pmx_job job;
-  pmx_service* svc;
-  pmx_srv_call* call;
-  pmx_msg* req;
-  void (*handle)(pmx_service* svc, pmx_srv_call* call, const uint8_t* req, size_t len);
+  px_job job;
+  px_service* svc;
+  px_srv_call* call;
+  px_msg* req;
+  void (*handle)(px_service* svc, px_srv_call* call, const uint8_t* req, size_t len);
 } unary_job;
 
-static void unary_run(pmx_job* j) {
+static void unary_run(px_job* j) {
   unary_job* u = (unary_job*)j;
   size_t len = 0;
-  const uint8_t* p = u->req ? pmx_msg_flat(u->req, &len) : (const uint8_t*)"";
-  if (!p) reject(u->svc, u->call, PMX_ST_RESOURCE_EXHAUSTED, "out of memory reading request");
+  const uint8_t* p = u->req ? px_msg_flat(u->req, &len) : (const uint8_t*)"";
+  if (!p) reject(u->svc, u->call, PX_ST_RESOURCE_EXHAUSTED, "out of memory reading request");
   else u->handle(u->svc, u->call, p, len);
-  pmx_msg_free(u->req);
-  pmx_srv_call_unref(u->call);
+  px_msg_free(u->req);
+  px_srv_call_unref(u->call);
   free(u);
 }
 
-static void submit_unary(pmx_service* svc, pmx_srv_call* call, pmx_msg* req,
-                         void (*handle)(pmx_service*, pmx_srv_call*, const uint8_t*, size_t)) {
+static void submit_unary(px_service* svc, px_srv_call* call, px_msg* req,
+                         void (*handle)(px_service*, px_srv_call*, const uint8_t*, size_t)) {
   unary_job* u = calloc(1, sizeof *u);
   if (!u) {
-    pmx_msg_free(req);
-    reject(svc, call, PMX_ST_RESOURCE_EXHAUSTED, "out of memory");
+    px_msg_free(req);
+    reject(svc, call, PX_ST_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
   u->job.fn = unary_run;
@@ -99,36 +99,36 @@ static void submit_unary(pmx_service* svc, pmx_srv_call* call, pmx_msg* req,
   u->call = call;
   u->req = req;
   u->handle = handle;
-  pmx_srv_call_ref(call);
-  pmx_pool_submit(svc->pool, &u->job);
+  px_srv_call_ref(call);
+  px_pool_submit(svc->pool, &u->job);
 }
 
 /* ---- Join --------------------------------------------------------------------------------- */
 
-static void handle_join(pmx_service* svc, pmx_srv_call* call, const uint8_t* p, size_t n) {
+static void handle_join(px_service* svc, px_srv_call* call, const uint8_t* p, size_t n) {
   char err[ERRLEN];
   Paramex__V1__JoinRequest* r = paramex__v1__join_request__unpack(NULL, n, p);
   if (!r) {
-    reject(svc, call, PMX_ST_INVALID_ARGUMENT, "malformed JoinRequest");
+    reject(svc, call, PX_ST_INVALID_ARGUMENT, "malformed JoinRequest");
     return;
   }
   if (r->world_size != svc->cfg.workers) {
     snprintf(err, sizeof err, "world_size %u does not match the server's --workers %u",
              r->world_size, svc->cfg.workers);
-    reject(svc, call, PMX_ST_FAILED_PRECONDITION, err);
+    reject(svc, call, PX_ST_FAILED_PRECONDITION, err);
   } else if (r->rank >= r->world_size) {
     snprintf(err, sizeof err, "rank %u is not below world_size %u", r->rank, r->world_size);
-    reject(svc, call, PMX_ST_INVALID_ARGUMENT, err);
+    reject(svc, call, PX_ST_INVALID_ARGUMENT, err);
   } else {
-    pmx_worker_state* w = &svc->workers[r->rank];
+    px_worker_state* w = &svc->workers[r->rank];
     uint64_t inc = atomic_fetch_add(&svc->next_incarnation, 1);
     pthread_mutex_lock(&svc->declare_mu);
-    pmx_strlcpy(w->name, r->name ? r->name : "", sizeof w->name);
+    px_strlcpy(w->name, r->name ? r->name : "", sizeof w->name);
     pthread_mutex_unlock(&svc->declare_mu);
     uint64_t old = atomic_exchange(&w->incarnation, inc);
-    atomic_store(&w->last_seen_ms, pmx_now_ms());
-    if (atomic_exchange(&w->dead, 0)) pmx_info("worker %u is back", r->rank);
-    pmx_info("worker %u joined (incarnation %llu%s, %s)", r->rank, (unsigned long long)inc,
+    atomic_store(&w->last_seen_ms, px_now_ms());
+    if (atomic_exchange(&w->dead, 0)) px_info("worker %u is back", r->rank);
+    px_info("worker %u joined (incarnation %llu%s, %s)", r->rank, (unsigned long long)inc,
              old ? ", replacing an earlier one" : "", r->name && r->name[0] ? r->name : "unnamed");
     Paramex__V1__JoinResponse resp = PARAMEX__V1__JOIN_RESPONSE__INIT;
     resp.worker_id = r->rank;
@@ -143,14 +143,14 @@ static void handle_join(pmx_service* svc, pmx_srv_call* call, const uint8_t* p, 
 
 /* ---- Declare ------------------------------------------------------------------------------ */
 
-static void handle_declare(pmx_service* svc, pmx_srv_call* call, const uint8_t* p, size_t n) {
+static void handle_declare(px_service* svc, px_srv_call* call, const uint8_t* p, size_t n) {
   char err[ERRLEN];
   Paramex__V1__DeclareRequest* r = paramex__v1__declare_request__unpack(NULL, n, p);
   if (!r) {
-    reject(svc, call, PMX_ST_INVALID_ARGUMENT, "malformed DeclareRequest");
+    reject(svc, call, PX_ST_INVALID_ARGUMENT, "malformed DeclareRequest");
     return;
   }
-  pmx_declare_args a = {0};
+  px_declare_args a = {0};
   a.name = r->name ? r->name : "";
   a.dtype = r->dtype;
   a.shape = r->shape;
@@ -168,15 +168,15 @@ static void handle_declare(pmx_service* svc, pmx_srv_call* call, const uint8_t* 
   a.values_offset = r->values_offset;
   a.worker_id = r->worker_id;
   a.incarnation = r->incarnation;
-  pmx_tensor_state* t = NULL;
+  px_tensor_state* t = NULL;
   bool created = false;
-  int st = pmx_store_declare(svc, &a, &t, &created, err, sizeof err);
-  if (st != PMX_ST_OK) {
+  int st = px_store_declare(svc, &a, &t, &created, err, sizeof err);
+  if (st != PX_ST_OK) {
     reject(svc, call, st, err);
   } else {
     Paramex__V1__DeclareResponse resp = PARAMEX__V1__DECLARE_RESPONSE__INIT;
     resp.tensor_id = t->id;
-    resp.version = pmx_tensor_version_min(t, NULL, NULL);
+    resp.version = px_tensor_version_min(t, NULL, NULL);
     resp.chunk_elems = t->chunk_elems;
     resp.num_chunks = t->nchunks;
     resp.created = created;
@@ -188,28 +188,28 @@ static void handle_declare(pmx_service* svc, pmx_srv_call* call, const uint8_t* 
 /* ---- Push --------------------------------------------------------------------------------- */
 
 typedef struct pmx_push {
-  pmx_service* svc;
-  pmx_srv_call* call;
-  pmx_job job;
-  pmx_msg* msg;
+  px_service* svc;
+  px_srv_call* call;
+  px_job job;
+  px_msg* msg;
   float* buf;       /* receive buffer (svc->cfg.chunk_bytes) owned by this call, or NULL */
   uint32_t accepted, duplicate;
-  pmx_chunk_state* stalled_on; /* chunk holding our buffer while we wait (under its mu) */
+  px_chunk_state* stalled_on; /* chunk holding our buffer while we wait (under its mu) */
   uint32_t stalled_rank;
 } pmx_push;
 
 enum { PUSH_CONTINUE, PUSH_STALL, PUSH_FAIL };
 
 static void push_release_buf(pmx_push* ps) {
-  if (ps->buf) pmx_buf_put(ps->buf, ps->svc->cfg.chunk_bytes);
+  if (ps->buf) px_buf_put(ps->buf, ps->svc->cfg.chunk_bytes);
   ps->buf = NULL;
 }
 
-static void push_on_done(pmx_srv_call* call, void* ctx) {
+static void push_on_done(px_srv_call* call, void* ctx) {
   (void)call;
   pmx_push* ps = ctx;
   atomic_fetch_sub(&ps->svc->active_calls, 1);
-  pmx_msg_free(ps->msg);
+  px_msg_free(ps->msg);
   push_release_buf(ps);
   free(ps);
 }
@@ -217,7 +217,7 @@ static void push_on_done(pmx_srv_call* call, void* ctx) {
 /* Adds the contribution of `rank` (in *buf, a receive buffer of the call) to the chunk's
  * sum through the backend, which may keep the buffer (then *buf becomes NULL). c->mu held.
  * -1 when the backend is out of memory (nothing changed). */
-static int acc_add(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c, uint32_t rank,
+static int acc_add(px_service* svc, px_tensor_state* t, px_chunk_state* c, uint32_t rank,
                    float** buf) {
   bool taken = false;
   if (svc->backend->ops->accumulate(svc->backend, t, c, rank, *buf, true, &taken) != 0) return -1;
@@ -226,23 +226,23 @@ static int acc_add(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c, ui
 }
 
 typedef struct resume_list {
-  pmx_push* stalled[PMX_MAX_WORKERS];
+  pmx_push* stalled[PX_MAX_WORKERS];
   size_t n;
   /* a step completed by this push: frames to encode once the lock is released */
-  pmx_tensor_state* step_t;
-  pmx_chunk_state* step_c;
+  px_tensor_state* step_t;
+  px_chunk_state* step_c;
   uint64_t step_version;
-  pmx_step_io io; /* what the backend produced for the frames */
+  px_step_io io; /* what the backend produced for the frames */
 } resume_list;
 
 /* Moves c->next_rank past the ranks that are accounted for: held contributions are added
  * in rank order; with --elastic, ranks of dead workers that did not contribute are
  * skipped. c->mu held. */
-static void chunk_advance(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
+static void chunk_advance(px_service* svc, px_tensor_state* t, px_chunk_state* c,
                           resume_list* rl) {
   const size_t cb = svc->cfg.chunk_bytes;
   while (c->next_rank < svc->cfg.workers) {
-    pmx_held* hd = &c->held[c->next_rank];
+    px_held* hd = &c->held[c->next_rank];
     if (!hd->buf) {
       if (svc->cfg.elastic && !c->contributed[c->next_rank] &&
           atomic_load(&svc->workers[c->next_rank].dead)) {
@@ -265,7 +265,7 @@ static void chunk_advance(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state
       __atomic_store_n(&owner->stalled_on, NULL, __ATOMIC_RELEASE);
       rl->stalled[rl->n++] = owner;
     } else {
-      pmx_buf_put(b, cb);
+      px_buf_put(b, cb);
       atomic_fetch_add(&svc->hold_left, (int64_t)cb);
     }
   }
@@ -273,14 +273,14 @@ static void chunk_advance(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state
 
 /* Applies the step when every rank is accounted for (c->mu held); what must happen after
  * the lock is released is recorded in rl. */
-static void chunk_try_complete(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_state* c,
+static void chunk_try_complete(px_service* svc, px_tensor_state* t, px_chunk_state* c,
                                resume_list* rl) {
   if (c->next_rank != svc->cfg.workers || c->ncontrib == 0 || rl->step_c) return;
-  const bool encode = pmx_frames_eager_delta(svc, c);
-  pmx_step_io_init(svc, t, c, c->view[1].enabled, encode, &rl->io);
+  const bool encode = px_frames_eager_delta(svc, c);
+  px_step_io_init(svc, t, c, c->view[1].enabled, encode, &rl->io);
   rl->io.ncontrib = c->ncontrib;
   rl->io.first = c->mom_first;
-  pmx_ckpt_before_step(svc, t, c);
+  px_ckpt_before_step(svc, t, c);
   /* the optimizer; c->params holds the new version when it returns */
   svc->backend->ops->step(svc->backend, t, c, &rl->io);
   c->mom_first = false;
@@ -289,8 +289,8 @@ static void chunk_try_complete(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_
   memset(c->contributed, 0, svc->cfg.workers);
   c->version++;
   atomic_fetch_add(&svc->ctr.steps_completed, 1);
-  pmx_frames_step_begin(svc, c, encode);
-  pmx_ckpt_after_step(svc, t, c);
+  px_frames_step_begin(svc, c, encode);
+  px_ckpt_after_step(svc, t, c);
   rl->step_t = t;
   rl->step_c = c;
   rl->step_version = c->version;
@@ -298,21 +298,21 @@ static void chunk_try_complete(pmx_service* svc, pmx_tensor_state* t, pmx_chunk_
 
 /* Encodes once, on the pool and outside the chunk's lock, the frames of the step that rl
  * recorded: the deltas every worker will pull. */
-static void frames_after(pmx_service* svc, resume_list* rl) {
+static void frames_after(px_service* svc, resume_list* rl) {
   if (rl->io.bits[0])
-    pmx_frames_after_step_io(svc, rl->step_t, rl->step_c, rl->step_version, &rl->io);
+    px_frames_after_step_io(svc, rl->step_t, rl->step_c, rl->step_version, &rl->io);
   else
-    pmx_frames_after_step_failed(svc, rl->step_c, rl->step_version);
-  pmx_step_io_free(rl->step_t, rl->step_c, &rl->io);
+    px_frames_after_step_failed(svc, rl->step_c, rl->step_version);
+  px_step_io_free(rl->step_t, rl->step_c, &rl->io);
   rl->step_c = NULL;
 }
 
 /* After the chunk's lock is released: resume stalled pushes, encode the new version. */
-static void resume_after(pmx_service* svc, resume_list* rl) {
+static void resume_after(px_service* svc, resume_list* rl) {
   for (size_t i = 0; i < rl->n; i++) {
     pmx_push* o = rl->stalled[i];
-    pmx_srv_call_read(o->call);
-    pmx_srv_call_unref(o->call);
+    px_srv_call_read(o->call);
+    px_srv_call_unref(o->call);
   }
   rl->n = 0;
   if (rl->step_c) {
@@ -322,102 +322,102 @@ static void resume_after(pmx_service* svc, resume_list* rl) {
 
 static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* status, char* err,
                         size_t errlen) {
-  pmx_service* svc = ps->svc;
+  px_service* svc = ps->svc;
   size_t nseg;
-  const pmx_iov* seg = pmx_msg_segments(ps->msg, &nseg);
-  size_t wire = pmx_msg_len(ps->msg);
-  pmx_chunk h;
-  *status = PMX_ST_INVALID_ARGUMENT;
+  const px_iov* seg = px_msg_segments(ps->msg, &nseg);
+  size_t wire = px_msg_len(ps->msg);
+  px_chunk h;
+  *status = PX_ST_INVALID_ARGUMENT;
   if (!seg && wire > 0) {
-    *status = PMX_ST_RESOURCE_EXHAUSTED;
+    *status = PX_ST_RESOURCE_EXHAUSTED;
     snprintf(err, errlen, "out of memory reading a PushChunk");
     return PUSH_FAIL;
   }
-  if (pmx_chunk_parse(PMX_CHUNK_PUSH, seg, nseg, &h, err, errlen) != 0) return PUSH_FAIL;
+  if (px_chunk_parse(PX_CHUNK_PUSH, seg, nseg, &h, err, errlen) != 0) return PUSH_FAIL;
   if (h.worker_id >= svc->cfg.workers) {
     snprintf(err, errlen, "worker_id %u is not below --workers %u", h.worker_id, svc->cfg.workers);
     return PUSH_FAIL;
   }
-  pmx_worker_state* w = &svc->workers[h.worker_id];
+  px_worker_state* w = &svc->workers[h.worker_id];
   uint64_t inc = atomic_load(&w->incarnation);
   if (inc == 0) {
-    *status = PMX_ST_FAILED_PRECONDITION;
+    *status = PX_ST_FAILED_PRECONDITION;
     snprintf(err, errlen, "worker %u has not joined", h.worker_id);
     return PUSH_FAIL;
   }
   if (h.incarnation != inc) {
-    *status = PMX_ST_FAILED_PRECONDITION;
+    *status = PX_ST_FAILED_PRECONDITION;
     snprintf(err, errlen, "worker %u: incarnation %llu is stale (current %llu): it rejoined",
              h.worker_id, (unsigned long long)h.incarnation, (unsigned long long)inc);
     return PUSH_FAIL;
   }
-  pmx_tensor_state* t = pmx_store_tensor(svc, h.tensor_id);
+  px_tensor_state* t = px_store_tensor(svc, h.tensor_id);
   if (!t) {
-    *status = PMX_ST_NOT_FOUND;
+    *status = PX_ST_NOT_FOUND;
     snprintf(err, errlen, "unknown tensor id %u", h.tensor_id);
     return PUSH_FAIL;
   }
   if (h.chunk >= t->nchunks) {
-    *status = PMX_ST_OUT_OF_RANGE;
+    *status = PX_ST_OUT_OF_RANGE;
     snprintf(err, errlen, "tensor '%s': chunk %u out of range (it has %u)", t->name, h.chunk,
              t->nchunks);
     return PUSH_FAIL;
   }
-  pmx_chunk_state* c = &t->chunks[h.chunk];
+  px_chunk_state* c = &t->chunks[h.chunk];
   const int pdt = (int)h.dtype;
-  if (pdt != t->dtype && !(t->dtype == PMX_DT_F32 && pdt == PMX_DT_BF16)) {
+  if (pdt != t->dtype && !(t->dtype == PX_DT_F32 && pdt == PX_DT_BF16)) {
     snprintf(err, errlen, "tensor '%s': a %s payload cannot be pushed to a %s tensor", t->name,
-             pmx_dtype_name(pdt), pmx_dtype_name(t->dtype));
+             px_dtype_name(pdt), px_dtype_name(t->dtype));
     return PUSH_FAIL;
   }
-  if (h.encoding != PMX_ENC_RAW && h.encoding != PMX_ENC_SHUFFLE_ZSTD) {
+  if (h.encoding != PX_ENC_RAW && h.encoding != PX_ENC_SHUFFLE_ZSTD) {
     snprintf(err, errlen, "tensor '%s' chunk %u: push encoding %u is not supported", t->name,
              h.chunk, h.encoding);
     return PUSH_FAIL;
   }
-  const size_t pw = pmx_dtype_size(pdt), bytes = (size_t)c->elems * pw;
-  if (h.raw_len != bytes || (h.encoding == PMX_ENC_RAW && h.payload_len != bytes)) {
+  const size_t pw = px_dtype_size(pdt), bytes = (size_t)c->elems * pw;
+  if (h.raw_len != bytes || (h.encoding == PX_ENC_RAW && h.payload_len != bytes)) {
     snprintf(err, errlen, "tensor '%s' chunk %u: raw_len %u and payload %zu bytes, expected %zu",
              t->name, h.chunk, h.raw_len, h.payload_len, bytes);
     return PUSH_FAIL;
   }
   const size_t cb = svc->cfg.chunk_bytes;
   if (!ps->buf) {
-    ps->buf = pmx_buf_get(cb);
+    ps->buf = px_buf_get(cb);
     if (!ps->buf) {
-      *status = PMX_ST_RESOURCE_EXHAUSTED;
+      *status = PX_ST_RESOURCE_EXHAUSTED;
       snprintf(err, errlen, "out of memory for a receive buffer");
       return PUSH_FAIL;
     }
   }
-  void* dst = pdt == PMX_DT_F32 ? (void*)ps->buf : (void*)pmx_scratch(2, bytes);
+  void* dst = pdt == PX_DT_F32 ? (void*)ps->buf : (void*)px_scratch(2, bytes);
   char derr[200];
   /* dst is this call's receive buffer or scratch: it may be written before the check */
-  pmx_decode_result dr = dst ? pmx_chunk_decode_private(&h, seg, nseg, dst, c->elems, (int)pw,
+  px_decode_result dr = dst ? px_chunk_decode_private(&h, seg, nseg, dst, c->elems, (int)pw,
                                                         derr, sizeof derr)
-                             : PMX_DECODE_MALFORMED;
-  if (dr != PMX_DECODE_OK) {
-    *status = dr == PMX_DECODE_CHECKSUM ? PMX_ST_DATA_LOSS : PMX_ST_INVALID_ARGUMENT;
+                             : PX_DECODE_MALFORMED;
+  if (dr != PX_DECODE_OK) {
+    *status = dr == PX_DECODE_CHECKSUM ? PX_ST_DATA_LOSS : PX_ST_INVALID_ARGUMENT;
     snprintf(err, errlen, "tensor '%s' chunk %u: %s", t->name, h.chunk, dst ? derr : "out of memory");
     return PUSH_FAIL;
   }
-  if (pdt == PMX_DT_BF16) pmx_bf16_to_f32_n(dst, ps->buf, c->elems);
-  else if (pdt == PMX_DT_F16) pmx_f16_to_f32_n(dst, ps->buf, c->elems);
-  atomic_store(&w->last_seen_ms, pmx_now_ms());
+  if (pdt == PX_DT_BF16) px_bf16_to_f32_n(dst, ps->buf, c->elems);
+  else if (pdt == PX_DT_F16) px_f16_to_f32_n(dst, ps->buf, c->elems);
+  atomic_store(&w->last_seen_ms, px_now_ms());
   atomic_store(&w->dead, 0);
 
   int result = PUSH_CONTINUE;
   pthread_mutex_lock(&c->mu);
   if (!c->initialized) {
     pthread_mutex_unlock(&c->mu);
-    *status = PMX_ST_FAILED_PRECONDITION;
+    *status = PX_ST_FAILED_PRECONDITION;
     snprintf(err, errlen, "tensor '%s' is still receiving its initial values", t->name);
     return PUSH_FAIL;
   }
   if (h.step > c->version) {
     uint64_t v = c->version;
     pthread_mutex_unlock(&c->mu);
-    *status = PMX_ST_OUT_OF_RANGE;
+    *status = PX_ST_OUT_OF_RANGE;
     snprintf(err, errlen, "tensor '%s' chunk %u: step %llu is ahead of version %llu", t->name,
              h.chunk, (unsigned long long)h.step, (unsigned long long)v);
     return PUSH_FAIL;
@@ -425,7 +425,7 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
   if (h.step + 1 < c->version) {
     uint64_t v = c->version;
     pthread_mutex_unlock(&c->mu);
-    *status = PMX_ST_FAILED_PRECONDITION;
+    *status = PX_ST_FAILED_PRECONDITION;
     snprintf(err, errlen, "tensor '%s' chunk %u: step %llu is too old (chunk at version %llu)",
              t->name, h.chunk, (unsigned long long)h.step, (unsigned long long)v);
     return PUSH_FAIL;
@@ -444,7 +444,7 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
       c->contributed[h.worker_id] = 0;
       c->ncontrib--;
       pthread_mutex_unlock(&c->mu);
-      *status = PMX_ST_RESOURCE_EXHAUSTED;
+      *status = PX_ST_RESOURCE_EXHAUSTED;
       snprintf(err, errlen, "tensor '%s' chunk %u: out of memory for the sum", t->name, h.chunk);
       return PUSH_FAIL;
     }
@@ -453,7 +453,7 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
       chunk_advance(svc, t, c, rl);
     }
   } else {
-    pmx_held* hd = &c->held[h.worker_id];
+    px_held* hd = &c->held[h.worker_id];
     hd->buf = ps->buf;
     if (atomic_fetch_sub(&svc->hold_left, (int64_t)cb) >= (int64_t)cb) {
       hd->owner = NULL;
@@ -466,7 +466,7 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
       ps->buf = NULL;
       __atomic_store_n(&ps->stalled_on, c, __ATOMIC_RELEASE);
       ps->stalled_rank = h.worker_id;
-      pmx_srv_call_ref(ps->call);
+      px_srv_call_ref(ps->call);
       result = PUSH_STALL;
     }
     chunk_advance(svc, t, c, rl); /* elastic: dead ranks before it may be skipped */
@@ -487,17 +487,17 @@ static int push_process(pmx_push* ps, resume_list* rl, pmx_pull** wake, int* sta
 /* Push messages up to this size are processed inline (the 1,000-float round trip). */
 #define INLINE_PUSH_BYTES (64u << 10)
 
-static bool push_is_small(pmx_msg* msg) {
-  if (pmx_msg_len(msg) > INLINE_PUSH_BYTES) return false;
+static bool push_is_small(px_msg* msg) {
+  if (px_msg_len(msg) > INLINE_PUSH_BYTES) return false;
   size_t nseg;
-  const pmx_iov* seg = pmx_msg_segments(msg, &nseg);
-  pmx_chunk h;
+  const px_iov* seg = px_msg_segments(msg, &nseg);
+  px_chunk h;
   char err[8];
-  return pmx_chunk_parse(PMX_CHUNK_PUSH, seg, nseg, &h, err, sizeof err) == 0 &&
+  return px_chunk_parse(PX_CHUNK_PUSH, seg, nseg, &h, err, sizeof err) == 0 &&
          h.raw_len <= INLINE_PUSH_BYTES;
 }
 
-static void push_job(pmx_job* j) {
+static void push_job(px_job* j) {
   pmx_push* ps = (pmx_push*)((char*)j - offsetof(pmx_push, job));
   resume_list rl;
   memset(&rl, 0, sizeof rl);
@@ -505,21 +505,21 @@ static void push_job(pmx_job* j) {
   int status;
   char err[ERRLEN];
   int r = push_process(ps, &rl, &wake, &status, err, sizeof err);
-  pmx_msg_free(ps->msg);
+  px_msg_free(ps->msg);
   ps->msg = NULL;
   if (r == PUSH_FAIL) reject(ps->svc, ps->call, status, err);
-  else if (r == PUSH_CONTINUE) pmx_srv_call_read(ps->call); /* receive while we encode */
-  pmx_pulls_resume(wake);
+  else if (r == PUSH_CONTINUE) px_srv_call_read(ps->call); /* receive while we encode */
+  px_pulls_resume(wake);
   if (rl.step_c) frames_after(ps->svc, &rl);
   for (size_t i = 0; i < rl.n; i++) {
     pmx_push* o = rl.stalled[i];
-    pmx_srv_call_read(o->call);
-    pmx_srv_call_unref(o->call);
+    px_srv_call_read(o->call);
+    px_srv_call_unref(o->call);
   }
-  pmx_srv_call_unref(ps->call);
+  px_srv_call_unref(ps->call);
 }
 
-static void push_on_message(pmx_srv_call* call, void* ctx, pmx_msg* msg, bool ok) {
+static void push_on_message(px_srv_call* call, void* ctx, px_msg* msg, bool ok) {
   pmx_push* ps = ctx;
   if (!ok) return; /* cancelled: nothing to answer */
   if (!msg) {
@@ -530,20 +530,20 @@ static void push_on_message(pmx_srv_call* call, void* ctx, pmx_msg* msg, bool ok
     return;
   }
   ps->msg = msg;
-  pmx_srv_call_ref(call);
+  px_srv_call_ref(call);
   /* A small chunk costs less to process here, on the completion-queue thread, than a
    * hand-off to the pool costs in thread wake-ups; larger ones go to the pool. Small by
    * its decoded size: a compressed message may expand to a whole chunk. */
   if (push_is_small(msg)) push_job(&ps->job);
-  else pmx_pool_submit(ps->svc->pool, &ps->job);
+  else px_pool_submit(ps->svc->pool, &ps->job);
 }
 
 /* A cancelled call stops waiting; its held contribution stays counted. */
-static void push_on_closed(pmx_srv_call* call, void* ctx, bool cancelled) {
+static void push_on_closed(px_srv_call* call, void* ctx, bool cancelled) {
   (void)cancelled;
   pmx_push* ps = ctx;
   bool unstall = false;
-  pmx_chunk_state* c = NULL;
+  px_chunk_state* c = NULL;
   /* stalled_on changes only under the chunk's mutex; read it, then confirm under it. */
   for (int tries = 0; tries < 2 && !unstall; tries++) {
     c = __atomic_load_n(&ps->stalled_on, __ATOMIC_ACQUIRE);
@@ -557,30 +557,30 @@ static void push_on_closed(pmx_srv_call* call, void* ctx, bool cancelled) {
     }
     pthread_mutex_unlock(&c->mu);
   }
-  if (unstall) pmx_srv_call_unref(call);
+  if (unstall) px_srv_call_unref(call);
 }
 
-static const pmx_srv_call_cbs push_cbs = {push_on_message, NULL, push_on_closed, push_on_done};
+static const px_srv_call_cbs push_cbs = {push_on_message, NULL, push_on_closed, push_on_done};
 
-static void on_push(void* s, pmx_srv_call* call, pmx_msg* req) {
-  pmx_service* svc = s;
+static void on_push(void* s, px_srv_call* call, px_msg* req) {
+  px_service* svc = s;
   (void)req;
   if (draining(svc)) {
-    reject(svc, call, PMX_ST_UNAVAILABLE, "server is shutting down");
+    reject(svc, call, PX_ST_UNAVAILABLE, "server is shutting down");
     return;
   }
   if (stale_server(svc, call)) return;
   pmx_push* ps = calloc(1, sizeof *ps);
   if (!ps) {
-    reject(svc, call, PMX_ST_RESOURCE_EXHAUSTED, "out of memory");
+    reject(svc, call, PX_ST_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
   ps->svc = svc;
   ps->call = call;
   ps->job.fn = push_job;
   atomic_fetch_add(&svc->active_calls, 1);
-  pmx_srv_call_set(call, &push_cbs, ps);
-  pmx_srv_call_read(call);
+  px_srv_call_set(call, &push_cbs, ps);
+  px_srv_call_read(call);
 }
 
 /* ---- Pull --------------------------------------------------------------------------------- */
@@ -591,7 +591,7 @@ static void pull_free(pmx_pull* p) {
   free(p);
 }
 
-static void pull_on_done(pmx_srv_call* call, void* ctx) {
+static void pull_on_done(px_srv_call* call, void* ctx) {
   (void)call;
   pmx_pull* p = ctx;
   atomic_fetch_sub(&p->svc->active_calls, 1);
@@ -600,47 +600,47 @@ static void pull_on_done(pmx_srv_call* call, void* ctx) {
 
 /* Ends the pull's active reference. */
 static void pull_end(pmx_pull* p, int status, const char* msg) {
-  if (status >= 0) pmx_srv_call_finish(p->call, NULL, status, msg);
-  pmx_srv_call_unref(p->call);
+  if (status >= 0) px_srv_call_finish(p->call, NULL, status, msg);
+  px_srv_call_unref(p->call);
 }
 
 /* Sends the next chunk, parks on it, or finishes. Holds the pull's active reference. */
 static void pull_advance(pmx_pull* p) {
-  pmx_service* svc = p->svc;
+  px_service* svc = p->svc;
   for (;;) {
     if (p->ti >= p->ntensors) {
-      pull_end(p, PMX_ST_OK, NULL);
+      pull_end(p, PX_ST_OK, NULL);
       return;
     }
-    pmx_tensor_state* t = pmx_store_tensor(svc, p->tids[p->ti]);
+    px_tensor_state* t = px_store_tensor(svc, p->tids[p->ti]);
     if (p->ci >= t->nchunks) {
       p->ti++;
       p->ci = 0;
       continue;
     }
-    pmx_chunk_state* c = &t->chunks[p->ci];
-    const int vi = p->view == 1 && t->dtype == PMX_DT_F32 ? 1 : 0;
-    const int width = pmx_view_width(t, vi);
-    const uint64_t have = p->have ? p->have[p->ti] : PMX_BASE_NONE;
-    pmx_frame* f = NULL;
+    px_chunk_state* c = &t->chunks[p->ci];
+    const int vi = p->view == 1 && t->dtype == PX_DT_F32 ? 1 : 0;
+    const int width = px_view_width(t, vi);
+    const uint64_t have = p->have ? p->have[p->ti] : PX_BASE_NONE;
+    px_frame* f = NULL;
     bool unchanged = false, wait = false;
     uint64_t version = 0, sum = 0;
     pthread_mutex_lock(&c->mu);
     if (!c->initialized || c->version < p->min_version) {
       wait = true;
     } else {
-      pmx_view_state* vs = &c->view[vi];
+      px_view_state* vs = &c->view[vi];
       vs->enabled = true; /* the bf16 view: its history starts with the next step */
       version = c->version;
       if (have == version && vs->checksum_valid) {
         unchanged = true;
         sum = vs->checksum;
       } else {
-        uint64_t key = pmx_frames_key(svc, c, vi, have, p->accept_delta, p->accept_shuffle);
-        f = pmx_frames_get(svc, t, c, vi, key, &wait);
+        uint64_t key = px_frames_key(svc, c, vi, have, p->accept_delta, p->accept_shuffle);
+        f = px_frames_get(svc, t, c, vi, key, &wait);
         if (!f && !wait) {
           pthread_mutex_unlock(&c->mu);
-          pull_end(p, PMX_ST_RESOURCE_EXHAUSTED,
+          pull_end(p, PX_ST_RESOURCE_EXHAUSTED,
                    "no memory for another frame within --memory-limit (or out of memory)");
           return;
         }
@@ -649,7 +649,7 @@ static void pull_advance(pmx_pull* p) {
     if (wait && c->initialized && c->version < p->min_version &&
         atomic_load(&svc->stalled_by_dead)) {
       pthread_mutex_unlock(&c->mu);
-      pull_end(p, PMX_ST_FAILED_PRECONDITION,
+      pull_end(p, PX_ST_FAILED_PRECONDITION,
                "a worker has been gone longer than --rejoin-wait: this step cannot complete "
                "(restart that worker, or run the server with --elastic)");
       return;
@@ -667,32 +667,32 @@ static void pull_advance(pmx_pull* p) {
       pthread_mutex_unlock(&svc->park_mu);
       pthread_mutex_unlock(&c->mu);
       if (closed) pull_end(p, -1, NULL);
-      else if (drain) pull_end(p, PMX_ST_UNAVAILABLE, "server is shutting down");
+      else if (drain) pull_end(p, PX_ST_UNAVAILABLE, "server is shutting down");
       return;
     }
     pthread_mutex_unlock(&c->mu);
-    pmx_chunk h = {0};
+    px_chunk h = {0};
     h.tensor_id = t->id;
     h.chunk = p->ci;
     h.version = version;
-    h.dtype = vi == 1 ? PMX_DT_BF16 : (uint32_t)t->dtype;
+    h.dtype = vi == 1 ? PX_DT_BF16 : (uint32_t)t->dtype;
     h.raw_len = (uint32_t)((size_t)c->elems * width);
     if (unchanged) {
-      h.encoding = PMX_ENC_UNCHANGED;
+      h.encoding = PX_ENC_UNCHANGED;
       h.base_version = version;
       h.checksum = sum;
       atomic_fetch_add(&svc->ctr.pull_unchanged, 1);
     } else {
       h.encoding = f->encoding;
-      h.base_version = f->encoding == PMX_ENC_DELTA_ZSTD ? f->base : 0;
+      h.base_version = f->encoding == PX_ENC_DELTA_ZSTD ? f->base : 0;
       h.checksum = f->checksum;
-      atomic_fetch_add(f->encoding == PMX_ENC_DELTA_ZSTD ? &svc->ctr.pull_delta
+      atomic_fetch_add(f->encoding == PX_ENC_DELTA_ZSTD ? &svc->ctr.pull_delta
                                                          : &svc->ctr.pull_snapshot, 1);
     }
     size_t body = f ? f->len : 0;
-    uint8_t head[PMX_CHUNK_HDR_MAX];
-    size_t hl = pmx_chunk_encode_header(PMX_CHUNK_PULL, &h, body, head, sizeof head);
-    pmx_out out = {head, hl, f ? f->data : NULL, body, f ? pmx_frame_unref : NULL, f};
+    uint8_t head[PX_CHUNK_HDR_MAX];
+    size_t hl = px_chunk_encode_header(PX_CHUNK_PULL, &h, body, head, sizeof head);
+    px_out out = {head, hl, f ? f->data : NULL, body, f ? px_frame_unref : NULL, f};
     if (f && svc->fault_corrupt_every &&
         atomic_fetch_add(&svc->fault_count, 1) % svc->fault_corrupt_every ==
             svc->fault_corrupt_every - 1) {
@@ -701,7 +701,7 @@ static void pull_advance(pmx_pull* p) {
       if (bad) {
         memcpy(bad, f->data, body);
         bad[body / 2] ^= 0x40;
-        pmx_frame_unref(f);
+        px_frame_unref(f);
         out.body = bad;
         out.release = free;
         out.release_ctx = bad;
@@ -714,17 +714,17 @@ static void pull_advance(pmx_pull* p) {
     atomic_fetch_add(&t->pull_wire, hl + body);
     p->ci++;
     /* false: the call is over (then finishing does nothing) or gRPC refused the batch */
-    if (!pmx_srv_call_send(p->call, &out))
-      pull_end(p, PMX_ST_INTERNAL, "server error: a pull chunk could not be sent");
+    if (!px_srv_call_send(p->call, &out))
+      pull_end(p, PX_ST_INTERNAL, "server error: a pull chunk could not be sent");
     return;
   }
 }
 
-static void pull_job(pmx_job* j) {
+static void pull_job(px_job* j) {
   pull_advance((pmx_pull*)((char*)j - offsetof(pmx_pull, job)));
 }
 
-void pmx_pulls_resume(pmx_pull* list) {
+void px_pulls_resume(pmx_pull* list) {
   while (list) {
     pmx_pull* next = list->wnext;
     list->wnext = list->wprev = NULL;
@@ -733,7 +733,7 @@ void pmx_pulls_resume(pmx_pull* list) {
   }
 }
 
-static void pull_on_sent(pmx_srv_call* call, void* ctx, bool ok) {
+static void pull_on_sent(px_srv_call* call, void* ctx, bool ok) {
   (void)call;
   pmx_pull* p = ctx;
   if (!ok) {
@@ -743,14 +743,14 @@ static void pull_on_sent(pmx_srv_call* call, void* ctx, bool ok) {
   pull_advance(p); /* no compute: takes a frame reference and starts the next send */
 }
 
-static void pull_on_closed(pmx_srv_call* call, void* ctx, bool cancelled) {
+static void pull_on_closed(px_srv_call* call, void* ctx, bool cancelled) {
   (void)call;
   (void)cancelled;
   pmx_pull* p = ctx;
-  pmx_service* svc = p->svc;
+  px_service* svc = p->svc;
   pthread_mutex_lock(&svc->park_mu);
   p->closed = true;
-  pmx_chunk_state* c = p->parked_on;
+  px_chunk_state* c = p->parked_on;
   if (c) {
     if (p->wprev) p->wprev->wnext = p->wnext;
     else c->waiters = p->wnext;
@@ -758,42 +758,42 @@ static void pull_on_closed(pmx_srv_call* call, void* ctx, bool cancelled) {
     p->parked_on = NULL;
   }
   pthread_mutex_unlock(&svc->park_mu);
-  if (c) pmx_srv_call_unref(p->call); /* the parked pull's active reference */
+  if (c) px_srv_call_unref(p->call); /* the parked pull's active reference */
 }
 
-static const pmx_srv_call_cbs pull_cbs = {NULL, pull_on_sent, pull_on_closed, pull_on_done};
+static const px_srv_call_cbs pull_cbs = {NULL, pull_on_sent, pull_on_closed, pull_on_done};
 
-static void handle_pull(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, size_t n) {
+static void handle_pull(px_service* svc, px_srv_call* call, const uint8_t* b, size_t n) {
   char err[ERRLEN];
   Paramex__V1__PullRequest* r = paramex__v1__pull_request__unpack(NULL, n, b);
   if (!r) {
-    reject(svc, call, PMX_ST_INVALID_ARGUMENT, "malformed PullRequest");
+    reject(svc, call, PX_ST_INVALID_ARGUMENT, "malformed PullRequest");
     return;
   }
-  int st = PMX_ST_OK;
+  int st = PX_ST_OK;
   if (r->n_tensor_ids == 0) {
-    st = PMX_ST_INVALID_ARGUMENT;
+    st = PX_ST_INVALID_ARGUMENT;
     snprintf(err, sizeof err, "PullRequest names no tensor");
   } else if (r->view != PARAMEX__V1__DTYPE__DTYPE_UNSPECIFIED &&
              r->view != PARAMEX__V1__DTYPE__DTYPE_BF16) {
-    st = PMX_ST_INVALID_ARGUMENT;
+    st = PX_ST_INVALID_ARGUMENT;
     snprintf(err, sizeof err, "PullRequest view %d is not supported (unspecified or bf16)",
              (int)r->view);
   } else if (r->n_have_versions != 0 && r->n_have_versions != r->n_tensor_ids) {
-    st = PMX_ST_INVALID_ARGUMENT;
+    st = PX_ST_INVALID_ARGUMENT;
     snprintf(err, sizeof err, "PullRequest has %zu have_versions for %zu tensors",
              r->n_have_versions, r->n_tensor_ids);
   } else {
     for (size_t i = 0; i < r->n_tensor_ids; i++) {
-      if (!pmx_store_tensor(svc, r->tensor_ids[i])) {
-        st = PMX_ST_NOT_FOUND;
+      if (!px_store_tensor(svc, r->tensor_ids[i])) {
+        st = PX_ST_NOT_FOUND;
         snprintf(err, sizeof err, "unknown tensor id %u", r->tensor_ids[i]);
         break;
       }
     }
   }
   pmx_pull* p = NULL;
-  if (st == PMX_ST_OK) {
+  if (st == PX_ST_OK) {
     p = calloc(1, sizeof *p);
     if (p) {
       p->tids = malloc(r->n_tensor_ids * sizeof *p->tids);
@@ -801,11 +801,11 @@ static void handle_pull(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, 
     }
     if (!p || !p->tids || (r->n_have_versions && !p->have)) {
       if (p) pull_free(p);
-      st = PMX_ST_RESOURCE_EXHAUSTED;
+      st = PX_ST_RESOURCE_EXHAUSTED;
       snprintf(err, sizeof err, "out of memory");
     }
   }
-  if (st != PMX_ST_OK) {
+  if (st != PX_ST_OK) {
     reject(svc, call, st, err);
     paramex__v1__pull_request__free_unpacked(r, NULL);
     return;
@@ -813,38 +813,38 @@ static void handle_pull(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, 
   p->svc = svc;
   p->call = call;
   p->job.fn = pull_job;
-  p->started_ms = pmx_now_ms();
+  p->started_ms = px_now_ms();
   p->ntensors = (uint32_t)r->n_tensor_ids;
   memcpy(p->tids, r->tensor_ids, r->n_tensor_ids * sizeof *p->tids);
   if (p->have) memcpy(p->have, r->have_versions, r->n_tensor_ids * sizeof *p->have);
   p->min_version = r->min_version;
   p->view = r->view == PARAMEX__V1__DTYPE__DTYPE_BF16 ? 1 : 0;
   for (size_t i = 0; i < r->n_accept; i++) {
-    if ((int)r->accept[i] == PMX_ENC_DELTA_ZSTD) p->accept_delta = true;
-    if ((int)r->accept[i] == PMX_ENC_SHUFFLE_ZSTD) p->accept_shuffle = true;
+    if ((int)r->accept[i] == PX_ENC_DELTA_ZSTD) p->accept_delta = true;
+    if ((int)r->accept[i] == PX_ENC_SHUFFLE_ZSTD) p->accept_shuffle = true;
   }
   if (r->worker_id < svc->cfg.workers) {
-    atomic_store(&svc->workers[r->worker_id].last_seen_ms, pmx_now_ms());
+    atomic_store(&svc->workers[r->worker_id].last_seen_ms, px_now_ms());
     atomic_store(&svc->workers[r->worker_id].dead, 0);
   }
   paramex__v1__pull_request__free_unpacked(r, NULL);
-  pmx_srv_call_set(call, &pull_cbs, p); /* its on_done ends the count begun in on_pull */
-  pmx_srv_call_ref(call); /* the pull's active reference */
+  px_srv_call_set(call, &pull_cbs, p); /* its on_done ends the count begun in on_pull */
+  px_srv_call_ref(call); /* the pull's active reference */
   pull_advance(p);
 }
 
 /* ---- Stats -------------------------------------------------------------------------------- */
 
-static void handle_stats(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, size_t n) {
+static void handle_stats(px_service* svc, px_srv_call* call, const uint8_t* b, size_t n) {
   Paramex__V1__StatsRequest* r = paramex__v1__stats_request__unpack(NULL, n, b);
   if (!r) {
-    reject(svc, call, PMX_ST_INVALID_ARGUMENT, "malformed StatsRequest");
+    reject(svc, call, PX_ST_INVALID_ARGUMENT, "malformed StatsRequest");
     return;
   }
   paramex__v1__stats_request__free_unpacked(r, NULL);
   Paramex__V1__StatsResponse s = PARAMEX__V1__STATS_RESPONSE__INIT;
   s.server_id = svc->server_id;
-  s.uptime_ms = pmx_now_ms() - svc->start_ms;
+  s.uptime_ms = px_now_ms() - svc->start_ms;
   s.workers_expected = svc->cfg.workers;
   s.push_chunks = atomic_load(&svc->ctr.push_chunks);
   s.push_duplicates = atomic_load(&svc->ctr.push_duplicates);
@@ -881,19 +881,19 @@ static void handle_stats(pmx_service* svc, pmx_srv_call* call, const uint8_t* b,
   Paramex__V1__WorkerStats** wp = calloc(svc->cfg.workers, sizeof *wp);
   char(*names)[64] = calloc(svc->cfg.workers, sizeof *names);
   if (!ts || !tp || !ws || !wp || !names) {
-    reject(svc, call, PMX_ST_RESOURCE_EXHAUSTED, "out of memory");
+    reject(svc, call, PX_ST_RESOURCE_EXHAUSTED, "out of memory");
     goto out;
   }
   uint64_t vmin_all = UINT64_MAX, vmax_all = 0;
   for (uint32_t i = 0; i < nt; i++) {
-    pmx_tensor_state* t = svc->tensors[i];
+    px_tensor_state* t = svc->tensors[i];
     paramex__v1__tensor_stats__init(&ts[i]);
     ts[i].id = t->id;
     ts[i].name = t->name;
     ts[i].dtype = t->dtype;
     ts[i].n_shape = t->ndim;
     ts[i].shape = t->shape;
-    ts[i].version_min = pmx_tensor_version_min(t, &ts[i].version_max, &ts[i].checksum);
+    ts[i].version_min = px_tensor_version_min(t, &ts[i].version_max, &ts[i].checksum);
     ts[i].bytes = t->params_bytes;
     ts[i].push_raw_bytes = atomic_load(&t->push_raw);
     ts[i].push_wire_bytes = atomic_load(&t->push_wire);
@@ -908,17 +908,17 @@ static void handle_stats(pmx_service* svc, pmx_srv_call* call, const uint8_t* b,
   s.tensors = tp;
   s.version_min = nt ? vmin_all : 0;
   s.version_max = vmax_all;
-  uint64_t now = pmx_now_ms();
+  uint64_t now = px_now_ms();
   size_t nw = 0;
   pthread_mutex_lock(&svc->declare_mu);
   for (uint32_t i = 0; i < svc->cfg.workers; i++) {
-    pmx_worker_state* w = &svc->workers[i];
+    px_worker_state* w = &svc->workers[i];
     uint64_t inc = atomic_load(&w->incarnation);
     if (!inc) continue;
     paramex__v1__worker_stats__init(&ws[nw]);
     ws[nw].rank = i;
     ws[nw].incarnation = inc;
-    pmx_strlcpy(names[nw], w->name, sizeof names[nw]);
+    px_strlcpy(names[nw], w->name, sizeof names[nw]);
     ws[nw].name = names[nw];
     ws[nw].chunks_pushed = atomic_load(&w->chunks_pushed);
     uint64_t seen = atomic_load(&w->last_seen_ms);
@@ -944,47 +944,47 @@ out:
 
 /* ---- Checkpoint ------------------------------------------------------------------------- */
 
-static void handle_checkpoint(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, size_t n) {
+static void handle_checkpoint(px_service* svc, px_srv_call* call, const uint8_t* b, size_t n) {
   Paramex__V1__CheckpointRequest* r = paramex__v1__checkpoint_request__unpack(NULL, n, b);
   if (!r) {
-    reject(svc, call, PMX_ST_INVALID_ARGUMENT, "malformed CheckpointRequest");
+    reject(svc, call, PX_ST_INVALID_ARGUMENT, "malformed CheckpointRequest");
     return;
   }
   paramex__v1__checkpoint_request__free_unpacked(r, NULL);
   if (!svc->cfg.checkpoint_dir) {
-    reject(svc, call, PMX_ST_FAILED_PRECONDITION, "the server runs without --checkpoint-dir");
+    reject(svc, call, PX_ST_FAILED_PRECONDITION, "the server runs without --checkpoint-dir");
     return;
   }
   if (atomic_load(&svc->ntensors) == 0) {
-    reject(svc, call, PMX_ST_FAILED_PRECONDITION, "no tensor declared yet: nothing to checkpoint");
+    reject(svc, call, PX_ST_FAILED_PRECONDITION, "no tensor declared yet: nothing to checkpoint");
     return;
   }
-  if (pmx_ckpt_now(svc, call, "requested") != 0)
-    reject(svc, call, PMX_ST_RESOURCE_EXHAUSTED, "cannot start a checkpoint (out of memory)");
+  if (px_ckpt_now(svc, call, "requested") != 0)
+    reject(svc, call, PX_ST_RESOURCE_EXHAUSTED, "cannot start a checkpoint (out of memory)");
   /* the call is finished by the checkpoint thread once the file is written */
 }
 
 /* ---- Heartbeat and leases ------------------------------------------------------------- */
 
-static void handle_heartbeat(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, size_t n) {
+static void handle_heartbeat(px_service* svc, px_srv_call* call, const uint8_t* b, size_t n) {
   Paramex__V1__HeartbeatRequest* r = paramex__v1__heartbeat_request__unpack(NULL, n, b);
   if (!r) {
-    reject(svc, call, PMX_ST_INVALID_ARGUMENT, "malformed HeartbeatRequest");
+    reject(svc, call, PX_ST_INVALID_ARGUMENT, "malformed HeartbeatRequest");
     return;
   }
   char err[ERRLEN];
   if (r->worker_id >= svc->cfg.workers) {
     snprintf(err, sizeof err, "worker_id %u is not below --workers %u", r->worker_id,
              svc->cfg.workers);
-    reject(svc, call, PMX_ST_INVALID_ARGUMENT, err);
+    reject(svc, call, PX_ST_INVALID_ARGUMENT, err);
   } else if (atomic_load(&svc->workers[r->worker_id].incarnation) != r->incarnation) {
     snprintf(err, sizeof err, "worker %u: incarnation %llu is not the current one", r->worker_id,
              (unsigned long long)r->incarnation);
-    reject(svc, call, PMX_ST_FAILED_PRECONDITION, err);
+    reject(svc, call, PX_ST_FAILED_PRECONDITION, err);
   } else {
-    pmx_worker_state* w = &svc->workers[r->worker_id];
-    atomic_store(&w->last_seen_ms, pmx_now_ms());
-    if (atomic_exchange(&w->dead, 0)) pmx_info("worker %u is back", r->worker_id);
+    px_worker_state* w = &svc->workers[r->worker_id];
+    atomic_store(&w->last_seen_ms, px_now_ms());
+    if (atomic_exchange(&w->dead, 0)) px_info("worker %u is back", r->worker_id);
     Paramex__V1__HeartbeatResponse resp = PARAMEX__V1__HEARTBEAT_RESPONSE__INIT;
     reply(call, &resp.base);
   }
@@ -992,12 +992,12 @@ static void handle_heartbeat(pmx_service* svc, pmx_srv_call* call, const uint8_t
 }
 
 /* --elastic: steps waiting only for dead workers complete without them. */
-static void complete_without_dead(pmx_service* svc) {
+static void complete_without_dead(px_service* svc) {
   uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
   for (uint32_t i = 0; i < nt; i++) {
-    pmx_tensor_state* t = svc->tensors[i];
+    px_tensor_state* t = svc->tensors[i];
     for (uint32_t k = 0; k < t->nchunks; k++) {
-      pmx_chunk_state* c = &t->chunks[k];
+      px_chunk_state* c = &t->chunks[k];
       resume_list rl;
       memset(&rl, 0, sizeof rl);
       pthread_mutex_lock(&c->mu);
@@ -1013,14 +1013,14 @@ static void complete_without_dead(pmx_service* svc) {
 
 /* Detaches, from every chunk's waiter list, the parked pulls for which pred(c, p, arg)
  * holds (checked with the chunk's and the park locks held) and returns them as a list. */
-static pmx_pull* detach_parked(pmx_service* svc, bool (*pred)(pmx_chunk_state*, pmx_pull*, uint64_t),
+static pmx_pull* detach_parked(px_service* svc, bool (*pred)(px_chunk_state*, pmx_pull*, uint64_t),
                                uint64_t arg) {
   pmx_pull* list = NULL;
   uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
   for (uint32_t i = 0; i < nt; i++) {
-    pmx_tensor_state* t = svc->tensors[i];
+    px_tensor_state* t = svc->tensors[i];
     for (uint32_t k = 0; k < t->nchunks; k++) {
-      pmx_chunk_state* c = &t->chunks[k];
+      px_chunk_state* c = &t->chunks[k];
       pthread_mutex_lock(&c->mu);
       pthread_mutex_lock(&svc->park_mu);
       pmx_pull** pp = &c->waiters;
@@ -1051,57 +1051,57 @@ static void end_pulls(pmx_pull* list, int status, const char* msg) {
   }
 }
 
-static bool waits_for_version(pmx_chunk_state* c, pmx_pull* p, uint64_t unused) {
+static bool waits_for_version(px_chunk_state* c, pmx_pull* p, uint64_t unused) {
   (void)unused;
   return c->initialized && c->version < p->min_version;
 }
 
-static bool started_before(pmx_chunk_state* c, pmx_pull* p, uint64_t before_ms) {
+static bool started_before(px_chunk_state* c, pmx_pull* p, uint64_t before_ms) {
   (void)c;
   return p->started_ms < before_ms;
 }
 
 /* BSP: a dead worker stayed away past --rejoin-wait; pulls waiting for a version end. */
-static void fail_waiting_pulls(pmx_service* svc, uint32_t rank, double gone_s) {
+static void fail_waiting_pulls(px_service* svc, uint32_t rank, double gone_s) {
   char msg[256];
   snprintf(msg, sizeof msg,
            "worker %u has been gone for %.0f s (--rejoin-wait %.0f s): this step cannot "
            "complete (restart that worker, or run the server with --elastic)",
            rank, gone_s, svc->cfg.rejoin_wait);
-  end_pulls(detach_parked(svc, waits_for_version, 0), PMX_ST_FAILED_PRECONDITION, msg);
+  end_pulls(detach_parked(svc, waits_for_version, 0), PX_ST_FAILED_PRECONDITION, msg);
 }
 
 /* Pulls parked longer than --call-timeout end with DEADLINE_EXCEEDED. */
-static void expire_parked_pulls(pmx_service* svc, uint64_t now) {
+static void expire_parked_pulls(px_service* svc, uint64_t now) {
   const uint64_t limit = (uint64_t)(svc->cfg.call_timeout * 1000.0);
   if (now <= limit) return;
-  end_pulls(detach_parked(svc, started_before, now - limit), PMX_ST_DEADLINE_EXCEEDED,
+  end_pulls(detach_parked(svc, started_before, now - limit), PX_ST_DEADLINE_EXCEEDED,
             "the pull waited longer than the server's --call-timeout");
 }
 
 static void* monitor_thread(void* arg) {
-  pmx_service* svc = arg;
+  px_service* svc = arg;
   const uint64_t timeout = svc->cfg.worker_timeout > 0 ? (uint64_t)(svc->cfg.worker_timeout * 1000.0)
                                                        : UINT64_MAX;
   const uint64_t period = timeout / 4 < 1000 ? (timeout / 4 ? timeout / 4 : 1) : 1000;
   pthread_mutex_lock(&svc->monitor_mu);
   while (!svc->monitor_stop) {
     struct timespec ts;
-    pmx_deadline_ts(&ts, CLOCK_MONOTONIC, (int64_t)period);
+    px_deadline_ts(&ts, CLOCK_MONOTONIC, (int64_t)period);
     pthread_cond_timedwait(&svc->monitor_cv, &svc->monitor_mu, &ts);
     if (svc->monitor_stop) break;
     pthread_mutex_unlock(&svc->monitor_mu);
-    uint64_t now = pmx_now_ms();
+    uint64_t now = px_now_ms();
     bool newly_dead = false, stalled = false;
     for (uint32_t r = 0; r < svc->cfg.workers; r++) {
-      pmx_worker_state* w = &svc->workers[r];
+      px_worker_state* w = &svc->workers[r];
       if (!atomic_load(&w->incarnation)) continue;
       uint64_t seen = atomic_load(&w->last_seen_ms);
       if (timeout != UINT64_MAX && !atomic_load(&w->dead) && now > seen && now - seen > timeout) {
         atomic_store(&w->dead_since_ms, now);
         atomic_store(&w->dead, 1);
         newly_dead = true;
-        pmx_warn("worker %u (%s) is dead: no call for %.1f s (--worker-timeout %.0f s)%s", r,
+        px_warn("worker %u (%s) is dead: no call for %.1f s (--worker-timeout %.0f s)%s", r,
                  w->name, (now - seen) / 1000.0, svc->cfg.worker_timeout,
                  svc->cfg.elastic ? "; continuing without it (--elastic)" : "");
       }
@@ -1110,7 +1110,7 @@ static void* monitor_thread(void* arg) {
         if (gone >= svc->cfg.rejoin_wait) {
           stalled = true;
           if (!atomic_exchange(&svc->stalled_by_dead, 1)) {
-            pmx_error("worker %u has not come back within --rejoin-wait %.0f s: failing the "
+            px_error("worker %u has not come back within --rejoin-wait %.0f s: failing the "
                       "pulls that wait for this step", r, svc->cfg.rejoin_wait);
             fail_waiting_pulls(svc, r, gone + svc->cfg.worker_timeout);
           }
@@ -1128,17 +1128,17 @@ static void* monitor_thread(void* arg) {
 
 /* ---- Health ------------------------------------------------------------------------------- */
 
-static void handle_health(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, size_t n) {
+static void handle_health(px_service* svc, px_srv_call* call, const uint8_t* b, size_t n) {
   Grpc__Health__V1__HealthCheckRequest* r = grpc__health__v1__health_check_request__unpack(NULL, n, b);
   if (!r) {
-    reject(svc, call, PMX_ST_INVALID_ARGUMENT, "malformed HealthCheckRequest");
+    reject(svc, call, PX_ST_INVALID_ARGUMENT, "malformed HealthCheckRequest");
     return;
   }
   const char* name = r->service ? r->service : "";
   if (name[0] && strcmp(name, "paramex.v1.ParameterExchange") != 0) {
     char err[ERRLEN];
     snprintf(err, sizeof err, "unknown service '%.200s'", name);
-    reject(svc, call, PMX_ST_NOT_FOUND, err);
+    reject(svc, call, PX_ST_NOT_FOUND, err);
   } else {
     Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
     resp.status = draining(svc) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
@@ -1151,11 +1151,11 @@ static void handle_health(pmx_service* svc, pmx_srv_call* call, const uint8_t* b
 /* ---- dispatch ------------------------------------------------------------------------------ */
 
 #define UNARY_ENTRY(fn_name, handler, gate)                                   \
-  static void fn_name(void* s, pmx_srv_call* call, pmx_msg* req) {           \
-    pmx_service* svc = s;                                                     \
+  static void fn_name(void* s, px_srv_call* call, px_msg* req) {           \
+    px_service* svc = s;                                                     \
     if ((gate) && draining(svc)) {                                            \
-      pmx_msg_free(req);                                                      \
-      reject(svc, call, PMX_ST_UNAVAILABLE, "server is shutting down");      \
+      px_msg_free(req);                                                      \
+      reject(svc, call, PX_ST_UNAVAILABLE, "server is shutting down");      \
       return;                                                                 \
     }                                                                         \
     submit_unary(svc, call, req, handler);                                    \
@@ -1165,15 +1165,15 @@ UNARY_ENTRY(on_declare, handle_declare, true)
 /* A pull counts as active from its arrival (so that a drain waits for a pull still
  * queued on the pool) until its call is done; pulls refused before they start stop
  * counting at once. */
-static void handle_pull_checked(pmx_service* svc, pmx_srv_call* call, const uint8_t* b, size_t n) {
+static void handle_pull_checked(px_service* svc, px_srv_call* call, const uint8_t* b, size_t n) {
   if (!stale_server(svc, call)) handle_pull(svc, call, b, n);
-  if (!pmx_srv_call_has_ctx(call)) atomic_fetch_sub(&svc->active_calls, 1);
+  if (!px_srv_call_has_ctx(call)) atomic_fetch_sub(&svc->active_calls, 1);
 }
-static void on_pull(void* s, pmx_srv_call* call, pmx_msg* req) {
-  pmx_service* svc = s;
+static void on_pull(void* s, px_srv_call* call, px_msg* req) {
+  px_service* svc = s;
   if (draining(svc)) {
-    pmx_msg_free(req);
-    reject(svc, call, PMX_ST_UNAVAILABLE, "server is shutting down");
+    px_msg_free(req);
+    reject(svc, call, PX_ST_UNAVAILABLE, "server is shutting down");
     return;
   }
   atomic_fetch_add(&svc->active_calls, 1);
@@ -1184,21 +1184,21 @@ UNARY_ENTRY(on_checkpoint, handle_checkpoint, true)
 UNARY_ENTRY(on_heartbeat, handle_heartbeat, false)
 UNARY_ENTRY(on_health, handle_health, false)
 
-static const pmx_rpc_method methods[] = {
-    {"/paramex.v1.ParameterExchange/Join", PMX_RPC_UNARY, on_join},
-    {"/paramex.v1.ParameterExchange/Declare", PMX_RPC_UNARY, on_declare},
-    {"/paramex.v1.ParameterExchange/Push", PMX_RPC_CLIENT_STREAMING, on_push},
-    {"/paramex.v1.ParameterExchange/Pull", PMX_RPC_SERVER_STREAMING, on_pull},
-    {"/paramex.v1.ParameterExchange/Stats", PMX_RPC_UNARY, on_stats},
-    {"/paramex.v1.ParameterExchange/Checkpoint", PMX_RPC_UNARY, on_checkpoint},
-    {"/paramex.v1.ParameterExchange/Heartbeat", PMX_RPC_UNARY, on_heartbeat},
-    {"/grpc.health.v1.Health/Check", PMX_RPC_UNARY, on_health},
+static const px_rpc_method methods[] = {
+    {"/paramex.v1.ParameterExchange/Join", PX_RPC_UNARY, on_join},
+    {"/paramex.v1.ParameterExchange/Declare", PX_RPC_UNARY, on_declare},
+    {"/paramex.v1.ParameterExchange/Push", PX_RPC_CLIENT_STREAMING, on_push},
+    {"/paramex.v1.ParameterExchange/Pull", PX_RPC_SERVER_STREAMING, on_pull},
+    {"/paramex.v1.ParameterExchange/Stats", PX_RPC_UNARY, on_stats},
+    {"/paramex.v1.ParameterExchange/Checkpoint", PX_RPC_UNARY, on_checkpoint},
+    {"/paramex.v1.ParameterExchange/Heartbeat", PX_RPC_UNARY, on_heartbeat},
+    {"/grpc.health.v1.Health/Check", PX_RPC_UNARY, on_health},
 };
 
-int pmx_service_init(pmx_service* svc, const pmx_config* cfg, char* err, size_t errlen) {
+int px_service_init(px_service* svc, const px_config* cfg, char* err, size_t errlen) {
   memset(svc, 0, sizeof *svc);
   svc->cfg = *cfg;
-  svc->start_ms = pmx_now_ms();
+  svc->start_ms = px_now_ms();
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   /* Incarnations stay unique across restarts of the server: they start at the wall
@@ -1213,38 +1213,38 @@ int pmx_service_init(pmx_service* svc, const pmx_config* cfg, char* err, size_t 
   const char* fault = getenv("PMX_FAULT_CORRUPT_PULL");
   if (fault && *fault) {
     svc->fault_corrupt_every = strtoull(fault, NULL, 10);
-    pmx_warn("PMX_FAULT_CORRUPT_PULL=%llu: every %lluth pulled frame is sent corrupted (a test hook)",
+    px_warn("PMX_FAULT_CORRUPT_PULL=%llu: every %lluth pulled frame is sent corrupted (a test hook)",
              (unsigned long long)svc->fault_corrupt_every,
              (unsigned long long)svc->fault_corrupt_every);
   }
-  int brc = pmx_backend_create(cfg, &svc->backend, err, errlen);
+  int brc = px_backend_create(cfg, &svc->backend, err, errlen);
   if (brc != 0) return brc;
   svc->tensors = calloc(cfg->max_tensors, sizeof *svc->tensors);
   svc->workers = calloc(cfg->workers, sizeof *svc->workers);
-  svc->pool = pmx_pool_create(cfg->threads);
+  svc->pool = px_pool_create(cfg->threads);
   if (!svc->tensors || !svc->workers || !svc->pool) {
     snprintf(err, errlen, "out of memory at start");
     return -1;
   }
-  if (pmx_ckpt_init(svc, err, errlen) != 0) return -1;
-  if (pmx_ckpt_restore(svc) != 0) {
+  if (px_ckpt_init(svc, err, errlen) != 0) return -1;
+  if (px_ckpt_restore(svc) != 0) {
     snprintf(err, errlen, "could not restore from %s (see above)", cfg->checkpoint_dir);
     return -1;
   }
   return 0;
 }
 
-int pmx_service_start(pmx_service* svc, int* port, char* err, size_t errlen) {
-  pmx_rpc_server_opts o = {.listen = svc->cfg.listen, .cq_threads = svc->cfg.cq_threads,
+int px_service_start(px_service* svc, int* port, char* err, size_t errlen) {
+  px_rpc_server_opts o = {.listen = svc->cfg.listen, .cq_threads = svc->cfg.cq_threads,
                            .max_calls = svc->cfg.max_calls,
                            .token_exempt_prefix = "/grpc.health.v1.Health/"};
   const size_t max_pem = 1u << 20;
   if (svc->cfg.tls_cert) {
-    svc->tls_cert_pem = pmx_read_file(svc->cfg.tls_cert, max_pem, NULL, err, errlen);
+    svc->tls_cert_pem = px_read_file(svc->cfg.tls_cert, max_pem, NULL, err, errlen);
     if (svc->tls_cert_pem)
-      svc->tls_key_pem = pmx_read_file(svc->cfg.tls_key, max_pem, NULL, err, errlen);
+      svc->tls_key_pem = px_read_file(svc->cfg.tls_key, max_pem, NULL, err, errlen);
     if (svc->tls_key_pem && svc->cfg.tls_client_ca)
-      svc->tls_client_ca_pem = pmx_read_file(svc->cfg.tls_client_ca, max_pem, NULL, err, errlen);
+      svc->tls_client_ca_pem = px_read_file(svc->cfg.tls_client_ca, max_pem, NULL, err, errlen);
     if (!svc->tls_cert_pem || !svc->tls_key_pem || (svc->cfg.tls_client_ca && !svc->tls_client_ca_pem))
       return -1;
     o.tls_cert_pem = svc->tls_cert_pem;
@@ -1252,11 +1252,11 @@ int pmx_service_start(pmx_service* svc, int* port, char* err, size_t errlen) {
     o.tls_client_ca_pem = svc->tls_client_ca_pem;
   }
   if (svc->cfg.token_file) {
-    svc->token = pmx_read_token(svc->cfg.token_file, err, errlen);
+    svc->token = px_read_token(svc->cfg.token_file, err, errlen);
     if (!svc->token) return -1;
     o.token = svc->token;
   }
-  svc->rpc = pmx_rpc_server_start(&o, methods, sizeof methods / sizeof methods[0], svc, port,
+  svc->rpc = px_rpc_server_start(&o, methods, sizeof methods / sizeof methods[0], svc, port,
                                   err, errlen);
   if (!svc->rpc) return -1;
   pthread_mutex_init(&svc->monitor_mu, NULL);
@@ -1270,7 +1270,7 @@ int pmx_service_start(pmx_service* svc, int* port, char* err, size_t errlen) {
   return 0;
 }
 
-int pmx_service_stop(pmx_service* svc) {
+int px_service_stop(px_service* svc) {
   if (svc->monitor_started) {
     pthread_mutex_lock(&svc->monitor_mu);
     svc->monitor_stop = true;
@@ -1286,9 +1286,9 @@ int pmx_service_stop(pmx_service* svc) {
   svc->draining = true;
   uint32_t nt = atomic_load(&svc->ntensors);
   for (uint32_t i = 0; i < nt; i++) {
-    pmx_tensor_state* t = svc->tensors[i];
+    px_tensor_state* t = svc->tensors[i];
     for (uint32_t k = 0; k < t->nchunks; k++) {
-      pmx_chunk_state* c = &t->chunks[k];
+      px_chunk_state* c = &t->chunks[k];
       while (c->waiters) {
         pmx_pull* p = c->waiters;
         c->waiters = p->wnext;
@@ -1301,56 +1301,56 @@ int pmx_service_stop(pmx_service* svc) {
   pthread_mutex_unlock(&svc->park_mu);
   while (list) {
     pmx_pull* next = list->wnext;
-    pull_end(list, PMX_ST_UNAVAILABLE, "server is shutting down");
+    pull_end(list, PX_ST_UNAVAILABLE, "server is shutting down");
     list = next;
   }
-  pmx_ckpt_fail_waiters(svc);
+  px_ckpt_fail_waiters(svc);
   /* Drain while still answering: health says NOT_SERVING and new work gets UNAVAILABLE,
    * pushes and pulls in flight may finish; then the transport stops (cancelling what is
    * left when --drain-timeout is spent). */
   const uint64_t drain_ms = (uint64_t)(svc->cfg.drain_timeout * 1000.0);
-  const uint64_t until = pmx_now_ms() + drain_ms;
-  for (int i = 0; i < 100000 && atomic_load(&svc->active_calls) > 0 && pmx_now_ms() < until; i++) {
+  const uint64_t until = px_now_ms() + drain_ms;
+  for (int i = 0; i < 100000 && atomic_load(&svc->active_calls) > 0 && px_now_ms() < until; i++) {
     struct timespec ts = {0, 5 * 1000000L};
     nanosleep(&ts, NULL);
   }
-  uint64_t now = pmx_now_ms();
-  pmx_info("drained: %lld push/pull calls still active after %llu ms",
+  uint64_t now = px_now_ms();
+  px_info("drained: %lld push/pull calls still active after %llu ms",
            (long long)atomic_load(&svc->active_calls), (unsigned long long)(drain_ms - (until > now ? until - now : 0)));
-  pmx_rpc_server_shutdown(svc->rpc, (int64_t)(until > now ? until - now : 0));
+  px_rpc_server_shutdown(svc->rpc, (int64_t)(until > now ? until - now : 0));
   /* every call is over: the final checkpoint sees no more steps */
   if (svc->cfg.checkpoint_dir && atomic_load(&svc->ntensors) > 0)
-    return pmx_ckpt_final(svc, (int64_t)(svc->cfg.drain_timeout * 1000.0) + 60000);
+    return px_ckpt_final(svc, (int64_t)(svc->cfg.drain_timeout * 1000.0) + 60000);
   return 0;
 }
 
-void pmx_service_deinit(pmx_service* svc) {
-  pmx_ckpt_shutdown(svc);
-  pmx_pool_destroy(svc->pool);
-  pmx_rpc_server_destroy(svc->rpc);
+void px_service_deinit(px_service* svc) {
+  px_ckpt_shutdown(svc);
+  px_pool_destroy(svc->pool);
+  px_rpc_server_destroy(svc->rpc);
   uint32_t nt = atomic_load(&svc->ntensors);
   for (uint32_t i = 0; i < nt; i++) {
-    pmx_tensor_state* t = svc->tensors[i];
+    px_tensor_state* t = svc->tensors[i];
     for (uint32_t k = 0; k < t->nchunks; k++) {
-      pmx_chunk_state* c = &t->chunks[k];
-      pmx_frames_clear(svc, c, true);
+      px_chunk_state* c = &t->chunks[k];
+      px_frames_clear(svc, c, true);
       for (uint32_t w = 0; w < svc->cfg.workers; w++)
-        if (c->held[w].buf && !c->held[w].owner) pmx_buf_put(c->held[w].buf, svc->cfg.chunk_bytes);
+        if (c->held[w].buf && !c->held[w].owner) px_buf_put(c->held[w].buf, svc->cfg.chunk_bytes);
       free(c->contributed);
       free(c->held);
       pthread_mutex_destroy(&c->mu);
     }
     svc->backend->ops->tensor_destroy(svc->backend, t);
     free(t->chunks);
-    pmx_big_free(t->params, t->params_bytes);
+    px_big_free(t->params, t->params_bytes);
     free(t);
   }
-  pmx_backend_destroy(svc->backend);
+  px_backend_destroy(svc->backend);
   svc->backend = NULL;
   free(svc->tensors);
   free(svc->workers);
   free(svc->tls_cert_pem);
-  pmx_free_secret(svc->tls_key_pem);
+  px_free_secret(svc->tls_key_pem);
   free(svc->tls_client_ca_pem);
-  pmx_free_secret(svc->token);
+  px_free_secret(svc->token);
 }

@@ -28,8 +28,8 @@
 #include "rpc/rpc.h"
 #include "util/util.h"
 
-#ifndef PMX_VERSION
-#define PMX_VERSION "0.1.0"
+#ifndef PX_VERSION
+#define PX_VERSION "0.1.0"
 #endif
 
 #define HEALTH_CHECK_PATH "/grpc.health.v1.Health/Check"
@@ -47,19 +47,19 @@ typedef struct conn_opts {
 } conn_opts;
 static conn_opts g_conn;
 #define CONN_FLAGS                                                                          \
-  {"tls-ca", PMX_FLAG_STR, &g_conn.tls_ca, 0, 0, "FILE", "PEM CA: connect with TLS"},          \
-  {"tls-cert", PMX_FLAG_STR, &g_conn.tls_cert, 0, 0, "FILE", "client certificate (mutual TLS)"}, \
-  {"tls-key", PMX_FLAG_STR, &g_conn.tls_key, 0, 0, "FILE", "key of --tls-cert"},              \
-  {"tls-server-name", PMX_FLAG_STR, &g_conn.tls_server_name, 0, 0, "NAME",                  \
+  {"tls-ca", PX_FLAG_STR, &g_conn.tls_ca, 0, 0, "FILE", "PEM CA: connect with TLS"},          \
+  {"tls-cert", PX_FLAG_STR, &g_conn.tls_cert, 0, 0, "FILE", "client certificate (mutual TLS)"}, \
+  {"tls-key", PX_FLAG_STR, &g_conn.tls_key, 0, 0, "FILE", "key of --tls-cert"},              \
+  {"tls-server-name", PX_FLAG_STR, &g_conn.tls_server_name, 0, 0, "NAME",                  \
    "name to expect in the server certificate"},                                              \
-  {"token-file", PMX_FLAG_STR, &g_conn.token_file, 0, 0, "FILE",                             \
+  {"token-file", PX_FLAG_STR, &g_conn.token_file, 0, 0, "FILE",                             \
    "bearer token (else PMX_TOKEN)"}
 
 /* A channel to addr with the connection flags. NULL with one line in err. */
-static pmx_rpc_channel* open_channel(const char* addr, char* err, size_t errlen) {
-  pmx_rpc_channel_opts o = {0};
+static px_rpc_channel* open_channel(const char* addr, char* err, size_t errlen) {
+  px_rpc_channel_opts o = {0};
   char *ca = NULL, *cert = NULL, *key = NULL, *token = NULL;
-  pmx_rpc_channel* ch = NULL;
+  px_rpc_channel* ch = NULL;
   if ((g_conn.tls_cert != NULL) != (g_conn.tls_key != NULL)) {
     snprintf(err, errlen, "--tls-cert and --tls-key go together");
     return NULL;
@@ -68,23 +68,23 @@ static pmx_rpc_channel* open_channel(const char* addr, char* err, size_t errlen)
     snprintf(err, errlen, "--tls-cert needs --tls-ca");
     return NULL;
   }
-  if (g_conn.tls_ca && !(ca = pmx_read_file(g_conn.tls_ca, 1u << 20, NULL, err, errlen))) goto out;
-  if (g_conn.tls_cert && (!(cert = pmx_read_file(g_conn.tls_cert, 1u << 20, NULL, err, errlen)) ||
-                          !(key = pmx_read_file(g_conn.tls_key, 1u << 20, NULL, err, errlen))))
+  if (g_conn.tls_ca && !(ca = px_read_file(g_conn.tls_ca, 1u << 20, NULL, err, errlen))) goto out;
+  if (g_conn.tls_cert && (!(cert = px_read_file(g_conn.tls_cert, 1u << 20, NULL, err, errlen)) ||
+                          !(key = px_read_file(g_conn.tls_key, 1u << 20, NULL, err, errlen))))
     goto out;
-  if (g_conn.token_file && !(token = pmx_read_token(g_conn.token_file, err, errlen))) goto out;
+  if (g_conn.token_file && !(token = px_read_token(g_conn.token_file, err, errlen))) goto out;
   o.tls_ca_pem = ca;
   o.tls_cert_pem = cert;
   o.tls_key_pem = key;
   o.tls_server_name = g_conn.tls_server_name;
   o.token = token ? token : getenv("PMX_TOKEN");
   if (o.token && !*o.token) o.token = NULL;
-  ch = pmx_rpc_channel_create_ex(addr, &o, err, errlen);
+  ch = px_rpc_channel_create_ex(addr, &o, err, errlen);
 out:
   free(ca);
   free(cert);
-  pmx_free_secret(key);
-  pmx_free_secret(token);
+  px_free_secret(key);
+  px_free_secret(token);
   return ch;
 }
 
@@ -160,14 +160,14 @@ static void top_usage(FILE* out) {
 
 /* Parses a subcommand's flags (argv[0] is the subcommand) and its single ADDR argument.
  * Returns -1 to continue, otherwise the exit status. */
-static int parse_cmd(const char* cmd, const pmx_flag* flags, size_t nflags, int argc, char** argv,
+static int parse_cmd(const char* cmd, const px_flag* flags, size_t nflags, int argc, char** argv,
                      const char** addr) {
   char err[256], prog[32];
-  pmx_flags_result res;
+  px_flags_result res;
   snprintf(prog, sizeof prog, "paramex %s", cmd);
-  int rc = pmx_flags_parse(flags, nflags, argc, argv, &res, err, sizeof err);
+  int rc = px_flags_parse(flags, nflags, argc, argv, &res, err, sizeof err);
   if (rc == 1) {
-    pmx_flags_usage(stdout, prog, "ADDR [flags]", flags, nflags);
+    px_flags_usage(stdout, prog, "ADDR [flags]", flags, nflags);
     return 0;
   }
   if (rc != 0) {
@@ -189,17 +189,17 @@ static int parse_cmd(const char* cmd, const pmx_flag* flags, size_t nflags, int 
 /* ---- health ------------------------------------------------------------------------- */
 
 /* One Check call. Returns the gRPC status; on OK *serving receives the ServingStatus. */
-static int health_once(pmx_rpc_channel* ch, const uint8_t* req, size_t req_len, int64_t timeout_ms,
+static int health_once(px_rpc_channel* ch, const uint8_t* req, size_t req_len, int64_t timeout_ms,
                        bool wait_for_ready, int* serving, char* details, size_t cap) {
   uint8_t* resp = NULL;
   size_t resp_len = 0;
-  int st = pmx_rpc_unary(ch, HEALTH_CHECK_PATH, req, req_len, timeout_ms, wait_for_ready, &resp,
+  int st = px_rpc_unary(ch, HEALTH_CHECK_PATH, req, req_len, timeout_ms, wait_for_ready, &resp,
                          &resp_len, details, cap);
-  if (st == PMX_ST_OK) {
+  if (st == PX_ST_OK) {
     Grpc__Health__V1__HealthCheckResponse* r =
         grpc__health__v1__health_check_response__unpack(NULL, resp_len, resp);
     if (!r) {
-      st = PMX_ST_INTERNAL;
+      st = PX_ST_INTERNAL;
       snprintf(details, cap, "malformed HealthCheckResponse");
     } else {
       *serving = (int)r->status;
@@ -224,10 +224,10 @@ static const char* serving_name(int s, char* buf, size_t cap) {
 static int cmd_health(int argc, char** argv) {
   double wait_s = 0;
   const char* service = "";
-  const pmx_flag flags[] = {
-      {"wait", PMX_FLAG_F64, &wait_s, 0, WAIT_MAX_S, "SECONDS",
+  const px_flag flags[] = {
+      {"wait", PX_FLAG_F64, &wait_s, 0, WAIT_MAX_S, "SECONDS",
        "retry until SERVING or this many seconds passed (0: one attempt, 5 s deadline)"},
-      {"service", PMX_FLAG_STR, &service, 0, 0, "NAME", "service to check (empty: the server)"},
+      {"service", PX_FLAG_STR, &service, 0, 0, "NAME", "service to check (empty: the server)"},
       CONN_FLAGS,
   };
   const char* addr = NULL;
@@ -244,14 +244,14 @@ static int cmd_health(int argc, char** argv) {
   }
   grpc__health__v1__health_check_request__pack(&req, req_buf);
 
-  pmx_rpc_init();
+  px_rpc_init();
   char err[256], details[512];
-  pmx_rpc_channel* ch = open_channel(addr, err, sizeof err);
-  int st = PMX_ST_UNKNOWN, serving = -1;
+  px_rpc_channel* ch = open_channel(addr, err, sizeof err);
+  int st = PX_ST_UNKNOWN, serving = -1;
   details[0] = '\0';
   if (!ch) {
-    st = PMX_ST_INVALID_ARGUMENT;
-    pmx_strlcpy(details, err, sizeof details);
+    st = PX_ST_INVALID_ARGUMENT;
+    px_strlcpy(details, err, sizeof details);
   } else if (wait_s <= 0) {
     st = health_once(ch, req_buf, req_len, HEALTH_TIMEOUT_MS, false, &serving, details,
                      sizeof details);
@@ -260,34 +260,34 @@ static int cmd_health(int argc, char** argv) {
      * server is reachable). An attempt that ends early (NOT_SERVING, the server not up
      * yet, a refused connection) is retried after a pause that grows from 50 ms to 1 s,
      * which also bounds the number of attempts by about 8 + wait seconds. */
-    const uint64_t deadline = pmx_now_ms() + (uint64_t)(wait_s * 1000.0 + 0.5);
+    const uint64_t deadline = px_now_ms() + (uint64_t)(wait_s * 1000.0 + 0.5);
     const unsigned max_attempts = 16 + (unsigned)wait_s;
     uint64_t pause = 50;
     for (unsigned attempt = 0; attempt < max_attempts; attempt++) {
-      uint64_t now = pmx_now_ms();
+      uint64_t now = px_now_ms();
       int64_t left = deadline > now ? (int64_t)(deadline - now) : 0;
       if (attempt > 0 && left == 0) break;
       serving = -1;
       st = health_once(ch, req_buf, req_len, left > 0 ? left : 1, true, &serving, details,
                        sizeof details);
-      if (st == PMX_ST_OK && serving == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING)
+      if (st == PX_ST_OK && serving == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING)
         break;
-      now = pmx_now_ms();
+      now = px_now_ms();
       if (now >= deadline) break;
       sleep_ms(pause < deadline - now ? pause : deadline - now);
       pause = pause * 2 < 1000 ? pause * 2 : 1000;
     }
   }
-  pmx_rpc_channel_destroy(ch);
-  pmx_rpc_shutdown();
+  px_rpc_channel_destroy(ch);
+  px_rpc_shutdown();
   free(req_buf);
 
   char line[512], nbuf[32];
-  if (st != PMX_ST_OK) {
+  if (st != PX_ST_OK) {
     if (details[0])
-      fprintf(stderr, "error: %s: %s\n", pmx_status_name(st), one_line(details, line, sizeof line, ' '));
+      fprintf(stderr, "error: %s: %s\n", px_status_name(st), one_line(details, line, sizeof line, ' '));
     else
-      fprintf(stderr, "error: %s\n", pmx_status_name(st));
+      fprintf(stderr, "error: %s\n", px_status_name(st));
     return 1;
   }
   printf("%s\n", serving_name(serving, nbuf, sizeof nbuf));
@@ -536,7 +536,7 @@ static void stats_text(FILE* out, const Paramex__V1__StatsResponse* r) {
       snprintf(c, sizeof c, "-");
     fprintf(out, "  %5" PRIu32 "  %-*s  %-5s  %-*s  %11" PRIu64 "  %11" PRIu64 "  %14" PRIu64
                  "  %8" PRIu32 "  %s\n",
-            t->id, wname, one_line(t->name, line, sizeof line, '?'), pmx_dtype_name((int)t->dtype),
+            t->id, wname, one_line(t->name, line, sizeof line, '?'), px_dtype_name((int)t->dtype),
             wshape, shape_str(t, b, sizeof b), t->version_min, t->version_max, t->bytes,
             t->num_chunks, c);
   }
@@ -581,19 +581,19 @@ static void stats_text(FILE* out, const Paramex__V1__StatsResponse* r) {
 static uint8_t* call_empty(const char* cmd, const char* addr, const char* path, int64_t timeout_ms,
                            size_t* len) {
   char err[512], details[512], line[512];
-  pmx_rpc_init();
-  pmx_rpc_channel* ch = open_channel(addr, err, sizeof err);
+  px_rpc_init();
+  px_rpc_channel* ch = open_channel(addr, err, sizeof err);
   if (!ch) {
-    pmx_rpc_shutdown();
+    px_rpc_shutdown();
     fprintf(stderr, "paramex: %s %s: %s\n", cmd, addr, one_line(err, line, sizeof line, ' '));
     return NULL;
   }
   uint8_t* resp = NULL;
-  int st = pmx_rpc_unary(ch, path, "", 0, timeout_ms, false, &resp, len, details, sizeof details);
-  pmx_rpc_channel_destroy(ch);
-  pmx_rpc_shutdown();
-  if (st != PMX_ST_OK) {
-    fprintf(stderr, "paramex: %s %s: %s: %s\n", cmd, addr, pmx_status_name(st),
+  int st = px_rpc_unary(ch, path, "", 0, timeout_ms, false, &resp, len, details, sizeof details);
+  px_rpc_channel_destroy(ch);
+  px_rpc_shutdown();
+  if (st != PX_ST_OK) {
+    fprintf(stderr, "paramex: %s %s: %s: %s\n", cmd, addr, px_status_name(st),
             details[0] ? one_line(details, line, sizeof line, ' ') : "no details");
     free(resp);
     return NULL;
@@ -603,8 +603,8 @@ static uint8_t* call_empty(const char* cmd, const char* addr, const char* path, 
 
 static int cmd_stats(int argc, char** argv) {
   bool json = false;
-  const pmx_flag flags[] = {
-      {"json", PMX_FLAG_BOOL, &json, 0, 0, NULL, "print one JSON object (proto field names)"},
+  const px_flag flags[] = {
+      {"json", PX_FLAG_BOOL, &json, 0, 0, NULL, "print one JSON object (proto field names)"},
       CONN_FLAGS,
   };
   const char* addr = NULL;
@@ -636,8 +636,8 @@ static int cmd_stats(int argc, char** argv) {
 
 static int cmd_checkpoint(int argc, char** argv) {
   double timeout_s = 600;
-  const pmx_flag flags[] = {
-      {"timeout", PMX_FLAG_F64, &timeout_s, 1, 86400, "SECONDS",
+  const px_flag flags[] = {
+      {"timeout", PX_FLAG_F64, &timeout_s, 1, 86400, "SECONDS",
        "wait this long for every chunk to reach the version and the file to be written"},
       CONN_FLAGS,
   };
@@ -665,16 +665,16 @@ static int cmd_checkpoint(int argc, char** argv) {
 
 typedef struct export_src {
   size_t n;
-  pmx_st_entry* e;
+  px_st_entry* e;
   const void** data; /* one buffer per entry */
 } export_src;
 
-static int export_write(void* ctx, size_t index, pmx_st_sink* sink) {
+static int export_write(void* ctx, size_t index, px_st_sink* sink) {
   export_src* x = ctx;
-  return pmx_st_sink_write(sink, x->data[index], x->e[index].nbytes);
+  return px_st_sink_write(sink, x->data[index], x->e[index].nbytes);
 }
 
-/* Splits "dir/name" for pmx_st_write; out must be absolute or relative. */
+/* Splits "dir/name" for px_st_write; out must be absolute or relative. */
 static int write_safetensors(const char* out, export_src* x, const char* version, char* err,
                              size_t errlen) {
   char dir[4096];
@@ -687,34 +687,34 @@ static int write_safetensors(const char* out, export_src* x, const char* version
   snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - out) : 1, slash ? out : ".");
   if (slash == out) snprintf(dir, sizeof dir, "/");
   const char* meta[] = {"pmx.version", version};
-  return pmx_st_write(dir, name, x->e, x->n, export_write, x, meta, version ? 1 : 0, err, errlen);
+  return px_st_write(dir, name, x->e, x->n, export_write, x, meta, version ? 1 : 0, err, errlen);
 }
 
 static int export_checkpoint(const char* path, const char* out) {
   char err[512], line[512];
-  pmx_st_file* f = pmx_st_open(path, err, sizeof err);
+  px_st_file* f = px_st_open(path, err, sizeof err);
   if (!f) {
     fprintf(stderr, "paramex: export: %s\n", one_line(err, line, sizeof line, ' '));
     return 1;
   }
-  size_t n = pmx_st_count(f), k = 0;
+  size_t n = px_st_count(f), k = 0;
   export_src x = {0, calloc(n ? n : 1, sizeof *x.e), calloc(n ? n : 1, sizeof *x.data)};
   for (size_t i = 0; x.e && x.data && i < n; i++) {
-    pmx_st_tensor t;
-    pmx_st_entry_at(f, i, &t);
+    px_st_tensor t;
+    px_st_entry_at(f, i, &t);
     size_t nl = strlen(t.name);
     if (nl > 9 && strcmp(t.name + nl - 9, "@momentum") == 0) continue; /* optimizer state */
-    x.e[k] = (pmx_st_entry){t.name, t.dtype, t.ndim, t.shape, t.nbytes};
+    x.e[k] = (px_st_entry){t.name, t.dtype, t.ndim, t.shape, t.nbytes};
     x.data[k++] = t.data;
   }
   x.n = k;
-  int rc = x.e && x.data ? write_safetensors(out, &x, pmx_st_meta(f, "pmx.version"), err, sizeof err)
+  int rc = x.e && x.data ? write_safetensors(out, &x, px_st_meta(f, "pmx.version"), err, sizeof err)
                          : -1;
   if (rc != 0) fprintf(stderr, "paramex: export: %s\n", one_line(err, line, sizeof line, ' '));
   else printf("exported %zu tensors from %s to %s\n", k, path, out);
   free(x.e);
   free(x.data);
-  pmx_st_close(f);
+  px_st_close(f);
   return rc == 0 ? 0 : 1;
 }
 
@@ -733,31 +733,31 @@ typedef struct export_pull {
   char details[256];
 } export_pull;
 
-static void xp_message(pmx_cli_call* call, void* ctx, pmx_msg* m) {
+static void xp_message(px_cli_call* call, void* ctx, px_msg* m) {
   export_pull* x = ctx;
   if (!m) return;
   size_t nseg;
-  const pmx_iov* seg = pmx_msg_segments(m, &nseg);
-  pmx_chunk h;
-  if (x->bad || pmx_chunk_parse(PMX_CHUNK_PULL, seg, nseg, &h, x->err, sizeof x->err) != 0 ||
+  const px_iov* seg = px_msg_segments(m, &nseg);
+  px_chunk h;
+  if (x->bad || px_chunk_parse(PX_CHUNK_PULL, seg, nseg, &h, x->err, sizeof x->err) != 0 ||
       x->ti >= x->stats->n_tensors) {
     if (!x->bad && x->ti >= x->stats->n_tensors) snprintf(x->err, sizeof x->err, "too many chunks");
     x->bad = true;
-    pmx_msg_free(m);
-    pmx_cli_call_cancel(call);
+    px_msg_free(m);
+    px_cli_call_cancel(call);
     return;
   }
   Paramex__V1__TensorStats* t = x->stats->tensors[x->ti];
-  size_t es = pmx_dtype_size(t->dtype);
+  size_t es = px_dtype_size(t->dtype);
   if (h.chunk == 0) x->chunk_elems0 = es ? h.raw_len / (uint32_t)es : 0;
   uint64_t off = (uint64_t)h.chunk * x->chunk_elems0 * es;
   if (h.tensor_id != t->id || h.chunk != x->ci || es == 0 || off + h.raw_len > t->bytes ||
-      pmx_chunk_decode(&h, seg, nseg, x->bufs[x->ti] + off, h.raw_len / es, (int)es, x->err,
-                       sizeof x->err) != PMX_DECODE_OK) {
+      px_chunk_decode(&h, seg, nseg, x->bufs[x->ti] + off, h.raw_len / es, (int)es, x->err,
+                       sizeof x->err) != PX_DECODE_OK) {
     if (h.tensor_id != t->id || h.chunk != x->ci) snprintf(x->err, sizeof x->err, "chunks out of order");
     x->bad = true;
-    pmx_msg_free(m);
-    pmx_cli_call_cancel(call);
+    px_msg_free(m);
+    px_cli_call_cancel(call);
     return;
   }
   if (h.version < x->vmin) x->vmin = h.version;
@@ -766,11 +766,11 @@ static void xp_message(pmx_cli_call* call, void* ctx, pmx_msg* m) {
     x->ci = 0;
     x->ti++;
   }
-  pmx_msg_free(m);
-  pmx_cli_call_read(call);
+  px_msg_free(m);
+  px_cli_call_read(call);
 }
 
-static void xp_done(pmx_cli_call* call, void* ctx, int status, const char* details) {
+static void xp_done(px_cli_call* call, void* ctx, int status, const char* details) {
   (void)call;
   export_pull* x = ctx;
   pthread_mutex_lock(&x->mu);
@@ -781,22 +781,22 @@ static void xp_done(pmx_cli_call* call, void* ctx, int status, const char* detai
   pthread_mutex_unlock(&x->mu);
 }
 
-static const pmx_cli_call_cbs xp_cbs = {xp_message, NULL, xp_done};
+static const px_cli_call_cbs xp_cbs = {xp_message, NULL, xp_done};
 
 static int export_server(const char* addr, const char* out) {
   char err[512], details[512], line[512];
-  pmx_rpc_init();
-  pmx_rpc_channel* ch = open_channel(addr, err, sizeof err);
+  px_rpc_init();
+  px_rpc_channel* ch = open_channel(addr, err, sizeof err);
   if (!ch) {
-    pmx_rpc_shutdown();
+    px_rpc_shutdown();
     fprintf(stderr, "paramex: export %s: %s\n", addr, one_line(err, line, sizeof line, ' '));
     return 1;
   }
   uint8_t* resp = NULL;
   size_t resp_len = 0;
-  int st = pmx_rpc_unary(ch, STATS_PATH, "", 0, STATS_TIMEOUT_MS, false, &resp, &resp_len,
+  int st = px_rpc_unary(ch, STATS_PATH, "", 0, STATS_TIMEOUT_MS, false, &resp, &resp_len,
                          details, sizeof details);
-  Paramex__V1__StatsResponse* s = st == PMX_ST_OK ? paramex__v1__stats_response__unpack(NULL, resp_len, resp) : NULL;
+  Paramex__V1__StatsResponse* s = st == PX_ST_OK ? paramex__v1__stats_response__unpack(NULL, resp_len, resp) : NULL;
   free(resp);
   int rc = 1;
   export_pull x = {0};
@@ -804,7 +804,7 @@ static int export_server(const char* addr, const char* out) {
   pthread_cond_init(&x.cv, NULL);
   x.vmin = UINT64_MAX;
   if (!s) {
-    fprintf(stderr, "paramex: export %s: Stats: %s: %s\n", addr, pmx_status_name(st),
+    fprintf(stderr, "paramex: export %s: Stats: %s: %s\n", addr, px_status_name(st),
             one_line(details, line, sizeof line, ' '));
     goto out;
   }
@@ -826,23 +826,23 @@ static int export_server(const char* addr, const char* out) {
     fprintf(stderr, "paramex: export %s: the server has no tensor\n", addr);
   } else if (pbuf && ids && x.bufs) {
     paramex__v1__pull_request__pack(&pr, pbuf);
-    pmx_cli_call* call = pmx_cli_call_start(ch, PULL_PATH, 600000, false, &xp_cbs, &x);
-    pmx_out o = {pbuf, plen, NULL, 0, NULL, NULL};
-    pmx_cli_call_send(call, &o, true);
-    pmx_cli_call_read(call);
-    pmx_cli_call_unref(call);
+    px_cli_call* call = px_cli_call_start(ch, PULL_PATH, 600000, false, &xp_cbs, &x);
+    px_out o = {pbuf, plen, NULL, 0, NULL, NULL};
+    px_cli_call_send(call, &o, true);
+    px_cli_call_read(call);
+    px_cli_call_unref(call);
     pthread_mutex_lock(&x.mu);
     while (!x.done) pthread_cond_wait(&x.cv, &x.mu);
     pthread_mutex_unlock(&x.mu);
-    if (x.bad || x.status != PMX_ST_OK || x.ti != s->n_tensors) {
+    if (x.bad || x.status != PX_ST_OK || x.ti != s->n_tensors) {
       fprintf(stderr, "paramex: export %s: Pull: %s\n", addr,
-              x.bad ? x.err : x.status != PMX_ST_OK ? one_line(x.details, line, sizeof line, ' ')
+              x.bad ? x.err : x.status != PX_ST_OK ? one_line(x.details, line, sizeof line, ' ')
                                                      : "the stream ended early");
     } else {
       export_src src = {s->n_tensors, calloc(s->n_tensors, sizeof *src.e),
                         calloc(s->n_tensors, sizeof *src.data)};
       for (size_t i = 0; src.e && src.data && i < s->n_tensors; i++) {
-        src.e[i] = (pmx_st_entry){s->tensors[i]->name, s->tensors[i]->dtype,
+        src.e[i] = (px_st_entry){s->tensors[i]->name, s->tensors[i]->dtype,
                                   (uint32_t)s->tensors[i]->n_shape, s->tensors[i]->shape,
                                   s->tensors[i]->bytes};
         src.data[i] = x.bufs[i];
@@ -867,8 +867,8 @@ static int export_server(const char* addr, const char* out) {
   free(pbuf);
 out:
   if (s) paramex__v1__stats_response__free_unpacked(s, NULL);
-  pmx_rpc_channel_destroy(ch);
-  pmx_rpc_shutdown();
+  px_rpc_channel_destroy(ch);
+  px_rpc_shutdown();
   pthread_mutex_destroy(&x.mu);
   pthread_cond_destroy(&x.cv);
   return rc;
@@ -876,8 +876,8 @@ out:
 
 static int cmd_export(int argc, char** argv) {
   const char* out = NULL;
-  const pmx_flag flags[] = {
-      {"out", PMX_FLAG_STR, &out, 0, 0, "FILE", "safetensors file to write (required)"},
+  const px_flag flags[] = {
+      {"out", PX_FLAG_STR, &out, 0, 0, "FILE", "safetensors file to write (required)"},
       CONN_FLAGS,
   };
   const char* src = NULL;
@@ -912,7 +912,7 @@ int main(int argc, char** argv) {
       fprintf(stderr, "paramex: version: unexpected argument '%s'\n", argv[2]);
       return 2;
     }
-    printf("paramex %s\n", PMX_VERSION);
+    printf("paramex %s\n", PX_VERSION);
     return fflush(stdout) == 0 ? 0 : 1;
   }
   if (strcmp(cmd, "health") == 0) return cmd_health(argc - 1, argv + 1);

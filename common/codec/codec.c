@@ -11,25 +11,25 @@
 
 #include "codec/codec.h"
 
-size_t pmx_dtype_size(int dtype) {
+size_t px_dtype_size(int dtype) {
   switch (dtype) {
-    case PMX_DT_F32: return 4;
-    case PMX_DT_BF16: return 2;
-    case PMX_DT_F16: return 2;
+    case PX_DT_F32: return 4;
+    case PX_DT_BF16: return 2;
+    case PX_DT_F16: return 2;
     default: return 0;
   }
 }
 
-const char* pmx_dtype_name(int dtype) {
+const char* px_dtype_name(int dtype) {
   switch (dtype) {
-    case PMX_DT_F32: return "f32";
-    case PMX_DT_BF16: return "bf16";
-    case PMX_DT_F16: return "f16";
+    case PX_DT_F32: return "f32";
+    case PX_DT_BF16: return "bf16";
+    case PX_DT_F16: return "f16";
     default: return "?";
   }
 }
 
-uint64_t pmx_checksum(const void* p, size_t n) {
+uint64_t px_checksum(const void* p, size_t n) {
   static const unsigned char empty[1];
   return XXH3_64bits(n ? p : empty, n);
 }
@@ -49,17 +49,17 @@ static inline double unit_open0(uint64_t w) { return (double)((w >> 11) + 1) * 0
 /* 53 random bits as a double in [0, 1). */
 static inline double unit_open1(uint64_t w) { return (double)(w >> 11) * 0x1.0p-53; }
 
-int pmx_init_fill_f32(float* dst, uint64_t first, size_t n, int kind, float a, float b,
+int px_init_fill_f32(float* dst, uint64_t first, size_t n, int kind, float a, float b,
                       uint64_t seed) {
   const uint64_t base = mix64(seed ^ UINT64_C(0x706D78696E697421)); /* "pmxinit!" */
   switch (kind) {
-    case PMX_FILL_ZEROS:
+    case PX_FILL_ZEROS:
       for (size_t j = 0; j < n; j++) dst[j] = 0.0f;
       return 0;
-    case PMX_FILL_CONSTANT:
+    case PX_FILL_CONSTANT:
       for (size_t j = 0; j < n; j++) dst[j] = a;
       return 0;
-    case PMX_FILL_NORMAL: {
+    case PX_FILL_NORMAL: {
       const double two_pi = 6.283185307179586476925286766559;
       for (size_t j = 0; j < n; j++) {
         uint64_t i = first + j;
@@ -70,7 +70,7 @@ int pmx_init_fill_f32(float* dst, uint64_t first, size_t n, int kind, float a, f
       }
       return 0;
     }
-    case PMX_FILL_UNIFORM: {
+    case PX_FILL_UNIFORM: {
       /* Rounding to float can reach b from below; keep the result in [a, b). */
       const float below_b = nextafterf(b, -INFINITY);
       for (size_t j = 0; j < n; j++) {

@@ -49,22 +49,22 @@ static void inc32(w32* restrict acc, const w32* restrict d, size_t n) {
   FOR_EACH(n, acc[i] += d[i]);
 }
 
-void pmx_delta(const void* new_, const void* base, size_t n, int width, void* d) {
+void px_delta(const void* new_, const void* base, size_t n, int width, void* d) {
   if (n == 0) return;
   if (width == 2) sub16(new_, base, n, d);
   else if (width == 4) sub32(new_, base, n, d);
 }
 
-void pmx_delta_add(void* acc, const void* d, size_t n, int width) {
+void px_delta_add(void* acc, const void* d, size_t n, int width) {
   if (n == 0) return;
   if (width == 2) inc16(acc, d, n);
   else if (width == 4) inc32(acc, d, n);
 }
 
-void pmx_delta_apply(const void* base, const void* d, size_t n, int width, void* out) {
+void px_delta_apply(const void* base, const void* d, size_t n, int width, void* out) {
   if (n == 0) return;
   if (out == base) { /* in place: base and out must not both be restrict */
-    pmx_delta_add(out, d, n, width);
+    px_delta_add(out, d, n, width);
   } else if (width == 2) {
     add16(base, d, n, out);
   } else if (width == 4) {
@@ -139,25 +139,25 @@ static void unzzsh32(const uint8_t* in, size_t n, uint8_t* d) {
   }
 }
 
-void pmx_zigzag_shuffle(const void* d, size_t n, int width, uint8_t* out) {
+void px_zigzag_shuffle(const void* d, size_t n, int width, uint8_t* out) {
   if (n == 0) return;
   if (width == 2) zzsh16(d, n, out);
   else if (width == 4) zzsh32(d, n, out);
 }
 
-void pmx_unshuffle_unzigzag(const uint8_t* in, size_t n, int width, void* d) {
+void px_unshuffle_unzigzag(const uint8_t* in, size_t n, int width, void* d) {
   if (n == 0) return;
   if (width == 2) unzzsh16(in, n, d);
   else if (width == 4) unzzsh32(in, n, d);
 }
 
-void pmx_shuffle(const void* src, size_t n, int width, uint8_t* out) {
+void px_shuffle(const void* src, size_t n, int width, uint8_t* out) {
   if (n == 0) return;
   if (width == 2) gather2(src, n, out, out + n);
   else if (width == 4) gather4(src, n, out, out + n, out + 2 * n, out + 3 * n);
 }
 
-void pmx_unshuffle(const uint8_t* in, size_t n, int width, void* out) {
+void px_unshuffle(const uint8_t* in, size_t n, int width, void* out) {
   if (n == 0) return;
   if (width == 2) scatter2(in, in + n, n, out);
   else if (width == 4) scatter4(in, in + n, in + 2 * n, in + 3 * n, n, out);

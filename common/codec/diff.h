@@ -20,8 +20,8 @@
  * - Host byte order is little endian; the shuffled byte planes are therefore
  *   little-endian byte planes and are the wire format.
  * Depends only on libzstd. */
-#ifndef PMX_CODEC_DIFF_H
-#define PMX_CODEC_DIFF_H
+#ifndef PX_CODEC_DIFF_H
+#define PX_CODEC_DIFF_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -29,7 +29,7 @@
 /* ---- dtype conversion -------------------------------------------------------------
  * bf16 is the upper 16 bits of an f32; f16 is IEEE 754 binary16.
  *
- * To 16 bits (pmx_f32_to_bf16, pmx_f32_to_f16): round to nearest, ties to even, in every
+ * To 16 bits (px_f32_to_bf16, px_f32_to_f16): round to nearest, ties to even, in every
  * case (including f16 subnormal results, which are exact when representable); finite
  * values too large round to +-inf (f16: |x| >= 65520; bf16: |x| >= 0x1.ffp127);
  * +-inf stays +-inf; +-0 keeps its sign; values too small round to +-0.
@@ -41,7 +41,7 @@
  * results; it must be the default round-to-nearest (paramex never changes it). It may
  * raise the FE_INEXACT flag, never any other flag, so it is safe with FP traps enabled.
  *
- * To f32 (pmx_bf16_to_f32, pmx_f16_to_f32): exact, every 16-bit pattern maps to the
+ * To f32 (px_bf16_to_f32, px_f16_to_f32): exact, every 16-bit pattern maps to the
  * f32 with the same value; NaNs keep sign and payload bit for bit and are NOT quieted
  * (bf16 -> f32 is exactly `h << 16`), so the widening is injective.
  * Round trip: to_f32 then back to 16 bits returns the same pattern for every non-NaN and
@@ -49,14 +49,14 @@
  *
  * The _n forms convert n elements, src[i] -> dst[i], with results identical to the
  * scalar forms; src and dst must not overlap. Vectorised by the compiler (SSE2). */
-uint16_t pmx_f32_to_bf16(float f);
-float pmx_bf16_to_f32(uint16_t h);
-uint16_t pmx_f32_to_f16(float f);
-float pmx_f16_to_f32(uint16_t h);
-void pmx_f32_to_bf16_n(const float* src, uint16_t* dst, size_t n);
-void pmx_bf16_to_f32_n(const uint16_t* src, float* dst, size_t n);
-void pmx_f32_to_f16_n(const float* src, uint16_t* dst, size_t n);
-void pmx_f16_to_f32_n(const uint16_t* src, float* dst, size_t n);
+uint16_t px_f32_to_bf16(float f);
+float px_bf16_to_f32(uint16_t h);
+uint16_t px_f32_to_f16(float f);
+float px_f16_to_f32(uint16_t h);
+void px_f32_to_bf16_n(const float* src, uint16_t* dst, size_t n);
+void px_bf16_to_f32_n(const uint16_t* src, float* dst, size_t n);
+void px_f32_to_f16_n(const float* src, uint16_t* dst, size_t n);
+void px_f16_to_f32_n(const uint16_t* src, float* dst, size_t n);
 
 /* ---- diff transforms ----------------------------------------------------------------
  * Operate on element bit patterns as u16 (width 2) or u32 (width 4) words, n words per
@@ -65,24 +65,24 @@ void pmx_f16_to_f32_n(const uint16_t* src, float* dst, size_t n);
  * Deltas compose: delta(v2, v0) == delta(v2, v1) + delta(v1, v0) (wrapping). */
 
 /* d[i] = new_[i] - base[i]. d must not overlap new_ or base. */
-void pmx_delta(const void* new_, const void* base, size_t n, int width, void* d);
+void px_delta(const void* new_, const void* base, size_t n, int width, void* d);
 /* acc[i] += d[i] (accumulates deltas). acc and d must not overlap. */
-void pmx_delta_add(void* acc, const void* d, size_t n, int width);
+void px_delta_add(void* acc, const void* d, size_t n, int width);
 /* out[i] = base[i] + d[i]. out may be exactly base (in-place apply); otherwise out must
  * not overlap base. d never overlaps either. */
-void pmx_delta_apply(const void* base, const void* d, size_t n, int width, void* out);
+void px_delta_apply(const void* base, const void* d, size_t n, int width, void* out);
 /* zigzag each word (w -> (w << 1) ^ -(w >> (8*width-1)), so differences -1, 1, -2, ...
  * become 1, 2, 3, ...), then byte-shuffle into width planes of n bytes each:
  *   out[b*n + i] = byte b (b = 0 least significant) of zigzag(d[i]).
  * out holds n*width bytes and must not overlap d. */
-void pmx_zigzag_shuffle(const void* d, size_t n, int width, uint8_t* out);
+void px_zigzag_shuffle(const void* d, size_t n, int width, uint8_t* out);
 /* The inverse: d[i] = unzigzag(word assembled from in[b*n + i], b = 0..width-1).
  * in holds n*width bytes and must not overlap d. */
-void pmx_unshuffle_unzigzag(const uint8_t* in, size_t n, int width, void* d);
+void px_unshuffle_unzigzag(const uint8_t* in, size_t n, int width, void* d);
 /* Plain byte shuffle / unshuffle (for full snapshots): the same plane layout, no
  * zigzag. out / the output must not overlap the input. */
-void pmx_shuffle(const void* src, size_t n, int width, uint8_t* out);
-void pmx_unshuffle(const uint8_t* in, size_t n, int width, void* out);
+void px_shuffle(const void* src, size_t n, int width, uint8_t* out);
+void px_unshuffle(const uint8_t* in, size_t n, int width, void* out);
 
 /* ---- zstd frames --------------------------------------------------------------------
  * Each calling thread gets its own compression and decompression context, created on
@@ -94,18 +94,18 @@ void pmx_unshuffle(const uint8_t* in, size_t n, int width, void* out);
  * called it are still running. If a context cannot be allocated the call fails (0 / -1)
  * and a later call retries. */
 
-/* The most bytes pmx_zstd_compress can produce for n input bytes (ZSTD_compressBound);
+/* The most bytes px_zstd_compress can produce for n input bytes (ZSTD_compressBound);
  * 0 when n is too large for zstd. */
-size_t pmx_zstd_bound(size_t n);
+size_t px_zstd_bound(size_t n);
 
 /* Compresses src[0..n) (bytes) into one zstd frame in dst[0..cap) at `level`:
  * 1 is the design's default (level 3 gains < 0.6% at 1.2-4x the time); levels < 1 are
  * rejected (0 would mean "zstd default" and negative levels disable Huffman coding, so
  * floats do not compress at all), as are levels > ZSTD_maxCLevel(). The frame records
  * its content size (n) and carries no zstd checksum (callers checksum the reconstructed
- * chunk) and no dictionary. cap >= pmx_zstd_bound(n) always suffices.
+ * chunk) and no dictionary. cap >= px_zstd_bound(n) always suffices.
  * Returns the frame size (> 0), or 0 on error (bad level, cap too small, no memory). */
-size_t pmx_zstd_compress(const void* src, size_t n, void* dst, size_t cap, int level);
+size_t px_zstd_compress(const void* src, size_t n, void* dst, size_t cap, int level);
 
 /* Decompresses exactly one frame from untrusted input src[0..n) into dst[0..expected).
  * Succeeds (returns 0) only if src starts with a zstd frame (not a skippable frame),
@@ -120,7 +120,7 @@ size_t pmx_zstd_compress(const void* src, size_t n, void* dst, size_t cap, int l
  * output, so callers decode into scratch memory, never into live parameters.
  * src may be NULL only when n == 0 (which fails: "empty input"); dst may be NULL only
  * when expected == 0. src and dst must not overlap. */
-int pmx_zstd_decompress(const void* src, size_t n, void* dst, size_t expected, char* err,
+int px_zstd_decompress(const void* src, size_t n, void* dst, size_t expected, char* err,
                         size_t errlen);
 
 #endif

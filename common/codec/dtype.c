@@ -71,10 +71,10 @@ static inline float cvt_f16_f32(uint16_t h) {
   return bits_f32(r | (uint32_t)(h & 0x8000u) << 16);
 }
 
-uint16_t pmx_f32_to_bf16(float f) { return cvt_f32_bf16(f); }
-float pmx_bf16_to_f32(uint16_t h) { return cvt_bf16_f32(h); }
-uint16_t pmx_f32_to_f16(float f) { return cvt_f32_f16(f); }
-float pmx_f16_to_f32(uint16_t h) { return cvt_f16_f32(h); }
+uint16_t px_f32_to_bf16(float f) { return cvt_f32_bf16(f); }
+float px_bf16_to_f32(uint16_t h) { return cvt_bf16_f32(h); }
+uint16_t px_f32_to_f16(float f) { return cvt_f32_f16(f); }
+float px_f16_to_f32(uint16_t h) { return cvt_f16_f32(h); }
 
 /* The two loops of each function are identical: the first has a trip count that is a
  * multiple of BLK (vectorised), the second is the scalar tail. */
@@ -98,7 +98,7 @@ static void f16_to_f32_n(const uint16_t* restrict src, float* restrict dst, size
   CONVERT_LOOP(cvt_f16_f32);
 }
 
-void pmx_f32_to_bf16_n(const float* src, uint16_t* dst, size_t n) { f32_to_bf16_n(src, dst, n); }
-void pmx_bf16_to_f32_n(const uint16_t* src, float* dst, size_t n) { bf16_to_f32_n(src, dst, n); }
-void pmx_f32_to_f16_n(const float* src, uint16_t* dst, size_t n) { f32_to_f16_n(src, dst, n); }
-void pmx_f16_to_f32_n(const uint16_t* src, float* dst, size_t n) { f16_to_f32_n(src, dst, n); }
+void px_f32_to_bf16_n(const float* src, uint16_t* dst, size_t n) { f32_to_bf16_n(src, dst, n); }
+void px_bf16_to_f32_n(const uint16_t* src, float* dst, size_t n) { bf16_to_f32_n(src, dst, n); }
+void px_f32_to_f16_n(const float* src, uint16_t* dst, size_t n) { f32_to_f16_n(src, dst, n); }
+void px_f16_to_f32_n(const uint16_t* src, float* dst, size_t n) { f16_to_f32_n(src, dst, n); }

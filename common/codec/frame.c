@@ -11,12 +11,12 @@
 #include "codec/codec.h"
 #include "codec/diff.h"
 
-const char* pmx_encoding_name(uint32_t enc) {
+const char* px_encoding_name(uint32_t enc) {
   switch (enc) {
-    case PMX_ENC_RAW: return "raw";
-    case PMX_ENC_UNCHANGED: return "unchanged";
-    case PMX_ENC_DELTA_ZSTD: return "delta+zstd";
-    case PMX_ENC_SHUFFLE_ZSTD: return "shuffle+zstd";
+    case PX_ENC_RAW: return "raw";
+    case PX_ENC_UNCHANGED: return "unchanged";
+    case PX_ENC_DELTA_ZSTD: return "delta+zstd";
+    case PX_ENC_SHUFFLE_ZSTD: return "shuffle+zstd";
   }
   return "unknown";
 }
@@ -39,7 +39,7 @@ static void scratch_free(void* v) {
 }
 static void scratch_key_create(void) { pthread_key_create(&scratch_key, scratch_free); }
 
-uint8_t* pmx_scratch(int which, size_t bytes) {
+uint8_t* px_scratch(int which, size_t bytes) {
   if (which < 0 || which >= NSCRATCH || bytes > SIZE_MAX - 4096) return NULL;
   if (!tl_scratch) {
     pthread_once(&scratch_once, scratch_key_create);
@@ -62,7 +62,7 @@ uint8_t* pmx_scratch(int which, size_t bytes) {
 /* ---- decode ------------------------------------------------------------------------------ */
 
 /* Copies the payload into contiguous memory when it spans segments. */
-static const uint8_t* payload_flat(const pmx_chunk* c, const pmx_iov* seg, size_t nseg,
+static const uint8_t* payload_flat(const px_chunk* c, const px_iov* seg, size_t nseg,
                                    uint8_t* tmp) {
   size_t i = c->payload_seg, off = c->payload_off;
   while (i < nseg && off >= seg[i].n) {
@@ -71,14 +71,14 @@ static const uint8_t* payload_flat(const pmx_chunk* c, const pmx_iov* seg, size_
   }
   if (c->payload_len == 0) return tmp;
   if (i < nseg && seg[i].n - off >= c->payload_len) return seg[i].p + off;
-  if (pmx_chunk_copy_payload(c, seg, nseg, tmp, c->payload_len) != 0) return NULL;
+  if (px_chunk_copy_payload(c, seg, nseg, tmp, c->payload_len) != 0) return NULL;
   return tmp;
 }
 
 /* Walks a RAW payload of `bytes` and checks its checksum. With dst, copies it there on the
  * way, 32 KiB at a time, hashing each block where it was just written (in L1), so the
  * payload is read once; without, only hashes it where it lies. */
-static pmx_decode_result raw_walk(const pmx_chunk* c, const pmx_iov* seg, size_t nseg,
+static px_decode_result raw_walk(const px_chunk* c, const px_iov* seg, size_t nseg,
                                   uint8_t* dst, size_t bytes, char* err, size_t errlen) {
   enum { BLOCK = 32 << 10 };
   XXH3_state_t st;
@@ -104,125 +104,125 @@ static pmx_decode_result raw_walk(const pmx_chunk* c, const pmx_iov* seg, size_t
   }
   if (left > 0) {
     snprintf(err, errlen, "RAW payload truncated");
-    return PMX_DECODE_MALFORMED;
+    return PX_DECODE_MALFORMED;
   }
   if (XXH3_64bits_digest(&st) != c->checksum) {
     snprintf(err, errlen, "checksum mismatch");
-    return PMX_DECODE_CHECKSUM;
+    return PX_DECODE_CHECKSUM;
   }
-  return PMX_DECODE_OK;
+  return PX_DECODE_OK;
 }
 
-pmx_decode_result pmx_chunk_decode_private(const pmx_chunk* c, const pmx_iov* seg, size_t nseg,
+px_decode_result px_chunk_decode_private(const px_chunk* c, const px_iov* seg, size_t nseg,
                                            void* dst, size_t n, int width, char* err,
                                            size_t errlen) {
   const size_t bytes = n * (size_t)width;
-  if (c->encoding == PMX_ENC_RAW && c->raw_len == bytes && c->payload_len == bytes)
+  if (c->encoding == PX_ENC_RAW && c->raw_len == bytes && c->payload_len == bytes)
     return raw_walk(c, seg, nseg, dst, bytes, err, errlen);
-  return pmx_chunk_decode(c, seg, nseg, dst, n, width, err, errlen);
+  return px_chunk_decode(c, seg, nseg, dst, n, width, err, errlen);
 }
 
-pmx_decode_result pmx_chunk_decode(const pmx_chunk* c, const pmx_iov* seg, size_t nseg, void* dst,
+px_decode_result px_chunk_decode(const px_chunk* c, const px_iov* seg, size_t nseg, void* dst,
                                    size_t n, int width, char* err, size_t errlen) {
   const size_t bytes = n * (size_t)width;
   if (c->raw_len != bytes) {
     snprintf(err, errlen, "raw_len %u, expected %zu", c->raw_len, bytes);
-    return PMX_DECODE_MALFORMED;
+    return PX_DECODE_MALFORMED;
   }
   switch (c->encoding) {
-    case PMX_ENC_UNCHANGED:
+    case PX_ENC_UNCHANGED:
       if (c->payload_len != 0) {
         snprintf(err, errlen, "an UNCHANGED chunk carries %zu bytes", c->payload_len);
-        return PMX_DECODE_MALFORMED;
+        return PX_DECODE_MALFORMED;
       }
-      if (pmx_checksum(dst, bytes) != c->checksum) {
+      if (px_checksum(dst, bytes) != c->checksum) {
         snprintf(err, errlen, "checksum mismatch of the unchanged chunk");
-        return PMX_DECODE_CHECKSUM;
+        return PX_DECODE_CHECKSUM;
       }
-      return PMX_DECODE_OK;
-    case PMX_ENC_RAW: {
+      return PX_DECODE_OK;
+    case PX_ENC_RAW: {
       if (c->payload_len != bytes) {
         snprintf(err, errlen, "RAW payload of %zu bytes, expected %zu", c->payload_len, bytes);
-        return PMX_DECODE_MALFORMED;
+        return PX_DECODE_MALFORMED;
       }
       /* Hash the payload where it lies, then copy it once: dst stays untouched on failure. */
-      pmx_decode_result r = raw_walk(c, seg, nseg, NULL, bytes, err, errlen);
-      if (r != PMX_DECODE_OK) return r;
-      pmx_chunk_copy_payload(c, seg, nseg, dst, bytes);
-      return PMX_DECODE_OK;
+      px_decode_result r = raw_walk(c, seg, nseg, NULL, bytes, err, errlen);
+      if (r != PX_DECODE_OK) return r;
+      px_chunk_copy_payload(c, seg, nseg, dst, bytes);
+      return PX_DECODE_OK;
     }
-    case PMX_ENC_DELTA_ZSTD:
-    case PMX_ENC_SHUFFLE_ZSTD: {
-      if (c->payload_len == 0 || c->payload_len > pmx_zstd_bound(bytes)) {
+    case PX_ENC_DELTA_ZSTD:
+    case PX_ENC_SHUFFLE_ZSTD: {
+      if (c->payload_len == 0 || c->payload_len > px_zstd_bound(bytes)) {
         snprintf(err, errlen, "%s payload of %zu bytes for a %zu-byte chunk",
-                 pmx_encoding_name(c->encoding), c->payload_len, bytes);
-        return PMX_DECODE_MALFORMED;
+                 px_encoding_name(c->encoding), c->payload_len, bytes);
+        return PX_DECODE_MALFORMED;
       }
-      uint8_t* s0 = pmx_scratch(0, pmx_zstd_bound(bytes));
-      uint8_t* s1 = pmx_scratch(1, bytes);
+      uint8_t* s0 = px_scratch(0, px_zstd_bound(bytes));
+      uint8_t* s1 = px_scratch(1, bytes);
       if (!s0 || !s1) {
         snprintf(err, errlen, "out of memory");
-        return PMX_DECODE_MALFORMED;
+        return PX_DECODE_MALFORMED;
       }
       const uint8_t* frame = payload_flat(c, seg, nseg, s0);
       char zerr[160];
-      if (!frame || pmx_zstd_decompress(frame, c->payload_len, s1, bytes, zerr, sizeof zerr) != 0) {
+      if (!frame || px_zstd_decompress(frame, c->payload_len, s1, bytes, zerr, sizeof zerr) != 0) {
         snprintf(err, errlen, "bad zstd frame: %s", frame ? zerr : "truncated");
-        return PMX_DECODE_MALFORMED;
+        return PX_DECODE_MALFORMED;
       }
       /* s1: shuffled words; s0 (free again) and then s1 hold the result */
       const uint8_t* result = s0;
-      if (c->encoding == PMX_ENC_DELTA_ZSTD) {
-        pmx_unshuffle_unzigzag(s1, n, width, s0);
-        pmx_delta_apply(dst, s0, n, width, s1); /* no aliasing: d and out differ */
+      if (c->encoding == PX_ENC_DELTA_ZSTD) {
+        px_unshuffle_unzigzag(s1, n, width, s0);
+        px_delta_apply(dst, s0, n, width, s1); /* no aliasing: d and out differ */
         result = s1;
       } else {
-        pmx_unshuffle(s1, n, width, s0);
+        px_unshuffle(s1, n, width, s0);
       }
-      if (pmx_checksum(result, bytes) != c->checksum) {
+      if (px_checksum(result, bytes) != c->checksum) {
         snprintf(err, errlen, "checksum mismatch%s",
-                 c->encoding == PMX_ENC_DELTA_ZSTD ? " (wrong or modified base?)" : "");
-        return PMX_DECODE_CHECKSUM;
+                 c->encoding == PX_ENC_DELTA_ZSTD ? " (wrong or modified base?)" : "");
+        return PX_DECODE_CHECKSUM;
       }
       memcpy(dst, result, bytes);
-      return PMX_DECODE_OK;
+      return PX_DECODE_OK;
     }
   }
   snprintf(err, errlen, "unknown encoding %u", c->encoding);
-  return PMX_DECODE_MALFORMED;
+  return PX_DECODE_MALFORMED;
 }
 
 /* ---- encode ------------------------------------------------------------------------------ */
 
-size_t pmx_encode_delta_words(const void* d, size_t n, int width, int level, uint8_t* out,
+size_t px_encode_delta_words(const void* d, size_t n, int width, int level, uint8_t* out,
                               size_t cap) {
-  uint8_t* sh = pmx_scratch(2, n * (size_t)width);
+  uint8_t* sh = px_scratch(2, n * (size_t)width);
   if (!sh) return 0;
-  pmx_zigzag_shuffle(d, n, width, sh);
-  return pmx_zstd_compress(sh, n * (size_t)width, out, cap, level);
+  px_zigzag_shuffle(d, n, width, sh);
+  return px_zstd_compress(sh, n * (size_t)width, out, cap, level);
 }
 
-size_t pmx_encode_delta(const void* new_, const void* base, size_t n, int width, int level,
+size_t px_encode_delta(const void* new_, const void* base, size_t n, int width, int level,
                         uint8_t* out, size_t cap) {
-  uint8_t* d = pmx_scratch(3, n * (size_t)width);
+  uint8_t* d = px_scratch(3, n * (size_t)width);
   if (!d) return 0;
-  pmx_delta(new_, base, n, width, d);
-  return pmx_encode_delta_words(d, n, width, level, out, cap);
+  px_delta(new_, base, n, width, d);
+  return px_encode_delta_words(d, n, width, level, out, cap);
 }
 
-size_t pmx_encode_shuffle(const void* src, size_t n, int width, int level, uint8_t* out,
+size_t px_encode_shuffle(const void* src, size_t n, int width, int level, uint8_t* out,
                           size_t cap) {
-  uint8_t* sh = pmx_scratch(2, n * (size_t)width);
+  uint8_t* sh = px_scratch(2, n * (size_t)width);
   if (!sh) return 0;
-  pmx_shuffle(src, n, width, sh);
-  return pmx_zstd_compress(sh, n * (size_t)width, out, cap, level);
+  px_shuffle(src, n, width, sh);
+  return px_zstd_compress(sh, n * (size_t)width, out, cap, level);
 }
 
-int pmx_decode_delta_words(const uint8_t* frame, size_t len, size_t n, int width, void* d) {
+int px_decode_delta_words(const uint8_t* frame, size_t len, size_t n, int width, void* d) {
   size_t bytes = n * (size_t)width;
-  uint8_t* sh = pmx_scratch(3, bytes);
+  uint8_t* sh = px_scratch(3, bytes);
   char err[64];
-  if (!sh || pmx_zstd_decompress(frame, len, sh, bytes, err, sizeof err) != 0) return -1;
-  pmx_unshuffle_unzigzag(sh, n, width, d);
+  if (!sh || px_zstd_decompress(frame, len, sh, bytes, err, sizeof err) != 0) return -1;
+  px_unshuffle_unzigzag(sh, n, width, d);
   return 0;
 }

@@ -5,7 +5,7 @@
  * locks). So the header is first written with a placeholder of the same width and patched
  * in place with pwrite at the end; its length cannot change.
  *
- * Reader: every file is untrusted. All checks happen in pmx_st_open, so accessors never
+ * Reader: every file is untrusted. All checks happen in px_st_open, so accessors never
  * fail on a handle they were given. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -35,22 +35,22 @@ static const struct {
   const char* name;
   size_t size;
 } dtypes[] = {
-    {PMX_DT_F32, "F32", 4},      {PMX_DT_BF16, "BF16", 2},   {PMX_DT_F16, "F16", 2},
-    {PMX_ST_F64, "F64", 8},      {PMX_ST_I64, "I64", 8},     {PMX_ST_I32, "I32", 4},
-    {PMX_ST_I16, "I16", 2},      {PMX_ST_I8, "I8", 1},       {PMX_ST_U64, "U64", 8},
-    {PMX_ST_U32, "U32", 4},      {PMX_ST_U16, "U16", 2},     {PMX_ST_U8, "U8", 1},
-    {PMX_ST_BOOL, "BOOL", 1},    {PMX_ST_F8_E5M2, "F8_E5M2", 1},
-    {PMX_ST_F8_E4M3, "F8_E4M3", 1},
+    {PX_DT_F32, "F32", 4},      {PX_DT_BF16, "BF16", 2},   {PX_DT_F16, "F16", 2},
+    {PX_ST_F64, "F64", 8},      {PX_ST_I64, "I64", 8},     {PX_ST_I32, "I32", 4},
+    {PX_ST_I16, "I16", 2},      {PX_ST_I8, "I8", 1},       {PX_ST_U64, "U64", 8},
+    {PX_ST_U32, "U32", 4},      {PX_ST_U16, "U16", 2},     {PX_ST_U8, "U8", 1},
+    {PX_ST_BOOL, "BOOL", 1},    {PX_ST_F8_E5M2, "F8_E5M2", 1},
+    {PX_ST_F8_E4M3, "F8_E4M3", 1},
 };
 #define NDTYPES (sizeof dtypes / sizeof dtypes[0])
 
-size_t pmx_st_dtype_size(int dtype) {
+size_t px_st_dtype_size(int dtype) {
   for (size_t i = 0; i < NDTYPES; i++)
     if (dtypes[i].dtype == dtype) return dtypes[i].size;
   return 0;
 }
 
-const char* pmx_st_dtype_name(int dtype) {
+const char* px_st_dtype_name(int dtype) {
   for (size_t i = 0; i < NDTYPES; i++)
     if (dtypes[i].dtype == dtype) return dtypes[i].name;
   return "?";
@@ -110,7 +110,7 @@ static int shape_bytes(const uint64_t* shape, uint32_t ndim, size_t elem, uint64
 
 #define SINK_BUF (1u << 20)
 
-struct pmx_st_sink {
+struct px_st_sink {
   int fd;
   uint64_t pos;        /* file offset of buf[0] */
   uint8_t* buf;
@@ -141,7 +141,7 @@ static int write_all(int fd, const void* p, size_t len, uint64_t off) {
   return 0;
 }
 
-static int sink_flush(pmx_st_sink* s) {
+static int sink_flush(px_st_sink* s) {
   if (s->used == 0 || s->err) return s->err ? -1 : 0;
   if (write_all(s->fd, s->buf, s->used, s->pos) < 0) {
     s->err = errno;
@@ -152,7 +152,7 @@ static int sink_flush(pmx_st_sink* s) {
   return 0;
 }
 
-int pmx_st_sink_write(pmx_st_sink* s, const void* p, size_t len) {
+int px_st_sink_write(px_st_sink* s, const void* p, size_t len) {
   if (s->err || s->overrun) return -1;
   if (len > s->remaining) {
     s->overrun = true;
@@ -176,12 +176,12 @@ int pmx_st_sink_write(pmx_st_sink* s, const void* p, size_t len) {
   return 0;
 }
 
-/* Checks the arguments of pmx_st_write; returns the data section size or -1. */
-static int check_entries(const pmx_st_entry* e, size_t n, const char* const* meta_kv,
+/* Checks the arguments of px_st_write; returns the data section size or -1. */
+static int check_entries(const px_st_entry* e, size_t n, const char* const* meta_kv,
                          size_t nmeta, uint64_t* total, char* err, size_t errlen) {
   uint64_t t = 0;
   for (size_t i = 0; i < n; i++) {
-    size_t elem = pmx_st_dtype_size(e[i].dtype);
+    size_t elem = px_st_dtype_size(e[i].dtype);
     uint64_t nb;
     if (!e[i].name) {
       seterr(err, errlen, "checkpoint: tensor %zu has no name", i);
@@ -196,7 +196,7 @@ static int check_entries(const pmx_st_entry* e, size_t n, const char* const* met
              e[i].dtype);
       return -1;
     }
-    if (e[i].ndim > PMX_ST_MAX_NDIM || (e[i].ndim > 0 && !e[i].shape)) {
+    if (e[i].ndim > PX_ST_MAX_NDIM || (e[i].ndim > 0 && !e[i].shape)) {
       seterr(err, errlen, "checkpoint: tensor '%s': bad shape (%" PRIu32 " dimensions)",
              q(e[i].name).s, e[i].ndim);
       return -1;
@@ -229,7 +229,7 @@ static int check_entries(const pmx_st_entry* e, size_t n, const char* const* met
 }
 
 /* Builds the header JSON with the given checksum text; NULL with err on failure. */
-static json_t* build_header(const pmx_st_entry* e, size_t n, const char* const* meta_kv,
+static json_t* build_header(const px_st_entry* e, size_t n, const char* const* meta_kv,
                             size_t nmeta, const char* xxh_hex, char* err, size_t errlen) {
   json_t* root = json_object();
   json_t* meta = json_object();
@@ -262,7 +262,7 @@ static json_t* build_header(const pmx_st_entry* e, size_t n, const char* const* 
     }
     json_t* shape = json_array();
     json_t* offs = json_pack("[II]", (json_int_t)off, (json_int_t)(off + e[i].nbytes));
-    json_t* t = json_pack("{s:s, s:o, s:o}", "dtype", pmx_st_dtype_name(e[i].dtype),
+    json_t* t = json_pack("{s:s, s:o, s:o}", "dtype", px_st_dtype_name(e[i].dtype),
                           "shape", shape, "data_offsets", offs);
     if (!t) goto oom; /* json_pack steals shape and offs even on failure */
     for (uint32_t d = 0; d < e[i].ndim; d++) {
@@ -315,8 +315,8 @@ static char* join_path(const char* dir, const char* prefix, const char* name, co
   return p;
 }
 
-int pmx_st_write(const char* dir, const char* name, const pmx_st_entry* e, size_t n,
-                 pmx_st_write_fn fn, void* ctx, const char* const* meta_kv, size_t nmeta,
+int px_st_write(const char* dir, const char* name, const px_st_entry* e, size_t n,
+                 px_st_write_fn fn, void* ctx, const char* const* meta_kv, size_t nmeta,
                  char* err, size_t errlen) {
   uint64_t total;
   if (!dir || !name || !*name || strchr(name, '/') || (n && (!e || !fn)) ||
@@ -330,7 +330,7 @@ int pmx_st_write(const char* dir, const char* name, const pmx_st_entry* e, size_
   char *final = NULL, *tmp = NULL;
   uint8_t *hdr = NULL, *hdr2 = NULL;
   json_t* root = NULL;
-  pmx_st_sink sink = {.fd = -1};
+  px_st_sink sink = {.fd = -1};
   char suffix[32];
   snprintf(suffix, sizeof suffix, ".tmp.%ld", (long)getpid());
   final = join_path(dir, "", name, "");
@@ -350,9 +350,9 @@ int pmx_st_write(const char* dir, const char* name, const pmx_st_entry* e, size_
     seterr(err, errlen, "checkpoint: out of memory building the header");
     goto out;
   }
-  if (hlen - 8 > PMX_ST_MAX_HEADER) {
+  if (hlen - 8 > PX_ST_MAX_HEADER) {
     seterr(err, errlen, "checkpoint: header of %zu bytes exceeds the limit of %u", hlen - 8,
-           PMX_ST_MAX_HEADER);
+           PX_ST_MAX_HEADER);
     goto out;
   }
 
@@ -450,12 +450,12 @@ out_notmp:
 
 /* ==== reading ======================================================================== */
 
-struct pmx_st_file {
+struct px_st_file {
   const uint8_t* base;   /* whole file */
   size_t len;
   bool mapped;
   json_t* root;          /* owns the name and metadata strings */
-  pmx_st_tensor* t;      /* by offset */
+  px_st_tensor* t;      /* by offset */
   size_t n;
   size_t* by_name;       /* indexes into t, sorted by name */
   uint64_t* dims;        /* all shapes */
@@ -464,7 +464,7 @@ struct pmx_st_file {
   size_t nmeta;
 };
 
-void pmx_st_close(pmx_st_file* f) {
+void px_st_close(px_st_file* f) {
   if (!f) return;
   if (f->mapped && f->len) munmap((void*)f->base, f->len);
   json_decref(f->root);
@@ -476,16 +476,16 @@ void pmx_st_close(pmx_st_file* f) {
 }
 
 static int by_offset(const void* a, const void* b) {
-  const pmx_st_tensor* x = a;
-  const pmx_st_tensor* y = b;
+  const px_st_tensor* x = a;
+  const px_st_tensor* y = b;
   if (x->offset != y->offset) return x->offset < y->offset ? -1 : 1;
   if (x->nbytes != y->nbytes) return x->nbytes < y->nbytes ? -1 : 1;
   return strcmp(x->name, y->name); /* names are unique: a total order */
 }
 
 static int ptr_by_name(const void* a, const void* b) {
-  const pmx_st_tensor* x = *(const pmx_st_tensor* const*)a;
-  const pmx_st_tensor* y = *(const pmx_st_tensor* const*)b;
+  const px_st_tensor* x = *(const px_st_tensor* const*)a;
+  const px_st_tensor* y = *(const px_st_tensor* const*)b;
   return strcmp(x->name, y->name);
 }
 
@@ -510,9 +510,9 @@ static int hexval(char c) {
     goto fail;                                                  \
   } while (0)
 
-static pmx_st_file* parse(const uint8_t* buf, size_t len, bool mapped, const char* label,
+static px_st_file* parse(const uint8_t* buf, size_t len, bool mapped, const char* label,
                           char* err, size_t errlen) {
-  pmx_st_file* f = calloc(1, sizeof *f);
+  px_st_file* f = calloc(1, sizeof *f);
   if (!f) {
     if (mapped && len) munmap((void*)buf, len);
     seterr(err, errlen, "checkpoint %s: out of memory", label);
@@ -526,8 +526,8 @@ static pmx_st_file* parse(const uint8_t* buf, size_t len, bool mapped, const cha
   uint64_t hl = 0;
   for (int i = 0; i < 8; i++) hl |= (uint64_t)buf[i] << (8 * i);
   if (hl > len - 8) FAIL("header length %" PRIu64 " exceeds file size %zu", hl, len);
-  if (hl > PMX_ST_MAX_HEADER)
-    FAIL("header length %" PRIu64 " exceeds the limit of %u", hl, PMX_ST_MAX_HEADER);
+  if (hl > PX_ST_MAX_HEADER)
+    FAIL("header length %" PRIu64 " exceeds the limit of %u", hl, PX_ST_MAX_HEADER);
   const uint8_t* data = buf + 8 + hl;
   const uint64_t dlen = len - 8 - hl;
 
@@ -595,8 +595,8 @@ static pmx_st_file* parse(const uint8_t* buf, size_t len, bool mapped, const cha
     if (!dt) FAIL("tensor '%s': unknown dtype '%s'", q(name).s, q(json_string_value(jd)).s);
     if (!json_is_array(js)) FAIL("tensor '%s': shape is not an array", q(name).s);
     size_t nd = json_array_size(js);
-    if (nd > PMX_ST_MAX_NDIM)
-      FAIL("tensor '%s': %zu dimensions exceed the limit of %u", q(name).s, nd, PMX_ST_MAX_NDIM);
+    if (nd > PX_ST_MAX_NDIM)
+      FAIL("tensor '%s': %zu dimensions exceed the limit of %u", q(name).s, nd, PX_ST_MAX_NDIM);
     uint64_t* dims = f->dims + di;
     for (size_t d = 0; d < nd; d++)
       if (u64_at(json_array_get(js, d), &dims[d]) < 0)
@@ -612,12 +612,12 @@ static pmx_st_file* parse(const uint8_t* buf, size_t len, bool mapped, const cha
     if (end > dlen)
       FAIL("tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] exceed the data section (%" PRIu64
            " bytes)", q(name).s, begin, end, dlen);
-    if (shape_bytes(dims, (uint32_t)nd, pmx_st_dtype_size(dt), &want) < 0)
+    if (shape_bytes(dims, (uint32_t)nd, px_st_dtype_size(dt), &want) < 0)
       FAIL("tensor '%s': shape overflows", q(name).s);
     if (want != end - begin)
       FAIL("tensor '%s': shape needs %" PRIu64 " bytes but data_offsets give %" PRIu64, q(name).s,
            want, end - begin);
-    pmx_st_tensor* t = &f->t[f->n++];
+    px_st_tensor* t = &f->t[f->n++];
     t->name = name;
     t->dtype = dt;
     t->ndim = (uint32_t)nd;
@@ -642,7 +642,7 @@ static pmx_st_file* parse(const uint8_t* buf, size_t len, bool mapped, const cha
 
   /* name index: sort pointers, then turn them into indexes (t is final now) */
   if (f->n) {
-    const pmx_st_tensor** p = malloc(f->n * sizeof *p);
+    const px_st_tensor** p = malloc(f->n * sizeof *p);
     if (!p) FAIL("out of memory");
     for (size_t i = 0; i < f->n; i++) p[i] = &f->t[i];
     qsort(p, f->n, sizeof *p, ptr_by_name);
@@ -650,9 +650,9 @@ static pmx_st_file* parse(const uint8_t* buf, size_t len, bool mapped, const cha
     free(p);
   }
 
-  const char* fmt = pmx_st_meta(f, KEY_FORMAT);
+  const char* fmt = px_st_meta(f, KEY_FORMAT);
   if (fmt && strcmp(fmt, "1") != 0) FAIL("unsupported %s '%s'", KEY_FORMAT, q(fmt).s);
-  const char* hex = pmx_st_meta(f, KEY_XXH64);
+  const char* hex = px_st_meta(f, KEY_XXH64);
   if (hex) {
     uint64_t want = 0;
     bool ok = strlen(hex) == 16;
@@ -667,11 +667,11 @@ static pmx_st_file* parse(const uint8_t* buf, size_t len, bool mapped, const cha
   return f;
 
 fail:
-  pmx_st_close(f);
+  px_st_close(f);
   return NULL;
 }
 
-pmx_st_file* pmx_st_open_mem(const void* buf, size_t len, char* err, size_t errlen) {
+px_st_file* px_st_open_mem(const void* buf, size_t len, char* err, size_t errlen) {
   if (!buf && len) {
     seterr(err, errlen, "checkpoint <memory>: NULL buffer");
     return NULL;
@@ -680,7 +680,7 @@ pmx_st_file* pmx_st_open_mem(const void* buf, size_t len, char* err, size_t errl
   return parse(buf ? buf : empty, len, false, "<memory>", err, errlen);
 }
 
-pmx_st_file* pmx_st_open(const char* path, char* err, size_t errlen) {
+px_st_file* px_st_open(const char* path, char* err, size_t errlen) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     seterr(err, errlen, "checkpoint %s: %s", path, strerror(errno));
@@ -719,15 +719,15 @@ pmx_st_file* pmx_st_open(const char* path, char* err, size_t errlen) {
   return parse(len ? base : empty, len, len > 0, path, err, errlen);
 }
 
-size_t pmx_st_count(const pmx_st_file* f) { return f->n; }
+size_t px_st_count(const px_st_file* f) { return f->n; }
 
-int pmx_st_entry_at(const pmx_st_file* f, size_t i, pmx_st_tensor* out) {
+int px_st_entry_at(const px_st_file* f, size_t i, px_st_tensor* out) {
   if (i >= f->n) return -1;
   *out = f->t[i];
   return 0;
 }
 
-int pmx_st_find(const pmx_st_file* f, const char* name, pmx_st_tensor* out) {
+int px_st_find(const px_st_file* f, const char* name, px_st_tensor* out) {
   size_t lo = 0, hi = f->n;
   while (lo < hi) {
     size_t mid = lo + (hi - lo) / 2;
@@ -742,14 +742,14 @@ int pmx_st_find(const pmx_st_file* f, const char* name, pmx_st_tensor* out) {
   return -1;
 }
 
-const char* pmx_st_meta(const pmx_st_file* f, const char* key) {
+const char* px_st_meta(const px_st_file* f, const char* key) {
   /* every value was checked to be a string at open */
   return f->metaobj ? json_string_value(json_object_get(f->metaobj, key)) : NULL;
 }
 
-size_t pmx_st_meta_count(const pmx_st_file* f) { return f->nmeta; }
+size_t px_st_meta_count(const px_st_file* f) { return f->nmeta; }
 
-int pmx_st_meta_at(const pmx_st_file* f, size_t i, const char** key, const char** value) {
+int px_st_meta_at(const px_st_file* f, size_t i, const char** key, const char** value) {
   if (i >= f->nmeta) return -1;
   *key = f->meta[2 * i];
   *value = f->meta[2 * i + 1];

@@ -76,12 +76,12 @@ static ZSTD_DCtx* thread_dctx(void) {
   return z->d;
 }
 
-size_t pmx_zstd_bound(size_t n) {
+size_t px_zstd_bound(size_t n) {
   size_t b = ZSTD_compressBound(n);
   return ZSTD_isError(b) ? 0 : b;
 }
 
-size_t pmx_zstd_compress(const void* src, size_t n, void* dst, size_t cap, int level) {
+size_t px_zstd_compress(const void* src, size_t n, void* dst, size_t cap, int level) {
   if (level < 1 || level > ZSTD_maxCLevel()) return 0;
   ZSTD_CCtx* c = thread_cctx();
   if (!c) return 0;
@@ -106,7 +106,7 @@ __attribute__((format(printf, 3, 4))) static int fail(char* err, size_t errlen,
   return -1;
 }
 
-int pmx_zstd_decompress(const void* src, size_t n, void* dst, size_t expected, char* err,
+int px_zstd_decompress(const void* src, size_t n, void* dst, size_t expected, char* err,
                         size_t errlen) {
   const uint8_t* p = src;
   if (n == 0) return fail(err, errlen, "zstd: empty input");

@@ -8,8 +8,8 @@
 
 #define MAX_REGISTERED 32
 
-struct pmx_cli_call {
-  pmx_rpc_channel* ch;
+struct px_cli_call {
+  px_rpc_channel* ch;
   grpc_call* call;
   grpc_metadata_array init_md, trail_md;
   grpc_status_code status;
@@ -27,18 +27,18 @@ struct pmx_cli_call {
   pthread_mutex_t mu;
   int refs;
   bool status_done, reading, sending, half_closed;
-  const pmx_cli_call_cbs* cbs;
+  const px_cli_call_cbs* cbs;
   void* ctx;
-  pmx_cli_call *prev, *next; /* live list of the channel */
+  px_cli_call *prev, *next; /* live list of the channel */
 };
 
-struct pmx_rpc_channel {
+struct px_rpc_channel {
   grpc_channel* channel;
   grpc_completion_queue* cq;
   pthread_t thread;
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  pmx_cli_call* live; /* calls not yet done */
+  px_cli_call* live; /* calls not yet done */
   size_t nlive;
   struct {
     const char* path;
@@ -47,30 +47,30 @@ struct pmx_rpc_channel {
   size_t nreg;
   grpc_metadata auth_md; /* authorization header, when a token was given */
   bool has_auth;
-  grpc_slice extra_key, extra_value; /* pmx_rpc_channel_set_header (under mu) */
+  grpc_slice extra_key, extra_value; /* px_rpc_channel_set_header (under mu) */
   bool has_extra;
 };
 
 static void* channel_thread(void* arg) {
-  pmx_rpc_channel* ch = arg;
+  px_rpc_channel* ch = arg;
   for (;;) {
     grpc_event ev =
         grpc_completion_queue_next(ch->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
     if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
     if (ev.type != GRPC_OP_COMPLETE || !ev.tag) continue;
     rpc_tag* t = ev.tag;
-    pmx_cli_call* c = t->owner;
+    px_cli_call* c = t->owner;
     bool ok = ev.success != 0;
     switch (t->kind) {
       case TAG_START:
-        pmx_cli_call_unref(c);
+        px_cli_call_unref(c);
         break;
       case TAG_STATUS:
         pthread_mutex_lock(&c->mu);
         c->status_done = true;
         pthread_mutex_unlock(&c->mu);
-        pmx_cli_call_unref(c); /* the status batch */
-        pmx_cli_call_unref(c); /* the call itself */
+        px_cli_call_unref(c); /* the status batch */
+        px_cli_call_unref(c); /* the call itself */
         break;
       case TAG_RECV: {
         grpc_byte_buffer* bb = c->recv_bb;
@@ -78,12 +78,12 @@ static void* channel_thread(void* arg) {
         pthread_mutex_lock(&c->mu);
         c->reading = false;
         pthread_mutex_unlock(&c->mu);
-        pmx_msg* m = NULL;
+        px_msg* m = NULL;
         if (ok) m = rpc_msg_wrap(bb);
         else if (bb) grpc_byte_buffer_destroy(bb);
         if (c->cbs->on_message) c->cbs->on_message(c, c->ctx, m);
-        else pmx_msg_free(m);
-        pmx_cli_call_unref(c);
+        else px_msg_free(m);
+        px_cli_call_unref(c);
         break;
       }
       case TAG_SEND:
@@ -93,7 +93,7 @@ static void* channel_thread(void* arg) {
         c->sending = false;
         pthread_mutex_unlock(&c->mu);
         if (c->cbs->on_sent) c->cbs->on_sent(c, c->ctx, ok);
-        pmx_cli_call_unref(c);
+        px_cli_call_unref(c);
         break;
       default:
         break;
@@ -102,13 +102,13 @@ static void* channel_thread(void* arg) {
   return NULL;
 }
 
-pmx_rpc_channel* pmx_rpc_channel_create(const char* target, char* err, size_t errlen) {
-  return pmx_rpc_channel_create_ex(target, NULL, err, errlen);
+px_rpc_channel* px_rpc_channel_create(const char* target, char* err, size_t errlen) {
+  return px_rpc_channel_create_ex(target, NULL, err, errlen);
 }
 
-pmx_rpc_channel* pmx_rpc_channel_create_ex(const char* target, const pmx_rpc_channel_opts* opts,
+px_rpc_channel* px_rpc_channel_create_ex(const char* target, const px_rpc_channel_opts* opts,
                                            char* err, size_t errlen) {
-  pmx_rpc_channel* ch = calloc(1, sizeof *ch);
+  px_rpc_channel* ch = calloc(1, sizeof *ch);
   if (!ch) {
     snprintf(err, errlen, "out of memory");
     return NULL;
@@ -118,7 +118,7 @@ pmx_rpc_channel* pmx_rpc_channel_create_ex(const char* target, const pmx_rpc_cha
   grpc_arg args[3];
   args[0].type = GRPC_ARG_INTEGER;
   args[0].key = (char*)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-  args[0].value.integer = (int)PMX_RPC_MAX_MESSAGE;
+  args[0].value.integer = (int)PX_RPC_MAX_MESSAGE;
   /* Each client gets its own connection: several clients in one process (tests,
    * benchmarks) must not share one TCP stream. */
   args[1].type = GRPC_ARG_INTEGER;
@@ -180,10 +180,10 @@ pmx_rpc_channel* pmx_rpc_channel_create_ex(const char* target, const pmx_rpc_cha
   return ch;
 }
 
-void pmx_rpc_channel_destroy(pmx_rpc_channel* ch) {
+void px_rpc_channel_destroy(px_rpc_channel* ch) {
   if (!ch) return;
   pthread_mutex_lock(&ch->mu);
-  for (pmx_cli_call* c = ch->live; c; c = c->next) grpc_call_cancel(c->call, NULL);
+  for (px_cli_call* c = ch->live; c; c = c->next) grpc_call_cancel(c->call, NULL);
   while (ch->nlive > 0) pthread_cond_wait(&ch->cv, &ch->mu);
   pthread_mutex_unlock(&ch->mu);
   grpc_channel_destroy(ch->channel);
@@ -200,7 +200,7 @@ void pmx_rpc_channel_destroy(pmx_rpc_channel* ch) {
   free(ch);
 }
 
-void pmx_rpc_channel_set_header(pmx_rpc_channel* ch, const char* key, const char* value) {
+void px_rpc_channel_set_header(px_rpc_channel* ch, const char* key, const char* value) {
   grpc_slice k = grpc_slice_from_copied_string(key);
   grpc_slice v = grpc_slice_from_copied_string(value ? value : "");
   pthread_mutex_lock(&ch->mu);
@@ -218,7 +218,7 @@ void pmx_rpc_channel_set_header(pmx_rpc_channel* ch, const char* key, const char
   }
 }
 
-static void* registered_method(pmx_rpc_channel* ch, const char* path) {
+static void* registered_method(px_rpc_channel* ch, const char* path) {
   void* h = NULL;
   pthread_mutex_lock(&ch->mu);
   for (size_t i = 0; i < ch->nreg; i++)
@@ -234,8 +234,8 @@ static void* registered_method(pmx_rpc_channel* ch, const char* path) {
   return h;
 }
 
-static void call_free(pmx_cli_call* c) {
-  pmx_rpc_channel* ch = c->ch;
+static void call_free(px_cli_call* c) {
+  px_rpc_channel* ch = c->ch;
   pthread_mutex_lock(&ch->mu);
   if (c->prev) c->prev->next = c->next;
   else ch->live = c->next;
@@ -257,13 +257,13 @@ static void call_free(pmx_cli_call* c) {
   free(c);
 }
 
-void pmx_cli_call_ref(pmx_cli_call* c) {
+void px_cli_call_ref(px_cli_call* c) {
   pthread_mutex_lock(&c->mu);
   c->refs++;
   pthread_mutex_unlock(&c->mu);
 }
 
-bool pmx_cli_call_try_ref(pmx_cli_call* c) {
+bool px_cli_call_try_ref(px_cli_call* c) {
   pthread_mutex_lock(&c->mu);
   bool ok = c->refs > 0;
   if (ok) c->refs++;
@@ -271,7 +271,7 @@ bool pmx_cli_call_try_ref(pmx_cli_call* c) {
   return ok;
 }
 
-void pmx_cli_call_unref(pmx_cli_call* c) {
+void px_cli_call_unref(px_cli_call* c) {
   pthread_mutex_lock(&c->mu);
   int left = --c->refs;
   pthread_mutex_unlock(&c->mu);
@@ -284,11 +284,11 @@ void pmx_cli_call_unref(pmx_cli_call* c) {
   call_free(c);
 }
 
-static const pmx_cli_call_cbs no_cbs = {0};
+static const px_cli_call_cbs no_cbs = {0};
 
-pmx_cli_call* pmx_cli_call_start(pmx_rpc_channel* ch, const char* path, int64_t timeout_ms,
-                                 bool wait_for_ready, const pmx_cli_call_cbs* cbs, void* ctx) {
-  pmx_cli_call* c = calloc(1, sizeof *c);
+px_cli_call* px_cli_call_start(px_rpc_channel* ch, const char* path, int64_t timeout_ms,
+                                 bool wait_for_ready, const px_cli_call_cbs* cbs, void* ctx) {
+  px_cli_call* c = calloc(1, sizeof *c);
   if (!c) return NULL;
   c->ch = ch;
   c->cbs = cbs ? cbs : &no_cbs;
@@ -356,7 +356,7 @@ pmx_cli_call* pmx_cli_call_start(pmx_rpc_channel* ch, const char* path, int64_t 
 /* c->mu held: puts the pending initial metadata first in ops; returns the ops used (0/1).
  * The batch that carries it must be started before c->mu is released, so that no other
  * batch of the call overtakes it. */
-static size_t take_initial_md(pmx_cli_call* c, grpc_op* op) {
+static size_t take_initial_md(px_cli_call* c, grpc_op* op) {
   if (!c->md_pending) return 0;
   c->md_pending = false;
   op->op = GRPC_OP_SEND_INITIAL_METADATA;
@@ -366,7 +366,7 @@ static size_t take_initial_md(pmx_cli_call* c, grpc_op* op) {
   return 1;
 }
 
-bool pmx_cli_call_send(pmx_cli_call* c, const pmx_out* out, bool last) {
+bool px_cli_call_send(px_cli_call* c, const px_out* out, bool last) {
   pthread_mutex_lock(&c->mu);
   if (c->status_done || c->sending || c->half_closed) {
     pthread_mutex_unlock(&c->mu);
@@ -395,11 +395,11 @@ bool pmx_cli_call_send(pmx_cli_call* c, const pmx_out* out, bool last) {
   }
   pthread_mutex_unlock(&c->mu);
   if (drop) grpc_byte_buffer_destroy(drop);
-  if (!ok) pmx_cli_call_unref(c);
+  if (!ok) px_cli_call_unref(c);
   return ok;
 }
 
-bool pmx_cli_call_close_send(pmx_cli_call* c) {
+bool px_cli_call_close_send(px_cli_call* c) {
   pthread_mutex_lock(&c->mu);
   if (c->status_done || c->sending || c->half_closed) {
     pthread_mutex_unlock(&c->mu);
@@ -419,11 +419,11 @@ bool pmx_cli_call_close_send(pmx_cli_call* c) {
     if (md) c->md_pending = true;
   }
   pthread_mutex_unlock(&c->mu);
-  if (!ok) pmx_cli_call_unref(c);
+  if (!ok) px_cli_call_unref(c);
   return ok;
 }
 
-bool pmx_cli_call_read(pmx_cli_call* c) {
+bool px_cli_call_read(px_cli_call* c) {
   pthread_mutex_lock(&c->mu);
   if (c->status_done || c->reading) {
     pthread_mutex_unlock(&c->mu);
@@ -446,11 +446,11 @@ bool pmx_cli_call_read(pmx_cli_call* c) {
   bool ok = grpc_call_start_batch(c->call, op, 1, &c->t_recv, NULL) == GRPC_CALL_OK;
   if (!ok) c->reading = false;
   pthread_mutex_unlock(&c->mu);
-  if (!ok) pmx_cli_call_unref(c);
+  if (!ok) px_cli_call_unref(c);
   return ok;
 }
 
-void pmx_cli_call_cancel(pmx_cli_call* c) { grpc_call_cancel(c->call, NULL); }
+void px_cli_call_cancel(px_cli_call* c) { grpc_call_cancel(c->call, NULL); }
 
 /* ---- blocking unary ----------------------------------------------------------------- */
 
@@ -459,19 +459,19 @@ typedef struct unary_wait {
   pthread_cond_t cv;
   bool done;
   int status;
-  pmx_msg* resp;
+  px_msg* resp;
   char* details;
   size_t details_cap;
 } unary_wait;
 
-static void unary_on_message(pmx_cli_call* c, void* ctx, pmx_msg* m) {
+static void unary_on_message(px_cli_call* c, void* ctx, px_msg* m) {
   (void)c;
   unary_wait* w = ctx;
-  if (w->resp) pmx_msg_free(w->resp);
+  if (w->resp) px_msg_free(w->resp);
   w->resp = m;
 }
 
-static void unary_on_done(pmx_cli_call* c, void* ctx, int status, const char* details) {
+static void unary_on_done(px_cli_call* c, void* ctx, int status, const char* details) {
   (void)c;
   unary_wait* w = ctx;
   pthread_mutex_lock(&w->mu);
@@ -482,9 +482,9 @@ static void unary_on_done(pmx_cli_call* c, void* ctx, int status, const char* de
   pthread_mutex_unlock(&w->mu);
 }
 
-static const pmx_cli_call_cbs unary_cbs = {unary_on_message, NULL, unary_on_done};
+static const px_cli_call_cbs unary_cbs = {unary_on_message, NULL, unary_on_done};
 
-int pmx_rpc_unary(pmx_rpc_channel* ch, const char* path, const void* req, size_t req_len,
+int px_rpc_unary(px_rpc_channel* ch, const char* path, const void* req, size_t req_len,
                   int64_t timeout_ms, bool wait_for_ready, uint8_t** resp, size_t* resp_len,
                   char* details, size_t details_cap) {
   unary_wait w;
@@ -494,35 +494,35 @@ int pmx_rpc_unary(pmx_rpc_channel* ch, const char* path, const void* req, size_t
   w.details = details;
   w.details_cap = details_cap;
   if (details && details_cap) details[0] = 0;
-  pmx_cli_call* c = pmx_cli_call_start(ch, path, timeout_ms, wait_for_ready, &unary_cbs, &w);
-  if (!c) return PMX_ST_RESOURCE_EXHAUSTED;
-  pmx_out out = {req, req_len, NULL, 0, NULL, NULL};
-  pmx_cli_call_send(c, &out, true);
-  pmx_cli_call_read(c);
-  pmx_cli_call_unref(c);
+  px_cli_call* c = px_cli_call_start(ch, path, timeout_ms, wait_for_ready, &unary_cbs, &w);
+  if (!c) return PX_ST_RESOURCE_EXHAUSTED;
+  px_out out = {req, req_len, NULL, 0, NULL, NULL};
+  px_cli_call_send(c, &out, true);
+  px_cli_call_read(c);
+  px_cli_call_unref(c);
   pthread_mutex_lock(&w.mu);
   while (!w.done) pthread_cond_wait(&w.cv, &w.mu);
   pthread_mutex_unlock(&w.mu);
   int st = w.status;
-  if (st == PMX_ST_OK) {
+  if (st == PX_ST_OK) {
     if (!w.resp) {
-      st = PMX_ST_INTERNAL;
+      st = PX_ST_INTERNAL;
       if (details && details_cap) snprintf(details, details_cap, "no response message");
     } else if (resp) {
       size_t n;
-      const uint8_t* p = pmx_msg_flat(w.resp, &n);
+      const uint8_t* p = px_msg_flat(w.resp, &n);
       *resp = malloc(n ? n : 1);
       if (!p || !*resp) {
         free(*resp);
         *resp = NULL;
-        st = PMX_ST_RESOURCE_EXHAUSTED;
+        st = PX_ST_RESOURCE_EXHAUSTED;
       } else {
         memcpy(*resp, p, n);
         if (resp_len) *resp_len = n;
       }
     }
   }
-  pmx_msg_free(w.resp);
+  px_msg_free(w.resp);
   pthread_mutex_destroy(&w.mu);
   pthread_cond_destroy(&w.cv);
   return st;

@@ -12,18 +12,18 @@ static const char* const status_names[] = {
     "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
     "UNAUTHENTICATED"};
 
-const char* pmx_status_name(int status) {
+const char* px_status_name(int status) {
   if (status < 0 || status >= (int)(sizeof status_names / sizeof status_names[0]))
     return "UNKNOWN_STATUS";
   return status_names[status];
 }
 
-void pmx_rpc_init(void) { grpc_init(); }
-void pmx_rpc_shutdown(void) { grpc_shutdown(); }
+void px_rpc_init(void) { grpc_init(); }
+void px_rpc_shutdown(void) { grpc_shutdown(); }
 
-pmx_msg* rpc_msg_wrap(grpc_byte_buffer* bb) {
+px_msg* rpc_msg_wrap(grpc_byte_buffer* bb) {
   if (!bb) return NULL;
-  pmx_msg* m = calloc(1, sizeof *m);
+  px_msg* m = calloc(1, sizeof *m);
   if (!m) {
     grpc_byte_buffer_destroy(bb);
     return NULL;
@@ -32,9 +32,9 @@ pmx_msg* rpc_msg_wrap(grpc_byte_buffer* bb) {
   return m;
 }
 
-size_t pmx_msg_len(const pmx_msg* m) { return grpc_byte_buffer_length(m->bb); }
+size_t px_msg_len(const px_msg* m) { return grpc_byte_buffer_length(m->bb); }
 
-const pmx_iov* pmx_msg_segments(pmx_msg* m, size_t* nseg) {
+const px_iov* px_msg_segments(px_msg* m, size_t* nseg) {
   if (!m->rd_init) {
     /* The reader decompresses a compressed message into its own buffer; it lives as
      * long as the message. */
@@ -48,7 +48,7 @@ const pmx_iov* pmx_msg_segments(pmx_msg* m, size_t* nseg) {
     while (grpc_byte_buffer_reader_peek(&m->rd, &s)) {
       if (m->nseg == cap) {
         size_t ncap = cap ? cap * 2 : 16;
-        pmx_iov* n = realloc(m->seg, ncap * sizeof *n);
+        px_iov* n = realloc(m->seg, ncap * sizeof *n);
         if (!n) {
           *nseg = 0;
           return NULL;
@@ -65,9 +65,9 @@ const pmx_iov* pmx_msg_segments(pmx_msg* m, size_t* nseg) {
   return m->seg;
 }
 
-const uint8_t* pmx_msg_flat(pmx_msg* m, size_t* len) {
+const uint8_t* px_msg_flat(px_msg* m, size_t* len) {
   size_t n;
-  const pmx_iov* seg = pmx_msg_segments(m, &n);
+  const px_iov* seg = px_msg_segments(m, &n);
   if (!m->rd_init) return NULL;
   if (n == 0) {
     *len = 0;
@@ -92,7 +92,7 @@ const uint8_t* pmx_msg_flat(pmx_msg* m, size_t* len) {
   return m->flat;
 }
 
-void pmx_msg_free(pmx_msg* m) {
+void px_msg_free(px_msg* m) {
   if (!m) return;
   if (m->rd_init) grpc_byte_buffer_reader_destroy(&m->rd);
   grpc_byte_buffer_destroy(m->bb);
@@ -102,7 +102,7 @@ void pmx_msg_free(pmx_msg* m) {
 }
 
 typedef struct release_box {
-  pmx_release_fn fn;
+  px_release_fn fn;
   void* ctx;
 } release_box;
 
@@ -112,11 +112,11 @@ static void release_trampoline(void* p) {
   free(b);
 }
 
-void rpc_out_release(const pmx_out* out) {
+void rpc_out_release(const px_out* out) {
   if (out && out->release) out->release(out->release_ctx);
 }
 
-grpc_byte_buffer* rpc_out_buffer(const pmx_out* out) {
+grpc_byte_buffer* rpc_out_buffer(const px_out* out) {
   grpc_slice s[2];
   size_t n = 0;
   if (out->head_len) s[n++] = grpc_slice_from_copied_buffer(out->head, out->head_len);
@@ -149,7 +149,7 @@ gpr_timespec rpc_deadline_ms(int64_t ms) {
   return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(ms, GPR_TIMESPAN));
 }
 
-void rpc_abs_monotonic(struct timespec* ts, int64_t ms) { pmx_deadline_ts(ts, CLOCK_MONOTONIC, ms); }
+void rpc_abs_monotonic(struct timespec* ts, int64_t ms) { px_deadline_ts(ts, CLOCK_MONOTONIC, ms); }
 
 void rpc_cond_init_monotonic(pthread_cond_t* cv) {
   pthread_condattr_t a;

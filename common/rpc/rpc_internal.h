@@ -1,6 +1,6 @@
 /* Private to common/rpc/: shared pieces of the server and client adapters. */
-#ifndef PMX_RPC_INTERNAL_H
-#define PMX_RPC_INTERNAL_H
+#ifndef PX_RPC_INTERNAL_H
+#define PX_RPC_INTERNAL_H
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -22,22 +22,22 @@ typedef struct rpc_tag {
   void* owner;
 } rpc_tag;
 
-struct pmx_msg {
+struct px_msg {
   grpc_byte_buffer* bb;
   grpc_byte_buffer_reader rd;
   bool rd_init;
-  pmx_iov* seg;
+  px_iov* seg;
   size_t nseg;
   uint8_t* flat;
 };
 
 /* Takes ownership of bb (NULL gives NULL). */
-pmx_msg* rpc_msg_wrap(grpc_byte_buffer* bb);
+px_msg* rpc_msg_wrap(grpc_byte_buffer* bb);
 /* A byte buffer holding out's head (copied) and body (zero-copy, release on last unref).
  * Runs release at once and returns NULL when out of memory. */
-grpc_byte_buffer* rpc_out_buffer(const pmx_out* out);
+grpc_byte_buffer* rpc_out_buffer(const px_out* out);
 /* Runs out's release callback (when it has one). */
-void rpc_out_release(const pmx_out* out);
+void rpc_out_release(const px_out* out);
 gpr_timespec rpc_deadline_ms(int64_t ms);
 /* Deadline ms from now on CLOCK_MONOTONIC, for pthread_cond_timedwait on a monotonic cond. */
 void rpc_abs_monotonic(struct timespec* ts, int64_t ms);

@@ -10,8 +10,8 @@
 
 #define REQUESTS_PER_METHOD 8
 
-struct pmx_srv_call {
-  pmx_rpc_server* srv;
+struct px_srv_call {
+  px_rpc_server* srv;
   int method; /* index, or -1 for an unknown method */
   grpc_call* call;
   gpr_timespec deadline;
@@ -32,16 +32,16 @@ struct pmx_srv_call {
   /* Initial metadata not sent yet: it goes out with the first message or the status (one
    * write and one completion fewer per call). Under mu. */
   bool md_pending;
-  const pmx_srv_call_cbs* cbs;
+  const px_srv_call_cbs* cbs;
   void* ctx;
 };
 
-struct pmx_rpc_server {
+struct px_rpc_server {
   grpc_server* server;
   grpc_completion_queue* cq;
   pthread_t* threads;
   unsigned nthreads;
-  const pmx_rpc_method* methods;
+  const px_rpc_method* methods;
   size_t nmethods;
   void** registered;
   void* svc;
@@ -58,7 +58,7 @@ struct pmx_rpc_server {
 
 /* Constant-time comparison of the authorization header with the expected value: the time
  * depends only on the expected length. */
-static bool auth_ok(pmx_srv_call* c) {
+static bool auth_ok(px_srv_call* c) {
   const char* want = c->srv->want_auth;
   if (!want) return true;
   const grpc_slice* got = NULL;
@@ -72,12 +72,12 @@ static bool auth_ok(pmx_srv_call* c) {
   return diff == 0;
 }
 
-static const pmx_srv_call_cbs no_cbs = {0};
+static const px_srv_call_cbs no_cbs = {0};
 
-static void request_new(pmx_rpc_server* srv, int method);
+static void request_new(px_rpc_server* srv, int method);
 
-static void call_free(pmx_srv_call* c) {
-  pmx_rpc_server* srv = c->srv;
+static void call_free(px_srv_call* c) {
+  px_rpc_server* srv = c->srv;
   bool live = c->live;
   if (c->payload) grpc_byte_buffer_destroy(c->payload);
   if (c->recv_bb) grpc_byte_buffer_destroy(c->recv_bb);
@@ -97,13 +97,13 @@ static void call_free(pmx_srv_call* c) {
   }
 }
 
-void pmx_srv_call_ref(pmx_srv_call* c) {
+void px_srv_call_ref(px_srv_call* c) {
   pthread_mutex_lock(&c->mu);
   c->refs++;
   pthread_mutex_unlock(&c->mu);
 }
 
-void pmx_srv_call_unref(pmx_srv_call* c) {
+void px_srv_call_unref(px_srv_call* c) {
   pthread_mutex_lock(&c->mu);
   int left = --c->refs;
   pthread_mutex_unlock(&c->mu);
@@ -112,16 +112,16 @@ void pmx_srv_call_unref(pmx_srv_call* c) {
   call_free(c);
 }
 
-bool pmx_srv_call_has_ctx(pmx_srv_call* c) { return c->ctx != NULL; }
+bool px_srv_call_has_ctx(px_srv_call* c) { return c->ctx != NULL; }
 
-void pmx_srv_call_set(pmx_srv_call* c, const pmx_srv_call_cbs* cbs, void* ctx) {
+void px_srv_call_set(px_srv_call* c, const px_srv_call_cbs* cbs, void* ctx) {
   c->cbs = cbs ? cbs : &no_cbs;
   c->ctx = ctx;
 }
 
 /* Starts a batch; false (logged) when gRPC refuses it: the caller drops the reference it
  * took for the batch. */
-static bool start_batch(pmx_srv_call* c, grpc_op* ops, size_t n, rpc_tag* tag) {
+static bool start_batch(px_srv_call* c, grpc_op* ops, size_t n, rpc_tag* tag) {
   grpc_call_error e = grpc_call_start_batch(c->call, ops, n, tag, NULL);
   if (e != GRPC_CALL_OK) {
     fprintf(stderr, "paramex rpc: start_batch failed: %s\n", grpc_call_error_to_string(e));
@@ -133,14 +133,14 @@ static bool start_batch(pmx_srv_call* c, grpc_op* ops, size_t n, rpc_tag* tag) {
 /* c->mu held: puts the pending initial metadata first in ops; returns the ops used (0/1).
  * The batch carrying it is started before c->mu is released so that no other send can
  * overtake it. */
-static size_t take_initial_md(pmx_srv_call* c, grpc_op* op) {
+static size_t take_initial_md(px_srv_call* c, grpc_op* op) {
   if (!c->md_pending) return 0;
   c->md_pending = false;
   op->op = GRPC_OP_SEND_INITIAL_METADATA;
   return 1;
 }
 
-bool pmx_srv_call_read(pmx_srv_call* c) {
+bool px_srv_call_read(px_srv_call* c) {
   pthread_mutex_lock(&c->mu);
   if (c->finished || c->closed || c->reading) {
     pthread_mutex_unlock(&c->mu);
@@ -157,13 +157,13 @@ bool pmx_srv_call_read(pmx_srv_call* c) {
     pthread_mutex_lock(&c->mu);
     c->reading = false;
     pthread_mutex_unlock(&c->mu);
-    pmx_srv_call_unref(c);
+    px_srv_call_unref(c);
     return false;
   }
   return true;
 }
 
-bool pmx_srv_call_send(pmx_srv_call* c, const pmx_out* out) {
+bool px_srv_call_send(px_srv_call* c, const px_out* out) {
   pthread_mutex_lock(&c->mu);
   if (c->finished || c->closed || c->sending) {
     pthread_mutex_unlock(&c->mu);
@@ -190,11 +190,11 @@ bool pmx_srv_call_send(pmx_srv_call* c, const pmx_out* out) {
   }
   pthread_mutex_unlock(&c->mu);
   if (drop) grpc_byte_buffer_destroy(drop);
-  if (!ok) pmx_srv_call_unref(c);
+  if (!ok) px_srv_call_unref(c);
   return ok;
 }
 
-void pmx_srv_call_finish(pmx_srv_call* c, const pmx_out* out, int status, const char* details) {
+void px_srv_call_finish(px_srv_call* c, const px_out* out, int status, const char* details) {
   pthread_mutex_lock(&c->mu);
   if (c->finished || c->closed) {
     pthread_mutex_unlock(&c->mu);
@@ -218,7 +218,7 @@ void pmx_srv_call_finish(pmx_srv_call* c, const pmx_out* out, int status, const 
     /* A last message while a send is pending cannot be queued: report the misuse rather
      * than end the call OK without it. */
     rpc_out_release(out);
-    status = PMX_ST_INTERNAL;
+    status = PX_ST_INTERNAL;
     details = "server error: final message while a send was pending";
   }
   c->status_details = grpc_slice_from_copied_string(details ? details : "");
@@ -230,10 +230,10 @@ void pmx_srv_call_finish(pmx_srv_call* c, const pmx_out* out, int status, const 
   n++;
   bool ok = start_batch(c, ops, n, &c->t_status);
   pthread_mutex_unlock(&c->mu);
-  if (!ok) pmx_srv_call_unref(c);
+  if (!ok) px_srv_call_unref(c);
 }
 
-const char* pmx_srv_call_header(pmx_srv_call* c, const char* key, char* buf, size_t cap) {
+const char* px_srv_call_header(px_srv_call* c, const char* key, char* buf, size_t cap) {
   for (size_t i = 0; i < c->md.count; i++) {
     if (grpc_slice_str_cmp(c->md.metadata[i].key, key) == 0) {
       size_t n = GRPC_SLICE_LENGTH(c->md.metadata[i].value);
@@ -247,7 +247,7 @@ const char* pmx_srv_call_header(pmx_srv_call* c, const char* key, char* buf, siz
   return NULL;
 }
 
-const char* pmx_srv_call_peer(pmx_srv_call* c, char* buf, size_t cap) {
+const char* px_srv_call_peer(px_srv_call* c, char* buf, size_t cap) {
   char* p = grpc_call_get_peer(c->call);
   snprintf(buf, cap, "%s", p ? p : "?");
   gpr_free(p);
@@ -256,8 +256,8 @@ const char* pmx_srv_call_peer(pmx_srv_call* c, char* buf, size_t cap) {
 
 /* ---- events ------------------------------------------------------------------------ */
 
-static void on_request(pmx_srv_call* c, bool ok) {
-  pmx_rpc_server* srv = c->srv;
+static void on_request(px_srv_call* c, bool ok) {
+  px_rpc_server* srv = c->srv;
   if (!ok) { /* server shutting down: the request slot is cancelled */
     call_free(c);
     return;
@@ -272,7 +272,7 @@ static void on_request(pmx_srv_call* c, bool ok) {
 
   /* RECV_CLOSE_ON_SERVER tells us when the call is over, cancelled or not. The initial
    * metadata goes with the first message or the status (a status must never be sent
-   * without it: pmx_srv_call_finish adds it). */
+   * without it: px_srv_call_finish adds it). */
   c->refs = 2; /* the call itself (dropped when closed) + the close batch */
   c->md_pending = true;
   grpc_op ops[1];
@@ -282,46 +282,46 @@ static void on_request(pmx_srv_call* c, bool ok) {
   if (!start_batch(c, ops, 1, &c->t_close)) {
     c->closed = true;
     c->refs = 1;
-    pmx_srv_call_unref(c);
+    px_srv_call_unref(c);
     return;
   }
   if (c->method < 0) {
-    pmx_srv_call_finish(c, NULL, PMX_ST_UNIMPLEMENTED, "unknown method");
+    px_srv_call_finish(c, NULL, PX_ST_UNIMPLEMENTED, "unknown method");
     return;
   }
-  const pmx_rpc_method* m = &srv->methods[c->method];
+  const px_rpc_method* m = &srv->methods[c->method];
   bool exempt = srv->token_exempt_prefix &&
                 strncmp(m->path, srv->token_exempt_prefix, strlen(srv->token_exempt_prefix)) == 0;
   if (srv->want_auth && !exempt && !auth_ok(c)) {
-    pmx_srv_call_finish(c, NULL, PMX_ST_UNAUTHENTICATED, "missing or invalid bearer token");
+    px_srv_call_finish(c, NULL, PX_ST_UNAUTHENTICATED, "missing or invalid bearer token");
     return;
   }
   if (too_many && !exempt) {
     char msg[96];
     snprintf(msg, sizeof msg, "too many concurrent calls (--max-calls %zu)", srv->max_calls);
-    pmx_srv_call_finish(c, NULL, PMX_ST_RESOURCE_EXHAUSTED, msg);
+    px_srv_call_finish(c, NULL, PX_ST_RESOURCE_EXHAUSTED, msg);
     return;
   }
-  pmx_msg* req = NULL;
-  if (m->kind != PMX_RPC_CLIENT_STREAMING) {
+  px_msg* req = NULL;
+  if (m->kind != PX_RPC_CLIENT_STREAMING) {
     req = rpc_msg_wrap(c->payload);
     c->payload = NULL;
   }
-  pmx_srv_call_ref(c); /* keep the call alive through on_call */
+  px_srv_call_ref(c); /* keep the call alive through on_call */
   m->on_call(srv->svc, c, req);
-  pmx_srv_call_unref(c);
+  px_srv_call_unref(c);
 }
 
 static void dispatch(rpc_tag* t, bool ok) {
   if (t->kind == TAG_SHUTDOWN) {
-    pmx_rpc_server* srv = t->owner;
+    px_rpc_server* srv = t->owner;
     pthread_mutex_lock(&srv->mu);
     srv->shutdown_seen = true;
     pthread_cond_broadcast(&srv->cv);
     pthread_mutex_unlock(&srv->mu);
     return;
   }
-  pmx_srv_call* c = t->owner;
+  px_srv_call* c = t->owner;
   switch (t->kind) {
     case TAG_REQUEST:
       on_request(c, ok);
@@ -332,8 +332,8 @@ static void dispatch(rpc_tag* t, bool ok) {
       bool cancelled = c->cancelled != 0 || !c->finished;
       pthread_mutex_unlock(&c->mu);
       if (c->cbs->on_closed) c->cbs->on_closed(c, c->ctx, cancelled);
-      pmx_srv_call_unref(c); /* the close batch */
-      pmx_srv_call_unref(c); /* the call itself */
+      px_srv_call_unref(c); /* the close batch */
+      px_srv_call_unref(c); /* the call itself */
       return;
     }
     case TAG_RECV: {
@@ -343,11 +343,11 @@ static void dispatch(rpc_tag* t, bool ok) {
       pthread_mutex_lock(&c->mu);
       c->reading = false;
       pthread_mutex_unlock(&c->mu);
-      pmx_msg* m = good ? rpc_msg_wrap(bb) : NULL;
+      px_msg* m = good ? rpc_msg_wrap(bb) : NULL;
       if (!good && bb) grpc_byte_buffer_destroy(bb);
       if (c->cbs->on_message) c->cbs->on_message(c, c->ctx, m, good);
-      else pmx_msg_free(m);
-      pmx_srv_call_unref(c);
+      else px_msg_free(m);
+      px_srv_call_unref(c);
       return;
     }
     case TAG_SEND:
@@ -357,14 +357,14 @@ static void dispatch(rpc_tag* t, bool ok) {
       c->sending = false;
       pthread_mutex_unlock(&c->mu);
       if (c->cbs->on_sent) c->cbs->on_sent(c, c->ctx, ok);
-      pmx_srv_call_unref(c);
+      px_srv_call_unref(c);
       return;
     case TAG_STATUS:
       if (c->final_bb) {
         grpc_byte_buffer_destroy(c->final_bb);
         c->final_bb = NULL;
       }
-      pmx_srv_call_unref(c);
+      px_srv_call_unref(c);
       return;
     default:
       return;
@@ -372,7 +372,7 @@ static void dispatch(rpc_tag* t, bool ok) {
 }
 
 static void* cq_thread(void* arg) {
-  pmx_rpc_server* srv = arg;
+  px_rpc_server* srv = arg;
   for (;;) {
     grpc_event ev =
         grpc_completion_queue_next(srv->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
@@ -383,8 +383,8 @@ static void* cq_thread(void* arg) {
   return NULL;
 }
 
-static void request_new(pmx_rpc_server* srv, int method) {
-  pmx_srv_call* c = calloc(1, sizeof *c);
+static void request_new(px_rpc_server* srv, int method) {
+  px_srv_call* c = calloc(1, sizeof *c);
   if (!c) {
     fprintf(stderr, "paramex rpc: out of memory for a call slot\n");
     return;
@@ -407,7 +407,7 @@ static void request_new(pmx_rpc_server* srv, int method) {
                                  &c->t_request);
   } else {
     grpc_byte_buffer** pl =
-        srv->methods[method].kind == PMX_RPC_CLIENT_STREAMING ? NULL : &c->payload;
+        srv->methods[method].kind == PX_RPC_CLIENT_STREAMING ? NULL : &c->payload;
     e = grpc_server_request_registered_call(srv->server, srv->registered[method], &c->call,
                                             &c->deadline, &c->md, pl, srv->cq, srv->cq,
                                             &c->t_request);
@@ -418,10 +418,10 @@ static void request_new(pmx_rpc_server* srv, int method) {
   }
 }
 
-pmx_rpc_server* pmx_rpc_server_start(const pmx_rpc_server_opts* opts, const pmx_rpc_method* methods,
+px_rpc_server* px_rpc_server_start(const px_rpc_server_opts* opts, const px_rpc_method* methods,
                                      size_t nmethods, void* svc, int* port, char* err,
                                      size_t errlen) {
-  pmx_rpc_server* srv = calloc(1, sizeof *srv);
+  px_rpc_server* srv = calloc(1, sizeof *srv);
   if (!srv) {
     snprintf(err, errlen, "out of memory");
     return NULL;
@@ -438,7 +438,7 @@ pmx_rpc_server* pmx_rpc_server_start(const pmx_rpc_server_opts* opts, const pmx_
   grpc_arg args[1];
   args[0].type = GRPC_ARG_INTEGER;
   args[0].key = (char*)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-  args[0].value.integer = (int)PMX_RPC_MAX_MESSAGE;
+  args[0].value.integer = (int)PX_RPC_MAX_MESSAGE;
   grpc_channel_args ca = {1, args};
   srv->server = grpc_server_create(&ca, NULL);
   srv->cq = grpc_completion_queue_create_for_next(NULL);
@@ -446,7 +446,7 @@ pmx_rpc_server* pmx_rpc_server_start(const pmx_rpc_server_opts* opts, const pmx_
   for (size_t i = 0; i < nmethods; i++) {
     srv->registered[i] = grpc_server_register_method(
         srv->server, methods[i].path, NULL,
-        methods[i].kind == PMX_RPC_CLIENT_STREAMING ? GRPC_SRM_PAYLOAD_NONE
+        methods[i].kind == PX_RPC_CLIENT_STREAMING ? GRPC_SRM_PAYLOAD_NONE
                                                      : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
         0);
   }
@@ -498,14 +498,14 @@ pmx_rpc_server* pmx_rpc_server_start(const pmx_rpc_server_opts* opts, const pmx_
   return srv;
 }
 
-size_t pmx_rpc_server_live_calls(pmx_rpc_server* srv) {
+size_t px_rpc_server_live_calls(px_rpc_server* srv) {
   pthread_mutex_lock(&srv->mu);
   size_t n = srv->live_calls;
   pthread_mutex_unlock(&srv->mu);
   return n;
 }
 
-void pmx_rpc_server_shutdown(pmx_rpc_server* srv, int64_t drain_ms) {
+void px_rpc_server_shutdown(px_rpc_server* srv, int64_t drain_ms) {
   pthread_mutex_lock(&srv->mu);
   srv->shutting_down = true;
   pthread_mutex_unlock(&srv->mu);
@@ -530,7 +530,7 @@ void pmx_rpc_server_shutdown(pmx_rpc_server* srv, int64_t drain_ms) {
   for (unsigned i = 0; i < srv->nthreads; i++) pthread_join(srv->threads[i], NULL);
 }
 
-void pmx_rpc_server_destroy(pmx_rpc_server* srv) {
+void px_rpc_server_destroy(px_rpc_server* srv) {
   if (!srv) return;
   grpc_server_destroy(srv->server);
   grpc_completion_queue_destroy(srv->cq);

@@ -7,7 +7,7 @@
 
 #include "util/util.h"
 
-char* pmx_read_file(const char* path, size_t max, size_t* len, char* err, size_t errlen) {
+char* px_read_file(const char* path, size_t max, size_t* len, char* err, size_t errlen) {
   FILE* f = fopen(path, "rb");
   if (!f) {
     snprintf(err, errlen, "%s: %s", path, strerror(errno));
@@ -44,9 +44,9 @@ char* pmx_read_file(const char* path, size_t max, size_t* len, char* err, size_t
   return buf;
 }
 
-char* pmx_read_token(const char* path, char* err, size_t errlen) {
+char* px_read_token(const char* path, char* err, size_t errlen) {
   size_t n;
-  char* t = pmx_read_file(path, 4096, &n, err, errlen);
+  char* t = px_read_file(path, 4096, &n, err, errlen);
   if (!t) return NULL;
   while (n > 0 && (t[n - 1] == '\n' || t[n - 1] == '\r' || t[n - 1] == ' ' || t[n - 1] == '\t'))
     t[--n] = 0;
@@ -55,13 +55,13 @@ char* pmx_read_token(const char* path, char* err, size_t errlen) {
     if ((unsigned char)t[i] < 0x21 || (unsigned char)t[i] == 0x7f) bad = true;
   if (bad) {
     snprintf(err, errlen, "%s: the token is empty or contains spaces or control characters", path);
-    pmx_free_secret(t);
+    px_free_secret(t);
     return NULL;
   }
   return t;
 }
 
-void pmx_free_secret(char* s) {
+void px_free_secret(char* s) {
   if (!s) return;
   volatile char* v = s;
   for (size_t i = 0; v[i]; i++) v[i] = 0;

@@ -55,7 +55,7 @@ static int parse_size_rc(const char* s, uint64_t* out) {
   return 0;
 }
 
-int pmx_parse_size(const char* s, uint64_t* out) {
+int px_parse_size(const char* s, uint64_t* out) {
   uint64_t v;
   if (!s || parse_size_rc(s, &v) != 0) return -1;
   *out = v;
@@ -72,7 +72,7 @@ static int parse_bool(const char* s, bool* out) {
   return -1;
 }
 
-static bool has_range(const pmx_flag* f) { return !(f->min == 0 && f->max == 0); }
+static bool has_range(const px_flag* f) { return !(f->min == 0 && f->max == 0); }
 
 /* Integers print as integers, the rest with enough digits to be recognisable. */
 static void fmt_num(char* buf, size_t cap, double v) {
@@ -82,7 +82,7 @@ static void fmt_num(char* buf, size_t cap, double v) {
     snprintf(buf, cap, "%.15g", v);
 }
 
-static int range_error(const pmx_flag* f, const char* who, double v, char* err, size_t errlen) {
+static int range_error(const px_flag* f, const char* who, double v, char* err, size_t errlen) {
   char a[32], b[32], c[32];
   fmt_num(a, sizeof a, v);
   fmt_num(b, sizeof b, f->min);
@@ -93,18 +93,18 @@ static int range_error(const pmx_flag* f, const char* who, double v, char* err, 
 
 /* Parses text for flag f and stores it in *f->dst. who names the source in errors
  * ("--workers" or "PMX_WORKERS"). *dst is written only on success. */
-static int set_value(const pmx_flag* f, const char* who, const char* s, char* err, size_t errlen) {
+static int set_value(const px_flag* f, const char* who, const char* s, char* err, size_t errlen) {
   switch (f->type) {
-    case PMX_FLAG_STR:
+    case PX_FLAG_STR:
       *(const char**)f->dst = s;
       return 0;
-    case PMX_FLAG_U32:
-    case PMX_FLAG_U64:
-    case PMX_FLAG_SIZE: {
+    case PX_FLAG_U32:
+    case PX_FLAG_U64:
+    case PX_FLAG_SIZE: {
       uint64_t v;
       const char* end;
       int rc;
-      if (f->type == PMX_FLAG_SIZE) {
+      if (f->type == PX_FLAG_SIZE) {
         rc = parse_size_rc(s, &v);
       } else {
         rc = parse_digits(s, &v, &end);
@@ -112,22 +112,22 @@ static int set_value(const pmx_flag* f, const char* who, const char* s, char* er
       }
       if (rc == -1) {
         snprintf(err, errlen, "%s: '%s' is not %s", who, s,
-                 f->type == PMX_FLAG_SIZE ? "a size (N, NK, NM or NG)" : "an unsigned integer");
+                 f->type == PX_FLAG_SIZE ? "a size (N, NK, NM or NG)" : "an unsigned integer");
         return -1;
       }
-      if (rc == -2 || (f->type == PMX_FLAG_U32 && v > UINT32_MAX)) {
+      if (rc == -2 || (f->type == PX_FLAG_U32 && v > UINT32_MAX)) {
         snprintf(err, errlen, "%s: '%s' is too large", who, s);
         return -1;
       }
       if (has_range(f) && ((double)v < f->min || (double)v > f->max))
         return range_error(f, who, (double)v, err, errlen);
-      if (f->type == PMX_FLAG_U32)
+      if (f->type == PX_FLAG_U32)
         *(uint32_t*)f->dst = (uint32_t)v;
       else
         *(uint64_t*)f->dst = v;
       return 0;
     }
-    case PMX_FLAG_F64: {
+    case PX_FLAG_F64: {
       char* end = NULL;
       double v = 0;
       if (*s && !isspace((unsigned char)*s)) v = strtod(s, &end);
@@ -143,7 +143,7 @@ static int set_value(const pmx_flag* f, const char* who, const char* s, char* er
       *(double*)f->dst = v;
       return 0;
     }
-    case PMX_FLAG_BOOL: {
+    case PX_FLAG_BOOL: {
       bool b;
       if (parse_bool(s, &b) != 0) {
         snprintf(err, errlen, "%s: '%s' is not a boolean (true/false, yes/no, on/off, 1/0)",
@@ -168,15 +168,15 @@ static void env_name(const char* flag, char* buf, size_t cap) {
 }
 
 /* The flag named exactly [name, name+len), or NULL. */
-static const pmx_flag* find_flag(const pmx_flag* flags, size_t nflags, const char* name,
+static const px_flag* find_flag(const px_flag* flags, size_t nflags, const char* name,
                                  size_t len) {
   for (size_t i = 0; i < nflags; i++)
     if (strlen(flags[i].name) == len && memcmp(flags[i].name, name, len) == 0) return &flags[i];
   return NULL;
 }
 
-int pmx_flags_parse(const pmx_flag* flags, size_t nflags, int argc, char** argv,
-                    pmx_flags_result* res, char* err, size_t errlen) {
+int px_flags_parse(const px_flag* flags, size_t nflags, int argc, char** argv,
+                    px_flags_result* res, char* err, size_t errlen) {
   bool seen[MAX_FLAGS] = {false};
   char dummy[1];
   if (!err || errlen == 0) {
@@ -219,11 +219,11 @@ int pmx_flags_parse(const pmx_flag* flags, size_t nflags, int argc, char** argv,
     const char* name = a + 2;
     const char* eq = strchr(name, '=');
     size_t len = eq ? (size_t)(eq - name) : strlen(name);
-    const pmx_flag* f = find_flag(flags, nflags, name, len);
+    const px_flag* f = find_flag(flags, nflags, name, len);
     bool negated = false;
     if (!f && len > 3 && strncmp(name, "no-", 3) == 0) {
       f = find_flag(flags, nflags, name + 3, len - 3);
-      if (f && f->type != PMX_FLAG_BOOL) f = NULL;
+      if (f && f->type != PX_FLAG_BOOL) f = NULL;
       negated = f != NULL;
     }
     if (!f) {
@@ -233,7 +233,7 @@ int pmx_flags_parse(const pmx_flag* flags, size_t nflags, int argc, char** argv,
     char who[ENV_NAME_MAX];
     snprintf(who, sizeof who, "--%.*s", (int)len, name);
 
-    if (f->type == PMX_FLAG_BOOL) {
+    if (f->type == PX_FLAG_BOOL) {
       if (eq) {
         snprintf(err, errlen, "%s: takes no value", who);
         return 2;
@@ -276,31 +276,31 @@ static void fmt_size(char* buf, size_t cap, uint64_t v) {
   snprintf(buf, cap, "%" PRIu64, v);
 }
 
-static void fmt_default(const pmx_flag* f, char* buf, size_t cap) {
+static void fmt_default(const px_flag* f, char* buf, size_t cap) {
   switch (f->type) {
-    case PMX_FLAG_STR: {
+    case PX_FLAG_STR: {
       const char* s = *(const char* const*)f->dst;
       snprintf(buf, cap, "%s%s%s", s ? "\"" : "", s ? s : "none", s ? "\"" : "");
       return;
     }
-    case PMX_FLAG_U32: snprintf(buf, cap, "%" PRIu32, *(const uint32_t*)f->dst); return;
-    case PMX_FLAG_U64: snprintf(buf, cap, "%" PRIu64, *(const uint64_t*)f->dst); return;
-    case PMX_FLAG_SIZE: fmt_size(buf, cap, *(const uint64_t*)f->dst); return;
-    case PMX_FLAG_F64: snprintf(buf, cap, "%g", *(const double*)f->dst); return;
-    case PMX_FLAG_BOOL: snprintf(buf, cap, "%s", *(const bool*)f->dst ? "true" : "false"); return;
+    case PX_FLAG_U32: snprintf(buf, cap, "%" PRIu32, *(const uint32_t*)f->dst); return;
+    case PX_FLAG_U64: snprintf(buf, cap, "%" PRIu64, *(const uint64_t*)f->dst); return;
+    case PX_FLAG_SIZE: fmt_size(buf, cap, *(const uint64_t*)f->dst); return;
+    case PX_FLAG_F64: snprintf(buf, cap, "%g", *(const double*)f->dst); return;
+    case PX_FLAG_BOOL: snprintf(buf, cap, "%s", *(const bool*)f->dst ? "true" : "false"); return;
   }
   snprintf(buf, cap, "?");
 }
 
-void pmx_flags_usage(FILE* out, const char* prog, const char* synopsis, const pmx_flag* flags,
+void px_flags_usage(FILE* out, const char* prog, const char* synopsis, const px_flag* flags,
                      size_t nflags) {
   fprintf(out, "usage: %s%s%s\n", prog, synopsis && *synopsis ? " " : "",
           synopsis ? synopsis : "");
   if (nflags) fprintf(out, "\nflags:\n");
   for (size_t i = 0; i < nflags; i++) {
-    const pmx_flag* f = &flags[i];
+    const px_flag* f = &flags[i];
     char left[160], ename[ENV_NAME_MAX], def[160];
-    if (f->type == PMX_FLAG_BOOL)
+    if (f->type == PX_FLAG_BOOL)
       snprintf(left, sizeof left, "--[no-]%s", f->name);
     else
       snprintf(left, sizeof left, "--%s %s", f->name, f->metavar ? f->metavar : "VALUE");

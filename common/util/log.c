@@ -7,35 +7,35 @@
 
 #include "util/util.h"
 
-uint64_t pmx_now_ns(void) {
+uint64_t px_now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-uint64_t pmx_now_ms(void) { return pmx_now_ns() / 1000000u; }
+uint64_t px_now_ms(void) { return px_now_ns() / 1000000u; }
 
-int pmx_log_threshold = PMX_LOG_INFO;
+int px_log_threshold = PX_LOG_INFO;
 
-/* Written once by pmx_log_init before threads start, read by every log call. */
+/* Written once by px_log_init before threads start, read by every log call. */
 static char log_role[32] = "paramex";
 
 static const char* const level_names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
 
-void pmx_log_init(const char* role, pmx_log_level threshold) {
-  pmx_strlcpy(log_role, role ? role : "paramex", sizeof log_role);
-  pmx_log_threshold = (int)threshold;
+void px_log_init(const char* role, px_log_level threshold) {
+  px_strlcpy(log_role, role ? role : "paramex", sizeof log_role);
+  px_log_threshold = (int)threshold;
 }
 
-int pmx_log_level_parse(const char* s) {
+int px_log_level_parse(const char* s) {
   if (!s) return -1;
   for (int i = 0; i < 4; i++)
     if (strcasecmp(s, level_names[i]) == 0) return i;
   return -1;
 }
 
-void pmx_log_write(pmx_log_level level, const char* fmt, ...) {
-  if ((int)level > pmx_log_threshold) return;
+void px_log_write(px_log_level level, const char* fmt, ...) {
+  if ((int)level > px_log_threshold) return;
   const char* lname = ((unsigned)level < 4) ? level_names[level] : "?";
 
   struct timespec ts;
@@ -54,7 +54,7 @@ void pmx_log_write(pmx_log_level level, const char* fmt, ...) {
   int n = vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
   if (n < 0) {
-    pmx_strlcpy(msg, "(bad log format)", sizeof msg);
+    px_strlcpy(msg, "(bad log format)", sizeof msg);
     n = (int)strlen(msg);
   } else if ((size_t)n >= sizeof msg) {
     memcpy(msg + sizeof msg - 4, "...", 4);
@@ -66,7 +66,7 @@ void pmx_log_write(pmx_log_level level, const char* fmt, ...) {
   fprintf(stderr, "%s [%s] %s %s\n", stamp, log_role, lname, msg);
 }
 
-void pmx_deadline_ts(struct timespec* ts, int clock, int64_t ms) {
+void px_deadline_ts(struct timespec* ts, int clock, int64_t ms) {
   clock_gettime((clockid_t)clock, ts);
   ts->tv_sec += (time_t)(ms / 1000);
   ts->tv_nsec += (long)(ms % 1000) * 1000000L;

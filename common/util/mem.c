@@ -10,7 +10,7 @@
 
 #define HUGE_PAGE ((size_t)2 << 20)
 
-void* pmx_big_alloc(size_t bytes) {
+void* px_big_alloc(size_t bytes) {
   if (bytes == 0 || bytes > SIZE_MAX - HUGE_PAGE) return NULL;
   /* Regions of at least one huge page start on a 2 MiB boundary so that transparent
    * huge pages can back all of them: map 2 MiB more and unmap the unaligned ends. */
@@ -31,11 +31,11 @@ void* pmx_big_alloc(size_t bytes) {
   return p;
 }
 
-void pmx_big_free(void* p, size_t bytes) {
+void px_big_free(void* p, size_t bytes) {
   if (p && bytes) munmap(p, bytes);
 }
 
-void pmx_tune_malloc(void) {
+void px_tune_malloc(void) {
   /* glibc caps M_MMAP_THRESHOLD at HEAP_MAX_SIZE/2 (32 MiB on 64-bit) and rejects larger
    * values, so fall back to the cap. Setting it also stops glibc's dynamic adjustment. */
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
@@ -43,12 +43,12 @@ void pmx_tune_malloc(void) {
   mallopt(M_TOP_PAD, 64 << 20);
 }
 
-void pmx_tune_malloc_once(void) {
+void px_tune_malloc_once(void) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, pmx_tune_malloc);
+  pthread_once(&once, px_tune_malloc);
 }
 
-unsigned pmx_ncpus(void) {
+unsigned px_ncpus(void) {
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof set, &set) == 0) {
     int n = CPU_COUNT(&set);
@@ -58,7 +58,7 @@ unsigned pmx_ncpus(void) {
   return n > 0 ? (unsigned)n : 1;
 }
 
-char* pmx_strlcpy(char* dst, const char* src, size_t cap) {
+char* px_strlcpy(char* dst, const char* src, size_t cap) {
   if (cap == 0) return dst;
   if (!src) src = "";
   size_t n = strnlen(src, cap - 1);

@@ -77,7 +77,7 @@ static bool target_host(const char* target, char* host, size_t cap) {
   return true;
 }
 
-bool pmx_target_is_local(const char* target) {
+bool px_target_is_local(const char* target) {
   if (!target) return false;
   if (strncmp(target, "unix:", 5) == 0 || strncmp(target, "unix-abstract:", 14) == 0) return true;
   char host[256];

@@ -6,22 +6,22 @@
 
 #include "util/util.h"
 
-struct pmx_pool {
+struct px_pool {
   pthread_mutex_t mu;
   pthread_cond_t cv;      /* signalled when a job is queued or the pool stops */
-  pmx_job* head;
-  pmx_job* tail;
+  px_job* head;
+  px_job* tail;
   bool stopping;
   unsigned nthreads;      /* threads started */
   pthread_t threads[];
 };
 
 static void* pool_main(void* arg) {
-  pmx_pool* pool = arg;
+  px_pool* pool = arg;
   pthread_mutex_lock(&pool->mu);
   for (;;) {
     while (!pool->head && !pool->stopping) pthread_cond_wait(&pool->cv, &pool->mu);
-    pmx_job* job = pool->head;
+    px_job* job = pool->head;
     if (!job) break; /* stopping and drained */
     pool->head = job->next;
     if (!pool->head) pool->tail = NULL;
@@ -34,7 +34,7 @@ static void* pool_main(void* arg) {
   return NULL;
 }
 
-static void pool_stop_join(pmx_pool* pool) {
+static void pool_stop_join(px_pool* pool) {
   pthread_mutex_lock(&pool->mu);
   pool->stopping = true;
   pthread_cond_broadcast(&pool->cv);
@@ -42,9 +42,9 @@ static void pool_stop_join(pmx_pool* pool) {
   for (unsigned i = 0; i < pool->nthreads; i++) pthread_join(pool->threads[i], NULL);
 }
 
-pmx_pool* pmx_pool_create(unsigned nthreads) {
+px_pool* px_pool_create(unsigned nthreads) {
   if (nthreads == 0 || nthreads > 4096) return NULL;
-  pmx_pool* pool = calloc(1, sizeof *pool + nthreads * sizeof(pthread_t));
+  px_pool* pool = calloc(1, sizeof *pool + nthreads * sizeof(pthread_t));
   if (!pool) return NULL;
   if (pthread_mutex_init(&pool->mu, NULL) != 0) {
     free(pool);
@@ -57,7 +57,7 @@ pmx_pool* pmx_pool_create(unsigned nthreads) {
   }
   for (unsigned i = 0; i < nthreads; i++) {
     if (pthread_create(&pool->threads[i], NULL, pool_main, pool) != 0) {
-      pmx_pool_destroy(pool); /* joins the threads started so far */
+      px_pool_destroy(pool); /* joins the threads started so far */
       return NULL;
     }
     pool->nthreads = i + 1;
@@ -65,7 +65,7 @@ pmx_pool* pmx_pool_create(unsigned nthreads) {
   return pool;
 }
 
-void pmx_pool_submit(pmx_pool* pool, pmx_job* job) {
+void px_pool_submit(px_pool* pool, px_job* job) {
   job->next = NULL;
   pthread_mutex_lock(&pool->mu);
   if (pool->tail)
@@ -77,9 +77,9 @@ void pmx_pool_submit(pmx_pool* pool, pmx_job* job) {
   pthread_mutex_unlock(&pool->mu);
 }
 
-unsigned pmx_pool_threads(const pmx_pool* pool) { return pool ? pool->nthreads : 0; }
+unsigned px_pool_threads(const px_pool* pool) { return pool ? pool->nthreads : 0; }
 
-void pmx_pool_destroy(pmx_pool* pool) {
+void px_pool_destroy(px_pool* pool) {
   if (!pool) return;
   pool_stop_join(pool);
   pthread_cond_destroy(&pool->cv);

@@ -9,7 +9,7 @@
 #include "paramex.pb.h"
 
 typedef struct segreader {
-  const pmx_iov* seg;
+  const px_iov* seg;
   size_t nseg;
   size_t i;   /* current segment */
   size_t off; /* offset inside it */
@@ -50,7 +50,7 @@ static bool payload_locate_cb(pb_istream_t* stream, const pb_field_iter_t* field
   /* nanopb also calls this for a payload sent with a non-length-delimited wire type, on a
    * stream of its own over a small stack buffer: that is a malformed message. */
   if (stream->callback != seg_read_cb) return false;
-  pmx_chunk* c = *arg;
+  px_chunk* c = *arg;
   segreader* r = stream->state;
   seg_normalize(r);
   c->has_payload = true;
@@ -62,16 +62,16 @@ static bool payload_locate_cb(pb_istream_t* stream, const pb_field_iter_t* field
   return true;
 }
 
-int pmx_chunk_parse(pmx_chunk_kind kind, const pmx_iov* seg, size_t nseg, pmx_chunk* out,
+int px_chunk_parse(px_chunk_kind kind, const px_iov* seg, size_t nseg, px_chunk* out,
                     char* err, size_t errlen) {
   memset(out, 0, sizeof *out);
   size_t total = 0;
   for (size_t i = 0; i < nseg; i++) total += seg[i].n;
   segreader r = {seg, nseg, 0, 0};
   pb_istream_t s = {seg_read_cb, &r, total, NULL};
-  const char* what = kind == PMX_CHUNK_PUSH ? "PushChunk" : "PullChunk";
+  const char* what = kind == PX_CHUNK_PUSH ? "PushChunk" : "PullChunk";
   bool ok;
-  if (kind == PMX_CHUNK_PUSH) {
+  if (kind == PX_CHUNK_PUSH) {
     paramex_v1_PushChunk m = paramex_v1_PushChunk_init_zero;
     m.payload.funcs.decode = payload_locate_cb;
     m.payload.arg = out;
@@ -110,7 +110,7 @@ int pmx_chunk_parse(pmx_chunk_kind kind, const pmx_iov* seg, size_t nseg, pmx_ch
   return 0;
 }
 
-int pmx_chunk_copy_payload(const pmx_chunk* c, const pmx_iov* seg, size_t nseg, void* dst,
+int px_chunk_copy_payload(const px_chunk* c, const px_iov* seg, size_t nseg, void* dst,
                            size_t cap) {
   if (!c->has_payload) return c->payload_len == 0 ? 0 : -1;
   if (c->payload_len > cap) return -1;
@@ -118,11 +118,11 @@ int pmx_chunk_copy_payload(const pmx_chunk* c, const pmx_iov* seg, size_t nseg, 
   return seg_take(&r, dst, c->payload_len) ? 0 : -1;
 }
 
-size_t pmx_chunk_encode_header(pmx_chunk_kind kind, const pmx_chunk* c, size_t payload_len,
+size_t px_chunk_encode_header(px_chunk_kind kind, const px_chunk* c, size_t payload_len,
                                uint8_t* buf, size_t cap) {
   pb_ostream_t s = pb_ostream_from_buffer(buf, cap);
   bool ok;
-  if (kind == PMX_CHUNK_PUSH) {
+  if (kind == PX_CHUNK_PUSH) {
     paramex_v1_PushChunk m = paramex_v1_PushChunk_init_zero;
     m.worker_id = c->worker_id;
     m.incarnation = c->incarnation;

@@ -1,27 +1,27 @@
 /* Data-plane framing: PushChunk and PullChunk messages (proto/paramex.proto) encoded and
  * decoded with nanopb. Decoding runs in two steps so that the payload is copied exactly
  * once, from the received segments straight into its destination:
- *   1. pmx_chunk_parse() reads the header fields and records where the payload lies;
- *   2. after the caller validated the header, pmx_chunk_copy_payload() copies it.
+ *   1. px_chunk_parse() reads the header fields and records where the payload lies;
+ *   2. after the caller validated the header, px_chunk_copy_payload() copies it.
  * Encoding writes only the header and the payload's tag and length; the payload itself
  * is sent as a separate zero-copy segment after it. */
-#ifndef PMX_WIRE_H
-#define PMX_WIRE_H
+#ifndef PX_WIRE_H
+#define PX_WIRE_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 /* A contiguous piece of a received message. */
-typedef struct pmx_iov {
+typedef struct px_iov {
   const uint8_t* p;
   size_t n;
-} pmx_iov;
+} px_iov;
 
-typedef enum { PMX_CHUNK_PUSH, PMX_CHUNK_PULL } pmx_chunk_kind;
+typedef enum { PX_CHUNK_PUSH, PX_CHUNK_PULL } px_chunk_kind;
 
 /* Header fields of either message; fields absent from one kind stay 0. */
-typedef struct pmx_chunk {
+typedef struct px_chunk {
   uint32_t worker_id;    /* push */
   uint64_t incarnation;  /* push */
   uint64_t step;         /* push */
@@ -38,23 +38,23 @@ typedef struct pmx_chunk {
   size_t payload_len;
   size_t payload_seg;    /* segment index and offset where the payload starts */
   size_t payload_off;
-} pmx_chunk;
+} px_chunk;
 
-/* Largest header that pmx_chunk_encode_header() writes (fields + payload tag/length). */
-#define PMX_CHUNK_HDR_MAX 96
+/* Largest header that px_chunk_encode_header() writes (fields + payload tag/length). */
+#define PX_CHUNK_HDR_MAX 96
 
 /* Parses a message made of nseg segments. Returns 0, or -1 with one line in err
  * ("malformed PushChunk: ..."). Never reads outside the segments. */
-int pmx_chunk_parse(pmx_chunk_kind kind, const pmx_iov* seg, size_t nseg, pmx_chunk* out,
+int px_chunk_parse(px_chunk_kind kind, const px_iov* seg, size_t nseg, px_chunk* out,
                     char* err, size_t errlen);
 /* Copies the payload located by a successful parse into dst (cap bytes available).
  * Returns 0, or -1 when payload_len > cap. */
-int pmx_chunk_copy_payload(const pmx_chunk* c, const pmx_iov* seg, size_t nseg, void* dst,
+int px_chunk_copy_payload(const px_chunk* c, const px_iov* seg, size_t nseg, void* dst,
                            size_t cap);
 /* Writes the header fields of c followed by the tag and length of a payload of
  * payload_len bytes (omitted when payload_len == 0). Returns bytes written (<=
- * PMX_CHUNK_HDR_MAX), 0 on failure. The complete message is header || payload. */
-size_t pmx_chunk_encode_header(pmx_chunk_kind kind, const pmx_chunk* c, size_t payload_len,
+ * PX_CHUNK_HDR_MAX), 0 on failure. The complete message is header || payload. */
+size_t px_chunk_encode_header(px_chunk_kind kind, const px_chunk* c, size_t payload_len,
                                uint8_t* buf, size_t cap);
 
 #endif

@@ -1,4 +1,4 @@
-/* The GPU side of the cuda backend (pmx_gpu.h): devices, pinned staging, kernels, NCCL.
+/* The GPU side of the cuda backend (px_gpu.h): devices, pinned staging, kernels, NCCL.
  *
  * Compiled by nvcc with -fmad=false -ftz=false -prec-div=true (see server/meson.build);
  * the kernels also spell every rounding out (__fadd_rn, __fmul_rn, __fdiv_rn,
@@ -57,7 +57,7 @@ struct gpu_dev {
 
 }  // namespace
 
-struct pmx_gpu {
+struct px_gpu {
   int n;
   gpu_dev* d;
   size_t max_elems;
@@ -65,11 +65,11 @@ struct pmx_gpu {
                             * reductions in the same order */
 };
 
-struct pmx_gpu_chunk {
+struct px_gpu_chunk {
   uint32_t elems;
   int dtype;
   size_t es;        /* bytes per parameter */
-  int owner;        /* index into pmx_gpu::d */
+  int owner;        /* index into px_gpu::d */
   int sid;          /* stream index on every GPU */
   void* params;     /* on the owner */
   float* mom;       /* on the owner, NULL without momentum */
@@ -173,10 +173,10 @@ struct step_k {
   size_t n;
 };
 
-/* One SGD step (pmx_sgd_apply, through f32 for 16-bit parameters) fused with the outputs
+/* One SGD step (px_sgd_apply, through f32 for 16-bit parameters) fused with the outputs
  * the frames need: the encoder input of the native words (enc0), and for f32 the bf16
  * view (bits1) and its encoder input (enc1). Byte plane b of an encoder input holds byte
- * b of every zigzagged word delta (pmx_zigzag_shuffle). */
+ * b of every zigzagged word delta (px_zigzag_shuffle). */
 template <int DT>
 __global__ void k_step(void* __restrict__ params, float* __restrict__ mom,
                        const float* __restrict__ sum, step_k a, uint8_t* __restrict__ enc0,
@@ -185,12 +185,12 @@ __global__ void k_step(void* __restrict__ params, float* __restrict__ mom,
   GRID_STRIDE(i, n) {
     uint32_t ob;
     float p;
-    if (DT == PMX_DT_F32) {
+    if (DT == PX_DT_F32) {
       ob = ((const uint32_t*)params)[i];
       p = __uint_as_float(ob);
     } else {
       ob = ((const uint16_t*)params)[i];
-      p = DT == PMX_DT_BF16 ? __uint_as_float(ob << 16) : d_f16_to_f32((uint16_t)ob);
+      p = DT == PX_DT_BF16 ? __uint_as_float(ob << 16) : d_f16_to_f32((uint16_t)ob);
     }
     float g = __fdiv_rn(sum[i], a.nw);
     float q;
@@ -205,7 +205,7 @@ __global__ void k_step(void* __restrict__ params, float* __restrict__ mom,
       }
       q = __fsub_rn(p, __fmul_rn(a.lr, g));
     }
-    if (DT == PMX_DT_F32) {
+    if (DT == PX_DT_F32) {
       uint32_t nb = __float_as_uint(q);
       ((uint32_t*)params)[i] = nb;
       if (enc0) {
@@ -225,7 +225,7 @@ __global__ void k_step(void* __restrict__ params, float* __restrict__ mom,
         }
       }
     } else {
-      uint32_t nb = DT == PMX_DT_BF16 ? d_f32_to_bf16(q) : d_f32_to_f16(q);
+      uint32_t nb = DT == PX_DT_BF16 ? d_f32_to_bf16(q) : d_f32_to_f16(q);
       ((uint16_t*)params)[i] = (uint16_t)nb;
       if (enc0) {
         uint32_t z = zz16((nb - ob) & 0xffffu);
@@ -248,7 +248,7 @@ static unsigned grid_for(size_t n) {
 
 /* ---- devices --------------------------------------------------------------------------- */
 
-int pmx_gpu_count(char* err, size_t errlen) {
+int px_gpu_count(char* err, size_t errlen) {
   int n = 0;
   CU("cudaGetDeviceCount", cudaGetDeviceCount(&n));
   if (n <= 0) {
@@ -258,9 +258,9 @@ int pmx_gpu_count(char* err, size_t errlen) {
   return n;
 }
 
-int pmx_gpu_ndev(const pmx_gpu* g) { return g->n; }
+int px_gpu_ndev(const px_gpu* g) { return g->n; }
 
-void pmx_gpu_describe(const pmx_gpu* g, char* out, size_t cap) {
+void px_gpu_describe(const px_gpu* g, char* out, size_t cap) {
   size_t off = 0;
   out[0] = 0;
   for (int i = 0; i < g->n && off < cap; i++) {
@@ -329,7 +329,7 @@ static int dev_init(gpu_dev* d, size_t max_elems, char* err, size_t errlen) {
   return 0;
 }
 
-void pmx_gpu_destroy(pmx_gpu* g) {
+void px_gpu_destroy(px_gpu* g) {
   if (!g) return;
   for (int i = 0; g->d && i < g->n; i++) dev_free(&g->d[i]);
   free(g->d);
@@ -337,10 +337,10 @@ void pmx_gpu_destroy(pmx_gpu* g) {
   free(g);
 }
 
-int pmx_gpu_create(const int* devs, int ndev, size_t max_elems, pmx_gpu** out, char* err,
+int px_gpu_create(const int* devs, int ndev, size_t max_elems, px_gpu** out, char* err,
                    size_t errlen) {
   *out = NULL;
-  int count = pmx_gpu_count(err, errlen);
+  int count = px_gpu_count(err, errlen);
   if (count < 0) return -1;
   for (int i = 0; i < ndev; i++)
     if (devs[i] < 0 || devs[i] >= count) {
@@ -348,7 +348,7 @@ int pmx_gpu_create(const int* devs, int ndev, size_t max_elems, pmx_gpu** out, c
                devs[i], count, count == 1 ? "" : "s", count - 1);
       return -2;
     }
-  pmx_gpu* g = (pmx_gpu*)calloc(1, sizeof *g);
+  px_gpu* g = (px_gpu*)calloc(1, sizeof *g);
   int* ids = (int*)calloc((size_t)(ndev ? ndev : count), sizeof *ids);
   ncclComm_t* comms = NULL;
   ncclResult_t nr;
@@ -368,7 +368,7 @@ int pmx_gpu_create(const int* devs, int ndev, size_t max_elems, pmx_gpu** out, c
     rc = -1;
     goto fail;
   }
-  g->n = ndev ? ndev : count; /* from here on pmx_gpu_destroy frees g->d[0..n) */
+  g->n = ndev ? ndev : count; /* from here on px_gpu_destroy frees g->d[0..n) */
   for (int i = 0; i < g->n; i++) {
     gpu_dev* d = &g->d[i];
     d->id = ids[i] = ndev ? devs[i] : i;
@@ -392,7 +392,7 @@ int pmx_gpu_create(const int* devs, int ndev, size_t max_elems, pmx_gpu** out, c
 fail:
   free(comms);
   free(ids);
-  pmx_gpu_destroy(g);
+  px_gpu_destroy(g);
   return rc;
 }
 
@@ -404,7 +404,7 @@ fail:
  * are created and destroyed under the store's declare lock while other chunks step, so
  * their device allocations take nccl_mu: then no NCCL group is half launched, and every
  * NCCL kernel a device synchronisation may wait for has all its peers launched. */
-void pmx_gpu_chunk_destroy(pmx_gpu* g, pmx_gpu_chunk* c) {
+void px_gpu_chunk_destroy(px_gpu* g, px_gpu_chunk* c) {
   if (!c) return;
   pthread_mutex_lock(&g->nccl_mu);
   for (int i = 0; c->part && i < g->n; i++) {
@@ -425,15 +425,15 @@ void pmx_gpu_chunk_destroy(pmx_gpu* g, pmx_gpu_chunk* c) {
   free(c);
 }
 
-int pmx_gpu_chunk_create(pmx_gpu* g, uint64_t seq, uint32_t elems, int dtype, int momentum,
-                         pmx_gpu_chunk** out, char* err, size_t errlen) {
+int px_gpu_chunk_create(px_gpu* g, uint64_t seq, uint32_t elems, int dtype, int momentum,
+                         px_gpu_chunk** out, char* err, size_t errlen) {
   *out = NULL;
-  if (elems == 0 || elems > g->max_elems || pmx_dtype_size(dtype) == 0) {
+  if (elems == 0 || elems > g->max_elems || px_dtype_size(dtype) == 0) {
     snprintf(err, errlen, "chunk of %u elements of dtype %d (at most %zu f32 elements)", elems,
              dtype, g->max_elems);
     return -1;
   }
-  pmx_gpu_chunk* c = (pmx_gpu_chunk*)calloc(1, sizeof *c);
+  px_gpu_chunk* c = (px_gpu_chunk*)calloc(1, sizeof *c);
   int rc = 0;
   if (!c) {
     snprintf(err, errlen, "out of memory");
@@ -441,13 +441,13 @@ int pmx_gpu_chunk_create(pmx_gpu* g, uint64_t seq, uint32_t elems, int dtype, in
   }
   c->elems = elems;
   c->dtype = dtype;
-  c->es = pmx_dtype_size(dtype);
+  c->es = px_dtype_size(dtype);
   c->owner = (int)(seq % (uint64_t)g->n);
   c->sid = (int)((seq / (uint64_t)g->n) % NSTREAMS);
   c->part = (float**)calloc((size_t)g->n, sizeof *c->part);
   c->has = (unsigned char*)calloc((size_t)g->n, 1);
   c->ev = (cudaEvent_t*)calloc((size_t)g->n, sizeof *c->ev);
-  pthread_mutex_lock(&g->nccl_mu); /* see pmx_gpu_chunk_destroy */
+  pthread_mutex_lock(&g->nccl_mu); /* see px_gpu_chunk_destroy */
   if (!c->part || !c->has || !c->ev) {
     snprintf(err, errlen, "out of memory");
     rc = -1;
@@ -459,7 +459,7 @@ int pmx_gpu_chunk_create(pmx_gpu* g, uint64_t seq, uint32_t elems, int dtype, in
     CU_GO("cudaMalloc", cudaMalloc((void**)&c->mom, (size_t)elems * sizeof(float)));
     /* On the chunk's own stream: a plain cudaMemset runs on the legacy default stream,
      * which the cudaStreamNonBlocking streams are NOT ordered after, so it could land
-     * after (and wipe) a momentum that pmx_gpu_load restores on the chunk's stream. */
+     * after (and wipe) a momentum that px_gpu_load restores on the chunk's stream. */
     CU_GO("cudaMemsetAsync", cudaMemsetAsync(c->mom, 0, (size_t)elems * sizeof(float),
                                              g->d[c->owner].s[c->sid]));
   }
@@ -473,11 +473,11 @@ int pmx_gpu_chunk_create(pmx_gpu* g, uint64_t seq, uint32_t elems, int dtype, in
   return 0;
 fail:
   pthread_mutex_unlock(&g->nccl_mu);
-  pmx_gpu_chunk_destroy(g, c);
+  px_gpu_chunk_destroy(g, c);
   return rc;
 }
 
-int pmx_gpu_load(pmx_gpu* g, pmx_gpu_chunk* c, const void* params, const float* mom, char* err,
+int px_gpu_load(px_gpu* g, px_gpu_chunk* c, const void* params, const float* mom, char* err,
                  size_t errlen) {
   gpu_dev* d = &g->d[c->owner];
   cudaStream_t s = d->s[c->sid];
@@ -491,7 +491,7 @@ int pmx_gpu_load(pmx_gpu* g, pmx_gpu_chunk* c, const void* params, const float* 
   return 0;
 }
 
-int pmx_gpu_accumulate(pmx_gpu* g, pmx_gpu_chunk* c, uint32_t rank, const float* x, char* err,
+int px_gpu_accumulate(px_gpu* g, px_gpu_chunk* c, uint32_t rank, const float* x, char* err,
                        size_t errlen) {
   const int gi = (int)(rank % (uint32_t)g->n);
   gpu_dev* d = &g->d[gi];
@@ -520,7 +520,7 @@ fail:
 }
 
 /* Sums the partials onto the owner's part[] with one NCCL group (c's lock held). */
-static int reduce(pmx_gpu* g, pmx_gpu_chunk* c, char* err, size_t errlen) {
+static int reduce(px_gpu* g, px_gpu_chunk* c, char* err, size_t errlen) {
   const size_t bytes = (size_t)c->elems * sizeof(float);
   int rc = 0;
   ncclResult_t nr;
@@ -572,7 +572,7 @@ static out_slot* out_take(gpu_dev* d) {
   return o;
 }
 
-int pmx_gpu_step(pmx_gpu* g, pmx_gpu_chunk* c, const pmx_gpu_step_args* a, char* err,
+int px_gpu_step(px_gpu* g, px_gpu_chunk* c, const px_gpu_step_args* a, char* err,
                  size_t errlen) {
   bool any = false;
   for (int i = 0; i < g->n; i++) any = any || c->has[i];
@@ -584,7 +584,7 @@ int pmx_gpu_step(pmx_gpu* g, pmx_gpu_chunk* c, const pmx_gpu_step_args* a, char*
   gpu_dev* d = &g->d[c->owner];
   cudaStream_t s = d->s[c->sid];
   const size_t n = c->elems, nb = n * c->es;
-  const bool f32 = c->dtype == PMX_DT_F32;
+  const bool f32 = c->dtype == PX_DT_F32;
   uint16_t* bits1 = f32 && a->bits1_out ? a->bits1_out : NULL;
   uint8_t* enc1 = f32 && a->enc1_out ? a->enc1_out : NULL;
   step_k k;
@@ -600,14 +600,14 @@ int pmx_gpu_step(pmx_gpu* g, pmx_gpu_chunk* c, const pmx_gpu_step_args* a, char*
   uint8_t* e0 = a->enc0_out ? o->d_enc0 : NULL;
   uint16_t* b1 = bits1 ? o->d_bits1 : NULL;
   uint8_t* e1 = enc1 ? o->d_enc1 : NULL;
-  if (c->dtype == PMX_DT_F32)
-    k_step<PMX_DT_F32><<<grid_for(n), THREADS, 0, s>>>(c->params, c->mom, c->part[c->owner], k, e0,
+  if (c->dtype == PX_DT_F32)
+    k_step<PX_DT_F32><<<grid_for(n), THREADS, 0, s>>>(c->params, c->mom, c->part[c->owner], k, e0,
                                                        b1, e1);
-  else if (c->dtype == PMX_DT_BF16)
-    k_step<PMX_DT_BF16><<<grid_for(n), THREADS, 0, s>>>(c->params, c->mom, c->part[c->owner], k,
+  else if (c->dtype == PX_DT_BF16)
+    k_step<PX_DT_BF16><<<grid_for(n), THREADS, 0, s>>>(c->params, c->mom, c->part[c->owner], k,
                                                         e0, NULL, NULL);
   else
-    k_step<PMX_DT_F16><<<grid_for(n), THREADS, 0, s>>>(c->params, c->mom, c->part[c->owner], k,
+    k_step<PX_DT_F16><<<grid_for(n), THREADS, 0, s>>>(c->params, c->mom, c->part[c->owner], k,
                                                        e0, NULL, NULL);
   CU_GO("k_step launch", cudaGetLastError());
   CU_GO("cudaMemcpyAsync", cudaMemcpyAsync(o->h_params, c->params, nb, cudaMemcpyDeviceToHost, s));
@@ -629,8 +629,8 @@ fail:
   return rc;
 }
 
-int pmx_gpu_read_bf16(pmx_gpu* g, pmx_gpu_chunk* c, uint16_t* out, char* err, size_t errlen) {
-  if (c->dtype != PMX_DT_F32) {
+int px_gpu_read_bf16(px_gpu* g, px_gpu_chunk* c, uint16_t* out, char* err, size_t errlen) {
+  if (c->dtype != PX_DT_F32) {
     snprintf(err, errlen, "the bf16 view needs an f32 chunk");
     return -1;
   }
@@ -650,7 +650,7 @@ fail:
   return rc;
 }
 
-int pmx_gpu_read_mom(pmx_gpu* g, pmx_gpu_chunk* c, float* out, char* err, size_t errlen) {
+int px_gpu_read_mom(px_gpu* g, px_gpu_chunk* c, float* out, char* err, size_t errlen) {
   const size_t bytes = (size_t)c->elems * sizeof(float);
   if (!c->mom) {
     memset(out, 0, bytes);
@@ -692,7 +692,7 @@ fail:
   return rc;
 }
 
-int pmx_gpu_kernel_bench(pmx_gpu* g, size_t elems, int iters, pmx_gpu_bench* r, char* err,
+int px_gpu_kernel_bench(px_gpu* g, size_t elems, int iters, px_gpu_bench* r, char* err,
                          size_t errlen) {
   gpu_dev* d = &g->d[0];
   cudaStream_t s = d->s[0];
@@ -726,7 +726,7 @@ int pmx_gpu_kernel_bench(pmx_gpu* g, size_t elems, int iters, pmx_gpu_bench* r, 
   {
     auto add = [&] { k_add<<<grid_for(elems), THREADS, 0, s>>>(acc, x, elems); };
     auto step = [&] {
-      k_step<PMX_DT_F32><<<grid_for(elems), THREADS, 0, s>>>(p, mom, acc, k, e0, b1, e1);
+      k_step<PX_DT_F32><<<grid_for(elems), THREADS, 0, s>>>(p, mom, acc, k, e0, b1, e1);
     };
     cudaError_t copy_err = cudaSuccess;
     auto copy = [&] {

@@ -23,11 +23,11 @@
  * Threads: any thread may call; calls for one chunk must not overlap (the server holds
  * the chunk's lock). NCCL communicators are not thread safe: every NCCL group (and every
  * chunk's device allocation or free, which may synchronise a device) runs under one
- * mutex of the pmx_gpu, so the communicators see the reductions in one order, never
+ * mutex of the px_gpu, so the communicators see the reductions in one order, never
  * concurrently. Every function returns 0, or -1 with one line in err naming the CUDA or
  * NCCL call and its error. */
-#ifndef PMX_GPU_H
-#define PMX_GPU_H
+#ifndef PX_GPU_H
+#define PX_GPU_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -36,36 +36,36 @@
 extern "C" {
 #endif
 
-typedef struct pmx_gpu pmx_gpu;
-typedef struct pmx_gpu_chunk pmx_gpu_chunk;
+typedef struct px_gpu px_gpu;
+typedef struct px_gpu_chunk px_gpu_chunk;
 
 /* Number of usable devices, or -1 with err (no driver, ...). */
-int pmx_gpu_count(char* err, size_t errlen);
+int px_gpu_count(char* err, size_t errlen);
 
 /* Opens devs[0..ndev) (ndev == 0: every device) for chunks of at most max_elems f32
  * elements. Returns 0; -1 with err on a CUDA/NCCL failure; -2 with err when a device in
  * devs does not exist. */
-int pmx_gpu_create(const int* devs, int ndev, size_t max_elems, pmx_gpu** out, char* err,
+int px_gpu_create(const int* devs, int ndev, size_t max_elems, px_gpu** out, char* err,
                    size_t errlen);
-void pmx_gpu_destroy(pmx_gpu* g); /* accepts NULL */
-int pmx_gpu_ndev(const pmx_gpu* g);
+void px_gpu_destroy(px_gpu* g); /* accepts NULL */
+int px_gpu_ndev(const px_gpu* g);
 /* "0:NVIDIA H100 80GB HBM3, 1:..." */
-void pmx_gpu_describe(const pmx_gpu* g, char* out, size_t cap);
+void px_gpu_describe(const px_gpu* g, char* out, size_t cap);
 
 /* A chunk of elems elements of dtype (PMX_DT_*), owned by GPU (seq mod G); momentum:
  * keep momentum state. */
-int pmx_gpu_chunk_create(pmx_gpu* g, uint64_t seq, uint32_t elems, int dtype, int momentum,
-                         pmx_gpu_chunk** out, char* err, size_t errlen);
-void pmx_gpu_chunk_destroy(pmx_gpu* g, pmx_gpu_chunk* c); /* accepts NULL */
+int px_gpu_chunk_create(px_gpu* g, uint64_t seq, uint32_t elems, int dtype, int momentum,
+                         px_gpu_chunk** out, char* err, size_t errlen);
+void px_gpu_chunk_destroy(px_gpu* g, px_gpu_chunk* c); /* accepts NULL */
 
 /* Uploads the parameters (elems words of the dtype) and, when mom != NULL, the momentum. */
-int pmx_gpu_load(pmx_gpu* g, pmx_gpu_chunk* c, const void* params, const float* mom, char* err,
+int px_gpu_load(px_gpu* g, px_gpu_chunk* c, const void* params, const float* mom, char* err,
                  size_t errlen);
 /* Adds rank's contribution x (elems f32, host) to the chunk's sum. */
-int pmx_gpu_accumulate(pmx_gpu* g, pmx_gpu_chunk* c, uint32_t rank, const float* x, char* err,
+int px_gpu_accumulate(px_gpu* g, px_gpu_chunk* c, uint32_t rank, const float* x, char* err,
                        size_t errlen);
 
-typedef struct pmx_gpu_step_args {
+typedef struct px_gpu_step_args {
   float lr, momentum, weight_decay;
   uint32_t ncontrib;
   int first;            /* first momentum step */
@@ -74,20 +74,20 @@ typedef struct pmx_gpu_step_args {
   uint16_t* bits1_out;  /* bf16 view (f32 chunks), or NULL */
   uint8_t* enc0_out;    /* encoder input of the native words, or NULL */
   uint8_t* enc1_out;    /* encoder input of the bf16 view (f32 chunks), or NULL */
-} pmx_gpu_step_args;
+} px_gpu_step_args;
 /* Reduces the partial sums onto the owner, applies SGD, writes the outputs, and resets
  * the sum. Fails when no contribution was added. */
-int pmx_gpu_step(pmx_gpu* g, pmx_gpu_chunk* c, const pmx_gpu_step_args* a, char* err,
+int px_gpu_step(px_gpu* g, px_gpu_chunk* c, const px_gpu_step_args* a, char* err,
                  size_t errlen);
 
 /* The bf16 view of an f32 chunk's parameters (elems words). */
-int pmx_gpu_read_bf16(pmx_gpu* g, pmx_gpu_chunk* c, uint16_t* out, char* err, size_t errlen);
+int px_gpu_read_bf16(px_gpu* g, px_gpu_chunk* c, uint16_t* out, char* err, size_t errlen);
 /* The momentum (elems f32); zeros when the chunk has none. */
-int pmx_gpu_read_mom(pmx_gpu* g, pmx_gpu_chunk* c, float* out, char* err, size_t errlen);
+int px_gpu_read_mom(px_gpu* g, px_gpu_chunk* c, float* out, char* err, size_t errlen);
 
 /* Device-resident kernel throughput on GPU 0 (for bench/backend_bench.c), elems f32
  * elements, iters repetitions after one warm-up. GB/s count bytes read + written. */
-typedef struct pmx_gpu_bench {
+typedef struct px_gpu_bench {
   char name[128];
   double acc_gbs;        /* the accumulate kernel: 12 bytes per element */
   double step_gbs;       /* the fused optimizer (momentum, bf16 view, both encoder inputs):
@@ -95,8 +95,8 @@ typedef struct pmx_gpu_bench {
                           * 4 + 2 + 2 bytes of view and encoder input) */
   double d2d_gbs;        /* cudaMemcpy device to device (read + write) */
   double peak_gbs;       /* 2 * memory clock * bus width; 0 when the device does not say */
-} pmx_gpu_bench;
-int pmx_gpu_kernel_bench(pmx_gpu* g, size_t elems, int iters, pmx_gpu_bench* r, char* err,
+} px_gpu_bench;
+int px_gpu_kernel_bench(px_gpu* g, size_t elems, int iters, px_gpu_bench* r, char* err,
                          size_t errlen);
 
 #ifdef __cplusplus

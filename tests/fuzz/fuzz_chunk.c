@@ -24,16 +24,16 @@
 #define MAX_SPLITS 7
 #define MAX_DST_BYTES (64u << 10)
 
-static size_t flat_offset(const pmx_iov* seg, size_t nseg, size_t si, size_t off) {
+static size_t flat_offset(const px_iov* seg, size_t nseg, size_t si, size_t off) {
   size_t o = 0;
   for (size_t i = 0; i < si && i < nseg; i++) o += seg[i].n;
   return o + off;
 }
 
 /* Both decoders accepted the message: every header field and the payload must agree. */
-static void compare_with_protobuf_c(pmx_chunk_kind kind, const pmx_chunk* c, const uint8_t* msg,
+static void compare_with_protobuf_c(px_chunk_kind kind, const px_chunk* c, const uint8_t* msg,
                                     size_t len) {
-  if (kind == PMX_CHUNK_PUSH) {
+  if (kind == PX_CHUNK_PUSH) {
     Paramex__V1__PushChunk* m = paramex__v1__push_chunk__unpack(NULL, len, msg);
     if (!m) return;
     FUZZ_CHECK(m->worker_id == c->worker_id && m->incarnation == c->incarnation &&
@@ -55,10 +55,10 @@ static void compare_with_protobuf_c(pmx_chunk_kind kind, const pmx_chunk* c, con
 }
 
 /* Re-encodes the parsed header plus its payload and parses the result again. */
-static void round_trip(pmx_chunk_kind kind, const pmx_chunk* c, const uint8_t* payload) {
-  uint8_t hdr[PMX_CHUNK_HDR_MAX];
-  size_t h = pmx_chunk_encode_header(kind, c, c->payload_len, hdr, sizeof hdr);
-  FUZZ_CHECK(h <= PMX_CHUNK_HDR_MAX);
+static void round_trip(px_chunk_kind kind, const px_chunk* c, const uint8_t* payload) {
+  uint8_t hdr[PX_CHUNK_HDR_MAX];
+  size_t h = px_chunk_encode_header(kind, c, c->payload_len, hdr, sizeof hdr);
+  FUZZ_CHECK(h <= PX_CHUNK_HDR_MAX);
   /* 0 means failure, but is also the correct encoding of a header whose fields are all
    * zero without a payload (proto3 writes no default values): allowed only then. */
   if (h == 0)
@@ -67,10 +67,10 @@ static void round_trip(pmx_chunk_kind kind, const pmx_chunk* c, const uint8_t* p
                c->base_version == 0 && c->encoding == 0 && c->dtype == 0 && c->raw_len == 0 &&
                c->checksum == 0);
   /* Header and payload as two segments, the way a sender gives them to gRPC. */
-  pmx_iov seg[2] = {{hdr, h}, {payload, c->payload_len}};
-  pmx_chunk c2;
+  px_iov seg[2] = {{hdr, h}, {payload, c->payload_len}};
+  px_chunk c2;
   char err[128];
-  FUZZ_CHECK(pmx_chunk_parse(kind, seg, 2, &c2, err, sizeof err) == 0);
+  FUZZ_CHECK(px_chunk_parse(kind, seg, 2, &c2, err, sizeof err) == 0);
   FUZZ_CHECK(c2.worker_id == c->worker_id && c2.incarnation == c->incarnation &&
              c2.step == c->step && c2.tensor_id == c->tensor_id && c2.chunk == c->chunk &&
              c2.version == c->version && c2.base_version == c->base_version &&
@@ -79,13 +79,13 @@ static void round_trip(pmx_chunk_kind kind, const pmx_chunk* c, const uint8_t* p
   if (c->payload_len > 0) {
     uint8_t* back = malloc(c->payload_len);
     FUZZ_CHECK(back != NULL);
-    FUZZ_CHECK(pmx_chunk_copy_payload(&c2, seg, 2, back, c->payload_len) == 0);
+    FUZZ_CHECK(px_chunk_copy_payload(&c2, seg, 2, back, c->payload_len) == 0);
     FUZZ_CHECK(memcmp(back, payload, c->payload_len) == 0);
     free(back);
   }
 }
 
-static void decode(const pmx_chunk* c, const pmx_iov* seg, size_t nseg, int width, unsigned mode) {
+static void decode(const px_chunk* c, const px_iov* seg, size_t nseg, int width, unsigned mode) {
   size_t n = c->raw_len / (unsigned)width;
   switch (mode) {
     case 5: n += 1; break;                                            /* raw_len too small */
@@ -102,10 +102,10 @@ static void decode(const pmx_chunk* c, const pmx_iov* seg, size_t nseg, int widt
   memcpy(before, dst, bytes);
   char err[160];
   err[0] = 'x';
-  pmx_decode_result r = pmx_chunk_decode(c, seg, nseg, dst, n, width, err, sizeof err);
-  FUZZ_CHECK(r == PMX_DECODE_OK || r == PMX_DECODE_MALFORMED || r == PMX_DECODE_CHECKSUM);
-  if (r == PMX_DECODE_OK) {
-    FUZZ_CHECK(pmx_checksum(dst, bytes) == c->checksum);
+  px_decode_result r = px_chunk_decode(c, seg, nseg, dst, n, width, err, sizeof err);
+  FUZZ_CHECK(r == PX_DECODE_OK || r == PX_DECODE_MALFORMED || r == PX_DECODE_CHECKSUM);
+  if (r == PX_DECODE_OK) {
+    FUZZ_CHECK(px_checksum(dst, bytes) == c->checksum);
   } else {
     FUZZ_CHECK(fuzz_err_ok(err, sizeof err) && err[0] != '\0');
     /* The contract: on any failure the destination is untouched. */
@@ -118,7 +118,7 @@ static void decode(const pmx_chunk* c, const pmx_iov* seg, size_t nseg, int widt
 int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   const uint8_t opt = data[0];
-  const pmx_chunk_kind kind = (opt & 1) ? PMX_CHUNK_PULL : PMX_CHUNK_PUSH;
+  const px_chunk_kind kind = (opt & 1) ? PX_CHUNK_PULL : PX_CHUNK_PUSH;
   const int width = (opt & 2) ? 2 : 4;
   const size_t nsplit = (opt >> 2) & MAX_SPLITS;
   const unsigned nmode = opt >> 5;
@@ -139,7 +139,7 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   /* Each segment in its own heap block of exactly its size: a read past a segment's end
    * is an ASan report rather than a silent read of the next segment. */
   const size_t nseg = nsplit + 1;
-  pmx_iov seg[MAX_SPLITS + 1];
+  px_iov seg[MAX_SPLITS + 1];
   uint8_t* own[MAX_SPLITS + 1];
   for (size_t i = 0; i < nseg; i++) {
     size_t n = cut[i + 1] - cut[i];
@@ -150,10 +150,10 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     seg[i].n = n;
   }
 
-  pmx_chunk c;
+  px_chunk c;
   char err[160];
   err[0] = 'x';
-  if (pmx_chunk_parse(kind, seg, nseg, &c, err, sizeof err) != 0) {
+  if (px_chunk_parse(kind, seg, nseg, &c, err, sizeof err) != 0) {
     FUZZ_CHECK(fuzz_err_ok(err, sizeof err) && err[0] != '\0');
     goto out;
   }
@@ -165,18 +165,18 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     FUZZ_CHECK(c.payload_seg <= nseg);
     size_t off = flat_offset(seg, nseg, c.payload_seg, c.payload_off);
     FUZZ_CHECK(off <= len && c.payload_len <= len - off);
-    FUZZ_CHECK(pmx_chunk_copy_payload(&c, seg, nseg, payload, c.payload_len) == 0);
+    FUZZ_CHECK(px_chunk_copy_payload(&c, seg, nseg, payload, c.payload_len) == 0);
     FUZZ_CHECK(memcmp(payload, msg + off, c.payload_len) == 0);
     if (c.payload_len > 0) {
       /* One byte short: refused, and nothing is written past the buffer (ASan). */
       uint8_t* small = malloc(c.payload_len - 1 ? c.payload_len - 1 : 1);
       FUZZ_CHECK(small != NULL);
-      FUZZ_CHECK(pmx_chunk_copy_payload(&c, seg, nseg, small, c.payload_len - 1) == -1);
+      FUZZ_CHECK(px_chunk_copy_payload(&c, seg, nseg, small, c.payload_len - 1) == -1);
       free(small);
     }
   } else {
     FUZZ_CHECK(c.payload_len == 0);
-    FUZZ_CHECK(pmx_chunk_copy_payload(&c, seg, nseg, payload, 0) == 0);
+    FUZZ_CHECK(px_chunk_copy_payload(&c, seg, nseg, payload, 0) == 0);
   }
 
   round_trip(kind, &c, payload);

@@ -2,8 +2,8 @@
  * Header-only: every target is one translation unit linked with the paramex sources it
  * exercises. Everything here is for fuzzing only: a broken invariant calls abort() so that
  * libFuzzer records the input as a crash. */
-#ifndef PMX_FUZZ_COMMON_H
-#define PMX_FUZZ_COMMON_H
+#ifndef PX_FUZZ_COMMON_H
+#define PX_FUZZ_COMMON_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,4 +1,4 @@
-/* Fuzz target: command-line flags and PMX_* environment variables (pmx_flags_parse,
+/* Fuzz target: command-line flags and PMX_* environment variables (px_flags_parse,
  * util/util.h) over a table with every flag type, with and without ranges.
  *
  * Input layout:
@@ -31,21 +31,21 @@ static uint64_t v_u64, v_u64r, v_size, v_sizer;
 static double v_f64, v_f64r;
 static bool v_bool, v_no_x;
 
-static const pmx_flag flags[] = {
-    {"fuzz-str", PMX_FLAG_STR, &v_str, 0, 0, "S", "a string"},
-    {"fuzz-u32", PMX_FLAG_U32, &v_u32, 0, 0, "N", "u32, no range"},
-    {"fuzz-u32-range", PMX_FLAG_U32, &v_u32r, 1, 4096, "N", "u32 in [1, 4096]"},
-    {"fuzz-u64", PMX_FLAG_U64, &v_u64, 0, 0, "N", "u64, no range"},
-    {"fuzz-u64-range", PMX_FLAG_U64, &v_u64r, 10, 1e18, "N", "u64 in [10, 1e18]"},
-    {"fuzz-size", PMX_FLAG_SIZE, &v_size, 0, 0, "SIZE", "size, no range"},
-    {"fuzz-size-range", PMX_FLAG_SIZE, &v_sizer, 1024, 3u << 20, "SIZE", "size in [1K, 3M]"},
-    {"fuzz-f64", PMX_FLAG_F64, &v_f64, 0, 0, "F", "double, no range"},
-    {"fuzz-f64-range", PMX_FLAG_F64, &v_f64r, -1, 0.5, "F", "double in [-1, 0.5]"},
-    {"fuzz-bool", PMX_FLAG_BOOL, &v_bool, 0, 0, NULL, "bool"},
+static const px_flag flags[] = {
+    {"fuzz-str", PX_FLAG_STR, &v_str, 0, 0, "S", "a string"},
+    {"fuzz-u32", PX_FLAG_U32, &v_u32, 0, 0, "N", "u32, no range"},
+    {"fuzz-u32-range", PX_FLAG_U32, &v_u32r, 1, 4096, "N", "u32 in [1, 4096]"},
+    {"fuzz-u64", PX_FLAG_U64, &v_u64, 0, 0, "N", "u64, no range"},
+    {"fuzz-u64-range", PX_FLAG_U64, &v_u64r, 10, 1e18, "N", "u64 in [10, 1e18]"},
+    {"fuzz-size", PX_FLAG_SIZE, &v_size, 0, 0, "SIZE", "size, no range"},
+    {"fuzz-size-range", PX_FLAG_SIZE, &v_sizer, 1024, 3u << 20, "SIZE", "size in [1K, 3M]"},
+    {"fuzz-f64", PX_FLAG_F64, &v_f64, 0, 0, "F", "double, no range"},
+    {"fuzz-f64-range", PX_FLAG_F64, &v_f64r, -1, 0.5, "F", "double in [-1, 0.5]"},
+    {"fuzz-bool", PX_FLAG_BOOL, &v_bool, 0, 0, NULL, "bool"},
     /* A flag whose name starts with "no-": --no-x must not be read as its negation. */
-    {"no-x", PMX_FLAG_BOOL, &v_no_x, 0, 0, NULL, "bool named no-x"},
+    {"no-x", PX_FLAG_BOOL, &v_no_x, 0, 0, NULL, "bool named no-x"},
     /* Longer than the parser's environment-name buffer. */
-    {LONG_NAME, PMX_FLAG_STR, &v_long, 0, 0, NULL, "long name"},
+    {LONG_NAME, PX_FLAG_STR, &v_long, 0, 0, NULL, "long name"},
 };
 #define NFLAGS (sizeof flags / sizeof flags[0])
 
@@ -126,12 +126,12 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   char errbuf[256];
   char* err = errlen ? errbuf : NULL;
   if (err) memset(err, 'x', errlen);
-  pmx_flags_result res;
-  pmx_flags_result* resp = (opt & 8) ? NULL : &res;
+  px_flags_result res;
+  px_flags_result* resp = (opt & 8) ? NULL : &res;
 
   set_defaults();
   const char* def_str = v_str;
-  int rc = pmx_flags_parse(flags, NFLAGS, argc, argv, resp, err, errlen);
+  int rc = px_flags_parse(flags, NFLAGS, argc, argv, resp, err, errlen);
   FUZZ_CHECK(rc == 0 || rc == 1 || rc == 2);
   if (err) FUZZ_CHECK(fuzz_err_ok(err, errlen));
   if (rc == 2 && errlen > 1) FUZZ_CHECK(err[0] != '\0');
@@ -153,10 +153,10 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
     }
   }
-  pmx_flags_usage(devnull, "fuzz", "[flags]", flags, NFLAGS);
+  px_flags_usage(devnull, "fuzz", "[flags]", flags, NFLAGS);
   for (int i = 0; i < in.n; i++) {
     uint64_t v;
-    (void)pmx_parse_size(in.v[i], &v);
+    (void)px_parse_size(in.v[i], &v);
   }
 
   for (size_t i = 0; i < NENV; i++) unsetenv(env_names[i]);

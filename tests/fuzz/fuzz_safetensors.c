@@ -22,17 +22,17 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   char err[256];
   err[0] = '\0';
-  pmx_st_file* f = pmx_st_open_mem(data, size, err, sizeof err);
+  px_st_file* f = px_st_open_mem(data, size, err, sizeof err);
   if (!f) {
     if (err[0] == '\0' || strchr(err, '\n')) abort(); /* always one line */
     return 0;
   }
-  size_t n = pmx_st_count(f);
+  size_t n = px_st_count(f);
   uint64_t covered = 0;
   unsigned sum = 0;
   for (size_t i = 0; i < n; i++) {
-    pmx_st_tensor t, u;
-    if (pmx_st_entry_at(f, i, &t) != 0) abort();
+    px_st_tensor t, u;
+    if (px_st_entry_at(f, i, &t) != 0) abort();
     if (t.offset != covered) abort(); /* file order tiles the data section */
     covered += t.nbytes;
     const uint8_t* p = t.data;
@@ -44,19 +44,19 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (t.shape[d] == 0) zero = 1;
       else elems *= t.shape[d]; /* validated not to overflow */
     }
-    if ((zero ? 0 : elems * pmx_st_dtype_size(t.dtype)) != t.nbytes) abort();
-    if (pmx_st_find(f, t.name, &u) != 0 || u.data != t.data || strcmp(u.name, t.name)) abort();
+    if ((zero ? 0 : elems * px_st_dtype_size(t.dtype)) != t.nbytes) abort();
+    if (px_st_find(f, t.name, &u) != 0 || u.data != t.data || strcmp(u.name, t.name)) abort();
   }
-  pmx_st_tensor t;
-  if (pmx_st_entry_at(f, n, &t) != -1) abort();
-  for (size_t i = 0; i < pmx_st_meta_count(f); i++) {
+  px_st_tensor t;
+  if (px_st_entry_at(f, n, &t) != -1) abort();
+  for (size_t i = 0; i < px_st_meta_count(f); i++) {
     const char *k, *v;
-    if (pmx_st_meta_at(f, i, &k, &v) != 0) abort();
-    const char* w = pmx_st_meta(f, k);
+    if (px_st_meta_at(f, i, &k, &v) != 0) abort();
+    const char* w = px_st_meta(f, k);
     if (!w || strcmp(w, v)) abort();
     sum += (unsigned)strlen(v);
   }
-  pmx_st_close(f);
+  px_st_close(f);
   sink = sum;
   return 0;
 }

@@ -1,4 +1,4 @@
-/* Fuzz target: paramex-server's configuration (pmx_config_parse, server/server.h) from
+/* Fuzz target: paramex-server's configuration (px_config_parse, server/server.h) from
  * command-line arguments and PMX_* environment variables.
  *
  * Input layout:
@@ -8,7 +8,7 @@
  *           first byte picks the variable (modulo the names below), the rest is its value;
  *           the other strings are argv[1..] (argv[0] is "paramex-server").
  *
- * pmx_config_parse prints usage on stdout and one line on stderr on errors; both streams
+ * px_config_parse prints usage on stdout and one line on stderr on errors; both streams
  * go to /dev/null (PMX_FUZZ_VERBOSE=1 shows them). Checks, besides ASan/UBSan: the return
  * value is 0, 1 or 2, and a configuration accepted for running satisfies the documented
  * ranges. Every variable is unset again before returning. */
@@ -51,19 +51,19 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   argv[0] = "paramex-server";
   for (int i = nenv; i < in.n; i++) argv[1 + i - nenv] = in.v[i];
 
-  pmx_config cfg;
-  int rc = pmx_config_parse(&cfg, argc, argv);
+  px_config cfg;
+  int rc = px_config_parse(&cfg, argc, argv);
   FUZZ_CHECK(rc == 0 || rc == 1 || rc == 2);
   if (rc == 0) {
     FUZZ_CHECK(cfg.workers >= 1 && cfg.workers <= 4096);
     FUZZ_CHECK(cfg.chunk_bytes >= 1024 && cfg.chunk_bytes <= (3u << 20));
     FUZZ_CHECK(cfg.chunk_bytes % 4 == 0);
     FUZZ_CHECK(cfg.threads >= 1 && cfg.cq_threads >= 1);
-    FUZZ_CHECK(cfg.history <= PMX_MAX_HISTORY);
+    FUZZ_CHECK(cfg.history <= PX_MAX_HISTORY);
     FUZZ_CHECK(cfg.compression_level >= 1 && cfg.compression_level <= 19);
     FUZZ_CHECK(cfg.lr >= 0 && cfg.lr <= 1e6);
     FUZZ_CHECK(cfg.listen && strchr(cfg.listen, ':') && cfg.listen[0] != ':');
-    FUZZ_CHECK(cfg.log_level && pmx_log_level_parse(cfg.log_level) >= 0);
+    FUZZ_CHECK(cfg.log_level && px_log_level_parse(cfg.log_level) >= 0);
   }
 
   for (size_t i = 0; i < NENV; i++) unsetenv(env_names[i]);

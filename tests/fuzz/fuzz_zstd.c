@@ -1,5 +1,5 @@
-/* Fuzz target: zstd frames from the wire (pmx_zstd_decompress, codec/diff.h) and the
- * delta-word decoder on top of it (pmx_decode_delta_words, codec/frame.h).
+/* Fuzz target: zstd frames from the wire (px_zstd_decompress, codec/diff.h) and the
+ * delta-word decoder on top of it (px_decode_delta_words, codec/frame.h).
  *
  * Input layout:
  *   byte 0    bits 0-1: expected size: 0 the frame's declared content size, 1 bytes 1-2
@@ -10,9 +10,9 @@
  *   rest      the frame
  *
  * Checks, besides ASan/UBSan: the error line fits its buffer; a frame that decodes is
- * recompressed and decodes to the same bytes; pmx_decode_delta_words accepts exactly the
- * frames pmx_zstd_decompress accepts, its words equal unshuffle+unzigzag of the bytes, and
- * re-encoding them with pmx_encode_delta_words round-trips. */
+ * recompressed and decodes to the same bytes; px_decode_delta_words accepts exactly the
+ * frames px_zstd_decompress accepts, its words equal unshuffle+unzigzag of the bytes, and
+ * re-encoding them with px_encode_delta_words round-trips. */
 #include <zstd.h>
 
 #include "codec/diff.h"
@@ -28,17 +28,17 @@ static void delta_words(const uint8_t* frame, size_t len, const uint8_t* bytes, 
   uint8_t* d = malloc(expected ? expected : 1);
   uint8_t* want = malloc(expected ? expected : 1);
   FUZZ_CHECK(d && want);
-  int rc = pmx_decode_delta_words(frame, len, n, width, d);
+  int rc = px_decode_delta_words(frame, len, n, width, d);
   FUZZ_CHECK(rc == (bytes ? 0 : -1));
   if (rc == 0) {
-    pmx_unshuffle_unzigzag(bytes, n, width, want);
+    px_unshuffle_unzigzag(bytes, n, width, want);
     FUZZ_CHECK(memcmp(d, want, expected) == 0);
-    size_t cap = pmx_zstd_bound(expected);
+    size_t cap = px_zstd_bound(expected);
     uint8_t* out = malloc(cap);
     FUZZ_CHECK(out != NULL);
-    size_t flen = pmx_encode_delta_words(d, n, width, level, out, cap);
+    size_t flen = px_encode_delta_words(d, n, width, level, out, cap);
     FUZZ_CHECK(flen > 0);
-    FUZZ_CHECK(pmx_decode_delta_words(out, flen, n, width, want) == 0);
+    FUZZ_CHECK(px_decode_delta_words(out, flen, n, width, want) == 0);
     FUZZ_CHECK(memcmp(d, want, expected) == 0);
     free(out);
   }
@@ -72,20 +72,20 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   char errbuf[160];
   char* err = errlen ? errbuf : NULL;
   if (err) memset(err, 'x', errlen);
-  int rc = pmx_zstd_decompress(frame, len, dst, expected, err, errlen);
+  int rc = px_zstd_decompress(frame, len, dst, expected, err, errlen);
   FUZZ_CHECK(rc == 0 || rc == -1);
   if (rc != 0 && err) FUZZ_CHECK(fuzz_err_ok(err, errlen));
 
   if (rc == 0) {
     /* The frame decoded: compress the bytes again and get them back. */
-    size_t cap = pmx_zstd_bound(expected);
+    size_t cap = px_zstd_bound(expected);
     uint8_t* z = malloc(cap);
     uint8_t* back = malloc(expected ? expected : 1);
     FUZZ_CHECK(z && back);
-    size_t zlen = pmx_zstd_compress(dst, expected, z, cap, level);
+    size_t zlen = px_zstd_compress(dst, expected, z, cap, level);
     FUZZ_CHECK(zlen > 0);
     FUZZ_CHECK(ZSTD_getFrameContentSize(z, zlen) == (unsigned long long)expected);
-    FUZZ_CHECK(pmx_zstd_decompress(z, zlen, expected ? back : NULL, expected, NULL, 0) == 0);
+    FUZZ_CHECK(px_zstd_decompress(z, zlen, expected ? back : NULL, expected, NULL, 0) == 0);
     FUZZ_CHECK(expected == 0 || memcmp(dst, back, expected) == 0);
     free(back);
     free(z);

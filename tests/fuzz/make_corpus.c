@@ -39,11 +39,11 @@ static void put(const char* target, const char* name, const void* a, size_t alen
 /* ---- chunk: option byte, split points, PushChunk/PullChunk ----------------------------- */
 
 static void chunk_seed(const char* name, const uint8_t* prefix, size_t nprefix,
-                       pmx_chunk_kind kind, pmx_chunk* c, const uint8_t* payload, size_t plen) {
-  uint8_t buf[8 + PMX_CHUNK_HDR_MAX + 4096];
+                       px_chunk_kind kind, px_chunk* c, const uint8_t* payload, size_t plen) {
+  uint8_t buf[8 + PX_CHUNK_HDR_MAX + 4096];
   FUZZ_CHECK(nprefix <= 8 && plen <= 4096);
   memcpy(buf, prefix, nprefix);
-  size_t h = pmx_chunk_encode_header(kind, c, plen, buf + nprefix, PMX_CHUNK_HDR_MAX);
+  size_t h = px_chunk_encode_header(kind, c, plen, buf + nprefix, PX_CHUNK_HDR_MAX);
   FUZZ_CHECK(h > 0);
   if (plen) memcpy(buf + nprefix + h, payload, plen);
   put("chunk", name, buf, nprefix + h + plen, NULL, 0);
@@ -54,19 +54,19 @@ static void chunk_seeds(void) {
   for (size_t i = 0; i < sizeof src; i++) src[i] = (uint8_t)(i * 7u + (i >> 3));
 
   /* PushChunk, RAW f32, one segment. */
-  pmx_chunk c = {.worker_id = 1, .incarnation = 3, .step = 5, .tensor_id = 2, .chunk = 0,
-                 .encoding = PMX_ENC_RAW, .dtype = PMX_DT_F32, .raw_len = 64};
-  c.checksum = pmx_checksum(src, 64);
-  chunk_seed("push-raw-f32", (const uint8_t[]){0x00}, 1, PMX_CHUNK_PUSH, &c, src, 64);
+  px_chunk c = {.worker_id = 1, .incarnation = 3, .step = 5, .tensor_id = 2, .chunk = 0,
+                 .encoding = PX_ENC_RAW, .dtype = PX_DT_F32, .raw_len = 64};
+  c.checksum = px_checksum(src, 64);
+  chunk_seed("push-raw-f32", (const uint8_t[]){0x00}, 1, PX_CHUNK_PUSH, &c, src, 64);
 
   /* PushChunk, SHUFFLE_ZSTD f32, three segments. */
   size_t n = 64;
-  size_t z = pmx_encode_shuffle(src, n, 4, 1, frame, sizeof frame);
+  size_t z = px_encode_shuffle(src, n, 4, 1, frame, sizeof frame);
   FUZZ_CHECK(z > 0);
-  c.encoding = PMX_ENC_SHUFFLE_ZSTD;
+  c.encoding = PX_ENC_SHUFFLE_ZSTD;
   c.raw_len = (uint32_t)(n * 4);
-  c.checksum = pmx_checksum(src, n * 4);
-  chunk_seed("push-shuffle-f32-3seg", (const uint8_t[]){2 << 2, 0x40, 0xc0}, 3, PMX_CHUNK_PUSH,
+  c.checksum = px_checksum(src, n * 4);
+  chunk_seed("push-shuffle-f32-3seg", (const uint8_t[]){2 << 2, 0x40, 0xc0}, 3, PX_CHUNK_PUSH,
              &c, frame, z);
 
   /* PullChunk, DELTA_ZSTD f32 against fuzz_fill_base, four segments (one empty). */
@@ -74,28 +74,28 @@ static void chunk_seeds(void) {
   fuzz_fill_base(base, n * 4);
   memcpy(src, base, n * 4);
   for (size_t i = 0; i < n; i += 3) src[i * 4] ^= 0x5a;
-  z = pmx_encode_delta(src, base, n, 4, 1, frame, sizeof frame);
+  z = px_encode_delta(src, base, n, 4, 1, frame, sizeof frame);
   FUZZ_CHECK(z > 0);
-  pmx_chunk p = {.tensor_id = 4, .chunk = 1, .version = 9, .base_version = 8,
-                 .encoding = PMX_ENC_DELTA_ZSTD, .dtype = PMX_DT_F32, .raw_len = (uint32_t)(n * 4)};
-  p.checksum = pmx_checksum(src, n * 4);
+  px_chunk p = {.tensor_id = 4, .chunk = 1, .version = 9, .base_version = 8,
+                 .encoding = PX_ENC_DELTA_ZSTD, .dtype = PX_DT_F32, .raw_len = (uint32_t)(n * 4)};
+  p.checksum = px_checksum(src, n * 4);
   chunk_seed("pull-delta-f32-4seg", (const uint8_t[]){1 | 3 << 2, 0x10, 0x80, 0x80}, 4,
-             PMX_CHUNK_PULL, &p, frame, z);
+             PX_CHUNK_PULL, &p, frame, z);
 
   /* PullChunk, UNCHANGED bf16: no payload, checksum of the base. */
   n = 24;
   fuzz_fill_base(base, n * 2);
-  pmx_chunk u = {.tensor_id = 4, .chunk = 2, .version = 9, .base_version = 9,
-                 .encoding = PMX_ENC_UNCHANGED, .dtype = PMX_DT_BF16, .raw_len = (uint32_t)(n * 2)};
-  u.checksum = pmx_checksum(base, n * 2);
-  chunk_seed("pull-unchanged-bf16", (const uint8_t[]){1 | 2}, 1, PMX_CHUNK_PULL, &u, NULL, 0);
+  px_chunk u = {.tensor_id = 4, .chunk = 2, .version = 9, .base_version = 9,
+                 .encoding = PX_ENC_UNCHANGED, .dtype = PX_DT_BF16, .raw_len = (uint32_t)(n * 2)};
+  u.checksum = px_checksum(base, n * 2);
+  chunk_seed("pull-unchanged-bf16", (const uint8_t[]){1 | 2}, 1, PX_CHUNK_PULL, &u, NULL, 0);
 
   /* PullChunk, RAW bf16, two segments. */
   n = 8;
-  pmx_chunk r = {.tensor_id = 1, .chunk = 0, .version = 2, .encoding = PMX_ENC_RAW,
-                 .dtype = PMX_DT_BF16, .raw_len = (uint32_t)(n * 2)};
-  r.checksum = pmx_checksum(src, n * 2);
-  chunk_seed("pull-raw-bf16-2seg", (const uint8_t[]){1 | 2 | 1 << 2, 0x80}, 2, PMX_CHUNK_PULL,
+  px_chunk r = {.tensor_id = 1, .chunk = 0, .version = 2, .encoding = PX_ENC_RAW,
+                 .dtype = PX_DT_BF16, .raw_len = (uint32_t)(n * 2)};
+  r.checksum = px_checksum(src, n * 2);
+  chunk_seed("pull-raw-bf16-2seg", (const uint8_t[]){1 | 2 | 1 << 2, 0x80}, 2, PX_CHUNK_PULL,
              &r, src, n * 2);
 }
 
@@ -105,22 +105,22 @@ static void zstd_seeds(void) {
   uint8_t d[1024], frame[2048];
   /* Small wrapping deltas, as a DELTA_ZSTD frame carries them. */
   for (size_t i = 0; i < 256; i++) d[i] = (uint8_t)((i % 5) - 2);
-  size_t z = pmx_encode_delta_words(d, 64, 4, 1, frame, sizeof frame);
+  size_t z = px_encode_delta_words(d, 64, 4, 1, frame, sizeof frame);
   FUZZ_CHECK(z > 0);
   put("zstd", "delta-words-u32", (const uint8_t[]){0x00, 0, 0}, 3, frame, z);
 
-  z = pmx_encode_delta_words(d, 100, 2, 1, frame, sizeof frame);
+  z = px_encode_delta_words(d, 100, 2, 1, frame, sizeof frame);
   FUZZ_CHECK(z > 0);
   put("zstd", "delta-words-u16", (const uint8_t[]){0x04 | 3 << 5, 0, 0}, 3, frame, z);
 
   static const char text[] =
       "paramex paramex paramex: a parameter server; parameters, parameters, parameters.";
-  z = pmx_zstd_compress(text, sizeof text, frame, sizeof frame, 3);
+  z = px_zstd_compress(text, sizeof text, frame, sizeof frame, 3);
   FUZZ_CHECK(z > 0);
   put("zstd", "text-explicit-size", (const uint8_t[]){0x01 | 2 << 3, sizeof text & 0xff, 0}, 3,
       frame, z);
 
-  z = pmx_zstd_compress("", 0, frame, sizeof frame, 1);
+  z = px_zstd_compress("", 0, frame, sizeof frame, 1);
   FUZZ_CHECK(z > 0);
   put("zstd", "empty", (const uint8_t[]){0x00 | 1 << 5, 0, 0}, 3, frame, z);
 }

@@ -1,6 +1,6 @@
 /* cmocka helpers shared by the integration tests. Include after <cmocka.h>. */
-#ifndef PMX_IT_CHECK_H
-#define PMX_IT_CHECK_H
+#ifndef PX_IT_CHECK_H
+#define PX_IT_CHECK_H
 
 /* Fails the current test with a formatted message when cond is false. */
 #define CHECK(cond, ...)                       \

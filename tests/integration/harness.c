@@ -23,14 +23,14 @@ extern char** environ;
 
 /* ---- small helpers ------------------------------------------------------------------ */
 
-int64_t pmx_h_now_ms(void) {
+int64_t px_h_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static int remaining_ms(int64_t deadline) {
-  int64_t left = deadline - pmx_h_now_ms();
+  int64_t left = deadline - px_h_now_ms();
   if (left < 0) return 0;
   if (left > 3600000) return 3600000;
   return (int)left;
@@ -45,10 +45,10 @@ static const char* env_or_die(const char* name) {
   return v;
 }
 
-const char* pmx_h_server_bin(void) { return env_or_die("PMX_SERVER_BIN"); }
-const char* pmx_h_worker_bin(void) { return env_or_die("PMX_WORKER_BIN"); }
+const char* px_h_server_bin(void) { return env_or_die("PMX_SERVER_BIN"); }
+const char* px_h_worker_bin(void) { return env_or_die("PMX_WORKER_BIN"); }
 
-const char* pmx_h_describe_wstatus(int ws, char* buf, size_t cap) {
+const char* px_h_describe_wstatus(int ws, char* buf, size_t cap) {
   if (WIFEXITED(ws))
     snprintf(buf, cap, "exited %d", WEXITSTATUS(ws));
   else if (WIFSIGNALED(ws))
@@ -69,7 +69,7 @@ static void registry_add(pid_t pid) {
       g_children[i] = pid;
       return;
     }
-  /* Full: the child is still reaped by its owner, it only misses pmx_h_kill_all. */
+  /* Full: the child is still reaped by its owner, it only misses px_h_kill_all. */
 }
 
 static bool registry_has(pid_t pid) {
@@ -113,7 +113,7 @@ static char** build_env(const char* const* extra) {
   return out;
 }
 
-pid_t pmx_h_spawn(const char* const* argv, const char* const* env, int stdout_fd, int stderr_fd) {
+pid_t px_h_spawn(const char* const* argv, const char* const* env, int stdout_fd, int stderr_fd) {
   char** envp = build_env(env);
   if (!envp) return -1;
   int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -151,14 +151,14 @@ pid_t pmx_h_spawn(const char* const* argv, const char* const* env, int stdout_fd
   return pid;
 }
 
-int pmx_h_wait(pid_t pid, int timeout_ms, int* wstatus) {
+int px_h_wait(pid_t pid, int timeout_ms, int* wstatus) {
   int ws = 0;
   pid_t r = waitpid(pid, &ws, WNOHANG);
   if (r == pid) goto reaped;
   if (r < 0) return -1;
   int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
   if (pfd >= 0) {
-    int64_t deadline = pmx_h_now_ms() + timeout_ms;
+    int64_t deadline = px_h_now_ms() + timeout_ms;
     for (;;) {
       struct pollfd p = {.fd = pfd, .events = POLLIN};
       int pr = poll(&p, 1, remaining_ms(deadline));
@@ -172,10 +172,10 @@ int pmx_h_wait(pid_t pid, int timeout_ms, int* wstatus) {
     return -1;
   }
   /* No pidfd (kernel < 5.3): poll waitpid every 10 ms, still bounded. */
-  for (int64_t deadline = pmx_h_now_ms() + timeout_ms;;) {
+  for (int64_t deadline = px_h_now_ms() + timeout_ms;;) {
     r = waitpid(pid, &ws, WNOHANG);
     if (r == pid) goto reaped;
-    if (r < 0 || pmx_h_now_ms() >= deadline) return -1;
+    if (r < 0 || px_h_now_ms() >= deadline) return -1;
     poll(NULL, 0, 10);
   }
 reaped:
@@ -184,7 +184,7 @@ reaped:
   return 0;
 }
 
-void pmx_h_kill(pid_t pid) {
+void px_h_kill(pid_t pid) {
   if (pid <= 0 || !registry_has(pid)) return;
   kill(pid, SIGKILL);
   int ws;
@@ -193,16 +193,16 @@ void pmx_h_kill(pid_t pid) {
   registry_remove(pid);
 }
 
-void pmx_h_kill_all(void) {
+void px_h_kill_all(void) {
   for (size_t i = 0; i < MAX_CHILDREN; i++)
-    if (g_children[i] != 0) pmx_h_kill(g_children[i]);
+    if (g_children[i] != 0) px_h_kill(g_children[i]);
 }
 
 /* ---- reading child output --------------------------------------------------------------- */
 
-ssize_t pmx_h_read_all(int fd, char* buf, size_t cap, int timeout_ms) {
+ssize_t px_h_read_all(int fd, char* buf, size_t cap, int timeout_ms) {
   size_t len = 0;
-  int64_t deadline = pmx_h_now_ms() + timeout_ms;
+  int64_t deadline = px_h_now_ms() + timeout_ms;
   buf[0] = 0;
   for (;;) {
     struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -222,9 +222,9 @@ ssize_t pmx_h_read_all(int fd, char* buf, size_t cap, int timeout_ms) {
   return (ssize_t)len;
 }
 
-int pmx_h_read_line_prefix(int fd, const char* prefix, char* acc, size_t cap, char* line,
+int px_h_read_line_prefix(int fd, const char* prefix, char* acc, size_t cap, char* line,
                            size_t linecap, int timeout_ms) {
-  int64_t deadline = pmx_h_now_ms() + timeout_ms;
+  int64_t deadline = px_h_now_ms() + timeout_ms;
   for (;;) {
     char* nl;
     while ((nl = strchr(acc, '\n')) != NULL) {
@@ -249,19 +249,19 @@ int pmx_h_read_line_prefix(int fd, const char* prefix, char* acc, size_t cap, ch
 
 /* ---- the server ------------------------------------------------------------------------- */
 
-int pmx_h_server_start(pmx_h_server* s, const char* const* args, const char* const* env,
+int px_h_server_start(px_h_server* s, const char* const* args, const char* const* env,
                        int timeout_ms, char* err, size_t errlen) {
-  return pmx_h_server_start_ex(s, NULL, args, env, -1, timeout_ms, err, errlen);
+  return px_h_server_start_ex(s, NULL, args, env, -1, timeout_ms, err, errlen);
 }
 
-int pmx_h_server_start_ex(pmx_h_server* s, const char* listen, const char* const* args,
+int px_h_server_start_ex(px_h_server* s, const char* listen, const char* const* args,
                           const char* const* env, int stderr_fd, int timeout_ms, char* err,
                           size_t errlen) {
   memset(s, 0, sizeof *s);
   s->out_fd = -1;
   const char* argv[64];
   size_t n = 0;
-  argv[n++] = pmx_h_server_bin();
+  argv[n++] = px_h_server_bin();
   argv[n++] = "--listen";
   argv[n++] = listen ? listen : "127.0.0.1:0";
   if (args)
@@ -273,7 +273,7 @@ int pmx_h_server_start_ex(pmx_h_server* s, const char* listen, const char* const
     snprintf(err, errlen, "pipe: %s", strerror(errno));
     return -1;
   }
-  pid_t pid = pmx_h_spawn(argv, env, pfd[1], stderr_fd);
+  pid_t pid = px_h_spawn(argv, env, pfd[1], stderr_fd);
   close(pfd[1]);
   if (pid < 0) {
     close(pfd[0]);
@@ -285,7 +285,7 @@ int pmx_h_server_start_ex(pmx_h_server* s, const char* listen, const char* const
 
   /* The first stdout line must be the listening line. */
   char acc[1024] = "";
-  int64_t deadline = pmx_h_now_ms() + timeout_ms;
+  int64_t deadline = px_h_now_ms() + timeout_ms;
   for (;;) {
     char* nl = strchr(acc, '\n');
     if (nl) {
@@ -323,8 +323,8 @@ int pmx_h_server_start_ex(pmx_h_server* s, const char* listen, const char* const
     if (r <= 0) {
       int ws = 0;
       char d[96] = "still running";
-      if (pmx_h_wait(pid, 5000, &ws) == 0) {
-        pmx_h_describe_wstatus(ws, d, sizeof d);
+      if (px_h_wait(pid, 5000, &ws) == 0) {
+        px_h_describe_wstatus(ws, d, sizeof d);
         s->pid = 0;
       }
       snprintf(err, errlen, "server closed stdout before its listening line (%s; stdout: '%s')", d, acc);
@@ -333,27 +333,27 @@ int pmx_h_server_start_ex(pmx_h_server* s, const char* listen, const char* const
     acc[len + (size_t)r] = 0;
   }
 fail:
-  if (s->pid > 0) pmx_h_kill(s->pid);
+  if (s->pid > 0) px_h_kill(s->pid);
   s->pid = 0;
   close(s->out_fd);
   s->out_fd = -1;
   return -1;
 }
 
-int pmx_h_server_stop(pmx_h_server* s, int timeout_ms, int* wstatus, size_t* extra) {
+int px_h_server_stop(px_h_server* s, int timeout_ms, int* wstatus, size_t* extra) {
   int rc = 0;
   if (extra) *extra = 0;
   if (s->pid > 0) {
     kill(s->pid, SIGTERM);
-    if (pmx_h_wait(s->pid, timeout_ms, wstatus) != 0) {
-      pmx_h_kill(s->pid);
+    if (px_h_wait(s->pid, timeout_ms, wstatus) != 0) {
+      px_h_kill(s->pid);
       rc = -1;
     }
     s->pid = 0;
   }
   if (s->out_fd >= 0) {
     char rest[4096];
-    ssize_t n = rc == 0 ? pmx_h_read_all(s->out_fd, rest, sizeof rest, 2000) : 0;
+    ssize_t n = rc == 0 ? px_h_read_all(s->out_fd, rest, sizeof rest, 2000) : 0;
     if (extra && n > 0) *extra = (size_t)n;
     close(s->out_fd);
     s->out_fd = -1;
@@ -363,13 +363,13 @@ int pmx_h_server_stop(pmx_h_server* s, int timeout_ms, int* wstatus, size_t* ext
 
 /* ---- files ------------------------------------------------------------------------------ */
 
-int pmx_h_mkdtemp(char* out, size_t cap) {
+int px_h_mkdtemp(char* out, size_t cap) {
   const char* t = getenv("TMPDIR");
   snprintf(out, cap, "%s/pmx-it-XXXXXX", t && *t ? t : "/tmp");
   return mkdtemp(out) ? 0 : -1;
 }
 
-void pmx_h_rmtree(const char* dir) {
+void px_h_rmtree(const char* dir) {
   DIR* d = opendir(dir);
   if (!d) return;
   struct dirent* e;
@@ -379,7 +379,7 @@ void pmx_h_rmtree(const char* dir) {
     snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
     struct stat st;
     if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
-      pmx_h_rmtree(p);
+      px_h_rmtree(p);
     else
       unlink(p);
   }
@@ -387,7 +387,7 @@ void pmx_h_rmtree(const char* dir) {
   rmdir(dir);
 }
 
-void* pmx_h_read_file(const char* path, size_t* len) {
+void* px_h_read_file(const char* path, size_t* len) {
   FILE* f = fopen(path, "rb");
   if (!f) return NULL;
   void* buf = NULL;
@@ -406,7 +406,7 @@ void* pmx_h_read_file(const char* path, size_t* len) {
   return buf;
 }
 
-long pmx_h_rss_kib(pid_t pid) {
+long px_h_rss_kib(pid_t pid) {
   char path[64], line[256];
   snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
   FILE* f = fopen(path, "r");
@@ -425,7 +425,7 @@ typedef struct hcall {
   pthread_cond_t cv;
   int sent;        /* 0 pending, 1 ok, 2 failed */
   bool have_msg;
-  pmx_msg* msg;
+  px_msg* msg;
   bool done;
   bool abandoned;  /* the harness gave up waiting; on_done frees */
   int status;
@@ -438,7 +438,7 @@ static void hcall_free(hcall* h) {
   free(h);
 }
 
-static void on_sent(pmx_cli_call* call, void* ctx, bool ok) {
+static void on_sent(px_cli_call* call, void* ctx, bool ok) {
   (void)call;
   hcall* h = ctx;
   pthread_mutex_lock(&h->mu);
@@ -447,12 +447,12 @@ static void on_sent(pmx_cli_call* call, void* ctx, bool ok) {
   pthread_mutex_unlock(&h->mu);
 }
 
-static void on_message(pmx_cli_call* call, void* ctx, pmx_msg* msg) {
+static void on_message(px_cli_call* call, void* ctx, px_msg* msg) {
   (void)call;
   hcall* h = ctx;
   pthread_mutex_lock(&h->mu);
   if (h->abandoned) {
-    pmx_msg_free(msg);
+    px_msg_free(msg);
   } else {
     h->msg = msg;
     h->have_msg = true;
@@ -461,7 +461,7 @@ static void on_message(pmx_cli_call* call, void* ctx, pmx_msg* msg) {
   pthread_mutex_unlock(&h->mu);
 }
 
-static void on_done(pmx_cli_call* call, void* ctx, int status, const char* details) {
+static void on_done(px_cli_call* call, void* ctx, int status, const char* details) {
   (void)call;
   hcall* h = ctx;
   pthread_mutex_lock(&h->mu);
@@ -477,14 +477,14 @@ static void on_done(pmx_cli_call* call, void* ctx, int status, const char* detai
   pthread_mutex_unlock(&h->mu);
 }
 
-static const pmx_cli_call_cbs g_cbs = {on_message, on_sent, on_done};
+static const px_cli_call_cbs g_cbs = {on_message, on_sent, on_done};
 
 static void noop_release(void* ctx) { (void)ctx; }
 
 /* Waits (h->mu held) until *flag or the deadline. Returns false on timeout. */
 static bool wait_flag(hcall* h, const bool* flag, const int* iflag, int64_t deadline) {
   while (!(flag ? *flag : *iflag != 0)) {
-    int64_t ms = deadline - pmx_h_now_ms();
+    int64_t ms = deadline - px_h_now_ms();
     if (ms <= 0) return false;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -499,9 +499,9 @@ static bool wait_flag(hcall* h, const bool* flag, const int* iflag, int64_t dead
   return true;
 }
 
-static int push_resp(pmx_h_result* res, pmx_msg* m) {
+static int push_resp(px_h_result* res, px_msg* m) {
   size_t len = 0;
-  const uint8_t* flat = pmx_msg_flat(m, &len);
+  const uint8_t* flat = px_msg_flat(m, &len);
   uint8_t* copy = malloc(len ? len : 1);
   uint8_t** r2 = realloc(res->resp, (res->nresp + 1) * sizeof *r2);
   if (r2) res->resp = r2;
@@ -518,11 +518,11 @@ static int push_resp(pmx_h_result* res, pmx_msg* m) {
   return 0;
 }
 
-int pmx_h_call(pmx_rpc_channel* ch, const char* path, const pmx_h_msg* msgs, size_t n,
-               int64_t timeout_ms, pmx_h_result* res) {
+int px_h_call(px_rpc_channel* ch, const char* path, const px_h_msg* msgs, size_t n,
+               int64_t timeout_ms, px_h_result* res) {
   memset(res, 0, sizeof *res);
   res->status = -1;
-  int64_t t0 = pmx_h_now_ms();
+  int64_t t0 = px_h_now_ms();
   int64_t deadline = t0 + timeout_ms + 10000;
   hcall* h = calloc(1, sizeof *h);
   if (!h) {
@@ -536,7 +536,7 @@ int pmx_h_call(pmx_rpc_channel* ch, const char* path, const pmx_h_msg* msgs, siz
   pthread_cond_init(&h->cv, &ca);
   pthread_condattr_destroy(&ca);
 
-  pmx_cli_call* call = pmx_cli_call_start(ch, path, timeout_ms, true, &g_cbs, h);
+  px_cli_call* call = px_cli_call_start(ch, path, timeout_ms, true, &g_cbs, h);
   if (!call) {
     hcall_free(h);
     snprintf(res->details, sizeof res->details, "harness: pmx_cli_call_start failed");
@@ -547,11 +547,11 @@ int pmx_h_call(pmx_rpc_channel* ch, const char* path, const pmx_h_msg* msgs, siz
   pthread_mutex_lock(&h->mu);
   bool open = true;
   for (size_t i = 0; i < n && open; i++) {
-    pmx_out out = {msgs[i].head, msgs[i].head_len, msgs[i].body, msgs[i].body_len,
+    px_out out = {msgs[i].head, msgs[i].head_len, msgs[i].body, msgs[i].body_len,
                    noop_release, NULL};
     h->sent = 0;
     pthread_mutex_unlock(&h->mu);
-    bool started = pmx_cli_call_send(call, &out, i + 1 == n);
+    bool started = px_cli_call_send(call, &out, i + 1 == n);
     pthread_mutex_lock(&h->mu);
     if (!started) {
       open = false;
@@ -565,14 +565,14 @@ int pmx_h_call(pmx_rpc_channel* ch, const char* path, const pmx_h_msg* msgs, siz
   }
   if (!hang && open && n == 0) {
     pthread_mutex_unlock(&h->mu);
-    pmx_cli_call_close_send(call);
+    px_cli_call_close_send(call);
     pthread_mutex_lock(&h->mu);
   }
   while (!hang) {
     h->have_msg = false;
     h->msg = NULL;
     pthread_mutex_unlock(&h->mu);
-    bool started = pmx_cli_call_read(call);
+    bool started = px_cli_call_read(call);
     pthread_mutex_lock(&h->mu);
     if (!started) break;
     if (!wait_flag(h, &h->have_msg, NULL, deadline)) {
@@ -580,35 +580,35 @@ int pmx_h_call(pmx_rpc_channel* ch, const char* path, const pmx_h_msg* msgs, siz
       break;
     }
     if (!h->msg) break;
-    pmx_msg* m = h->msg;
+    px_msg* m = h->msg;
     h->msg = NULL;
     pthread_mutex_unlock(&h->mu);
     int prc = push_resp(res, m);
-    pmx_msg_free(m);
+    px_msg_free(m);
     pthread_mutex_lock(&h->mu);
     if (prc != 0) {
       pthread_mutex_unlock(&h->mu);
-      pmx_cli_call_cancel(call);
+      px_cli_call_cancel(call);
       pthread_mutex_lock(&h->mu);
     }
   }
   if (hang) {
     pthread_mutex_unlock(&h->mu);
-    pmx_cli_call_cancel(call);
+    px_cli_call_cancel(call);
     pthread_mutex_lock(&h->mu);
   }
   pthread_mutex_unlock(&h->mu);
-  pmx_cli_call_unref(call);
+  px_cli_call_unref(call);
   pthread_mutex_lock(&h->mu);
   bool done = wait_flag(h, &h->done, NULL, deadline + (hang ? 5000 : 0));
-  res->elapsed_ms = pmx_h_now_ms() - t0;
+  res->elapsed_ms = px_h_now_ms() - t0;
   if (done && !hang) {
     res->status = h->status;
     snprintf(res->details, sizeof res->details, "%s", h->details);
   } else if (done) {
     snprintf(res->details, sizeof res->details,
              "harness: no %s completion within %lld ms (call then ended %s: %.300s)", hang,
-             (long long)(timeout_ms + 10000), pmx_status_name(h->status), h->details);
+             (long long)(timeout_ms + 10000), px_status_name(h->status), h->details);
   } else {
     snprintf(res->details, sizeof res->details, "harness: call did not finish within %lld ms%s%s",
              (long long)(timeout_ms + 10000), hang ? " waiting for " : "", hang ? hang : "");
@@ -623,7 +623,7 @@ int pmx_h_call(pmx_rpc_channel* ch, const char* path, const pmx_h_msg* msgs, siz
   return res->status;
 }
 
-void pmx_h_result_free(pmx_h_result* res) {
+void px_h_result_free(px_h_result* res) {
   for (size_t i = 0; i < res->nresp; i++) free(res->resp[i]);
   free(res->resp);
   free(res->resp_len);
@@ -632,25 +632,25 @@ void pmx_h_result_free(pmx_h_result* res) {
   res->nresp = 0;
 }
 
-struct pmx_h_async {
+struct px_h_async {
   pthread_t th;
-  pmx_rpc_channel* ch;
+  px_rpc_channel* ch;
   const char* path;
-  const pmx_h_msg* msgs;
+  const px_h_msg* msgs;
   size_t n;
   int64_t timeout_ms;
-  pmx_h_result res;
+  px_h_result res;
 };
 
 static void* async_main(void* arg) {
-  pmx_h_async* a = arg;
-  pmx_h_call(a->ch, a->path, a->msgs, a->n, a->timeout_ms, &a->res);
+  px_h_async* a = arg;
+  px_h_call(a->ch, a->path, a->msgs, a->n, a->timeout_ms, &a->res);
   return NULL;
 }
 
-pmx_h_async* pmx_h_async_start(pmx_rpc_channel* ch, const char* path, const pmx_h_msg* msgs,
+px_h_async* px_h_async_start(px_rpc_channel* ch, const char* path, const px_h_msg* msgs,
                                size_t n, int64_t timeout_ms) {
-  pmx_h_async* a = calloc(1, sizeof *a);
+  px_h_async* a = calloc(1, sizeof *a);
   if (!a) return NULL;
   a->ch = ch;
   a->path = path;
@@ -664,13 +664,13 @@ pmx_h_async* pmx_h_async_start(pmx_rpc_channel* ch, const char* path, const pmx_
   return a;
 }
 
-void pmx_h_async_join(pmx_h_async* a, pmx_h_result* res) {
+void px_h_async_join(px_h_async* a, px_h_result* res) {
   pthread_join(a->th, NULL);
   *res = a->res;
   free(a);
 }
 
-int pmx_h_unary_pb(pmx_rpc_channel* ch, const char* path, const ProtobufCMessage* req,
+int px_h_unary_pb(px_rpc_channel* ch, const char* path, const ProtobufCMessage* req,
                    const ProtobufCMessageDescriptor* resp_desc, ProtobufCMessage** resp_out,
                    int64_t timeout_ms, char* details, size_t details_cap) {
   char dummy[8];
@@ -686,10 +686,10 @@ int pmx_h_unary_pb(pmx_rpc_channel* ch, const char* path, const ProtobufCMessage
   protobuf_c_message_pack(req, buf);
   uint8_t* resp = NULL;
   size_t resp_len = 0;
-  int st = pmx_rpc_unary(ch, path, buf, len, timeout_ms, true, &resp, &resp_len, details,
+  int st = px_rpc_unary(ch, path, buf, len, timeout_ms, true, &resp, &resp_len, details,
                          details_cap);
   free(buf);
-  if (st == PMX_ST_OK && resp_out) {
+  if (st == PX_ST_OK && resp_out) {
     *resp_out = protobuf_c_message_unpack(resp_desc, NULL, resp_len, resp);
     if (!*resp_out) {
       snprintf(details, details_cap, "harness: the %s response does not unpack", path);
@@ -700,15 +700,15 @@ int pmx_h_unary_pb(pmx_rpc_channel* ch, const char* path, const ProtobufCMessage
   return st;
 }
 
-Paramex__V1__StatsResponse* pmx_h_stats(pmx_rpc_channel* ch, char* details, size_t cap) {
+Paramex__V1__StatsResponse* px_h_stats(px_rpc_channel* ch, char* details, size_t cap) {
   Paramex__V1__StatsRequest req = PARAMEX__V1__STATS_REQUEST__INIT;
   ProtobufCMessage* resp = NULL;
-  int st = pmx_h_unary_pb(ch, PMX_H_PATH_STATS, &req.base, &paramex__v1__stats_response__descriptor,
+  int st = px_h_unary_pb(ch, PX_H_PATH_STATS, &req.base, &paramex__v1__stats_response__descriptor,
                           &resp, 10000, details, cap);
-  if (st != PMX_ST_OK) {
+  if (st != PX_ST_OK) {
     if (details && st >= 0) {
       char tmp[512];
-      snprintf(tmp, sizeof tmp, "Stats: %s: %s", pmx_status_name(st), details);
+      snprintf(tmp, sizeof tmp, "Stats: %s: %s", px_status_name(st), details);
       snprintf(details, cap, "%s", tmp);
     }
     return NULL;
@@ -716,7 +716,7 @@ Paramex__V1__StatsResponse* pmx_h_stats(pmx_rpc_channel* ch, char* details, size
   return (Paramex__V1__StatsResponse*)resp;
 }
 
-const Paramex__V1__TensorStats* pmx_h_stats_tensor(const Paramex__V1__StatsResponse* st,
+const Paramex__V1__TensorStats* px_h_stats_tensor(const Paramex__V1__StatsResponse* st,
                                                    const char* name) {
   for (size_t i = 0; st && i < st->n_tensors; i++)
     if (st->tensors[i]->name && strcmp(st->tensors[i]->name, name) == 0) return st->tensors[i];

@@ -33,8 +33,8 @@
 #define LR 0.5f
 #define CALL_MS 10000
 
-static pmx_h_server g_srv;
-static pmx_rpc_channel* g_ch;
+static px_h_server g_srv;
+static px_rpc_channel* g_ch;
 static uint64_t g_inc[2];      /* current incarnations of workers 0 and 1 */
 static uint64_t g_inc1_old;    /* worker 1's first incarnation (stale after its rejoin) */
 static uint32_t g_tid_t, g_tid_u;
@@ -58,7 +58,7 @@ static snap g_base;
 
 static void take_snap(snap* s) {
   char err[512];
-  Paramex__V1__StatsResponse* st = pmx_h_stats(g_ch, err, sizeof err);
+  Paramex__V1__StatsResponse* st = px_h_stats(g_ch, err, sizeof err);
   CHECK(st, "%s", err);
   memset(s, 0, sizeof *s);
   s->push_chunks = st->push_chunks;
@@ -106,10 +106,10 @@ static void expect_unchanged(const char* what, bool rejected) {
 }
 
 static void expect_status(const char* what, int got, int want, const char* details) {
-  CHECK(got == want, "%s: got %s (%d) '%s', want %s", what, got >= 0 ? pmx_status_name(got) : "harness error",
-        got, details, pmx_status_name(want));
-  if (want != PMX_ST_OK && want != PMX_ST_DEADLINE_EXCEEDED)
-    CHECK(details && details[0], "%s: %s without a message naming the problem", what, pmx_status_name(want));
+  CHECK(got == want, "%s: got %s (%d) '%s', want %s", what, got >= 0 ? px_status_name(got) : "harness error",
+        got, details, px_status_name(want));
+  if (want != PX_ST_OK && want != PX_ST_DEADLINE_EXCEEDED)
+    CHECK(details && details[0], "%s: %s without a message naming the problem", what, px_status_name(want));
 }
 
 /* ---- requests ------------------------------------------------------------------------- */
@@ -117,7 +117,7 @@ static void expect_status(const char* what, int got, int want, const char* detai
 static int unary_raw(const char* path, const void* buf, size_t len, char* details, size_t cap) {
   uint8_t* resp = NULL;
   size_t resp_len = 0;
-  int st = pmx_rpc_unary(g_ch, path, buf, len, CALL_MS, true, &resp, &resp_len, details, cap);
+  int st = px_rpc_unary(g_ch, path, buf, len, CALL_MS, true, &resp, &resp_len, details, cap);
   free(resp);
   return st;
 }
@@ -128,9 +128,9 @@ static int join(uint32_t rank, uint32_t world, uint64_t* inc, char* det, size_t 
   req.world_size = world;
   req.name = (char*)"test_bad_input";
   ProtobufCMessage* resp = NULL;
-  int st = pmx_h_unary_pb(g_ch, PMX_H_PATH_JOIN, &req.base, &paramex__v1__join_response__descriptor,
+  int st = px_h_unary_pb(g_ch, PX_H_PATH_JOIN, &req.base, &paramex__v1__join_response__descriptor,
                           &resp, CALL_MS, det, cap);
-  if (st == PMX_ST_OK) {
+  if (st == PX_ST_OK) {
     Paramex__V1__JoinResponse* r = (Paramex__V1__JoinResponse*)resp;
     CHECK(r->worker_id == rank && r->world_size == world, "join response %" PRIu32 "/%" PRIu32,
           r->worker_id, r->world_size);
@@ -145,7 +145,7 @@ static int declare(Paramex__V1__DeclareRequest* req, Paramex__V1__DeclareRespons
   req->worker_id = 0;
   req->incarnation = g_inc[0];
   ProtobufCMessage* resp = NULL;
-  int st = pmx_h_unary_pb(g_ch, PMX_H_PATH_DECLARE, &req->base,
+  int st = px_h_unary_pb(g_ch, PX_H_PATH_DECLARE, &req->base,
                           &paramex__v1__declare_response__descriptor, &resp, CALL_MS, det, cap);
   if (out) *out = (Paramex__V1__DeclareResponse*)resp;
   else if (resp) protobuf_c_message_free_unpacked(resp, NULL);
@@ -154,12 +154,12 @@ static int declare(Paramex__V1__DeclareRequest* req, Paramex__V1__DeclareRespons
 
 /* One PushChunk: header written by the wire codec, payload as a separate segment. */
 typedef struct cmsg {
-  uint8_t hdr[PMX_CHUNK_HDR_MAX];
-  pmx_h_msg m;
+  uint8_t hdr[PX_CHUNK_HDR_MAX];
+  px_h_msg m;
 } cmsg;
 
-static void cmsg_build(cmsg* cm, const pmx_chunk* c, const void* payload, size_t plen) {
-  size_t h = pmx_chunk_encode_header(PMX_CHUNK_PUSH, c, plen, cm->hdr, sizeof cm->hdr);
+static void cmsg_build(cmsg* cm, const px_chunk* c, const void* payload, size_t plen) {
+  size_t h = px_chunk_encode_header(PX_CHUNK_PUSH, c, plen, cm->hdr, sizeof cm->hdr);
   CHECK(h > 0, "pmx_chunk_encode_header failed");
   cm->m.head = cm->hdr;
   cm->m.head_len = h;
@@ -172,8 +172,8 @@ static size_t chunk_elems(uint32_t k) {
 }
 
 /* The valid chunk k of worker w's gradient for step s. */
-static pmx_chunk valid_chunk(uint32_t w, uint64_t s, uint32_t k, const void** payload, size_t* plen) {
-  pmx_chunk c;
+static px_chunk valid_chunk(uint32_t w, uint64_t s, uint32_t k, const void** payload, size_t* plen) {
+  px_chunk c;
   memset(&c, 0, sizeof c);
   c.worker_id = w;
   c.incarnation = g_inc[w];
@@ -185,17 +185,17 @@ static pmx_chunk valid_chunk(uint32_t w, uint64_t s, uint32_t k, const void** pa
   c.raw_len = (uint32_t)(chunk_elems(k) * sizeof(float));
   *payload = &g_grad[w][s][k * T_CHUNK_ELEMS];
   *plen = c.raw_len;
-  c.checksum = pmx_checksum(*payload, *plen);
+  c.checksum = px_checksum(*payload, *plen);
   return c;
 }
 
 /* Runs a Push call; on OK *accepted and *dup get the PushResponse's counts. */
-static int push_call(const pmx_h_msg* msgs, size_t n, uint32_t* accepted, uint32_t* dup, char* det,
+static int push_call(const px_h_msg* msgs, size_t n, uint32_t* accepted, uint32_t* dup, char* det,
                      size_t cap) {
-  pmx_h_result r;
-  int st = pmx_h_call(g_ch, PMX_H_PATH_PUSH, msgs, n, CALL_MS, &r);
+  px_h_result r;
+  int st = px_h_call(g_ch, PX_H_PATH_PUSH, msgs, n, CALL_MS, &r);
   snprintf(det, cap, "%s", r.details);
-  if (st == PMX_ST_OK) {
+  if (st == PX_ST_OK) {
     CHECK(r.nresp == 1, "Push returned %zu messages", r.nresp);
     Paramex__V1__PushResponse* pr = paramex__v1__push_response__unpack(NULL, r.resp_len[0], r.resp[0]);
     CHECK(pr, "PushResponse does not unpack");
@@ -203,37 +203,37 @@ static int push_call(const pmx_h_msg* msgs, size_t n, uint32_t* accepted, uint32
     if (dup) *dup = pr->duplicate;
     paramex__v1__push_response__free_unpacked(pr, NULL);
   }
-  pmx_h_result_free(&r);
+  px_h_result_free(&r);
   return st;
 }
 
 /* Pushes one chunk message and expects `want` and no change. */
-static void push_expect(const char* what, const pmx_chunk* c, const void* payload, size_t plen,
+static void push_expect(const char* what, const px_chunk* c, const void* payload, size_t plen,
                         int want) {
   cmsg cm;
   cmsg_build(&cm, c, payload, plen);
   char det[512];
   int st = push_call(&cm.m, 1, NULL, NULL, det, sizeof det);
   expect_status(what, st, want, det);
-  expect_unchanged(what, want != PMX_ST_RESOURCE_EXHAUSTED);
+  expect_unchanged(what, want != PX_ST_RESOURCE_EXHAUSTED);
 }
 
 /* Pushes all chunks of step s for worker w (one call) and expects them all accepted. */
 static void push_step_ok(uint32_t w, uint64_t s) {
   cmsg cm[T_CHUNKS];
-  pmx_h_msg msgs[T_CHUNKS];
+  px_h_msg msgs[T_CHUNKS];
   for (uint32_t k = 0; k < T_CHUNKS; k++) {
     const void* p;
     size_t n;
-    pmx_chunk c = valid_chunk(w, s, k, &p, &n);
+    px_chunk c = valid_chunk(w, s, k, &p, &n);
     cmsg_build(&cm[k], &c, p, n);
     msgs[k] = cm[k].m;
   }
   char det[512];
   uint32_t acc = 0, dup = 0;
   int st = push_call(msgs, T_CHUNKS, &acc, &dup, det, sizeof det);
-  CHECK(st == PMX_ST_OK, "valid push of worker %" PRIu32 " step %" PRIu64 ": %s '%s'", w, s,
-        pmx_status_name(st), det);
+  CHECK(st == PX_ST_OK, "valid push of worker %" PRIu32 " step %" PRIu64 ": %s '%s'", w, s,
+        px_status_name(st), det);
   CHECK(acc == T_CHUNKS && dup == 0, "valid push of worker %" PRIu32 " step %" PRIu64
         ": accepted %" PRIu32 " duplicate %" PRIu32, w, s, acc, dup);
 }
@@ -265,29 +265,29 @@ static void pull_req(Paramex__V1__PullRequest* req, uint32_t* ids, size_t nids, 
 }
 
 static int pull(uint32_t* ids, size_t nids, uint64_t* have, size_t nhave, uint64_t min_version,
-                int64_t timeout_ms, pmx_h_result* res) {
+                int64_t timeout_ms, px_h_result* res) {
   Paramex__V1__PullRequest req;
   uint8_t* buf;
   size_t len;
   pull_req(&req, ids, nids, have, nhave, min_version, &buf, &len);
-  pmx_h_msg m = {buf, len, NULL, 0};
-  int st = pmx_h_call(g_ch, PMX_H_PATH_PULL, &m, 1, timeout_ms, res);
+  px_h_msg m = {buf, len, NULL, 0};
+  int st = px_h_call(g_ch, PX_H_PATH_PULL, &m, 1, timeout_ms, res);
   free(buf);
   return st;
 }
 
 /* Pulls "t" and checks every chunk against g_cur / g_ver. */
 static void check_params(const char* what) {
-  pmx_h_result r;
+  px_h_result r;
   uint32_t ids[1] = {g_tid_t};
   int st = pull(ids, 1, NULL, 0, 0, CALL_MS, &r);
-  CHECK(st == PMX_ST_OK, "%s: pull of t: %s '%s'", what, pmx_status_name(st), r.details);
+  CHECK(st == PX_ST_OK, "%s: pull of t: %s '%s'", what, px_status_name(st), r.details);
   CHECK(r.nresp == T_CHUNKS, "%s: pull of t returned %zu chunks", what, r.nresp);
   for (uint32_t k = 0; k < T_CHUNKS; k++) {
-    pmx_chunk c;
+    px_chunk c;
     char err[256];
-    pmx_iov seg = {r.resp[k], r.resp_len[k]};
-    CHECK(pmx_chunk_parse(PMX_CHUNK_PULL, &seg, 1, &c, err, sizeof err) == 0, "%s: %s", what, err);
+    px_iov seg = {r.resp[k], r.resp_len[k]};
+    CHECK(px_chunk_parse(PX_CHUNK_PULL, &seg, 1, &c, err, sizeof err) == 0, "%s: %s", what, err);
     size_t bytes = chunk_elems(k) * sizeof(float);
     CHECK(c.tensor_id == g_tid_t && c.chunk == k, "%s: message %" PRIu32 " is tensor %" PRIu32 " chunk %" PRIu32,
           what, k, c.tensor_id, c.chunk);
@@ -298,58 +298,58 @@ static void check_params(const char* what) {
     CHECK(c.raw_len == bytes && c.has_payload && c.payload_len == bytes,
           "%s: chunk %" PRIu32 " raw_len %" PRIu32 " payload %zu", what, k, c.raw_len, c.payload_len);
     const uint8_t* p = r.resp[k] + c.payload_off;
-    CHECK(c.checksum == pmx_checksum(p, bytes), "%s: chunk %" PRIu32 " checksum does not match its payload",
+    CHECK(c.checksum == px_checksum(p, bytes), "%s: chunk %" PRIu32 " checksum does not match its payload",
           what, k);
     CHECK(memcmp(p, &g_cur[k * T_CHUNK_ELEMS], bytes) == 0,
           "%s: chunk %" PRIu32 " parameters differ from the reference", what, k);
   }
-  pmx_h_result_free(&r);
+  px_h_result_free(&r);
 }
 
 /* ---- fixture -------------------------------------------------------------------------- */
 
 static int group_setup(void** state) {
   (void)state;
-  pmx_rpc_init();
+  px_rpc_init();
   char err[512];
   const char* args[] = {"--workers", "2", "--lr", "0.5", "--momentum", "0", "--weight-decay", "0",
                         "--chunk-bytes", "4K", "--threads", "2", "--cq-threads", "1", NULL};
-  if (pmx_h_server_start(&g_srv, args, NULL, 10000, err, sizeof err) != 0) {
+  if (px_h_server_start(&g_srv, args, NULL, 10000, err, sizeof err) != 0) {
     fprintf(stderr, "server start: %s\n", err);
     return -1;
   }
-  g_ch = pmx_rpc_channel_create(g_srv.addr, err, sizeof err);
+  g_ch = px_rpc_channel_create(g_srv.addr, err, sizeof err);
   if (!g_ch) {
     fprintf(stderr, "channel: %s\n", err);
     return -1;
   }
   for (int w = 0; w < 2; w++)
     for (int s = 0; s < 4; s++)
-      pmx_init_fill_f32(g_grad[w][s], 0, T_NUMEL, PMX_FILL_NORMAL, 0.0f, 1.0f, 100u + 10u * w + s);
-  pmx_init_fill_f32(g_cur, 0, T_NUMEL, PMX_FILL_UNIFORM, -1.0f, 1.0f, 7);
+      px_init_fill_f32(g_grad[w][s], 0, T_NUMEL, PX_FILL_NORMAL, 0.0f, 1.0f, 100u + 10u * w + s);
+  px_init_fill_f32(g_cur, 0, T_NUMEL, PX_FILL_UNIFORM, -1.0f, 1.0f, 7);
   return 0;
 }
 
 static int group_teardown(void** state) {
   (void)state;
   int rc = 0;
-  pmx_rpc_channel_destroy(g_ch);
+  px_rpc_channel_destroy(g_ch);
   g_ch = NULL;
   if (g_srv.pid > 0) {
     int ws = 0;
     size_t extra = 0;
-    if (pmx_h_server_stop(&g_srv, 15000, &ws, &extra) != 0) {
+    if (px_h_server_stop(&g_srv, 15000, &ws, &extra) != 0) {
       fprintf(stderr, "server did not exit within 15 s of SIGTERM\n");
       rc = -1;
     } else if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0 || extra != 0) {
       char d[96];
       fprintf(stderr, "server %s after SIGTERM, %zu extra stdout bytes\n",
-              pmx_h_describe_wstatus(ws, d, sizeof d), extra);
+              px_h_describe_wstatus(ws, d, sizeof d), extra);
       rc = -1;
     }
   }
-  pmx_h_kill_all();
-  pmx_rpc_shutdown();
+  px_h_kill_all();
+  px_rpc_shutdown();
   return rc;
 }
 
@@ -358,7 +358,7 @@ static void test_setup_join_and_declare(void** state) {
   (void)state;
   char det[512];
   int st = join(0, 2, &g_inc[0], det, sizeof det);
-  expect_status("join 0/2", st, PMX_ST_OK, det);
+  expect_status("join 0/2", st, PX_ST_OK, det);
 
   Paramex__V1__DeclareRequest req = PARAMEX__V1__DECLARE_REQUEST__INIT;
   uint64_t shape_t[1] = {T_NUMEL};
@@ -370,7 +370,7 @@ static void test_setup_join_and_declare(void** state) {
   req.values.len = sizeof g_cur;
   Paramex__V1__DeclareResponse* dr = NULL;
   st = declare(&req, &dr, det, sizeof det);
-  expect_status("declare t", st, PMX_ST_OK, det);
+  expect_status("declare t", st, PX_ST_OK, det);
   CHECK(dr->created && dr->version == 0 && dr->chunk_elems == T_CHUNK_ELEMS && dr->num_chunks == T_CHUNKS,
         "declare t: created %d version %" PRIu64 " chunk_elems %" PRIu32 " num_chunks %" PRIu32,
         (int)dr->created, dr->version, dr->chunk_elems, dr->num_chunks);
@@ -388,7 +388,7 @@ static void test_setup_join_and_declare(void** state) {
   ru.shape = shape_u;
   ru.initializer = &init;
   st = declare(&ru, &dr, det, sizeof det);
-  expect_status("declare u", st, PMX_ST_OK, det);
+  expect_status("declare u", st, PX_ST_OK, det);
   CHECK(dr->created && dr->num_chunks == 1, "declare u");
   g_tid_u = dr->tensor_id;
   CHECK(g_tid_u != g_tid_t, "t and u got the same id");
@@ -404,25 +404,25 @@ static void test_push_not_joined_and_stale_incarnation(void** state) {
   const void* p;
   size_t n;
   g_inc[1] = 12345;
-  pmx_chunk c = valid_chunk(1, 0, 0, &p, &n);
-  push_expect("push from worker 1 before it joined", &c, p, n, PMX_ST_FAILED_PRECONDITION);
+  px_chunk c = valid_chunk(1, 0, 0, &p, &n);
+  push_expect("push from worker 1 before it joined", &c, p, n, PX_ST_FAILED_PRECONDITION);
 
   char det[512];
   int st = join(1, 2, &g_inc1_old, det, sizeof det);
-  expect_status("join 1/2", st, PMX_ST_OK, det);
+  expect_status("join 1/2", st, PX_ST_OK, det);
   st = join(1, 2, &g_inc[1], det, sizeof det);
-  expect_status("join 1/2 again", st, PMX_ST_OK, det);
+  expect_status("join 1/2 again", st, PX_ST_OK, det);
   CHECK(g_inc[1] != g_inc1_old, "a new join kept the incarnation %" PRIu64, g_inc[1]);
   take_snap(&g_base); /* workers_joined is 2 from here on */
 
   c = valid_chunk(1, 0, 0, &p, &n);
   c.incarnation = g_inc1_old;
-  push_expect("push with worker 1's previous incarnation", &c, p, n, PMX_ST_FAILED_PRECONDITION);
+  push_expect("push with worker 1's previous incarnation", &c, p, n, PX_ST_FAILED_PRECONDITION);
   c.incarnation = g_inc[1] ^ UINT64_C(0x5a5a5a5a5a5a5a5a);
   while (c.incarnation == 0 || c.incarnation == g_inc[0] || c.incarnation == g_inc[1] ||
          c.incarnation == g_inc1_old)
     c.incarnation++;
-  push_expect("push with an incarnation never issued", &c, p, n, PMX_ST_FAILED_PRECONDITION);
+  push_expect("push with an incarnation never issued", &c, p, n, PX_ST_FAILED_PRECONDITION);
 
   /* Steps 0 and 1, correctly, by both workers: every chunk of t reaches version 2. */
   for (uint64_t s = 0; s < 2; s++) {
@@ -441,20 +441,20 @@ static void test_join_bad(void** state) {
   (void)state;
   char det[512];
   int st = join(2, 2, NULL, det, sizeof det);
-  expect_status("join rank 2 of 2", st, PMX_ST_INVALID_ARGUMENT, det);
+  expect_status("join rank 2 of 2", st, PX_ST_INVALID_ARGUMENT, det);
   expect_unchanged("join rank 2 of 2", true);
   st = join(UINT32_MAX, 2, NULL, det, sizeof det);
-  expect_status("join rank 2^32-1 of 2", st, PMX_ST_INVALID_ARGUMENT, det);
+  expect_status("join rank 2^32-1 of 2", st, PX_ST_INVALID_ARGUMENT, det);
   expect_unchanged("join rank 2^32-1 of 2", true);
   st = join(0, 3, NULL, det, sizeof det);
-  expect_status("join world 3 (server has 2)", st, PMX_ST_FAILED_PRECONDITION, det);
+  expect_status("join world 3 (server has 2)", st, PX_ST_FAILED_PRECONDITION, det);
   expect_unchanged("join world 3", true);
   st = join(0, 1, NULL, det, sizeof det);
-  expect_status("join world 1 (server has 2)", st, PMX_ST_FAILED_PRECONDITION, det);
+  expect_status("join world 1 (server has 2)", st, PX_ST_FAILED_PRECONDITION, det);
   expect_unchanged("join world 1", true);
   static const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
-  st = unary_raw(PMX_H_PATH_JOIN, garbage, sizeof garbage, det, sizeof det);
-  expect_status("join with malformed protobuf", st, PMX_ST_INVALID_ARGUMENT, det);
+  st = unary_raw(PX_H_PATH_JOIN, garbage, sizeof garbage, det, sizeof det);
+  expect_status("join with malformed protobuf", st, PX_ST_INVALID_ARGUMENT, det);
   expect_unchanged("join with malformed protobuf", true);
   /* The incarnations of the joined workers still hold. */
   check_params("after bad joins");
@@ -480,28 +480,28 @@ static void test_declare_bad(void** state) {
   r.n_shape = 1;
   r.shape = shape10;
   r.name = (char*)"";
-  declare_expect("declare with an empty name", &r, PMX_ST_INVALID_ARGUMENT);
+  declare_expect("declare with an empty name", &r, PX_ST_INVALID_ARGUMENT);
   r.name = longname;
-  declare_expect("declare with a 256-byte name", &r, PMX_ST_INVALID_ARGUMENT);
+  declare_expect("declare with a 256-byte name", &r, PX_ST_INVALID_ARGUMENT);
 
   r.name = (char*)"v";
   r.dtype = PARAMEX__V1__DTYPE__DTYPE_UNSPECIFIED;
-  declare_expect("declare with dtype unspecified", &r, PMX_ST_INVALID_ARGUMENT);
+  declare_expect("declare with dtype unspecified", &r, PX_ST_INVALID_ARGUMENT);
   r.dtype = (Paramex__V1__DType)7;
-  declare_expect("declare with dtype 7", &r, PMX_ST_INVALID_ARGUMENT);
+  declare_expect("declare with dtype 7", &r, PX_ST_INVALID_ARGUMENT);
   r.dtype = PARAMEX__V1__DTYPE__DTYPE_F32;
 
   r.n_shape = 0;
   r.shape = NULL;
-  declare_expect("declare with an empty shape", &r, PMX_ST_INVALID_ARGUMENT);
+  declare_expect("declare with an empty shape", &r, PX_ST_INVALID_ARGUMENT);
   uint64_t shape_zero[2] = {3, 0};
   r.n_shape = 2;
   r.shape = shape_zero;
-  declare_expect("declare with a 0 dimension", &r, PMX_ST_INVALID_ARGUMENT);
+  declare_expect("declare with a 0 dimension", &r, PX_ST_INVALID_ARGUMENT);
   uint64_t shape9[9] = {1, 1, 1, 1, 1, 1, 1, 1, 1};
   r.n_shape = 9;
   r.shape = shape9;
-  declare_expect("declare with 9 dimensions", &r, PMX_ST_INVALID_ARGUMENT);
+  declare_expect("declare with 9 dimensions", &r, PX_ST_INVALID_ARGUMENT);
 
   /* Hostile sizes: the element count overflows 64 bits or exceeds any memory. */
   uint64_t shape_huge[2] = {UINT64_C(1) << 40, UINT64_C(1) << 40};
@@ -510,9 +510,9 @@ static void test_declare_bad(void** state) {
   {
     char det[512];
     int st = declare(&r, NULL, det, sizeof det);
-    CHECK(st == PMX_ST_INVALID_ARGUMENT || st == PMX_ST_RESOURCE_EXHAUSTED,
+    CHECK(st == PX_ST_INVALID_ARGUMENT || st == PX_ST_RESOURCE_EXHAUSTED,
           "declare of 2^80 elements: got %s '%s', want INVALID_ARGUMENT or RESOURCE_EXHAUSTED",
-          st >= 0 ? pmx_status_name(st) : "harness error", det);
+          st >= 0 ? px_status_name(st) : "harness error", det);
     CHECK(det[0], "declare of 2^80 elements: no message");
     expect_unchanged("declare of 2^80 elements", true);
   }
@@ -522,11 +522,11 @@ static void test_declare_bad(void** state) {
   r.name = (char*)"t";
   r.n_shape = 1;
   r.shape = shape_t2;
-  declare_expect("declare t with shape [2501]", &r, PMX_ST_FAILED_PRECONDITION);
+  declare_expect("declare t with shape [2501]", &r, PX_ST_FAILED_PRECONDITION);
   uint64_t shape_t3[2] = {50, 50};
   r.n_shape = 2;
   r.shape = shape_t3;
-  declare_expect("declare t with shape [50, 50]", &r, PMX_ST_FAILED_PRECONDITION);
+  declare_expect("declare t with shape [50, 50]", &r, PX_ST_FAILED_PRECONDITION);
   uint64_t shape_t[1] = {T_NUMEL};
   r.n_shape = 1;
   r.shape = shape_t;
@@ -536,9 +536,9 @@ static void test_declare_bad(void** state) {
   {
     char det[512];
     int st = declare(&r, NULL, det, sizeof det);
-    CHECK(st == PMX_ST_FAILED_PRECONDITION || st == PMX_ST_INVALID_ARGUMENT,
+    CHECK(st == PX_ST_FAILED_PRECONDITION || st == PX_ST_INVALID_ARGUMENT,
           "declare t with dtype bf16: got %s '%s', want FAILED_PRECONDITION or INVALID_ARGUMENT",
-          st >= 0 ? pmx_status_name(st) : "harness error", det);
+          st >= 0 ? px_status_name(st) : "harness error", det);
     CHECK(det[0], "declare t with dtype bf16: no message");
     expect_unchanged("declare t with dtype bf16", true);
   }
@@ -549,7 +549,7 @@ static void test_declare_bad(void** state) {
     char det[512];
     Paramex__V1__DeclareResponse* dr = NULL;
     int st = declare(&r, &dr, det, sizeof det);
-    expect_status("declare t again, same shape", st, PMX_ST_OK, det);
+    expect_status("declare t again, same shape", st, PX_ST_OK, det);
     CHECK(!dr->created && dr->tensor_id == g_tid_t && dr->version == 2 && dr->num_chunks == T_CHUNKS,
           "declare t again: created %d id %" PRIu32 " version %" PRIu64, (int)dr->created, dr->tensor_id,
           dr->version);
@@ -563,27 +563,27 @@ static void test_declare_bad(void** state) {
   r.shape = shape10;
   r.values.data = (uint8_t*)vals;
   r.values.len = 39;
-  declare_expect("declare v with 39 bytes of f32 values", &r, PMX_ST_INVALID_ARGUMENT);
+  declare_expect("declare v with 39 bytes of f32 values", &r, PX_ST_INVALID_ARGUMENT);
   r.values.len = 44;
-  declare_expect("declare v with 11 values for 10 elements", &r, PMX_ST_INVALID_ARGUMENT);
+  declare_expect("declare v with 11 values for 10 elements", &r, PX_ST_INVALID_ARGUMENT);
   r.values.len = 12;
   r.values_offset = 8;
-  declare_expect("declare v with 3 values at offset 8 of 10", &r, PMX_ST_INVALID_ARGUMENT);
+  declare_expect("declare v with 3 values at offset 8 of 10", &r, PX_ST_INVALID_ARGUMENT);
   r.values.len = 4;
   r.values_offset = UINT64_MAX;
-  declare_expect("declare v with values at offset 2^64-1", &r, PMX_ST_INVALID_ARGUMENT);
+  declare_expect("declare v with values at offset 2^64-1", &r, PX_ST_INVALID_ARGUMENT);
   r.values_offset = (UINT64_MAX / 4) + 1;
   declare_expect("declare v with values at offset 2^62 (byte offset overflows)", &r,
-                 PMX_ST_INVALID_ARGUMENT);
+                 PX_ST_INVALID_ARGUMENT);
 
   char det[512];
   static const uint8_t garbage[] = {0x0a, 0x80, 0x80, 0x80, 0x80, 0x10, 'v'};
-  int st = unary_raw(PMX_H_PATH_DECLARE, garbage, sizeof garbage, det, sizeof det);
-  expect_status("declare with malformed protobuf", st, PMX_ST_INVALID_ARGUMENT, det);
+  int st = unary_raw(PX_H_PATH_DECLARE, garbage, sizeof garbage, det, sizeof det);
+  expect_status("declare with malformed protobuf", st, PX_ST_INVALID_ARGUMENT, det);
   expect_unchanged("declare with malformed protobuf", true);
 
   /* Above gRPC's 4 MiB receive limit. */
-  size_t big = PMX_RPC_MAX_MESSAGE + 1024;
+  size_t big = PX_RPC_MAX_MESSAGE + 1024;
   uint8_t* bigbuf = calloc(1, big);
   CHECK(bigbuf, "out of memory");
   uint64_t shape_big[1] = {big / 4};
@@ -594,7 +594,7 @@ static void test_declare_bad(void** state) {
   r.values_offset = 0;
   st = declare(&r, NULL, det, sizeof det);
   free(bigbuf);
-  expect_status("declare with a message over 4 MiB", st, PMX_ST_RESOURCE_EXHAUSTED, det);
+  expect_status("declare with a message over 4 MiB", st, PX_ST_RESOURCE_EXHAUSTED, det);
   expect_unchanged("declare over 4 MiB", false);
   check_params("after bad declares");
 }
@@ -603,89 +603,89 @@ static void test_push_bad(void** state) {
   (void)state;
   const void* p;
   size_t n;
-  const pmx_chunk base = valid_chunk(0, 2, 0, &p, &n);
-  pmx_chunk c;
+  const px_chunk base = valid_chunk(0, 2, 0, &p, &n);
+  px_chunk c;
 
   c = base; c.worker_id = 2;
-  push_expect("push worker_id 2 of 2", &c, p, n, PMX_ST_INVALID_ARGUMENT);
+  push_expect("push worker_id 2 of 2", &c, p, n, PX_ST_INVALID_ARGUMENT);
   c = base; c.worker_id = 4000000000u;
-  push_expect("push worker_id 4e9", &c, p, n, PMX_ST_INVALID_ARGUMENT);
+  push_expect("push worker_id 4e9", &c, p, n, PX_ST_INVALID_ARGUMENT);
   c = base; c.incarnation = 0;
-  push_expect("push incarnation 0", &c, p, n, PMX_ST_FAILED_PRECONDITION);
+  push_expect("push incarnation 0", &c, p, n, PX_ST_FAILED_PRECONDITION);
   c = base; c.tensor_id = g_tid_t + g_tid_u + 1000;
-  push_expect("push unknown tensor", &c, p, n, PMX_ST_NOT_FOUND);
+  push_expect("push unknown tensor", &c, p, n, PX_ST_NOT_FOUND);
   c = base; c.chunk = T_CHUNKS;
-  push_expect("push chunk == num_chunks", &c, p, n, PMX_ST_OUT_OF_RANGE);
+  push_expect("push chunk == num_chunks", &c, p, n, PX_ST_OUT_OF_RANGE);
   c = base; c.chunk = UINT32_MAX;
-  push_expect("push chunk 2^32-1", &c, p, n, PMX_ST_OUT_OF_RANGE);
+  push_expect("push chunk 2^32-1", &c, p, n, PX_ST_OUT_OF_RANGE);
   c = base; c.dtype = PARAMEX__V1__DTYPE__DTYPE_BF16;
-  push_expect("push dtype bf16 to an f32 tensor", &c, p, n, PMX_ST_INVALID_ARGUMENT);
+  push_expect("push dtype bf16 to an f32 tensor", &c, p, n, PX_ST_INVALID_ARGUMENT);
   c = base; c.dtype = 0;
-  push_expect("push dtype unspecified", &c, p, n, PMX_ST_INVALID_ARGUMENT);
+  push_expect("push dtype unspecified", &c, p, n, PX_ST_INVALID_ARGUMENT);
   c = base; c.dtype = 99;
-  push_expect("push dtype 99", &c, p, n, PMX_ST_INVALID_ARGUMENT);
+  push_expect("push dtype 99", &c, p, n, PX_ST_INVALID_ARGUMENT);
   c = base; c.encoding = PARAMEX__V1__ENCODING__ENCODING_UNCHANGED;
-  push_expect("push encoding UNCHANGED", &c, p, n, PMX_ST_INVALID_ARGUMENT);
+  push_expect("push encoding UNCHANGED", &c, p, n, PX_ST_INVALID_ARGUMENT);
   c = base; c.encoding = 77;
-  push_expect("push encoding 77", &c, p, n, PMX_ST_INVALID_ARGUMENT);
+  push_expect("push encoding 77", &c, p, n, PX_ST_INVALID_ARGUMENT);
 
   /* Lengths. */
-  c = base; c.raw_len = (uint32_t)n - 4; c.checksum = pmx_checksum(p, n - 4);
-  push_expect("push raw_len one element short (payload too)", &c, p, n - 4, PMX_ST_INVALID_ARGUMENT);
+  c = base; c.raw_len = (uint32_t)n - 4; c.checksum = px_checksum(p, n - 4);
+  push_expect("push raw_len one element short (payload too)", &c, p, n - 4, PX_ST_INVALID_ARGUMENT);
   c = base; c.raw_len = (uint32_t)n + 4;
-  push_expect("push raw_len longer than the chunk", &c, p, n, PMX_ST_INVALID_ARGUMENT);
-  c = base; c.raw_len = 0; c.checksum = pmx_checksum(p, 0);
-  push_expect("push raw_len 0 without payload", &c, NULL, 0, PMX_ST_INVALID_ARGUMENT);
-  c = base; c.checksum = pmx_checksum(p, n - 4);
-  push_expect("push payload shorter than raw_len", &c, p, n - 4, PMX_ST_INVALID_ARGUMENT);
+  push_expect("push raw_len longer than the chunk", &c, p, n, PX_ST_INVALID_ARGUMENT);
+  c = base; c.raw_len = 0; c.checksum = px_checksum(p, 0);
+  push_expect("push raw_len 0 without payload", &c, NULL, 0, PX_ST_INVALID_ARGUMENT);
+  c = base; c.checksum = px_checksum(p, n - 4);
+  push_expect("push payload shorter than raw_len", &c, p, n - 4, PX_ST_INVALID_ARGUMENT);
   {
     float longer[T_CHUNK_ELEMS + 1] = {0};
     memcpy(longer, p, n);
-    c = base; c.checksum = pmx_checksum(longer, n + 4);
-    push_expect("push payload longer than raw_len", &c, longer, n + 4, PMX_ST_INVALID_ARGUMENT);
+    c = base; c.checksum = px_checksum(longer, n + 4);
+    push_expect("push payload longer than raw_len", &c, longer, n + 4, PX_ST_INVALID_ARGUMENT);
   }
   c = base;
-  push_expect("push without payload", &c, NULL, 0, PMX_ST_INVALID_ARGUMENT);
+  push_expect("push without payload", &c, NULL, 0, PX_ST_INVALID_ARGUMENT);
   {
     /* The last chunk (452 elements) sent with a full chunk's length. */
     const void* p2;
     size_t n2;
-    pmx_chunk last = valid_chunk(0, 2, T_CHUNKS - 1, &p2, &n2);
+    px_chunk last = valid_chunk(0, 2, T_CHUNKS - 1, &p2, &n2);
     last.raw_len = T_CHUNK_ELEMS * 4;
-    last.checksum = pmx_checksum(p, T_CHUNK_ELEMS * 4);
-    push_expect("push a full-size last chunk", &last, p, T_CHUNK_ELEMS * 4, PMX_ST_INVALID_ARGUMENT);
+    last.checksum = px_checksum(p, T_CHUNK_ELEMS * 4);
+    push_expect("push a full-size last chunk", &last, p, T_CHUNK_ELEMS * 4, PX_ST_INVALID_ARGUMENT);
   }
 
   /* Checksum. */
   c = base; c.checksum ^= 1;
-  push_expect("push with a wrong checksum", &c, p, n, PMX_ST_DATA_LOSS);
+  push_expect("push with a wrong checksum", &c, p, n, PX_ST_DATA_LOSS);
   {
     float flipped[T_CHUNK_ELEMS];
     memcpy(flipped, p, n);
     flipped[17] = -flipped[17];
     c = base;
-    push_expect("push with a payload that does not match its checksum", &c, flipped, n, PMX_ST_DATA_LOSS);
+    push_expect("push with a payload that does not match its checksum", &c, flipped, n, PX_ST_DATA_LOSS);
   }
 
   /* Steps: version is 2. */
   c = base; c.step = 3;
-  push_expect("push step 3 at version 2", &c, p, n, PMX_ST_OUT_OF_RANGE);
+  push_expect("push step 3 at version 2", &c, p, n, PX_ST_OUT_OF_RANGE);
   c = base; c.step = UINT64_MAX;
-  push_expect("push step 2^64-1", &c, p, n, PMX_ST_OUT_OF_RANGE);
+  push_expect("push step 2^64-1", &c, p, n, PX_ST_OUT_OF_RANGE);
   {
     const void* p0;
     size_t n0;
     c = valid_chunk(0, 0, 0, &p0, &n0);
-    push_expect("push step 0 at version 2", &c, p0, n0, PMX_ST_FAILED_PRECONDITION);
+    push_expect("push step 0 at version 2", &c, p0, n0, PX_ST_FAILED_PRECONDITION);
   }
 
   /* Malformed protobuf. */
   {
     static const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
-    pmx_h_msg m = {garbage, sizeof garbage, NULL, 0};
+    px_h_msg m = {garbage, sizeof garbage, NULL, 0};
     char det[512];
     int st = push_call(&m, 1, NULL, NULL, det, sizeof det);
-    expect_status("push of garbage bytes", st, PMX_ST_INVALID_ARGUMENT, det);
+    expect_status("push of garbage bytes", st, PX_ST_INVALID_ARGUMENT, det);
     expect_unchanged("push of garbage bytes", true);
 
     /* A valid header whose payload is cut short. */
@@ -693,33 +693,33 @@ static void test_push_bad(void** state) {
     cmsg_build(&cm, &base, p, n);
     cm.m.body_len = n / 2;
     st = push_call(&cm.m, 1, NULL, NULL, det, sizeof det);
-    expect_status("push truncated in its payload", st, PMX_ST_INVALID_ARGUMENT, det);
+    expect_status("push truncated in its payload", st, PX_ST_INVALID_ARGUMENT, det);
     expect_unchanged("push truncated in its payload", true);
 
     /* Field 4 (tensor_id, a varint) sent as a length-delimited field of 2^31 bytes. */
     static const uint8_t wrongtype[] = {0x08, 0x00, 0x22, 0x80, 0x80, 0x80, 0x80, 0x08, 0x00};
-    pmx_h_msg m2 = {wrongtype, sizeof wrongtype, NULL, 0};
+    px_h_msg m2 = {wrongtype, sizeof wrongtype, NULL, 0};
     st = push_call(&m2, 1, NULL, NULL, det, sizeof det);
-    expect_status("push with a wrong wire type and a huge length", st, PMX_ST_INVALID_ARGUMENT, det);
+    expect_status("push with a wrong wire type and a huge length", st, PX_ST_INVALID_ARGUMENT, det);
     expect_unchanged("push with a wrong wire type", true);
 
     /* Garbage first, then a valid chunk: the call ends at the garbage, nothing counts. */
-    pmx_h_msg both[2] = {m, cm.m};
+    px_h_msg both[2] = {m, cm.m};
     both[1].body_len = n;
     st = push_call(both, 2, NULL, NULL, det, sizeof det);
-    expect_status("push of garbage then a valid chunk", st, PMX_ST_INVALID_ARGUMENT, det);
+    expect_status("push of garbage then a valid chunk", st, PX_ST_INVALID_ARGUMENT, det);
     expect_unchanged("push of garbage then a valid chunk", true);
   }
 
   /* One message above gRPC's 4 MiB receive limit. */
   {
-    size_t big = PMX_RPC_MAX_MESSAGE + 1024;
+    size_t big = PX_RPC_MAX_MESSAGE + 1024;
     uint8_t* bigbuf = calloc(1, big);
     CHECK(bigbuf, "out of memory");
     c = base;
     c.raw_len = (uint32_t)big;
-    c.checksum = pmx_checksum(bigbuf, big);
-    push_expect("push of a message over 4 MiB", &c, bigbuf, big, PMX_ST_RESOURCE_EXHAUSTED);
+    c.checksum = px_checksum(bigbuf, big);
+    push_expect("push of a message over 4 MiB", &c, bigbuf, big, PX_ST_RESOURCE_EXHAUSTED);
     free(bigbuf);
   }
   check_params("after bad pushes");
@@ -730,26 +730,26 @@ static void test_push_duplicates(void** state) {
   (void)state;
   const void* p;
   size_t n;
-  pmx_chunk c = valid_chunk(0, 1, 0, &p, &n);
+  px_chunk c = valid_chunk(0, 1, 0, &p, &n);
   cmsg cm;
   cmsg_build(&cm, &c, p, n);
   char det[512];
   uint32_t acc = 99, dup = 99;
   int st = push_call(&cm.m, 1, &acc, &dup, det, sizeof det);
-  expect_status("push of step 1 again (version 2)", st, PMX_ST_OK, det);
+  expect_status("push of step 1 again (version 2)", st, PX_ST_OK, det);
   CHECK(acc == 0 && dup == 1, "push of step 1 again: accepted %" PRIu32 " duplicate %" PRIu32, acc, dup);
   g_base.push_duplicates += 1;
   expect_unchanged("push of step 1 again", false);
 
   cmsg all[T_CHUNKS];
-  pmx_h_msg msgs[T_CHUNKS];
+  px_h_msg msgs[T_CHUNKS];
   for (uint32_t k = 0; k < T_CHUNKS; k++) {
-    pmx_chunk ck = valid_chunk(1, 1, k, &p, &n);
+    px_chunk ck = valid_chunk(1, 1, k, &p, &n);
     cmsg_build(&all[k], &ck, p, n);
     msgs[k] = all[k].m;
   }
   st = push_call(msgs, T_CHUNKS, &acc, &dup, det, sizeof det);
-  expect_status("push of worker 1's whole step 1 again", st, PMX_ST_OK, det);
+  expect_status("push of worker 1's whole step 1 again", st, PX_ST_OK, det);
   CHECK(acc == 0 && dup == T_CHUNKS, "worker 1's step 1 again: accepted %" PRIu32 " duplicate %" PRIu32, acc,
         dup);
   g_base.push_duplicates += T_CHUNKS;
@@ -759,15 +759,15 @@ static void test_push_duplicates(void** state) {
 
 static void pull_expect(const char* what, uint32_t* ids, size_t nids, uint64_t* have, size_t nhave,
                         uint64_t min_version, int64_t timeout_ms, int want) {
-  pmx_h_result r;
+  px_h_result r;
   int st = pull(ids, nids, have, nhave, min_version, timeout_ms, &r);
   expect_status(what, st, want, r.details);
-  if (want == PMX_ST_DEADLINE_EXCEEDED)
+  if (want == PX_ST_DEADLINE_EXCEEDED)
     CHECK(r.elapsed_ms >= timeout_ms / 2 && r.elapsed_ms < timeout_ms + 5000,
           "%s: DEADLINE_EXCEEDED after %" PRId64 " ms with a %" PRId64 " ms deadline", what, r.elapsed_ms,
           timeout_ms);
-  pmx_h_result_free(&r);
-  expect_unchanged(what, want != PMX_ST_DEADLINE_EXCEEDED);
+  px_h_result_free(&r);
+  expect_unchanged(what, want != PX_ST_DEADLINE_EXCEEDED);
 }
 
 static void test_pull_bad(void** state) {
@@ -777,22 +777,22 @@ static void test_pull_bad(void** state) {
   uint32_t t_only[1] = {g_tid_t};
   uint64_t have2[2] = {2, 2};
 
-  pull_expect("pull of no tensor", NULL, 0, NULL, 0, 0, CALL_MS, PMX_ST_INVALID_ARGUMENT);
-  pull_expect("pull of an unknown tensor", unknown, 1, NULL, 0, 0, CALL_MS, PMX_ST_NOT_FOUND);
-  pull_expect("pull of t and an unknown tensor", t_and_unknown, 2, NULL, 0, 0, CALL_MS, PMX_ST_NOT_FOUND);
+  pull_expect("pull of no tensor", NULL, 0, NULL, 0, 0, CALL_MS, PX_ST_INVALID_ARGUMENT);
+  pull_expect("pull of an unknown tensor", unknown, 1, NULL, 0, 0, CALL_MS, PX_ST_NOT_FOUND);
+  pull_expect("pull of t and an unknown tensor", t_and_unknown, 2, NULL, 0, 0, CALL_MS, PX_ST_NOT_FOUND);
   pull_expect("pull with 2 have_versions for 1 tensor", t_only, 1, have2, 2, 0, CALL_MS,
-              PMX_ST_INVALID_ARGUMENT);
+              PX_ST_INVALID_ARGUMENT);
   pull_expect("pull of version 100 (parked until the deadline)", t_only, 1, NULL, 0, 100, 700,
-              PMX_ST_DEADLINE_EXCEEDED);
+              PX_ST_DEADLINE_EXCEEDED);
 
   char det[512];
   static const uint8_t garbage[] = {0x12, 0x05, 0x01};
-  pmx_h_msg m = {garbage, sizeof garbage, NULL, 0};
-  pmx_h_result r;
-  int st = pmx_h_call(g_ch, PMX_H_PATH_PULL, &m, 1, CALL_MS, &r);
+  px_h_msg m = {garbage, sizeof garbage, NULL, 0};
+  px_h_result r;
+  int st = px_h_call(g_ch, PX_H_PATH_PULL, &m, 1, CALL_MS, &r);
   snprintf(det, sizeof det, "%s", r.details);
-  pmx_h_result_free(&r);
-  expect_status("pull with malformed protobuf", st, PMX_ST_INVALID_ARGUMENT, det);
+  px_h_result_free(&r);
+  expect_status("pull with malformed protobuf", st, PX_ST_INVALID_ARGUMENT, det);
   expect_unchanged("pull with malformed protobuf", true);
   check_params("after bad pulls");
 }
@@ -805,35 +805,35 @@ static void test_parked_pulls_block_no_thread(void** state) {
   (void)state;
   enum { NPARKED = 24 };
   static uint8_t* bufs[NPARKED];
-  static pmx_h_msg msgs[NPARKED];
+  static px_h_msg msgs[NPARKED];
   static uint32_t ids[1];
-  pmx_h_async* a[NPARKED];
+  px_h_async* a[NPARKED];
   ids[0] = g_tid_t;
   for (int i = 0; i < NPARKED; i++) {
     Paramex__V1__PullRequest req;
     size_t len;
     pull_req(&req, ids, 1, NULL, 0, 1000, &bufs[i], &len);
-    msgs[i] = (pmx_h_msg){bufs[i], len, NULL, 0};
-    a[i] = pmx_h_async_start(g_ch, PMX_H_PATH_PULL, &msgs[i], 1, 2500);
+    msgs[i] = (px_h_msg){bufs[i], len, NULL, 0};
+    a[i] = px_h_async_start(g_ch, PX_H_PATH_PULL, &msgs[i], 1, 2500);
     CHECK(a[i], "cannot start parked pull %d", i);
   }
-  int64_t t0 = pmx_h_now_ms();
+  int64_t t0 = px_h_now_ms();
   snap s;
   take_snap(&s);
 
   uint32_t ut[2] = {g_tid_u, g_tid_t};
-  pmx_h_result r;
+  px_h_result r;
   int st = pull(ut, 2, NULL, 0, 0, CALL_MS, &r);
-  int64_t took = pmx_h_now_ms() - t0;
-  CHECK(st == PMX_ST_OK, "pull of u, t while %d pulls are parked: %s '%s'", NPARKED, pmx_status_name(st),
+  int64_t took = px_h_now_ms() - t0;
+  CHECK(st == PX_ST_OK, "pull of u, t while %d pulls are parked: %s '%s'", NPARKED, px_status_name(st),
         r.details);
   CHECK(took < 2000, "Stats + pull took %" PRId64 " ms while %d pulls were parked", took, NPARKED);
   CHECK(r.nresp == 1 + T_CHUNKS, "pull of u, t returned %zu messages", r.nresp);
   for (size_t i = 0; i < r.nresp; i++) {
-    pmx_chunk c;
+    px_chunk c;
     char err[256];
-    pmx_iov seg = {r.resp[i], r.resp_len[i]};
-    CHECK(pmx_chunk_parse(PMX_CHUNK_PULL, &seg, 1, &c, err, sizeof err) == 0, "%s", err);
+    px_iov seg = {r.resp[i], r.resp_len[i]};
+    CHECK(px_chunk_parse(PX_CHUNK_PULL, &seg, 1, &c, err, sizeof err) == 0, "%s", err);
     uint32_t want_id = i == 0 ? g_tid_u : g_tid_t;
     uint32_t want_chunk = i == 0 ? 0 : (uint32_t)i - 1;
     CHECK(c.tensor_id == want_id && c.chunk == want_chunk,
@@ -843,35 +843,35 @@ static void test_parked_pulls_block_no_thread(void** state) {
       float want[3] = {1.5f, 1.5f, 1.5f};
       CHECK(c.version == 0 && c.raw_len == 12 && c.payload_len == 12 &&
                 memcmp(r.resp[0] + c.payload_off, want, 12) == 0 &&
-                c.checksum == pmx_checksum(want, 12),
+                c.checksum == px_checksum(want, 12),
             "u: version %" PRIu64 " raw_len %" PRIu32 ": not the constant initializer", c.version, c.raw_len);
     }
   }
-  pmx_h_result_free(&r);
+  px_h_result_free(&r);
 
   /* The client already holds these versions: every chunk is an UNCHANGED marker. */
   uint64_t have[2] = {0, 2};
   st = pull(ut, 2, have, 2, 0, CALL_MS, &r);
-  CHECK(st == PMX_ST_OK, "pull with have_versions: %s '%s'", pmx_status_name(st), r.details);
+  CHECK(st == PX_ST_OK, "pull with have_versions: %s '%s'", px_status_name(st), r.details);
   CHECK(r.nresp == 1 + T_CHUNKS, "pull with have_versions returned %zu messages", r.nresp);
   for (size_t i = 0; i < r.nresp; i++) {
-    pmx_chunk c;
+    px_chunk c;
     char err[256];
-    pmx_iov seg = {r.resp[i], r.resp_len[i]};
-    CHECK(pmx_chunk_parse(PMX_CHUNK_PULL, &seg, 1, &c, err, sizeof err) == 0, "%s", err);
+    px_iov seg = {r.resp[i], r.resp_len[i]};
+    CHECK(px_chunk_parse(PX_CHUNK_PULL, &seg, 1, &c, err, sizeof err) == 0, "%s", err);
     CHECK(c.encoding == PARAMEX__V1__ENCODING__ENCODING_UNCHANGED && c.payload_len == 0,
           "message %zu: encoding %" PRIu32 " payload %zu bytes for a chunk the client holds", i, c.encoding,
           c.payload_len);
     CHECK(c.version == c.base_version && c.version == (i == 0 ? 0u : 2u),
           "message %zu: version %" PRIu64 " base %" PRIu64, i, c.version, c.base_version);
   }
-  pmx_h_result_free(&r);
+  px_h_result_free(&r);
 
   for (int i = 0; i < NPARKED; i++) {
-    pmx_h_async_join(a[i], &r);
-    CHECK(r.status == PMX_ST_DEADLINE_EXCEEDED, "parked pull %d ended %s '%s'", i,
-          r.status >= 0 ? pmx_status_name(r.status) : "harness error", r.details);
-    pmx_h_result_free(&r);
+    px_h_async_join(a[i], &r);
+    CHECK(r.status == PX_ST_DEADLINE_EXCEEDED, "parked pull %d ended %s '%s'", i,
+          r.status >= 0 ? px_status_name(r.status) : "harness error", r.details);
+    px_h_result_free(&r);
     free(bufs[i]);
   }
   expect_unchanged("parked pulls", false);
@@ -882,46 +882,46 @@ static void test_stats_health_unknown_methods(void** state) {
   (void)state;
   char det[512];
   static const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
-  int st = unary_raw(PMX_H_PATH_STATS, garbage, sizeof garbage, det, sizeof det);
-  expect_status("stats with malformed protobuf", st, PMX_ST_INVALID_ARGUMENT, det);
+  int st = unary_raw(PX_H_PATH_STATS, garbage, sizeof garbage, det, sizeof det);
+  expect_status("stats with malformed protobuf", st, PX_ST_INVALID_ARGUMENT, det);
   expect_unchanged("stats with malformed protobuf", true);
 
   Grpc__Health__V1__HealthCheckRequest hreq = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
   ProtobufCMessage* resp = NULL;
   hreq.service = (char*)"";
-  st = pmx_h_unary_pb(g_ch, PMX_H_PATH_HEALTH, &hreq.base, &grpc__health__v1__health_check_response__descriptor,
+  st = px_h_unary_pb(g_ch, PX_H_PATH_HEALTH, &hreq.base, &grpc__health__v1__health_check_response__descriptor,
                       &resp, CALL_MS, det, sizeof det);
-  expect_status("health check of \"\"", st, PMX_ST_OK, det);
+  expect_status("health check of \"\"", st, PX_ST_OK, det);
   CHECK(((Grpc__Health__V1__HealthCheckResponse*)resp)->status ==
             GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING,
         "health status %d", (int)((Grpc__Health__V1__HealthCheckResponse*)resp)->status);
   protobuf_c_message_free_unpacked(resp, NULL);
   hreq.service = (char*)"no.such.Service";
-  st = pmx_h_unary_pb(g_ch, PMX_H_PATH_HEALTH, &hreq.base, &grpc__health__v1__health_check_response__descriptor,
+  st = px_h_unary_pb(g_ch, PX_H_PATH_HEALTH, &hreq.base, &grpc__health__v1__health_check_response__descriptor,
                       NULL, CALL_MS, det, sizeof det);
-  expect_status("health check of an unknown service", st, PMX_ST_NOT_FOUND, det);
+  expect_status("health check of an unknown service", st, PX_ST_NOT_FOUND, det);
   static const uint8_t hgarbage[] = {0x0a, 0x7f, 'x'};
-  st = unary_raw(PMX_H_PATH_HEALTH, hgarbage, sizeof hgarbage, det, sizeof det);
-  expect_status("health check with malformed protobuf", st, PMX_ST_INVALID_ARGUMENT, det);
+  st = unary_raw(PX_H_PATH_HEALTH, hgarbage, sizeof hgarbage, det, sizeof det);
+  expect_status("health check with malformed protobuf", st, PX_ST_INVALID_ARGUMENT, det);
   expect_unchanged("health checks", false);
 
   st = unary_raw("/paramex.v1.ParameterExchange/Nope", "", 0, det, sizeof det);
-  expect_status("unknown method of ParameterExchange", st, PMX_ST_UNIMPLEMENTED, det);
+  expect_status("unknown method of ParameterExchange", st, PX_ST_UNIMPLEMENTED, det);
   st = unary_raw("/no.such.Service/Method", garbage, sizeof garbage, det, sizeof det);
-  expect_status("method of an unknown service", st, PMX_ST_UNIMPLEMENTED, det);
-  pmx_h_msg two[2] = {{garbage, sizeof garbage, NULL, 0}, {garbage, 3, NULL, 0}};
-  pmx_h_result r;
-  st = pmx_h_call(g_ch, "/paramex.v1.ParameterExchange/PushMore", two, 2, CALL_MS, &r);
-  expect_status("unknown streaming method", st, PMX_ST_UNIMPLEMENTED, r.details);
-  pmx_h_result_free(&r);
+  expect_status("method of an unknown service", st, PX_ST_UNIMPLEMENTED, det);
+  px_h_msg two[2] = {{garbage, sizeof garbage, NULL, 0}, {garbage, 3, NULL, 0}};
+  px_h_result r;
+  st = px_h_call(g_ch, "/paramex.v1.ParameterExchange/PushMore", two, 2, CALL_MS, &r);
+  expect_status("unknown streaming method", st, PX_ST_UNIMPLEMENTED, r.details);
+  px_h_result_free(&r);
   expect_unchanged("unknown methods", false);
 
-  size_t big = PMX_RPC_MAX_MESSAGE + 1;
+  size_t big = PX_RPC_MAX_MESSAGE + 1;
   uint8_t* bigbuf = calloc(1, big);
   CHECK(bigbuf, "out of memory");
-  st = unary_raw(PMX_H_PATH_STATS, bigbuf, big, det, sizeof det);
+  st = unary_raw(PX_H_PATH_STATS, bigbuf, big, det, sizeof det);
   free(bigbuf);
-  expect_status("stats request over 4 MiB", st, PMX_ST_RESOURCE_EXHAUSTED, det);
+  expect_status("stats request over 4 MiB", st, PX_ST_RESOURCE_EXHAUSTED, det);
   expect_unchanged("stats request over 4 MiB", false);
   check_params("after stats/health/unknown methods");
 }
@@ -932,18 +932,18 @@ static void test_stats_health_unknown_methods(void** state) {
 static void test_push_call_ends_at_first_error(void** state) {
   (void)state;
   cmsg cm[3];
-  pmx_h_msg msgs[3];
+  px_h_msg msgs[3];
   for (uint32_t k = 0; k < 3; k++) {
     const void* p;
     size_t n;
-    pmx_chunk c = valid_chunk(0, 2, k, &p, &n);
+    px_chunk c = valid_chunk(0, 2, k, &p, &n);
     if (k == 1) c.checksum ^= 0x100;
     cmsg_build(&cm[k], &c, p, n);
     msgs[k] = cm[k].m;
   }
   char det[512];
   int st = push_call(msgs, 3, NULL, NULL, det, sizeof det);
-  expect_status("push of chunk 0 (valid), 1 (bad checksum), 2 (valid)", st, PMX_ST_DATA_LOSS, det);
+  expect_status("push of chunk 0 (valid), 1 (bad checksum), 2 (valid)", st, PX_ST_DATA_LOSS, det);
   snap now;
   take_snap(&now);
   CHECK(now.push_chunks == g_base.push_chunks + 1,
@@ -955,7 +955,7 @@ static void test_push_call_ends_at_first_error(void** state) {
   /* Worker 0's chunk 0 of step 2 again: already contributed at the current version. */
   uint32_t acc = 99, dup = 99;
   st = push_call(&msgs[0], 1, &acc, &dup, det, sizeof det);
-  expect_status("push of chunk 0 step 2 again", st, PMX_ST_OK, det);
+  expect_status("push of chunk 0 step 2 again", st, PX_ST_OK, det);
   CHECK(acc == 0 && dup == 1, "chunk 0 step 2 again: accepted %" PRIu32 " duplicate %" PRIu32, acc, dup);
   g_base.push_duplicates += 1;
   expect_unchanged("push of chunk 0 step 2 again", false);
@@ -964,17 +964,17 @@ static void test_push_call_ends_at_first_error(void** state) {
   {
     const void* p;
     size_t n;
-    pmx_chunk c = valid_chunk(1, 2, 0, &p, &n);
+    px_chunk c = valid_chunk(1, 2, 0, &p, &n);
     cmsg one;
     cmsg_build(&one, &c, p, n);
     st = push_call(&one.m, 1, &acc, &dup, det, sizeof det);
-    expect_status("worker 1 chunk 0 step 2", st, PMX_ST_OK, det);
+    expect_status("worker 1 chunk 0 step 2", st, PX_ST_OK, det);
     CHECK(acc == 1 && dup == 0, "worker 1 chunk 0 step 2: accepted %" PRIu32 " duplicate %" PRIu32, acc, dup);
     apply_ref_chunk(2, 0);
     check_params("chunk 0 at version 3, chunks 1, 2 at version 2");
-    Paramex__V1__StatsResponse* s = pmx_h_stats(g_ch, det, sizeof det);
+    Paramex__V1__StatsResponse* s = px_h_stats(g_ch, det, sizeof det);
     CHECK(s, "%s", det);
-    const Paramex__V1__TensorStats* ts = pmx_h_stats_tensor(s, "t");
+    const Paramex__V1__TensorStats* ts = px_h_stats_tensor(s, "t");
     CHECK(ts && ts->version_min == 2 && ts->version_max == 3 && ts->checksum == 0,
           "t with chunks at versions 3, 2, 2: versions %" PRIu64 "..%" PRIu64 " checksum %016" PRIx64,
           ts ? ts->version_min : 0, ts ? ts->version_max : 0, ts ? ts->checksum : 0);
@@ -985,33 +985,33 @@ static void test_push_call_ends_at_first_error(void** state) {
   {
     const void* p;
     size_t n;
-    pmx_chunk c = valid_chunk(0, 3, 1, &p, &n);
+    px_chunk c = valid_chunk(0, 3, 1, &p, &n);
     take_snap(&g_base);
-    push_expect("push step 3 on chunk 1 at version 2", &c, p, n, PMX_ST_OUT_OF_RANGE);
+    push_expect("push step 3 on chunk 1 at version 2", &c, p, n, PX_ST_OUT_OF_RANGE);
   }
 
   /* Complete step 2 for chunks 1 and 2. */
   for (uint32_t w = 0; w < 2; w++) {
     cmsg rest[2];
-    pmx_h_msg rm[2];
+    px_h_msg rm[2];
     for (uint32_t k = 1; k < 3; k++) {
       const void* p;
       size_t n;
-      pmx_chunk c = valid_chunk(w, 2, k, &p, &n);
+      px_chunk c = valid_chunk(w, 2, k, &p, &n);
       cmsg_build(&rest[k - 1], &c, p, n);
       rm[k - 1] = rest[k - 1].m;
     }
     st = push_call(rm, 2, &acc, &dup, det, sizeof det);
-    expect_status("rest of step 2", st, PMX_ST_OK, det);
+    expect_status("rest of step 2", st, PX_ST_OK, det);
     CHECK(acc == 2 && dup == 0, "rest of step 2 of worker %" PRIu32 ": accepted %" PRIu32 " duplicate %" PRIu32,
           w, acc, dup);
   }
   apply_ref_chunk(2, 1);
   apply_ref_chunk(2, 2);
   check_params("after step 2");
-  Paramex__V1__StatsResponse* s = pmx_h_stats(g_ch, det, sizeof det);
+  Paramex__V1__StatsResponse* s = px_h_stats(g_ch, det, sizeof det);
   CHECK(s, "%s", det);
-  const Paramex__V1__TensorStats* ts = pmx_h_stats_tensor(s, "t");
+  const Paramex__V1__TensorStats* ts = px_h_stats_tensor(s, "t");
   CHECK(ts && ts->version_min == 3 && ts->version_max == 3, "t not at version 3");
   CHECK(ts->checksum == it_stats_checksum(g_cur, sizeof g_cur), "t: Stats checksum %016" PRIx64
         " is not the checksum of the reference parameters", ts->checksum);

@@ -61,7 +61,7 @@ static int g_nlog;             /* server logs written: g_dir/server-N.log */
 
 /* Starts a server with the job's flags plus extra (NULL-terminated); its stderr goes to a
  * new log file whose name is copied to log (may be NULL). */
-static void start_server(pmx_h_server* srv, const char* workers, const char* const* extra, char* log,
+static void start_server(px_h_server* srv, const char* workers, const char* const* extra, char* log,
                          size_t logcap) {
   const char* args[40] = {"--workers", workers, "--lr", g_sgd.lr, "--momentum", g_sgd.momentum,
                           "--weight-decay", g_sgd.weight_decay, "--chunk-bytes", "4K", "--threads", "2"};
@@ -72,65 +72,65 @@ static void start_server(pmx_h_server* srv, const char* workers, const char* con
   snprintf(name, sizeof name, "server-%d.log", ++g_nlog);
   if (log) snprintf(log, logcap, "%s", name);
   int fd = it_open_out(g_dir, name);
-  int rc = pmx_h_server_start_ex(srv, NULL, args, NULL, fd, SERVER_START_MS, err, sizeof err);
+  int rc = px_h_server_start_ex(srv, NULL, args, NULL, fd, SERVER_START_MS, err, sizeof err);
   close(fd);
   CHECK(rc == 0, "server start: %s (its stderr: %s/%s)", err, g_dir, name);
 }
 
-static void stop_server_ok(pmx_h_server* srv) {
+static void stop_server_ok(px_h_server* srv) {
   int ws = 0;
   size_t extra = 0;
-  CHECK(pmx_h_server_stop(srv, SERVER_STOP_MS, &ws, &extra) == 0, "server did not exit within %d ms of SIGTERM",
+  CHECK(px_h_server_stop(srv, SERVER_STOP_MS, &ws, &extra) == 0, "server did not exit within %d ms of SIGTERM",
         SERVER_STOP_MS);
   char d[96];
-  CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "server %s after SIGTERM", pmx_h_describe_wstatus(ws, d, sizeof d));
+  CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "server %s after SIGTERM", px_h_describe_wstatus(ws, d, sizeof d));
   CHECK(extra == 0, "the server wrote %zu more bytes on stdout", extra);
 }
 
 /* SIGKILL: no final checkpoint. */
-static void kill_server(pmx_h_server* srv) {
-  pmx_h_kill(srv->pid);
+static void kill_server(px_h_server* srv) {
+  px_h_kill(srv->pid);
   srv->pid = 0;
   close(srv->out_fd);
   srv->out_fd = -1;
 }
 
-static pmx_rpc_channel* channel(const pmx_h_server* srv) {
+static px_rpc_channel* channel(const px_h_server* srv) {
   char err[512];
-  pmx_rpc_channel* ch = pmx_rpc_channel_create(srv->addr, err, sizeof err);
+  px_rpc_channel* ch = px_rpc_channel_create(srv->addr, err, sizeof err);
   CHECK(ch, "channel: %s", err);
   return ch;
 }
 
-static Paramex__V1__StatsResponse* stats(pmx_rpc_channel* ch) {
+static Paramex__V1__StatsResponse* stats(px_rpc_channel* ch) {
   char err[512];
-  Paramex__V1__StatsResponse* st = pmx_h_stats(ch, err, sizeof err);
+  Paramex__V1__StatsResponse* st = px_h_stats(ch, err, sizeof err);
   CHECK(st, "%s", err);
   return st;
 }
 
 /* Polls Stats (every 10 ms, at most 15 s) until checkpoint_version == v. */
-static void wait_checkpoint_version(pmx_rpc_channel* ch, uint64_t v) {
-  int64_t deadline = pmx_h_now_ms() + 15000;
+static void wait_checkpoint_version(px_rpc_channel* ch, uint64_t v) {
+  int64_t deadline = px_h_now_ms() + 15000;
   for (;;) {
     Paramex__V1__StatsResponse* st = stats(ch);
     uint64_t got = st->checkpoint_version;
     protobuf_c_message_free_unpacked(&st->base, NULL);
     if (got == v) return;
-    CHECK(pmx_h_now_ms() < deadline, "Stats checkpoint_version is %" PRIu64 " 15 s after training, want %" PRIu64,
+    CHECK(px_h_now_ms() < deadline, "Stats checkpoint_version is %" PRIu64 " 15 s after training, want %" PRIu64,
           got, v);
     poll(NULL, 0, 10);
   }
 }
 
 /* The Checkpoint RPC. On OK, version/path/bytes are copied out. */
-static int checkpoint_rpc(pmx_rpc_channel* ch, uint64_t* version, char* path, size_t pathcap, uint64_t* bytes,
+static int checkpoint_rpc(px_rpc_channel* ch, uint64_t* version, char* path, size_t pathcap, uint64_t* bytes,
                           char* det, size_t detcap) {
   Paramex__V1__CheckpointRequest req = PARAMEX__V1__CHECKPOINT_REQUEST__INIT;
   ProtobufCMessage* resp = NULL;
-  int st = pmx_h_unary_pb(ch, PATH_CHECKPOINT, &req.base, &paramex__v1__checkpoint_response__descriptor, &resp,
+  int st = px_h_unary_pb(ch, PATH_CHECKPOINT, &req.base, &paramex__v1__checkpoint_response__descriptor, &resp,
                           CALL_MS, det, detcap);
-  if (st == PMX_ST_OK) {
+  if (st == PX_ST_OK) {
     Paramex__V1__CheckpointResponse* r = (Paramex__V1__CheckpointResponse*)resp;
     if (version) *version = r->version;
     if (path) snprintf(path, pathcap, "%s", r->path ? r->path : "");
@@ -166,7 +166,7 @@ static int cmp_range(const void* a, const void* b) {
  * tensors equal the reference at v bit for bit. */
 static void check_ckpt_file(const char* path, const it_train* j, uint64_t v) {
   size_t len = 0;
-  uint8_t* buf = pmx_h_read_file(path, &len);
+  uint8_t* buf = px_h_read_file(path, &len);
   CHECK(buf, "cannot read %s", path);
   CHECK(len >= 8, "%s: %zu bytes", path, len);
   uint64_t hl = le64(buf);
@@ -214,13 +214,13 @@ static void check_ckpt_file(const char* path, const it_train* j, uint64_t v) {
         json_object_size(root));
   range r[4];
   size_t nr = 0;
-  for (int t = 0; t < PMX_IT_NTENSORS; t++) {
+  for (int t = 0; t < PX_IT_NTENSORS; t++) {
     size_t n = it_numel(j, t);
     float* mom = NULL;
     float* ref = it_reference(j, &g_sgd, t, v, &mom);
     for (int m = 0; m < 2; m++) {
       char name[32];
-      snprintf(name, sizeof name, "%s%s", pmx_it_tensor_name(t), m ? "@momentum" : "");
+      snprintf(name, sizeof name, "%s%s", px_it_tensor_name(t), m ? "@momentum" : "");
       json_t* e = json_object_get(root, name);
       CHECK(json_is_object(e) && json_object_size(e) == 3, "%s: entry %s is missing or has other fields", path,
             name);
@@ -228,7 +228,7 @@ static void check_ckpt_file(const char* path, const it_train* j, uint64_t v) {
       CHECK(dt && strcmp(dt, "F32") == 0, "%s: %s dtype %s", path, name, dt ? dt : "(none)");
       json_t* shape = json_object_get(e, "shape");
       size_t want_ndim = t == 0 ? 1 : 2;
-      uint64_t want_shape[2] = {t == 0 ? A_NUMEL : PMX_IT_B_ROWS, PMX_IT_B_COLS};
+      uint64_t want_shape[2] = {t == 0 ? A_NUMEL : PX_IT_B_ROWS, PX_IT_B_COLS};
       CHECK(json_is_array(shape) && json_array_size(shape) == want_ndim, "%s: %s shape", path, name);
       for (size_t d = 0; d < want_ndim; d++) {
         json_t* x = json_array_get(shape, d);
@@ -265,24 +265,24 @@ static void check_ckpt_file(const char* path, const it_train* j, uint64_t v) {
 }
 
 /* Stats says every tensor is at version v with the checksum of the reference at v. */
-static void check_server_at(pmx_rpc_channel* ch, const it_train* j, uint64_t v, uint64_t checksum_out[2]) {
+static void check_server_at(px_rpc_channel* ch, const it_train* j, uint64_t v, uint64_t checksum_out[2]) {
   Paramex__V1__StatsResponse* st = stats(ch);
-  for (int t = 0; t < PMX_IT_NTENSORS; t++) {
-    const Paramex__V1__TensorStats* ts = pmx_h_stats_tensor(st, pmx_it_tensor_name(t));
-    CHECK(ts, "Stats has no tensor %s", pmx_it_tensor_name(t));
+  for (int t = 0; t < PX_IT_NTENSORS; t++) {
+    const Paramex__V1__TensorStats* ts = px_h_stats_tensor(st, px_it_tensor_name(t));
+    CHECK(ts, "Stats has no tensor %s", px_it_tensor_name(t));
     CHECK(ts->version_min == v && ts->version_max == v, "tensor %s at versions %" PRIu64 "..%" PRIu64 ", want %" PRIu64,
-          pmx_it_tensor_name(t), ts->version_min, ts->version_max, v);
+          px_it_tensor_name(t), ts->version_min, ts->version_max, v);
     float* ref = it_reference(j, &g_sgd, t, v, NULL);
     uint64_t want = it_stats_checksum(ref, it_numel(j, t) * sizeof(float));
     free(ref);
     CHECK(ts->checksum == want, "tensor %s: Stats checksum %016" PRIx64 ", the reference at version %" PRIu64
-          " hashes to %016" PRIx64, pmx_it_tensor_name(t), ts->checksum, v, want);
+          " hashes to %016" PRIx64, px_it_tensor_name(t), ts->checksum, v, want);
     if (checksum_out) checksum_out[t] = ts->checksum;
   }
   protobuf_c_message_free_unpacked(&st->base, NULL);
 }
 
-static void check_restored(pmx_rpc_channel* ch, uint64_t v) {
+static void check_restored(px_rpc_channel* ch, uint64_t v) {
   Paramex__V1__StatsResponse* st = stats(ch);
   CHECK(st->restored_version == v, "Stats restored_version %" PRIu64 ", want %" PRIu64, st->restored_version, v);
   CHECK(st->checkpoint_version == v, "Stats checkpoint_version %" PRIu64 " after restoring %" PRIu64,
@@ -298,11 +298,11 @@ static void log_must_contain(const char* log, const char* needle, const char* wh
 
 /* A fresh, empty g_ckdir. */
 static void fresh_ckdir(void) {
-  pmx_h_rmtree(g_ckdir);
+  px_h_rmtree(g_ckdir);
   CHECK(mkdir(g_ckdir, 0755) == 0, "mkdir %s: %s", g_ckdir, strerror(errno));
 }
 
-static it_train job(const pmx_h_server* srv, const char* subdir, uint64_t steps, bool resync) {
+static it_train job(const px_h_server* srv, const char* subdir, uint64_t steps, bool resync) {
   static char out[8][600];
   static int k;
   char* o = out[k++ % 8];
@@ -318,13 +318,13 @@ static void test_periodic_keep_and_format(void** state) {
   (void)state;
   fresh_ckdir();
   const char* extra[] = {"--checkpoint-dir", g_ckdir, "--checkpoint-every", "5", "--keep", "3", NULL};
-  pmx_h_server srv;
+  px_h_server srv;
   start_server(&srv, "2", extra, NULL, 0);
   it_train j = job(&srv, "periodic", 40, false);
   it_train_run(&j, TRAIN_MS);
   it_train_check(&j, &g_sgd);
 
-  pmx_rpc_channel* ch = channel(&srv);
+  px_rpc_channel* ch = channel(&srv);
   wait_checkpoint_version(ch, 40);
   Paramex__V1__StatsResponse* st = stats(ch);
   uint64_t written = st->checkpoints_written;
@@ -353,7 +353,7 @@ static void test_periodic_keep_and_format(void** state) {
   fprintf(stderr, "# periodic: %" PRIu64 " checkpoints written, kept versions", written);
   for (int i = 0; i < n; i++) fprintf(stderr, " %" PRIu64, vs[i]);
   fprintf(stderr, "\n");
-  pmx_rpc_channel_destroy(ch);
+  px_rpc_channel_destroy(ch);
   stop_server_ok(&srv);
 }
 
@@ -363,37 +363,37 @@ static void test_on_demand(void** state) {
   uint64_t v = 0, bytes = 0;
 
   /* Without --checkpoint-dir the RPC is refused. */
-  pmx_h_server plain;
+  px_h_server plain;
   start_server(&plain, "2", NULL, NULL, 0);
-  pmx_rpc_channel* ch = channel(&plain);
+  px_rpc_channel* ch = channel(&plain);
   int st = checkpoint_rpc(ch, NULL, NULL, 0, NULL, det, sizeof det);
-  CHECK(st == PMX_ST_FAILED_PRECONDITION, "Checkpoint without --checkpoint-dir: %s '%s'", pmx_status_name(st), det);
-  pmx_rpc_channel_destroy(ch);
+  CHECK(st == PX_ST_FAILED_PRECONDITION, "Checkpoint without --checkpoint-dir: %s '%s'", px_status_name(st), det);
+  px_rpc_channel_destroy(ch);
   stop_server_ok(&plain);
 
   fresh_ckdir();
   const char* extra[] = {"--checkpoint-dir", g_ckdir, NULL};
-  pmx_h_server srv;
+  px_h_server srv;
   start_server(&srv, "2", extra, NULL, 0);
   ch = channel(&srv);
   st = checkpoint_rpc(ch, NULL, NULL, 0, NULL, det, sizeof det);
-  CHECK(st == PMX_ST_FAILED_PRECONDITION, "Checkpoint before any tensor: %s '%s'", pmx_status_name(st), det);
+  CHECK(st == PX_ST_FAILED_PRECONDITION, "Checkpoint before any tensor: %s '%s'", px_status_name(st), det);
 
   it_train j = job(&srv, "ondemand", 7, false);
   it_train_run(&j, TRAIN_MS);
   it_train_check(&j, &g_sgd);
   st = checkpoint_rpc(ch, &v, path, sizeof path, &bytes, det, sizeof det);
-  CHECK(st == PMX_ST_OK, "Checkpoint: %s '%s'", pmx_status_name(st), det);
+  CHECK(st == PX_ST_OK, "Checkpoint: %s '%s'", px_status_name(st), det);
   ckpt_path(want_path, sizeof want_path, g_ckdir, 7);
   CHECK(v == 7, "Checkpoint version %" PRIu64 ", want 7", v);
   CHECK(strcmp(path, want_path) == 0, "Checkpoint path %s, want %s", path, want_path);
-  uint64_t want_bytes = 2 * (A_NUMEL + PMX_IT_B_ROWS * PMX_IT_B_COLS) * sizeof(float);
+  uint64_t want_bytes = 2 * (A_NUMEL + PX_IT_B_ROWS * PX_IT_B_COLS) * sizeof(float);
   CHECK(bytes == want_bytes, "Checkpoint bytes %" PRIu64 ", want %" PRIu64 " (parameters and momentum)", bytes,
         want_bytes);
   check_ckpt_file(path, &j, 7);
   /* A second request at the same version rewrites the same file. */
   st = checkpoint_rpc(ch, &v, path, sizeof path, &bytes, det, sizeof det);
-  CHECK(st == PMX_ST_OK && v == 7, "second Checkpoint: %s '%s', version %" PRIu64, pmx_status_name(st), det, v);
+  CHECK(st == PX_ST_OK && v == 7, "second Checkpoint: %s '%s', version %" PRIu64, px_status_name(st), det, v);
   Paramex__V1__StatsResponse* s = stats(ch);
   CHECK(s->checkpoints_written == 2 && s->checkpoint_version == 7 && s->checkpoint_failures == 0,
         "Stats: written %" PRIu64 ", version %" PRIu64 ", failures %" PRIu64, s->checkpoints_written,
@@ -402,7 +402,7 @@ static void test_on_demand(void** state) {
   uint64_t vs[8];
   int n = it_ckpt_versions(g_ckdir, vs, 8);
   CHECK(n == 1 && vs[0] == 7, "%d checkpoint files after two checkpoints at version 7", n);
-  pmx_rpc_channel_destroy(ch);
+  px_rpc_channel_destroy(ch);
   stop_server_ok(&srv);
 }
 
@@ -411,14 +411,14 @@ static void test_sigterm_final_and_restore(void** state) {
   fresh_ckdir();
   const char* extra[] = {"--checkpoint-dir", g_ckdir, "--checkpoint-every", "5", "--keep", "2", NULL};
   char log[64];
-  pmx_h_server srv;
+  px_h_server srv;
   start_server(&srv, "2", extra, log, sizeof log);
   it_train j = job(&srv, "final", 13, false);
   it_train_run(&j, TRAIN_MS);
-  pmx_rpc_channel* ch = channel(&srv);
+  px_rpc_channel* ch = channel(&srv);
   uint64_t before[2];
   check_server_at(ch, &j, 13, before);
-  pmx_rpc_channel_destroy(ch);
+  px_rpc_channel_destroy(ch);
   stop_server_ok(&srv);
 
   /* The final checkpoint is at 13 (not a multiple of 5: only SIGTERM wrote it). */
@@ -445,20 +445,20 @@ static void test_sigterm_final_and_restore(void** state) {
   it_train_run(&k, TRAIN_MS);
   it_train_check(&k, &g_sgd);
   check_server_at(ch, &k, 20, NULL);
-  pmx_rpc_channel_destroy(ch);
+  px_rpc_channel_destroy(ch);
   stop_server_ok(&srv);
 }
 
 /* Trains (resync workers) to `steps` and takes a checkpoint by RPC: the file at steps. */
-static void phase(pmx_h_server* srv, pmx_rpc_channel* ch, uint64_t steps) {
+static void phase(px_h_server* srv, px_rpc_channel* ch, uint64_t steps) {
   char sub[32], det[512];
   snprintf(sub, sizeof sub, "phase-%" PRIu64, steps);
   it_train j = job(srv, sub, steps, true);
   it_train_run(&j, TRAIN_MS);
   uint64_t v = 0;
   int st = checkpoint_rpc(ch, &v, NULL, 0, NULL, det, sizeof det);
-  CHECK(st == PMX_ST_OK && v == steps, "Checkpoint after %" PRIu64 " steps: %s '%s', version %" PRIu64, steps,
-        pmx_status_name(st), det, v);
+  CHECK(st == PX_ST_OK && v == steps, "Checkpoint after %" PRIu64 " steps: %s '%s', version %" PRIu64, steps,
+        px_status_name(st), det, v);
 }
 
 static void test_skip_bad_checkpoints(void** state) {
@@ -466,13 +466,13 @@ static void test_skip_bad_checkpoints(void** state) {
   fresh_ckdir();
   const char* extra[] = {"--checkpoint-dir", g_ckdir, "--keep", "10", NULL};
   char log[64], p5[700], p10[700], p15[700], p99[700];
-  pmx_h_server srv;
+  px_h_server srv;
   start_server(&srv, "2", extra, log, sizeof log);
-  pmx_rpc_channel* ch = channel(&srv);
+  px_rpc_channel* ch = channel(&srv);
   phase(&srv, ch, 5);
   phase(&srv, ch, 10);
   phase(&srv, ch, 15);
-  pmx_rpc_channel_destroy(ch);
+  px_rpc_channel_destroy(ch);
   kill_server(&srv);
   ckpt_path(p5, sizeof p5, g_ckdir, 5);
   ckpt_path(p10, sizeof p10, g_ckdir, 10);
@@ -491,7 +491,7 @@ static void test_skip_bad_checkpoints(void** state) {
   ch = channel(&srv);
   check_restored(ch, 10);
   check_server_at(ch, &j, 10, NULL);
-  pmx_rpc_channel_destroy(ch);
+  px_rpc_channel_destroy(ch);
   kill_server(&srv);
 
   /* 2. One byte of version 10's data flipped as well: both skipped, version 5 restored. */
@@ -515,7 +515,7 @@ static void test_skip_bad_checkpoints(void** state) {
   it_train k = job(&srv, "after-corrupt", 8, true);
   it_train_run(&k, TRAIN_MS);
   it_train_check(&k, &g_sgd);
-  pmx_rpc_channel_destroy(ch);
+  px_rpc_channel_destroy(ch);
   stop_server_ok(&srv);
 
   /* 3. An empty file under a newer name: skipped, version 8 restored. */
@@ -528,7 +528,7 @@ static void test_skip_bad_checkpoints(void** state) {
   ch = channel(&srv);
   check_restored(ch, 8);
   check_server_at(ch, &j, 8, NULL);
-  pmx_rpc_channel_destroy(ch);
+  px_rpc_channel_destroy(ch);
   kill_server(&srv);
   char* s = it_slurp(g_dir, log);
   char* line = strstr(s, "skipping checkpoint");
@@ -556,11 +556,11 @@ static void test_tmpfs_full(void** state) {
   const it_sgd sgd = {"0.1", "0", "0"};
   char name[32] = "server-tmpfs.log", err[512], det[512], path[700];
   int fd = it_open_out(g_dir, name);
-  pmx_h_server srv;
-  int rc = pmx_h_server_start_ex(&srv, NULL, args, NULL, fd, SERVER_START_MS, err, sizeof err);
+  px_h_server srv;
+  int rc = px_h_server_start_ex(&srv, NULL, args, NULL, fd, SERVER_START_MS, err, sizeof err);
   close(fd);
   CHECK(rc == 0, "server start: %s", err);
-  pmx_rpc_channel* ch = channel(&srv);
+  px_rpc_channel* ch = channel(&srv);
   char out[600];
   snprintf(out, sizeof out, "%s/tmpfs-out", g_dir);
   mkdir(out, 0755);
@@ -568,18 +568,18 @@ static void test_tmpfs_full(void** state) {
   it_train_run(&j, TRAIN_MS);
   uint64_t v = 0, bytes = 0;
   int st = checkpoint_rpc(ch, &v, path, sizeof path, &bytes, det, sizeof det);
-  CHECK(st == PMX_ST_OK && v == 2, "first Checkpoint on the tmpfs: %s '%s'", pmx_status_name(st), det);
+  CHECK(st == PX_ST_OK && v == 2, "first Checkpoint on the tmpfs: %s '%s'", px_status_name(st), det);
   size_t len0 = 0;
-  uint8_t* file0 = pmx_h_read_file(path, &len0);
+  uint8_t* file0 = px_h_read_file(path, &len0);
   CHECK(file0, "cannot read %s", path);
 
   j.steps = 4;
   it_train_run(&j, TRAIN_MS);
   st = checkpoint_rpc(ch, &v, NULL, 0, NULL, det, sizeof det);
-  CHECK(st != PMX_ST_OK, "Checkpoint on a full tmpfs succeeded (version %" PRIu64 ")", v);
+  CHECK(st != PX_ST_OK, "Checkpoint on a full tmpfs succeeded (version %" PRIu64 ")", v);
   CHECK(strstr(det, "No space left on device"), "Checkpoint on a full tmpfs: %s '%s', want the reason",
-        pmx_status_name(st), det);
-  fprintf(stderr, "# full tmpfs: Checkpoint -> %s '%s'\n", pmx_status_name(st), det);
+        px_status_name(st), det);
+  fprintf(stderr, "# full tmpfs: Checkpoint -> %s '%s'\n", px_status_name(st), det);
   Paramex__V1__StatsResponse* s = stats(ch);
   CHECK(s->checkpoint_failures >= 1, "checkpoint_failures %" PRIu64 " after a failed write", s->checkpoint_failures);
   CHECK(s->checkpoint_version == 2 && s->checkpoints_written == 1, "Stats: checkpoint_version %" PRIu64
@@ -594,7 +594,7 @@ static void test_tmpfs_full(void** state) {
   CHECK(n == 1 && vs[0] == 2, "%d checkpoint files on the tmpfs, want only version 2", n);
   CHECK(!it_ckpt_temp_left(g_mnt), "the failed write left its temporary file on the tmpfs");
   size_t len1 = 0;
-  uint8_t* file1 = pmx_h_read_file(path, &len1);
+  uint8_t* file1 = px_h_read_file(path, &len1);
   CHECK(file1 && len1 == len0 && memcmp(file0, file1, len0) == 0, "%s changed after the failed write", path);
   free(file0);
   free(file1);
@@ -603,13 +603,13 @@ static void test_tmpfs_full(void** state) {
   j.steps = 10;
   it_train_run(&j, TRAIN_MS);
   it_train_check(&j, &sgd);
-  pmx_rpc_channel_destroy(ch);
+  px_rpc_channel_destroy(ch);
   int ws = 0;
   size_t extra = 0;
-  CHECK(pmx_h_server_stop(&srv, SERVER_STOP_MS, &ws, &extra) == 0, "server did not exit after SIGTERM");
+  CHECK(px_h_server_stop(&srv, SERVER_STOP_MS, &ws, &extra) == 0, "server did not exit after SIGTERM");
   char d[96];
   fprintf(stderr, "# full tmpfs: the server %s after SIGTERM (its final checkpoint cannot be written)\n",
-          pmx_h_describe_wstatus(ws, d, sizeof d));
+          px_h_describe_wstatus(ws, d, sizeof d));
 }
 
 /* ---- setup ----------------------------------------------------------------------------------- */
@@ -623,25 +623,25 @@ static void unmount_tmpfs(void) {
 
 static int teardown(void** state) {
   (void)state;
-  pmx_h_kill_all();
+  px_h_kill_all();
   unmount_tmpfs();
   return 0;
 }
 
 static int group_setup(void** state) {
   (void)state;
-  pmx_rpc_init();
-  if (pmx_h_mkdtemp(g_dir, sizeof g_dir) != 0) return -1;
+  px_rpc_init();
+  if (px_h_mkdtemp(g_dir, sizeof g_dir) != 0) return -1;
   snprintf(g_ckdir, sizeof g_ckdir, "%s/ckpt", g_dir);
   return 0;
 }
 
 static int group_teardown(void** state) {
   (void)state;
-  pmx_h_kill_all();
+  px_h_kill_all();
   unmount_tmpfs();
-  pmx_h_rmtree(g_dir);
-  pmx_rpc_shutdown();
+  px_h_rmtree(g_dir);
+  px_rpc_shutdown();
   return 0;
 }
 

@@ -30,10 +30,10 @@ static void expect(const char* what, pmx_status st, pmx_status want) {
 
 static void test_push_pull(void** state) {
   (void)state;
-  pmx_h_server s;
+  px_h_server s;
   char err[512];
   const char* args[] = {"--workers", "1", "--lr", "0.5", NULL};
-  if (pmx_h_server_start(&s, args, NULL, 30000, err, sizeof err) != 0) fail_msg("server: %s", err);
+  if (px_h_server_start(&s, args, NULL, 30000, err, sizeof err) != 0) fail_msg("server: %s", err);
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", s.port);
   /* a 20 s deadline: a pull left parked by a failed push would show as a 20 s wait */
@@ -76,7 +76,7 @@ static void test_push_pull(void** state) {
   pmx_client_destroy(c);
   int ws = 0;
   size_t extra = 0;
-  assert_int_equal(pmx_h_server_stop(&s, 30000, &ws, &extra), 0);
+  assert_int_equal(px_h_server_stop(&s, 30000, &ws, &extra), 0);
 }
 
 int main(void) {

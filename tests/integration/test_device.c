@@ -1,7 +1,7 @@
 /* paramex-server --device / --gpus as an operator meets them: a bad value or a build or
  * machine that cannot run the cuda backend gets exactly one line on stderr naming the
  * problem and the documented exit status (2: usage, 1: cannot start), nothing on stdout.
- * PMX_HAVE_CUDA (set by meson) says whether this build has the cuda backend. On a machine
+ * PX_HAVE_CUDA (set by meson) says whether this build has the cuda backend. On a machine
  * with a GPU the cuda server must start and stop cleanly instead. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -28,15 +28,15 @@ static void expect_refusal(const char* const* args, int want, const char* needle
   char errpath[] = "/tmp/pmx-device-err-XXXXXX", outpath[] = "/tmp/pmx-device-out-XXXXXX";
   int efd = mkstemp(errpath), ofd = mkstemp(outpath);
   assert_true(efd >= 0 && ofd >= 0);
-  const char* argv[16] = {pmx_h_server_bin(), "--listen", "127.0.0.1:0"};
+  const char* argv[16] = {px_h_server_bin(), "--listen", "127.0.0.1:0"};
   size_t n = 3;
   for (size_t i = 0; args[i] && n < 15; i++) argv[n++] = args[i];
   argv[n] = NULL;
-  pid_t pid = pmx_h_spawn(argv, NULL, ofd, efd);
+  pid_t pid = px_h_spawn(argv, NULL, ofd, efd);
   assert_true(pid > 0);
   int ws = 0;
-  if (pmx_h_wait(pid, 60000, &ws) != 0) {
-    pmx_h_kill(pid);
+  if (px_h_wait(pid, 60000, &ws) != 0) {
+    px_h_kill(pid);
     fail_msg("paramex-server %s %s did not exit", args[0], args[1] ? args[1] : "");
   }
   char err[2048] = "", out[256] = "";
@@ -78,9 +78,9 @@ static void test_cuda(void** state) {
   }
   /* a build with CUDA: either no GPU here (one line naming the CUDA error, exit 1), or a
    * GPU, and then the server must run and stop cleanly */
-  pmx_h_server s;
+  px_h_server s;
   char err[512];
-  if (pmx_h_server_start(&s, cuda, NULL, 60000, err, sizeof err) != 0) {
+  if (px_h_server_start(&s, cuda, NULL, 60000, err, sizeof err) != 0) {
     /* scripts/gpu-check.sh sets PMX_TEST_REQUIRE_GPU=1: there a refusal is a failure */
     const char* req = getenv("PMX_TEST_REQUIRE_GPU");
     if (req && strcmp(req, "1") == 0) fail_msg("--device cuda did not start on a GPU machine: %s", err);
@@ -89,7 +89,7 @@ static void test_cuda(void** state) {
   }
   int ws = 0;
   size_t extra = 1;
-  assert_int_equal(pmx_h_server_stop(&s, 30000, &ws, &extra), 0);
+  assert_int_equal(px_h_server_stop(&s, 30000, &ws, &extra), 0);
   assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
   const char* far[] = {"--device", "cuda", "--gpus", "1000", NULL};
   expect_refusal(far, 2, "--gpus: device 1000 does not exist");
@@ -97,7 +97,7 @@ static void test_cuda(void** state) {
 
 static int teardown(void** state) {
   (void)state;
-  pmx_h_kill_all();
+  px_h_kill_all();
   return 0;
 }
 

@@ -40,7 +40,7 @@
 #define CALL_MS 10000
 
 #define MAXW 4
-#define MAXT PMX_DM_MAX_TENSORS
+#define MAXT PX_DM_MAX_TENSORS
 #define MAXS 40
 #define NONE UINT64_MAX
 
@@ -90,13 +90,13 @@ static size_t tensor_numel(const djob* j, size_t t) {
 }
 
 static int tensor_dtype(const djob* j, size_t t) {
-  return t == j->ndata ? PMX_DT_F32 : j->data[t].dtype;
+  return t == j->ndata ? PX_DT_F32 : j->data[t].dtype;
 }
 
 /* The version rank r's data buffers hold when it computes step s (its last pull <= s). */
 static uint64_t held_version(const djob* j, uint32_t r, uint64_t s) {
   for (uint64_t k = s + 1; k-- > 0;)
-    if (j->plan[r][k] != PMX_DM_SKIP) return k;
+    if (j->plan[r][k] != PX_DM_SKIP) return k;
   return NONE;
 }
 
@@ -112,18 +112,18 @@ static uint64_t rng_next(uint64_t* s) {
 /* Pulls every step; a pull is repeated (second answer unchanged) with chance repeat_pct. */
 static void plan_every(char* plan, uint64_t steps, uint64_t* rng, unsigned repeat_pct) {
   for (uint64_t s = 0; s <= steps; s++)
-    plan[s] = s < steps && rng_next(rng) % 100 < repeat_pct ? PMX_DM_REPEAT : PMX_DM_PULL;
+    plan[s] = s < steps && rng_next(rng) % 100 < repeat_pct ? PX_DM_REPEAT : PX_DM_PULL;
   plan[steps + 1] = 0;
 }
 
 /* Pulls at random gaps of 1..kmax versions, into fresh buffers with chance fresh_pct; the
  * final version is always pulled. */
 static void plan_gaps(char* plan, uint64_t steps, uint64_t* rng, unsigned kmax, unsigned fresh_pct) {
-  memset(plan, PMX_DM_SKIP, steps + 1);
+  memset(plan, PX_DM_SKIP, steps + 1);
   plan[steps + 1] = 0;
   for (uint64_t s = 0; s <= steps; s += 1 + rng_next(rng) % kmax)
-    plan[s] = s > 0 && rng_next(rng) % 100 < fresh_pct ? PMX_DM_FRESH : PMX_DM_PULL;
-  if (plan[steps] == PMX_DM_SKIP) plan[steps] = PMX_DM_PULL;
+    plan[s] = s > 0 && rng_next(rng) % 100 < fresh_pct ? PX_DM_FRESH : PX_DM_PULL;
+  if (plan[steps] == PX_DM_SKIP) plan[steps] = PX_DM_PULL;
 }
 
 /* ---- the reference ------------------------------------------------------------------------- */
@@ -148,16 +148,16 @@ static const void* ref_at(const ref* R, size_t t, uint64_t v) {
 
 /* f32 values of storage words (exact widening). */
 static void widen(int dtype, const void* src, float* dst, size_t n) {
-  if (dtype == PMX_DT_F32) memcpy(dst, src, n * sizeof(float));
-  else if (dtype == PMX_DT_BF16) pmx_bf16_to_f32_n(src, dst, n);
-  else pmx_f16_to_f32_n(src, dst, n);
+  if (dtype == PX_DT_F32) memcpy(dst, src, n * sizeof(float));
+  else if (dtype == PX_DT_BF16) px_bf16_to_f32_n(src, dst, n);
+  else px_f16_to_f32_n(src, dst, n);
 }
 
 /* Storage words of f32 values (RNE for the 16-bit dtypes). */
 static void narrow(int dtype, const float* src, void* dst, size_t n) {
-  if (dtype == PMX_DT_F32) memcpy(dst, src, n * sizeof(float));
-  else if (dtype == PMX_DT_BF16) pmx_f32_to_bf16_n(src, dst, n);
-  else pmx_f32_to_f16_n(src, dst, n);
+  if (dtype == PX_DT_F32) memcpy(dst, src, n * sizeof(float));
+  else if (dtype == PX_DT_BF16) px_f32_to_bf16_n(src, dst, n);
+  else px_f32_to_f16_n(src, dst, n);
 }
 
 /* x := x rounded to dtype and widened back (what the server sees of a 16-bit push). */
@@ -167,7 +167,7 @@ static void round_trip(int dtype, float* x, uint16_t* tmp, size_t n) {
 }
 
 static bool pulls_view(const djob* j, uint32_t r, size_t t) {
-  return t < j->ndata && j->view_bf16[r] && j->data[t].dtype == PMX_DT_F32;
+  return t < j->ndata && j->view_bf16[r] && j->data[t].dtype == PX_DT_F32;
 }
 
 /* What rank r's buffer of tensor t holds after pulling version v: *bytes bytes. */
@@ -177,7 +177,7 @@ static const void* ref_pulled(const djob* j, ref* R, uint32_t r, size_t t, uint6
     *bytes = R->numel[t] * R->width[t];
     return p;
   }
-  pmx_f32_to_bf16_n(p, (uint16_t*)R->scratch, R->numel[t]);
+  px_f32_to_bf16_n(p, (uint16_t*)R->scratch, R->numel[t]);
   *bytes = R->numel[t] * 2;
   return R->scratch;
 }
@@ -194,7 +194,7 @@ static void ref_compute(const djob* j, ref* R) {
   size_t maxn = 0;
   for (size_t t = 0; t < R->nt; t++) {
     R->numel[t] = tensor_numel(j, t);
-    R->width[t] = tensor_dtype(j, t) == PMX_DT_F32 ? 4 : 2;
+    R->width[t] = tensor_dtype(j, t) == PX_DT_F32 ? 4 : 2;
     R->v[t] = malloc((size_t)(j->steps + 1) * R->numel[t] * R->width[t]);
     CHECK(R->v[t], "out of memory");
     if (R->numel[t] > maxn) maxn = R->numel[t];
@@ -211,24 +211,24 @@ static void ref_compute(const djob* j, ref* R) {
   for (size_t t = 0; t < R->nt; t++) {
     const int dt = tensor_dtype(j, t);
     const size_t n = R->numel[t];
-    CHECK(pmx_dm_init((uint32_t)t, p, n) == 0, "initializer");
+    CHECK(px_dm_init((uint32_t)t, p, n) == 0, "initializer");
     narrow(dt, p, R->v[t], n);
     for (uint64_t s = 0; s < j->steps; s++) {
       for (uint32_t r = 0; r < j->world; r++) {
         uint64_t h = t == j->ndata ? s : held_version(j, r, s);
         CHECK(h != NONE, "rank %" PRIu32 " holds nothing at step %" PRIu64, r, s);
         widen(dt, ref_at(R, t, h), x, n);
-        if (pulls_view(j, r, t)) round_trip(PMX_DT_BF16, x, tmp, n);
-        CHECK(pmx_dm_grad((uint32_t)t, r, s, x, g, n) == 0, "gradient");
+        if (pulls_view(j, r, t)) round_trip(PX_DT_BF16, x, tmp, n);
+        CHECK(px_dm_grad((uint32_t)t, r, s, x, g, n) == 0, "gradient");
         /* what the server receives: the tensor's dtype, or the lossy bf16 push cast */
-        if (dt != PMX_DT_F32) round_trip(dt, g, tmp, n);
+        if (dt != PX_DT_F32) round_trip(dt, g, tmp, n);
         else if (push_bf16 && t < j->ndata && n * 4 >= j->push_min_bytes)
-          round_trip(PMX_DT_BF16, g, tmp, n);
+          round_trip(PX_DT_BF16, g, tmp, n);
         if (r == 0) memcpy(sum, g, n * sizeof *g);
         else
           for (size_t i = 0; i < n; i++) sum[i] += g[i];
       }
-      /* server/optimizer.c pmx_sgd_apply on the f32 master (the widened 16-bit words) */
+      /* server/optimizer.c px_sgd_apply on the f32 master (the widened 16-bit words) */
       widen(dt, ref_at(R, t, s), p, n);
       for (size_t i = 0; i < n; i++) {
         float d = sum[i] / nw;
@@ -284,7 +284,7 @@ typedef struct prec {
 typedef struct jres {
   size_t nrec;
   prec rec[MAXW * (2 * (MAXS + 1) + 8)];
-  pmx_dm_rec end[MAXW];
+  px_dm_rec end[MAXW];
   uint64_t exp_unchanged, exp_delta, exp_snapshot; /* pulled chunks the server must count */
   Paramex__V1__StatsResponse* st;                  /* Stats after the job (free it) */
   uint8_t* final[MAXT];                            /* rank 0's final pull of each data tensor */
@@ -299,7 +299,7 @@ static void jres_free(jres* o) {
 }
 
 static const char* dtype_flag(int dt) {
-  return dt == PMX_DT_F32 ? "f32" : dt == PMX_DT_BF16 ? "bf16" : "f16";
+  return dt == PX_DT_F32 ? "f32" : dt == PX_DT_BF16 ? "bf16" : "f16";
 }
 
 /* How the server must answer one chunk pulled from base `have` at version v. */
@@ -328,17 +328,17 @@ static void check_worker_output(const djob* j, ref* R, uint32_t r, const uint8_t
   for (uint64_t s = 0; s <= j->steps; s++) {
     const char act = j->plan[r][s];
     char kinds[3] = {'S', 0, 0};
-    if (act == PMX_DM_PULL || act == PMX_DM_FRESH) kinds[1] = act;
-    if (act == PMX_DM_REPEAT) {
-      kinds[1] = PMX_DM_PULL;
-      kinds[2] = PMX_DM_REPEAT;
+    if (act == PX_DM_PULL || act == PX_DM_FRESH) kinds[1] = act;
+    if (act == PX_DM_REPEAT) {
+      kinds[1] = PX_DM_PULL;
+      kinds[2] = PX_DM_REPEAT;
     }
     for (int k = 0; k < 3 && kinds[k]; k++) {
       const char kind = kinds[k];
       snprintf(what, sizeof what, "rank %" PRIu32 " step %" PRIu64 " pull '%c'", r, s, kind);
-      pmx_dm_rec h;
+      px_dm_rec h;
       memcpy(&h, take(&cur, end, sizeof h, what), sizeof h);
-      CHECK(h.magic == PMX_DM_REC_MAGIC && h.step == s && h.kind == (uint32_t)kind,
+      CHECK(h.magic == PX_DM_REC_MAGIC && h.step == s && h.kind == (uint32_t)kind,
             "%s: the worker wrote a record of step %" PRIu32 " kind '%c'", what, h.step, (char)h.kind);
       const bool sync = kind == 'S';
       const size_t nt = sync ? 1 : j->ndata;
@@ -350,7 +350,7 @@ static void check_worker_output(const djob* j, ref* R, uint32_t r, const uint8_t
       pr->rank = r;
       pr->step = s;
       pr->kind = kind;
-      pr->have = sync ? sync_have : kind == PMX_DM_FRESH ? NONE : have;
+      pr->have = sync ? sync_have : kind == PX_DM_FRESH ? NONE : have;
       pr->wire = h.pull_wire;
       pr->checksum_failures = h.checksum_failures;
       uint64_t chunks = 0;
@@ -387,7 +387,7 @@ static void check_worker_output(const djob* j, ref* R, uint32_t r, const uint8_t
   }
   snprintf(what, sizeof what, "rank %" PRIu32 " end record", r);
   memcpy(&o->end[r], take(&cur, end, sizeof o->end[r], what), sizeof o->end[r]);
-  CHECK(o->end[r].magic == PMX_DM_REC_MAGIC && o->end[r].kind == 'E', "%s missing", what);
+  CHECK(o->end[r].magic == PX_DM_REC_MAGIC && o->end[r].kind == 'E', "%s missing", what);
   CHECK(cur == end, "rank %" PRIu32 ": %zu bytes after the end record", r, (size_t)(end - cur));
 }
 
@@ -400,8 +400,8 @@ static void run_job(const char* name, const djob* j, ref* R, jres* o) {
     CHECK(strlen(j->plan[r]) == j->steps + 1, "%s: plan of rank %" PRIu32 " has %zu characters", name, r,
           strlen(j->plan[r]));
   char dir[512], err[512];
-  CHECK(pmx_h_mkdtemp(dir, sizeof dir) == 0, "mkdtemp");
-  int64_t t0 = pmx_h_now_ms();
+  CHECK(px_h_mkdtemp(dir, sizeof dir) == 0, "mkdtemp");
+  int64_t t0 = px_h_now_ms();
 
   char world_s[16], chunk_s[24], hist_s[16], steps_s[24], sync_s[24], min_s[24];
   snprintf(world_s, sizeof world_s, "%" PRIu32, j->world);
@@ -422,8 +422,8 @@ static void run_job(const char* name, const djob* j, ref* R, jres* o) {
     snprintf(fault_env, sizeof fault_env, "PMX_FAULT_CORRUPT_PULL=%s", j->fault_corrupt);
     env[0] = fault_env;
   }
-  pmx_h_server srv;
-  CHECK(pmx_h_server_start(&srv, args, env, SERVER_START_MS, err, sizeof err) == 0, "%s: server start: %s",
+  px_h_server srv;
+  CHECK(px_h_server_start(&srv, args, env, SERVER_START_MS, err, sizeof err) == 0, "%s: server start: %s",
         name, err);
 
   char tensor_s[MAXT][96];
@@ -455,42 +455,42 @@ static void run_job(const char* name, const djob* j, ref* R, jres* o) {
     }
     if (j->client_no_compression[r]) argv[n++] = "--no-compression";
     argv[n] = NULL;
-    pids[r] = pmx_h_spawn(argv, NULL, -1, -1);
+    pids[r] = px_h_spawn(argv, NULL, -1, -1);
     CHECK(pids[r] > 0, "%s: cannot start worker %" PRIu32, name, r);
   }
-  int64_t deadline = pmx_h_now_ms() + JOB_DEADLINE_MS;
+  int64_t deadline = px_h_now_ms() + JOB_DEADLINE_MS;
   for (uint32_t r = 0; r < j->world; r++) {
     int ws = 0;
-    int64_t left = deadline - pmx_h_now_ms();
-    CHECK(pmx_h_wait(pids[r], left > 0 ? (int)left : 0, &ws) == 0,
+    int64_t left = deadline - px_h_now_ms();
+    CHECK(px_h_wait(pids[r], left > 0 ? (int)left : 0, &ws) == 0,
           "%s: worker %" PRIu32 " did not finish within %d ms", name, r, JOB_DEADLINE_MS);
     char d[96];
     CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "%s: worker %" PRIu32 " %s (its stderr is above)", name, r,
-          pmx_h_describe_wstatus(ws, d, sizeof d));
+          px_h_describe_wstatus(ws, d, sizeof d));
   }
-  o->ms = pmx_h_now_ms() - t0;
+  o->ms = px_h_now_ms() - t0;
 
   for (uint32_t r = 0; r < j->world; r++) {
     char path[600];
     snprintf(path, sizeof path, "%s/pulls.%" PRIu32, dir, r);
     size_t len = 0;
-    uint8_t* buf = pmx_h_read_file(path, &len);
+    uint8_t* buf = px_h_read_file(path, &len);
     CHECK(buf, "%s: cannot read %s", name, path);
     check_worker_output(j, R, r, buf, len, o);
     free(buf);
   }
 
   /* Stats: every chunk at the last version with the reference's checksum; counters. */
-  pmx_rpc_channel* ch = pmx_rpc_channel_create(srv.addr, err, sizeof err);
+  px_rpc_channel* ch = px_rpc_channel_create(srv.addr, err, sizeof err);
   CHECK(ch, "channel: %s", err);
-  Paramex__V1__StatsResponse* st = pmx_h_stats(ch, err, sizeof err);
+  Paramex__V1__StatsResponse* st = px_h_stats(ch, err, sizeof err);
   CHECK(st, "%s: %s", name, err);
   o->st = st;
-  pmx_rpc_channel_destroy(ch);
+  px_rpc_channel_destroy(ch);
   uint64_t chunks_total = 0;
   for (size_t t = 0; t < R->nt; t++) {
     const char* tn = t == j->ndata ? "sync" : j->data[t].name;
-    const Paramex__V1__TensorStats* ts = pmx_h_stats_tensor(st, tn);
+    const Paramex__V1__TensorStats* ts = px_h_stats_tensor(st, tn);
     CHECK(ts, "%s: Stats has no tensor %s", name, tn);
     CHECK((int)ts->dtype == tensor_dtype(j, t), "%s: %s dtype %d", name, tn, (int)ts->dtype);
     CHECK(ts->num_chunks == nchunks(j, R->numel[t]), "%s: %s has %" PRIu32 " chunks", name, tn, ts->num_chunks);
@@ -531,12 +531,12 @@ static void run_job(const char* name, const djob* j, ref* R, jres* o) {
 
   int ws = 0;
   size_t extra = 0;
-  CHECK(pmx_h_server_stop(&srv, SERVER_STOP_MS, &ws, &extra) == 0, "%s: server did not exit within %d ms of SIGTERM",
+  CHECK(px_h_server_stop(&srv, SERVER_STOP_MS, &ws, &extra) == 0, "%s: server did not exit within %d ms of SIGTERM",
         name, SERVER_STOP_MS);
   char d[96];
   CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "%s: server %s after SIGTERM", name,
-        pmx_h_describe_wstatus(ws, d, sizeof d));
-  pmx_h_rmtree(dir);
+        px_h_describe_wstatus(ws, d, sizeof d));
+  px_h_rmtree(dir);
   fprintf(stderr, "# %s: %" PRIu32 " workers, %" PRIu64 " steps: %" PRId64 " ms; pulled chunks: %" PRIu64
                   " unchanged, %" PRIu64 " delta, %" PRIu64 " snapshot; %" PRIu64 " encodes, %" PRIu64
                   " cache hits, history %" PRIu64 " B\n",
@@ -564,7 +564,7 @@ static wsum sum_recs(const jres* o, int rank, char kind, bool (*pred)(const prec
 }
 
 static const Paramex__V1__TensorStats* tstat(const jres* o, const char* name) {
-  const Paramex__V1__TensorStats* ts = pmx_h_stats_tensor(o->st, name);
+  const Paramex__V1__TensorStats* ts = px_h_stats_tensor(o->st, name);
   CHECK(ts, "Stats has no tensor %s", name);
   return ts;
 }
@@ -580,8 +580,8 @@ static void random_bases_job(djob* j) {
   j->world = 3;
   j->steps = 30;
   j->ndata = 2;
-  j->data[0] = (dtensor){"w", PMX_DT_F32, 30000};
-  j->data[1] = (dtensor){"v", PMX_DT_F32, 700};
+  j->data[0] = (dtensor){"w", PX_DT_F32, 30000};
+  j->data[1] = (dtensor){"v", PX_DT_F32, 700};
   j->sync_numel = 2000;
   j->lr = "0.001";
   j->momentum = "0";
@@ -603,12 +603,12 @@ static void check_plan_coverage(const djob* j) {
     uint64_t have = NONE;
     for (uint64_t s = 0; s <= j->steps; s++) {
       char a = j->plan[r][s];
-      if (a == PMX_DM_SKIP) continue;
-      if (a == PMX_DM_FRESH && have != NONE) fresh++;
+      if (a == PX_DM_SKIP) continue;
+      if (a == PX_DM_FRESH && have != NONE) fresh++;
       else if (have != NONE && s - have == 1) d1++;
       else if (have != NONE && s - have <= j->history) dk++;
       else if (have != NONE) old++;
-      if (a == PMX_DM_REPEAT) rep++;
+      if (a == PX_DM_REPEAT) rep++;
       have = s;
     }
   }
@@ -643,7 +643,7 @@ static void test_random_bases_bit_exact(void** state) {
     CHECK(ts->pull_wire_bytes < ts->pull_raw_bytes, "%s: pull wire %" PRIu64 " >= raw %" PRIu64, tn,
           ts->pull_wire_bytes, ts->pull_raw_bytes);
   }
-  wsum d1 = sum_recs(&o, -1, PMX_DM_PULL, rec_delta1);
+  wsum d1 = sum_recs(&o, -1, PX_DM_PULL, rec_delta1);
   wsum s1 = sum_recs(&o, -1, 'S', rec_delta1);
   fprintf(stderr, "# random bases: %" PRIu64 " data pulls from the previous version: wire/raw %.3f; sync: %.3f\n",
           d1.n, (double)d1.wire / (double)d1.raw32, (double)s1.wire / (double)s1.raw32);
@@ -666,7 +666,7 @@ static void test_bf16_view(void** state) {
   j.world = 2;
   j.steps = 12;
   j.ndata = 1;
-  j.data[0] = (dtensor){"w", PMX_DT_F32, 30000};
+  j.data[0] = (dtensor){"w", PX_DT_F32, 30000};
   j.sync_numel = 2000;
   j.lr = "0.001";
   j.momentum = "0";
@@ -691,7 +691,7 @@ static void test_bf16_view(void** state) {
     wire += p->wire;
     raw += p->raw32;
   }
-  wsum f = sum_recs(&o, 1, PMX_DM_PULL, rec_delta1);
+  wsum f = sum_recs(&o, 1, PX_DM_PULL, rec_delta1);
   fprintf(stderr, "# bf16 view: wire / raw f32 bytes %.4f after the first pull; the f32 pulls of rank 1: %.3f\n",
           (double)wire / (double)raw, (double)f.wire / (double)f.raw32);
   CHECK(raw > 0, "no bf16 view pulls after the first");
@@ -712,8 +712,8 @@ static void test_corrupted_pulls_heal(void** state) {
   j.world = 2;
   j.steps = 12;
   j.ndata = 2;
-  j.data[0] = (dtensor){"w", PMX_DT_F32, 12000};
-  j.data[1] = (dtensor){"v", PMX_DT_F32, 700};
+  j.data[0] = (dtensor){"w", PX_DT_F32, 12000};
+  j.data[1] = (dtensor){"v", PX_DT_F32, 700};
   j.sync_numel = 2000;
   j.lr = "0.001";
   j.momentum = "0";
@@ -755,9 +755,9 @@ static void test_bf16_f16_tensors(void** state) {
   j.world = 2;
   j.steps = 14;
   j.ndata = 3;
-  j.data[0] = (dtensor){"hb", PMX_DT_BF16, 20000};
-  j.data[1] = (dtensor){"hf", PMX_DT_F16, 20000};
-  j.data[2] = (dtensor){"w", PMX_DT_F32, 3000};
+  j.data[0] = (dtensor){"hb", PX_DT_BF16, 20000};
+  j.data[1] = (dtensor){"hf", PX_DT_F16, 20000};
+  j.data[2] = (dtensor){"w", PX_DT_F32, 3000};
   j.sync_numel = 1000;
   j.lr = "0.05";
   j.momentum = "0.9";
@@ -791,8 +791,8 @@ static void push_job(djob* j, const char* mode) {
   j->world = 2;
   j->steps = 8;
   j->ndata = 2;
-  j->data[0] = (dtensor){"w", PMX_DT_F32, 30000};
-  j->data[1] = (dtensor){"v", PMX_DT_F32, 300}; /* below --push-min-bytes: sent raw */
+  j->data[0] = (dtensor){"w", PX_DT_F32, 30000};
+  j->data[1] = (dtensor){"v", PX_DT_F32, 300}; /* below --push-min-bytes: sent raw */
   j->sync_numel = 1000;
   j->lr = "0.001";
   j->momentum = "0.5";
@@ -872,7 +872,7 @@ static void test_push_compression(void** state) {
 static void expect_raw_pulls(const char* what, const jres* o, int rank) {
   for (size_t i = 0; i < o->nrec; i++) {
     const prec* p = &o->rec[i];
-    if ((rank >= 0 && p->rank != (uint32_t)rank) || p->kind == PMX_DM_REPEAT) continue;
+    if ((rank >= 0 && p->rank != (uint32_t)rank) || p->kind == PX_DM_REPEAT) continue;
     CHECK(p->wire > p->raw32, "%s: rank %" PRIu32 " pull '%c' at step %" PRIu64 ": %" PRIu64
           " wire bytes for %" PRIu64 " raw bytes", what, p->rank, p->kind, p->step, p->wire, p->raw32);
   }
@@ -926,8 +926,8 @@ static void test_no_compression(void** state) {
 #define H_CHUNKS 3u
 #define H_LR 0.5f
 
-static pmx_h_server g_srv;
-static pmx_rpc_channel* g_ch;
+static px_h_server g_srv;
+static px_rpc_channel* g_ch;
 static uint64_t g_inc;
 static uint32_t g_tid_t, g_tid_h;
 static float g_t[3][H_NUMEL];      /* "t" (f32) at versions 0, 1, 2 */
@@ -946,7 +946,7 @@ static hsnap g_base;
 
 static void take_hsnap(hsnap* s) {
   char err[512];
-  Paramex__V1__StatsResponse* st = pmx_h_stats(g_ch, err, sizeof err);
+  Paramex__V1__StatsResponse* st = px_h_stats(g_ch, err, sizeof err);
   CHECK(st, "%s", err);
   memset(s, 0, sizeof *s);
   s->push_chunks = st->push_chunks;
@@ -960,7 +960,7 @@ static void take_hsnap(hsnap* s) {
   s->pull_delta = st->pull_delta;
   s->pull_snapshot = st->pull_snapshot;
   for (int i = 0; i < 2; i++) {
-    const Paramex__V1__TensorStats* ts = pmx_h_stats_tensor(st, i ? "h" : "t");
+    const Paramex__V1__TensorStats* ts = px_h_stats_tensor(st, i ? "h" : "t");
     CHECK(ts, "Stats has no tensor %s", i ? "h" : "t");
     s->vmin[i] = ts->version_min;
     s->vmax[i] = ts->version_max;
@@ -997,28 +997,28 @@ static void expect_nothing_changed(const char* what) {
 }
 
 static void expect_status(const char* what, int got, int want, const char* details) {
-  CHECK(got == want, "%s: got %s (%d) '%s', want %s", what, got >= 0 ? pmx_status_name(got) : "harness error", got,
-        details, pmx_status_name(want));
-  if (want != PMX_ST_OK) CHECK(details && details[0], "%s: %s without a message", what, pmx_status_name(want));
+  CHECK(got == want, "%s: got %s (%d) '%s', want %s", what, got >= 0 ? px_status_name(got) : "harness error", got,
+        details, px_status_name(want));
+  if (want != PX_ST_OK) CHECK(details && details[0], "%s: %s without a message", what, px_status_name(want));
 }
 
 static size_t h_elems(uint32_t k) { return k + 1 < H_CHUNKS ? H_CHUNK : H_NUMEL - (H_CHUNKS - 1) * H_CHUNK; }
 
 typedef struct cmsg {
-  uint8_t hdr[PMX_CHUNK_HDR_MAX];
-  pmx_h_msg m;
+  uint8_t hdr[PX_CHUNK_HDR_MAX];
+  px_h_msg m;
 } cmsg;
 
-static void cmsg_build(cmsg* cm, const pmx_chunk* c, const void* payload, size_t plen) {
-  size_t h = pmx_chunk_encode_header(PMX_CHUNK_PUSH, c, plen, cm->hdr, sizeof cm->hdr);
+static void cmsg_build(cmsg* cm, const px_chunk* c, const void* payload, size_t plen) {
+  size_t h = px_chunk_encode_header(PX_CHUNK_PUSH, c, plen, cm->hdr, sizeof cm->hdr);
   CHECK(h > 0, "pmx_chunk_encode_header failed");
-  cm->m = (pmx_h_msg){cm->hdr, h, payload, plen};
+  cm->m = (px_h_msg){cm->hdr, h, payload, plen};
 }
 
 /* A push header of worker 0 for step s, chunk k of tensor tid (the rest set by the caller). */
-static pmx_chunk push_hdr(uint32_t tid, uint64_t s, uint32_t k, uint32_t enc, uint32_t dtype, size_t raw_len,
+static px_chunk push_hdr(uint32_t tid, uint64_t s, uint32_t k, uint32_t enc, uint32_t dtype, size_t raw_len,
                           const void* decoded) {
-  pmx_chunk c;
+  px_chunk c;
   memset(&c, 0, sizeof c);
   c.worker_id = 0;
   c.incarnation = g_inc;
@@ -1028,27 +1028,27 @@ static pmx_chunk push_hdr(uint32_t tid, uint64_t s, uint32_t k, uint32_t enc, ui
   c.encoding = enc;
   c.dtype = dtype;
   c.raw_len = (uint32_t)raw_len;
-  c.checksum = decoded ? pmx_checksum(decoded, raw_len) : 0;
+  c.checksum = decoded ? px_checksum(decoded, raw_len) : 0;
   return c;
 }
 
-static int push_msgs(const pmx_h_msg* msgs, size_t n, uint32_t* accepted, char* det, size_t cap) {
-  pmx_h_result r;
-  int st = pmx_h_call(g_ch, PMX_H_PATH_PUSH, msgs, n, CALL_MS, &r);
+static int push_msgs(const px_h_msg* msgs, size_t n, uint32_t* accepted, char* det, size_t cap) {
+  px_h_result r;
+  int st = px_h_call(g_ch, PX_H_PATH_PUSH, msgs, n, CALL_MS, &r);
   snprintf(det, cap, "%s", r.details);
-  if (st == PMX_ST_OK && accepted) {
+  if (st == PX_ST_OK && accepted) {
     CHECK(r.nresp == 1, "Push returned %zu messages", r.nresp);
     Paramex__V1__PushResponse* pr = paramex__v1__push_response__unpack(NULL, r.resp_len[0], r.resp[0]);
     CHECK(pr, "PushResponse does not unpack");
     *accepted = pr->accepted;
     paramex__v1__push_response__free_unpacked(pr, NULL);
   }
-  pmx_h_result_free(&r);
+  px_h_result_free(&r);
   return st;
 }
 
 /* One chunk message that must be refused with `want` and change nothing. */
-static void push_refused(const char* what, const pmx_chunk* c, const void* payload, size_t plen, int want) {
+static void push_refused(const char* what, const px_chunk* c, const void* payload, size_t plen, int want) {
   cmsg cm;
   cmsg_build(&cm, c, payload, plen);
   char det[512];
@@ -1058,7 +1058,7 @@ static void push_refused(const char* what, const pmx_chunk* c, const void* paylo
 }
 
 static int pull_call(uint32_t tid, const uint64_t* have, uint32_t view, const uint32_t* accept, size_t naccept,
-                     pmx_h_result* res) {
+                     px_h_result* res) {
   Paramex__V1__PullRequest req = PARAMEX__V1__PULL_REQUEST__INIT;
   uint32_t ids[1] = {tid};
   uint64_t hv[1] = {have ? *have : 0};
@@ -1076,8 +1076,8 @@ static int pull_call(uint32_t tid, const uint64_t* have, uint32_t view, const ui
   uint8_t* buf = malloc(len ? len : 1);
   CHECK(buf, "out of memory");
   paramex__v1__pull_request__pack(&req, buf);
-  pmx_h_msg m = {buf, len, NULL, 0};
-  int st = pmx_h_call(g_ch, PMX_H_PATH_PULL, &m, 1, CALL_MS, res);
+  px_h_msg m = {buf, len, NULL, 0};
+  int st = px_h_call(g_ch, PX_H_PATH_PULL, &m, 1, CALL_MS, res);
   free(buf);
   return st;
 }
@@ -1088,44 +1088,44 @@ static int pull_call(uint32_t tid, const uint64_t* have, uint32_t view, const ui
 static void pull_expect(const char* what, bool is_h, const uint64_t* have, const void* base, const uint32_t* accept,
                         size_t naccept, const void* want, uint64_t version, const char* encs) {
   const size_t w = is_h ? 2 : 4;
-  pmx_h_result r;
+  px_h_result r;
   int st = pull_call(is_h ? g_tid_h : g_tid_t, have, 0, accept, naccept, &r);
-  expect_status(what, st, PMX_ST_OK, r.details);
+  expect_status(what, st, PX_ST_OK, r.details);
   CHECK(r.nresp == H_CHUNKS, "%s: %zu messages", what, r.nresp);
   uint8_t buf[H_NUMEL * 4];
   memset(buf, 0xa5, sizeof buf);
   if (base) memcpy(buf, base, H_NUMEL * w);
   for (uint32_t k = 0; k < H_CHUNKS; k++) {
-    pmx_chunk c;
+    px_chunk c;
     char err[256];
-    pmx_iov seg = {r.resp[k], r.resp_len[k]};
-    CHECK(pmx_chunk_parse(PMX_CHUNK_PULL, &seg, 1, &c, err, sizeof err) == 0, "%s: %s", what, err);
+    px_iov seg = {r.resp[k], r.resp_len[k]};
+    CHECK(px_chunk_parse(PX_CHUNK_PULL, &seg, 1, &c, err, sizeof err) == 0, "%s: %s", what, err);
     CHECK(c.chunk == k && c.version == version, "%s: message %" PRIu32 " is chunk %" PRIu32 " version %" PRIu64, what,
           k, c.chunk, c.version);
     CHECK(c.encoding < 10 && strchr(encs, (char)('0' + c.encoding)),
           "%s: chunk %" PRIu32 " came as %s (%" PRIu32 "), want one of encodings %s", what, k,
-          pmx_encoding_name(c.encoding), c.encoding, encs);
-    if (c.encoding == PMX_ENC_DELTA_ZSTD || c.encoding == PMX_ENC_UNCHANGED)
+          px_encoding_name(c.encoding), c.encoding, encs);
+    if (c.encoding == PX_ENC_DELTA_ZSTD || c.encoding == PX_ENC_UNCHANGED)
       CHECK(have && c.base_version == *have, "%s: chunk %" PRIu32 " is relative to version %" PRIu64, what, k,
             c.base_version);
-    pmx_decode_result d = pmx_chunk_decode(&c, &seg, 1, buf + (size_t)k * H_CHUNK * w, h_elems(k), (int)w, err,
+    px_decode_result d = px_chunk_decode(&c, &seg, 1, buf + (size_t)k * H_CHUNK * w, h_elems(k), (int)w, err,
                                            sizeof err);
-    CHECK(d == PMX_DECODE_OK, "%s: chunk %" PRIu32 " (%s) does not decode: %s", what, k,
-          pmx_encoding_name(c.encoding), err);
+    CHECK(d == PX_DECODE_OK, "%s: chunk %" PRIu32 " (%s) does not decode: %s", what, k,
+          px_encoding_name(c.encoding), err);
   }
-  pmx_h_result_free(&r);
+  px_h_result_free(&r);
   check_same_bits(what, buf, want, H_NUMEL * w, w);
   take_hsnap(&g_base);
 }
 
 static void pull_refused(const char* what, uint32_t view) {
-  pmx_h_result r;
+  px_h_result r;
   uint64_t have = 1;
-  static const uint32_t acc[2] = {PMX_ENC_DELTA_ZSTD, PMX_ENC_SHUFFLE_ZSTD};
+  static const uint32_t acc[2] = {PX_ENC_DELTA_ZSTD, PX_ENC_SHUFFLE_ZSTD};
   int st = pull_call(g_tid_t, &have, view, acc, 2, &r);
-  expect_status(what, st, PMX_ST_INVALID_ARGUMENT, r.details);
+  expect_status(what, st, PX_ST_INVALID_ARGUMENT, r.details);
   CHECK(r.nresp == 0, "%s: %zu chunks sent", what, r.nresp);
-  pmx_h_result_free(&r);
+  px_h_result_free(&r);
   expect_nothing_changed(what);
 }
 
@@ -1135,10 +1135,10 @@ static void ref_step_t(const float* p, const float* g, float* out) {
 }
 static void ref_step_h(const uint16_t* p, const uint16_t* g, uint16_t* out) {
   float a[H_NUMEL], b[H_NUMEL];
-  pmx_bf16_to_f32_n(p, a, H_NUMEL);
-  pmx_bf16_to_f32_n(g, b, H_NUMEL);
+  px_bf16_to_f32_n(p, a, H_NUMEL);
+  px_bf16_to_f32_n(g, b, H_NUMEL);
   for (size_t i = 0; i < H_NUMEL; i++) a[i] = a[i] - H_LR * (b[i] / 1.0f);
-  pmx_f32_to_bf16_n(a, out, H_NUMEL);
+  px_f32_to_bf16_n(a, out, H_NUMEL);
 }
 
 static int hostile_setup(void** state) {
@@ -1146,29 +1146,29 @@ static int hostile_setup(void** state) {
   char err[512];
   const char* args[] = {"--workers", "1", "--lr", "0.5", "--momentum", "0", "--weight-decay", "0",
                         "--chunk-bytes", "4K", "--history", "2", "--threads", "2", "--log-level", "error", NULL};
-  if (pmx_h_server_start(&g_srv, args, NULL, SERVER_START_MS, err, sizeof err) != 0) {
+  if (px_h_server_start(&g_srv, args, NULL, SERVER_START_MS, err, sizeof err) != 0) {
     fprintf(stderr, "server start: %s\n", err);
     return -1;
   }
-  g_ch = pmx_rpc_channel_create(g_srv.addr, err, sizeof err);
+  g_ch = px_rpc_channel_create(g_srv.addr, err, sizeof err);
   if (!g_ch) {
     fprintf(stderr, "channel: %s\n", err);
     return -1;
   }
   float tmp[H_NUMEL];
-  pmx_init_fill_f32(g_t[0], 0, H_NUMEL, PMX_FILL_NORMAL, 0.0f, 0.02f, 11);
-  pmx_init_fill_f32(tmp, 0, H_NUMEL, PMX_FILL_NORMAL, 0.0f, 0.02f, 12);
-  pmx_f32_to_bf16_n(tmp, g_h[0], H_NUMEL);
+  px_init_fill_f32(g_t[0], 0, H_NUMEL, PX_FILL_NORMAL, 0.0f, 0.02f, 11);
+  px_init_fill_f32(tmp, 0, H_NUMEL, PX_FILL_NORMAL, 0.0f, 0.02f, 12);
+  px_f32_to_bf16_n(tmp, g_h[0], H_NUMEL);
   for (int s = 0; s < 2; s++) {
-    pmx_init_fill_f32(g_gt[s], 0, H_NUMEL, PMX_FILL_NORMAL, 0.0f, 0.01f, 20u + (unsigned)s);
-    pmx_init_fill_f32(tmp, 0, H_NUMEL, PMX_FILL_NORMAL, 0.0f, 0.01f, 30u + (unsigned)s);
-    pmx_f32_to_bf16_n(tmp, g_gh[s], H_NUMEL);
+    px_init_fill_f32(g_gt[s], 0, H_NUMEL, PX_FILL_NORMAL, 0.0f, 0.01f, 20u + (unsigned)s);
+    px_init_fill_f32(tmp, 0, H_NUMEL, PX_FILL_NORMAL, 0.0f, 0.01f, 30u + (unsigned)s);
+    px_f32_to_bf16_n(tmp, g_gh[s], H_NUMEL);
   }
-  pmx_f32_to_bf16_n(g_gt[1], g_gt16, H_NUMEL);
+  px_f32_to_bf16_n(g_gt[1], g_gt16, H_NUMEL);
   ref_step_t(g_t[0], g_gt[0], g_t[1]);
   ref_step_h(g_h[0], g_gh[0], g_h[1]);
   float g1[H_NUMEL];
-  pmx_bf16_to_f32_n(g_gt16, g1, H_NUMEL); /* step 1 of t is pushed as bf16 */
+  px_bf16_to_f32_n(g_gt16, g1, H_NUMEL); /* step 1 of t is pushed as bf16 */
   ref_step_t(g_t[1], g1, g_t[2]);
   ref_step_h(g_h[1], g_gh[1], g_h[2]);
   return 0;
@@ -1177,18 +1177,18 @@ static int hostile_setup(void** state) {
 static int hostile_teardown(void** state) {
   (void)state;
   int rc = 0;
-  pmx_rpc_channel_destroy(g_ch);
+  px_rpc_channel_destroy(g_ch);
   g_ch = NULL;
   if (g_srv.pid > 0) {
     int ws = 0;
     size_t extra = 0;
-    if (pmx_h_server_stop(&g_srv, SERVER_STOP_MS, &ws, &extra) != 0 || !WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
+    if (px_h_server_stop(&g_srv, SERVER_STOP_MS, &ws, &extra) != 0 || !WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
       char d[96];
-      fprintf(stderr, "server %s after SIGTERM\n", pmx_h_describe_wstatus(ws, d, sizeof d));
+      fprintf(stderr, "server %s after SIGTERM\n", px_h_describe_wstatus(ws, d, sizeof d));
       rc = -1;
     }
   }
-  pmx_h_kill_all();
+  px_h_kill_all();
   return rc;
 }
 
@@ -1205,9 +1205,9 @@ static uint32_t declare_raw(const char* name, int dtype, const void* values, siz
   req.incarnation = g_inc;
   ProtobufCMessage* resp = NULL;
   char det[512];
-  int st = pmx_h_unary_pb(g_ch, PMX_H_PATH_DECLARE, &req.base, &paramex__v1__declare_response__descriptor, &resp,
+  int st = px_h_unary_pb(g_ch, PX_H_PATH_DECLARE, &req.base, &paramex__v1__declare_response__descriptor, &resp,
                           CALL_MS, det, sizeof det);
-  expect_status("declare", st, PMX_ST_OK, det);
+  expect_status("declare", st, PX_ST_OK, det);
   Paramex__V1__DeclareResponse* dr = (Paramex__V1__DeclareResponse*)resp;
   CHECK(dr->created && dr->chunk_elems == H_CHUNK && dr->num_chunks == H_CHUNKS, "declare %s: %" PRIu32 " x %" PRIu32,
         name, dr->num_chunks, dr->chunk_elems);
@@ -1225,33 +1225,33 @@ static void test_hostile_setup(void** state) {
   jq.name = (char*)"test_diff";
   ProtobufCMessage* resp = NULL;
   char det[512];
-  int st = pmx_h_unary_pb(g_ch, PMX_H_PATH_JOIN, &jq.base, &paramex__v1__join_response__descriptor, &resp,
+  int st = px_h_unary_pb(g_ch, PX_H_PATH_JOIN, &jq.base, &paramex__v1__join_response__descriptor, &resp,
                           CALL_MS, det, sizeof det);
-  expect_status("join", st, PMX_ST_OK, det);
+  expect_status("join", st, PX_ST_OK, det);
   g_inc = ((Paramex__V1__JoinResponse*)resp)->incarnation;
   protobuf_c_message_free_unpacked(resp, NULL);
-  g_tid_t = declare_raw("t", PMX_DT_F32, g_t[0], sizeof g_t[0]);
-  g_tid_h = declare_raw("h", PMX_DT_BF16, g_h[0], sizeof g_h[0]);
+  g_tid_t = declare_raw("t", PX_DT_F32, g_t[0], sizeof g_t[0]);
+  g_tid_h = declare_raw("h", PX_DT_BF16, g_h[0], sizeof g_h[0]);
   /* The initial values, pulled the way workers do before their first step: by a client
    * that accepts diffs, so that the server encodes the steps' deltas from now on. */
-  static const uint32_t comp[2] = {PMX_ENC_DELTA_ZSTD, PMX_ENC_SHUFFLE_ZSTD};
+  static const uint32_t comp[2] = {PX_ENC_DELTA_ZSTD, PX_ENC_SHUFFLE_ZSTD};
   pull_expect("initial pull of t", false, NULL, NULL, comp, 2, g_t[0], 0, "03");
   pull_expect("initial pull of h", true, NULL, NULL, comp, 2, g_h[0], 0, "03");
 
   cmsg cm[2 * H_CHUNKS];
-  pmx_h_msg msgs[2 * H_CHUNKS];
+  px_h_msg msgs[2 * H_CHUNKS];
   for (uint32_t k = 0; k < H_CHUNKS; k++) {
     const float* gt = &g_gt[0][k * H_CHUNK];
     const uint16_t* gh = &g_gh[0][k * H_CHUNK];
-    pmx_chunk c = push_hdr(g_tid_t, 0, k, PMX_ENC_RAW, PMX_DT_F32, h_elems(k) * 4, gt);
+    px_chunk c = push_hdr(g_tid_t, 0, k, PX_ENC_RAW, PX_DT_F32, h_elems(k) * 4, gt);
     cmsg_build(&cm[k], &c, gt, h_elems(k) * 4);
-    c = push_hdr(g_tid_h, 0, k, PMX_ENC_RAW, PMX_DT_BF16, h_elems(k) * 2, gh); /* bf16 to bf16: OK */
+    c = push_hdr(g_tid_h, 0, k, PX_ENC_RAW, PX_DT_BF16, h_elems(k) * 2, gh); /* bf16 to bf16: OK */
     cmsg_build(&cm[H_CHUNKS + k], &c, gh, h_elems(k) * 2);
   }
   for (size_t i = 0; i < 2 * H_CHUNKS; i++) msgs[i] = cm[i].m;
   uint32_t acc = 0;
   st = push_msgs(msgs, 2 * H_CHUNKS, &acc, det, sizeof det);
-  expect_status("push of step 0", st, PMX_ST_OK, det);
+  expect_status("push of step 0", st, PX_ST_OK, det);
   CHECK(acc == 2 * H_CHUNKS, "push of step 0: accepted %" PRIu32, acc);
   take_hsnap(&g_base);
   CHECK(g_base.vmin[0] == 1 && g_base.vmax[0] == 1 && g_base.vmin[1] == 1 && g_base.vmax[1] == 1,
@@ -1262,18 +1262,18 @@ static void test_hostile_setup(void** state) {
 
 static void test_hostile_pulls(void** state) {
   (void)state;
-  pull_refused("pull with view DTYPE_F16", PMX_DT_F16);
+  pull_refused("pull with view DTYPE_F16", PX_DT_F16);
   pull_refused("pull with view 42 (no such dtype)", 42);
 
   uint64_t have0 = 0, future = 1000, none_v = NONE;
   /* unknown accept values are ignored: without DELTA / SHUFFLE the answer is RAW */
-  static const uint32_t junk[4] = {77, PMX_ENC_RAW, PMX_ENC_UNCHANGED, 100000};
+  static const uint32_t junk[4] = {77, PX_ENC_RAW, PX_ENC_UNCHANGED, 100000};
   pull_expect("pull accepting {77, RAW, UNCHANGED, 100000} from version 0", false, &have0, g_t[0], junk, 4, g_t[1], 1,
               "0");
-  static const uint32_t delta_junk[3] = {77, PMX_ENC_DELTA_ZSTD, 99};
+  static const uint32_t delta_junk[3] = {77, PX_ENC_DELTA_ZSTD, 99};
   pull_expect("pull accepting {77, DELTA_ZSTD, 99} from version 0", false, &have0, g_t[0], delta_junk, 3, g_t[1], 1,
               "2");
-  static const uint32_t both[3] = {PMX_ENC_SHUFFLE_ZSTD, 12345, PMX_ENC_DELTA_ZSTD};
+  static const uint32_t both[3] = {PX_ENC_SHUFFLE_ZSTD, 12345, PX_ENC_DELTA_ZSTD};
   pull_expect("pull without a base", false, NULL, NULL, both, 3, g_t[1], 1, "03");
   /* a base the server never had: a full chunk, never a diff or an unchanged marker */
   pull_expect("pull from version 1000 (the future)", false, &future, g_t[0], both, 3, g_t[1], 1, "03");
@@ -1286,77 +1286,77 @@ static void test_hostile_pushes(void** state) {
   const uint32_t k = 0;
   const size_t n = h_elems(k), bytes = n * 4;
   const float* g = g_gt[1];
-  const size_t cap = pmx_zstd_bound(2 * bytes);
+  const size_t cap = px_zstd_bound(2 * bytes);
   uint8_t* z = malloc(cap);
   uint8_t* z2 = malloc(cap);
   CHECK(z && z2, "out of memory");
-  size_t zl = pmx_encode_shuffle(g, n, 4, 1, z, cap);
+  size_t zl = px_encode_shuffle(g, n, 4, 1, z, cap);
   CHECK(zl > 16, "cannot encode a shuffle frame");
-  pmx_chunk c;
+  px_chunk c;
 
   /* encodings a push may not use */
-  size_t dl = pmx_encode_delta(g, g_t[1], n, 4, 1, z2, cap);
+  size_t dl = px_encode_delta(g, g_t[1], n, 4, 1, z2, cap);
   CHECK(dl > 0, "cannot encode a delta frame");
-  c = push_hdr(g_tid_t, 1, k, PMX_ENC_DELTA_ZSTD, PMX_DT_F32, bytes, g);
-  push_refused("push with encoding DELTA_ZSTD", &c, z2, dl, PMX_ST_INVALID_ARGUMENT);
-  c = push_hdr(g_tid_t, 1, k, PMX_ENC_UNCHANGED, PMX_DT_F32, bytes, g);
-  push_refused("push with encoding UNCHANGED", &c, NULL, 0, PMX_ST_INVALID_ARGUMENT);
-  c = push_hdr(g_tid_t, 1, k, 9, PMX_DT_F32, bytes, g);
-  push_refused("push with encoding 9", &c, g, bytes, PMX_ST_INVALID_ARGUMENT);
+  c = push_hdr(g_tid_t, 1, k, PX_ENC_DELTA_ZSTD, PX_DT_F32, bytes, g);
+  push_refused("push with encoding DELTA_ZSTD", &c, z2, dl, PX_ST_INVALID_ARGUMENT);
+  c = push_hdr(g_tid_t, 1, k, PX_ENC_UNCHANGED, PX_DT_F32, bytes, g);
+  push_refused("push with encoding UNCHANGED", &c, NULL, 0, PX_ST_INVALID_ARGUMENT);
+  c = push_hdr(g_tid_t, 1, k, 9, PX_DT_F32, bytes, g);
+  push_refused("push with encoding 9", &c, g, bytes, PX_ST_INVALID_ARGUMENT);
 
   /* broken zstd frames */
-  c = push_hdr(g_tid_t, 1, k, PMX_ENC_SHUFFLE_ZSTD, PMX_DT_F32, bytes, g);
-  push_refused("push of a truncated zstd frame", &c, z, zl - 7, PMX_ST_INVALID_ARGUMENT);
-  push_refused("push of a zstd frame cut after its header", &c, z, 6, PMX_ST_INVALID_ARGUMENT);
+  c = push_hdr(g_tid_t, 1, k, PX_ENC_SHUFFLE_ZSTD, PX_DT_F32, bytes, g);
+  push_refused("push of a truncated zstd frame", &c, z, zl - 7, PX_ST_INVALID_ARGUMENT);
+  push_refused("push of a zstd frame cut after its header", &c, z, 6, PX_ST_INVALID_ARGUMENT);
   memcpy(z2, z, zl);
   memcpy(z2 + zl, "\x01\x02\x03\x04", 4);
-  push_refused("push of a zstd frame with trailing bytes", &c, z2, zl + 4, PMX_ST_INVALID_ARGUMENT);
+  push_refused("push of a zstd frame with trailing bytes", &c, z2, zl + 4, PX_ST_INVALID_ARGUMENT);
   memset(z2, 0x5a, zl);
-  push_refused("push of garbage as a zstd frame", &c, z2, zl, PMX_ST_INVALID_ARGUMENT);
+  push_refused("push of garbage as a zstd frame", &c, z2, zl, PX_ST_INVALID_ARGUMENT);
   {
     float twice[2 * H_CHUNK];
     memcpy(twice, g, bytes);
     memcpy(twice + n, g, bytes);
-    size_t l2 = pmx_encode_shuffle(twice, 2 * n, 4, 1, z2, cap);
+    size_t l2 = px_encode_shuffle(twice, 2 * n, 4, 1, z2, cap);
     CHECK(l2 > 0, "encode");
-    push_refused("push of a zstd frame of twice the chunk", &c, z2, l2, PMX_ST_INVALID_ARGUMENT);
+    push_refused("push of a zstd frame of twice the chunk", &c, z2, l2, PX_ST_INVALID_ARGUMENT);
   }
   {
     /* a small frame that claims 64 MiB of content */
     const size_t huge = 64u << 20;
     uint8_t* zeros = calloc(1, huge);
-    size_t hcap = pmx_zstd_bound(huge);
+    size_t hcap = px_zstd_bound(huge);
     uint8_t* hz = malloc(hcap);
     CHECK(zeros && hz, "out of memory");
-    size_t hl = pmx_zstd_compress(zeros, huge, hz, hcap, 1);
+    size_t hl = px_zstd_compress(zeros, huge, hz, hcap, 1);
     free(zeros);
     CHECK(hl > 0 && hl < 64 * 1024, "cannot build the 64 MiB frame (%zu bytes)", hl);
-    push_refused("push of a zstd frame that claims 64 MiB", &c, hz, hl, PMX_ST_INVALID_ARGUMENT);
+    push_refused("push of a zstd frame that claims 64 MiB", &c, hz, hl, PX_ST_INVALID_ARGUMENT);
     free(hz);
   }
   c.raw_len = (uint32_t)bytes - 4;
-  push_refused("push of a zstd frame with a raw_len 4 bytes short", &c, z, zl, PMX_ST_INVALID_ARGUMENT);
-  c = push_hdr(g_tid_t, 1, k, PMX_ENC_SHUFFLE_ZSTD, PMX_DT_F32, bytes, g);
+  push_refused("push of a zstd frame with a raw_len 4 bytes short", &c, z, zl, PX_ST_INVALID_ARGUMENT);
+  c = push_hdr(g_tid_t, 1, k, PX_ENC_SHUFFLE_ZSTD, PX_DT_F32, bytes, g);
   c.checksum ^= 1;
-  push_refused("push of a good zstd frame with a wrong checksum", &c, z, zl, PMX_ST_DATA_LOSS);
+  push_refused("push of a good zstd frame with a wrong checksum", &c, z, zl, PX_ST_DATA_LOSS);
 
   /* payload dtypes */
   uint16_t g16[H_CHUNK];
-  pmx_f32_to_f16_n(g, g16, n);
-  c = push_hdr(g_tid_t, 1, k, PMX_ENC_RAW, PMX_DT_F16, n * 2, g16);
-  push_refused("push of an f16 payload to an f32 tensor", &c, g16, n * 2, PMX_ST_INVALID_ARGUMENT);
-  c = push_hdr(g_tid_t, 1, k, PMX_ENC_RAW, 0, bytes, g);
-  push_refused("push with dtype UNSPECIFIED", &c, g, bytes, PMX_ST_INVALID_ARGUMENT);
-  c = push_hdr(g_tid_t, 1, k, PMX_ENC_RAW, 9, bytes, g);
-  push_refused("push with dtype 9", &c, g, bytes, PMX_ST_INVALID_ARGUMENT);
-  c = push_hdr(g_tid_h, 1, k, PMX_ENC_RAW, PMX_DT_F32, bytes, g);
-  push_refused("push of an f32 payload to a bf16 tensor", &c, g, bytes, PMX_ST_INVALID_ARGUMENT);
-  c = push_hdr(g_tid_h, 1, k, PMX_ENC_RAW, PMX_DT_F16, n * 2, g16);
-  push_refused("push of an f16 payload to a bf16 tensor", &c, g16, n * 2, PMX_ST_INVALID_ARGUMENT);
-  c = push_hdr(g_tid_t, 1, k, PMX_ENC_RAW, PMX_DT_BF16, bytes, g);
-  push_refused("push of a bf16 payload to an f32 tensor with the f32 length", &c, g, bytes, PMX_ST_INVALID_ARGUMENT);
-  c = push_hdr(g_tid_h, 1, k, PMX_ENC_SHUFFLE_ZSTD, PMX_DT_BF16, n * 2, g_gh[1]);
-  push_refused("push of a zstd frame of f32 words as a bf16 chunk", &c, z, zl, PMX_ST_INVALID_ARGUMENT);
+  px_f32_to_f16_n(g, g16, n);
+  c = push_hdr(g_tid_t, 1, k, PX_ENC_RAW, PX_DT_F16, n * 2, g16);
+  push_refused("push of an f16 payload to an f32 tensor", &c, g16, n * 2, PX_ST_INVALID_ARGUMENT);
+  c = push_hdr(g_tid_t, 1, k, PX_ENC_RAW, 0, bytes, g);
+  push_refused("push with dtype UNSPECIFIED", &c, g, bytes, PX_ST_INVALID_ARGUMENT);
+  c = push_hdr(g_tid_t, 1, k, PX_ENC_RAW, 9, bytes, g);
+  push_refused("push with dtype 9", &c, g, bytes, PX_ST_INVALID_ARGUMENT);
+  c = push_hdr(g_tid_h, 1, k, PX_ENC_RAW, PX_DT_F32, bytes, g);
+  push_refused("push of an f32 payload to a bf16 tensor", &c, g, bytes, PX_ST_INVALID_ARGUMENT);
+  c = push_hdr(g_tid_h, 1, k, PX_ENC_RAW, PX_DT_F16, n * 2, g16);
+  push_refused("push of an f16 payload to a bf16 tensor", &c, g16, n * 2, PX_ST_INVALID_ARGUMENT);
+  c = push_hdr(g_tid_t, 1, k, PX_ENC_RAW, PX_DT_BF16, bytes, g);
+  push_refused("push of a bf16 payload to an f32 tensor with the f32 length", &c, g, bytes, PX_ST_INVALID_ARGUMENT);
+  c = push_hdr(g_tid_h, 1, k, PX_ENC_SHUFFLE_ZSTD, PX_DT_BF16, n * 2, g_gh[1]);
+  push_refused("push of a zstd frame of f32 words as a bf16 chunk", &c, z, zl, PX_ST_INVALID_ARGUMENT);
   free(z);
   free(z2);
 }
@@ -1366,24 +1366,24 @@ static void test_hostile_pushes(void** state) {
 static void test_hostile_then_valid_step(void** state) {
   (void)state;
   cmsg cm[2 * H_CHUNKS];
-  pmx_h_msg msgs[2 * H_CHUNKS];
+  px_h_msg msgs[2 * H_CHUNKS];
   uint8_t* frames[2 * H_CHUNKS] = {NULL};
   for (uint32_t k = 0; k < H_CHUNKS; k++) {
     for (int i = 0; i < 2; i++) {
       const uint16_t* src = i ? &g_gh[1][k * H_CHUNK] : &g_gt16[k * H_CHUNK];
       const size_t n = h_elems(k);
-      pmx_chunk c = push_hdr(i ? g_tid_h : g_tid_t, 1, k, PMX_ENC_RAW, PMX_DT_BF16, n * 2, src);
+      px_chunk c = push_hdr(i ? g_tid_h : g_tid_t, 1, k, PX_ENC_RAW, PX_DT_BF16, n * 2, src);
       const void* body = src;
       size_t blen = n * 2;
       if ((i == 0 && k == 0) || (i == 1 && k == 1)) {
-        size_t cap = pmx_zstd_bound(n * 2);
+        size_t cap = px_zstd_bound(n * 2);
         uint8_t* zf = malloc(cap);
         CHECK(zf, "out of memory");
         frames[i * H_CHUNKS + k] = zf;
-        blen = pmx_encode_shuffle(src, n, 2, 1, zf, cap);
+        blen = px_encode_shuffle(src, n, 2, 1, zf, cap);
         CHECK(blen > 0, "encode");
         body = zf;
-        c.encoding = PMX_ENC_SHUFFLE_ZSTD;
+        c.encoding = PX_ENC_SHUFFLE_ZSTD;
       }
       cmsg_build(&cm[i * H_CHUNKS + k], &c, body, blen);
     }
@@ -1393,7 +1393,7 @@ static void test_hostile_then_valid_step(void** state) {
   uint32_t acc = 0;
   int st = push_msgs(msgs, 2 * H_CHUNKS, &acc, det, sizeof det);
   for (size_t i = 0; i < 2 * H_CHUNKS; i++) free(frames[i]);
-  expect_status("push of step 1 as bf16", st, PMX_ST_OK, det);
+  expect_status("push of step 1 as bf16", st, PX_ST_OK, det);
   CHECK(acc == 2 * H_CHUNKS, "push of step 1: accepted %" PRIu32, acc);
   hsnap now;
   take_hsnap(&now);
@@ -1405,7 +1405,7 @@ static void test_hostile_then_valid_step(void** state) {
   CHECK(now.sum[1] == it_stats_checksum(g_h[2], sizeof g_h[2]), "h after step 1 differs from the reference");
   g_base = now;
   uint64_t have1 = 1, have0 = 0;
-  static const uint32_t both[2] = {PMX_ENC_DELTA_ZSTD, PMX_ENC_SHUFFLE_ZSTD};
+  static const uint32_t both[2] = {PX_ENC_DELTA_ZSTD, PX_ENC_SHUFFLE_ZSTD};
   pull_expect("pull of t from version 1 after step 1", false, &have1, g_t[1], both, 2, g_t[2], 2, "2");
   pull_expect("pull of t from version 0 after step 1", false, &have0, g_t[0], both, 2, g_t[2], 2, "2");
   pull_expect("pull of h from version 1 after step 1", true, &have1, g_h[1], both, 2, g_h[2], 2, "2");
@@ -1415,12 +1415,12 @@ static void test_hostile_then_valid_step(void** state) {
 
 static int teardown(void** state) {
   (void)state;
-  pmx_h_kill_all();
+  px_h_kill_all();
   return 0;
 }
 
 int main(void) {
-  pmx_rpc_init();
+  px_rpc_init();
   const struct CMUnitTest jobs[] = {
       cmocka_unit_test_teardown(test_random_bases_bit_exact, teardown),
       cmocka_unit_test_teardown(test_bf16_view, teardown),
@@ -1437,6 +1437,6 @@ int main(void) {
   };
   int rc = cmocka_run_group_tests_name("diff sync jobs", jobs, NULL, NULL);
   rc += cmocka_run_group_tests_name("hostile requests", hostile, hostile_setup, hostile_teardown);
-  pmx_rpc_shutdown();
+  px_rpc_shutdown();
   return rc;
 }

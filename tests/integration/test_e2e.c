@@ -42,19 +42,19 @@ typedef struct job {
 } job;
 
 typedef struct job_out {
-  float* params[PMX_IT_NTENSORS]; /* rank 0's final parameters (all ranks checked equal) */
-  size_t numel[PMX_IT_NTENSORS];
+  float* params[PX_IT_NTENSORS]; /* rank 0's final parameters (all ranks checked equal) */
+  size_t numel[PX_IT_NTENSORS];
 } job_out;
 
 static void job_out_free(job_out* o) {
-  for (int t = 0; t < PMX_IT_NTENSORS; t++) {
+  for (int t = 0; t < PX_IT_NTENSORS; t++) {
     free(o->params[t]);
     o->params[t] = NULL;
   }
 }
 
 static size_t job_numel(const job* j, int t) {
-  return t == 0 ? (size_t)j->a_numel : (size_t)PMX_IT_B_ROWS * PMX_IT_B_COLS;
+  return t == 0 ? (size_t)j->a_numel : (size_t)PX_IT_B_ROWS * PX_IT_B_COLS;
 }
 
 static uint32_t num_chunks(size_t numel, uint32_t chunk_elems) {
@@ -62,22 +62,22 @@ static uint32_t num_chunks(size_t numel, uint32_t chunk_elems) {
 }
 
 /* The BSP reference: what the server must compute, with the same float operations. */
-static void reference(const job* j, float* out[PMX_IT_NTENSORS]) {
+static void reference(const job* j, float* out[PX_IT_NTENSORS]) {
   const float lr = (float)strtod(j->lr, NULL);
   const float mom = (float)strtod(j->momentum, NULL);
   const float wd = (float)strtod(j->weight_decay, NULL);
   const float n_workers = (float)j->world;
-  for (int t = 0; t < PMX_IT_NTENSORS; t++) {
+  for (int t = 0; t < PX_IT_NTENSORS; t++) {
     size_t n = job_numel(j, t);
     float* p = malloc(n * sizeof *p);
     float* g = malloc(n * sizeof *g);
     float* sum = malloc(n * sizeof *sum);
     float* buf = calloc(n, sizeof *buf);
     CHECK(p && g && sum && buf, "out of memory");
-    CHECK(pmx_it_init(t, p, n) == 0, "initializer");
+    CHECK(px_it_init(t, p, n) == 0, "initializer");
     for (uint64_t s = 0; s < j->steps; s++) {
       for (uint32_t r = 0; r < j->world; r++) {
-        CHECK(pmx_it_grad(t, r, s, p, g, n) == 0, "gradient");
+        CHECK(px_it_grad(t, r, s, p, g, n) == 0, "gradient");
         if (r == 0) memcpy(sum, g, n * sizeof *g);
         else
           for (size_t i = 0; i < n; i++) sum[i] += g[i];
@@ -116,16 +116,16 @@ static void check_same_bits(const char* what, const float* got, const float* wan
  * stopped (SIGTERM, exit 0) before it returns. */
 static void run_job(const job* j, job_out* out) {
   char dir[512], err[512];
-  CHECK(pmx_h_mkdtemp(dir, sizeof dir) == 0, "mkdtemp");
-  int64_t t0 = pmx_h_now_ms();
+  CHECK(px_h_mkdtemp(dir, sizeof dir) == 0, "mkdtemp");
+  int64_t t0 = px_h_now_ms();
 
   char world_s[16];
   snprintf(world_s, sizeof world_s, "%" PRIu32, j->world);
   const char* args[] = {"--workers", world_s, "--lr", j->lr, "--momentum", j->momentum,
                         "--weight-decay", j->weight_decay, "--chunk-bytes", j->chunk_bytes,
                         "--threads", j->threads, NULL};
-  pmx_h_server srv;
-  CHECK(pmx_h_server_start(&srv, args, NULL, SERVER_START_MS, err, sizeof err) == 0,
+  px_h_server srv;
+  CHECK(px_h_server_start(&srv, args, NULL, SERVER_START_MS, err, sizeof err) == 0,
         "server start: %s", err);
 
   pid_t pids[16];
@@ -139,7 +139,7 @@ static void run_job(const job* j, job_out* out) {
     char rank_s[16], out_path[600];
     snprintf(rank_s, sizeof rank_s, "%" PRIu32, r);
     snprintf(out_path, sizeof out_path, "%s/params.%" PRIu32, dir, r);
-    const char* argv[24] = {pmx_h_worker_bin(), "--server", srv.addr, "--rank", rank_s,
+    const char* argv[24] = {px_h_worker_bin(), "--server", srv.addr, "--rank", rank_s,
                             "--world", world_s, "--steps", steps_s, "--out", out_path,
                             "--a-numel", numel_s, "--timeout-ms", "30000"};
     size_t n = 15;
@@ -148,25 +148,25 @@ static void run_job(const job* j, job_out* out) {
       argv[n++] = dup_s;
     }
     argv[n] = NULL;
-    pids[r] = pmx_h_spawn(argv, NULL, -1, -1);
+    pids[r] = px_h_spawn(argv, NULL, -1, -1);
     CHECK(pids[r] > 0, "cannot start worker %" PRIu32, r);
   }
 
-  int64_t deadline = pmx_h_now_ms() + JOB_DEADLINE_MS;
+  int64_t deadline = px_h_now_ms() + JOB_DEADLINE_MS;
   for (uint32_t r = 0; r < j->world; r++) {
     int ws = 0;
-    int64_t left = deadline - pmx_h_now_ms();
-    CHECK(pmx_h_wait(pids[r], left > 0 ? (int)left : 0, &ws) == 0,
+    int64_t left = deadline - px_h_now_ms();
+    CHECK(px_h_wait(pids[r], left > 0 ? (int)left : 0, &ws) == 0,
           "worker %" PRIu32 " did not finish within %d ms", r, JOB_DEADLINE_MS);
     char d[96];
     CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "worker %" PRIu32 " %s (its stderr is above)", r,
-          pmx_h_describe_wstatus(ws, d, sizeof d));
+          px_h_describe_wstatus(ws, d, sizeof d));
   }
-  int64_t t_workers = pmx_h_now_ms() - t0;
+  int64_t t_workers = px_h_now_ms() - t0;
 
   /* Every worker holds the same bits. */
   size_t total = 0;
-  for (int t = 0; t < PMX_IT_NTENSORS; t++) {
+  for (int t = 0; t < PX_IT_NTENSORS; t++) {
     out->numel[t] = job_numel(j, t);
     total += out->numel[t];
   }
@@ -175,7 +175,7 @@ static void run_job(const job* j, job_out* out) {
     char path[600], what[64];
     snprintf(path, sizeof path, "%s/params.%" PRIu32, dir, r);
     size_t len = 0;
-    float* got = pmx_h_read_file(path, &len);
+    float* got = px_h_read_file(path, &len);
     CHECK(got != NULL, "cannot read %s", path);
     CHECK(len == total * sizeof(float), "%s has %zu bytes, want %zu", path, len,
           total * sizeof(float));
@@ -187,7 +187,7 @@ static void run_job(const job* j, job_out* out) {
     check_same_bits(what, got, first, total);
     free(got);
   }
-  for (int t = 0, off = 0; t < PMX_IT_NTENSORS; off += (int)out->numel[t], t++) {
+  for (int t = 0, off = 0; t < PX_IT_NTENSORS; off += (int)out->numel[t], t++) {
     out->params[t] = malloc(out->numel[t] * sizeof(float));
     CHECK(out->params[t], "out of memory");
     memcpy(out->params[t], first + off, out->numel[t] * sizeof(float));
@@ -195,18 +195,18 @@ static void run_job(const job* j, job_out* out) {
   free(first);
 
   /* Stats: every chunk at version `steps`, checksums of what the workers hold, counters. */
-  pmx_rpc_channel* ch = pmx_rpc_channel_create(srv.addr, err, sizeof err);
+  px_rpc_channel* ch = px_rpc_channel_create(srv.addr, err, sizeof err);
   CHECK(ch, "channel: %s", err);
-  Paramex__V1__StatsResponse* st = pmx_h_stats(ch, err, sizeof err);
+  Paramex__V1__StatsResponse* st = px_h_stats(ch, err, sizeof err);
   CHECK(st, "%s", err);
   CHECK(st->workers_expected == j->world, "workers_expected %" PRIu32, st->workers_expected);
   CHECK(st->workers_joined == j->world, "workers_joined %" PRIu32, st->workers_joined);
   CHECK(st->version_min == j->steps && st->version_max == j->steps,
         "versions %" PRIu64 "..%" PRIu64 ", want %" PRIu64, st->version_min, st->version_max, j->steps);
   uint64_t chunks_total = 0;
-  for (int t = 0; t < PMX_IT_NTENSORS; t++) {
-    const char* name = pmx_it_tensor_name(t);
-    const Paramex__V1__TensorStats* ts = pmx_h_stats_tensor(st, name);
+  for (int t = 0; t < PX_IT_NTENSORS; t++) {
+    const char* name = px_it_tensor_name(t);
+    const Paramex__V1__TensorStats* ts = px_h_stats_tensor(st, name);
     CHECK(ts, "Stats has no tensor %s", name);
     uint32_t nc = num_chunks(out->numel[t], j->chunk_elems);
     chunks_total += nc;
@@ -231,27 +231,27 @@ static void run_job(const job* j, job_out* out) {
         st->steps_completed, j->steps * chunks_total);
   CHECK(st->rejected_calls == 0, "rejected_calls %" PRIu64, st->rejected_calls);
   protobuf_c_message_free_unpacked(&st->base, NULL);
-  pmx_rpc_channel_destroy(ch);
+  px_rpc_channel_destroy(ch);
 
   int ws = 0;
   size_t extra = 0;
-  CHECK(pmx_h_server_stop(&srv, SERVER_STOP_MS, &ws, &extra) == 0, "server did not exit within %d ms of SIGTERM",
+  CHECK(px_h_server_stop(&srv, SERVER_STOP_MS, &ws, &extra) == 0, "server did not exit within %d ms of SIGTERM",
         SERVER_STOP_MS);
   char d[96];
-  CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "server %s after SIGTERM", pmx_h_describe_wstatus(ws, d, sizeof d));
+  CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "server %s after SIGTERM", px_h_describe_wstatus(ws, d, sizeof d));
   CHECK(extra == 0, "the server wrote %zu more bytes on stdout after its listening line", extra);
-  pmx_h_rmtree(dir);
+  px_h_rmtree(dir);
   fprintf(stderr, "# job: %" PRIu32 " workers, %" PRIu64 " steps, a=%" PRIu64
                   " floats: workers done in %" PRId64 " ms\n",
           j->world, j->steps, j->a_numel, t_workers);
 }
 
 static void check_against_reference(const job* j, const job_out* o) {
-  float* ref[PMX_IT_NTENSORS];
+  float* ref[PX_IT_NTENSORS];
   reference(j, ref);
-  for (int t = 0; t < PMX_IT_NTENSORS; t++) {
+  for (int t = 0; t < PX_IT_NTENSORS; t++) {
     char what[64];
-    snprintf(what, sizeof what, "tensor %s vs reference", pmx_it_tensor_name(t));
+    snprintf(what, sizeof what, "tensor %s vs reference", px_it_tensor_name(t));
     check_same_bits(what, o->params[t], ref[t], o->numel[t]);
     free(ref[t]);
   }
@@ -261,7 +261,7 @@ static void check_against_reference(const job* j, const job_out* o) {
  * last one short. Even steps use the blocking calls, odd steps the asynchronous ones. */
 static void test_four_workers_bit_exact_and_reproducible(void** state) {
   (void)state;
-  job j = {.world = 4, .steps = 4, .a_numel = PMX_IT_DEFAULT_A_NUMEL, .lr = "0.1",
+  job j = {.world = 4, .steps = 4, .a_numel = PX_IT_DEFAULT_A_NUMEL, .lr = "0.1",
            .momentum = "0.9", .weight_decay = "0.01", .chunk_bytes = "256K",
            .chunk_elems = 65536, .threads = "2", .dup_rank = -1};
   job_out first = {0}, second = {0};
@@ -272,9 +272,9 @@ static void test_four_workers_bit_exact_and_reproducible(void** state) {
   j.reverse_start = true;
   j.threads = "4";
   run_job(&j, &second);
-  for (int t = 0; t < PMX_IT_NTENSORS; t++) {
+  for (int t = 0; t < PX_IT_NTENSORS; t++) {
     char what[64];
-    snprintf(what, sizeof what, "tensor %s, second run vs first", pmx_it_tensor_name(t));
+    snprintf(what, sizeof what, "tensor %s, second run vs first", px_it_tensor_name(t));
     check_same_bits(what, second.params[t], first.params[t], first.numel[t]);
   }
   job_out_free(&first);
@@ -308,20 +308,20 @@ static void test_duplicate_push_counts_once(void** state) {
 
 static int teardown(void** state) {
   (void)state;
-  pmx_h_kill_all();
+  px_h_kill_all();
   return 0;
 }
 
 static int group_setup(void** state) {
   (void)state;
-  pmx_rpc_init();
+  px_rpc_init();
   return 0;
 }
 
 static int group_teardown(void** state) {
   (void)state;
-  pmx_h_kill_all();
-  pmx_rpc_shutdown();
+  px_h_kill_all();
+  px_rpc_shutdown();
   return 0;
 }
 

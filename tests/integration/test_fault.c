@@ -69,50 +69,50 @@ static uint64_t rnd_between(uint64_t lo, uint64_t hi) { return lo + rnd() % (hi 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
 /* Starts the server (listen NULL: an ephemeral port) with its stderr appended to log. */
-static void start_server(pmx_h_server* srv, const char* listen, const char* const* args, const char* log) {
+static void start_server(px_h_server* srv, const char* listen, const char* const* args, const char* log) {
   char path[700], err[512];
   snprintf(path, sizeof path, "%s/%s", g_dir, log);
   int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   CHECK(fd >= 0, "cannot open %s", path);
-  int rc = pmx_h_server_start_ex(srv, listen, args, NULL, fd, SERVER_START_MS, err, sizeof err);
+  int rc = px_h_server_start_ex(srv, listen, args, NULL, fd, SERVER_START_MS, err, sizeof err);
   close(fd);
   CHECK(rc == 0, "server start%s%s: %s (its log: %s)", listen ? " on " : "", listen ? listen : "", err, path);
 }
 
 /* The same with extra environment (ephemeral port). */
-static void start_server_env(pmx_h_server* srv, const char* const* args, const char* const* env, const char* log) {
+static void start_server_env(px_h_server* srv, const char* const* args, const char* const* env, const char* log) {
   char path[700], err[512];
   snprintf(path, sizeof path, "%s/%s", g_dir, log);
   int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   CHECK(fd >= 0, "cannot open %s", path);
-  int rc = pmx_h_server_start_ex(srv, NULL, args, env, fd, SERVER_START_MS, err, sizeof err);
+  int rc = px_h_server_start_ex(srv, NULL, args, env, fd, SERVER_START_MS, err, sizeof err);
   close(fd);
   CHECK(rc == 0, "server start: %s (its log: %s)", err, path);
 }
 
-static void stop_server_ok(pmx_h_server* srv) {
+static void stop_server_ok(px_h_server* srv) {
   int ws = 0;
   size_t extra = 0;
-  CHECK(pmx_h_server_stop(srv, SERVER_STOP_MS, &ws, &extra) == 0, "server did not exit within %d ms of SIGTERM",
+  CHECK(px_h_server_stop(srv, SERVER_STOP_MS, &ws, &extra) == 0, "server did not exit within %d ms of SIGTERM",
         SERVER_STOP_MS);
   char d[96];
-  CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "server %s after SIGTERM", pmx_h_describe_wstatus(ws, d, sizeof d));
+  CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "server %s after SIGTERM", px_h_describe_wstatus(ws, d, sizeof d));
 }
 
-static pmx_rpc_channel* channel(const pmx_h_server* srv) {
+static px_rpc_channel* channel(const px_h_server* srv) {
   char err[512];
-  pmx_rpc_channel* ch = pmx_rpc_channel_create(srv->addr, err, sizeof err);
+  px_rpc_channel* ch = px_rpc_channel_create(srv->addr, err, sizeof err);
   CHECK(ch, "channel: %s", err);
   return ch;
 }
 
 /* Reads "step N" lines from fd (skipping other lines) until N >= target; returns N. */
 static uint64_t wait_step(int fd, char* acc, size_t cap, uint64_t target, const char* who) {
-  int64_t deadline = pmx_h_now_ms() + PROGRESS_MS;
+  int64_t deadline = px_h_now_ms() + PROGRESS_MS;
   for (;;) {
     char line[128];
-    int64_t left = deadline - pmx_h_now_ms();
-    CHECK(pmx_h_read_line_prefix(fd, "step ", acc, cap, line, sizeof line, left > 0 ? (int)left : 0) == 0,
+    int64_t left = deadline - px_h_now_ms();
+    CHECK(px_h_read_line_prefix(fd, "step ", acc, cap, line, sizeof line, left > 0 ? (int)left : 0) == 0,
           "%s did not report step %" PRIu64 " within %d ms (it ended or hangs)", who, target, PROGRESS_MS);
     uint64_t s = strtoull(line + 5, NULL, 10);
     if (s >= target) return s;
@@ -125,7 +125,7 @@ static char* drain(int fd, const char* acc) {
   char* out = malloc(cap);
   CHECK(out, "out of memory");
   memcpy(out, acc, n + 1);
-  pmx_h_read_all(fd, out + n, cap - n, 5000);
+  px_h_read_all(fd, out + n, cap - n, 5000);
   return out;
 }
 
@@ -136,24 +136,24 @@ static long resyncs_of(const char* out) {
 }
 
 /* The server's final state: every tensor at `steps` with the reference checksum. */
-static void check_server_final(const pmx_h_server* srv, const it_train* j) {
-  pmx_rpc_channel* ch = channel(srv);
+static void check_server_final(const px_h_server* srv, const it_train* j) {
+  px_rpc_channel* ch = channel(srv);
   char err[512];
-  Paramex__V1__StatsResponse* st = pmx_h_stats(ch, err, sizeof err);
+  Paramex__V1__StatsResponse* st = px_h_stats(ch, err, sizeof err);
   CHECK(st, "%s", err);
-  for (int t = 0; t < PMX_IT_NTENSORS; t++) {
-    const Paramex__V1__TensorStats* ts = pmx_h_stats_tensor(st, pmx_it_tensor_name(t));
-    CHECK(ts, "Stats has no tensor %s", pmx_it_tensor_name(t));
+  for (int t = 0; t < PX_IT_NTENSORS; t++) {
+    const Paramex__V1__TensorStats* ts = px_h_stats_tensor(st, px_it_tensor_name(t));
+    CHECK(ts, "Stats has no tensor %s", px_it_tensor_name(t));
     CHECK(ts->version_min == j->steps && ts->version_max == j->steps, "%s at versions %" PRIu64 "..%" PRIu64,
-          pmx_it_tensor_name(t), ts->version_min, ts->version_max);
+          px_it_tensor_name(t), ts->version_min, ts->version_max);
     float* ref = it_reference(j, &g_sgd, t, j->steps, NULL);
     uint64_t want = it_stats_checksum(ref, it_numel(j, t) * sizeof(float));
     free(ref);
-    CHECK(ts->checksum == want, "%s: Stats checksum %016" PRIx64 ", reference %016" PRIx64, pmx_it_tensor_name(t),
+    CHECK(ts->checksum == want, "%s: Stats checksum %016" PRIx64 ", reference %016" PRIx64, px_it_tensor_name(t),
           ts->checksum, want);
   }
   protobuf_c_message_free_unpacked(&st->base, NULL);
-  pmx_rpc_channel_destroy(ch);
+  px_rpc_channel_destroy(ch);
 }
 
 /* ---- server kills --------------------------------------------------------------------------- */
@@ -170,7 +170,7 @@ static void test_server_sigkill_restart(void** state) {
   const char* args[] = {"--workers", "4", "--lr", g_sgd.lr, "--momentum", g_sgd.momentum,
                         "--weight-decay", g_sgd.weight_decay, "--chunk-bytes", "4K", "--threads", "2",
                         "--checkpoint-dir", ckdir, "--checkpoint-every", "2", "--keep", "3", NULL};
-  pmx_h_server srv;
+  px_h_server srv;
   start_server(&srv, NULL, args, "kill-server.log");
   snprintf(listen, sizeof listen, "127.0.0.1:%d", srv.port);
 
@@ -193,44 +193,44 @@ static void test_server_sigkill_restart(void** state) {
 
   int nkills = (int)rnd_between(2, 3);
   uint64_t lo = 10, span = (KILL_STEPS - 40 - lo) / (uint64_t)nkills;
-  int64_t t0 = pmx_h_now_ms();
+  int64_t t0 = px_h_now_ms();
   for (int k = 0; k < nkills; k++) {
     uint64_t target = rnd_between(lo + (uint64_t)k * span, lo + (uint64_t)(k + 1) * span - 1);
     uint64_t at = wait_step(pfd[0], acc, sizeof acc, target, "rank 0");
     /* The restart needs a checkpoint to resume from (the first one is at version 2). */
     uint64_t vs[16];
-    int64_t until = pmx_h_now_ms() + 10000;
+    int64_t until = px_h_now_ms() + 10000;
     while (it_ckpt_versions(ckdir, vs, 16) < 1) {
-      CHECK(pmx_h_now_ms() < until, "no checkpoint in %s 10 s after version %" PRIu64, ckdir, at);
+      CHECK(px_h_now_ms() < until, "no checkpoint in %s 10 s after version %" PRIu64, ckdir, at);
       poll(NULL, 0, 5);
     }
-    pmx_h_kill(srv.pid);
+    px_h_kill(srv.pid);
     close(srv.out_fd);
     int n = it_ckpt_versions(ckdir, vs, 16); /* the server is gone: this is final */
     CHECK(n >= 1, "no checkpoint left in %s", ckdir);
     uint64_t newest = vs[n - 1];
-    int64_t tk = pmx_h_now_ms();
+    int64_t tk = px_h_now_ms();
     start_server(&srv, listen, args, "kill-server.log");
     CHECK(srv.port == atoi(strrchr(listen, ':') + 1), "restarted on port %d, want %s", srv.port, listen);
-    pmx_rpc_channel* ch = channel(&srv);
+    px_rpc_channel* ch = channel(&srv);
     char err[512];
-    Paramex__V1__StatsResponse* st = pmx_h_stats(ch, err, sizeof err);
+    Paramex__V1__StatsResponse* st = px_h_stats(ch, err, sizeof err);
     CHECK(st, "%s", err);
     CHECK(st->restored_version == newest, "kill %d: restored version %" PRIu64 ", the newest checkpoint is %" PRIu64,
           k + 1, st->restored_version, newest);
     protobuf_c_message_free_unpacked(&st->base, NULL);
-    pmx_rpc_channel_destroy(ch);
+    px_rpc_channel_destroy(ch);
     fprintf(stderr, "# kill %d of %d: SIGKILL when rank 0 had step %" PRIu64 " (target %" PRIu64
                     "); restarted in %" PRId64 " ms from version %" PRIu64 "\n",
-            k + 1, nkills, at, target, pmx_h_now_ms() - tk, newest);
+            k + 1, nkills, at, target, px_h_now_ms() - tk, newest);
   }
 
-  int64_t deadline = pmx_h_now_ms() + JOB_MS;
+  int64_t deadline = px_h_now_ms() + JOB_MS;
   for (uint32_t r = 0; r < KILL_WORLD; r++) {
-    int64_t left = deadline - pmx_h_now_ms();
+    int64_t left = deadline - px_h_now_ms();
     it_worker_expect_ok(pids[r], r, left > 0 ? (int)left : 0);
   }
-  int64_t t_job = pmx_h_now_ms() - t0;
+  int64_t t_job = px_h_now_ms() - t0;
   for (uint32_t r = 0; r < KILL_WORLD; r++) {
     char name[32];
     snprintf(name, sizeof name, "kill-worker-%" PRIu32 ".out", r);
@@ -260,7 +260,7 @@ static void test_worker_sigkill_rejoin(void** state) {
   mkdir(out, 0755);
   const char* args[] = {"--workers", "4", "--lr", g_sgd.lr, "--momentum", g_sgd.momentum,
                         "--weight-decay", g_sgd.weight_decay, "--chunk-bytes", "4K", "--threads", "2", NULL};
-  pmx_h_server srv;
+  px_h_server srv;
   start_server(&srv, NULL, args, "worker-kill-server.log");
   it_train j = {.addr = srv.addr, .world = 4, .steps = WK_STEPS, .a_numel = 5000, .dir = out, .resync = true,
                 .timeout_ms = 15000};
@@ -276,16 +276,16 @@ static void test_worker_sigkill_rejoin(void** state) {
   char acc[4096] = "";
   uint64_t target = rnd_between(10, WK_STEPS - 50);
   uint64_t at = wait_step(pfd[0], acc, sizeof acc, target, "the victim");
-  pmx_h_kill(pids[victim]);
+  px_h_kill(pids[victim]);
   close(pfd[0]);
 
   /* The same rank again: it joins, declares, pulls the current version and goes on. */
   int ofd = it_open_out(g_dir, "worker-again.out");
   pids[victim] = it_worker_start(&j, victim, ofd, -1, NULL);
   close(ofd);
-  int64_t deadline = pmx_h_now_ms() + JOB_MS;
+  int64_t deadline = px_h_now_ms() + JOB_MS;
   for (uint32_t r = 0; r < 4; r++) {
-    int64_t left = deadline - pmx_h_now_ms();
+    int64_t left = deadline - px_h_now_ms();
     it_worker_expect_ok(pids[r], r, left > 0 ? (int)left : 0);
   }
   char* o = it_slurp(g_dir, "worker-again.out");
@@ -325,7 +325,7 @@ static void test_soak_rss(void** state) {
   snprintf(asan, sizeof asan, "ASAN_OPTIONS=%s%squarantine_size_mb=0:thread_local_quarantine_size_kb=0",
            prev ? prev : "", prev && *prev ? ":" : "");
   const char* env[] = {asan, NULL};
-  pmx_h_server srv;
+  px_h_server srv;
   start_server_env(&srv, args, SANITIZED ? env : NULL, "soak-server.log");
   it_train j = {.addr = srv.addr, .world = 2, .steps = SOAK_STEPS, .a_numel = 256, .dir = out, .timeout_ms = 15000};
   int pfd[2];
@@ -334,21 +334,21 @@ static void test_soak_rss(void** state) {
   snprintf(every, sizeof every, "%d", SOAK_SAMPLE_STEP);
   const char* progress[] = {"--progress-every", every, NULL};
   pid_t pids[2];
-  int64_t t0 = pmx_h_now_ms();
+  int64_t t0 = px_h_now_ms();
   pids[0] = it_worker_start(&j, 0, pfd[1], -1, progress);
   close(pfd[1]);
   pids[1] = it_worker_start(&j, 1, -1, -1, NULL);
   char acc[4096] = "";
   wait_step(pfd[0], acc, sizeof acc, SOAK_SAMPLE_STEP, "rank 0");
-  long rss_early = pmx_h_rss_kib(srv.pid);
+  long rss_early = px_h_rss_kib(srv.pid);
   CHECK(rss_early > 0, "cannot read the server's VmRSS");
-  int64_t deadline = pmx_h_now_ms() + JOB_MS;
+  int64_t deadline = px_h_now_ms() + JOB_MS;
   for (uint32_t r = 0; r < 2; r++) {
-    int64_t left = deadline - pmx_h_now_ms();
+    int64_t left = deadline - px_h_now_ms();
     it_worker_expect_ok(pids[r], r, left > 0 ? (int)left : 0);
   }
-  int64_t ms = pmx_h_now_ms() - t0;
-  long rss_end = pmx_h_rss_kib(srv.pid);
+  int64_t ms = px_h_now_ms() - t0;
+  long rss_end = px_h_rss_kib(srv.pid);
   close(pfd[0]);
   fprintf(stderr, "# soak: %d steps of 2 workers in %" PRId64 " ms; server VmRSS %ld KiB at step %d, %ld KiB at the"
                   " end (%+ld KiB)\n", SOAK_STEPS, ms, rss_early, SOAK_SAMPLE_STEP, rss_end, rss_end - rss_early);
@@ -364,13 +364,13 @@ static void test_soak_rss(void** state) {
 
 static int teardown(void** state) {
   (void)state;
-  pmx_h_kill_all();
+  px_h_kill_all();
   return 0;
 }
 
 static int group_setup(void** state) {
   (void)state;
-  pmx_rpc_init();
+  px_rpc_init();
   const char* s = getenv("PMX_IT_SEED");
   if (s && *s) {
     g_rng = strtoull(s, NULL, 10);
@@ -381,14 +381,14 @@ static int group_setup(void** state) {
   }
   if (g_rng == 0) g_rng = 1;
   fprintf(stderr, "# seed %" PRIu64 " (PMX_IT_SEED=%" PRIu64 " repeats these moments)\n", g_rng, g_rng);
-  return pmx_h_mkdtemp(g_dir, sizeof g_dir);
+  return px_h_mkdtemp(g_dir, sizeof g_dir);
 }
 
 static int group_teardown(void** state) {
   (void)state;
-  pmx_h_kill_all();
-  pmx_h_rmtree(g_dir);
-  pmx_rpc_shutdown();
+  px_h_kill_all();
+  px_h_rmtree(g_dir);
+  px_rpc_shutdown();
   return 0;
 }
 

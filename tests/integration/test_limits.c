@@ -17,19 +17,19 @@
 #include "harness.h"
 #include "health.pb-c.h"
 
-static pmx_rpc_channel* join_and_channel(pmx_h_server* srv) {
+static px_rpc_channel* join_and_channel(px_h_server* srv) {
   char err[512];
-  pmx_rpc_channel* ch = pmx_rpc_channel_create(srv->addr, err, sizeof err);
+  px_rpc_channel* ch = px_rpc_channel_create(srv->addr, err, sizeof err);
   CHECK(ch, "channel: %s", err);
   Paramex__V1__JoinRequest jr = PARAMEX__V1__JOIN_REQUEST__INIT;
   jr.world_size = 1;
-  int st = pmx_h_unary_pb(ch, PMX_H_PATH_JOIN, &jr.base, &paramex__v1__join_response__descriptor,
+  int st = px_h_unary_pb(ch, PX_H_PATH_JOIN, &jr.base, &paramex__v1__join_response__descriptor,
                           NULL, 10000, err, sizeof err);
-  CHECK(st == PMX_ST_OK, "join: %s %s", pmx_status_name(st), err);
+  CHECK(st == PX_ST_OK, "join: %s %s", px_status_name(st), err);
   return ch;
 }
 
-static int declare(pmx_rpc_channel* ch, const char* name, uint64_t numel, uint32_t* id, char* err,
+static int declare(px_rpc_channel* ch, const char* name, uint64_t numel, uint32_t* id, char* err,
                    size_t cap) {
   Paramex__V1__DeclareRequest dr = PARAMEX__V1__DECLARE_REQUEST__INIT;
   uint64_t shape[1] = {numel};
@@ -38,17 +38,17 @@ static int declare(pmx_rpc_channel* ch, const char* name, uint64_t numel, uint32
   dr.n_shape = 1;
   dr.shape = shape;
   ProtobufCMessage* resp = NULL;
-  int st = pmx_h_unary_pb(ch, PMX_H_PATH_DECLARE, &dr.base, &paramex__v1__declare_response__descriptor,
+  int st = px_h_unary_pb(ch, PX_H_PATH_DECLARE, &dr.base, &paramex__v1__declare_response__descriptor,
                           &resp, 10000, err, cap);
-  if (st == PMX_ST_OK && id) *id = ((Paramex__V1__DeclareResponse*)resp)->tensor_id;
+  if (st == PX_ST_OK && id) *id = ((Paramex__V1__DeclareResponse*)resp)->tensor_id;
   if (resp) protobuf_c_message_free_unpacked(resp, NULL);
   return st;
 }
 
-static void stop(pmx_h_server* srv, pmx_rpc_channel* ch) {
-  pmx_rpc_channel_destroy(ch);
+static void stop(px_h_server* srv, px_rpc_channel* ch) {
+  px_rpc_channel_destroy(ch);
   int ws = 0;
-  CHECK(pmx_h_server_stop(srv, 15000, &ws, NULL) == 0, "server did not stop");
+  CHECK(px_h_server_stop(srv, 15000, &ws, NULL) == 0, "server did not stop");
   CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "server exit status");
 }
 
@@ -56,18 +56,18 @@ static void test_memory_and_tensor_limits(void** state) {
   (void)state;
   char err[512];
   const char* args[] = {"--workers", "1", "--memory-limit", "1M", "--max-tensor-bytes", "512K", NULL};
-  pmx_h_server srv;
-  CHECK(pmx_h_server_start(&srv, args, NULL, 10000, err, sizeof err) == 0, "server: %s", err);
-  pmx_rpc_channel* ch = join_and_channel(&srv);
-  CHECK(declare(ch, "a", 100000, NULL, err, sizeof err) == PMX_ST_OK, "a: %s", err); /* 400 KB */
+  px_h_server srv;
+  CHECK(px_h_server_start(&srv, args, NULL, 10000, err, sizeof err) == 0, "server: %s", err);
+  px_rpc_channel* ch = join_and_channel(&srv);
+  CHECK(declare(ch, "a", 100000, NULL, err, sizeof err) == PX_ST_OK, "a: %s", err); /* 400 KB */
   int st = declare(ch, "big", 200000, NULL, err, sizeof err); /* 800 KB > 512K */
-  CHECK(st == PMX_ST_RESOURCE_EXHAUSTED && strstr(err, "--max-tensor-bytes"),
-        "big: %s '%s'", pmx_status_name(st), err);
-  CHECK(declare(ch, "b", 100000, NULL, err, sizeof err) == PMX_ST_OK, "b: %s", err); /* 800 KB */
+  CHECK(st == PX_ST_RESOURCE_EXHAUSTED && strstr(err, "--max-tensor-bytes"),
+        "big: %s '%s'", px_status_name(st), err);
+  CHECK(declare(ch, "b", 100000, NULL, err, sizeof err) == PX_ST_OK, "b: %s", err); /* 800 KB */
   st = declare(ch, "c", 100000, NULL, err, sizeof err); /* 1.2 MB > 1M */
-  CHECK(st == PMX_ST_RESOURCE_EXHAUSTED && strstr(err, "--memory-limit"), "c: %s '%s'",
-        pmx_status_name(st), err);
-  Paramex__V1__StatsResponse* s = pmx_h_stats(ch, err, sizeof err);
+  CHECK(st == PX_ST_RESOURCE_EXHAUSTED && strstr(err, "--memory-limit"), "c: %s '%s'",
+        px_status_name(st), err);
+  Paramex__V1__StatsResponse* s = px_h_stats(ch, err, sizeof err);
   CHECK(s && s->n_tensors == 2, "the refused declarations changed the store");
   protobuf_c_message_free_unpacked(&s->base, NULL);
   stop(&srv, ch);
@@ -77,11 +77,11 @@ static void test_max_calls_and_call_timeout(void** state) {
   (void)state;
   char err[512];
   const char* args[] = {"--workers", "1", "--max-calls", "2", "--call-timeout", "1", NULL};
-  pmx_h_server srv;
-  CHECK(pmx_h_server_start(&srv, args, NULL, 10000, err, sizeof err) == 0, "server: %s", err);
-  pmx_rpc_channel* ch = join_and_channel(&srv);
+  px_h_server srv;
+  CHECK(px_h_server_start(&srv, args, NULL, 10000, err, sizeof err) == 0, "server: %s", err);
+  px_rpc_channel* ch = join_and_channel(&srv);
   uint32_t id = 0;
-  CHECK(declare(ch, "p", 10, &id, err, sizeof err) == PMX_ST_OK, "declare: %s", err);
+  CHECK(declare(ch, "p", 10, &id, err, sizeof err) == PX_ST_OK, "declare: %s", err);
 
   /* two pulls for a version nobody produces: parked, they hold both call slots */
   Paramex__V1__PullRequest pr = PARAMEX__V1__PULL_REQUEST__INIT;
@@ -91,38 +91,38 @@ static void test_max_calls_and_call_timeout(void** state) {
   pr.min_version = 7;
   static uint8_t buf[64];
   size_t len = paramex__v1__pull_request__pack(&pr, buf);
-  static pmx_h_msg m;
-  m = (pmx_h_msg){buf, len, NULL, 0};
+  static px_h_msg m;
+  m = (px_h_msg){buf, len, NULL, 0};
   /* three pulls for a version nobody produces: two park and hold both call slots, the
    * one that arrives third is refused at once; the parked ones end at --call-timeout */
-  int64_t t0 = pmx_h_now_ms();
-  pmx_h_async* a[3];
+  int64_t t0 = px_h_now_ms();
+  px_h_async* a[3];
   for (int i = 0; i < 3; i++) {
-    a[i] = pmx_h_async_start(ch, PMX_H_PATH_PULL, &m, 1, 20000);
+    a[i] = px_h_async_start(ch, PX_H_PATH_PULL, &m, 1, 20000);
     CHECK(a[i], "cannot start pull %d", i);
   }
   int refused = 0, expired = 0;
   for (int i = 0; i < 3; i++) {
-    pmx_h_result r;
-    pmx_h_async_join(a[i], &r);
-    if (r.status == PMX_ST_RESOURCE_EXHAUSTED && strstr(r.details, "--max-calls")) refused++;
-    else if (r.status == PMX_ST_DEADLINE_EXCEEDED && strstr(r.details, "--call-timeout")) expired++;
-    else CHECK(0, "pull %d ended %s '%s'", i, pmx_status_name(r.status), r.details);
-    pmx_h_result_free(&r);
+    px_h_result r;
+    px_h_async_join(a[i], &r);
+    if (r.status == PX_ST_RESOURCE_EXHAUSTED && strstr(r.details, "--max-calls")) refused++;
+    else if (r.status == PX_ST_DEADLINE_EXCEEDED && strstr(r.details, "--call-timeout")) expired++;
+    else CHECK(0, "pull %d ended %s '%s'", i, px_status_name(r.status), r.details);
+    px_h_result_free(&r);
   }
-  int64_t took = pmx_h_now_ms() - t0;
+  int64_t took = px_h_now_ms() - t0;
   CHECK(refused == 1 && expired == 2, "%d refused, %d expired", refused, expired);
   CHECK(took < 10000, "the parked pulls ended after %lld ms", (long long)took);
   /* health is exempt from --max-calls */
   Grpc__Health__V1__HealthCheckRequest hr = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
   ProtobufCMessage* hresp = NULL;
-  int st = pmx_h_unary_pb(ch, PMX_H_PATH_HEALTH, &hr.base,
+  int st = px_h_unary_pb(ch, PX_H_PATH_HEALTH, &hr.base,
                           &grpc__health__v1__health_check_response__descriptor, &hresp, 5000, err,
                           sizeof err);
-  CHECK(st == PMX_ST_OK, "health: %s %s", pmx_status_name(st), err);
+  CHECK(st == PX_ST_OK, "health: %s %s", px_status_name(st), err);
   if (hresp) protobuf_c_message_free_unpacked(hresp, NULL);
   /* the slots are free again */
-  Paramex__V1__StatsResponse* s = pmx_h_stats(ch, err, sizeof err);
+  Paramex__V1__StatsResponse* s = px_h_stats(ch, err, sizeof err);
   CHECK(s, "stats after the pulls: %s", err);
   protobuf_c_message_free_unpacked(&s->base, NULL);
   stop(&srv, ch);
@@ -130,18 +130,18 @@ static void test_max_calls_and_call_timeout(void** state) {
 
 static int teardown(void** state) {
   (void)state;
-  pmx_h_kill_all();
+  px_h_kill_all();
   return 0;
 }
 
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
-  pmx_rpc_init();
+  px_rpc_init();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_memory_and_tensor_limits, teardown),
       cmocka_unit_test_teardown(test_max_calls_and_call_timeout, teardown),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
-  pmx_rpc_shutdown();
+  px_rpc_shutdown();
   return rc;
 }

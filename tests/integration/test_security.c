@@ -84,11 +84,11 @@ static int openssl_run(const char* bin, const char* const* args) {
   char logp[700];
   int log = open(path_in(logp, sizeof logp, "openssl.log"), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   if (log < 0) return -1;
-  pid_t pid = pmx_h_spawn(argv, NULL, log, log);
+  pid_t pid = px_h_spawn(argv, NULL, log, log);
   close(log);
   int ws = 0;
-  if (pid <= 0 || pmx_h_wait(pid, 30000, &ws) != 0) {
-    if (pid > 0) pmx_h_kill(pid);
+  if (pid <= 0 || px_h_wait(pid, 30000, &ws) != 0) {
+    if (pid > 0) px_h_kill(pid);
     return -1;
   }
   return WIFEXITED(ws) && WEXITSTATUS(ws) == 0 ? 0 : -1;
@@ -142,21 +142,21 @@ static void need_certs(void) {
 /* ---- processes ------------------------------------------------------------------------- */
 
 /* Starts the server with args, its stderr into g_dir/log_name. */
-static void server_start(pmx_h_server* srv, const char* const* args, const char* log_name) {
+static void server_start(px_h_server* srv, const char* const* args, const char* log_name) {
   char err[512];
   int fd = log_name ? it_open_out(g_dir, log_name) : -1;
-  int rc = pmx_h_server_start_ex(srv, NULL, args, NULL, fd, SERVER_START_MS, err, sizeof err);
+  int rc = px_h_server_start_ex(srv, NULL, args, NULL, fd, SERVER_START_MS, err, sizeof err);
   if (fd >= 0) close(fd);
   CHECK(rc == 0, "server start: %s", err);
 }
 
-static void server_stop_ok(pmx_h_server* srv) {
+static void server_stop_ok(px_h_server* srv) {
   int ws = 0;
   size_t extra = 0;
-  CHECK(pmx_h_server_stop(srv, SERVER_STOP_MS, &ws, &extra) == 0, "server did not exit within %d ms of SIGTERM",
+  CHECK(px_h_server_stop(srv, SERVER_STOP_MS, &ws, &extra) == 0, "server did not exit within %d ms of SIGTERM",
         SERVER_STOP_MS);
   char d[96];
-  CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "server %s after SIGTERM", pmx_h_describe_wstatus(ws, d, sizeof d));
+  CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "server %s after SIGTERM", px_h_describe_wstatus(ws, d, sizeof d));
   CHECK(extra == 0, "the server wrote %zu more bytes on stdout after its listening line", extra);
 }
 
@@ -164,17 +164,17 @@ static void server_stop_ok(pmx_h_server* srv) {
  * stderr goes to g_dir/log_name; returns that text (malloc'd). */
 static char* worker_must_fail(const char* what, const it_train* j, const char* log_name, const char* want) {
   int fd = it_open_out(g_dir, log_name);
-  int64_t t0 = pmx_h_now_ms();
+  int64_t t0 = px_h_now_ms();
   pid_t pid = it_worker_start(j, 0, -1, fd, NULL);
   close(fd);
   int ws = 0;
-  CHECK(pmx_h_wait(pid, FAIL_FAST_MS, &ws) == 0, "%s: the worker still runs after %d ms (a hang)", what,
+  CHECK(px_h_wait(pid, FAIL_FAST_MS, &ws) == 0, "%s: the worker still runs after %d ms (a hang)", what,
         FAIL_FAST_MS);
-  int64_t ms = pmx_h_now_ms() - t0;
+  int64_t ms = px_h_now_ms() - t0;
   char* out = it_slurp(g_dir, log_name);
   char d[96];
   CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 1, "%s: the worker %s, want exit 1 (stderr: %s)", what,
-        pmx_h_describe_wstatus(ws, d, sizeof d), out);
+        px_h_describe_wstatus(ws, d, sizeof d), out);
   CHECK(strstr(out, "pmx_test_worker[rank 0]: pmx_"), "%s: no paramex error line (stderr: %s)", what, out);
   if (want) CHECK(strstr(out, want), "%s: the error does not say '%s': %s", what, want, out);
   print_message("# %s: failed after %" PRId64 " ms: %s", what, ms, out);
@@ -191,7 +191,7 @@ static void test_tls(void** state) {
                         "--chunk-bytes", "4K", "--threads", "2",
                         "--tls-cert", path_in(cert_buf, sizeof cert_buf, "server.pem"),
                         "--tls-key", path_in(key_buf, sizeof key_buf, "server.key"), NULL};
-  pmx_h_server srv;
+  px_h_server srv;
   server_start(&srv, args, NULL);
 
   char ca_env[800], other_env[800];
@@ -224,7 +224,7 @@ static void test_mutual_tls(void** state) {
                         "--tls-cert", path_in(cert_buf, sizeof cert_buf, "server.pem"),
                         "--tls-key", path_in(key_buf, sizeof key_buf, "server.key"),
                         "--tls-client-ca", path_in(ca_buf, sizeof ca_buf, "ca.pem"), NULL};
-  pmx_h_server srv;
+  px_h_server srv;
   server_start(&srv, args, NULL);
   snprintf(out, sizeof out, "%s/mtls-out", g_dir);
   mkdir(out, 0700);
@@ -259,12 +259,12 @@ static uint32_t g_tid;
 
 /* Each method on ch, with valid requests; returns the statuses in st[6] (Join, Declare,
  * Push, Pull, Stats, Checkpoint). */
-static void all_methods(pmx_rpc_channel* ch, int st[6], char det[6][512]) {
+static void all_methods(px_rpc_channel* ch, int st[6], char det[6][512]) {
   Paramex__V1__JoinRequest jr = PARAMEX__V1__JOIN_REQUEST__INIT;
   jr.rank = 0;
   jr.world_size = 1;
   jr.name = (char*)"test_security";
-  st[0] = pmx_h_unary_pb(ch, PMX_H_PATH_JOIN, &jr.base, &paramex__v1__join_response__descriptor, NULL,
+  st[0] = px_h_unary_pb(ch, PX_H_PATH_JOIN, &jr.base, &paramex__v1__join_response__descriptor, NULL,
                          CALL_MS, det[0], 512);
 
   Paramex__V1__DeclareRequest dr = PARAMEX__V1__DECLARE_REQUEST__INIT;
@@ -275,11 +275,11 @@ static void all_methods(pmx_rpc_channel* ch, int st[6], char det[6][512]) {
   dr.shape = shape;
   dr.worker_id = 0;
   dr.incarnation = g_inc;
-  st[1] = pmx_h_unary_pb(ch, PMX_H_PATH_DECLARE, &dr.base, &paramex__v1__declare_response__descriptor,
+  st[1] = px_h_unary_pb(ch, PX_H_PATH_DECLARE, &dr.base, &paramex__v1__declare_response__descriptor,
                          NULL, CALL_MS, det[1], 512);
 
   float grad[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-  pmx_chunk c;
+  px_chunk c;
   memset(&c, 0, sizeof c);
   c.worker_id = 0;
   c.incarnation = g_inc;
@@ -289,15 +289,15 @@ static void all_methods(pmx_rpc_channel* ch, int st[6], char det[6][512]) {
   c.encoding = PARAMEX__V1__ENCODING__ENCODING_RAW;
   c.dtype = PARAMEX__V1__DTYPE__DTYPE_F32;
   c.raw_len = sizeof grad;
-  c.checksum = pmx_checksum(grad, sizeof grad);
-  uint8_t hdr[PMX_CHUNK_HDR_MAX];
-  size_t hl = pmx_chunk_encode_header(PMX_CHUNK_PUSH, &c, sizeof grad, hdr, sizeof hdr);
+  c.checksum = px_checksum(grad, sizeof grad);
+  uint8_t hdr[PX_CHUNK_HDR_MAX];
+  size_t hl = px_chunk_encode_header(PX_CHUNK_PUSH, &c, sizeof grad, hdr, sizeof hdr);
   CHECK(hl > 0, "pmx_chunk_encode_header");
-  pmx_h_msg m = {hdr, hl, grad, sizeof grad};
-  pmx_h_result r;
-  st[2] = pmx_h_call(ch, PMX_H_PATH_PUSH, &m, 1, CALL_MS, &r);
+  px_h_msg m = {hdr, hl, grad, sizeof grad};
+  px_h_result r;
+  st[2] = px_h_call(ch, PX_H_PATH_PUSH, &m, 1, CALL_MS, &r);
   snprintf(det[2], 512, "%s", r.details);
-  pmx_h_result_free(&r);
+  px_h_result_free(&r);
 
   Paramex__V1__PullRequest pr = PARAMEX__V1__PULL_REQUEST__INIT;
   uint32_t ids[1] = {g_tid};
@@ -307,26 +307,26 @@ static void all_methods(pmx_rpc_channel* ch, int st[6], char det[6][512]) {
   pr.min_version = 0;
   uint8_t pbuf[128];
   size_t pl = paramex__v1__pull_request__pack(&pr, pbuf);
-  pmx_h_msg pm = {pbuf, pl, NULL, 0};
-  st[3] = pmx_h_call(ch, PMX_H_PATH_PULL, &pm, 1, CALL_MS, &r);
+  px_h_msg pm = {pbuf, pl, NULL, 0};
+  st[3] = px_h_call(ch, PX_H_PATH_PULL, &pm, 1, CALL_MS, &r);
   snprintf(det[3], 512, "%s", r.details);
-  pmx_h_result_free(&r);
+  px_h_result_free(&r);
 
   Paramex__V1__StatsRequest sr = PARAMEX__V1__STATS_REQUEST__INIT;
-  st[4] = pmx_h_unary_pb(ch, PMX_H_PATH_STATS, &sr.base, &paramex__v1__stats_response__descriptor, NULL,
+  st[4] = px_h_unary_pb(ch, PX_H_PATH_STATS, &sr.base, &paramex__v1__stats_response__descriptor, NULL,
                          CALL_MS, det[4], 512);
   Paramex__V1__CheckpointRequest cr = PARAMEX__V1__CHECKPOINT_REQUEST__INIT;
-  st[5] = pmx_h_unary_pb(ch, "/paramex.v1.ParameterExchange/Checkpoint", &cr.base,
+  st[5] = px_h_unary_pb(ch, "/paramex.v1.ParameterExchange/Checkpoint", &cr.base,
                          &paramex__v1__checkpoint_response__descriptor, NULL, CALL_MS, det[5], 512);
 }
 
-static void expect_health_serving(pmx_rpc_channel* ch, const char* what) {
+static void expect_health_serving(px_rpc_channel* ch, const char* what) {
   Grpc__Health__V1__HealthCheckRequest hreq = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
   ProtobufCMessage* resp = NULL;
   char det[512];
-  int st = pmx_h_unary_pb(ch, PMX_H_PATH_HEALTH, &hreq.base, &grpc__health__v1__health_check_response__descriptor,
+  int st = px_h_unary_pb(ch, PX_H_PATH_HEALTH, &hreq.base, &grpc__health__v1__health_check_response__descriptor,
                           &resp, CALL_MS, det, sizeof det);
-  CHECK(st == PMX_ST_OK, "health %s: %s '%s'", what, pmx_status_name(st), det);
+  CHECK(st == PX_ST_OK, "health %s: %s '%s'", what, px_status_name(st), det);
   int hs = (int)((Grpc__Health__V1__HealthCheckResponse*)resp)->status;
   protobuf_c_message_free_unpacked(resp, NULL);
   CHECK(hs == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING, "health %s: status %d", what, hs);
@@ -350,12 +350,12 @@ static void test_token(void** state) {
 
   const char* args[] = {"--workers", "1", "--lr", g_sgd.lr, "--momentum", g_sgd.momentum, "--chunk-bytes", "4K",
                         "--threads", "2", "--token-file", tokfile, "--log-level", "debug", NULL};
-  pmx_h_server srv;
+  px_h_server srv;
   server_start(&srv, args, "token-server.log");
 
   /* The right token: join, declare "u" (8 floats). */
-  pmx_rpc_channel_opts good_o = {.token = token};
-  pmx_rpc_channel* good = pmx_rpc_channel_create_ex(srv.addr, &good_o, err, sizeof err);
+  px_rpc_channel_opts good_o = {.token = token};
+  px_rpc_channel* good = px_rpc_channel_create_ex(srv.addr, &good_o, err, sizeof err);
   CHECK(good, "channel: %s", err);
   {
     int st[6];
@@ -363,9 +363,9 @@ static void test_token(void** state) {
     Paramex__V1__JoinRequest jr = PARAMEX__V1__JOIN_REQUEST__INIT;
     jr.world_size = 1;
     ProtobufCMessage* resp = NULL;
-    st[0] = pmx_h_unary_pb(good, PMX_H_PATH_JOIN, &jr.base, &paramex__v1__join_response__descriptor, &resp,
+    st[0] = px_h_unary_pb(good, PX_H_PATH_JOIN, &jr.base, &paramex__v1__join_response__descriptor, &resp,
                            CALL_MS, det[0], 512);
-    CHECK(st[0] == PMX_ST_OK, "join with the token: %s '%s'", pmx_status_name(st[0]), det[0]);
+    CHECK(st[0] == PX_ST_OK, "join with the token: %s '%s'", px_status_name(st[0]), det[0]);
     g_inc = ((Paramex__V1__JoinResponse*)resp)->incarnation;
     protobuf_c_message_free_unpacked(resp, NULL);
     Paramex__V1__DeclareRequest dr = PARAMEX__V1__DECLARE_REQUEST__INIT;
@@ -375,9 +375,9 @@ static void test_token(void** state) {
     dr.n_shape = 1;
     dr.shape = shape;
     dr.incarnation = g_inc;
-    st[1] = pmx_h_unary_pb(good, PMX_H_PATH_DECLARE, &dr.base, &paramex__v1__declare_response__descriptor,
+    st[1] = px_h_unary_pb(good, PX_H_PATH_DECLARE, &dr.base, &paramex__v1__declare_response__descriptor,
                            &resp, CALL_MS, det[1], 512);
-    CHECK(st[1] == PMX_ST_OK, "declare with the token: %s '%s'", pmx_status_name(st[1]), det[1]);
+    CHECK(st[1] == PX_ST_OK, "declare with the token: %s '%s'", px_status_name(st[1]), det[1]);
     g_tid = ((Paramex__V1__DeclareResponse*)resp)->tensor_id;
     protobuf_c_message_free_unpacked(resp, NULL);
   }
@@ -401,32 +401,32 @@ static void test_token(void** state) {
       {"an empty Bearer token", "Bearer "},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    pmx_rpc_channel* ch = pmx_rpc_channel_create(srv.addr, err, sizeof err);
+    px_rpc_channel* ch = px_rpc_channel_create(srv.addr, err, sizeof err);
     CHECK(ch, "channel: %s", err);
-    if (cases[i].auth) pmx_rpc_channel_set_header(ch, "authorization", cases[i].auth);
+    if (cases[i].auth) px_rpc_channel_set_header(ch, "authorization", cases[i].auth);
     int st[6];
     char det[6][512];
     all_methods(ch, st, det);
     static const char* const names[6] = {"Join", "Declare", "Push", "Pull", "Stats", "Checkpoint"};
     for (int k = 0; k < 6; k++)
-      CHECK(st[k] == PMX_ST_UNAUTHENTICATED, "%s with %s: %s '%s', want UNAUTHENTICATED", names[k],
-            cases[i].what, st[k] >= 0 ? pmx_status_name(st[k]) : "(harness)", det[k]);
+      CHECK(st[k] == PX_ST_UNAUTHENTICATED, "%s with %s: %s '%s', want UNAUTHENTICATED", names[k],
+            cases[i].what, st[k] >= 0 ? px_status_name(st[k]) : "(harness)", det[k]);
     expect_health_serving(ch, cases[i].what);
-    pmx_rpc_channel_destroy(ch);
+    px_rpc_channel_destroy(ch);
   }
   /* The same header set by hand is accepted (the checks above are about the token). */
   {
-    pmx_rpc_channel* ch = pmx_rpc_channel_create(srv.addr, err, sizeof err);
+    px_rpc_channel* ch = px_rpc_channel_create(srv.addr, err, sizeof err);
     CHECK(ch, "channel: %s", err);
-    pmx_rpc_channel_set_header(ch, "authorization", exact_bearer);
-    Paramex__V1__StatsResponse* st = pmx_h_stats(ch, err, sizeof err);
+    px_rpc_channel_set_header(ch, "authorization", exact_bearer);
+    Paramex__V1__StatsResponse* st = px_h_stats(ch, err, sizeof err);
     CHECK(st, "Stats with a hand-made Bearer header: %s", err);
     protobuf_c_message_free_unpacked(&st->base, NULL);
-    pmx_rpc_channel_destroy(ch);
+    px_rpc_channel_destroy(ch);
   }
   /* Nothing the refused calls carried was applied. */
   {
-    Paramex__V1__StatsResponse* st = pmx_h_stats(good, err, sizeof err);
+    Paramex__V1__StatsResponse* st = px_h_stats(good, err, sizeof err);
     CHECK(st, "%s", err);
     CHECK(st->push_chunks == 0 && st->push_duplicates == 0, "push_chunks %" PRIu64 ", duplicates %" PRIu64
           " after refused pushes", st->push_chunks, st->push_duplicates);
@@ -434,7 +434,7 @@ static void test_token(void** state) {
     CHECK(st->tensors[0]->version_max == 0, "tensor u at version %" PRIu64, st->tensors[0]->version_max);
     protobuf_c_message_free_unpacked(&st->base, NULL);
   }
-  pmx_rpc_channel_destroy(good);
+  px_rpc_channel_destroy(good);
 
   /* Workers: PMX_TOKEN trains steps 0..3, PMX_TOKEN_FILE (with whitespace around the
    * token) continues to step 6, a wrong token fails at once. */
@@ -476,22 +476,22 @@ static void test_token(void** state) {
 /* Runs the server with args (after --listen 127.0.0.1:0); it must exit 2 within 10 s with
  * exactly one stderr line (containing want, when not NULL) and nothing on stdout. */
 static void expect_exit2(const char* what, const char* const* args, const char* want) {
-  const char* argv[32] = {pmx_h_server_bin(), "--listen", "127.0.0.1:0"};
+  const char* argv[32] = {px_h_server_bin(), "--listen", "127.0.0.1:0"};
   size_t n = 3;
   for (const char* const* a = args; *a && n < 31; a++) argv[n++] = *a;
   argv[n] = NULL;
   int ofd = it_open_out(g_dir, "exit2.out"), efd = it_open_out(g_dir, "exit2.err");
-  pid_t pid = pmx_h_spawn(argv, NULL, ofd, efd);
+  pid_t pid = px_h_spawn(argv, NULL, ofd, efd);
   close(ofd);
   close(efd);
   CHECK(pid > 0, "cannot start the server");
   int ws = 0;
-  CHECK(pmx_h_wait(pid, 10000, &ws) == 0, "%s: the server still runs after 10 s", what);
+  CHECK(px_h_wait(pid, 10000, &ws) == 0, "%s: the server still runs after 10 s", what);
   char* out = it_slurp(g_dir, "exit2.out");
   char* err = it_slurp(g_dir, "exit2.err");
   char d[96];
   CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 2, "%s: the server %s, want exit 2 (stderr: %s)", what,
-        pmx_h_describe_wstatus(ws, d, sizeof d), err);
+        px_h_describe_wstatus(ws, d, sizeof d), err);
   CHECK(out[0] == 0, "%s: the server wrote on stdout: %s", what, out);
   size_t len = strlen(err);
   CHECK(len > 1 && err[len - 1] == '\n' && it_count(err, "\n") == 1, "%s: want one stderr line, got: '%s'",
@@ -541,11 +541,11 @@ static void test_startup_failures(void** state) {
 
 static int group_setup(void** state) {
   (void)state;
-  pmx_rpc_init();
-  if (pmx_h_mkdtemp(g_dir, sizeof g_dir) != 0) return -1;
+  px_rpc_init();
+  if (px_h_mkdtemp(g_dir, sizeof g_dir) != 0) return -1;
   char bin[4096];
   if (!find_openssl(bin, sizeof bin)) return 0;
-  int64_t t0 = pmx_h_now_ms();
+  int64_t t0 = px_h_now_ms();
   g_have_certs =
       make_ca(bin, "ca", "paramex-test-ca") == 0 &&
       make_leaf(bin, "server", "paramex-test-server", "ca",
@@ -559,21 +559,21 @@ static int group_setup(void** state) {
                 "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
                 "extendedKeyUsage=clientAuth\n") == 0;
   fprintf(stderr, "# certificates %s in %" PRId64 " ms\n", g_have_certs ? "generated" : "NOT generated",
-          pmx_h_now_ms() - t0);
+          px_h_now_ms() - t0);
   return 0;
 }
 
 static int group_teardown(void** state) {
   (void)state;
-  pmx_h_kill_all();
-  if (g_dir[0]) pmx_h_rmtree(g_dir);
-  pmx_rpc_shutdown();
+  px_h_kill_all();
+  if (g_dir[0]) px_h_rmtree(g_dir);
+  px_rpc_shutdown();
   return 0;
 }
 
 static int teardown(void** state) {
   (void)state;
-  pmx_h_kill_all();
+  px_h_kill_all();
   return 0;
 }
 

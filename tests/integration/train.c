@@ -21,7 +21,7 @@
 #include "model.h"
 
 size_t it_numel(const it_train* j, int t) {
-  return t == 0 ? (size_t)j->a_numel : (size_t)PMX_IT_B_ROWS * PMX_IT_B_COLS;
+  return t == 0 ? (size_t)j->a_numel : (size_t)PX_IT_B_ROWS * PX_IT_B_COLS;
 }
 
 pid_t it_worker_start(const it_train* j, uint32_t rank, int stdout_fd, int stderr_fd,
@@ -34,7 +34,7 @@ pid_t it_worker_start(const it_train* j, uint32_t rank, int stdout_fd, int stder
   snprintf(tmo_s, sizeof tmo_s, "%" PRId64, j->timeout_ms > 0 ? j->timeout_ms : 30000);
   snprintf(conn_s, sizeof conn_s, "%" PRId64, j->connect_ms);
   snprintf(out, sizeof out, "%s/params.%" PRIu32, j->dir, rank);
-  const char* argv[40] = {pmx_h_worker_bin(), "--server", j->addr, "--rank", rank_s,
+  const char* argv[40] = {px_h_worker_bin(), "--server", j->addr, "--rank", rank_s,
                           "--world", world_s, "--steps", steps_s, "--out", out,
                           "--a-numel", numel_s, "--timeout-ms", tmo_s};
   size_t n = 15;
@@ -45,26 +45,26 @@ pid_t it_worker_start(const it_train* j, uint32_t rank, int stdout_fd, int stder
   if (j->resync) argv[n++] = "--resync";
   for (const char* const* m = more; m && *m && n < 39; m++) argv[n++] = *m;
   argv[n] = NULL;
-  pid_t pid = pmx_h_spawn(argv, j->env, stdout_fd, stderr_fd);
+  pid_t pid = px_h_spawn(argv, j->env, stdout_fd, stderr_fd);
   CHECK(pid > 0, "cannot start worker %" PRIu32, rank);
   return pid;
 }
 
 void it_worker_expect_ok(pid_t pid, uint32_t rank, int ms) {
   int ws = 0;
-  CHECK(pmx_h_wait(pid, ms, &ws) == 0, "worker %" PRIu32 " did not finish within %d ms", rank, ms);
+  CHECK(px_h_wait(pid, ms, &ws) == 0, "worker %" PRIu32 " did not finish within %d ms", rank, ms);
   char d[96];
   CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "worker %" PRIu32 " %s (its stderr is above)", rank,
-        pmx_h_describe_wstatus(ws, d, sizeof d));
+        px_h_describe_wstatus(ws, d, sizeof d));
 }
 
 void it_train_run(const it_train* j, int ms) {
   pid_t pids[64];
   CHECK(j->world <= 64, "world too large");
   for (uint32_t r = 0; r < j->world; r++) pids[r] = it_worker_start(j, r, -1, -1, NULL);
-  int64_t deadline = pmx_h_now_ms() + ms;
+  int64_t deadline = px_h_now_ms() + ms;
   for (uint32_t r = 0; r < j->world; r++) {
-    int64_t left = deadline - pmx_h_now_ms();
+    int64_t left = deadline - px_h_now_ms();
     it_worker_expect_ok(pids[r], r, left > 0 ? (int)left : 0);
   }
 }
@@ -88,16 +88,16 @@ float* it_reference(const it_train* j, const it_sgd* sgd, int t, uint64_t steps,
   float* p = malloc(n * sizeof *p);
   float* m = mom ? malloc(n * sizeof *m) : NULL;
   CHECK(p && (!mom || m), "out of memory");
-  CHECK(pmx_it_reference(t, n, j->world, steps, sgd->lr, sgd->momentum, sgd->weight_decay, p, m) == 0,
+  CHECK(px_it_reference(t, n, j->world, steps, sgd->lr, sgd->momentum, sgd->weight_decay, p, m) == 0,
         "reference failed");
   if (mom) *mom = m;
   return p;
 }
 
 void it_train_check(const it_train* j, const it_sgd* sgd) {
-  float* ref[PMX_IT_NTENSORS];
+  float* ref[PX_IT_NTENSORS];
   size_t total = 0;
-  for (int t = 0; t < PMX_IT_NTENSORS; t++) {
+  for (int t = 0; t < PX_IT_NTENSORS; t++) {
     ref[t] = it_reference(j, sgd, t, j->steps, NULL);
     total += it_numel(j, t);
   }
@@ -105,20 +105,20 @@ void it_train_check(const it_train* j, const it_sgd* sgd) {
     char path[600];
     snprintf(path, sizeof path, "%s/params.%" PRIu32, j->dir, r);
     size_t len = 0;
-    uint8_t* got = pmx_h_read_file(path, &len);
+    uint8_t* got = px_h_read_file(path, &len);
     CHECK(got != NULL, "cannot read %s", path);
     CHECK(len == total * sizeof(float), "%s has %zu bytes, want %zu", path, len, total * sizeof(float));
     size_t off = 0;
-    for (int t = 0; t < PMX_IT_NTENSORS; t++) {
+    for (int t = 0; t < PX_IT_NTENSORS; t++) {
       char what[96];
       snprintf(what, sizeof what, "worker %" PRIu32 ", tensor %s after %" PRIu64 " steps vs reference",
-               r, pmx_it_tensor_name(t), j->steps);
+               r, px_it_tensor_name(t), j->steps);
       it_check_bits(what, got + off, ref[t], it_numel(j, t));
       off += it_numel(j, t) * sizeof(float);
     }
     free(got);
   }
-  for (int t = 0; t < PMX_IT_NTENSORS; t++) free(ref[t]);
+  for (int t = 0; t < PX_IT_NTENSORS; t++) free(ref[t]);
 }
 
 static int cmp_u64(const void* a, const void* b) {
@@ -166,7 +166,7 @@ char* it_slurp(const char* dir, const char* name) {
   char path[700];
   snprintf(path, sizeof path, "%s/%s", dir, name);
   size_t len = 0;
-  char* s = pmx_h_read_file(path, &len);
+  char* s = px_h_read_file(path, &len);
   if (!s) {
     s = malloc(1);
     CHECK(s, "out of memory");

@@ -2,8 +2,8 @@
  * (the job of model.h) against a running server, and the bit-exact check of what they
  * wrote against the BSP reference. Failures fail the current cmocka test (include after
  * <cmocka.h>; the helpers belong to the test's main thread). */
-#ifndef PMX_IT_TRAIN_H
-#define PMX_IT_TRAIN_H
+#ifndef PX_IT_TRAIN_H
+#define PX_IT_TRAIN_H
 
 #include <stdbool.h>
 #include <stddef.h>

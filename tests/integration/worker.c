@@ -47,7 +47,7 @@ static void die(const char* msg) {
 
 static uint64_t lowest(const uint64_t* versions) {
   uint64_t v = versions[0];
-  for (int t = 1; t < PMX_IT_NTENSORS; t++)
+  for (int t = 1; t < PX_IT_NTENSORS; t++)
     if (versions[t] < v) v = versions[t];
   return v;
 }
@@ -66,7 +66,7 @@ bad:
 int main(int argc, char** argv) {
   const char* server = NULL;
   const char* out_path = NULL;
-  uint64_t rank = 0, world = 0, steps = 0, a_numel = PMX_IT_DEFAULT_A_NUMEL;
+  uint64_t rank = 0, world = 0, steps = 0, a_numel = PX_IT_DEFAULT_A_NUMEL;
   int64_t dup_step = -1, timeout_ms = 60000, connect_timeout_ms = 20000;
   uint64_t progress_every = 0;
   bool progress = false, resync = false;
@@ -110,10 +110,10 @@ int main(int argc, char** argv) {
   }
   g_rank = (uint32_t)rank;
 
-  size_t numel[PMX_IT_NTENSORS] = {(size_t)a_numel, PMX_IT_B_ROWS * PMX_IT_B_COLS};
-  float* params[PMX_IT_NTENSORS];
-  float* grads[PMX_IT_NTENSORS];
-  for (int t = 0; t < PMX_IT_NTENSORS; t++) {
+  size_t numel[PX_IT_NTENSORS] = {(size_t)a_numel, PX_IT_B_ROWS * PX_IT_B_COLS};
+  float* params[PX_IT_NTENSORS];
+  float* grads[PX_IT_NTENSORS];
+  for (int t = 0; t < PX_IT_NTENSORS; t++) {
     params[t] = malloc(numel[t] * sizeof(float));
     grads[t] = malloc(numel[t] * sizeof(float));
     if (!params[t] || !grads[t]) die("out of memory");
@@ -129,13 +129,13 @@ int main(int argc, char** argv) {
   if (st != PMX_OK) die_pmx("pmx_join", 0, st);
   if (info.worker_id != rank || info.world_size != world) die("pmx_join: unexpected join info");
 
-  pmx_tensor* tensors[PMX_IT_NTENSORS];
-  for (int t = 0; t < PMX_IT_NTENSORS; t++) {
+  pmx_tensor* tensors[PX_IT_NTENSORS];
+  for (int t = 0; t < PX_IT_NTENSORS; t++) {
     /* Every worker sends the initial values; only the creating call uses them. */
-    if (pmx_it_init(t, grads[t], numel[t]) != 0) die("initializer failed");
+    if (px_it_init(t, grads[t], numel[t]) != 0) die("initializer failed");
     uint64_t shape_a[1] = {a_numel};
-    uint64_t shape_b[2] = {PMX_IT_B_ROWS, PMX_IT_B_COLS};
-    st = pmx_declare(c, pmx_it_tensor_name(t), PMX_F32, t == 0 ? shape_a : shape_b,
+    uint64_t shape_b[2] = {PX_IT_B_ROWS, PX_IT_B_COLS};
+    st = pmx_declare(c, px_it_tensor_name(t), PMX_F32, t == 0 ? shape_a : shape_b,
                      t == 0 ? 1 : 2, grads[t], NULL, &tensors[t]);
     if (st != PMX_OK) die_pmx("pmx_declare", 0, st);
     if (pmx_tensor_numel(tensors[t]) != numel[t] ||
@@ -143,11 +143,11 @@ int main(int argc, char** argv) {
         pmx_tensor_num_chunks(tensors[t]) == 0)
       die("pmx_declare: the tensor's facts do not match its shape");
   }
-  void* dst[PMX_IT_NTENSORS] = {params[0], params[1]};
-  const void* src[PMX_IT_NTENSORS] = {grads[0], grads[1]};
-  uint64_t versions[PMX_IT_NTENSORS];
+  void* dst[PX_IT_NTENSORS] = {params[0], params[1]};
+  const void* src[PX_IT_NTENSORS] = {grads[0], grads[1]};
+  uint64_t versions[PX_IT_NTENSORS];
 
-  st = pmx_pull(c, PMX_IT_NTENSORS, tensors, dst, 0, versions);
+  st = pmx_pull(c, PX_IT_NTENSORS, tensors, dst, 0, versions);
   if (st != PMX_OK) die_pmx("pmx_pull", 0, st);
 
   uint64_t s = 0, resyncs = 0;
@@ -159,8 +159,8 @@ int main(int argc, char** argv) {
     }
   }
   while (s < steps) {
-    for (int t = 0; t < PMX_IT_NTENSORS; t++)
-      if (pmx_it_grad(t, (uint32_t)rank, s, params[t], grads[t], numel[t]) != 0)
+    for (int t = 0; t < PX_IT_NTENSORS; t++)
+      if (px_it_grad(t, (uint32_t)rank, s, params[t], grads[t], numel[t]) != 0)
         die("gradient failed");
     bool dup = (int64_t)s == dup_step;
     pmx_status aborted = PMX_OK; /* PMX_ERR_ABORTED when --resync must resynchronise */
@@ -168,9 +168,9 @@ int main(int argc, char** argv) {
       /* Overlap: the pull of s+1 is parked until every push of s (ours included) is in. */
       pmx_op* push_op = NULL;
       pmx_op* pull_op = NULL;
-      st = pmx_push_async(c, s, PMX_IT_NTENSORS, tensors, src, &push_op);
+      st = pmx_push_async(c, s, PX_IT_NTENSORS, tensors, src, &push_op);
       if (st != PMX_OK) die_pmx("pmx_push_async", s, st);
-      st = pmx_pull_async(c, PMX_IT_NTENSORS, tensors, dst, s + 1, versions, &pull_op);
+      st = pmx_pull_async(c, PX_IT_NTENSORS, tensors, dst, s + 1, versions, &pull_op);
       if (st != PMX_OK) {
         pmx_op_wait(push_op);
         die_pmx("pmx_pull_async", s, st);
@@ -193,24 +193,24 @@ int main(int argc, char** argv) {
       if (st_push == PMX_ERR_ABORTED || st_pull == PMX_ERR_ABORTED) aborted = PMX_ERR_ABORTED;
     } else if (s % 4 == 2 && !dup) {
       /* the pipelined form: pull of s+1 started first, then the push */
-      st = pmx_push_pull(c, s, PMX_IT_NTENSORS, tensors, src, dst, versions);
+      st = pmx_push_pull(c, s, PX_IT_NTENSORS, tensors, src, dst, versions);
       if (resync && st == PMX_ERR_ABORTED) aborted = st;
       else if (st != PMX_OK) die_pmx("pmx_push_pull", s, st);
     } else {
-      st = pmx_push(c, s, PMX_IT_NTENSORS, tensors, src);
+      st = pmx_push(c, s, PX_IT_NTENSORS, tensors, src);
       if (resync && st == PMX_ERR_ABORTED) aborted = st;
       else if (st != PMX_OK) die_pmx("pmx_push", s, st);
       if (!aborted && dup) {
-        st = pmx_push(c, s, PMX_IT_NTENSORS, tensors, src);
+        st = pmx_push(c, s, PX_IT_NTENSORS, tensors, src);
         if (st != PMX_OK) die_pmx("pmx_push (retry before pull)", s, st);
       }
       if (!aborted) {
-        st = pmx_pull(c, PMX_IT_NTENSORS, tensors, dst, s + 1, versions);
+        st = pmx_pull(c, PX_IT_NTENSORS, tensors, dst, s + 1, versions);
         if (resync && st == PMX_ERR_ABORTED) aborted = st;
         else if (st != PMX_OK) die_pmx("pmx_pull", s, st);
       }
       if (!aborted && dup) {
-        st = pmx_push(c, s, PMX_IT_NTENSORS, tensors, src);
+        st = pmx_push(c, s, PX_IT_NTENSORS, tensors, src);
         if (st != PMX_OK) die_pmx("pmx_push (retry after pull)", s, st);
       }
     }
@@ -218,7 +218,7 @@ int main(int argc, char** argv) {
       /* The library joined the restarted server; its versions say where the job is. A
        * server that restarts again meanwhile answers ABORTED once more. */
       int tries = 0;
-      do st = pmx_pull(c, PMX_IT_NTENSORS, tensors, dst, 0, versions);
+      do st = pmx_pull(c, PX_IT_NTENSORS, tensors, dst, 0, versions);
       while (st == PMX_ERR_ABORTED && ++tries < 10);
       if (st != PMX_OK) die_pmx("pmx_pull (resync)", s, st);
       uint64_t v = lowest(versions);
@@ -228,11 +228,11 @@ int main(int argc, char** argv) {
       s = v;
       continue;
     }
-    for (int t = 0; t < PMX_IT_NTENSORS; t++)
+    for (int t = 0; t < PX_IT_NTENSORS; t++)
       if (versions[t] != s + 1) {
         fprintf(stderr, "pmx_test_worker[rank %" PRIu64 "]: pull of step %" PRIu64
                         " returned version %" PRIu64 " for %s, want %" PRIu64 "\n",
-                rank, s, versions[t], pmx_it_tensor_name(t), s + 1);
+                rank, s, versions[t], px_it_tensor_name(t), s + 1);
         return 1;
       }
     if ((progress && s < 16) || (progress_every && s % progress_every == 0)) {
@@ -253,10 +253,10 @@ int main(int argc, char** argv) {
 
   FILE* f = fopen(out_path, "wb");
   if (!f) die("cannot open --out");
-  for (int t = 0; t < PMX_IT_NTENSORS; t++)
+  for (int t = 0; t < PX_IT_NTENSORS; t++)
     if (fwrite(params[t], sizeof(float), numel[t], f) != numel[t]) die("cannot write --out");
   if (fclose(f) != 0) die("cannot write --out");
-  for (int t = 0; t < PMX_IT_NTENSORS; t++) {
+  for (int t = 0; t < PX_IT_NTENSORS; t++) {
     free(params[t]);
     free(grads[t]);
   }

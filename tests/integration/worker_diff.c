@@ -71,7 +71,7 @@ typedef struct dtensor {
 } dtensor;
 
 static size_t g_n;          /* data tensors */
-static dtensor g_t[PMX_DM_MAX_TENSORS];
+static dtensor g_t[PX_DM_MAX_TENSORS];
 static int g_view;          /* 0 or PMX_BF16 */
 static FILE* g_out;
 
@@ -81,7 +81,7 @@ static size_t pulled_width(const dtensor* t) {
 }
 
 static void parse_tensor(const char* v) {
-  if (g_n == PMX_DM_MAX_TENSORS - 1) usage("too many --tensor");
+  if (g_n == PX_DM_MAX_TENSORS - 1) usage("too many --tensor");
   dtensor* t = &g_t[g_n];
   const char* c1 = strchr(v, ':');
   const char* c2 = c1 ? strchr(c1 + 1, ':') : NULL;
@@ -109,7 +109,7 @@ static void record(pmx_client* c, uint64_t step, int kind, size_t nt, const uint
                    void* const* bufs, const size_t* bytes) {
   pmx_client_stats now;
   pmx_client_get_stats(c, &now);
-  pmx_dm_rec r = {PMX_DM_REC_MAGIC, (uint32_t)step, (uint32_t)kind, (uint32_t)nt,
+  px_dm_rec r = {PX_DM_REC_MAGIC, (uint32_t)step, (uint32_t)kind, (uint32_t)nt,
                   now.pull_wire_bytes - g_last.pull_wire_bytes,
                   now.pull_raw_bytes - g_last.pull_raw_bytes,
                   now.pull_unchanged_chunks - g_last.pull_unchanged_chunks,
@@ -122,8 +122,8 @@ static void record(pmx_client* c, uint64_t step, int kind, size_t nt, const uint
 
 /* f32 -> the 16-bit dtype, round to nearest even. */
 static void to_dtype(pmx_dtype dt, const float* src, uint16_t* dst, size_t n) {
-  if (dt == PMX_BF16) pmx_f32_to_bf16_n(src, dst, n);
-  else pmx_f32_to_f16_n(src, dst, n);
+  if (dt == PMX_BF16) px_f32_to_bf16_n(src, dst, n);
+  else px_f32_to_f16_n(src, dst, n);
 }
 
 static void* alloc_garbage(size_t bytes) {
@@ -135,9 +135,9 @@ static void* alloc_garbage(size_t bytes) {
 
 /* Pulls the data tensors at min_version s into bufs and checks the versions. */
 static void pull_data(pmx_client* c, uint64_t s, int kind, void** bufs) {
-  pmx_tensor* hs[PMX_DM_MAX_TENSORS];
-  uint64_t versions[PMX_DM_MAX_TENSORS];
-  size_t bytes[PMX_DM_MAX_TENSORS];
+  pmx_tensor* hs[PX_DM_MAX_TENSORS];
+  uint64_t versions[PX_DM_MAX_TENSORS];
+  size_t bytes[PX_DM_MAX_TENSORS];
   for (size_t i = 0; i < g_n; i++) {
     hs[i] = g_t[i].h;
     bytes[i] = g_t[i].numel * pulled_width(&g_t[i]);
@@ -200,7 +200,7 @@ int main(int argc, char** argv) {
           "--tensor NAME:DTYPE:NUMEL ...");
   for (const char* p = plan; *p; p++)
     if (!strchr("pfr.", *p)) usage("--plan: characters p, f, r, .");
-  if (plan[0] == PMX_DM_SKIP) usage("--plan: step 0 must pull");
+  if (plan[0] == PX_DM_SKIP) usage("--plan: step 0 must pull");
   g_rank = (uint32_t)rank;
 
   /* The sync tensor is the last one, index g_n. */
@@ -227,7 +227,7 @@ int main(int argc, char** argv) {
     t->grad16 = malloc(t->numel * sizeof(uint16_t));
     t->held = alloc_garbage(t->numel * (i == g_n ? 4 : pulled_width(t)));
     if (!t->f32 || !t->grad || !t->grad16) die("out of memory");
-    if (pmx_dm_init((uint32_t)i, t->f32, t->numel) != 0) die("initializer failed");
+    if (px_dm_init((uint32_t)i, t->f32, t->numel) != 0) die("initializer failed");
     const void* values = t->f32;
     if (t->dtype != PMX_F32) {
       to_dtype(t->dtype, t->f32, t->grad16, t->numel);
@@ -246,9 +246,9 @@ int main(int argc, char** argv) {
   if (!g_out) die("cannot open --out");
   pmx_client_get_stats(c, &g_last);
 
-  pmx_tensor* hs[PMX_DM_MAX_TENSORS];
-  const void* grads[PMX_DM_MAX_TENSORS];
-  void* bufs[PMX_DM_MAX_TENSORS];
+  pmx_tensor* hs[PX_DM_MAX_TENSORS];
+  const void* grads[PX_DM_MAX_TENSORS];
+  void* bufs[PX_DM_MAX_TENSORS];
   for (uint64_t s = 0; s <= steps; s++) {
     /* 1. sync */
     uint64_t v = 0;
@@ -260,15 +260,15 @@ int main(int argc, char** argv) {
 
     /* 2. data tensors */
     const char act = plan[s];
-    if (act == PMX_DM_PULL || act == PMX_DM_REPEAT) {
+    if (act == PX_DM_PULL || act == PX_DM_REPEAT) {
       for (size_t i = 0; i < g_n; i++) bufs[i] = g_t[i].held;
-      pull_data(c, s, PMX_DM_PULL, bufs);
-      if (act == PMX_DM_REPEAT) pull_data(c, s, PMX_DM_REPEAT, bufs);
-    } else if (act == PMX_DM_FRESH) {
+      pull_data(c, s, PX_DM_PULL, bufs);
+      if (act == PX_DM_REPEAT) pull_data(c, s, PX_DM_REPEAT, bufs);
+    } else if (act == PX_DM_FRESH) {
       /* allocated before the old buffers are freed: new addresses, so libparamex cannot
        * mistake them for the buffers it last filled */
       for (size_t i = 0; i < g_n; i++) bufs[i] = alloc_garbage(g_t[i].numel * pulled_width(&g_t[i]));
-      pull_data(c, s, PMX_DM_FRESH, bufs);
+      pull_data(c, s, PX_DM_FRESH, bufs);
       for (size_t i = 0; i < g_n; i++) {
         free(g_t[i].held);
         g_t[i].held = bufs[i];
@@ -281,9 +281,9 @@ int main(int argc, char** argv) {
       dtensor* t = &g_t[i];
       bool wide = i == g_n || (t->dtype == PMX_F32 && g_view == 0);
       if (wide) memcpy(t->f32, t->held, t->numel * sizeof(float));
-      else if (t->dtype == PMX_F16) pmx_f16_to_f32_n(t->held, t->f32, t->numel);
-      else pmx_bf16_to_f32_n(t->held, t->f32, t->numel);
-      if (pmx_dm_grad((uint32_t)i, (uint32_t)rank, s, t->f32, t->grad, t->numel) != 0)
+      else if (t->dtype == PMX_F16) px_f16_to_f32_n(t->held, t->f32, t->numel);
+      else px_bf16_to_f32_n(t->held, t->f32, t->numel);
+      if (px_dm_grad((uint32_t)i, (uint32_t)rank, s, t->f32, t->grad, t->numel) != 0)
         die("gradient failed");
       hs[i] = t->h;
       grads[i] = t->grad;
@@ -298,7 +298,7 @@ int main(int argc, char** argv) {
 
   pmx_client_stats cs;
   pmx_client_get_stats(c, &cs);
-  pmx_dm_rec e = {PMX_DM_REC_MAGIC, (uint32_t)steps, 'E', 0, cs.pull_wire_bytes, cs.pull_raw_bytes,
+  px_dm_rec e = {PX_DM_REC_MAGIC, (uint32_t)steps, 'E', 0, cs.pull_wire_bytes, cs.pull_raw_bytes,
                   cs.pull_unchanged_chunks, cs.checksum_failures, cs.push_wire_bytes,
                   cs.push_raw_bytes};
   write_or_die(&e, sizeof e);

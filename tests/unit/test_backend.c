@@ -70,14 +70,14 @@ static float ref_f16_f32(uint16_t u) {
   return (float)h;
 }
 static float round_to(int dtype, float f) {
-  if (dtype == PMX_DT_BF16) return ref_bf16_f32(ref_bf16(f));
-  if (dtype == PMX_DT_F16) return ref_f16_f32(ref_f16(f));
+  if (dtype == PX_DT_BF16) return ref_bf16_f32(ref_bf16(f));
+  if (dtype == PX_DT_F16) return ref_f16_f32(ref_f16(f));
   return f;
 }
 /* the native word of f in dtype */
 static uint32_t word_of(int dtype, float f) {
-  if (dtype == PMX_DT_BF16) return ref_bf16(f);
-  if (dtype == PMX_DT_F16) return ref_f16(f);
+  if (dtype == PX_DT_BF16) return ref_bf16(f);
+  if (dtype == PX_DT_F16) return ref_f16(f);
   return bits32(f);
 }
 static uint32_t load_word(const void* p, size_t i, int width) {
@@ -148,7 +148,7 @@ static void log_add(outlog* l, const void* p, size_t n) {
   l->len += n;
 }
 
-static pmx_service g_svc;
+static px_service g_svc;
 
 static void svc_up(const scenario* sc, const char* dev) {
   char w[16], lr[32], mu[32], wd[32];
@@ -158,25 +158,25 @@ static void svc_up(const scenario* sc, const char* dev) {
   snprintf(wd, sizeof wd, "%.9g", sc->wd);
   char* argv[] = {"paramex-server", "--device", (char*)dev, "--workers", w, "--lr", lr,
                   "--momentum", mu, "--weight-decay", wd, "--chunk-bytes", "4K", "--threads", "1"};
-  pmx_config cfg;
-  assert_int_equal(pmx_config_parse(&cfg, (int)(sizeof argv / sizeof argv[0]), argv), 0);
+  px_config cfg;
+  assert_int_equal(px_config_parse(&cfg, (int)(sizeof argv / sizeof argv[0]), argv), 0);
   char err[512] = "";
-  if (pmx_service_init(&g_svc, &cfg, err, sizeof err) != 0) fail_msg("service init: %s", err);
+  if (px_service_init(&g_svc, &cfg, err, sizeof err) != 0) fail_msg("service init: %s", err);
 }
 
 /* Compares a backend's native words with the reference (exact, or within the tolerance
  * of the header comment). */
 static void expect_words(const scenario* sc, const void* got, const float* ref, size_t n,
                          bool exact, const char* what, int step) {
-  const int width = (int)pmx_dtype_size(sc->dtype);
+  const int width = (int)px_dtype_size(sc->dtype);
   for (size_t i = 0; i < n; i++) {
     uint32_t g = load_word(got, i, width), r = word_of(sc->dtype, ref[i]);
     if (g == r) continue;
     if (!exact) {
-      float gf = sc->dtype == PMX_DT_F32    ? from32(g)
-                 : sc->dtype == PMX_DT_BF16 ? ref_bf16_f32((uint16_t)g)
+      float gf = sc->dtype == PX_DT_F32    ? from32(g)
+                 : sc->dtype == PX_DT_BF16 ? ref_bf16_f32((uint16_t)g)
                                             : ref_f16_f32((uint16_t)g);
-      bool close = sc->dtype == PMX_DT_F32 ? fabsf(gf - ref[i]) <= 1e-5f
+      bool close = sc->dtype == PX_DT_F32 ? fabsf(gf - ref[i]) <= 1e-5f
                                            : (g > r ? g - r : r - g) <= 1;
       if (close) continue;
     }
@@ -187,8 +187,8 @@ static void expect_words(const scenario* sc, const void* got, const float* ref, 
 
 /* Declares sc's tensor on g_svc with its initial values; pref (may be NULL) gets them as
  * f32 values. */
-static pmx_tensor_state* declare(const scenario* sc, float* pref) {
-  const size_t es = pmx_dtype_size(sc->dtype), n = sc->numel;
+static px_tensor_state* declare(const scenario* sc, float* pref) {
+  const size_t es = px_dtype_size(sc->dtype), n = sc->numel;
   uint8_t* init = malloc(n * es);
   assert_non_null(init);
   for (size_t i = 0; i < n; i++) {
@@ -198,12 +198,12 @@ static pmx_tensor_state* declare(const scenario* sc, float* pref) {
     memcpy(init + i * es, &wv, es); /* little endian: the low bytes */
   }
   const uint64_t shape[1] = {n};
-  pmx_declare_args a = {.name = sc->name, .dtype = sc->dtype, .shape = shape, .ndim = 1,
+  px_declare_args a = {.name = sc->name, .dtype = sc->dtype, .shape = shape, .ndim = 1,
                         .values = init, .values_len = n * es};
-  pmx_tensor_state* t = NULL;
+  px_tensor_state* t = NULL;
   bool created = false;
   char err[512];
-  if (pmx_store_declare(&g_svc, &a, &t, &created, err, sizeof err) != PMX_ST_OK)
+  if (px_store_declare(&g_svc, &a, &t, &created, err, sizeof err) != PX_ST_OK)
     fail_msg("declare: %s", err);
   assert_true(t->nchunks >= 2);
   free(init);
@@ -213,22 +213,22 @@ static pmx_tensor_state* declare(const scenario* sc, float* pref) {
 /* Returns the number of devices the backend used. */
 static uint32_t run(const scenario* sc, const char* dev, outlog* log) {
   svc_up(sc, dev);
-  pmx_backend* b = g_svc.backend;
+  px_backend* b = g_svc.backend;
   const uint32_t ndev = b->ndev;
   const bool exact = ndev == 1;
-  const size_t es = pmx_dtype_size(sc->dtype), n = sc->numel;
+  const size_t es = px_dtype_size(sc->dtype), n = sc->numel;
   float* pref = malloc(n * sizeof(float));   /* reference parameters (f32 values) */
   float* mref = calloc(n, sizeof(float));    /* reference momentum */
   assert_true(pref && mref);
-  pmx_tensor_state* t = declare(sc, pref);
+  px_tensor_state* t = declare(sc, pref);
 
   bool first = true;
   for (int s = 0; s <= sc->steps; s++) {
     const bool restore_step = s == sc->steps; /* the last step follows a momentum restore */
     for (uint32_t k = 0; k < t->nchunks; k++) {
-      pmx_chunk_state* c = &t->chunks[k];
+      px_chunk_state* c = &t->chunks[k];
       const size_t m = c->elems, off = (size_t)k * t->chunk_elems;
-      float* g = pmx_buf_get(g_svc.cfg.chunk_bytes);
+      float* g = px_buf_get(g_svc.cfg.chunk_bytes);
       float* sum = malloc(m * sizeof(float));
       uint8_t* old = malloc(m * es);
       assert_true(g && sum && old);
@@ -252,12 +252,12 @@ static uint32_t run(const scenario* sc, const char* dev, outlog* log) {
         /* rank 0 hands its buffer over, the way the push handler does */
         assert_int_equal(b->ops->accumulate(b, t, c, r, g, r == 0, &taken), 0);
         if (taken) {
-          g = pmx_buf_get(g_svc.cfg.chunk_bytes);
+          g = px_buf_get(g_svc.cfg.chunk_bytes);
           assert_non_null(g);
         }
       }
-      pmx_step_io io = {.ncontrib = sc->workers, .first = c->mom_first};
-      const bool v1 = sc->view1 && sc->dtype == PMX_DT_F32;
+      px_step_io io = {.ncontrib = sc->workers, .first = c->mom_first};
+      const bool v1 = sc->view1 && sc->dtype == PX_DT_F32;
       if (sc->view1 || sc->enc) io.bits[0] = malloc(m * es);
       if (v1) io.bits[1] = malloc(m * 2);
       if (sc->enc) io.enc[0] = malloc(m * es);
@@ -266,7 +266,7 @@ static uint32_t run(const scenario* sc, const char* dev, outlog* log) {
       c->mom_first = false;
       pthread_mutex_unlock(&c->mu);
 
-      /* the reference step (pmx_sgd_apply's formula, written out) */
+      /* the reference step (px_sgd_apply's formula, written out) */
       for (size_t i = 0; i < m; i++) {
         float gr = sum[i] / (float)sc->workers, p = pref[off + i];
         if (sc->wd != 0.0f) gr = gr + sc->wd * p;
@@ -309,7 +309,7 @@ static uint32_t run(const scenario* sc, const char* dev, outlog* log) {
       free(io.bits[1]);
       free(io.enc[0]);
       free(io.enc[1]);
-      pmx_buf_put(g, g_svc.cfg.chunk_bytes);
+      px_buf_put(g, g_svc.cfg.chunk_bytes);
       free(sum);
       free(old);
     }
@@ -318,7 +318,7 @@ static uint32_t run(const scenario* sc, const char* dev, outlog* log) {
 
   /* views and the checkpoint snapshot of the final state */
   for (uint32_t k = 0; k < t->nchunks; k++) {
-    pmx_chunk_state* c = &t->chunks[k];
+    px_chunk_state* c = &t->chunks[k];
     const size_t m = c->elems, off = (size_t)k * t->chunk_elems;
     uint8_t* p = malloc(m * es);
     float* mom = malloc(m * sizeof(float));
@@ -328,7 +328,7 @@ static uint32_t run(const scenario* sc, const char* dev, outlog* log) {
     b->ops->snapshot(b, t, c, p, b->momentum ? mom : NULL);
     b->ops->read_view(b, t, c, 0, v);
     assert_memory_equal(v, c->params, m * es);
-    if (sc->dtype == PMX_DT_F32) b->ops->read_view(b, t, c, 1, v);
+    if (sc->dtype == PX_DT_F32) b->ops->read_view(b, t, c, 1, v);
     pthread_mutex_unlock(&c->mu);
     expect_words(sc, p, pref + off, m, exact, "snapshot", sc->steps);
     log_add(log, p, m * es);
@@ -339,7 +339,7 @@ static uint32_t run(const scenario* sc, const char* dev, outlog* log) {
                    (double)mom[i], (double)mref[off + i]);
       log_add(log, mom, m * sizeof(float));
     }
-    if (sc->dtype == PMX_DT_F32) {
+    if (sc->dtype == PX_DT_F32) {
       for (size_t i = 0; i < m; i++) assert_int_equal(v[i], ref_bf16(from32(load_word(p, i, 4))));
       log_add(log, v, m * 2);
     }
@@ -349,7 +349,7 @@ static uint32_t run(const scenario* sc, const char* dev, outlog* log) {
   }
   free(pref);
   free(mref);
-  pmx_service_deinit(&g_svc);
+  px_service_deinit(&g_svc);
   return ndev;
 }
 
@@ -374,32 +374,32 @@ static void conform(const scenario* sc) {
 
 static void test_f32_plain(void** state) {
   (void)state;
-  const scenario sc = {"f32-plain", PMX_DT_F32, PMX_DT_F32, 3000, 3, 0.5f, 0, 0, 2, true, true, 0};
+  const scenario sc = {"f32-plain", PX_DT_F32, PX_DT_F32, 3000, 3, 0.5f, 0, 0, 2, true, true, 0};
   conform(&sc);
 }
 
 static void test_f32_momentum_wd_bf16_pushes(void** state) {
   (void)state;
-  const scenario sc = {"f32-momentum", PMX_DT_F32, PMX_DT_BF16, 2500, 4, 0.1f, 0.9f, 0.01f, 3,
+  const scenario sc = {"f32-momentum", PX_DT_F32, PX_DT_BF16, 2500, 4, 0.1f, 0.9f, 0.01f, 3,
                        true, true, 0};
   conform(&sc);
 }
 
 static void test_bf16_tensor(void** state) {
   (void)state;
-  const scenario sc = {"bf16", PMX_DT_BF16, PMX_DT_BF16, 2100, 2, 0.25f, 0.9f, 0, 3, false, true, 0};
+  const scenario sc = {"bf16", PX_DT_BF16, PX_DT_BF16, 2100, 2, 0.25f, 0.9f, 0, 3, false, true, 0};
   conform(&sc);
 }
 
 static void test_f16_tensor(void** state) {
   (void)state;
-  const scenario sc = {"f16", PMX_DT_F16, PMX_DT_F16, 1500, 3, 0.125f, 0, 0.01f, 2, false, true, 0};
+  const scenario sc = {"f16", PX_DT_F16, PX_DT_F16, 1500, 3, 0.125f, 0, 0.01f, 2, false, true, 0};
   conform(&sc);
 }
 
 static void test_no_outputs(void** state) {
   (void)state;
-  const scenario sc = {"bare", PMX_DT_F32, PMX_DT_F32, 2049, 1, 0.5f, 0.5f, 0, 2, false, false, 0};
+  const scenario sc = {"bare", PX_DT_F32, PX_DT_F32, 2049, 1, 0.5f, 0.5f, 0, 2, false, false, 0};
   conform(&sc);
 }
 
@@ -407,7 +407,7 @@ static void test_no_outputs(void** state) {
  * subnormal paths of both 16-bit conversions. */
 static void test_f16_subnormal(void** state) {
   (void)state;
-  const scenario sc = {"f16-subnormal", PMX_DT_F16, PMX_DT_F16, 2100, 3, 0.5f, 0.9f, 0, 3,
+  const scenario sc = {"f16-subnormal", PX_DT_F16, PX_DT_F16, 2100, 3, 0.5f, 0.9f, 0, 3,
                        false, true, 0x1p-15f};
   conform(&sc);
 }
@@ -416,7 +416,7 @@ static void test_f16_subnormal(void** state) {
  * bf16 view. A device that flushed subnormals to zero (-ftz=true) fails this. */
 static void test_f32_subnormal(void** state) {
   (void)state;
-  const scenario sc = {"f32-subnormal", PMX_DT_F32, PMX_DT_F32, 2500, 2, 0.25f, 0.5f, 0.5f, 3,
+  const scenario sc = {"f32-subnormal", PX_DT_F32, PX_DT_F32, 2500, 2, 0.25f, 0.5f, 0.5f, 3,
                        true, true, 0x1p-125f};
   conform(&sc);
 }
@@ -431,8 +431,8 @@ static void test_f32_subnormal(void** state) {
 
 typedef struct mt_run {
   const scenario* sc;
-  pmx_backend* b;
-  pmx_tensor_state* t;
+  px_backend* b;
+  px_tensor_state* t;
   int step;             /* 0..steps-1: a step; steps: the final snapshot and views */
   uint32_t nth;
   size_t slot;          /* output bytes per chunk and step */
@@ -449,12 +449,12 @@ static void* mt_thread(void* p) {
   mt_arg* a = p;
   mt_run* r = a->r;
   const scenario* sc = r->sc;
-  pmx_backend* b = r->b;
-  pmx_tensor_state* t = r->t;
-  const size_t es = pmx_dtype_size(sc->dtype), ce = t->chunk_elems;
-  const bool v1 = sc->dtype == PMX_DT_F32;
+  px_backend* b = r->b;
+  px_tensor_state* t = r->t;
+  const size_t es = px_dtype_size(sc->dtype), ce = t->chunk_elems;
+  const bool v1 = sc->dtype == PX_DT_F32;
   for (uint32_t k = a->id; k < t->nchunks; k += r->nth) {
-    pmx_chunk_state* c = &t->chunks[k];
+    px_chunk_state* c = &t->chunks[k];
     const size_t m = c->elems, off = (size_t)k * ce;
     uint8_t* o = r->out + ((size_t)r->step * t->nchunks + k) * r->slot;
     if (r->step == sc->steps) { /* layout: params, momentum, bf16 view */
@@ -464,7 +464,7 @@ static void* mt_thread(void* p) {
       pthread_mutex_unlock(&c->mu);
       continue;
     }
-    float* g = pmx_buf_get(g_svc.cfg.chunk_bytes);
+    float* g = px_buf_get(g_svc.cfg.chunk_bytes);
     if (!g) {
       __atomic_store_n(&r->failed, 1, __ATOMIC_RELAXED);
       return NULL;
@@ -476,7 +476,7 @@ static void* mt_thread(void* p) {
       bool taken = false;
       if (b->ops->accumulate(b, t, c, w, g, w == 0, &taken) != 0)
         __atomic_store_n(&r->failed, 1, __ATOMIC_RELAXED);
-      if (taken) g = pmx_buf_get(g_svc.cfg.chunk_bytes);
+      if (taken) g = px_buf_get(g_svc.cfg.chunk_bytes);
       if (!g) {
         __atomic_store_n(&r->failed, 1, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&c->mu);
@@ -484,7 +484,7 @@ static void* mt_thread(void* p) {
       }
     }
     /* layout: params (the host mirror), new bits, bf16 view, encoder input 0, 1 */
-    pmx_step_io io = {.ncontrib = sc->workers, .first = c->mom_first};
+    px_step_io io = {.ncontrib = sc->workers, .first = c->mom_first};
     io.bits[0] = o + ce * es;
     if (v1) io.bits[1] = o + 2 * ce * es;
     io.enc[0] = o + 2 * ce * es + ce * 2;
@@ -493,7 +493,7 @@ static void* mt_thread(void* p) {
     c->mom_first = false;
     memcpy(o, c->params, m * es);
     pthread_mutex_unlock(&c->mu);
-    pmx_buf_put(g, g_svc.cfg.chunk_bytes);
+    px_buf_put(g, g_svc.cfg.chunk_bytes);
   }
   return NULL;
 }
@@ -505,7 +505,7 @@ static uint8_t* run_mt(const scenario* sc, const char* dev, uint32_t nth, uint32
   mt_run r = {.sc = sc, .b = g_svc.backend, .nth = nth};
   r.t = declare(sc, NULL);
   *ndev = r.b->ndev;
-  const size_t es = pmx_dtype_size(sc->dtype), ce = r.t->chunk_elems;
+  const size_t es = px_dtype_size(sc->dtype), ce = r.t->chunk_elems;
   r.slot = ce * (3 * es + 4); /* the larger of the step layout and the snapshot layout */
   if (r.slot < ce * (es + 4 + 2)) r.slot = ce * (es + 4 + 2);
   *len = (size_t)(sc->steps + 1) * r.t->nchunks * r.slot;
@@ -522,14 +522,14 @@ static uint8_t* run_mt(const scenario* sc, const char* dev, uint32_t nth, uint32
     for (uint32_t i = 0; i < nth; i++) pthread_join(th[i], NULL);
     if (r.failed) fail_msg("%s on %s: the backend refused a contribution", sc->name, dev);
   }
-  pmx_service_deinit(&g_svc);
+  px_service_deinit(&g_svc);
   return r.out;
 }
 
 static void test_concurrent_chunks(void** state) {
   (void)state;
   /* 41 chunks of 1024 elements (4K chunks), the last one partial */
-  const scenario sc = {"concurrent", PMX_DT_F32, PMX_DT_BF16, 40 * 1024 + 300, 4, 0.1f, 0.9f,
+  const scenario sc = {"concurrent", PX_DT_F32, PX_DT_BF16, 40 * 1024 + 300, 4, 0.1f, 0.9f,
                        0.01f, 3, true, true, 0};
   uint32_t ndev = 0, ndev_cpu = 0;
   size_t len = 0, len_cpu = 0;
@@ -567,23 +567,23 @@ static void test_gpu_lists(void** state) {
   int ids[4];
   uint32_t n = 0;
   char err[256];
-  assert_int_equal(pmx_gpu_list_parse("0,1,3", ids, 4, &n, err, sizeof err), 0);
+  assert_int_equal(px_gpu_list_parse("0,1,3", ids, 4, &n, err, sizeof err), 0);
   assert_int_equal(n, 3);
   assert_int_equal(ids[2], 3);
   const char* bad[] = {"", "a", "0,0", "1,", ",1", "-1", "2x", "0,1,2,3,4", "99999"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     err[0] = 0;
-    assert_int_equal(pmx_gpu_list_parse(bad[i], ids, 4, &n, err, sizeof err), -1);
+    assert_int_equal(px_gpu_list_parse(bad[i], ids, 4, &n, err, sizeof err), -1);
     assert_non_null(strstr(err, "--gpus"));
     assert_null(strchr(err, '\n'));
   }
-  pmx_config cfg;
+  px_config cfg;
   char* a1[] = {"paramex-server", "--gpus", "0"}; /* needs --device cuda */
-  assert_int_equal(pmx_config_parse(&cfg, 3, a1), 2);
+  assert_int_equal(px_config_parse(&cfg, 3, a1), 2);
   char* a2[] = {"paramex-server", "--device", "tpu"};
-  assert_int_equal(pmx_config_parse(&cfg, 3, a2), 2);
+  assert_int_equal(px_config_parse(&cfg, 3, a2), 2);
   char* a3[] = {"paramex-server", "--device", "cuda", "--gpus", "1,0"};
-  assert_int_equal(pmx_config_parse(&cfg, 5, a3), 0);
+  assert_int_equal(px_config_parse(&cfg, 5, a3), 0);
   assert_int_equal(cfg.ngpus, 2);
   assert_int_equal(cfg.gpu_ids[0], 1);
 }
@@ -592,17 +592,17 @@ static void test_gpu_lists(void** state) {
 static void test_cuda_refusal(void** state) {
   (void)state;
   char why[256];
-  if (pmx_backend_cuda_available(why, sizeof why)) skip();
-  pmx_config cfg;
+  if (px_backend_cuda_available(why, sizeof why)) skip();
+  px_config cfg;
   char* argv[] = {"paramex-server", "--device", "cuda"};
-  assert_int_equal(pmx_config_parse(&cfg, 3, argv), 0);
-  pmx_backend* b = NULL;
+  assert_int_equal(px_config_parse(&cfg, 3, argv), 0);
+  px_backend* b = NULL;
   char err[512] = "";
-  int rc = pmx_backend_create(&cfg, &b, err, sizeof err);
+  int rc = px_backend_create(&cfg, &b, err, sizeof err);
   assert_true(rc == -1 || rc == -2);
   assert_null(b);
   assert_null(strchr(err, '\n'));
-#ifdef PMX_HAVE_CUDA
+#ifdef PX_HAVE_CUDA
   assert_int_equal(rc, -1);
   assert_non_null(strstr(err, "--device cuda: cuda"));
 #else
@@ -613,14 +613,14 @@ static void test_cuda_refusal(void** state) {
 
 static int group_setup(void** state) {
   (void)state;
-  pmx_log_threshold = PMX_LOG_WARN;
-  pmx_rpc_init();
+  px_log_threshold = PX_LOG_WARN;
+  px_rpc_init();
   return 0;
 }
 
 static int group_teardown(void** state) {
   (void)state;
-  pmx_rpc_shutdown();
+  px_rpc_shutdown();
   return 0;
 }
 
@@ -631,7 +631,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   char why[256];
-  if (strcmp(g_dev, "cuda") == 0 && !pmx_backend_cuda_available(why, sizeof why)) {
+  if (strcmp(g_dev, "cuda") == 0 && !px_backend_cuda_available(why, sizeof why)) {
     const char* req = getenv("PMX_TEST_REQUIRE_GPU");
     if (req && strcmp(req, "1") == 0) {
       fprintf(stderr, "test_backend cuda: no usable GPU (%s) and PMX_TEST_REQUIRE_GPU=1\n", why);

@@ -12,17 +12,17 @@
 
 static void test_dtypes(void** state) {
   (void)state;
-  assert_int_equal(pmx_dtype_size(PMX_DT_F32), 4);
-  assert_int_equal(pmx_dtype_size(PMX_DT_BF16), 2);
-  assert_int_equal(pmx_dtype_size(PMX_DT_F16), 2);
-  assert_int_equal(pmx_dtype_size(0), 0);
-  assert_int_equal(pmx_dtype_size(4), 0);
-  assert_int_equal(pmx_dtype_size(-1), 0);
-  assert_string_equal(pmx_dtype_name(PMX_DT_F32), "f32");
-  assert_string_equal(pmx_dtype_name(PMX_DT_BF16), "bf16");
-  assert_string_equal(pmx_dtype_name(PMX_DT_F16), "f16");
-  assert_string_equal(pmx_dtype_name(0), "?");
-  assert_string_equal(pmx_dtype_name(99), "?");
+  assert_int_equal(px_dtype_size(PX_DT_F32), 4);
+  assert_int_equal(px_dtype_size(PX_DT_BF16), 2);
+  assert_int_equal(px_dtype_size(PX_DT_F16), 2);
+  assert_int_equal(px_dtype_size(0), 0);
+  assert_int_equal(px_dtype_size(4), 0);
+  assert_int_equal(px_dtype_size(-1), 0);
+  assert_string_equal(px_dtype_name(PX_DT_F32), "f32");
+  assert_string_equal(px_dtype_name(PX_DT_BF16), "bf16");
+  assert_string_equal(px_dtype_name(PX_DT_F16), "f16");
+  assert_string_equal(px_dtype_name(0), "?");
+  assert_string_equal(px_dtype_name(99), "?");
 }
 
 /* Chunk checksums are XXH3-64 with seed 0. Expected values: "" and "a" are the published
@@ -31,9 +31,9 @@ static void test_dtypes(void** state) {
  * lengths that cross every code path of the algorithm). */
 static void test_checksum_vectors(void** state) {
   (void)state;
-  assert_true(pmx_checksum("", 0) == UINT64_C(0x2D06800538D394C2));
-  assert_true(pmx_checksum(NULL, 0) == UINT64_C(0x2D06800538D394C2));
-  assert_true(pmx_checksum("a", 1) == UINT64_C(0xE6C632B61E964E1F));
+  assert_true(px_checksum("", 0) == UINT64_C(0x2D06800538D394C2));
+  assert_true(px_checksum(NULL, 0) == UINT64_C(0x2D06800538D394C2));
+  assert_true(px_checksum("a", 1) == UINT64_C(0xE6C632B61E964E1F));
   static uint8_t a[2243];
   uint64_t x = 1;
   for (size_t i = 0; i < sizeof a; i++) {
@@ -56,13 +56,13 @@ static void test_checksum_vectors(void** state) {
       {2243, UINT64_C(0x0979f786a24edde7)},
   };
   for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
-    if (pmx_checksum(a, v[i].len) != v[i].want)
+    if (px_checksum(a, v[i].len) != v[i].want)
       fail_msg("XXH3-64 of %zu bytes: %016llx, want %016llx", v[i].len,
-               (unsigned long long)pmx_checksum(a, v[i].len), (unsigned long long)v[i].want);
+               (unsigned long long)px_checksum(a, v[i].len), (unsigned long long)v[i].want);
   }
   /* one flipped bit changes it */
   a[500] ^= 1;
-  assert_true(pmx_checksum(a, sizeof a) != UINT64_C(0x0979f786a24edde7));
+  assert_true(px_checksum(a, sizeof a) != UINT64_C(0x0979f786a24edde7));
 }
 
 static uint32_t bits(float f) {
@@ -81,11 +81,11 @@ static void test_init_golden_values(void** state) {
   static const uint32_t uniform_42[] = {0x3f505f89, 0x3e8ce7d7, 0xbec73046, 0xbdb56dd3, 0xbf629067};
   for (int i = 0; i < 5; i++) {
     float v;
-    assert_int_equal(pmx_init_fill_f32(&v, idx[i], 1, PMX_FILL_NORMAL, 0.0f, 1.0f, 42), 0);
+    assert_int_equal(px_init_fill_f32(&v, idx[i], 1, PX_FILL_NORMAL, 0.0f, 1.0f, 42), 0);
     assert_int_equal(bits(v), normal_42[i]);
-    assert_int_equal(pmx_init_fill_f32(&v, idx[i], 1, PMX_FILL_NORMAL, 0.5f, 0.02f, 7), 0);
+    assert_int_equal(px_init_fill_f32(&v, idx[i], 1, PX_FILL_NORMAL, 0.5f, 0.02f, 7), 0);
     assert_int_equal(bits(v), normal_7[i]);
-    assert_int_equal(pmx_init_fill_f32(&v, idx[i], 1, PMX_FILL_UNIFORM, -1.0f, 1.0f, 42), 0);
+    assert_int_equal(px_init_fill_f32(&v, idx[i], 1, PX_FILL_UNIFORM, -1.0f, 1.0f, 42), 0);
     assert_int_equal(bits(v), uniform_42[i]);
   }
 }
@@ -93,7 +93,7 @@ static void test_init_golden_values(void** state) {
 static void test_init_chunking_independent(void** state) {
   (void)state;
   enum { N = 100003 };
-  static const int kinds[] = {PMX_FILL_ZEROS, PMX_FILL_CONSTANT, PMX_FILL_NORMAL, PMX_FILL_UNIFORM};
+  static const int kinds[] = {PX_FILL_ZEROS, PX_FILL_CONSTANT, PX_FILL_NORMAL, PX_FILL_UNIFORM};
   static const uint64_t firsts[] = {0, 12345, UINT64_C(1) << 40};
   float* whole = malloc(N * sizeof(float));
   float* parts = malloc(N * sizeof(float));
@@ -101,13 +101,13 @@ static void test_init_chunking_independent(void** state) {
   assert_non_null(parts);
   for (size_t k = 0; k < 4; k++) {
     for (size_t f = 0; f < 3; f++) {
-      assert_int_equal(pmx_init_fill_f32(whole, firsts[f], N, kinds[k], -0.5f, 2.0f, 99), 0);
+      assert_int_equal(px_init_fill_f32(whole, firsts[f], N, kinds[k], -0.5f, 2.0f, 99), 0);
       memset(parts, 0xFF, N * sizeof(float));
       size_t off = 0, step = 1;
       while (off < N) { /* irregular pieces: 1, 2, 5, 14, ... elements */
         size_t n = step < N - off ? step : N - off;
         assert_int_equal(
-            pmx_init_fill_f32(parts + off, firsts[f] + off, n, kinds[k], -0.5f, 2.0f, 99), 0);
+            px_init_fill_f32(parts + off, firsts[f] + off, n, kinds[k], -0.5f, 2.0f, 99), 0);
         off += n;
         step = step * 3 - 1;
       }
@@ -124,7 +124,7 @@ static void test_init_normal_moments(void** state) {
   const double mean = 3.0, sd = 2.0;
   float* v = malloc(N * sizeof(float));
   assert_non_null(v);
-  assert_int_equal(pmx_init_fill_f32(v, 0, N, PMX_FILL_NORMAL, (float)mean, (float)sd, 1234), 0);
+  assert_int_equal(px_init_fill_f32(v, 0, N, PX_FILL_NORMAL, (float)mean, (float)sd, 1234), 0);
   double s = 0, s2 = 0;
   size_t within1 = 0, within2 = 0;
   for (size_t i = 0; i < N; i++) {
@@ -150,7 +150,7 @@ static void test_init_uniform_bounds(void** state) {
   enum { N = 1000000 };
   float* v = malloc(N * sizeof(float));
   assert_non_null(v);
-  assert_int_equal(pmx_init_fill_f32(v, 0, N, PMX_FILL_UNIFORM, -0.25f, 0.75f, 5), 0);
+  assert_int_equal(px_init_fill_f32(v, 0, N, PX_FILL_UNIFORM, -0.25f, 0.75f, 5), 0);
   float lo = INFINITY, hi = -INFINITY;
   double s = 0;
   for (size_t i = 0; i < N; i++) {
@@ -165,7 +165,7 @@ static void test_init_uniform_bounds(void** state) {
   /* b one ulp above a: the double result rounds up to b for half the draws, and must
    * still be < b */
   const float a = 1.0f, b = nextafterf(1.0f, 2.0f);
-  assert_int_equal(pmx_init_fill_f32(v, 0, 10000, PMX_FILL_UNIFORM, a, b, 5), 0);
+  assert_int_equal(px_init_fill_f32(v, 0, 10000, PX_FILL_UNIFORM, a, b, 5), 0);
   for (size_t i = 0; i < 10000; i++) assert_true(v[i] == a);
   free(v);
 }
@@ -174,22 +174,22 @@ static void test_init_constant_zeros(void** state) {
   (void)state;
   float v[1000];
   memset(v, 0x7F, sizeof v);
-  assert_int_equal(pmx_init_fill_f32(v, 77, 1000, PMX_FILL_CONSTANT, -2.5f, 9.0f, 3), 0);
+  assert_int_equal(px_init_fill_f32(v, 77, 1000, PX_FILL_CONSTANT, -2.5f, 9.0f, 3), 0);
   for (int i = 0; i < 1000; i++) assert_true(v[i] == -2.5f);
   memset(v, 0x7F, sizeof v);
-  assert_int_equal(pmx_init_fill_f32(v, 77, 1000, PMX_FILL_ZEROS, -2.5f, 9.0f, 3), 0);
+  assert_int_equal(px_init_fill_f32(v, 77, 1000, PX_FILL_ZEROS, -2.5f, 9.0f, 3), 0);
   for (int i = 0; i < 1000; i++) assert_int_equal(bits(v[i]), 0); /* +0.0 */
   /* n == 0 writes nothing */
   v[0] = 5.0f;
-  assert_int_equal(pmx_init_fill_f32(v, 0, 0, PMX_FILL_CONSTANT, 1.0f, 0, 0), 0);
+  assert_int_equal(px_init_fill_f32(v, 0, 0, PX_FILL_CONSTANT, 1.0f, 0, 0), 0);
   assert_true(v[0] == 5.0f);
 }
 
 static void test_init_unknown_kind(void** state) {
   (void)state;
   float v[4] = {1, 2, 3, 4};
-  assert_int_equal(pmx_init_fill_f32(v, 0, 4, 4, 0, 1, 0), -1);
-  assert_int_equal(pmx_init_fill_f32(v, 0, 4, -1, 0, 1, 0), -1);
+  assert_int_equal(px_init_fill_f32(v, 0, 4, 4, 0, 1, 0), -1);
+  assert_int_equal(px_init_fill_f32(v, 0, 4, -1, 0, 1, 0), -1);
   assert_true(v[0] == 1 && v[3] == 4); /* untouched */
 }
 
@@ -197,11 +197,11 @@ static void test_init_seeds_differ(void** state) {
   (void)state;
   enum { N = 10000 };
   static float x[N], y[N], z[N];
-  static const int kinds[] = {PMX_FILL_NORMAL, PMX_FILL_UNIFORM};
+  static const int kinds[] = {PX_FILL_NORMAL, PX_FILL_UNIFORM};
   for (int k = 0; k < 2; k++) {
-    assert_int_equal(pmx_init_fill_f32(x, 0, N, kinds[k], 0, 1, 1), 0);
-    assert_int_equal(pmx_init_fill_f32(y, 0, N, kinds[k], 0, 1, 2), 0);
-    assert_int_equal(pmx_init_fill_f32(z, 0, N, kinds[k], 0, 1, 1), 0);
+    assert_int_equal(px_init_fill_f32(x, 0, N, kinds[k], 0, 1, 1), 0);
+    assert_int_equal(px_init_fill_f32(y, 0, N, kinds[k], 0, 1, 2), 0);
+    assert_int_equal(px_init_fill_f32(z, 0, N, kinds[k], 0, 1, 1), 0);
     assert_memory_equal(x, z, sizeof x); /* deterministic */
     size_t same = 0, shifted = 0;
     for (size_t i = 0; i < N; i++) {

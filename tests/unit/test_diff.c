@@ -133,12 +133,12 @@ static void check_exhaustive(int ebits, int mbits, float (*to32)(uint16_t),
 
 static void test_bf16_exhaustive(void** st) {
   (void)st;
-  check_exhaustive(8, 7, pmx_bf16_to_f32, pmx_f32_to_bf16, pmx_bf16_to_f32_n, pmx_f32_to_bf16_n);
+  check_exhaustive(8, 7, px_bf16_to_f32, px_f32_to_bf16, px_bf16_to_f32_n, px_f32_to_bf16_n);
 }
 
 static void test_f16_exhaustive(void** st) {
   (void)st;
-  check_exhaustive(5, 10, pmx_f16_to_f32, pmx_f32_to_f16, pmx_f16_to_f32_n, pmx_f32_to_f16_n);
+  check_exhaustive(5, 10, px_f16_to_f32, px_f32_to_f16, px_f16_to_f32_n, px_f32_to_f16_n);
 }
 
 /* ---- dtype: f32 -> 16-bit rounding sweeps ------------------------------------------ */
@@ -183,7 +183,7 @@ static void sweep(const uint16_t* lows, size_t nlows, int ebits, int mbits,
 static void test_bf16_rounding_sweep(void** st) {
   (void)st;
   static const uint16_t lows[] = {0, 1, 0x7fff, 0x8000, 0x8001, 0xffff};
-  sweep(lows, sizeof lows / sizeof lows[0], 8, 7, pmx_f32_to_bf16, pmx_f32_to_bf16_n);
+  sweep(lows, sizeof lows / sizeof lows[0], 8, 7, px_f32_to_bf16, px_f32_to_bf16_n);
 }
 
 /* f16 drops 13 bits from normal f32s, 14-15 bits for the largest f16 subnormals and 16+
@@ -193,7 +193,7 @@ static void test_f16_rounding_sweep(void** st) {
   (void)st;
   static const uint16_t lows[] = {0,      1,      0x0fff, 0x1000, 0x1001, 0x3000, 0x2000,
                                   0x6000, 0x4000, 0xc000, 0x7fff, 0x8000, 0x8001, 0xffff};
-  sweep(lows, sizeof lows / sizeof lows[0], 5, 10, pmx_f32_to_f16, pmx_f32_to_f16_n);
+  sweep(lows, sizeof lows / sizeof lows[0], 5, 10, px_f32_to_f16, px_f32_to_f16_n);
 }
 
 /* Nextafter reasoning, no reference rounding: for every finite non-negative pattern h
@@ -225,33 +225,33 @@ static void check_ties(int ebits, int mbits, uint16_t (*to16)(float)) {
 
 static void test_bf16_ties(void** st) {
   (void)st;
-  check_ties(8, 7, pmx_f32_to_bf16);
+  check_ties(8, 7, px_f32_to_bf16);
   /* the largest finite f32 is above the last midpoint 0x1.ffp127 */
-  assert_int_equal(pmx_f32_to_bf16(fbits(0x7f7fffffu)), 0x7f80);
-  assert_int_equal(pmx_f32_to_bf16(fbits(0x7f7f7fffu)), 0x7f7f);
+  assert_int_equal(px_f32_to_bf16(fbits(0x7f7fffffu)), 0x7f80);
+  assert_int_equal(px_f32_to_bf16(fbits(0x7f7f7fffu)), 0x7f7f);
 }
 
 static void test_f16_ties_and_edges(void** st) {
   (void)st;
-  check_ties(5, 10, pmx_f32_to_f16);
-  assert_int_equal(pmx_f32_to_f16(65504.0f), 0x7bff);
-  assert_int_equal(pmx_f32_to_f16(65519.996f), 0x7bff);
-  assert_int_equal(pmx_f32_to_f16(65520.0f), 0x7c00);
-  assert_int_equal(pmx_f32_to_f16(-1e10f), 0xfc00);
-  assert_int_equal(pmx_f32_to_f16(fbits(0x7f7fffffu)), 0x7c00);
-  assert_int_equal(pmx_f32_to_f16(0x1.0p-24f), 0x0001);
-  assert_int_equal(pmx_f32_to_f16(0x1.0p-25f), 0x0000);              /* tie to even 0 */
-  assert_int_equal(pmx_f32_to_f16(0x1.8p-24f), 0x0002);              /* tie to even 2 */
-  assert_int_equal(pmx_f32_to_f16(-0x1.0p-26f), 0x8000);             /* -0 */
-  assert_int_equal(pmx_f32_to_f16(fbits(0x00000001u)), 0x0000);      /* f32 subnormal */
-  assert_int_equal(pmx_f32_to_f16(0x1.ff8p-15f), 0x03ff);            /* largest subnormal */
-  assert_int_equal(pmx_f32_to_f16(0x1.ffcp-15f), 0x0400);            /* tie -> min normal */
-  assert_int_equal(pmx_f32_to_f16(0x1.ffap-15f), 0x03ff);
-  assert_int_equal(pmx_f32_to_f16(INFINITY), 0x7c00);
-  assert_int_equal(pmx_f32_to_f16(-INFINITY), 0xfc00);
+  check_ties(5, 10, px_f32_to_f16);
+  assert_int_equal(px_f32_to_f16(65504.0f), 0x7bff);
+  assert_int_equal(px_f32_to_f16(65519.996f), 0x7bff);
+  assert_int_equal(px_f32_to_f16(65520.0f), 0x7c00);
+  assert_int_equal(px_f32_to_f16(-1e10f), 0xfc00);
+  assert_int_equal(px_f32_to_f16(fbits(0x7f7fffffu)), 0x7c00);
+  assert_int_equal(px_f32_to_f16(0x1.0p-24f), 0x0001);
+  assert_int_equal(px_f32_to_f16(0x1.0p-25f), 0x0000);              /* tie to even 0 */
+  assert_int_equal(px_f32_to_f16(0x1.8p-24f), 0x0002);              /* tie to even 2 */
+  assert_int_equal(px_f32_to_f16(-0x1.0p-26f), 0x8000);             /* -0 */
+  assert_int_equal(px_f32_to_f16(fbits(0x00000001u)), 0x0000);      /* f32 subnormal */
+  assert_int_equal(px_f32_to_f16(0x1.ff8p-15f), 0x03ff);            /* largest subnormal */
+  assert_int_equal(px_f32_to_f16(0x1.ffcp-15f), 0x0400);            /* tie -> min normal */
+  assert_int_equal(px_f32_to_f16(0x1.ffap-15f), 0x03ff);
+  assert_int_equal(px_f32_to_f16(INFINITY), 0x7c00);
+  assert_int_equal(px_f32_to_f16(-INFINITY), 0xfc00);
   /* NaN with only low payload bits stays NaN (not inf), sign kept */
-  assert_int_equal(pmx_f32_to_f16(fbits(0xff800001u)), 0xfe00);
-  assert_int_equal(pmx_f32_to_bf16(fbits(0x7f800001u)), 0x7fc0);
+  assert_int_equal(px_f32_to_f16(fbits(0xff800001u)), 0xfe00);
+  assert_int_equal(px_f32_to_bf16(fbits(0x7f800001u)), 0x7fc0);
 }
 
 /* ---- diff transforms ---------------------------------------------------------------- */
@@ -296,27 +296,27 @@ static void test_delta_round_trip(void** st) {
       fill_words(v2, n, width);
       uint32_t mask = width == 2 ? 0xffffu : 0xffffffffu;
 
-      pmx_delta(v1, v0, n, width, d);
+      px_delta(v1, v0, n, width, d);
       for (size_t i = 0; i < n; i++)
         assert_int_equal(word_at(d, i, width),
                          (word_at(v1, i, width) - word_at(v0, i, width)) & mask);
-      pmx_delta_apply(v0, d, n, width, o);
+      px_delta_apply(v0, d, n, width, o);
       if (nb) assert_memory_equal(o, v1, nb);
       memcpy(o, v0, nb);
-      pmx_delta_apply(o, d, n, width, o); /* in place */
+      px_delta_apply(o, d, n, width, o); /* in place */
       if (nb) assert_memory_equal(o, v1, nb);
       memcpy(o, v0, nb);
-      pmx_delta_add(o, d, n, width);
+      px_delta_add(o, d, n, width);
       if (nb) assert_memory_equal(o, v1, nb);
 
       /* composition: delta(v2, v0) == delta(v2, v1) + delta(v1, v0) */
-      pmx_delta(v2, v1, n, width, e);
-      pmx_delta_add(e, d, n, width);
-      pmx_delta(v2, v0, n, width, o);
+      px_delta(v2, v1, n, width, e);
+      px_delta_add(e, d, n, width);
+      px_delta(v2, v0, n, width, o);
       if (nb) assert_memory_equal(o, e, nb);
 
       /* zigzag + shuffle inverts, and matches the definition */
-      pmx_zigzag_shuffle(d, n, width, e);
+      px_zigzag_shuffle(d, n, width, e);
       for (size_t i = 0; i < n; i++) {
         uint32_t w = word_at(d, i, width), top = w >> (8 * width - 1);
         uint32_t z = ((w << 1) ^ (0u - top)) & mask;
@@ -324,16 +324,16 @@ static void test_delta_round_trip(void** st) {
           assert_int_equal(e[(size_t)b * n + i], (uint8_t)(z >> (8 * b)));
       }
       memset(o, 0xa5, nb);
-      pmx_unshuffle_unzigzag(e, n, width, o);
+      px_unshuffle_unzigzag(e, n, width, o);
       if (nb) assert_memory_equal(o, d, nb);
 
       /* plain shuffle inverts */
-      pmx_shuffle(v2, n, width, e);
+      px_shuffle(v2, n, width, e);
       for (size_t i = 0; i < n; i++)
         for (int b = 0; b < width; b++)
           assert_int_equal(e[(size_t)b * n + i], v2[i * (size_t)width + (size_t)b]);
       memset(o, 0x5a, nb);
-      pmx_unshuffle(e, n, width, o);
+      px_unshuffle(e, n, width, o);
       if (nb) assert_memory_equal(o, v2, nb);
       free(m);
     }
@@ -345,19 +345,19 @@ static void test_wraparound(void** st) {
   uint32_t nw[4] = {0, 0xffffffffu, 0x80000000u, 5};
   uint32_t bw[4] = {0xffffffffu, 0, 0x7fffffffu, 5};
   uint32_t d[4], out[4];
-  pmx_delta(nw, bw, 4, 4, d);
+  px_delta(nw, bw, 4, 4, d);
   assert_int_equal(d[0], 1);
   assert_int_equal(d[1], 0xffffffffu);
   assert_int_equal(d[2], 1);
   assert_int_equal(d[3], 0);
-  pmx_delta_apply(bw, d, 4, 4, out);
+  px_delta_apply(bw, d, 4, 4, out);
   assert_memory_equal(out, nw, sizeof nw);
   uint16_t n16[3] = {0, 0xffff, 1}, b16[3] = {0xffff, 1, 0xffff}, d16[3], o16[3];
-  pmx_delta(n16, b16, 3, 2, d16);
+  px_delta(n16, b16, 3, 2, d16);
   assert_int_equal(d16[0], 1);
   assert_int_equal(d16[1], 0xfffe);
   assert_int_equal(d16[2], 2);
-  pmx_delta_apply(b16, d16, 3, 2, o16);
+  px_delta_apply(b16, d16, 3, 2, o16);
   assert_memory_equal(o16, n16, sizeof n16);
 }
 
@@ -366,11 +366,11 @@ static void test_shuffle_layout(void** st) {
   const uint32_t w4[3] = {0x04030201u, 0x08070605u, 0x0c0b0a09u};
   const uint8_t want4[12] = {1, 5, 9, 2, 6, 10, 3, 7, 11, 4, 8, 12};
   uint8_t out[12];
-  pmx_shuffle(w4, 3, 4, out);
+  px_shuffle(w4, 3, 4, out);
   assert_memory_equal(out, want4, 12);
   const uint16_t w2[3] = {0x0201, 0x0403, 0x0605};
   const uint8_t want2[6] = {1, 3, 5, 2, 4, 6};
-  pmx_shuffle(w2, 3, 2, out);
+  px_shuffle(w2, 3, 2, out);
   assert_memory_equal(out, want2, 6);
 
   /* zigzag: 0, -1, 1, -2, INT_MAX, INT_MIN -> 0, 1, 2, 3, 0xfffffffe, 0xffffffff */
@@ -378,26 +378,26 @@ static void test_shuffle_layout(void** st) {
   const uint8_t zz4[24] = {0, 1, 2, 3, 0xfe, 0xff, 0, 0, 0, 0, 0xff, 0xff,
                            0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0xff, 0xff};
   uint8_t z[24];
-  pmx_zigzag_shuffle(d4, 6, 4, z);
+  px_zigzag_shuffle(d4, 6, 4, z);
   assert_memory_equal(z, zz4, 24);
   const uint16_t d2[3] = {0xffff, 1, 0x8000};
   const uint8_t zz2[6] = {1, 2, 0xff, 0, 0, 0xff};
-  pmx_zigzag_shuffle(d2, 3, 2, z);
+  px_zigzag_shuffle(d2, 3, 2, z);
   assert_memory_equal(z, zz2, 6);
   uint16_t back[3];
-  pmx_unshuffle_unzigzag(z, 3, 2, back);
+  px_unshuffle_unzigzag(z, 3, 2, back);
   assert_memory_equal(back, d2, sizeof d2);
 
   /* a bad width and n == 0 do nothing */
   memset(out, 0x77, sizeof out);
-  pmx_shuffle(w4, 3, 3, out);
-  pmx_delta(w4, w4, 3, 8, out);
+  px_shuffle(w4, 3, 3, out);
+  px_delta(w4, w4, 3, 8, out);
   for (size_t i = 0; i < sizeof out; i++) assert_int_equal(out[i], 0x77);
-  pmx_shuffle(NULL, 0, 4, NULL);
-  pmx_unshuffle(NULL, 0, 2, NULL);
-  pmx_delta(NULL, NULL, 0, 4, NULL);
-  pmx_delta_apply(NULL, NULL, 0, 2, NULL);
-  pmx_f32_to_bf16_n(NULL, NULL, 0);
+  px_shuffle(NULL, 0, 4, NULL);
+  px_unshuffle(NULL, 0, 2, NULL);
+  px_delta(NULL, NULL, 0, 4, NULL);
+  px_delta_apply(NULL, NULL, 0, 2, NULL);
+  px_f32_to_bf16_n(NULL, NULL, 0);
 }
 
 /* ---- zstd ----------------------------------------------------------------------------- */
@@ -415,8 +415,8 @@ static uint8_t* realistic_delta(size_t nbytes) {
     w[i] = (float)(0.02 * gauss());
     w2[i] = w[i] - 1e-3f * (float)(0.01 * gauss());
   }
-  pmx_delta(w2, w, n, 4, d);
-  pmx_zigzag_shuffle(d, n, 4, out);
+  px_delta(w2, w, n, 4, d);
+  px_zigzag_shuffle(d, n, 4, out);
   free(w);
   free(w2);
   free(d);
@@ -428,19 +428,19 @@ static void test_zstd_round_trip(void** st) {
   rng_state = 7;
   const size_t n = 1 << 20;
   uint8_t* src = realistic_delta(n);
-  size_t cap = pmx_zstd_bound(n);
+  size_t cap = px_zstd_bound(n);
   assert_true(cap >= n);
   uint8_t* frame = malloc(cap);
   uint8_t* back = malloc(n);
   assert_true(frame && back);
   for (int level = 1; level <= 3; level += 2) {
-    size_t fl = pmx_zstd_compress(src, n, frame, cap, level);
+    size_t fl = px_zstd_compress(src, n, frame, cap, level);
     assert_true(fl > 0);
     /* compression.md: the shuffled int delta compresses 1.46-2.44x at level 1 */
     assert_true(fl * 14 < n * 10);
     char err[128] = "";
     memset(back, 0, n);
-    assert_int_equal(pmx_zstd_decompress(frame, fl, back, n, err, sizeof err), 0);
+    assert_int_equal(px_zstd_decompress(frame, fl, back, n, err, sizeof err), 0);
     assert_memory_equal(back, src, n);
     assert_string_equal(err, "");
   }
@@ -448,18 +448,18 @@ static void test_zstd_round_trip(void** st) {
   static const size_t small[] = {0, 1, 7, 1000};
   for (size_t i = 0; i < sizeof small / sizeof small[0]; i++) {
     size_t k = small[i];
-    size_t fl = pmx_zstd_compress(k ? src : NULL, k, frame, cap, 1);
+    size_t fl = px_zstd_compress(k ? src : NULL, k, frame, cap, 1);
     assert_true(fl > 0);
-    assert_int_equal(pmx_zstd_decompress(frame, fl, k ? back : NULL, k, NULL, 0), 0);
+    assert_int_equal(px_zstd_decompress(frame, fl, k ? back : NULL, k, NULL, 0), 0);
     if (k) assert_memory_equal(back, src, k);
   }
   /* levels < 1 and above the maximum are rejected; so is a too small cap */
-  assert_int_equal(pmx_zstd_compress(src, 1000, frame, cap, 0), 0);
-  assert_int_equal(pmx_zstd_compress(src, 1000, frame, cap, -1), 0);
-  assert_int_equal(pmx_zstd_compress(src, 1000, frame, cap, -5), 0);
-  assert_int_equal(pmx_zstd_compress(src, 1000, frame, cap, ZSTD_maxCLevel() + 1), 0);
-  assert_int_equal(pmx_zstd_compress(src, 1000, frame, 10, 1), 0);
-  assert_int_equal(pmx_zstd_bound(SIZE_MAX), 0);
+  assert_int_equal(px_zstd_compress(src, 1000, frame, cap, 0), 0);
+  assert_int_equal(px_zstd_compress(src, 1000, frame, cap, -1), 0);
+  assert_int_equal(px_zstd_compress(src, 1000, frame, cap, -5), 0);
+  assert_int_equal(px_zstd_compress(src, 1000, frame, cap, ZSTD_maxCLevel() + 1), 0);
+  assert_int_equal(px_zstd_compress(src, 1000, frame, 10, 1), 0);
+  assert_int_equal(px_zstd_bound(SIZE_MAX), 0);
   free(src);
   free(frame);
   free(back);
@@ -470,7 +470,7 @@ static void expect_reject(const void* src, size_t n, size_t expected, const char
   static uint8_t dst[1 << 17];
   char err[160] = "";
   assert_true(expected <= sizeof dst);
-  int rc = pmx_zstd_decompress(src, n, dst, expected, err, sizeof err);
+  int rc = px_zstd_decompress(src, n, dst, expected, err, sizeof err);
   if (rc != -1) fail_msg("accepted (%zu bytes, expected %zu), want: %s", n, expected, what);
   assert_true(strlen(err) > 0);
   assert_null(strchr(err, '\n'));
@@ -493,14 +493,14 @@ static void test_zstd_hostile(void** st) {
   const size_t n = 40000;
   uint8_t* src = realistic_delta(n);
   static uint8_t frame[1 << 17], frame70[1 << 17], buf[1 << 17], big[1 << 17];
-  size_t fl = pmx_zstd_compress(src, n, frame, sizeof frame, 1);
+  size_t fl = px_zstd_compress(src, n, frame, sizeof frame, 1);
   assert_true(fl > 16 && fl < n);
 
   /* every truncation */
   for (size_t k = 0; k < fl; k++) {
     static uint8_t scratch[40000];
     char err[160] = "";
-    assert_int_equal(pmx_zstd_decompress(frame, k, scratch, n, err, sizeof err), -1);
+    assert_int_equal(px_zstd_decompress(frame, k, scratch, n, err, sizeof err), -1);
     assert_true(strlen(err) > 0);
   }
   expect_reject(frame, fl - 1, n, "truncated");
@@ -533,7 +533,7 @@ static void test_zstd_hostile(void** st) {
   size_t off, fsz;
   const size_t m = 70000;
   uint8_t* src70 = realistic_delta(m);
-  size_t bl = pmx_zstd_compress(src70, m, frame70, sizeof frame70, 1);
+  size_t bl = px_zstd_compress(src70, m, frame70, sizeof frame70, 1);
   assert_true(bl > 0);
   fcs_field(frame70, &off, &fsz);
   assert_int_equal(fsz, 4);
@@ -560,20 +560,20 @@ static void test_zstd_hostile(void** st) {
   {
     const size_t wn = 600000;
     uint8_t* wsrc = realistic_delta(wn);
-    uint8_t* wf = malloc(pmx_zstd_bound(wn));
+    uint8_t* wf = malloc(px_zstd_bound(wn));
     uint8_t* wout = malloc(wn);
     assert_true(wf && wout);
-    size_t wl = pmx_zstd_compress(wsrc, wn, wf, pmx_zstd_bound(wn), 1);
+    size_t wl = px_zstd_compress(wsrc, wn, wf, px_zstd_bound(wn), 1);
     assert_true(wl > 0);
     assert_int_equal(wf[4] & 0x20, 0); /* not single segment */
     char err[160] = "";
     wf[5] = (uint8_t)((27 - 10) << 3);
-    assert_int_equal(pmx_zstd_decompress(wf, wl, wout, wn, err, sizeof err), -1);
+    assert_int_equal(px_zstd_decompress(wf, wl, wout, wn, err, sizeof err), -1);
     assert_non_null(strstr(err, "window"));
     wf[5] = (uint8_t)(((24 - 10) << 3) | 1); /* 2^24 + 2^21 */
-    assert_int_equal(pmx_zstd_decompress(wf, wl, wout, wn, err, sizeof err), -1);
+    assert_int_equal(px_zstd_decompress(wf, wl, wout, wn, err, sizeof err), -1);
     wf[5] = (uint8_t)((24 - 10) << 3);
-    assert_int_equal(pmx_zstd_decompress(wf, wl, wout, wn, NULL, 0), 0);
+    assert_int_equal(px_zstd_decompress(wf, wl, wout, wn, NULL, 0), 0);
     assert_memory_equal(wout, wsrc, wn);
     free(wsrc);
     free(wf);
@@ -599,16 +599,16 @@ static void test_zstd_hostile(void** st) {
     for (int f = 0; f < flips; f++) buf[rnd() % fl] ^= (uint8_t)(1u << (rnd() % 8));
     static uint8_t scratch[40000];
     char err[64];
-    int rc = pmx_zstd_decompress(buf, fl, scratch, n, err, sizeof err);
+    int rc = px_zstd_decompress(buf, fl, scratch, n, err, sizeof err);
     assert_true(rc == 0 || rc == -1);
   }
 
   /* a short err buffer truncates; NULL err is fine */
   char tiny[8];
-  assert_int_equal(pmx_zstd_decompress(frame, fl, buf, n + 1, tiny, sizeof tiny), -1);
+  assert_int_equal(px_zstd_decompress(frame, fl, buf, n + 1, tiny, sizeof tiny), -1);
   assert_int_equal(strlen(tiny), 7);
-  assert_int_equal(pmx_zstd_decompress(frame, fl, buf, n + 1, NULL, 0), -1);
-  assert_int_equal(pmx_zstd_decompress(frame, fl, buf, n + 1, tiny, 0), -1);
+  assert_int_equal(px_zstd_decompress(frame, fl, buf, n + 1, NULL, 0), -1);
+  assert_int_equal(px_zstd_decompress(frame, fl, buf, n + 1, tiny, 0), -1);
 
   ZSTD_freeCCtx(c);
   free(src70);
@@ -627,8 +627,8 @@ static void* zstd_thread(void* p) {
   a->ok = 1;
   for (int i = 0; i < 20; i++) {
     size_t len = 1024 + 700 * (size_t)i;
-    size_t fl = pmx_zstd_compress(a->src + i, len, frame, sizeof frame, 1 + i % 3);
-    if (!fl || pmx_zstd_decompress(frame, fl, back, len, NULL, 0) != 0 ||
+    size_t fl = px_zstd_compress(a->src + i, len, frame, sizeof frame, 1 + i % 3);
+    if (!fl || px_zstd_decompress(frame, fl, back, len, NULL, 0) != 0 ||
         memcmp(back, a->src + i, len) != 0)
       a->ok = 0;
   }

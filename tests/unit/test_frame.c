@@ -1,7 +1,7 @@
-/* Unit tests of common/codec/frame.h: pmx_chunk_decode for every encoding and both word
+/* Unit tests of common/codec/frame.h: px_chunk_decode for every encoding and both word
  * widths, with the message split into many segments (1-byte and empty ones included);
  * round trips of the encoders; hostile payloads, each rejected with the right result
- * and the destination left byte for byte as it was; delta composition; pmx_scratch. */
+ * and the destination left byte for byte as it was; delta composition; px_scratch. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -52,7 +52,7 @@ static void* words_of(const float* w, size_t n, int width) {
   void* out = malloc(n * (size_t)width + 1);
   assert_non_null(out);
   if (width == 4) memcpy(out, w, n * 4);
-  else pmx_f32_to_bf16_n(w, out, n);
+  else px_f32_to_bf16_n(w, out, n);
   return out;
 }
 
@@ -87,7 +87,7 @@ enum {
 /* A message copied into separately allocated segments, so that reading past the end of
  * one segment is an ASan error rather than a read of the next one. */
 typedef struct msg {
-  pmx_iov* seg;
+  px_iov* seg;
   size_t nseg, cap;
 } msg;
 
@@ -159,10 +159,10 @@ static msg msg_split(const uint8_t* b, size_t n, size_t hl, int mode) {
 }
 
 /* The PullChunk (or PushChunk) message with header fields h and the payload. */
-static uint8_t* msg_build(pmx_chunk_kind kind, const pmx_chunk* h, const void* payload,
+static uint8_t* msg_build(px_chunk_kind kind, const px_chunk* h, const void* payload,
                           size_t plen, size_t* len, size_t* hl) {
-  uint8_t head[PMX_CHUNK_HDR_MAX];
-  *hl = pmx_chunk_encode_header(kind, h, plen, head, sizeof head);
+  uint8_t head[PX_CHUNK_HDR_MAX];
+  *hl = px_chunk_encode_header(kind, h, plen, head, sizeof head);
   assert_true(*hl > 0);
   uint8_t* b = malloc(*hl + plen + 1);
   assert_non_null(b);
@@ -173,15 +173,15 @@ static uint8_t* msg_build(pmx_chunk_kind kind, const pmx_chunk* h, const void* p
 }
 
 /* A chunk header for n words of width bytes. */
-static pmx_chunk header(uint32_t enc, size_t n, int width, uint64_t checksum) {
-  pmx_chunk h;
+static px_chunk header(uint32_t enc, size_t n, int width, uint64_t checksum) {
+  px_chunk h;
   memset(&h, 0, sizeof h);
   h.tensor_id = 3;
   h.chunk = 7;
   h.version = 12;
   h.base_version = 11;
   h.encoding = enc;
-  h.dtype = width == 4 ? PMX_DT_F32 : PMX_DT_BF16;
+  h.dtype = width == 4 ? PX_DT_F32 : PX_DT_BF16;
   h.raw_len = (uint32_t)(n * (size_t)width);
   h.checksum = checksum;
   return h;
@@ -189,35 +189,35 @@ static pmx_chunk header(uint32_t enc, size_t n, int width, uint64_t checksum) {
 
 /* Sends (h, payload) through encode_header + split `mode` + parse, then decodes into dst.
  * The kind alternates with the mode: both messages carry payloads the same way. */
-/* decode_msg uses pmx_chunk_decode_private (the server's receive path) when set */
+/* decode_msg uses px_chunk_decode_private (the server's receive path) when set */
 static bool g_private;
 
-static pmx_decode_result decode_msg(const pmx_chunk* h, const void* payload, size_t plen,
+static px_decode_result decode_msg(const px_chunk* h, const void* payload, size_t plen,
                                     int mode, void* dst, size_t n, int width, char* err,
                                     size_t errlen) {
-  pmx_chunk_kind kind = mode % 2 ? PMX_CHUNK_PUSH : PMX_CHUNK_PULL;
+  px_chunk_kind kind = mode % 2 ? PX_CHUNK_PUSH : PX_CHUNK_PULL;
   size_t len, hl;
   uint8_t* b = msg_build(kind, h, payload, plen, &len, &hl);
   msg m = msg_split(b, len, hl, mode);
   free(b);
-  pmx_chunk c;
+  px_chunk c;
   char perr[160];
-  if (pmx_chunk_parse(kind, m.seg, m.nseg, &c, perr, sizeof perr) != 0)
+  if (px_chunk_parse(kind, m.seg, m.nseg, &c, perr, sizeof perr) != 0)
     fail_msg("parse (mode %d): %s", mode, perr);
   assert_int_equal(c.payload_len, plen);
   assert_int_equal(c.encoding, h->encoding);
   assert_int_equal(c.raw_len, h->raw_len);
   assert_true(c.checksum == h->checksum);
   err[0] = 0;
-  pmx_decode_result r = g_private
-                            ? pmx_chunk_decode_private(&c, m.seg, m.nseg, dst, n, width, err, errlen)
-                            : pmx_chunk_decode(&c, m.seg, m.nseg, dst, n, width, err, errlen);
+  px_decode_result r = g_private
+                            ? px_chunk_decode_private(&c, m.seg, m.nseg, dst, n, width, err, errlen)
+                            : px_chunk_decode(&c, m.seg, m.nseg, dst, n, width, err, errlen);
   msg_free(&m);
   return r;
 }
 
 /* Decodes (h, payload) in every split mode onto a copy of start; expects OK and want. */
-static void expect_ok(const pmx_chunk* h, const void* payload, size_t plen, const void* start,
+static void expect_ok(const px_chunk* h, const void* payload, size_t plen, const void* start,
                       const void* want, size_t n, int width) {
   const size_t bytes = n * (size_t)width;
   void* dst = malloc(bytes + 1);
@@ -225,12 +225,12 @@ static void expect_ok(const pmx_chunk* h, const void* payload, size_t plen, cons
   for (int mode = 0; mode < NSPLIT; mode++) {
     memcpy(dst, start, bytes);
     char err[256];
-    pmx_decode_result r = decode_msg(h, payload, plen, mode, dst, n, width, err, sizeof err);
-    if (r != PMX_DECODE_OK)
-      fail_msg("%s n=%zu width=%d mode %d: result %d: %s", pmx_encoding_name(h->encoding), n,
+    px_decode_result r = decode_msg(h, payload, plen, mode, dst, n, width, err, sizeof err);
+    if (r != PX_DECODE_OK)
+      fail_msg("%s n=%zu width=%d mode %d: result %d: %s", px_encoding_name(h->encoding), n,
                width, mode, (int)r, err);
     if (memcmp(dst, want, bytes) != 0)
-      fail_msg("%s n=%zu width=%d mode %d: wrong contents", pmx_encoding_name(h->encoding), n,
+      fail_msg("%s n=%zu width=%d mode %d: wrong contents", px_encoding_name(h->encoding), n,
                width, mode);
   }
   free(dst);
@@ -238,16 +238,16 @@ static void expect_ok(const pmx_chunk* h, const void* payload, size_t plen, cons
 
 /* Decodes (h, payload) in `modes` split modes; expects result `want_r`, an error line
  * that mentions `what` (when not NULL), and dst byte for byte as it was. */
-static void expect_reject(const char* what_case, const pmx_chunk* h, const void* payload,
+static void expect_reject(const char* what_case, const px_chunk* h, const void* payload,
                           size_t plen, const void* start, size_t n, int width,
-                          pmx_decode_result want_r, const char* what, int modes) {
+                          px_decode_result want_r, const char* what, int modes) {
   const size_t bytes = n * (size_t)width;
   void* dst = malloc(bytes + 1);
   assert_non_null(dst);
   for (int mode = 0; mode < modes; mode++) {
     memcpy(dst, start, bytes);
     char err[256];
-    pmx_decode_result r = decode_msg(h, payload, plen, mode, dst, n, width, err, sizeof err);
+    px_decode_result r = decode_msg(h, payload, plen, mode, dst, n, width, err, sizeof err);
     if (r != want_r)
       fail_msg("%s (width %d, mode %d): result %d, want %d (%s)", what_case, width, mode, (int)r,
                (int)want_r, err);
@@ -276,46 +276,46 @@ static void test_decode_every_encoding(void** st) {
       sgd_step(w, n, 1e-3f);
       void* next = words_of(w, n, width);
       void* junk = random_words(n, width);
-      const uint64_t sum = pmx_checksum(next, bytes);
-      const size_t cap = pmx_zstd_bound(bytes);
+      const uint64_t sum = px_checksum(next, bytes);
+      const size_t cap = px_zstd_bound(bytes);
       uint8_t* frame = malloc(cap);
       assert_non_null(frame);
 
       /* RAW: the payload is the chunk; whatever dst held is replaced */
-      pmx_chunk h = header(PMX_ENC_RAW, n, width, sum);
+      px_chunk h = header(PX_ENC_RAW, n, width, sum);
       expect_ok(&h, next, bytes, junk, next, n, width);
       expect_ok(&h, next, bytes, next, next, n, width);
 
       /* UNCHANGED: no payload, dst checked as it is */
-      h = header(PMX_ENC_UNCHANGED, n, width, sum);
+      h = header(PX_ENC_UNCHANGED, n, width, sum);
       expect_ok(&h, NULL, 0, next, next, n, width);
 
       /* DELTA_ZSTD applied to the base */
-      size_t fl = pmx_encode_delta(next, base, n, width, 1, frame, cap);
+      size_t fl = px_encode_delta(next, base, n, width, 1, frame, cap);
       assert_true(fl > 0 && fl <= cap);
-      h = header(PMX_ENC_DELTA_ZSTD, n, width, sum);
+      h = header(PX_ENC_DELTA_ZSTD, n, width, sum);
       expect_ok(&h, frame, fl, base, next, n, width);
       /* the delta from a chunk to itself is all zeros and turns it into itself */
-      size_t zl = pmx_encode_delta(next, next, n, width, 1, frame, cap);
+      size_t zl = px_encode_delta(next, next, n, width, 1, frame, cap);
       assert_true(zl > 0);
       expect_ok(&h, frame, zl, next, next, n, width);
 
       /* SHUFFLE_ZSTD: a full chunk; whatever dst held is replaced */
-      fl = pmx_encode_shuffle(next, n, width, 1, frame, cap);
+      fl = px_encode_shuffle(next, n, width, 1, frame, cap);
       assert_true(fl > 0 && fl <= cap);
-      h = header(PMX_ENC_SHUFFLE_ZSTD, n, width, sum);
+      h = header(PX_ENC_SHUFFLE_ZSTD, n, width, sum);
       expect_ok(&h, frame, fl, junk, next, n, width);
 
       /* arbitrary bit patterns (NaN, inf, -0, subnormals) are just words */
       void* rb = random_words(n, width);
       void* rn = random_words(n, width);
-      const uint64_t rsum = pmx_checksum(rn, bytes);
-      fl = pmx_encode_delta(rn, rb, n, width, 1, frame, cap);
+      const uint64_t rsum = px_checksum(rn, bytes);
+      fl = px_encode_delta(rn, rb, n, width, 1, frame, cap);
       assert_true(fl > 0 && fl <= cap); /* incompressible: still within the bound */
-      h = header(PMX_ENC_DELTA_ZSTD, n, width, rsum);
+      h = header(PX_ENC_DELTA_ZSTD, n, width, rsum);
       expect_ok(&h, frame, fl, rb, rn, n, width);
-      fl = pmx_encode_shuffle(rn, n, width, 1, frame, cap);
-      h = header(PMX_ENC_SHUFFLE_ZSTD, n, width, rsum);
+      fl = px_encode_shuffle(rn, n, width, 1, frame, cap);
+      h = header(PX_ENC_SHUFFLE_ZSTD, n, width, rsum);
       expect_ok(&h, frame, fl, junk, rn, n, width);
 
       free(rb);
@@ -338,20 +338,20 @@ static void test_decode_large_chunk(void** st) {
   void* base = words_of(w, n, 4);
   sgd_step(w, n, 1e-3f);
   void* next = words_of(w, n, 4);
-  const size_t bytes = n * 4, cap = pmx_zstd_bound(bytes);
+  const size_t bytes = n * 4, cap = px_zstd_bound(bytes);
   uint8_t* frame = malloc(cap);
   void* dst = malloc(bytes);
   assert_true(frame && dst);
-  size_t fl = pmx_encode_delta(next, base, n, 4, 1, frame, cap);
+  size_t fl = px_encode_delta(next, base, n, 4, 1, frame, cap);
   /* compression.md: the f32 int delta compresses 1.46-2.44x at level 1 */
   assert_true(fl > 0 && fl * 10 < bytes * 7);
-  pmx_chunk h = header(PMX_ENC_DELTA_ZSTD, n, 4, pmx_checksum(next, bytes));
+  px_chunk h = header(PX_ENC_DELTA_ZSTD, n, 4, px_checksum(next, bytes));
   static const int modes[] = {SPLIT_ONE, SPLIT_HDR, SPLIT_LARGE, SPLIT_EMPTIES, SPLIT_ODD};
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
     memcpy(dst, base, bytes);
     char err[256];
     assert_int_equal(decode_msg(&h, frame, fl, modes[i], dst, n, 4, err, sizeof err),
-                     PMX_DECODE_OK);
+                     PX_DECODE_OK);
     assert_memory_equal(dst, next, bytes);
   }
   free(dst);
@@ -363,8 +363,8 @@ static void test_decode_large_chunk(void** st) {
 
 /* The one-pass copy+hash of RAW payloads into a private buffer: every split of the
  * message (payloads across segments and past the 32 KiB copy blocks), both widths; a
- * wrong checksum or a short payload is refused like by pmx_chunk_decode; other encodings
- * take pmx_chunk_decode's path. */
+ * wrong checksum or a short payload is refused like by px_chunk_decode; other encodings
+ * take px_chunk_decode's path. */
 static void test_decode_private(void** st) {
   (void)st;
   rng_state = 9;
@@ -375,26 +375,26 @@ static void test_decode_private(void** st) {
       const size_t n = lens[s], bytes = n * (size_t)width;
       void* v = random_words(n, width);
       void* start = random_words(n, width);
-      pmx_chunk h = header(PMX_ENC_RAW, n, width, pmx_checksum(v, bytes));
+      px_chunk h = header(PX_ENC_RAW, n, width, px_checksum(v, bytes));
       expect_ok(&h, v, bytes, start, v, n, width);
       void* dst = dup_mem(start, bytes);
       char err[256];
       h.checksum ^= 1;
       for (int mode = 0; mode < NSPLIT; mode++)
         assert_int_equal(decode_msg(&h, v, bytes, mode, dst, n, width, err, sizeof err),
-                         PMX_DECODE_CHECKSUM);
+                         PX_DECODE_CHECKSUM);
       h.checksum ^= 1;
       if (n > 1) /* a payload shorter than raw_len says */
         assert_int_equal(decode_msg(&h, v, bytes - (size_t)width, SPLIT_ONE, dst, n, width, err,
                                     sizeof err),
-                         PMX_DECODE_MALFORMED);
+                         PX_DECODE_MALFORMED);
       /* SHUFFLE_ZSTD through the private entry point decodes as usual */
-      const size_t cap = pmx_zstd_bound(bytes);
+      const size_t cap = px_zstd_bound(bytes);
       uint8_t* frame = malloc(cap);
       assert_non_null(frame);
-      size_t fl = pmx_encode_shuffle(v, n, width, 1, frame, cap);
+      size_t fl = px_encode_shuffle(v, n, width, 1, frame, cap);
       assert_true(fl > 0);
-      pmx_chunk hz = header(PMX_ENC_SHUFFLE_ZSTD, n, width, pmx_checksum(v, bytes));
+      px_chunk hz = header(PX_ENC_SHUFFLE_ZSTD, n, width, px_checksum(v, bytes));
       expect_ok(&hz, frame, fl, start, v, n, width);
       free(frame);
       free(dst);
@@ -412,7 +412,7 @@ static void test_round_trips(void** st) {
   rng_state = 3;
   for (int width = 2; width <= 4; width += 2) {
     for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
-      const size_t n = sizes[si], bytes = n * (size_t)width, cap = pmx_zstd_bound(bytes);
+      const size_t n = sizes[si], bytes = n * (size_t)width, cap = px_zstd_bound(bytes);
       float* w = weights(n);
       void* base = words_of(w, n, width);
       sgd_step(w, n, 1e-2f);
@@ -425,48 +425,48 @@ static void test_round_trips(void** st) {
       assert_true(f1 && f2 && d && back && raw);
 
       for (int level = 1; level <= 19; level += 9) {
-        /* pmx_encode_delta -> pmx_decode_delta_words gives new - base */
-        size_t l1 = pmx_encode_delta(next, base, n, width, level, f1, cap);
+        /* px_encode_delta -> px_decode_delta_words gives new - base */
+        size_t l1 = px_encode_delta(next, base, n, width, level, f1, cap);
         assert_true(l1 > 0);
         memset(back, 0xA5, bytes);
-        assert_int_equal(pmx_decode_delta_words(f1, l1, n, width, back), 0);
-        pmx_delta(next, base, n, width, d);
+        assert_int_equal(px_decode_delta_words(f1, l1, n, width, back), 0);
+        px_delta(next, base, n, width, d);
         assert_memory_equal(back, d, bytes);
-        pmx_delta_apply(base, back, n, width, back);
+        px_delta_apply(base, back, n, width, back);
         assert_memory_equal(back, next, bytes);
-        /* pmx_encode_delta_words on that delta gives the same frame (same input bytes) */
-        size_t l2 = pmx_encode_delta_words(d, n, width, level, f2, cap);
+        /* px_encode_delta_words on that delta gives the same frame (same input bytes) */
+        size_t l2 = px_encode_delta_words(d, n, width, level, f2, cap);
         assert_int_equal(l2, l1);
         assert_memory_equal(f2, f1, l1);
         /* the frame is zstd over the zigzag-shuffled delta */
-        assert_int_equal(pmx_zstd_decompress(f1, l1, raw, bytes, NULL, 0), 0);
-        pmx_unshuffle_unzigzag(raw, n, width, back);
+        assert_int_equal(px_zstd_decompress(f1, l1, raw, bytes, NULL, 0), 0);
+        px_unshuffle_unzigzag(raw, n, width, back);
         assert_memory_equal(back, d, bytes);
 
-        /* pmx_encode_shuffle: zstd over the byte planes */
-        size_t l3 = pmx_encode_shuffle(next, n, width, level, f2, cap);
+        /* px_encode_shuffle: zstd over the byte planes */
+        size_t l3 = px_encode_shuffle(next, n, width, level, f2, cap);
         assert_true(l3 > 0);
-        assert_int_equal(pmx_zstd_decompress(f2, l3, raw, bytes, NULL, 0), 0);
-        pmx_unshuffle(raw, n, width, back);
+        assert_int_equal(px_zstd_decompress(f2, l3, raw, bytes, NULL, 0), 0);
+        px_unshuffle(raw, n, width, back);
         assert_memory_equal(back, next, bytes);
       }
 
       /* the encoders fail cleanly: bad levels, too small an output */
-      assert_int_equal(pmx_encode_delta(next, base, n, width, 0, f1, cap), 0);
-      assert_int_equal(pmx_encode_delta(next, base, n, width, -1, f1, cap), 0);
-      assert_int_equal(pmx_encode_delta_words(d, n, width, 23, f1, cap), 0); /* > ZSTD_maxCLevel() */
-      assert_int_equal(pmx_encode_shuffle(next, n, width, 0, f1, cap), 0);
-      assert_int_equal(pmx_encode_delta(next, base, n, width, 1, f1, 4), 0);
-      assert_int_equal(pmx_encode_shuffle(next, n, width, 1, f1, 4), 0);
+      assert_int_equal(px_encode_delta(next, base, n, width, 0, f1, cap), 0);
+      assert_int_equal(px_encode_delta(next, base, n, width, -1, f1, cap), 0);
+      assert_int_equal(px_encode_delta_words(d, n, width, 23, f1, cap), 0); /* > ZSTD_maxCLevel() */
+      assert_int_equal(px_encode_shuffle(next, n, width, 0, f1, cap), 0);
+      assert_int_equal(px_encode_delta(next, base, n, width, 1, f1, 4), 0);
+      assert_int_equal(px_encode_shuffle(next, n, width, 1, f1, 4), 0);
 
-      /* pmx_decode_delta_words refuses a truncated frame, a wrong size, trailing bytes */
-      size_t l1 = pmx_encode_delta(next, base, n, width, 1, f1, cap);
+      /* px_decode_delta_words refuses a truncated frame, a wrong size, trailing bytes */
+      size_t l1 = px_encode_delta(next, base, n, width, 1, f1, cap);
       memset(back, 0x5A, bytes);
-      assert_int_equal(pmx_decode_delta_words(f1, l1 - 1, n, width, back), -1);
-      assert_int_equal(pmx_decode_delta_words(f1, l1 / 2, n, width, back), -1);
-      if (n > 1) assert_int_equal(pmx_decode_delta_words(f1, l1, n - 1, width, back), -1);
+      assert_int_equal(px_decode_delta_words(f1, l1 - 1, n, width, back), -1);
+      assert_int_equal(px_decode_delta_words(f1, l1 / 2, n, width, back), -1);
+      if (n > 1) assert_int_equal(px_decode_delta_words(f1, l1, n - 1, width, back), -1);
       f1[l1] = 0;
-      assert_int_equal(pmx_decode_delta_words(f1, l1 + 1, n, width, back), -1);
+      assert_int_equal(px_decode_delta_words(f1, l1 + 1, n, width, back), -1);
 
       free(raw);
       free(back);
@@ -506,86 +506,86 @@ static size_t set_fcs(const uint8_t* f, size_t len, int code, uint64_t value, ui
 }
 
 static void hostile_width(int width) {
-  const size_t n = 4096 + 3, bytes = n * (size_t)width, cap = pmx_zstd_bound(bytes);
+  const size_t n = 4096 + 3, bytes = n * (size_t)width, cap = px_zstd_bound(bytes);
   float* w = weights(n);
   void* base = words_of(w, n, width);
   sgd_step(w, n, 1e-3f);
   void* next = words_of(w, n, width);
-  const uint64_t sum = pmx_checksum(next, bytes);
+  const uint64_t sum = px_checksum(next, bytes);
   uint8_t* delta = malloc(cap + 64);
   uint8_t* shuf = malloc(cap + 64);
   uint8_t* buf = malloc(cap + 64);
   void* rawp = malloc(bytes + 64);
   assert_true(delta && shuf && buf && rawp);
-  const size_t dl = pmx_encode_delta(next, base, n, width, 1, delta, cap);
-  const size_t sl = pmx_encode_shuffle(next, n, width, 1, shuf, cap);
+  const size_t dl = px_encode_delta(next, base, n, width, 1, delta, cap);
+  const size_t sl = px_encode_shuffle(next, n, width, 1, shuf, cap);
   assert_true(dl > 16 && sl > 16);
   memcpy(rawp, next, bytes);
-  pmx_chunk h;
+  px_chunk h;
 
   /* wrong raw_len, for every encoding */
-  static const uint32_t encs[] = {PMX_ENC_RAW, PMX_ENC_UNCHANGED, PMX_ENC_DELTA_ZSTD,
-                                  PMX_ENC_SHUFFLE_ZSTD};
+  static const uint32_t encs[] = {PX_ENC_RAW, PX_ENC_UNCHANGED, PX_ENC_DELTA_ZSTD,
+                                  PX_ENC_SHUFFLE_ZSTD};
   for (size_t e = 0; e < 4; e++) {
-    const void* pl = encs[e] == PMX_ENC_RAW ? next : encs[e] == PMX_ENC_DELTA_ZSTD ? delta : shuf;
-    size_t plen = encs[e] == PMX_ENC_RAW ? bytes
-                  : encs[e] == PMX_ENC_DELTA_ZSTD ? dl
-                  : encs[e] == PMX_ENC_SHUFFLE_ZSTD ? sl : 0;
-    const void* start = encs[e] == PMX_ENC_UNCHANGED ? next : base;
+    const void* pl = encs[e] == PX_ENC_RAW ? next : encs[e] == PX_ENC_DELTA_ZSTD ? delta : shuf;
+    size_t plen = encs[e] == PX_ENC_RAW ? bytes
+                  : encs[e] == PX_ENC_DELTA_ZSTD ? dl
+                  : encs[e] == PX_ENC_SHUFFLE_ZSTD ? sl : 0;
+    const void* start = encs[e] == PX_ENC_UNCHANGED ? next : base;
     static const long adj[] = {1, -1, 2, 4, -4};
     for (size_t a = 0; a < sizeof adj / sizeof adj[0]; a++) {
       h = header(encs[e], n, width, sum);
       h.raw_len = (uint32_t)((long)bytes + adj[a]);
-      expect_reject("wrong raw_len", &h, pl, plen, start, n, width, PMX_DECODE_MALFORMED,
+      expect_reject("wrong raw_len", &h, pl, plen, start, n, width, PX_DECODE_MALFORMED,
                     "raw_len", 2);
     }
     h = header(encs[e], n, width, sum);
     h.raw_len = 0;
-    expect_reject("raw_len 0", &h, pl, plen, start, n, width, PMX_DECODE_MALFORMED, "raw_len", 1);
+    expect_reject("raw_len 0", &h, pl, plen, start, n, width, PX_DECODE_MALFORMED, "raw_len", 1);
     h.raw_len = UINT32_MAX;
-    expect_reject("raw_len 2^32-1", &h, pl, plen, start, n, width, PMX_DECODE_MALFORMED,
+    expect_reject("raw_len 2^32-1", &h, pl, plen, start, n, width, PX_DECODE_MALFORMED,
                   "raw_len", 1);
   }
 
   /* RAW payload too short or too long */
-  h = header(PMX_ENC_RAW, n, width, sum);
-  expect_reject("RAW too short", &h, next, bytes - 1, base, n, width, PMX_DECODE_MALFORMED, "RAW",
+  h = header(PX_ENC_RAW, n, width, sum);
+  expect_reject("RAW too short", &h, next, bytes - 1, base, n, width, PX_DECODE_MALFORMED, "RAW",
                 NSPLIT);
   expect_reject("RAW a word short", &h, next, bytes - (size_t)width, base, n, width,
-                PMX_DECODE_MALFORMED, "RAW", 2);
+                PX_DECODE_MALFORMED, "RAW", 2);
   memset((uint8_t*)rawp + bytes, 0, 64);
-  expect_reject("RAW too long", &h, rawp, bytes + 1, base, n, width, PMX_DECODE_MALFORMED, "RAW",
+  expect_reject("RAW too long", &h, rawp, bytes + 1, base, n, width, PX_DECODE_MALFORMED, "RAW",
                 NSPLIT);
-  expect_reject("RAW far too long", &h, rawp, bytes + 64, base, n, width, PMX_DECODE_MALFORMED,
+  expect_reject("RAW far too long", &h, rawp, bytes + 64, base, n, width, PX_DECODE_MALFORMED,
                 "RAW", 2);
-  expect_reject("RAW empty", &h, NULL, 0, base, n, width, PMX_DECODE_MALFORMED, "RAW", 1);
+  expect_reject("RAW empty", &h, NULL, 0, base, n, width, PX_DECODE_MALFORMED, "RAW", 1);
   /* RAW whose checksum does not match: every split mode, one flipped byte anywhere */
   ((uint8_t*)rawp)[bytes / 3] ^= 0x01;
-  expect_reject("RAW bit flip", &h, rawp, bytes, base, n, width, PMX_DECODE_CHECKSUM, "checksum",
+  expect_reject("RAW bit flip", &h, rawp, bytes, base, n, width, PX_DECODE_CHECKSUM, "checksum",
                 NSPLIT);
   memcpy(rawp, next, bytes);
   ((uint8_t*)rawp)[bytes - 1] ^= 0x80;
-  expect_reject("RAW last byte", &h, rawp, bytes, base, n, width, PMX_DECODE_CHECKSUM, "checksum",
+  expect_reject("RAW last byte", &h, rawp, bytes, base, n, width, PX_DECODE_CHECKSUM, "checksum",
                 NSPLIT);
   h.checksum = sum ^ 1;
-  expect_reject("RAW wrong checksum", &h, next, bytes, base, n, width, PMX_DECODE_CHECKSUM,
+  expect_reject("RAW wrong checksum", &h, next, bytes, base, n, width, PX_DECODE_CHECKSUM,
                 "checksum", 2);
 
   /* UNCHANGED with a payload; UNCHANGED whose dst does not match */
-  h = header(PMX_ENC_UNCHANGED, n, width, sum);
-  expect_reject("UNCHANGED with payload", &h, next, bytes, next, n, width, PMX_DECODE_MALFORMED,
+  h = header(PX_ENC_UNCHANGED, n, width, sum);
+  expect_reject("UNCHANGED with payload", &h, next, bytes, next, n, width, PX_DECODE_MALFORMED,
                 "UNCHANGED", NSPLIT);
-  expect_reject("UNCHANGED with 1 byte", &h, next, 1, next, n, width, PMX_DECODE_MALFORMED,
+  expect_reject("UNCHANGED with 1 byte", &h, next, 1, next, n, width, PX_DECODE_MALFORMED,
                 "UNCHANGED", 2);
-  expect_reject("UNCHANGED wrong dst", &h, NULL, 0, base, n, width, PMX_DECODE_CHECKSUM,
+  expect_reject("UNCHANGED wrong dst", &h, NULL, 0, base, n, width, PX_DECODE_CHECKSUM,
                 "checksum", 2);
   memcpy(rawp, next, bytes);
   ((uint8_t*)rawp)[0] ^= 1;
-  expect_reject("UNCHANGED dst off by a bit", &h, NULL, 0, rawp, n, width, PMX_DECODE_CHECKSUM,
+  expect_reject("UNCHANGED dst off by a bit", &h, NULL, 0, rawp, n, width, PX_DECODE_CHECKSUM,
                 "checksum", 1);
 
   for (int k = 0; k < 2; k++) {
-    const uint32_t enc = k ? PMX_ENC_SHUFFLE_ZSTD : PMX_ENC_DELTA_ZSTD;
+    const uint32_t enc = k ? PX_ENC_SHUFFLE_ZSTD : PX_ENC_DELTA_ZSTD;
     const uint8_t* fr = k ? shuf : delta;
     const size_t fl = k ? sl : dl;
     h = header(enc, n, width, sum);
@@ -594,40 +594,40 @@ static void hostile_width(int width) {
 
     /* truncated frames: every length, a few split modes for some */
     for (size_t len = 1; len < fl; len++)
-      expect_reject("truncated zstd frame", &h, fr, len, base, n, width, PMX_DECODE_MALFORMED,
+      expect_reject("truncated zstd frame", &h, fr, len, base, n, width, PX_DECODE_MALFORMED,
                     "zstd", len % 97 == 0 || len + 2 >= fl ? NSPLIT : 1);
-    expect_reject("empty payload", &h, NULL, 0, base, n, width, PMX_DECODE_MALFORMED, NULL, 1);
+    expect_reject("empty payload", &h, NULL, 0, base, n, width, PX_DECODE_MALFORMED, NULL, 1);
 
     /* trailing bytes after the frame */
     memcpy(buf, fr, fl);
     memcpy(buf + fl, fr, 16);
-    expect_reject("trailing bytes", &h, buf, fl + 1, base, n, width, PMX_DECODE_MALFORMED,
+    expect_reject("trailing bytes", &h, buf, fl + 1, base, n, width, PX_DECODE_MALFORMED,
                   "trailing", NSPLIT);
-    expect_reject("two frames", &h, buf, fl + 16, base, n, width, PMX_DECODE_MALFORMED,
+    expect_reject("two frames", &h, buf, fl + 16, base, n, width, PX_DECODE_MALFORMED,
                   "trailing", 2);
 
     /* a header that claims a huge content size: 4 GiB - 1 and 1 TiB */
     size_t bl = set_fcs(fr, fl, 2, UINT32_MAX, buf);
-    expect_reject("content size 2^32-1", &h, buf, bl, base, n, width, PMX_DECODE_MALFORMED,
+    expect_reject("content size 2^32-1", &h, buf, bl, base, n, width, PX_DECODE_MALFORMED,
                   "declares 4294967295", NSPLIT);
     bl = set_fcs(fr, fl, 3, UINT64_C(1) << 40, buf);
-    expect_reject("content size 1 TiB", &h, buf, bl, base, n, width, PMX_DECODE_MALFORMED,
+    expect_reject("content size 1 TiB", &h, buf, bl, base, n, width, PX_DECODE_MALFORMED,
                   "declares 1099511627776", 2);
     bl = set_fcs(fr, fl, 3, UINT64_MAX - 2, buf);
-    expect_reject("content size 2^64-3", &h, buf, bl, base, n, width, PMX_DECODE_MALFORMED,
+    expect_reject("content size 2^64-3", &h, buf, bl, base, n, width, PX_DECODE_MALFORMED,
                   "zstd", 2);
     /* the rewriting itself is sound: the real size in the 8-byte form decodes */
     bl = set_fcs(fr, fl, 3, bytes, buf);
     expect_ok(&h, buf, bl, base, next, n, width);
     /* a header that lies by one word about a size the decoder does expect */
     bl = set_fcs(fr, fl, 3, bytes + (size_t)width, buf);
-    pmx_chunk hl = h;
+    px_chunk hl = h;
     hl.raw_len = (uint32_t)(bytes + (size_t)width);
     void* bigger = malloc(bytes + (size_t)width);
     assert_non_null(bigger);
     memcpy(bigger, base, bytes);
     memset((uint8_t*)bigger + bytes, 0, (size_t)width);
-    expect_reject("content size lies", &hl, buf, bl, bigger, n + 1, width, PMX_DECODE_MALFORMED,
+    expect_reject("content size lies", &hl, buf, bl, bigger, n + 1, width, PX_DECODE_MALFORMED,
                   "zstd", 2);
     free(bigger);
 
@@ -635,13 +635,13 @@ static void hostile_width(int width) {
     memset(buf, 0, cap + 1);
     memcpy(buf, fr, fl);
     expect_reject("payload over the zstd bound", &h, buf, cap + 1, base, n, width,
-                  PMX_DECODE_MALFORMED, "payload", 2);
-    expect_reject("payload at the zstd bound", &h, buf, cap, base, n, width, PMX_DECODE_MALFORMED,
+                  PX_DECODE_MALFORMED, "payload", 2);
+    expect_reject("payload at the zstd bound", &h, buf, cap, base, n, width, PX_DECODE_MALFORMED,
                   "trailing", 1);
 
     /* wrong checksum in the header */
     h.checksum = sum + 1;
-    expect_reject("wrong checksum", &h, fr, fl, base, n, width, PMX_DECODE_CHECKSUM, "checksum", 2);
+    expect_reject("wrong checksum", &h, fr, fl, base, n, width, PX_DECODE_CHECKSUM, "checksum", 2);
     h.checksum = sum;
 
     /* random corruption: never a crash or overrun; on failure dst untouched, and a
@@ -654,9 +654,9 @@ static void hostile_width(int width) {
       for (int f = 0; f < flips; f++) buf[rnd() % fl] ^= (uint8_t)(1u << (rnd() % 8));
       memcpy(dst, base, bytes);
       char err[256];
-      pmx_decode_result r =
+      px_decode_result r =
           decode_msg(&h, buf, fl, (int)(rnd() % NSPLIT), dst, n, width, err, sizeof err);
-      if (r == PMX_DECODE_OK) assert_memory_equal(dst, next, bytes);
+      if (r == PX_DECODE_OK) assert_memory_equal(dst, next, bytes);
       else assert_memory_equal(dst, base, bytes);
     }
     free(dst);
@@ -666,73 +666,73 @@ static void hostile_width(int width) {
   {
     uint8_t* sh = malloc(bytes + (size_t)width);
     assert_non_null(sh);
-    pmx_shuffle(next, n, width, sh);
-    size_t l = pmx_zstd_compress(sh, bytes - (size_t)width, buf, cap, 1);
+    px_shuffle(next, n, width, sh);
+    size_t l = px_zstd_compress(sh, bytes - (size_t)width, buf, cap, 1);
     assert_true(l > 0);
-    h = header(PMX_ENC_SHUFFLE_ZSTD, n, width, sum);
-    expect_reject("frame one word short", &h, buf, l, base, n, width, PMX_DECODE_MALFORMED,
+    h = header(PX_ENC_SHUFFLE_ZSTD, n, width, sum);
+    expect_reject("frame one word short", &h, buf, l, base, n, width, PX_DECODE_MALFORMED,
                   "declares", 2);
     /* and its header rewritten to claim the right size: the blocks still end early */
     uint8_t* lie = malloc(cap + 16);
     assert_non_null(lie);
     size_t ll = set_fcs(buf, l, 3, bytes, lie);
     expect_reject("short frame claiming the size", &h, lie, ll, base, n, width,
-                  PMX_DECODE_MALFORMED, "zstd", 2);
+                  PX_DECODE_MALFORMED, "zstd", 2);
     free(lie);
     memset(sh + bytes, 7, (size_t)width);
-    l = pmx_zstd_compress(sh, bytes + (size_t)width, buf, cap + 64, 1);
+    l = px_zstd_compress(sh, bytes + (size_t)width, buf, cap + 64, 1);
     assert_true(l > 0 && l <= cap);
-    h = header(PMX_ENC_DELTA_ZSTD, n, width, sum);
-    expect_reject("frame one word long", &h, buf, l, base, n, width, PMX_DECODE_MALFORMED,
+    h = header(PX_ENC_DELTA_ZSTD, n, width, sum);
+    expect_reject("frame one word long", &h, buf, l, base, n, width, PX_DECODE_MALFORMED,
                   "declares", 2);
     free(sh);
   }
 
   /* a delta against the wrong base: checksum, dst untouched */
-  h = header(PMX_ENC_DELTA_ZSTD, n, width, sum);
+  h = header(PX_ENC_DELTA_ZSTD, n, width, sum);
   memcpy(rawp, base, bytes);
   ((uint8_t*)rawp)[bytes / 2] ^= 0x10;
-  expect_reject("delta on a modified base", &h, delta, dl, rawp, n, width, PMX_DECODE_CHECKSUM,
+  expect_reject("delta on a modified base", &h, delta, dl, rawp, n, width, PX_DECODE_CHECKSUM,
                 "base", NSPLIT);
-  expect_reject("delta on the new version", &h, delta, dl, next, n, width, PMX_DECODE_CHECKSUM,
+  expect_reject("delta on the new version", &h, delta, dl, next, n, width, PX_DECODE_CHECKSUM,
                 "checksum", 2);
   {
     /* a delta from an older base applied to the newer one */
     void* older = words_of(w, n, width);
     sgd_step(w, n, 1e-3f);
     void* newest = words_of(w, n, width);
-    size_t l = pmx_encode_delta(newest, older, n, width, 1, buf, cap);
-    pmx_chunk h2 = header(PMX_ENC_DELTA_ZSTD, n, width, pmx_checksum(newest, bytes));
+    size_t l = px_encode_delta(newest, older, n, width, 1, buf, cap);
+    px_chunk h2 = header(PX_ENC_DELTA_ZSTD, n, width, px_checksum(newest, bytes));
     expect_ok(&h2, buf, l, older, newest, n, width);
-    expect_reject("delta from another base", &h2, buf, l, base, n, width, PMX_DECODE_CHECKSUM,
+    expect_reject("delta from another base", &h2, buf, l, base, n, width, PX_DECODE_CHECKSUM,
                   "checksum", 2);
     free(older);
     free(newest);
   }
   /* a SHUFFLE frame sent as DELTA and the other way round */
-  h = header(PMX_ENC_DELTA_ZSTD, n, width, sum);
-  expect_reject("SHUFFLE frame as DELTA", &h, shuf, sl, base, n, width, PMX_DECODE_CHECKSUM,
+  h = header(PX_ENC_DELTA_ZSTD, n, width, sum);
+  expect_reject("SHUFFLE frame as DELTA", &h, shuf, sl, base, n, width, PX_DECODE_CHECKSUM,
                 "checksum", 1);
-  h = header(PMX_ENC_SHUFFLE_ZSTD, n, width, sum);
-  expect_reject("DELTA frame as SHUFFLE", &h, delta, dl, base, n, width, PMX_DECODE_CHECKSUM,
+  h = header(PX_ENC_SHUFFLE_ZSTD, n, width, sum);
+  expect_reject("DELTA frame as SHUFFLE", &h, delta, dl, base, n, width, PX_DECODE_CHECKSUM,
                 "checksum", 1);
 
   /* a zstd payload that is no frame at all */
   for (size_t i = 0; i < 256; i++) buf[i] = (uint8_t)rnd();
-  h = header(PMX_ENC_DELTA_ZSTD, n, width, sum);
-  expect_reject("random bytes", &h, buf, 256, base, n, width, PMX_DECODE_MALFORMED, "zstd", 2);
+  h = header(PX_ENC_DELTA_ZSTD, n, width, sum);
+  expect_reject("random bytes", &h, buf, 256, base, n, width, PX_DECODE_MALFORMED, "zstd", 2);
   static const uint8_t skippable[12] = {0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4};
   expect_reject("skippable frame", &h, skippable, sizeof skippable, base, n, width,
-                PMX_DECODE_MALFORMED, "skippable", 2);
+                PX_DECODE_MALFORMED, "skippable", 2);
 
   /* unknown encodings */
   static const uint32_t unknown[] = {4, 5, 99, 0x7fffffff};
   for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
     h = header(unknown[i], n, width, sum);
-    expect_reject("unknown encoding", &h, next, bytes, base, n, width, PMX_DECODE_MALFORMED,
+    expect_reject("unknown encoding", &h, next, bytes, base, n, width, PX_DECODE_MALFORMED,
                   "unknown encoding", 2);
     expect_reject("unknown encoding, no payload", &h, NULL, 0, base, n, width,
-                  PMX_DECODE_MALFORMED, "unknown encoding", 1);
+                  PX_DECODE_MALFORMED, "unknown encoding", 1);
   }
 
   free(rawp);
@@ -758,32 +758,32 @@ static void test_segments_end_early(void** st) {
   rng_state = 5;
   const size_t n = 500;
   for (int width = 2; width <= 4; width += 2) {
-    const size_t bytes = n * (size_t)width, cap = pmx_zstd_bound(bytes);
+    const size_t bytes = n * (size_t)width, cap = px_zstd_bound(bytes);
     void* v = random_words(n, width);
     void* start = random_words(n, width);
     void* dst = dup_mem(start, bytes);
     uint8_t* frame = malloc(cap);
     assert_non_null(frame);
-    size_t fl = pmx_encode_shuffle(v, n, width, 1, frame, cap);
-    const uint32_t encs[] = {PMX_ENC_RAW, PMX_ENC_SHUFFLE_ZSTD, PMX_ENC_DELTA_ZSTD};
+    size_t fl = px_encode_shuffle(v, n, width, 1, frame, cap);
+    const uint32_t encs[] = {PX_ENC_RAW, PX_ENC_SHUFFLE_ZSTD, PX_ENC_DELTA_ZSTD};
     for (size_t e = 0; e < 3; e++) {
-      const uint8_t* pl = encs[e] == PMX_ENC_RAW ? v : frame;
-      size_t plen = encs[e] == PMX_ENC_RAW ? bytes : fl;
-      pmx_iov seg[3] = {{pl, plen / 3}, {pl + plen / 3, 0}, {pl + plen / 3, plen / 3}};
-      pmx_chunk c = header(encs[e], n, width, pmx_checksum(v, bytes));
+      const uint8_t* pl = encs[e] == PX_ENC_RAW ? v : frame;
+      size_t plen = encs[e] == PX_ENC_RAW ? bytes : fl;
+      px_iov seg[3] = {{pl, plen / 3}, {pl + plen / 3, 0}, {pl + plen / 3, plen / 3}};
+      px_chunk c = header(encs[e], n, width, px_checksum(v, bytes));
       c.has_payload = true;
       c.payload_len = plen;
       c.payload_seg = 0;
       c.payload_off = 0;
       char err[256] = "";
-      pmx_decode_result r = pmx_chunk_decode(&c, seg, 3, dst, n, width, err, sizeof err);
-      assert_int_equal(r, PMX_DECODE_MALFORMED);
+      px_decode_result r = px_chunk_decode(&c, seg, 3, dst, n, width, err, sizeof err);
+      assert_int_equal(r, PX_DECODE_MALFORMED);
       assert_memory_equal(dst, start, bytes);
       assert_true(err[0] != 0);
       /* ... and a payload that starts past the last segment */
       c.payload_seg = 3;
-      r = pmx_chunk_decode(&c, seg, 3, dst, n, width, err, sizeof err);
-      assert_int_equal(r, PMX_DECODE_MALFORMED);
+      r = px_chunk_decode(&c, seg, 3, dst, n, width, err, sizeof err);
+      assert_int_equal(r, PX_DECODE_MALFORMED);
       assert_memory_equal(dst, start, bytes);
     }
     free(frame);
@@ -799,7 +799,7 @@ static void test_composition(void** st) {
   (void)st;
   rng_state = 6;
   for (int width = 2; width <= 4; width += 2) {
-    const size_t n = 3000 + (size_t)width, bytes = n * (size_t)width, cap = pmx_zstd_bound(bytes);
+    const size_t n = 3000 + (size_t)width, bytes = n * (size_t)width, cap = px_zstd_bound(bytes);
     enum { K = 6 };
     float* w = weights(n);
     void* v[K + 1];
@@ -818,18 +818,18 @@ static void test_composition(void** st) {
     char err[256];
 
     /* delta(v0 -> v2) decoded onto v0 gives v2 */
-    size_t fl = pmx_encode_delta(v[2], v[0], n, width, 1, frame, cap);
-    pmx_chunk h = header(PMX_ENC_DELTA_ZSTD, n, width, pmx_checksum(v[2], bytes));
+    size_t fl = px_encode_delta(v[2], v[0], n, width, 1, frame, cap);
+    px_chunk h = header(PX_ENC_DELTA_ZSTD, n, width, px_checksum(v[2], bytes));
     expect_ok(&h, frame, fl, v[0], v[2], n, width);
 
-    /* two per-step deltas summed with pmx_delta_add, then encoded, reconstruct v2 just
+    /* two per-step deltas summed with px_delta_add, then encoded, reconstruct v2 just
      * like the direct delta does */
-    pmx_delta(v[1], v[0], n, width, acc);
-    pmx_delta(v[2], v[1], n, width, d);
-    pmx_delta_add(acc, d, n, width);
-    pmx_delta(v[2], v[0], n, width, d02);
+    px_delta(v[1], v[0], n, width, acc);
+    px_delta(v[2], v[1], n, width, d);
+    px_delta_add(acc, d, n, width);
+    px_delta(v[2], v[0], n, width, d02);
     assert_memory_equal(acc, d02, bytes);
-    size_t sl = pmx_encode_delta_words(acc, n, width, 1, f2, cap);
+    size_t sl = px_encode_delta_words(acc, n, width, 1, f2, cap);
     assert_true(sl > 0);
     expect_ok(&h, f2, sl, v[0], v[2], n, width);
     memcpy(dst, v[0], bytes);
@@ -845,20 +845,20 @@ static void test_composition(void** st) {
     for (int back = 1; back <= K; back++) {
       memset(acc, 0, bytes);
       for (int s = K; s > K - back; s--) {
-        size_t l = pmx_encode_delta(v[s], v[s - 1], n, width, 1, frame, cap);
-        assert_int_equal(pmx_decode_delta_words(frame, l, n, width, d), 0);
-        pmx_delta_add(acc, d, n, width);
+        size_t l = px_encode_delta(v[s], v[s - 1], n, width, 1, frame, cap);
+        assert_int_equal(px_decode_delta_words(frame, l, n, width, d), 0);
+        px_delta_add(acc, d, n, width);
       }
-      size_t l = pmx_encode_delta_words(acc, n, width, 1, frame, cap);
-      pmx_chunk hk = header(PMX_ENC_DELTA_ZSTD, n, width, pmx_checksum(v[K], bytes));
+      size_t l = px_encode_delta_words(acc, n, width, 1, frame, cap);
+      px_chunk hk = header(PX_ENC_DELTA_ZSTD, n, width, px_checksum(v[K], bytes));
       memcpy(dst, v[K - back], bytes);
       assert_int_equal(decode_msg(&hk, frame, l, back % NSPLIT, dst, n, width, err, sizeof err),
-                       PMX_DECODE_OK);
+                       PX_DECODE_OK);
       assert_memory_equal(dst, v[K], bytes);
       /* one direct v -> v+K diff is smaller than the K chained ones (compression.md) */
       if (back == K && width == 4) {
         size_t chained = 0;
-        for (int s = 1; s <= K; s++) chained += pmx_encode_delta(v[s], v[s - 1], n, width, 1, f2, cap);
+        for (int s = 1; s <= K; s++) chained += px_encode_delta(v[s], v[s - 1], n, width, 1, f2, cap);
         assert_true(l < chained);
       }
     }
@@ -866,10 +866,10 @@ static void test_composition(void** st) {
     /* chained one-step frames applied in turn also end at v[K] */
     memcpy(dst, v[0], bytes);
     for (int s = 1; s <= K; s++) {
-      size_t l = pmx_encode_delta(v[s], v[s - 1], n, width, 1, frame, cap);
-      pmx_chunk hs = header(PMX_ENC_DELTA_ZSTD, n, width, pmx_checksum(v[s], bytes));
+      size_t l = px_encode_delta(v[s], v[s - 1], n, width, 1, frame, cap);
+      px_chunk hs = header(PX_ENC_DELTA_ZSTD, n, width, px_checksum(v[s], bytes));
       assert_int_equal(decode_msg(&hs, frame, l, s % NSPLIT, dst, n, width, err, sizeof err),
-                       PMX_DECODE_OK);
+                       PX_DECODE_OK);
     }
     assert_memory_equal(dst, v[K], bytes);
 
@@ -891,7 +891,7 @@ static void test_composition(void** st) {
 static void test_scratch_discipline(void** st) {
   (void)st;
   rng_state = 7;
-  const size_t n = 2000, bytes = n * 4, cap = pmx_zstd_bound(bytes), big = cap + 4096;
+  const size_t n = 2000, bytes = n * 4, cap = px_zstd_bound(bytes), big = cap + 4096;
   float* w = weights(n);
   void* base = words_of(w, n, 4);
   sgd_step(w, n, 1e-3f);
@@ -901,18 +901,18 @@ static void test_scratch_discipline(void** st) {
   assert_true(frame && d);
   uint8_t* s[4];
   for (int i = 0; i < 4; i++) {
-    s[i] = pmx_scratch(i, big);
+    s[i] = px_scratch(i, big);
     assert_non_null(s[i]);
   }
   /* encoders: 0 and 1 keep their contents */
   memset(s[0], 0x11, big);
   memset(s[1], 0x22, big);
-  size_t dl = pmx_encode_delta(next, base, n, 4, 1, frame, cap);
-  pmx_delta(next, base, n, 4, d);
-  assert_true(pmx_encode_delta_words(d, n, 4, 1, frame + 0, cap) == dl);
-  assert_true(pmx_encode_shuffle(next, n, 4, 1, frame, cap) > 0);
-  dl = pmx_encode_delta(next, base, n, 4, 1, frame, cap);
-  assert_int_equal(pmx_decode_delta_words(frame, dl, n, 4, d), 0);
+  size_t dl = px_encode_delta(next, base, n, 4, 1, frame, cap);
+  px_delta(next, base, n, 4, d);
+  assert_true(px_encode_delta_words(d, n, 4, 1, frame + 0, cap) == dl);
+  assert_true(px_encode_shuffle(next, n, 4, 1, frame, cap) > 0);
+  dl = px_encode_delta(next, base, n, 4, 1, frame, cap);
+  assert_int_equal(px_decode_delta_words(frame, dl, n, 4, d), 0);
   for (size_t i = 0; i < big; i++)
     if (s[0][i] != 0x11 || s[1][i] != 0x22) fail_msg("an encoder wrote scratch 0 or 1 at %zu", i);
   /* decoder: 2 and 3 keep theirs */
@@ -920,14 +920,14 @@ static void test_scratch_discipline(void** st) {
   memset(s[3], 0x44, big);
   void* dst = dup_mem(base, bytes);
   char err[256];
-  pmx_chunk h = header(PMX_ENC_DELTA_ZSTD, n, 4, pmx_checksum(next, bytes));
+  px_chunk h = header(PX_ENC_DELTA_ZSTD, n, 4, px_checksum(next, bytes));
   assert_int_equal(decode_msg(&h, frame, dl, SPLIT_SMALL, dst, n, 4, err, sizeof err), 0);
   assert_memory_equal(dst, next, bytes);
-  h = header(PMX_ENC_RAW, n, 4, pmx_checksum(next, bytes));
+  h = header(PX_ENC_RAW, n, 4, px_checksum(next, bytes));
   assert_int_equal(decode_msg(&h, next, bytes, SPLIT_BYTES, dst, n, 4, err, sizeof err), 0);
   for (size_t i = 0; i < big; i++)
     if (s[2][i] != 0x33 || s[3][i] != 0x44) fail_msg("the decoder wrote scratch 2 or 3 at %zu", i);
-  for (int i = 0; i < 4; i++) assert_ptr_equal(pmx_scratch(i, 1), s[i]);
+  for (int i = 0; i < 4; i++) assert_ptr_equal(px_scratch(i, 1), s[i]);
   free(dst);
   free(d);
   free(frame);
@@ -938,9 +938,9 @@ static void test_scratch_discipline(void** st) {
 
 static void* scratch_thread(void* arg) {
   uint8_t** out = arg;
-  out[0] = pmx_scratch(0, 5000);
+  out[0] = px_scratch(0, 5000);
   if (out[0]) memset(out[0], 0x77, 5000);
-  out[1] = pmx_scratch(0, 100);
+  out[1] = px_scratch(0, 100);
   return NULL;
 }
 
@@ -951,27 +951,27 @@ static void test_scratch(void** st) {
     uint8_t* prev = NULL;
     size_t prev_size = 0;
     for (size_t i = 0; i < sizeof asks / sizeof asks[0]; i++) {
-      uint8_t* p = pmx_scratch(which, asks[i]);
+      uint8_t* p = px_scratch(which, asks[i]);
       assert_non_null(p);
       memset(p, which, asks[i]); /* at least the size asked: ASan checks the bound */
       if (prev && asks[i] <= prev_size) assert_ptr_equal(p, prev);
       prev = p;
       if (asks[i] > prev_size) prev_size = asks[i];
       /* stable for every smaller size */
-      for (size_t k = 0; k <= i; k++) assert_ptr_equal(pmx_scratch(which, asks[k]), p);
-      assert_ptr_equal(pmx_scratch(which, 0), p);
+      for (size_t k = 0; k <= i; k++) assert_ptr_equal(px_scratch(which, asks[k]), p);
+      assert_ptr_equal(px_scratch(which, 0), p);
     }
   }
   /* the four buffers are distinct and do not overlap */
   uint8_t* b[4];
-  for (int i = 0; i < 4; i++) b[i] = pmx_scratch(i, 1u << 20);
+  for (int i = 0; i < 4; i++) b[i] = px_scratch(i, 1u << 20);
   for (int i = 0; i < 4; i++)
     for (int j = i + 1; j < 4; j++)
       assert_true(b[i] + (1u << 20) <= b[j] || b[j] + (1u << 20) <= b[i]);
   /* out of range */
-  assert_null(pmx_scratch(-1, 10));
-  assert_null(pmx_scratch(4, 10));
-  assert_null(pmx_scratch(1000, 10));
+  assert_null(px_scratch(-1, 10));
+  assert_null(px_scratch(4, 10));
+  assert_null(px_scratch(1000, 10));
   /* per thread: another thread gets its own buffer (freed at its exit: LSan) */
   uint8_t* got[2] = {NULL, NULL};
   pthread_t th;
@@ -987,18 +987,18 @@ static void test_scratch(void** st) {
  * that a failure cannot leave this thread's scratch broken for the other tests. */
 static void* huge_thread(void* arg) {
   int* ok = arg;
-  uint8_t* before = pmx_scratch(0, 100);
+  uint8_t* before = px_scratch(0, 100);
   ok[0] = before != NULL;
-  ok[1] = pmx_scratch(0, SIZE_MAX) == NULL;
-  ok[2] = pmx_scratch(0, SIZE_MAX - 62) == NULL;
-  ok[3] = pmx_scratch(0, 100) == before;
+  ok[1] = px_scratch(0, SIZE_MAX) == NULL;
+  ok[2] = px_scratch(0, SIZE_MAX - 62) == NULL;
+  ok[3] = px_scratch(0, 100) == before;
   return NULL;
 }
 
 /* A thread's first request may be for 0 bytes (found by fuzz_zstd: it returned NULL). */
 static void *zero_scratch_thread(void* arg) {
   (void)arg;
-  return pmx_scratch(1, 0);
+  return px_scratch(1, 0);
 }
 
 static void test_scratch_zero_first(void** st) {
@@ -1024,12 +1024,12 @@ static void test_scratch_huge_request(void** st) {
 
 static void test_encoding_names(void** st) {
   (void)st;
-  assert_string_equal(pmx_encoding_name(PMX_ENC_RAW), "raw");
-  assert_string_equal(pmx_encoding_name(PMX_ENC_UNCHANGED), "unchanged");
-  assert_string_equal(pmx_encoding_name(PMX_ENC_DELTA_ZSTD), "delta+zstd");
-  assert_string_equal(pmx_encoding_name(PMX_ENC_SHUFFLE_ZSTD), "shuffle+zstd");
-  assert_string_equal(pmx_encoding_name(4), "unknown");
-  assert_string_equal(pmx_encoding_name(UINT32_MAX), "unknown");
+  assert_string_equal(px_encoding_name(PX_ENC_RAW), "raw");
+  assert_string_equal(px_encoding_name(PX_ENC_UNCHANGED), "unchanged");
+  assert_string_equal(px_encoding_name(PX_ENC_DELTA_ZSTD), "delta+zstd");
+  assert_string_equal(px_encoding_name(PX_ENC_SHUFFLE_ZSTD), "shuffle+zstd");
+  assert_string_equal(px_encoding_name(4), "unknown");
+  assert_string_equal(px_encoding_name(UINT32_MAX), "unknown");
 }
 
 int main(void) {

@@ -1,4 +1,4 @@
-/* Unit tests of server/optimizer.c: pmx_sgd_apply against hand-computed values and,
+/* Unit tests of server/optimizer.c: px_sgd_apply against hand-computed values and,
  * bit for bit, against a straightforward reference loop. All hand-computed values are
  * exactly representable, so the comparisons are exact. */
 #include <stdarg.h>
@@ -21,27 +21,27 @@ static void assert_floats(const float* got, const float* want, size_t n) {
 
 static void test_plain_sgd(void** state) {
   (void)state;
-  pmx_sgd o = {0.5f, 0.0f, 0.0f};
+  px_sgd o = {0.5f, 0.0f, 0.0f};
   float p[] = {1, 1, -3, 0};
   const float sum[] = {4, -2, 1, 8};
   /* g = sum / 2 = {2, -1, 0.5, 4}; p -= 0.5 g */
-  pmx_sgd_apply(&o, p, NULL, true, sum, N_OF(p), 2);
+  px_sgd_apply(&o, p, NULL, true, sum, N_OF(p), 2);
   const float want[] = {0, 1.5f, -3.25f, -2};
   assert_floats(p, want, N_OF(p));
   /* A second step: the same update again (no state). */
-  pmx_sgd_apply(&o, p, NULL, false, sum, N_OF(p), 2);
+  px_sgd_apply(&o, p, NULL, false, sum, N_OF(p), 2);
   const float want2[] = {-1, 2, -3.5f, -4};
   assert_floats(p, want2, N_OF(p));
 }
 
 static void test_mean_over_workers(void** state) {
   (void)state;
-  pmx_sgd o = {1.0f, 0.0f, 0.0f};
+  px_sgd o = {1.0f, 0.0f, 0.0f};
   const float sum[] = {6, -12};
   float p1[] = {0, 0}, p3[] = {0, 0}, p4[] = {0, 0};
-  pmx_sgd_apply(&o, p1, NULL, true, sum, 2, 1);
-  pmx_sgd_apply(&o, p3, NULL, true, sum, 2, 3);
-  pmx_sgd_apply(&o, p4, NULL, true, sum, 2, 4);
+  px_sgd_apply(&o, p1, NULL, true, sum, 2, 1);
+  px_sgd_apply(&o, p3, NULL, true, sum, 2, 3);
+  px_sgd_apply(&o, p4, NULL, true, sum, 2, 4);
   const float w1[] = {-6, 12}, w3[] = {-2, 4}, w4[] = {-1.5f, 3};
   assert_floats(p1, w1, 2);
   assert_floats(p3, w3, 2);
@@ -50,12 +50,12 @@ static void test_mean_over_workers(void** state) {
 
 static void test_weight_decay(void** state) {
   (void)state;
-  pmx_sgd o = {0.25f, 0.0f, 0.5f};
+  px_sgd o = {0.25f, 0.0f, 0.5f};
   float p[] = {2, -4};
   float mom[] = {77, 77}; /* no momentum: never touched */
   const float sum[] = {2, 1};
   /* g = {2 + 0.5*2, 1 + 0.5*(-4)} = {3, -1}; p -= 0.25 g */
-  pmx_sgd_apply(&o, p, mom, true, sum, 2, 1);
+  px_sgd_apply(&o, p, mom, true, sum, 2, 1);
   const float want[] = {1.25f, -3.75f};
   assert_floats(p, want, 2);
   const float mom_want[] = {77, 77};
@@ -64,24 +64,24 @@ static void test_weight_decay(void** state) {
 
 static void test_momentum_first_and_later_steps(void** state) {
   (void)state;
-  pmx_sgd o = {0.5f, 0.5f, 0.0f};
+  px_sgd o = {0.5f, 0.5f, 0.0f};
   float p[] = {1, 2};
   float mom[] = {100, -100}; /* garbage: the first step must not read it */
   /* step 1: g = {8,-4}/4 = {2,-1}; buf = g; p -= 0.5 buf */
   const float s1[] = {8, -4};
-  pmx_sgd_apply(&o, p, mom, true, s1, 2, 4);
+  px_sgd_apply(&o, p, mom, true, s1, 2, 4);
   const float p1[] = {0, 2.5f}, m1[] = {2, -1};
   assert_floats(mom, m1, 2);
   assert_floats(p, p1, 2);
   /* step 2: g = {1,1}; buf = 0.5 {2,-1} + {1,1} = {2, 0.5}; p -= 0.5 buf */
   const float s2[] = {4, 4};
-  pmx_sgd_apply(&o, p, mom, false, s2, 2, 4);
+  px_sgd_apply(&o, p, mom, false, s2, 2, 4);
   const float p2[] = {-1, 2.25f}, m2[] = {2, 0.5f};
   assert_floats(mom, m2, 2);
   assert_floats(p, p2, 2);
   /* step 3: g = {-2, 0}; buf = 0.5 {2, 0.5} + {-2, 0} = {-1, 0.25}; p -= 0.5 buf */
   const float s3[] = {-8, 0};
-  pmx_sgd_apply(&o, p, mom, false, s3, 2, 4);
+  px_sgd_apply(&o, p, mom, false, s3, 2, 4);
   const float p3[] = {-0.5f, 2.125f}, m3[] = {-1, 0.25f};
   assert_floats(mom, m3, 2);
   assert_floats(p, p3, 2);
@@ -89,28 +89,28 @@ static void test_momentum_first_and_later_steps(void** state) {
 
 static void test_momentum_with_weight_decay(void** state) {
   (void)state;
-  pmx_sgd o = {0.5f, 0.5f, 0.5f};
+  px_sgd o = {0.5f, 0.5f, 0.5f};
   float p[] = {2};
   float mom[] = {-9};
   /* step 1: g = 2/2 + 0.5*2 = 2; buf = 2; p = 2 - 1 = 1 */
   const float s1[] = {2};
-  pmx_sgd_apply(&o, p, mom, true, s1, 1, 2);
+  px_sgd_apply(&o, p, mom, true, s1, 1, 2);
   assert_true(mom[0] == 2.0f);
   assert_true(p[0] == 1.0f);
   /* step 2: g = 4/2 + 0.5*1 = 2.5; buf = 0.5*2 + 2.5 = 3.5; p = 1 - 1.75 = -0.75 */
   const float s2[] = {4};
-  pmx_sgd_apply(&o, p, mom, false, s2, 1, 2);
+  px_sgd_apply(&o, p, mom, false, s2, 1, 2);
   assert_true(mom[0] == 3.5f);
   assert_true(p[0] == -0.75f);
 }
 
 static void test_zero_elements(void** state) {
   (void)state;
-  pmx_sgd o = {0.5f, 0.9f, 0.1f};
+  px_sgd o = {0.5f, 0.9f, 0.1f};
   float p[] = {3};
   float mom[] = {4};
   const float sum[] = {5};
-  pmx_sgd_apply(&o, p, mom, true, sum, 0, 1);
+  px_sgd_apply(&o, p, mom, true, sum, 0, 1);
   assert_true(p[0] == 3.0f);
   assert_true(mom[0] == 4.0f);
 }
@@ -161,7 +161,7 @@ static void test_bit_exact_random(void** state) {
   for (size_t a = 0; a < N_OF(mus); a++) {
     for (size_t b = 0; b < N_OF(wds); b++) {
       for (size_t c = 0; c < N_OF(nws); c++) {
-        pmx_sgd o = {0.01f, mus[a], wds[b]};
+        px_sgd o = {0.01f, mus[a], wds[b]};
         for (size_t i = 0; i < n; i++) {
           p[i] = pr[i] = rnd(-3, 3);
           m[i] = mr[i] = rnd(-1, 1);
@@ -169,7 +169,7 @@ static void test_bit_exact_random(void** state) {
         for (int step = 0; step < 5; step++) {
           for (size_t i = 0; i < n; i++) sum[i] = rnd(-10, 10) * (float)nws[c];
           bool first = step == 0;
-          pmx_sgd_apply(&o, p, m, first, sum, n, nws[c]);
+          px_sgd_apply(&o, p, m, first, sum, n, nws[c]);
           ref_sgd(o.lr, o.momentum, o.weight_decay, pr, mr, first, sum, n, nws[c]);
           if (memcmp(p, pr, n * sizeof *p) != 0)
             fail_msg("params differ (mu=%g wd=%g nw=%u step %d)", mus[a], wds[b], nws[c], step);
@@ -179,7 +179,7 @@ static void test_bit_exact_random(void** state) {
         }
         /* The update really moved the parameters away from where they started. */
         float before = pr[0];
-        pmx_sgd_apply(&o, p, m, false, sum, n, nws[c]);
+        px_sgd_apply(&o, p, m, false, sum, n, nws[c]);
         assert_true(p[0] != before);
         pr[0] = p[0];
       }
@@ -211,7 +211,7 @@ static void test_f32_add_bit_exact(void** state) {
       g[7] = 1.0f / 0.0f;
       acc[9] = ref[9] = 1.0f / 0.0f, g[9] = -1.0f / 0.0f; /* NaN */
     }
-    pmx_f32_add(acc, g, n);
+    px_f32_add(acc, g, n);
     for (size_t i = 0; i < n; i++) ref[i] += g[i];
     if (n && memcmp(acc, ref, n * sizeof *acc) != 0) fail_msg("pmx_f32_add differs at n=%zu", n);
   }

@@ -91,15 +91,15 @@ typedef struct {
 } spec;
 
 static const spec SET[] = {
-    {"w.f32", PMX_DT_F32, "F32", 2, {3, 5}, 4},
-    {"big", PMX_DT_F32, "F32", 1, {700000}, 4}, /* > the writer's 1 MiB buffer */
-    {"opt.step", PMX_ST_U64, "U64", 0, {0}, 8},
-    {"counts", PMX_ST_I64, "I64", 1, {2}, 8},
-    {"b.bf16", PMX_DT_BF16, "BF16", 1, {7}, 2},
-    {"h.f16", PMX_DT_F16, "F16", 3, {2, 2, 2}, 2},
-    {"empty", PMX_DT_F32, "F32", 2, {0, 4}, 4},
-    {"dedup.bits", PMX_ST_U8, "U8", 1, {13}, 1},
-    {"ünïcode/名前", PMX_ST_U8, "U8", 1, {1}, 1},
+    {"w.f32", PX_DT_F32, "F32", 2, {3, 5}, 4},
+    {"big", PX_DT_F32, "F32", 1, {700000}, 4}, /* > the writer's 1 MiB buffer */
+    {"opt.step", PX_ST_U64, "U64", 0, {0}, 8},
+    {"counts", PX_ST_I64, "I64", 1, {2}, 8},
+    {"b.bf16", PX_DT_BF16, "BF16", 1, {7}, 2},
+    {"h.f16", PX_DT_F16, "F16", 3, {2, 2, 2}, 2},
+    {"empty", PX_DT_F32, "F32", 2, {0, 4}, 4},
+    {"dedup.bits", PX_ST_U8, "U8", 1, {13}, 1},
+    {"ünïcode/名前", PX_ST_U8, "U8", 1, {1}, 1},
 };
 #define NSET (sizeof SET / sizeof SET[0])
 
@@ -107,10 +107,10 @@ static const char* const META_KV[] = {"paramex.step", "1234", "note", "hello \"w
                                       "empty", ""};
 
 typedef struct {
-  pmx_st_entry e[NSET];
+  px_st_entry e[NSET];
   uint8_t* data[NSET];
   uint64_t nbytes[NSET];
-  size_t chunk;     /* bytes per pmx_st_sink_write */
+  size_t chunk;     /* bytes per px_st_sink_write */
   size_t fail_at;   /* index whose callback returns -1 (SIZE_MAX: none) */
   size_t short_at;  /* index whose callback gives one byte too few */
   size_t over_at;   /* index whose callback gives one byte too many */
@@ -131,7 +131,7 @@ static void set_init(set_ctx* c, uint8_t salt) {
     assert_non_null(c->data[i]);
     for (uint64_t j = 0; j < n; j++)
       c->data[i][j] = (uint8_t)(salt + i * 31 + j * 7 + (j >> 8));
-    c->e[i] = (pmx_st_entry){SET[i].name, SET[i].dtype, SET[i].ndim, SET[i].shape, n};
+    c->e[i] = (px_st_entry){SET[i].name, SET[i].dtype, SET[i].ndim, SET[i].shape, n};
   }
 }
 
@@ -139,7 +139,7 @@ static void set_free(set_ctx* c) {
   for (size_t i = 0; i < NSET; i++) free(c->data[i]);
 }
 
-static int set_write(void* ctx, size_t i, pmx_st_sink* sink) {
+static int set_write(void* ctx, size_t i, px_st_sink* sink) {
   set_ctx* c = ctx;
   c->calls++;
   uint64_t n = c->nbytes[i];
@@ -147,27 +147,27 @@ static int set_write(void* ctx, size_t i, pmx_st_sink* sink) {
   for (uint64_t off = 0; off < n;) {
     size_t step = (size_t)(n - off < c->chunk ? n - off : c->chunk);
     if (i == c->fail_at && off >= n / 2) return -1;
-    if (pmx_st_sink_write(sink, c->data[i] + off, step) < 0) return -1;
+    if (px_st_sink_write(sink, c->data[i] + off, step) < 0) return -1;
     off += step;
   }
   if (i == c->over_at) {
     uint8_t extra = 0;
-    if (pmx_st_sink_write(sink, &extra, 1) < 0) return -1;
+    if (px_st_sink_write(sink, &extra, 1) < 0) return -1;
   }
   return 0;
 }
 
 static int write_set(const char* dir, const char* name, set_ctx* c, char* err, size_t errlen) {
-  return pmx_st_write(dir, name, c->e, NSET, set_write, c, META_KV, 3, err, errlen);
+  return px_st_write(dir, name, c->e, NSET, set_write, c, META_KV, 3, err, errlen);
 }
 
 /* The bytes written for the set, then checks them with pmx_st. */
-static void check_set(pmx_st_file* f, const set_ctx* c) {
-  assert_int_equal(pmx_st_count(f), NSET);
+static void check_set(px_st_file* f, const set_ctx* c) {
+  assert_int_equal(px_st_count(f), NSET);
   uint64_t off = 0;
   for (size_t i = 0; i < NSET; i++) {
-    pmx_st_tensor t, u;
-    assert_int_equal(pmx_st_entry_at(f, i, &t), 0); /* file order = write order */
+    px_st_tensor t, u;
+    assert_int_equal(px_st_entry_at(f, i, &t), 0); /* file order = write order */
     assert_string_equal(t.name, SET[i].name);
     assert_int_equal(t.dtype, SET[i].dtype);
     assert_int_equal(t.ndim, SET[i].ndim);
@@ -175,47 +175,47 @@ static void check_set(pmx_st_file* f, const set_ctx* c) {
     assert_true(t.nbytes == c->nbytes[i]);
     assert_true(t.offset == off);
     if (c->nbytes[i]) assert_memory_equal(t.data, c->data[i], c->nbytes[i]);
-    assert_int_equal(pmx_st_find(f, SET[i].name, &u), 0);
+    assert_int_equal(px_st_find(f, SET[i].name, &u), 0);
     assert_ptr_equal(u.data, t.data);
     assert_string_equal(u.name, t.name);
     off += c->nbytes[i];
   }
-  pmx_st_tensor t;
-  assert_int_equal(pmx_st_entry_at(f, NSET, &t), -1);
-  assert_int_equal(pmx_st_find(f, "nope", &t), -1);
-  assert_int_equal(pmx_st_find(f, "", &t), -1);
-  assert_string_equal(pmx_st_meta(f, "paramex.step"), "1234");
-  assert_string_equal(pmx_st_meta(f, "note"), "hello \"world\"\n");
-  assert_string_equal(pmx_st_meta(f, "empty"), "");
-  assert_string_equal(pmx_st_meta(f, "paramex.format"), "1");
-  const char* hex = pmx_st_meta(f, "paramex.data_xxh64");
+  px_st_tensor t;
+  assert_int_equal(px_st_entry_at(f, NSET, &t), -1);
+  assert_int_equal(px_st_find(f, "nope", &t), -1);
+  assert_int_equal(px_st_find(f, "", &t), -1);
+  assert_string_equal(px_st_meta(f, "paramex.step"), "1234");
+  assert_string_equal(px_st_meta(f, "note"), "hello \"world\"\n");
+  assert_string_equal(px_st_meta(f, "empty"), "");
+  assert_string_equal(px_st_meta(f, "paramex.format"), "1");
+  const char* hex = px_st_meta(f, "paramex.data_xxh64");
   assert_non_null(hex);
   assert_int_equal(strlen(hex), 16);
-  assert_null(pmx_st_meta(f, "absent"));
-  assert_int_equal(pmx_st_meta_count(f), 5);
+  assert_null(px_st_meta(f, "absent"));
+  assert_int_equal(px_st_meta_count(f), 5);
   const char *k, *v;
-  assert_int_equal(pmx_st_meta_at(f, 0, &k, &v), 0);
+  assert_int_equal(px_st_meta_at(f, 0, &k, &v), 0);
   assert_string_equal(k, "paramex.step");
   assert_string_equal(v, "1234");
-  assert_int_equal(pmx_st_meta_at(f, 5, &k, &v), -1);
+  assert_int_equal(px_st_meta_at(f, 5, &k, &v), -1);
 }
 
 /* ---- round trip ----------------------------------------------------------------------- */
 
 static void test_dtype_table(void** state) {
   (void)state;
-  assert_int_equal(pmx_st_dtype_size(PMX_DT_F32), 4);
-  assert_int_equal(pmx_st_dtype_size(PMX_DT_BF16), 2);
-  assert_int_equal(pmx_st_dtype_size(PMX_DT_F16), 2);
-  assert_int_equal(pmx_st_dtype_size(PMX_ST_U64), 8);
-  assert_int_equal(pmx_st_dtype_size(PMX_ST_U8), 1);
-  assert_int_equal(pmx_st_dtype_size(PMX_ST_F64), 8);
-  assert_int_equal(pmx_st_dtype_size(0), 0);
-  assert_int_equal(pmx_st_dtype_size(99), 0);
-  assert_string_equal(pmx_st_dtype_name(PMX_DT_BF16), "BF16");
-  assert_string_equal(pmx_st_dtype_name(PMX_ST_I64), "I64");
-  assert_string_equal(pmx_st_dtype_name(PMX_ST_F8_E4M3), "F8_E4M3");
-  assert_string_equal(pmx_st_dtype_name(0), "?");
+  assert_int_equal(px_st_dtype_size(PX_DT_F32), 4);
+  assert_int_equal(px_st_dtype_size(PX_DT_BF16), 2);
+  assert_int_equal(px_st_dtype_size(PX_DT_F16), 2);
+  assert_int_equal(px_st_dtype_size(PX_ST_U64), 8);
+  assert_int_equal(px_st_dtype_size(PX_ST_U8), 1);
+  assert_int_equal(px_st_dtype_size(PX_ST_F64), 8);
+  assert_int_equal(px_st_dtype_size(0), 0);
+  assert_int_equal(px_st_dtype_size(99), 0);
+  assert_string_equal(px_st_dtype_name(PX_DT_BF16), "BF16");
+  assert_string_equal(px_st_dtype_name(PX_ST_I64), "I64");
+  assert_string_equal(px_st_dtype_name(PX_ST_F8_E4M3), "F8_E4M3");
+  assert_string_equal(px_st_dtype_name(0), "?");
 }
 
 static void roundtrip(size_t chunk) {
@@ -230,28 +230,28 @@ static void roundtrip(size_t chunk) {
 
   char path[512];
   snprintf(path, sizeof path, "%s/a.safetensors", dir);
-  pmx_st_file* f = pmx_st_open(path, err, sizeof err);
+  px_st_file* f = px_st_open(path, err, sizeof err);
   if (!f) fail_msg("%s", err);
   check_set(f, &c);
-  pmx_st_close(f);
+  px_st_close(f);
 
   /* the same bytes through open_mem */
   size_t len;
   uint8_t* b = read_whole(path, &len);
-  f = pmx_st_open_mem(b, len, err, sizeof err);
+  f = px_st_open_mem(b, len, err, sizeof err);
   if (!f) fail_msg("%s", err);
   check_set(f, &c);
-  pmx_st_close(f);
+  px_st_close(f);
   free(b);
 
   /* overwrite with other contents: replaced as a whole */
   set_ctx c2;
   set_init(&c2, 77);
   assert_int_equal(write_set(dir, "a.safetensors", &c2, err, sizeof err), 0);
-  f = pmx_st_open(path, err, sizeof err);
+  f = px_st_open(path, err, sizeof err);
   if (!f) fail_msg("%s", err);
   check_set(f, &c2);
-  pmx_st_close(f);
+  px_st_close(f);
   set_free(&c2);
 
   set_free(&c);
@@ -278,18 +278,18 @@ static void test_no_tensors(void** state) {
   (void)state;
   char* dir = make_tmpdir();
   char err[256] = "";
-  assert_int_equal(pmx_st_write(dir, "e", NULL, 0, NULL, NULL, NULL, 0, err, sizeof err), 0);
+  assert_int_equal(px_st_write(dir, "e", NULL, 0, NULL, NULL, NULL, 0, err, sizeof err), 0);
   char path[512];
   snprintf(path, sizeof path, "%s/e", dir);
-  pmx_st_file* f = pmx_st_open(path, err, sizeof err);
+  px_st_file* f = px_st_open(path, err, sizeof err);
   if (!f) fail_msg("%s", err);
-  assert_int_equal(pmx_st_count(f), 0);
-  pmx_st_tensor t;
-  assert_int_equal(pmx_st_entry_at(f, 0, &t), -1);
-  assert_int_equal(pmx_st_find(f, "x", &t), -1);
-  assert_string_equal(pmx_st_meta(f, "paramex.format"), "1");
-  pmx_st_close(f);
-  pmx_st_close(NULL);
+  assert_int_equal(px_st_count(f), 0);
+  px_st_tensor t;
+  assert_int_equal(px_st_entry_at(f, 0, &t), -1);
+  assert_int_equal(px_st_find(f, "x", &t), -1);
+  assert_string_equal(px_st_meta(f, "paramex.format"), "1");
+  px_st_close(f);
+  px_st_close(NULL);
   rm_dir(dir);
   free(dir);
 }
@@ -385,10 +385,10 @@ static void failing_write(set_ctx* bad, const char* want) {
   uint8_t* after = read_whole(path, &len1);
   assert_int_equal(len0, len1);
   assert_memory_equal(before, after, len0);
-  pmx_st_file* f = pmx_st_open(path, err, sizeof err);
+  px_st_file* f = px_st_open(path, err, sizeof err);
   if (!f) fail_msg("%s", err);
   check_set(f, &good);
-  pmx_st_close(f);
+  px_st_close(f);
 
   /* a failing write of a new name leaves nothing at all */
   bad->calls = 0;
@@ -432,18 +432,18 @@ static void test_callback_gives_too_many(void** state) {
   set_free(&bad);
 }
 
-static int never_called(void* ctx, size_t i, pmx_st_sink* s) {
+static int never_called(void* ctx, size_t i, px_st_sink* s) {
   (void)i;
   (void)s;
   (*(int*)ctx)++;
   return 0;
 }
 
-static void expect_write_error(const char* dir, const char* name, const pmx_st_entry* e, size_t n,
+static void expect_write_error(const char* dir, const char* name, const px_st_entry* e, size_t n,
                                const char* const* kv, size_t nmeta, const char* want) {
   char err[256] = "";
   int calls = 0;
-  assert_int_equal(pmx_st_write(dir, name, e, n, never_called, &calls, kv, nmeta, err, sizeof err),
+  assert_int_equal(px_st_write(dir, name, e, n, never_called, &calls, kv, nmeta, err, sizeof err),
                    -1);
   if (!strstr(err, want)) fail_msg("error '%s' lacks '%s'", err, want);
   assert_null(strchr(err, '\n'));
@@ -454,7 +454,7 @@ static void test_invalid_arguments(void** state) {
   (void)state;
   char* dir = make_tmpdir();
   static const uint64_t s4[] = {4};
-  pmx_st_entry e[2] = {{"a", PMX_DT_F32, 1, s4, 16}, {"a", PMX_DT_F32, 1, s4, 16}};
+  px_st_entry e[2] = {{"a", PX_DT_F32, 1, s4, 16}, {"a", PX_DT_F32, 1, s4, 16}};
   expect_write_error(dir, "x", e, 2, NULL, 0, "duplicate tensor name 'a'");
   e[1].name = "__metadata__";
   expect_write_error(dir, "x", e, 2, NULL, 0, "reserved");
@@ -464,7 +464,7 @@ static void test_invalid_arguments(void** state) {
   e[1].nbytes = 16;
   e[1].dtype = 0;
   expect_write_error(dir, "x", e, 2, NULL, 0, "tensor 'b': unknown dtype 0");
-  e[1].dtype = PMX_DT_F32;
+  e[1].dtype = PX_DT_F32;
   e[1].name = "\xff\xfe";
   expect_write_error(dir, "x", e, 2, NULL, 0, "not valid UTF-8");
   e[1].name = "b";
@@ -527,11 +527,11 @@ static int tmpfs_teardown(void** state) {
   return 0;
 }
 
-static int small_write(void* ctx, size_t i, pmx_st_sink* s) {
+static int small_write(void* ctx, size_t i, px_st_sink* s) {
   (void)i;
   uint8_t buf[1000];
   memset(buf, *(int*)ctx, sizeof buf);
-  return pmx_st_sink_write(s, buf, sizeof buf);
+  return px_st_sink_write(s, buf, sizeof buf);
 }
 
 static void test_tmpfs_full(void** state) {
@@ -539,9 +539,9 @@ static void test_tmpfs_full(void** state) {
   if (!dir) skip();
   char err[512] = "";
   static const uint64_t s250[] = {250};
-  pmx_st_entry small = {"p", PMX_DT_F32, 1, s250, 1000};
+  px_st_entry small = {"p", PX_DT_F32, 1, s250, 1000};
   int fill = 1;
-  assert_int_equal(pmx_st_write(dir, "ck", &small, 1, small_write, &fill, NULL, 0, err, sizeof err),
+  assert_int_equal(px_st_write(dir, "ck", &small, 1, small_write, &fill, NULL, 0, err, sizeof err),
                    0);
   char path[512];
   snprintf(path, sizeof path, "%s/ck", dir);
@@ -559,16 +559,16 @@ static void test_tmpfs_full(void** state) {
   uint8_t* after = read_whole(path, &len1);
   assert_int_equal(len0, len1);
   assert_memory_equal(before, after, len0);
-  pmx_st_file* f = pmx_st_open(path, err, sizeof err);
+  px_st_file* f = px_st_open(path, err, sizeof err);
   if (!f) fail_msg("%s", err);
-  pmx_st_tensor t;
-  assert_int_equal(pmx_st_find(f, "p", &t), 0);
+  px_st_tensor t;
+  assert_int_equal(px_st_find(f, "p", &t), 0);
   assert_int_equal(((const uint8_t*)t.data)[999], 1);
-  pmx_st_close(f);
+  px_st_close(f);
 
   /* space is back: a small write succeeds again */
   fill = 2;
-  assert_int_equal(pmx_st_write(dir, "ck", &small, 1, small_write, &fill, NULL, 0, err, sizeof err),
+  assert_int_equal(px_st_write(dir, "ck", &small, 1, small_write, &fill, NULL, 0, err, sizeof err),
                    0);
   assert_int_equal(count_entries(dir), 1);
   free(before);
@@ -580,9 +580,9 @@ static void test_tmpfs_full(void** state) {
 
 static void expect_reject(const void* buf, size_t len, const char* want) {
   char err[512] = "";
-  pmx_st_file* f = pmx_st_open_mem(buf, len, err, sizeof err);
+  px_st_file* f = px_st_open_mem(buf, len, err, sizeof err);
   if (f) {
-    pmx_st_close(f);
+    px_st_close(f);
     fail_msg("accepted a file that should fail with '%s'", want);
   }
   if (!strstr(err, want)) fail_msg("error '%s' lacks '%s'", err, want);
@@ -611,11 +611,11 @@ static void reject_json(const char* json, size_t dlen, const char* want) {
   free(b);
 }
 
-static pmx_st_file* accept_json(const char* json, size_t pad, size_t dlen, uint8_t** keep) {
+static px_st_file* accept_json(const char* json, size_t pad, size_t dlen, uint8_t** keep) {
   size_t len;
   char err[512] = "";
   *keep = craft(json, pad, dlen, &len);
-  pmx_st_file* f = pmx_st_open_mem(*keep, len, err, sizeof err);
+  px_st_file* f = px_st_open_mem(*keep, len, err, sizeof err);
   if (!f) fail_msg("rejected '%s': %s", json, err);
   return f;
 }
@@ -644,9 +644,9 @@ static void test_truncated(void** state) {
   uint64_t hl;
   uint8_t* b = valid_file(&len, &hl);
   char err[512];
-  pmx_st_file* f = pmx_st_open_mem(b, len, err, sizeof err);
+  px_st_file* f = px_st_open_mem(b, len, err, sizeof err);
   assert_non_null(f);
-  pmx_st_close(f);
+  px_st_close(f);
 
   expect_reject(b, 0, "file too short (0 bytes)");
   expect_reject(NULL, 0, "file too short (0 bytes)");
@@ -681,15 +681,15 @@ static void test_truncated(void** state) {
   write_whole(path, b, len);
   assert_int_equal(truncate(path, (off_t)(len - 100)), 0);
   err[0] = '\0';
-  assert_null(pmx_st_open(path, err, sizeof err));
+  assert_null(px_st_open(path, err, sizeof err));
   snprintf(want, sizeof want, "checkpoint %s: tensor", path);
   if (!strstr(err, want)) fail_msg("'%s'", err);
   assert_int_equal(truncate(path, 5), 0);
-  assert_null(pmx_st_open(path, err, sizeof err));
+  assert_null(px_st_open(path, err, sizeof err));
   snprintf(want, sizeof want, "checkpoint %s: file too short (5 bytes)", path);
   assert_string_equal(err, want);
   assert_int_equal(truncate(path, 0), 0);
-  assert_null(pmx_st_open(path, err, sizeof err));
+  assert_null(px_st_open(path, err, sizeof err));
   assert_non_null(strstr(err, "file too short (0 bytes)"));
   rm_dir(dir);
   free(dir);
@@ -699,11 +699,11 @@ static void test_truncated(void** state) {
 static void test_open_errors(void** state) {
   (void)state;
   char err[512] = "";
-  assert_null(pmx_st_open("/nonexistent/x.safetensors", err, sizeof err));
+  assert_null(px_st_open("/nonexistent/x.safetensors", err, sizeof err));
   assert_string_equal(err, "checkpoint /nonexistent/x.safetensors: No such file or directory");
-  assert_null(pmx_st_open("/tmp", err, sizeof err));
+  assert_null(px_st_open("/tmp", err, sizeof err));
   assert_string_equal(err, "checkpoint /tmp: not a regular file");
-  assert_null(pmx_st_open_mem("", 0, NULL, 0)); /* err may be omitted */
+  assert_null(px_st_open_mem("", 0, NULL, 0)); /* err may be omitted */
 }
 
 static void test_header_length(void** state) {
@@ -723,10 +723,10 @@ static void test_header_length(void** state) {
   expect_reject(b, sizeof b, "header is not valid JSON");
 
   /* over the 100 MiB limit, although the file is large enough (pages stay untouched) */
-  size_t big = 8 + PMX_ST_MAX_HEADER + 16;
+  size_t big = 8 + PX_ST_MAX_HEADER + 16;
   uint8_t* h = calloc(1, big);
   assert_non_null(h);
-  uint64_t n = PMX_ST_MAX_HEADER + 1;
+  uint64_t n = PX_ST_MAX_HEADER + 1;
   for (int i = 0; i < 8; i++) h[i] = (uint8_t)(n >> (8 * i));
   expect_reject(h, big, "header length 104857601 exceeds the limit of 104857600");
   free(h);
@@ -862,9 +862,9 @@ static void test_checksum_detects_flips(void** state) {
   expect_reject(b, len, "data checksum mismatch");
   p[3] = saved;
   char err[256];
-  pmx_st_file* f = pmx_st_open_mem(b, len, err, sizeof err);
+  px_st_file* f = px_st_open_mem(b, len, err, sizeof err);
   assert_non_null(f);
-  pmx_st_close(f);
+  px_st_close(f);
   free(b);
 }
 
@@ -873,7 +873,7 @@ static void test_checksum_detects_flips(void** state) {
 static void test_foreign_file(void** state) {
   (void)state;
   uint8_t* keep;
-  pmx_st_file* f = accept_json(
+  px_st_file* f = accept_json(
       "{\"z\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]},"
       " \"__metadata__\": {\"format\": \"pt\"},"
       " \"a\": {\"dtype\": \"I32\", \"shape\": [], \"data_offsets\": [6, 10]},"
@@ -881,31 +881,31 @@ static void test_foreign_file(void** state) {
       " \"e\": {\"dtype\": \"BF16\", \"shape\": [3, 0], \"data_offsets\": [10, 10]},"
       " \"b\": {\"dtype\": \"BOOL\", \"shape\": [0], \"data_offsets\": [10, 10]}}",
       13, 10, &keep);
-  assert_int_equal(pmx_st_count(f), 5);
+  assert_int_equal(px_st_count(f), 5);
   const char* order[] = {"z", "m", "a", "b", "e"};
-  pmx_st_tensor t;
+  px_st_tensor t;
   for (size_t i = 0; i < 5; i++) {
-    assert_int_equal(pmx_st_entry_at(f, i, &t), 0);
+    assert_int_equal(px_st_entry_at(f, i, &t), 0);
     assert_string_equal(t.name, order[i]);
   }
-  assert_int_equal(pmx_st_find(f, "a", &t), 0);
-  assert_int_equal(t.dtype, PMX_ST_I32);
+  assert_int_equal(px_st_find(f, "a", &t), 0);
+  assert_int_equal(t.dtype, PX_ST_I32);
   assert_int_equal(t.ndim, 0);
   assert_true(t.nbytes == 4 && t.offset == 6);
   assert_memory_equal(t.data, "\x06\x07\x08\x09", 4);
-  assert_int_equal(pmx_st_find(f, "e", &t), 0);
+  assert_int_equal(px_st_find(f, "e", &t), 0);
   assert_true(t.nbytes == 0 && t.ndim == 2 && t.shape[0] == 3 && t.shape[1] == 0);
-  assert_string_equal(pmx_st_meta(f, "format"), "pt");
-  assert_null(pmx_st_meta(f, "paramex.data_xxh64"));
-  pmx_st_close(f);
+  assert_string_equal(px_st_meta(f, "format"), "pt");
+  assert_null(px_st_meta(f, "paramex.data_xxh64"));
+  px_st_close(f);
   free(keep);
 
   /* a header without __metadata__ and one that is empty */
   f = accept_json("{}", 6, 0, &keep);
-  assert_int_equal(pmx_st_count(f), 0);
-  assert_null(pmx_st_meta(f, "x"));
-  assert_int_equal(pmx_st_meta_count(f), 0);
-  pmx_st_close(f);
+  assert_int_equal(px_st_count(f), 0);
+  assert_null(px_st_meta(f, "x"));
+  assert_int_equal(px_st_meta_count(f), 0);
+  px_st_close(f);
   free(keep);
 }
 

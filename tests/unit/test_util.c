@@ -26,15 +26,15 @@
 
 static void test_log_level_parse(void** state) {
   (void)state;
-  assert_int_equal(pmx_log_level_parse("error"), PMX_LOG_ERROR);
-  assert_int_equal(pmx_log_level_parse("warn"), PMX_LOG_WARN);
-  assert_int_equal(pmx_log_level_parse("info"), PMX_LOG_INFO);
-  assert_int_equal(pmx_log_level_parse("debug"), PMX_LOG_DEBUG);
-  assert_int_equal(pmx_log_level_parse("DEBUG"), PMX_LOG_DEBUG);
-  assert_int_equal(pmx_log_level_parse("warning"), -1);
-  assert_int_equal(pmx_log_level_parse(""), -1);
-  assert_int_equal(pmx_log_level_parse("info "), -1);
-  assert_int_equal(pmx_log_level_parse(NULL), -1);
+  assert_int_equal(px_log_level_parse("error"), PX_LOG_ERROR);
+  assert_int_equal(px_log_level_parse("warn"), PX_LOG_WARN);
+  assert_int_equal(px_log_level_parse("info"), PX_LOG_INFO);
+  assert_int_equal(px_log_level_parse("debug"), PX_LOG_DEBUG);
+  assert_int_equal(px_log_level_parse("DEBUG"), PX_LOG_DEBUG);
+  assert_int_equal(px_log_level_parse("warning"), -1);
+  assert_int_equal(px_log_level_parse(""), -1);
+  assert_int_equal(px_log_level_parse("info "), -1);
+  assert_int_equal(px_log_level_parse(NULL), -1);
 }
 
 /* Runs fn with stderr redirected to a temporary file and returns what it wrote. */
@@ -67,15 +67,15 @@ static int side_effects;
 static int bump(void) { return ++side_effects; }
 
 static void log_some(void) {
-  pmx_log_init("tester", PMX_LOG_INFO);
-  pmx_info("hello %d", 42);
-  pmx_warn("second line\n"); /* trailing newline is not doubled */
-  pmx_debug("hidden %d", bump()); /* dropped before its arguments are evaluated */
-  pmx_log_write(PMX_LOG_DEBUG, "also hidden");
-  pmx_log_init("tester", PMX_LOG_ERROR);
-  pmx_warn("hidden too");
-  pmx_error("bad %s", "thing");
-  pmx_log_init("paramex", PMX_LOG_INFO);
+  px_log_init("tester", PX_LOG_INFO);
+  px_info("hello %d", 42);
+  px_warn("second line\n"); /* trailing newline is not doubled */
+  px_debug("hidden %d", bump()); /* dropped before its arguments are evaluated */
+  px_log_write(PX_LOG_DEBUG, "also hidden");
+  px_log_init("tester", PX_LOG_ERROR);
+  px_warn("hidden too");
+  px_error("bad %s", "thing");
+  px_log_init("paramex", PX_LOG_INFO);
 }
 
 static void test_log_format(void** state) {
@@ -92,14 +92,14 @@ static void test_log_format(void** state) {
   if (regexec(&re, out, 0, NULL, 0) != 0) fail_msg("unexpected log output:\n%s", out);
   regfree(&re);
   free(out);
-  assert_int_equal(pmx_log_threshold, PMX_LOG_INFO);
+  assert_int_equal(px_log_threshold, PX_LOG_INFO);
 }
 
 static void log_long(void) {
   char big[10000];
   memset(big, 'x', sizeof big - 1);
   big[sizeof big - 1] = '\0';
-  pmx_info("%s", big);
+  px_info("%s", big);
 }
 
 static void test_log_long_message_is_cut(void** state) {
@@ -117,32 +117,32 @@ static void test_log_long_message_is_cut(void** state) {
 
 static void test_clocks(void** state) {
   (void)state;
-  uint64_t a = pmx_now_ns();
-  uint64_t m = pmx_now_ms();
-  uint64_t b = pmx_now_ns();
+  uint64_t a = px_now_ns();
+  uint64_t m = px_now_ms();
+  uint64_t b = px_now_ns();
   assert_true(b >= a);
   assert_true(m >= a / 1000000u && m <= b / 1000000u);
-  assert_true(pmx_ncpus() >= 1);
+  assert_true(px_ncpus() >= 1);
 }
 
 static void test_strlcpy(void** state) {
   (void)state;
   char buf[8];
   memset(buf, 'Z', sizeof buf);
-  assert_ptr_equal(pmx_strlcpy(buf, "hello", sizeof buf), buf);
+  assert_ptr_equal(px_strlcpy(buf, "hello", sizeof buf), buf);
   assert_string_equal(buf, "hello");
-  assert_ptr_equal(pmx_strlcpy(buf, "0123456789", sizeof buf), buf);
+  assert_ptr_equal(px_strlcpy(buf, "0123456789", sizeof buf), buf);
   assert_string_equal(buf, "0123456");
-  pmx_strlcpy(buf, "1234567", sizeof buf); /* exact fit */
+  px_strlcpy(buf, "1234567", sizeof buf); /* exact fit */
   assert_string_equal(buf, "1234567");
   memset(buf, 'Z', sizeof buf);
-  pmx_strlcpy(buf, "abc", 1);
+  px_strlcpy(buf, "abc", 1);
   assert_int_equal(buf[0], '\0');
   assert_int_equal(buf[1], 'Z');
-  pmx_strlcpy(buf, "abc", 0); /* writes nothing */
+  px_strlcpy(buf, "abc", 0); /* writes nothing */
   assert_int_equal(buf[0], '\0');
   assert_int_equal(buf[1], 'Z');
-  pmx_strlcpy(buf, "", sizeof buf);
+  px_strlcpy(buf, "", sizeof buf);
   assert_string_equal(buf, "");
 }
 
@@ -158,7 +158,7 @@ typedef struct {
 } opts;
 
 static opts o;
-static pmx_flag table[6];
+static px_flag table[6];
 
 static const char* const env_names[] = {"PMX_LISTEN", "PMX_WORKERS", "PMX_MAX_STEPS",
                                         "PMX_CHUNK_BYTES", "PMX_LR", "PMX_VERBOSE"};
@@ -168,28 +168,28 @@ static int flags_setup(void** state) {
   for (size_t i = 0; i < sizeof env_names / sizeof env_names[0]; i++) unsetenv(env_names[i]);
   o = (opts){.listen = "127.0.0.1:0", .workers = 4, .steps = 10, .chunk = 4u << 20,
              .lr = 0.25, .verbose = false};
-  pmx_flag t[6] = {
-      {"listen", PMX_FLAG_STR, &o.listen, 0, 0, "HOST:PORT", "address to listen on"},
-      {"workers", PMX_FLAG_U32, &o.workers, 1, 1024, "N", "number of workers"},
-      {"max-steps", PMX_FLAG_U64, &o.steps, 0, 0, "N", "steps to run"},
-      {"chunk-bytes", PMX_FLAG_SIZE, &o.chunk, 4096, 64 << 20, "BYTES", "chunk size"},
-      {"lr", PMX_FLAG_F64, &o.lr, 0, 0, "RATE", "learning rate"},
-      {"verbose", PMX_FLAG_BOOL, &o.verbose, 0, 0, NULL, "log more"},
+  px_flag t[6] = {
+      {"listen", PX_FLAG_STR, &o.listen, 0, 0, "HOST:PORT", "address to listen on"},
+      {"workers", PX_FLAG_U32, &o.workers, 1, 1024, "N", "number of workers"},
+      {"max-steps", PX_FLAG_U64, &o.steps, 0, 0, "N", "steps to run"},
+      {"chunk-bytes", PX_FLAG_SIZE, &o.chunk, 4096, 64 << 20, "BYTES", "chunk size"},
+      {"lr", PX_FLAG_F64, &o.lr, 0, 0, "RATE", "learning rate"},
+      {"verbose", PX_FLAG_BOOL, &o.verbose, 0, 0, NULL, "log more"},
   };
   memcpy(table, t, sizeof t);
   return 0;
 }
 
-static int parse(int argc, char** argv, pmx_flags_result* res, char* err) {
+static int parse(int argc, char** argv, px_flags_result* res, char* err) {
   memset(err, 'Q', 200);
-  return pmx_flags_parse(table, 6, argc, argv, res, err, 200);
+  return px_flags_parse(table, 6, argc, argv, res, err, 200);
 }
 
 static void test_flags_defaults(void** state) {
   (void)state;
   char* argv[] = {"prog"};
   char err[200];
-  pmx_flags_result res;
+  px_flags_result res;
   assert_int_equal(parse(1, argv, &res, err), 0);
   assert_string_equal(err, "");
   assert_int_equal(res.npositional, 0);
@@ -206,7 +206,7 @@ static void test_flags_every_type(void** state) {
   char* argv[] = {"prog", "--listen", "0.0.0.0:7000", "--workers=16", "--max-steps",
                   "18446744073709551615", "--chunk-bytes=1MiB", "--lr", "-1.5e-3", "--verbose"};
   char err[200];
-  pmx_flags_result res;
+  px_flags_result res;
   assert_int_equal(parse(ARGC(argv), argv, &res, err), 0);
   assert_ptr_equal(o.listen, argv[2]); /* not copied */
   assert_int_equal(o.workers, 16);
@@ -229,7 +229,7 @@ static void test_flags_positional(void** state) {
   (void)state;
   char* argv[] = {"prog", "a", "--workers", "2", "b", "-", "--", "--verbose", "-h"};
   char err[200];
-  pmx_flags_result res;
+  px_flags_result res;
   assert_int_equal(parse(ARGC(argv), argv, &res, err), 0);
   assert_int_equal(res.npositional, 5);
   assert_string_equal(res.positional[0], "a");
@@ -257,7 +257,7 @@ static void test_flags_positional(void** state) {
 static void test_flags_help(void** state) {
   (void)state;
   char err[200];
-  pmx_flags_result res;
+  px_flags_result res;
   char* a1[] = {"prog", "--help"};
   assert_int_equal(parse(ARGC(a1), a1, &res, err), 1);
   char* a2[] = {"prog", "x", "-h", "--workers", "abc"};
@@ -270,7 +270,7 @@ static void test_flags_help(void** state) {
 static void expect_error(int argc, char** argv, const char* msg) {
   opts before = o;
   char err[200];
-  pmx_flags_result res;
+  px_flags_result res;
   int rc = parse(argc, argv, &res, err);
   if (rc != 2 || strcmp(err, msg) != 0)
     fail_msg("argv[1]=%s: rc %d err '%s', want 2 '%s'", argc > 1 ? argv[1] : "", rc, err, msg);
@@ -329,24 +329,24 @@ static void test_flags_errors(void** state) {
 static void test_flags_f64_range(void** state) {
   (void)state;
   double v = 1;
-  pmx_flag f[] = {{"wait", PMX_FLAG_F64, &v, 0, 2.5, "S", "seconds"}};
+  px_flag f[] = {{"wait", PX_FLAG_F64, &v, 0, 2.5, "S", "seconds"}};
   char err[200];
   char* ok[] = {"p", "--wait", "2.5"};
-  assert_int_equal(pmx_flags_parse(f, 1, 3, ok, NULL, err, sizeof err), 0);
+  assert_int_equal(px_flags_parse(f, 1, 3, ok, NULL, err, sizeof err), 0);
   assert_true(v == 2.5);
   char* bad[] = {"p", "--wait", "2.75"};
-  assert_int_equal(pmx_flags_parse(f, 1, 3, bad, NULL, err, sizeof err), 2);
+  assert_int_equal(px_flags_parse(f, 1, 3, bad, NULL, err, sizeof err), 2);
   assert_string_equal(err, "--wait: 2.75 is out of range [0, 2.5]");
   assert_true(v == 2.5);
   char* neg[] = {"p", "--wait=-0.5"};
-  assert_int_equal(pmx_flags_parse(f, 1, 2, neg, NULL, err, sizeof err), 2);
+  assert_int_equal(px_flags_parse(f, 1, 2, neg, NULL, err, sizeof err), 2);
   assert_string_equal(err, "--wait: -0.5 is out of range [0, 2.5]");
 }
 
 static void test_flags_env(void** state) {
   (void)state;
   char err[200];
-  pmx_flags_result res;
+  px_flags_result res;
   char* bare[] = {"prog"};
   setenv("PMX_WORKERS", "8", 1);
   setenv("PMX_MAX_STEPS", "77", 1);
@@ -386,7 +386,7 @@ static void test_flags_env(void** state) {
 static void test_flags_env_errors(void** state) {
   (void)state;
   char err[200];
-  pmx_flags_result res;
+  px_flags_result res;
   char* bare[] = {"prog"};
   setenv("PMX_LR", "x", 1);
   assert_int_equal(parse(1, bare, &res, err), 2);
@@ -432,9 +432,9 @@ static void test_flags_small_err_buffer(void** state) {
   (void)state;
   char err[8];
   char* argv[] = {"prog", "--nonexistent-flag"};
-  assert_int_equal(pmx_flags_parse(table, 6, 2, argv, NULL, err, sizeof err), 2);
+  assert_int_equal(px_flags_parse(table, 6, 2, argv, NULL, err, sizeof err), 2);
   assert_string_equal(err, "unknown");
-  assert_int_equal(pmx_flags_parse(table, 6, 2, argv, NULL, NULL, 0), 2);
+  assert_int_equal(px_flags_parse(table, 6, 2, argv, NULL, NULL, 0), 2);
 }
 
 static void test_flags_usage(void** state) {
@@ -443,7 +443,7 @@ static void test_flags_usage(void** state) {
   size_t len = 0;
   FILE* f = open_memstream(&buf, &len);
   assert_non_null(f);
-  pmx_flags_usage(f, "paramex-server", "[flags]", table, 6);
+  px_flags_usage(f, "paramex-server", "[flags]", table, 6);
   fclose(f);
   static const char* const want[] = {
       "usage: paramex-server [flags]\n",
@@ -479,14 +479,14 @@ static void test_parse_size(void** state) {
   };
   for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
     uint64_t v = 42;
-    if (pmx_parse_size(ok[i].s, &v) != 0 || v != ok[i].v) fail_msg("'%s'", ok[i].s);
+    if (px_parse_size(ok[i].s, &v) != 0 || v != ok[i].v) fail_msg("'%s'", ok[i].s);
   }
   static const char* const bad[] = {"",    "K",   "1T",  "1.5M", "-1", " 1",
                                     "1 ",  "1Ki", "1iB", "1KBB", "0x10",
                                     "18446744073709551616", "17179869184G", NULL};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     uint64_t v = 42;
-    if (pmx_parse_size(bad[i], &v) != -1 || v != 42) fail_msg("'%s' accepted", bad[i] ? bad[i] : "NULL");
+    if (px_parse_size(bad[i], &v) != -1 || v != 42) fail_msg("'%s' accepted", bad[i] ? bad[i] : "NULL");
   }
 }
 
@@ -495,32 +495,32 @@ static void test_parse_size(void** state) {
 #define NJOBS 20000
 
 typedef struct {
-  pmx_job job;
+  px_job job;
   atomic_int runs;
 } count_job;
 
-static void count_fn(pmx_job* j) {
+static void count_fn(px_job* j) {
   count_job* c = (count_job*)j;
   atomic_fetch_add(&c->runs, 1);
 }
 
 typedef struct {
-  pmx_pool* pool;
+  px_pool* pool;
   count_job* jobs;
   size_t n;
 } producer_arg;
 
 static void* producer(void* arg) {
   producer_arg* p = arg;
-  for (size_t i = 0; i < p->n; i++) pmx_pool_submit(p->pool, &p->jobs[i].job);
+  for (size_t i = 0; i < p->n; i++) px_pool_submit(p->pool, &p->jobs[i].job);
   return NULL;
 }
 
 static void test_pool_runs_each_job_once(void** state) {
   (void)state;
-  pmx_pool* pool = pmx_pool_create(4);
+  px_pool* pool = px_pool_create(4);
   assert_non_null(pool);
-  assert_int_equal(pmx_pool_threads(pool), 4);
+  assert_int_equal(px_pool_threads(pool), 4);
   count_job* jobs = calloc(NJOBS, sizeof *jobs);
   assert_non_null(jobs);
   for (size_t i = 0; i < NJOBS; i++) jobs[i].job.fn = count_fn;
@@ -532,7 +532,7 @@ static void test_pool_runs_each_job_once(void** state) {
     assert_int_equal(pthread_create(&th[t], NULL, producer, &pa[t]), 0);
   }
   for (int t = 0; t < 4; t++) pthread_join(th[t], NULL);
-  pmx_pool_destroy(pool);
+  px_pool_destroy(pool);
   for (size_t i = 0; i < NJOBS; i++)
     if (atomic_load(&jobs[i].runs) != 1) fail_msg("job %zu ran %d times", i, jobs[i].runs);
   free(jobs);
@@ -549,7 +549,7 @@ typedef struct {
 } rendezvous;
 
 typedef struct {
-  pmx_job job;
+  px_job job;
   rendezvous* r;
 } rv_job;
 
@@ -560,7 +560,7 @@ static struct timespec deadline_in(int seconds) {
   return ts;
 }
 
-static void rv_fn(pmx_job* j) {
+static void rv_fn(px_job* j) {
   rendezvous* r = ((rv_job*)j)->r;
   struct timespec dl = deadline_in(10);
   pthread_mutex_lock(&r->mu);
@@ -576,13 +576,13 @@ static void test_pool_threads_run_concurrently(void** state) {
   enum { N = 4 };
   rendezvous r = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, N, false, {0}};
   rv_job jobs[N];
-  pmx_pool* pool = pmx_pool_create(N);
+  px_pool* pool = px_pool_create(N);
   assert_non_null(pool);
   for (int i = 0; i < N; i++) {
     jobs[i] = (rv_job){{rv_fn, NULL}, &r};
-    pmx_pool_submit(pool, &jobs[i].job);
+    px_pool_submit(pool, &jobs[i].job);
   }
-  pmx_pool_destroy(pool);
+  px_pool_destroy(pool);
   assert_false(r.timed_out);
   assert_int_equal(r.arrived, N);
   for (int i = 0; i < N; i++)
@@ -591,13 +591,13 @@ static void test_pool_threads_run_concurrently(void** state) {
 
 /* A job that blocks the only thread until the gate opens, so the others stay queued. */
 typedef struct {
-  pmx_job job;
+  px_job job;
   pthread_mutex_t mu;
   pthread_cond_t cv;
   bool started, open;
 } gate_job;
 
-static void gate_fn(pmx_job* j) {
+static void gate_fn(px_job* j) {
   gate_job* g = (gate_job*)j;
   struct timespec dl = deadline_in(10);
   pthread_mutex_lock(&g->mu);
@@ -609,54 +609,54 @@ static void gate_fn(pmx_job* j) {
 }
 
 typedef struct {
-  pmx_job job;
-  pmx_pool* pool;
+  px_job job;
+  px_pool* pool;
   int left;
   atomic_int* total;
 } chain_job;
 
 /* Resubmits itself `left` times, then frees itself. */
-static void chain_fn(pmx_job* j) {
+static void chain_fn(px_job* j) {
   chain_job* c = (chain_job*)j;
   atomic_fetch_add(c->total, 1);
   if (c->left-- > 0)
-    pmx_pool_submit(c->pool, &c->job);
+    px_pool_submit(c->pool, &c->job);
   else
     free(c);
 }
 
 static atomic_int order_next;
 typedef struct {
-  pmx_job job;
+  px_job job;
   int idx;
   int ran_as;
 } order_job;
-static void order_fn(pmx_job* j) {
+static void order_fn(px_job* j) {
   order_job* oj = (order_job*)j;
   oj->ran_as = atomic_fetch_add(&order_next, 1);
 }
 
 static void test_pool_destroy_runs_queued_jobs(void** state) {
   (void)state;
-  pmx_pool* pool = pmx_pool_create(1);
+  px_pool* pool = px_pool_create(1);
   assert_non_null(pool);
   gate_job g = {.job = {gate_fn, NULL}, .mu = PTHREAD_MUTEX_INITIALIZER,
                 .cv = PTHREAD_COND_INITIALIZER};
-  pmx_pool_submit(pool, &g.job);
+  px_pool_submit(pool, &g.job);
   enum { N = 500 };
   order_job* jobs = calloc(N, sizeof *jobs);
   assert_non_null(jobs);
   atomic_store(&order_next, 0);
   for (int i = 0; i < N; i++) {
     jobs[i] = (order_job){{order_fn, NULL}, i, -1};
-    pmx_pool_submit(pool, &jobs[i].job);
+    px_pool_submit(pool, &jobs[i].job);
   }
   atomic_int total = 0;
   for (int i = 0; i < 3; i++) {
     chain_job* c = malloc(sizeof *c);
     assert_non_null(c);
     *c = (chain_job){{chain_fn, NULL}, pool, 10, &total};
-    pmx_pool_submit(pool, &c->job);
+    px_pool_submit(pool, &c->job);
   }
   /* wait until the gate job runs (bounded), then open it and destroy at once */
   struct timespec dl = deadline_in(10);
@@ -668,7 +668,7 @@ static void test_pool_destroy_runs_queued_jobs(void** state) {
   g.open = true;
   pthread_cond_broadcast(&g.cv);
   pthread_mutex_unlock(&g.mu);
-  pmx_pool_destroy(pool);
+  px_pool_destroy(pool);
   assert_int_equal(atomic_load(&order_next), N);
   for (int i = 0; i < N; i++) assert_int_equal(jobs[i].ran_as, i); /* FIFO on one thread */
   assert_int_equal(atomic_load(&total), 3 * 11);
@@ -677,12 +677,12 @@ static void test_pool_destroy_runs_queued_jobs(void** state) {
 
 static void test_pool_edge_cases(void** state) {
   (void)state;
-  assert_null(pmx_pool_create(0));
-  pmx_pool_destroy(NULL);
-  assert_int_equal(pmx_pool_threads(NULL), 0);
-  pmx_pool* pool = pmx_pool_create(3);
+  assert_null(px_pool_create(0));
+  px_pool_destroy(NULL);
+  assert_int_equal(px_pool_threads(NULL), 0);
+  px_pool* pool = px_pool_create(3);
   assert_non_null(pool);
-  pmx_pool_destroy(pool); /* no jobs */
+  px_pool_destroy(pool); /* no jobs */
 }
 
 /* ---- memory ------------------------------------------------------------------------- */
@@ -693,7 +693,7 @@ static void test_big_alloc(void** state) {
                                  64u << 20};
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
     size_t n = sizes[i];
-    unsigned char* p = pmx_big_alloc(n);
+    unsigned char* p = px_big_alloc(n);
     assert_non_null(p);
     if (n >= (2u << 20)) assert_int_equal((uintptr_t)p % (2u << 20), 0);
     size_t step = n > 100000 ? 4093 : 1;
@@ -702,17 +702,17 @@ static void test_big_alloc(void** state) {
     memset(p, 0xA5, n);
     assert_int_equal(p[0], 0xA5);
     assert_int_equal(p[n - 1], 0xA5);
-    pmx_big_free(p, n);
+    px_big_free(p, n);
   }
-  assert_null(pmx_big_alloc(0));
-  assert_null(pmx_big_alloc(SIZE_MAX - 4096));
-  assert_null(pmx_big_alloc((size_t)1 << 62));
-  pmx_big_free(NULL, 0);
+  assert_null(px_big_alloc(0));
+  assert_null(px_big_alloc(SIZE_MAX - 4096));
+  assert_null(px_big_alloc((size_t)1 << 62));
+  px_big_free(NULL, 0);
 }
 
 static void test_tune_malloc(void** state) {
   (void)state;
-  pmx_tune_malloc();
+  px_tune_malloc();
   void* p = malloc(1 << 20);
   assert_non_null(p);
   memset(p, 1, 1 << 20);
@@ -740,15 +740,15 @@ static bool host_has_address(const char* ip) {
 /* The client's default pull compression depends on this: same host = raw pulls. */
 static void test_target_is_local(void** state) {
   (void)state;
-  assert_true(pmx_target_is_local("127.0.0.1:5000"));
-  assert_true(pmx_target_is_local("127.8.9.10:1"));
-  assert_true(pmx_target_is_local("localhost:5000"));
-  assert_true(pmx_target_is_local("dns:///127.0.0.1:5000"));
-  assert_true(pmx_target_is_local("ipv4:127.0.0.1:80"));
-  assert_true(pmx_target_is_local("dns://8.8.8.8/127.0.0.1:5000")); /* the authority is skipped */
-  assert_true(pmx_target_is_local("0.0.0.0:5000"));                 /* reaches this host */
-  assert_true(pmx_target_is_local("[::ffff:127.0.0.1]:5000"));      /* v4-mapped loopback */
-  assert_true(pmx_target_is_local("unix:/tmp/paramex.sock"));
+  assert_true(px_target_is_local("127.0.0.1:5000"));
+  assert_true(px_target_is_local("127.8.9.10:1"));
+  assert_true(px_target_is_local("localhost:5000"));
+  assert_true(px_target_is_local("dns:///127.0.0.1:5000"));
+  assert_true(px_target_is_local("ipv4:127.0.0.1:80"));
+  assert_true(px_target_is_local("dns://8.8.8.8/127.0.0.1:5000")); /* the authority is skipped */
+  assert_true(px_target_is_local("0.0.0.0:5000"));                 /* reaches this host */
+  assert_true(px_target_is_local("[::ffff:127.0.0.1]:5000"));      /* v4-mapped loopback */
+  assert_true(px_target_is_local("unix:/tmp/paramex.sock"));
   /* documentation addresses (checked not to be this host's: VMs do use them) */
   static const char* const remote[][2] = {
       {"192.0.2.1", "192.0.2.1:5000"},       {"2001:db8::1", "[2001:db8::1]:5000"},
@@ -757,15 +757,15 @@ static void test_target_is_local(void** state) {
       {"203.0.113.9", "203.0.113.9:5000"},
   };
   for (size_t i = 0; i < sizeof remote / sizeof *remote; i++)
-    if (!host_has_address(remote[i][0]) && pmx_target_is_local(remote[i][1]))
+    if (!host_has_address(remote[i][0]) && px_target_is_local(remote[i][1]))
       fail_msg("%s is taken for this host", remote[i][1]);
-  assert_false(pmx_target_is_local("dns://127.0.0.1"));
+  assert_false(px_target_is_local("dns://127.0.0.1"));
   /* what does not parse or resolve is remote (compression on) */
-  assert_false(pmx_target_is_local(""));
-  assert_false(pmx_target_is_local(":5000"));
-  assert_false(pmx_target_is_local("[::1:5000"));
-  assert_false(pmx_target_is_local("no-such-host.invalid:5000"));
-  assert_false(pmx_target_is_local(NULL));
+  assert_false(px_target_is_local(""));
+  assert_false(px_target_is_local(":5000"));
+  assert_false(px_target_is_local("[::1:5000"));
+  assert_false(px_target_is_local("no-such-host.invalid:5000"));
+  assert_false(px_target_is_local(NULL));
   /* an address of one of this host's interfaces (where it has one besides loopback) */
   struct ifaddrs* ifs = NULL;
   if (getifaddrs(&ifs) == 0) {
@@ -776,7 +776,7 @@ static void test_target_is_local(void** state) {
       char ip[INET_ADDRSTRLEN], target[64];
       assert_non_null(inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof ip));
       snprintf(target, sizeof target, "%s:5000", ip);
-      if (!pmx_target_is_local(target)) fail_msg("%s (interface %s) is not local", target, i->ifa_name);
+      if (!px_target_is_local(target)) fail_msg("%s (interface %s) is not local", target, i->ifa_name);
       break;
     }
     freeifaddrs(ifs);
@@ -786,7 +786,7 @@ static void test_target_is_local(void** state) {
   struct addrinfo* r = NULL;
   if (getaddrinfo("::1", NULL, &hints, &r) == 0) {
     freeaddrinfo(r);
-    assert_true(pmx_target_is_local("[::1]:5000"));
+    assert_true(px_target_is_local("[::1]:5000"));
   }
 }
 

@@ -18,8 +18,8 @@ static void fill_payload(void) {
   for (size_t i = 0; i < sizeof payload; i++) payload[i] = (uint8_t)(i * 37u + 11u);
 }
 
-static pmx_chunk sample_push(void) {
-  pmx_chunk c = {0};
+static px_chunk sample_push(void) {
+  px_chunk c = {0};
   c.worker_id = 3;
   c.incarnation = 1795611678911156ull;
   c.step = 42;
@@ -28,16 +28,16 @@ static pmx_chunk sample_push(void) {
   c.encoding = 0;
   c.dtype = 1;
   c.raw_len = sizeof payload;
-  c.checksum = pmx_checksum(payload, sizeof payload);
+  c.checksum = px_checksum(payload, sizeof payload);
   return c;
 }
 
 /* nanopb header + payload is exactly what protobuf-c packs for the same message. */
 static void test_push_bytes_identical(void** st) {
   (void)st;
-  pmx_chunk c = sample_push();
-  uint8_t head[PMX_CHUNK_HDR_MAX];
-  size_t hl = pmx_chunk_encode_header(PMX_CHUNK_PUSH, &c, sizeof payload, head, sizeof head);
+  px_chunk c = sample_push();
+  uint8_t head[PX_CHUNK_HDR_MAX];
+  size_t hl = px_chunk_encode_header(PX_CHUNK_PUSH, &c, sizeof payload, head, sizeof head);
   assert_true(hl > 0);
   Paramex__V1__PushChunk m = PARAMEX__V1__PUSH_CHUNK__INIT;
   m.worker_id = c.worker_id;
@@ -61,7 +61,7 @@ static void test_push_bytes_identical(void** st) {
 
 static void test_pull_bytes_identical(void** st) {
   (void)st;
-  pmx_chunk c = {0};
+  px_chunk c = {0};
   c.tensor_id = 2;
   c.chunk = 1;
   c.version = 77;
@@ -70,8 +70,8 @@ static void test_pull_bytes_identical(void** st) {
   c.dtype = 1;
   c.raw_len = 4096;
   c.checksum = 0xfeedfacecafebeefull;
-  uint8_t head[PMX_CHUNK_HDR_MAX];
-  size_t hl = pmx_chunk_encode_header(PMX_CHUNK_PULL, &c, 0, head, sizeof head);
+  uint8_t head[PX_CHUNK_HDR_MAX];
+  size_t hl = px_chunk_encode_header(PX_CHUNK_PULL, &c, 0, head, sizeof head);
   Paramex__V1__PullChunk m = PARAMEX__V1__PULL_CHUNK__INIT;
   m.tensor_id = 2;
   m.chunk = 1;
@@ -99,7 +99,7 @@ static void test_parse_protobufc_any_split(void** st) {
   m.chunk = 3;
   m.dtype = PARAMEX__V1__DTYPE__DTYPE_F32;
   m.raw_len = sizeof payload;
-  m.checksum = pmx_checksum(payload, sizeof payload);
+  m.checksum = px_checksum(payload, sizeof payload);
   m.payload.data = payload;
   m.payload.len = sizeof payload;
   size_t n = paramex__v1__push_chunk__get_packed_size(&m);
@@ -109,14 +109,14 @@ static void test_parse_protobufc_any_split(void** st) {
   for (size_t k = 0; k < sizeof splits / sizeof splits[0]; k++) {
     size_t seglen = splits[k];
     size_t nseg = (n + seglen - 1) / seglen;
-    pmx_iov* seg = calloc(nseg + 2, sizeof *seg);
+    px_iov* seg = calloc(nseg + 2, sizeof *seg);
     size_t ns = 0;
-    seg[ns++] = (pmx_iov){packed, 0}; /* an empty segment first */
+    seg[ns++] = (px_iov){packed, 0}; /* an empty segment first */
     for (size_t off = 0; off < n; off += seglen)
-      seg[ns++] = (pmx_iov){packed + off, off + seglen <= n ? seglen : n - off};
-    pmx_chunk c;
+      seg[ns++] = (px_iov){packed + off, off + seglen <= n ? seglen : n - off};
+    px_chunk c;
     char err[128];
-    assert_int_equal(pmx_chunk_parse(PMX_CHUNK_PUSH, seg, ns, &c, err, sizeof err), 0);
+    assert_int_equal(px_chunk_parse(PX_CHUNK_PUSH, seg, ns, &c, err, sizeof err), 0);
     assert_int_equal(c.worker_id, 1);
     assert_int_equal(c.incarnation, 5);
     assert_true(c.step == 1000000000000ull);
@@ -128,10 +128,10 @@ static void test_parse_protobufc_any_split(void** st) {
     assert_int_equal(c.payload_len, sizeof payload);
     uint8_t out[sizeof payload];
     memset(out, 0, sizeof out);
-    assert_int_equal(pmx_chunk_copy_payload(&c, seg, ns, out, sizeof out), 0);
+    assert_int_equal(px_chunk_copy_payload(&c, seg, ns, out, sizeof out), 0);
     assert_memory_equal(out, payload, sizeof payload);
     /* a destination that is too small is refused, not overrun */
-    assert_int_equal(pmx_chunk_copy_payload(&c, seg, ns, out, sizeof out - 1), -1);
+    assert_int_equal(px_chunk_copy_payload(&c, seg, ns, out, sizeof out - 1), -1);
     free(seg);
   }
   free(packed);
@@ -148,22 +148,22 @@ static void test_payload_first(void** st) {
   n += 4;
   msg[n++] = (4 << 3) | 0; /* tensor_id = 9 */
   msg[n++] = 9;
-  pmx_iov seg = {msg, n};
-  pmx_chunk c;
+  px_iov seg = {msg, n};
+  px_chunk c;
   char err[128];
-  assert_int_equal(pmx_chunk_parse(PMX_CHUNK_PUSH, &seg, 1, &c, err, sizeof err), 0);
+  assert_int_equal(px_chunk_parse(PX_CHUNK_PUSH, &seg, 1, &c, err, sizeof err), 0);
   assert_int_equal(c.tensor_id, 9);
   assert_int_equal(c.payload_len, 4);
   char out[4];
-  assert_int_equal(pmx_chunk_copy_payload(&c, &seg, 1, out, 4), 0);
+  assert_int_equal(px_chunk_copy_payload(&c, &seg, 1, out, 4), 0);
   assert_memory_equal(out, "abcd", 4);
 }
 
 static void expect_malformed(const uint8_t* msg, size_t n) {
-  pmx_iov seg = {msg, n};
-  pmx_chunk c;
+  px_iov seg = {msg, n};
+  px_chunk c;
   char err[128] = "";
-  assert_int_equal(pmx_chunk_parse(PMX_CHUNK_PUSH, &seg, 1, &c, err, sizeof err), -1);
+  assert_int_equal(px_chunk_parse(PX_CHUNK_PUSH, &seg, 1, &c, err, sizeof err), -1);
   assert_non_null(strstr(err, "malformed PushChunk"));
 }
 
@@ -196,9 +196,9 @@ static void test_malformed(void** st) {
 
 static void test_empty_message(void** st) {
   (void)st;
-  pmx_chunk c;
+  px_chunk c;
   char err[64];
-  assert_int_equal(pmx_chunk_parse(PMX_CHUNK_PULL, NULL, 0, &c, err, sizeof err), 0);
+  assert_int_equal(px_chunk_parse(PX_CHUNK_PULL, NULL, 0, &c, err, sizeof err), 0);
   assert_false(c.has_payload);
   assert_int_equal(c.payload_len, 0);
   assert_int_equal(c.tensor_id, 0);
@@ -206,9 +206,9 @@ static void test_empty_message(void** st) {
 
 static void test_header_too_small_buffer(void** st) {
   (void)st;
-  pmx_chunk c = sample_push();
+  px_chunk c = sample_push();
   uint8_t head[8];
-  assert_int_equal(pmx_chunk_encode_header(PMX_CHUNK_PUSH, &c, 10, head, sizeof head), 0);
+  assert_int_equal(px_chunk_encode_header(PX_CHUNK_PUSH, &c, 10, head, sizeof head), 0);
 }
 
 int main(void) {
