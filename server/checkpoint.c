@@ -5,6 +5,8 @@
  * a chunk already at V is copied when the checkpoint starts, a chunk still below V when
  * it arrives at V (after its step), and a chunk about to leave V just before its step.
  * Copies are taken under the chunk's lock; the file is written outside every lock. */
+#include "checkpoint.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -15,14 +17,19 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "codec/codec.h"
-#include "codec/safetensors.h"
+#include "codec/dtype.h"
+#include "format/safetensors_read.h"
+#include "format/safetensors_write.h"
+#include "rpc/rpc_base.h"
+#include "rpc/rpc_server.h"
+#include "util/clock.h"
+#include "util/log.h"
+#include "util/mem.h"
 #include "paramex.pb-c.h"
-#include "server.h"
 
 #define MOM_SUFFIX "@momentum"
 
-struct px_ckpt {
+struct ckpt_copy {
   uint64_t gen;
   uint64_t version;
   uint32_t ntensors;
@@ -40,7 +47,7 @@ typedef struct ckpt_waiter {
   struct ckpt_waiter* next;
 } ckpt_waiter;
 
-static void ckpt_free(px_ckpt* k) {
+static void ckpt_free(ckpt_copy* k) {
   if (!k) return;
   for (uint32_t i = 0; i < k->ntensors; i++) {
     px_big_free(k->params[i], k->pbytes[i]);
@@ -56,7 +63,7 @@ static void ckpt_free(px_ckpt* k) {
 /* ---- capture --------------------------------------------------------------------------- */
 
 /* Copies chunk c into k (c->mu held). */
-static void capture(px_service* svc, px_ckpt* k, px_tensor_state* t, px_chunk_state* c) {
+static void capture(px_ckpt* ck, ckpt_copy* k, px_tensor_state* t, px_chunk_state* c) {
   if (t->id >= k->ntensors || c->ckpt_gen == k->gen) return;
   uint64_t first = (uint64_t)c->index * t->chunk_elems;
   float* mom = k->mom && k->mom[t->id] ? k->mom[t->id] + first : NULL;
@@ -64,31 +71,31 @@ static void capture(px_service* svc, px_ckpt* k, px_tensor_state* t, px_chunk_st
     memset(mom, 0, (size_t)c->elems * sizeof(float));
     mom = NULL;
   }
-  svc->backend->ops->snapshot(svc->backend, t, c, (uint8_t*)k->params[t->id] + first * t->elem,
-                              mom);
+  ck->store->backend->ops->snapshot(ck->store->backend, t->be, c->index,
+                                    (uint8_t*)k->params[t->id] + first * t->elem, mom);
   c->ckpt_gen = k->gen;
-  pthread_mutex_lock(&svc->ckpt.mu);
-  if (--k->remaining == 0) pthread_cond_broadcast(&svc->ckpt.cv);
-  pthread_mutex_unlock(&svc->ckpt.mu);
+  pthread_mutex_lock(&ck->mu);
+  if (--k->remaining == 0) pthread_cond_broadcast(&ck->cv);
+  pthread_mutex_unlock(&ck->mu);
 }
 
 /* A new pending checkpoint of the tensors declared now (ckpt.mu held). */
-static px_ckpt* ckpt_new(px_service* svc, uint64_t version, const char* reason) {
-  px_ckpt* k = calloc(1, sizeof *k);
+static ckpt_copy* ckpt_new(px_ckpt* ck, uint64_t version, const char* reason) {
+  ckpt_copy* k = calloc(1, sizeof *k);
   if (!k) return NULL;
-  uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
-  k->gen = ++svc->ckpt.gen;
+  uint32_t nt = atomic_load_explicit(&ck->store->ntensors, memory_order_acquire);
+  k->gen = ++ck->gen;
   k->version = version;
   k->ntensors = nt;
   k->params = calloc(nt ? nt : 1, sizeof *k->params);
   k->pbytes = calloc(nt ? nt : 1, sizeof *k->pbytes);
   k->mbytes = calloc(nt ? nt : 1, sizeof *k->mbytes);
-  if (svc->cfg.momentum != 0) k->mom = calloc(nt ? nt : 1, sizeof *k->mom);
+  if (ck->o.momentum) k->mom = calloc(nt ? nt : 1, sizeof *k->mom);
   snprintf(k->reason, sizeof k->reason, "%s", reason);
   k->started_ms = px_now_ms();
-  bool ok = k->params && k->pbytes && k->mbytes && (svc->cfg.momentum == 0 || k->mom);
+  bool ok = k->params && k->pbytes && k->mbytes && (!ck->o.momentum || k->mom);
   for (uint32_t i = 0; ok && i < nt; i++) {
-    px_tensor_state* t = svc->tensors[i];
+    px_tensor_state* t = ck->store->tensors[i];
     k->pbytes[i] = t->params_bytes;
     k->mbytes[i] = t->numel * sizeof(float);
     k->params[i] = px_big_alloc(t->params_bytes);
@@ -101,54 +108,49 @@ static px_ckpt* ckpt_new(px_service* svc, uint64_t version, const char* reason) 
     px_error("checkpoint at version %" PRIu64 ": out of memory for the copies", version);
     return NULL;
   }
-  if (k->remaining == 0) pthread_cond_broadcast(&svc->ckpt.cv);
+  if (k->remaining == 0) pthread_cond_broadcast(&ck->cv);
   return k;
 }
 
-void px_ckpt_before_step(px_service* svc, px_tensor_state* t, px_chunk_state* c) {
-  if (!svc->cfg.checkpoint_dir) return;
-  pthread_mutex_lock(&svc->ckpt.mu);
-  px_ckpt* k = svc->ckpt.pending;
+void px_ckpt_before_step(px_ckpt* ck, px_tensor_state* t, px_chunk_state* c) {
+  if (!ck->o.dir) return;
+  pthread_mutex_lock(&ck->mu);
+  ckpt_copy* k = ck->pending;
   bool take = k && k->version == c->version && c->ckpt_gen != k->gen;
-  pthread_mutex_unlock(&svc->ckpt.mu);
-  if (take) capture(svc, k, t, c);
+  pthread_mutex_unlock(&ck->mu);
+  if (take) capture(ck, k, t, c);
 }
 
-void px_ckpt_after_step(px_service* svc, px_tensor_state* t, px_chunk_state* c) {
-  if (!svc->cfg.checkpoint_dir) return;
-  pthread_mutex_lock(&svc->ckpt.mu);
-  px_ckpt* k = svc->ckpt.pending;
-  if (!k && svc->cfg.checkpoint_every && c->version % svc->cfg.checkpoint_every == 0 &&
-      c->version > svc->ckpt.last_version)
-    k = svc->ckpt.pending = ckpt_new(svc, c->version, "periodic");
+void px_ckpt_after_step(px_ckpt* ck, px_tensor_state* t, px_chunk_state* c) {
+  if (!ck->o.dir) return;
+  pthread_mutex_lock(&ck->mu);
+  ckpt_copy* k = ck->pending;
+  if (!k && ck->o.every && c->version % ck->o.every == 0 &&
+      c->version > ck->last_version)
+    k = ck->pending = ckpt_new(ck, c->version, "periodic");
   bool take = k && k->version == c->version && c->ckpt_gen != k->gen;
-  pthread_mutex_unlock(&svc->ckpt.mu);
-  if (take) capture(svc, k, t, c);
+  pthread_mutex_unlock(&ck->mu);
+  if (take) capture(ck, k, t, c);
 }
 
 /* Starts a checkpoint at the newest version any chunk has (or joins the one in progress).
  * Returns its generation, 0 on failure. */
-static uint64_t request(px_service* svc, const char* reason) {
-  uint32_t nt = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
+static uint64_t request(px_ckpt* ck, const char* reason) {
   uint64_t vmax = 0;
-  for (uint32_t i = 0; i < nt; i++) {
-    uint64_t hi;
-    px_tensor_version_min(svc->tensors[i], &hi, NULL);
-    if (hi > vmax) vmax = hi;
-  }
-  pthread_mutex_lock(&svc->ckpt.mu);
-  px_ckpt* k = svc->ckpt.pending;
-  if (!k) k = svc->ckpt.pending = ckpt_new(svc, vmax, reason);
+  px_store_version_min(ck->store, &vmax);
+  pthread_mutex_lock(&ck->mu);
+  ckpt_copy* k = ck->pending;
+  if (!k) k = ck->pending = ckpt_new(ck, vmax, reason);
   uint64_t gen = k ? k->gen : 0;
-  pthread_mutex_unlock(&svc->ckpt.mu);
+  pthread_mutex_unlock(&ck->mu);
   if (!k) return 0;
   /* chunks already at the version are copied now; the others on arrival */
   for (uint32_t i = 0; i < k->ntensors; i++) {
-    px_tensor_state* t = svc->tensors[i];
+    px_tensor_state* t = ck->store->tensors[i];
     for (uint32_t j = 0; j < t->nchunks; j++) {
       px_chunk_state* c = &t->chunks[j];
       pthread_mutex_lock(&c->mu);
-      if (c->initialized && c->version == k->version) capture(svc, k, t, c);
+      if (c->initialized && c->version == k->version) capture(ck, k, t, c);
       pthread_mutex_unlock(&c->mu);
     }
   }
@@ -158,16 +160,16 @@ static uint64_t request(px_service* svc, const char* reason) {
 /* ---- writing ------------------------------------------------------------------------------ */
 
 typedef struct write_ctx {
-  px_service* svc;
-  px_ckpt* k;
+  px_ckpt* ck;
+  ckpt_copy* k;
 } write_ctx;
 
 static int write_tensor(void* ctx, size_t index, px_st_sink* sink) {
   write_ctx* w = ctx;
-  px_ckpt* k = w->k;
+  ckpt_copy* k = w->k;
   size_t ti = k->mom ? index / 2 : index;
   bool mom = k->mom && index % 2 == 1;
-  if (mom) return px_st_sink_write(sink, k->mom[ti], w->svc->tensors[ti]->numel * sizeof(float));
+  if (mom) return px_st_sink_write(sink, k->mom[ti], w->ck->store->tensors[ti]->numel * sizeof(float));
   return px_st_sink_write(sink, k->params[ti], k->pbytes[ti]);
 }
 
@@ -200,9 +202,9 @@ static size_t list_checkpoints(const char* dir, uint64_t* versions, size_t cap) 
   return n;
 }
 
-static void finish_waiters(px_service* svc, ckpt_waiter* w, int status, const char* msg,
+static void finish_waiters(px_ckpt* ck, ckpt_waiter* w, int status, const char* msg,
                            uint64_t version, const char* path, uint64_t bytes) {
-  (void)svc;
+  (void)ck;
   while (w) {
     ckpt_waiter* next = w->next;
     if (status == PX_ST_OK) {
@@ -228,7 +230,7 @@ static void finish_waiters(px_service* svc, ckpt_waiter* w, int status, const ch
   }
 }
 
-static int write_checkpoint(px_service* svc, px_ckpt* k, char* path, size_t pathlen,
+static int write_checkpoint(px_ckpt* ck, ckpt_copy* k, char* path, size_t pathlen,
                             uint64_t* bytes, char* err, size_t errlen) {
   size_t n = (size_t)k->ntensors * (k->mom ? 2 : 1);
   px_st_entry* e = calloc(n ? n : 1, sizeof *e);
@@ -241,7 +243,7 @@ static int write_checkpoint(px_service* svc, px_ckpt* k, char* path, size_t path
   }
   *bytes = 0;
   for (uint32_t i = 0, j = 0; i < k->ntensors; i++) {
-    px_tensor_state* t = svc->tensors[i];
+    px_tensor_state* t = ck->store->tensors[i];
     e[j] = (px_st_entry){t->name, t->dtype, t->ndim, t->shape, t->params_bytes};
     *bytes += t->params_bytes;
     j++;
@@ -255,142 +257,158 @@ static int write_checkpoint(px_service* svc, px_ckpt* k, char* path, size_t path
   /* metadata: the version, the workers' incarnations (so that they need not rejoin) */
   char version[32], workers[16], server[80];
   snprintf(version, sizeof version, "%" PRIu64, k->version);
-  snprintf(workers, sizeof workers, "%u", svc->cfg.workers);
-  snprintf(server, sizeof server, "%s", svc->server_id);
-  size_t inc_cap = (size_t)svc->cfg.workers * 21 + 1;
+  snprintf(workers, sizeof workers, "%u", ck->members->n);
+  snprintf(server, sizeof server, "%s", ck->o.server_id);
+  size_t inc_cap = (size_t)ck->members->n * 21 + 1;
   char* inc = malloc(inc_cap);
-  size_t off = 0;
-  for (uint32_t w = 0; inc && w < svc->cfg.workers; w++)
-    off += (size_t)snprintf(inc + off, inc_cap - off, w ? ",%" PRIu64 : "%" PRIu64,
-                            (uint64_t)atomic_load(&svc->workers[w].incarnation));
-  if (inc && svc->cfg.workers == 0) inc[0] = 0;
+  if (inc) px_members_incarnations(ck->members, inc, inc_cap);
   const char* meta[] = {"pmx.version", version, "pmx.workers", workers, "pmx.server_id", server,
                         "pmx.incarnations", inc ? inc : "", "pmx.momentum",
                         k->mom ? "1" : "0"};
   char name[64];
   snprintf(name, sizeof name, "ckpt-%020" PRIu64 ".safetensors", k->version);
-  write_ctx ctx = {svc, k};
-  int rc = px_st_write(svc->cfg.checkpoint_dir, name, e, n, write_tensor, &ctx, meta,
+  write_ctx ctx = {ck, k};
+  int rc = px_st_write(ck->o.dir, name, e, n, write_tensor, &ctx, meta,
                         sizeof meta / sizeof meta[0] / 2, err, errlen);
-  snprintf(path, pathlen, "%s/%s", svc->cfg.checkpoint_dir, name);
+  snprintf(path, pathlen, "%s/%s", ck->o.dir, name);
   free(inc);
   free(e);
   free(names);
   if (rc != 0) return -1;
   /* keep the newest --keep */
   uint64_t vs[1024];
-  size_t nv = list_checkpoints(svc->cfg.checkpoint_dir, vs, 1024);
-  for (size_t i = svc->cfg.keep; i < nv; i++) {
+  size_t nv = list_checkpoints(ck->o.dir, vs, 1024);
+  for (size_t i = ck->o.keep; i < nv; i++) {
     char old[600];
-    snprintf(old, sizeof old, "%s/ckpt-%020" PRIu64 ".safetensors", svc->cfg.checkpoint_dir, vs[i]);
+    snprintf(old, sizeof old, "%s/ckpt-%020" PRIu64 ".safetensors", ck->o.dir, vs[i]);
     if (unlink(old) != 0) px_warn("checkpoint: cannot remove %s: %s", old, strerror(errno));
   }
   return 0;
 }
 
 static void* ckpt_thread(void* arg) {
-  px_service* svc = arg;
-  uint64_t next_timed = svc->cfg.checkpoint_interval > 0
-                            ? px_now_ms() + (uint64_t)(svc->cfg.checkpoint_interval * 1000.0)
+  px_ckpt* ck = arg;
+  uint64_t next_timed = ck->o.interval > 0
+                            ? px_now_ms() + (uint64_t)(ck->o.interval * 1000.0)
                             : UINT64_MAX;
-  pthread_mutex_lock(&svc->ckpt.mu);
+  pthread_mutex_lock(&ck->mu);
   for (;;) {
-    px_ckpt* k = svc->ckpt.pending;
+    ckpt_copy* k = ck->pending;
     if (k && k->remaining == 0) {
-      svc->ckpt.pending = NULL;
-      ckpt_waiter* w = svc->ckpt.waiters;
-      svc->ckpt.waiters = NULL;
-      pthread_mutex_unlock(&svc->ckpt.mu);
+      ck->pending = NULL;
+      ckpt_waiter* w = ck->waiters;
+      ck->waiters = NULL;
+      pthread_mutex_unlock(&ck->mu);
       char path[600], err[512];
       uint64_t bytes = 0, t0 = px_now_ms();
-      int rc = write_checkpoint(svc, k, path, sizeof path, &bytes, err, sizeof err);
+      int rc = write_checkpoint(ck, k, path, sizeof path, &bytes, err, sizeof err);
       if (rc == 0)
         px_info("checkpoint written: %s (version %" PRIu64 ", %" PRIu64 " bytes, %s, %" PRIu64
                  " ms)", path, k->version, bytes, k->reason, px_now_ms() - t0);
       else
         px_error("checkpoint at version %" PRIu64 " failed, the previous one is intact: %s",
                   k->version, err);
-      pthread_mutex_lock(&svc->ckpt.mu);
+      pthread_mutex_lock(&ck->mu);
       if (rc == 0) {
-        svc->ckpt.written++;
-        svc->ckpt.last_version = k->version;
-        snprintf(svc->ckpt.last_path, sizeof svc->ckpt.last_path, "%s", path);
+        ck->written++;
+        ck->last_version = k->version;
+        snprintf(ck->last_path, sizeof ck->last_path, "%s", path);
       } else {
-        svc->ckpt.failures++;
+        ck->failures++;
       }
-      svc->ckpt.done_gen = k->gen;
-      svc->ckpt.done_ok = rc == 0;
-      pthread_cond_broadcast(&svc->ckpt.cv);
-      pthread_mutex_unlock(&svc->ckpt.mu);
-      finish_waiters(svc, w, rc == 0 ? PX_ST_OK : PX_ST_FAILED_PRECONDITION, err, k->version,
+      ck->done_gen = k->gen;
+      ck->done_ok = rc == 0;
+      pthread_cond_broadcast(&ck->cv);
+      pthread_mutex_unlock(&ck->mu);
+      finish_waiters(ck, w, rc == 0 ? PX_ST_OK : PX_ST_FAILED_PRECONDITION, err, k->version,
                      path, bytes);
       ckpt_free(k);
-      pthread_mutex_lock(&svc->ckpt.mu);
+      pthread_mutex_lock(&ck->mu);
       continue;
     }
-    if (svc->ckpt.stop) break;
+    if (ck->stop) break;
     uint64_t now = px_now_ms();
     if (now >= next_timed) {
-      next_timed = now + (uint64_t)(svc->cfg.checkpoint_interval * 1000.0);
-      if (!svc->ckpt.pending && atomic_load(&svc->ntensors) > 0) {
-        pthread_mutex_unlock(&svc->ckpt.mu);
-        request(svc, "interval");
-        pthread_mutex_lock(&svc->ckpt.mu);
+      next_timed = now + (uint64_t)(ck->o.interval * 1000.0);
+      if (!ck->pending && atomic_load(&ck->store->ntensors) > 0) {
+        pthread_mutex_unlock(&ck->mu);
+        request(ck, "interval");
+        pthread_mutex_lock(&ck->mu);
       }
       continue;
     }
     if (next_timed == UINT64_MAX) {
-      pthread_cond_wait(&svc->ckpt.cv, &svc->ckpt.mu);
+      pthread_cond_wait(&ck->cv, &ck->mu);
     } else {
       struct timespec ts;
       px_deadline_ts(&ts, CLOCK_MONOTONIC, (int64_t)(next_timed - now));
-      pthread_cond_timedwait(&svc->ckpt.cv, &svc->ckpt.mu, &ts);
+      pthread_cond_timedwait(&ck->cv, &ck->mu, &ts);
     }
   }
-  pthread_mutex_unlock(&svc->ckpt.mu);
+  pthread_mutex_unlock(&ck->mu);
   return NULL;
 }
 
 /* ---- lifecycle ------------------------------------------------------------------------------ */
 
-int px_ckpt_init(px_service* svc, char* err, size_t errlen) {
-  pthread_mutex_init(&svc->ckpt.mu, NULL);
-  pthread_condattr_t a;
-  pthread_condattr_init(&a);
-  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-  pthread_cond_init(&svc->ckpt.cv, &a);
-  pthread_condattr_destroy(&a);
-  if (!svc->cfg.checkpoint_dir) return 0;
-  if (mkdir(svc->cfg.checkpoint_dir, 0755) != 0 && errno != EEXIST) {
-    snprintf(err, errlen, "--checkpoint-dir %s: %s", svc->cfg.checkpoint_dir, strerror(errno));
+int px_ckpt_init(px_ckpt* ck, const px_ckpt_opts* o, px_store* store, px_members* members,
+                 char* err, size_t errlen) {
+  memset(ck, 0, sizeof *ck);
+  ck->o = *o;
+  ck->store = store;
+  ck->members = members;
+  pthread_mutex_init(&ck->mu, NULL);
+  px_cond_init_monotonic(&ck->cv);
+  if (!ck->o.dir) return 0;
+  if (mkdir(ck->o.dir, 0755) != 0 && errno != EEXIST) {
+    snprintf(err, errlen, "--checkpoint-dir %s: %s", ck->o.dir, strerror(errno));
     return -1;
   }
   struct stat st;
-  if (stat(svc->cfg.checkpoint_dir, &st) != 0 || !S_ISDIR(st.st_mode) ||
-      access(svc->cfg.checkpoint_dir, W_OK) != 0) {
-    snprintf(err, errlen, "--checkpoint-dir %s: not a writable directory", svc->cfg.checkpoint_dir);
+  if (stat(ck->o.dir, &st) != 0 || !S_ISDIR(st.st_mode) ||
+      access(ck->o.dir, W_OK) != 0) {
+    snprintf(err, errlen, "--checkpoint-dir %s: not a writable directory", ck->o.dir);
     return -1;
   }
-  if (pthread_create(&svc->ckpt.thread, NULL, ckpt_thread, svc) != 0) {
+  if (pthread_create(&ck->thread, NULL, ckpt_thread, ck) != 0) {
     snprintf(err, errlen, "cannot start the checkpoint thread");
     return -1;
   }
-  svc->ckpt.thread_started = true;
+  ck->thread_started = true;
   /* temp files of writes that a crash interrupted */
-  DIR* d = opendir(svc->cfg.checkpoint_dir);
+  DIR* d = opendir(ck->o.dir);
   struct dirent* e;
   while (d && (e = readdir(d)) != NULL) {
     if (strncmp(e->d_name, ".ckpt-", 6) != 0 || !strstr(e->d_name, ".tmp")) continue;
     char p[600];
-    snprintf(p, sizeof p, "%s/%s", svc->cfg.checkpoint_dir, e->d_name);
+    snprintf(p, sizeof p, "%s/%s", ck->o.dir, e->d_name);
     if (unlink(p) == 0) px_info("removed %s, left by an interrupted checkpoint", p);
   }
   if (d) closedir(d);
   return 0;
 }
 
+/* One tensor of a checkpoint (its momentum: mom, unaligned, or NULL). */
+static int restore_tensor(px_ckpt* ck, const px_st_tensor* e, const void* mom, uint64_t version,
+                          char* err, size_t errlen) {
+  float* m = NULL;
+  uint64_t numel = e->nbytes / (px_dtype_size(e->dtype) ? px_dtype_size(e->dtype) : 1);
+  if (mom) { /* the file's data is not necessarily aligned for floats */
+    m = px_big_alloc(numel * sizeof(float));
+    if (!m) {
+      snprintf(err, errlen, "tensor '%s': out of memory for its momentum", e->name);
+      return -1;
+    }
+    memcpy(m, mom, numel * sizeof(float));
+  }
+  int rc = px_store_restore(ck->store, e->name, e->dtype, e->shape, e->ndim, e->data, e->nbytes, m,
+                            version, err, errlen);
+  px_big_free(m, numel * sizeof(float));
+  return rc;
+}
+
 /* Loads one checkpoint file into the (empty) store. */
-static int restore_file(px_service* svc, const char* path, uint64_t* version, char* err,
+static int restore_file(px_ckpt* ck, const char* path, uint64_t* version, char* err,
                         size_t errlen) {
   px_st_file* f = px_st_open(path, err, errlen);
   if (!f) return -1;
@@ -401,9 +419,9 @@ static int restore_file(px_service* svc, const char* path, uint64_t* version, ch
   int rc = -1;
   if (!vs || !end || *end) {
     snprintf(err, errlen, "no pmx.version in its metadata");
-  } else if (!ws || strtoul(ws, NULL, 10) != svc->cfg.workers) {
+  } else if (!ws || strtoul(ws, NULL, 10) != ck->members->n) {
     snprintf(err, errlen, "written for %s workers, this server has --workers %u",
-             ws ? ws : "?", svc->cfg.workers);
+             ws ? ws : "?", ck->members->n);
   } else {
     rc = 0;
     size_t n = px_st_count(f);
@@ -418,103 +436,108 @@ static int restore_file(px_service* svc, const char* path, uint64_t* version, ch
       snprintf(mname, sizeof mname, "%s" MOM_SUFFIX, e.name);
       bool has_mom = px_st_find(f, mname, &m) == 0 && m.dtype == PX_DT_F32 &&
                      m.nbytes == e.nbytes / px_dtype_size(e.dtype) * sizeof(float);
-      rc = px_store_restore(svc, &e, has_mom ? m.data : NULL, v, err, errlen);
+      rc = restore_tensor(ck, &e, has_mom ? m.data : NULL, v, err, errlen);
     }
     const char* inc = px_st_meta(f, "pmx.incarnations");
-    for (uint32_t w = 0; rc == 0 && inc && *inc && w < svc->cfg.workers; w++) {
-      uint64_t x = strtoull(inc, &end, 10);
-      atomic_store(&svc->workers[w].incarnation, x);
-      if (x >= atomic_load(&svc->next_incarnation)) atomic_store(&svc->next_incarnation, x + 1);
-      inc = *end == ',' ? end + 1 : end;
-    }
+    if (rc == 0 && inc) px_members_restore(ck->members, inc);
   }
   px_st_close(f);
   *version = v;
   return rc;
 }
 
-int px_ckpt_restore(px_service* svc) {
-  if (!svc->cfg.checkpoint_dir) return 0;
+int px_ckpt_restore(px_ckpt* ck) {
+  if (!ck->o.dir) return 0;
   uint64_t vs[1024];
-  size_t n = list_checkpoints(svc->cfg.checkpoint_dir, vs, 1024);
+  size_t n = list_checkpoints(ck->o.dir, vs, 1024);
   for (size_t i = 0; i < n; i++) {
     char path[600], err[512];
-    snprintf(path, sizeof path, "%s/ckpt-%020" PRIu64 ".safetensors", svc->cfg.checkpoint_dir, vs[i]);
+    snprintf(path, sizeof path, "%s/ckpt-%020" PRIu64 ".safetensors", ck->o.dir, vs[i]);
     uint64_t v = 0;
-    if (restore_file(svc, path, &v, err, sizeof err) == 0) {
+    if (restore_file(ck, path, &v, err, sizeof err) == 0) {
       px_info("restored %s: version %" PRIu64 ", %u tensors", path, v,
-               atomic_load(&svc->ntensors));
-      svc->ckpt.last_version = v;
-      svc->ckpt.restored_version = v;
-      snprintf(svc->ckpt.last_path, sizeof svc->ckpt.last_path, "%s", path);
+               atomic_load(&ck->store->ntensors));
+      ck->last_version = v;
+      ck->restored_version = v;
+      snprintf(ck->last_path, sizeof ck->last_path, "%s", path);
       return 0;
     }
     px_warn("skipping checkpoint %s: %s", path, err);
-    if (atomic_load(&svc->ntensors) > 0) {
+    if (atomic_load(&ck->store->ntensors) > 0) {
       /* a file that failed half way left tensors behind: start over cleanly */
       px_error("checkpoint %s failed after loading some tensors; not restoring", path);
       return -1;
     }
   }
-  if (n == 0) px_info("no checkpoint in %s: starting empty", svc->cfg.checkpoint_dir);
+  if (n == 0) px_info("no checkpoint in %s: starting empty", ck->o.dir);
   return 0;
 }
 
-int px_ckpt_now(px_service* svc, px_srv_call* waiter, const char* reason) {
-  if (!svc->cfg.checkpoint_dir) return -1;
+int px_ckpt_now(px_ckpt* ck, px_srv_call* waiter, const char* reason) {
+  if (!ck->o.dir) return -1;
   if (waiter) {
     ckpt_waiter* w = calloc(1, sizeof *w);
     if (!w) return -1;
     px_srv_call_ref(waiter);
     w->call = waiter;
-    pthread_mutex_lock(&svc->ckpt.mu);
-    w->next = svc->ckpt.waiters;
-    svc->ckpt.waiters = w;
-    pthread_mutex_unlock(&svc->ckpt.mu);
+    pthread_mutex_lock(&ck->mu);
+    w->next = ck->waiters;
+    ck->waiters = w;
+    pthread_mutex_unlock(&ck->mu);
   }
-  return request(svc, reason) ? 0 : -1;
+  return request(ck, reason) ? 0 : -1;
 }
 
-int px_ckpt_final(px_service* svc, int64_t wait_ms) {
-  if (!svc->cfg.checkpoint_dir) return 0;
-  uint64_t gen = request(svc, "shutdown");
+int px_ckpt_final(px_ckpt* ck, int64_t wait_ms) {
+  if (!ck->o.dir) return 0;
+  uint64_t gen = request(ck, "shutdown");
   if (!gen) return -1;
   struct timespec until;
   px_deadline_ts(&until, CLOCK_MONOTONIC, wait_ms);
-  pthread_mutex_lock(&svc->ckpt.mu);
-  while (svc->ckpt.done_gen < gen)
-    if (pthread_cond_timedwait(&svc->ckpt.cv, &svc->ckpt.mu, &until) != 0) break;
+  pthread_mutex_lock(&ck->mu);
+  while (ck->done_gen < gen)
+    if (pthread_cond_timedwait(&ck->cv, &ck->mu, &until) != 0) break;
   int rc = 0;
-  px_ckpt* k = svc->ckpt.pending;
-  if (svc->ckpt.done_gen >= gen && !svc->ckpt.done_ok) rc = -1; /* the write failed */
-  if (svc->ckpt.done_gen < gen && k)
+  ckpt_copy* k = ck->pending;
+  if (ck->done_gen >= gen && !ck->done_ok) rc = -1; /* the write failed */
+  if (ck->done_gen < gen && k)
     px_warn("final checkpoint at version %" PRIu64 " not written: %zu chunks never reached it "
              "(a step was in progress); the newest checkpoint is version %" PRIu64,
-             k->version, k->remaining, svc->ckpt.last_version);
-  pthread_mutex_unlock(&svc->ckpt.mu);
+             k->version, k->remaining, ck->last_version);
+  pthread_mutex_unlock(&ck->mu);
   return rc;
 }
 
-void px_ckpt_fail_waiters(px_service* svc) {
-  pthread_mutex_lock(&svc->ckpt.mu);
-  ckpt_waiter* w = svc->ckpt.waiters;
-  svc->ckpt.waiters = NULL;
-  pthread_mutex_unlock(&svc->ckpt.mu);
-  finish_waiters(svc, w, PX_ST_UNAVAILABLE, "server is shutting down", 0, NULL, 0);
+void px_ckpt_fail_waiters(px_ckpt* ck) {
+  pthread_mutex_lock(&ck->mu);
+  ckpt_waiter* w = ck->waiters;
+  ck->waiters = NULL;
+  pthread_mutex_unlock(&ck->mu);
+  finish_waiters(ck, w, PX_ST_UNAVAILABLE, "server is shutting down", 0, NULL, 0);
 }
 
-void px_ckpt_shutdown(px_service* svc) {
-  pthread_mutex_lock(&svc->ckpt.mu);
-  svc->ckpt.stop = true;
-  pthread_cond_broadcast(&svc->ckpt.cv);
-  ckpt_waiter* w = svc->ckpt.waiters;
-  svc->ckpt.waiters = NULL;
-  px_ckpt* k = svc->ckpt.pending;
-  svc->ckpt.pending = NULL;
-  pthread_mutex_unlock(&svc->ckpt.mu);
-  if (svc->ckpt.thread_started) pthread_join(svc->ckpt.thread, NULL);
-  finish_waiters(svc, w, PX_ST_UNAVAILABLE, "server is shutting down", 0, NULL, 0);
+void px_ckpt_shutdown(px_ckpt* ck) {
+  pthread_mutex_lock(&ck->mu);
+  ck->stop = true;
+  pthread_cond_broadcast(&ck->cv);
+  ckpt_waiter* w = ck->waiters;
+  ck->waiters = NULL;
+  ckpt_copy* k = ck->pending;
+  ck->pending = NULL;
+  pthread_mutex_unlock(&ck->mu);
+  if (ck->thread_started) pthread_join(ck->thread, NULL);
+  finish_waiters(ck, w, PX_ST_UNAVAILABLE, "server is shutting down", 0, NULL, 0);
   ckpt_free(k);
-  pthread_mutex_destroy(&svc->ckpt.mu);
-  pthread_cond_destroy(&svc->ckpt.cv);
+  pthread_mutex_destroy(&ck->mu);
+  pthread_cond_destroy(&ck->cv);
+}
+
+void px_ckpt_get_info(px_ckpt* ck, px_ckpt_info* out) {
+  pthread_mutex_lock(&ck->mu);
+  out->written = ck->written;
+  out->failures = ck->failures;
+  out->last_version = ck->last_version;
+  out->restored_version = ck->restored_version;
+  snprintf(out->last_path, sizeof out->last_path, "%s", ck->last_path);
+  pthread_mutex_unlock(&ck->mu);
 }

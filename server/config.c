@@ -5,11 +5,16 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "server.h"
+#include "config.h"
+
+#include "framecache.h"
+#include "util/flags.h"
+#include "util/log.h"
+#include "util/taskpool.h"
 
 #define SYNOPSIS "[--listen HOST:PORT] [--workers N] [--lr F] [flags...]"
 
-int px_config_parse(px_config* cfg, int argc, char** argv) {
+int px_config_parse(px_config* cfg, int argc, char** argv, char* err, size_t errlen) {
   memset(cfg, 0, sizeof *cfg);
   cfg->listen = "0.0.0.0:50051";
   cfg->workers = 1;
@@ -40,7 +45,7 @@ int px_config_parse(px_config* cfg, int argc, char** argv) {
   const px_flag flags[] = {
       {"listen", PX_FLAG_STR, &cfg->listen, 0, 0, "HOST:PORT",
        "address to serve on; port 0 picks a free port"},
-      {"workers", PX_FLAG_U32, &cfg->workers, 1, 4096, "N",
+      {"workers", PX_FLAG_U32, &cfg->workers, 1, PX_MAX_WORKERS, "N",
        "workers per step (BSP: a step completes when all N pushed)"},
       {"lr", PX_FLAG_F64, &cfg->lr, 0, 1e6, "F", "SGD learning rate"},
       {"momentum", PX_FLAG_F64, &cfg->momentum, 0, 0.999999, "F", "SGD momentum (0 = none)"},
@@ -97,60 +102,54 @@ int px_config_parse(px_config* cfg, int argc, char** argv) {
        "with --device cuda: the GPUs to use, e.g. 0,1 (default: every GPU)"},
   };
   const size_t nflags = sizeof flags / sizeof flags[0];
-  char err[256];
-  int rc = px_flags_parse(flags, nflags, argc, argv, NULL, err, sizeof err);
+  int rc = px_flags_parse(flags, nflags, argc, argv, NULL, err, errlen);
   if (rc == 1) {
     px_flags_usage(stdout, "paramex-server", SYNOPSIS, flags, nflags);
     return 1;
   }
   if (rc == 0 && px_log_level_parse(cfg->log_level) < 0) {
-    snprintf(err, sizeof err, "--log-level: '%s' is not one of error, warn, info, debug",
+    snprintf(err, errlen, "--log-level: '%s' is not one of error, warn, info, debug",
              cfg->log_level);
     rc = 2;
   }
   if (rc == 0 && (cfg->chunk_bytes % 4) != 0) {
-    snprintf(err, sizeof err, "--chunk-bytes: %llu is not a multiple of 4",
+    snprintf(err, errlen, "--chunk-bytes: %llu is not a multiple of 4",
              (unsigned long long)cfg->chunk_bytes);
     rc = 2;
   }
   if (rc == 0 && (!strchr(cfg->listen, ':') || cfg->listen[0] == ':')) {
-    snprintf(err, sizeof err, "--listen: '%s' is not HOST:PORT", cfg->listen);
+    snprintf(err, errlen, "--listen: '%s' is not HOST:PORT", cfg->listen);
     rc = 2;
   }
   if (rc == 0 && (!cfg->tls_cert) != (!cfg->tls_key)) {
-    snprintf(err, sizeof err, "%s needs %s too", cfg->tls_cert ? "--tls-cert" : "--tls-key",
+    snprintf(err, errlen, "%s needs %s too", cfg->tls_cert ? "--tls-cert" : "--tls-key",
              cfg->tls_cert ? "--tls-key" : "--tls-cert");
     rc = 2;
   }
   if (rc == 0 && !cfg->checkpoint_dir && (cfg->checkpoint_every || cfg->checkpoint_interval > 0)) {
-    snprintf(err, sizeof err, "--checkpoint-%s needs --checkpoint-dir",
+    snprintf(err, errlen, "--checkpoint-%s needs --checkpoint-dir",
              cfg->checkpoint_every ? "every" : "interval");
     rc = 2;
   }
   if (rc == 0 && cfg->tls_client_ca && !cfg->tls_cert) {
-    snprintf(err, sizeof err, "--tls-client-ca needs --tls-cert and --tls-key");
+    snprintf(err, errlen, "--tls-client-ca needs --tls-cert and --tls-key");
     rc = 2;
   }
   if (rc == 0 && strcmp(cfg->device, "cpu") != 0 && strcmp(cfg->device, "cuda") != 0) {
-    snprintf(err, sizeof err, "--device: '%.40s' is not cpu or cuda", cfg->device);
+    snprintf(err, errlen, "--device: '%.40s' is not cpu or cuda", cfg->device);
     rc = 2;
   }
   if (rc == 0 && cfg->gpus && strcmp(cfg->device, "cuda") != 0) {
-    snprintf(err, sizeof err, "--gpus needs --device cuda");
+    snprintf(err, errlen, "--gpus needs --device cuda");
     rc = 2;
   }
   if (rc == 0 && cfg->gpus &&
-      px_gpu_list_parse(cfg->gpus, cfg->gpu_ids, PX_MAX_GPUS, &cfg->ngpus, err, sizeof err) != 0)
+      px_gpu_list_parse(cfg->gpus, cfg->gpu_ids, PX_MAX_GPUS, &cfg->ngpus, err, errlen) != 0)
     rc = 2;
-  if (rc != 0) {
-    fprintf(stderr, "paramex-server: %s\n", err);
-    return 2;
-  }
-  return 0;
+  return rc;
 }
 
-/* --gpus LIST (declared in backend.h; here with the other flags, so that the flag parser
- * and its fuzz target do not need the backends). */
+/* --gpus LIST, here with the other flags (the flag fuzz target needs no backend). */
 int px_gpu_list_parse(const char* s, int* ids, uint32_t cap, uint32_t* n, char* err,
                        size_t errlen) {
   uint32_t k = 0;

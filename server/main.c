@@ -4,7 +4,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "server.h"
+#include "rpc/rpc_base.h"
+#include "service.h"
+#include "util/log.h"
+#include "util/mem.h"
 
 int main(int argc, char** argv) {
   /* Signals are taken synchronously by this thread only; block them before any thread
@@ -17,15 +20,18 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
 
   px_config cfg;
-  int rc = px_config_parse(&cfg, argc, argv);
+  char err[512];
+  int rc = px_config_parse(&cfg, argc, argv, err, sizeof err);
   if (rc == 1) return 0;
-  if (rc != 0) return 2;
+  if (rc != 0) {
+    fprintf(stderr, "paramex-server: %s\n", err);
+    return 2;
+  }
   px_log_init("server", (px_log_level)px_log_level_parse(cfg.log_level));
   px_tune_malloc();
   px_rpc_init();
 
   static px_service svc;
-  char err[512];
   rc = px_service_init(&svc, &cfg, err, sizeof err);
   if (rc != 0) {
     fprintf(stderr, "paramex-server: %s\n", err);
@@ -43,7 +49,7 @@ int main(int argc, char** argv) {
   fflush(stdout);
   px_info("serving %u workers, lr %g momentum %g weight decay %g, chunk %llu bytes, "
            "%u compute threads, backend %s, %s%s%s", cfg.workers, cfg.lr, cfg.momentum, cfg.weight_decay,
-           (unsigned long long)cfg.chunk_bytes, cfg.threads, svc.backend->desc,
+           (unsigned long long)cfg.chunk_bytes, cfg.threads, svc.srv.backend->desc,
            cfg.tls_client_ca ? "mutual TLS" : cfg.tls_cert ? "TLS" : "plaintext",
            cfg.token_file ? ", bearer token required" : "",
            cfg.compression ? "" : ", compression off");

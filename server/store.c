@@ -1,97 +1,82 @@
-/* The tensor store: declaration, initial values, chunk frames and buffer recycling. */
+/* The tensor store (store.h). */
+#include "store.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <xxhash.h>
 
-#include "codec/codec.h"
-#include "codec/diff.h"
-#include "codec/safetensors.h"
-#include "server.h"
+#include "codec/checksum.h"
+#include "codec/dtype.h"
+#include "codec/initializer.h"
+#include "rpc/rpc_base.h"
+#include "util/bufpool.h"
+#include "util/log.h"
+#include "util/mem.h"
 
-/* ---- buffers ---------------------------------------------------------------------------
- * Size classes are powers of two from 4 KiB; class k holds buffers of 4 KiB << k. */
-#define NCLASSES 16
-#define BIG_CLASS_BYTES (256u << 10)
-
-static struct {
-  pthread_mutex_t mu;
-  void* free[NCLASSES];
-} g_bufs = {PTHREAD_MUTEX_INITIALIZER, {0}};
-
-static int buf_class(size_t bytes, size_t* cap) {
-  int k = 0;
-  size_t c = 4096;
-  while (c < bytes && k < NCLASSES - 1) {
-    c <<= 1;
-    k++;
+int px_store_init(px_store* s, const px_store_opts* o, px_backend* backend, px_fcache* fcache,
+                  px_waiters* waiters, px_counters* ctr, char* err, size_t errlen) {
+  memset(s, 0, sizeof *s);
+  s->o = *o;
+  s->backend = backend;
+  s->fcache = fcache;
+  s->waiters = waiters;
+  s->ctr = ctr;
+  pthread_mutex_init(&s->declare_mu, NULL);
+  s->tensors = calloc(o->max_tensors ? o->max_tensors : 1, sizeof *s->tensors);
+  if (!s->tensors) {
+    snprintf(err, errlen, "out of memory at start");
+    return -1;
   }
-  *cap = c;
-  return c >= bytes ? k : -1;
+  return 0;
 }
 
-void* px_buf_get(size_t bytes) {
-  size_t cap;
-  int k = buf_class(bytes, &cap);
-  if (k < 0) return NULL;
-  pthread_mutex_lock(&g_bufs.mu);
-  void* p = g_bufs.free[k];
-  if (p) g_bufs.free[k] = *(void**)p;
-  pthread_mutex_unlock(&g_bufs.mu);
-  if (p) return p;
-  if (cap >= BIG_CLASS_BYTES) return px_big_alloc(cap);
-  return aligned_alloc(64, cap);
+px_tensor_state* px_store_tensor(px_store* s, uint32_t id) {
+  uint32_t n = atomic_load_explicit(&s->ntensors, memory_order_acquire);
+  return id < n ? s->tensors[id] : NULL;
 }
 
-void px_buf_put(void* p, size_t bytes) {
-  if (!p) return;
-  size_t cap;
-  int k = buf_class(bytes, &cap);
-  if (k < 0) abort(); /* never handed out by px_buf_get */
-  pthread_mutex_lock(&g_bufs.mu);
-  *(void**)p = g_bufs.free[k];
-  g_bufs.free[k] = p;
-  pthread_mutex_unlock(&g_bufs.mu);
+uint32_t px_store_count(px_store* s) {
+  return atomic_load_explicit(&s->ntensors, memory_order_acquire);
 }
 
-pmx_pull* px_chunk_wake(px_service* svc, px_chunk_state* c) {
-  pthread_mutex_lock(&svc->park_mu);
-  pmx_pull* list = c->waiters;
-  c->waiters = NULL;
-  for (pmx_pull* p = list; p; p = p->wnext) p->parked_on = NULL;
-  pthread_mutex_unlock(&svc->park_mu);
-  return list;
-}
+int px_view_width(const px_tensor_state* t, int v) { return v == 1 ? 2 : (int)t->elem; }
 
-/* ---- declare ----------------------------------------------------------------------------- */
-px_tensor_state* px_store_tensor(px_service* svc, uint32_t id) {
-  uint32_t n = atomic_load_explicit(&svc->ntensors, memory_order_acquire);
-  return id < n ? svc->tensors[id] : NULL;
-}
-
-static px_tensor_state* find_by_name(px_service* svc, const char* name) {
-  uint32_t n = atomic_load(&svc->ntensors);
+static px_tensor_state* find_by_name(px_store* s, const char* name) {
+  uint32_t n = atomic_load(&s->ntensors);
   for (uint32_t i = 0; i < n; i++)
-    if (strcmp(svc->tensors[i]->name, name) == 0) return svc->tensors[i];
+    if (strcmp(s->tensors[i]->name, name) == 0) return s->tensors[i];
   return NULL;
 }
 
-static void tensor_free(px_service* svc, px_tensor_state* t) {
+static void tensor_free(px_store* s, px_tensor_state* t) {
   if (!t) return;
-  svc->backend->ops->tensor_destroy(svc->backend, t);
-  if (t->chunks) {
-    for (uint32_t i = 0; i < t->nchunks; i++) {
-      px_chunk_state* c = &t->chunks[i];
-      free(c->contributed);
-      free(c->held);
-      pthread_mutex_destroy(&c->mu);
-    }
+  s->backend->ops->tensor_destroy(s->backend, t->be);
+  for (uint32_t i = 0; t->chunks && i < t->nchunks; i++) {
+    px_chunk_state* c = &t->chunks[i];
+    px_fcache_clear(s->fcache, c->view, true);
+    for (uint32_t w = 0; c->held && w < s->o.workers; w++)
+      if (c->held[w].buf && !c->held[w].owner) px_buf_put(c->held[w].buf, s->o.chunk_bytes);
+    free(c->contributed);
+    free(c->held);
+    pthread_mutex_destroy(&c->mu);
   }
   free(t->chunks);
   px_big_free(t->params, t->params_bytes);
   free(t);
 }
+
+void px_store_deinit(px_store* s) {
+  uint32_t nt = atomic_load(&s->ntensors);
+  for (uint32_t i = 0; i < nt; i++) tensor_free(s, s->tensors[i]);
+  free(s->tensors);
+  s->tensors = NULL;
+  atomic_store(&s->ntensors, 0);
+  pthread_mutex_destroy(&s->declare_mu);
+}
+
+/* ---- declare ------------------------------------------------------------------------------- */
 
 static int shape_check(const px_declare_args* a, uint64_t* numel, char* err, size_t errlen) {
   if (a->ndim == 0 || a->ndim > PX_MAX_DIMS) {
@@ -115,6 +100,34 @@ static int shape_check(const px_declare_args* a, uint64_t* numel, char* err, siz
   return 0;
 }
 
+/* The checks that need no tensor; a status and err. */
+static int args_check(const px_declare_args* a, uint64_t* numel, char* err, size_t errlen) {
+  size_t namelen = strlen(a->name);
+  if (namelen == 0 || namelen > PX_MAX_NAME) {
+    snprintf(err, errlen, "tensor name must be 1..%d bytes (got %zu)", PX_MAX_NAME, namelen);
+    return PX_ST_INVALID_ARGUMENT;
+  }
+  if (px_dtype_size(a->dtype) == 0) {
+    snprintf(err, errlen, "tensor '%s': unknown dtype %d (want f32, bf16 or f16)", a->name,
+             a->dtype);
+    return PX_ST_INVALID_ARGUMENT;
+  }
+  if (shape_check(a, numel, err, errlen) != 0) return PX_ST_INVALID_ARGUMENT;
+  if (a->values && a->init_kind != PX_FILL_ZEROS) {
+    snprintf(err, errlen, "tensor '%s': give either values or an initializer", a->name);
+    return PX_ST_INVALID_ARGUMENT;
+  }
+  if (a->init_kind < PX_FILL_ZEROS || a->init_kind > PX_FILL_UNIFORM) {
+    snprintf(err, errlen, "tensor '%s': unknown initializer kind %d", a->name, a->init_kind);
+    return PX_ST_INVALID_ARGUMENT;
+  }
+  if (a->values_offset != 0 && !a->values) {
+    snprintf(err, errlen, "tensor '%s': values_offset without values", a->name);
+    return PX_ST_INVALID_ARGUMENT;
+  }
+  return PX_ST_OK;
+}
+
 static bool same_decl(const px_tensor_state* t, const px_declare_args* a) {
   if (t->dtype != a->dtype || t->ndim != a->ndim) return false;
   for (size_t i = 0; i < a->ndim; i++)
@@ -131,26 +144,26 @@ static void shape_str(char* buf, size_t cap, const uint64_t* shape, size_t ndim)
   if (off < cap) snprintf(buf + off, cap - off, "]");
 }
 
-/* Marks chunks whose elements are all present as initialized; returns their waiters. */
-static pmx_pull* mark_initialized(px_service* svc, px_tensor_state* t, uint64_t upto) {
-  pmx_pull* all = NULL;
+/* Chunk c holds its values: the backend takes them and view 0's checksum is known. c->mu
+ * held. */
+static void chunk_ready(px_store* s, px_tensor_state* t, px_chunk_state* c) {
+  c->initialized = true;
+  s->backend->ops->chunk_load(s->backend, t->be, c->index, NULL);
+  c->view[0].checksum = px_checksum(c->params, (size_t)c->elems * t->elem);
+  c->view[0].checksum_valid = true;
+}
+
+/* Marks the chunks whose elements are all present as initialized; returns their waiters. */
+static px_waiter* mark_initialized(px_store* s, px_tensor_state* t, uint64_t upto) {
+  px_waiter* all = NULL;
   for (uint32_t i = 0; i < t->nchunks; i++) {
     px_chunk_state* c = &t->chunks[i];
     uint64_t end = (uint64_t)i * t->chunk_elems + c->elems;
     if (end > upto) break;
     pthread_mutex_lock(&c->mu);
     if (!c->initialized) {
-      c->initialized = true;
-      svc->backend->ops->chunk_load(svc->backend, t, c, NULL);
-      c->view[0].checksum = px_checksum(c->params, (size_t)c->elems * t->elem);
-      c->view[0].checksum_valid = true;
-      pmx_pull* w = px_chunk_wake(svc, c);
-      while (w) {
-        pmx_pull* nx = w->wnext;
-        w->wnext = all;
-        all = w;
-        w = nx;
-      }
+      chunk_ready(s, t, c);
+      all = px_waiters_join(all, px_waiters_take(s->waiters, &c->waiters));
     }
     pthread_mutex_unlock(&c->mu);
   }
@@ -161,7 +174,7 @@ static pmx_pull* mark_initialized(px_service* svc, px_tensor_state* t, uint64_t 
 static int fill_init(px_tensor_state* t, const px_declare_args* a) {
   if (t->dtype == PX_DT_F32)
     return px_init_fill_f32(t->params, 0, t->numel, a->init_kind, a->init_a, a->init_b,
-                             a->init_seed);
+                            a->init_seed);
   float* tmp = malloc((size_t)t->chunk_elems * sizeof *tmp);
   if (!tmp) return -1;
   uint16_t* dst = t->params;
@@ -175,8 +188,9 @@ static int fill_init(px_tensor_state* t, const px_declare_args* a) {
   return 0;
 }
 
-static int write_values(px_service* svc, px_tensor_state* t, const px_declare_args* a,
-                        pmx_pull** wake, char* err, size_t errlen) {
+/* The creator's piece of initial values; wakes the pulls of chunks it completes. */
+static int write_values(px_store* s, px_tensor_state* t, const px_declare_args* a,
+                        px_waiter** wake, char* err, size_t errlen) {
   size_t es = px_dtype_size(t->dtype);
   if (a->values_len % es != 0) {
     snprintf(err, errlen, "tensor '%s': %zu bytes of values is not a multiple of %zu", t->name,
@@ -199,90 +213,49 @@ static int write_values(px_service* svc, px_tensor_state* t, const px_declare_ar
   uint64_t skip = t->init_cursor - a->values_offset;
   memcpy((uint8_t*)t->params + t->init_cursor * es, a->values + skip * es, (n - skip) * es);
   t->init_cursor = a->values_offset + n;
-  *wake = mark_initialized(svc, t, t->init_cursor);
+  *wake = mark_initialized(s, t, t->init_cursor);
   return PX_ST_OK;
 }
 
-int px_store_declare(px_service* svc, const px_declare_args* a, px_tensor_state** out,
-                      bool* created, char* err, size_t errlen) {
-  size_t namelen = strlen(a->name);
-  if (namelen == 0 || namelen > PX_MAX_NAME) {
-    snprintf(err, errlen, "tensor name must be 1..%d bytes (got %zu)", PX_MAX_NAME, namelen);
-    return PX_ST_INVALID_ARGUMENT;
-  }
-  if (px_dtype_size(a->dtype) == 0) {
-    snprintf(err, errlen, "tensor '%s': unknown dtype %d (want f32, bf16 or f16)", a->name,
-             a->dtype);
-    return PX_ST_INVALID_ARGUMENT;
-  }
-  uint64_t numel;
-  if (shape_check(a, &numel, err, errlen) != 0) return PX_ST_INVALID_ARGUMENT;
-  size_t es = px_dtype_size(a->dtype);
-  if (a->values && a->init_kind != PX_FILL_ZEROS) {
-    snprintf(err, errlen, "tensor '%s': give either values or an initializer", a->name);
-    return PX_ST_INVALID_ARGUMENT;
-  }
-  if (a->init_kind < PX_FILL_ZEROS || a->init_kind > PX_FILL_UNIFORM) {
-    snprintf(err, errlen, "tensor '%s': unknown initializer kind %d", a->name, a->init_kind);
-    return PX_ST_INVALID_ARGUMENT;
-  }
-  if (a->values_offset != 0 && !a->values) {
-    snprintf(err, errlen, "tensor '%s': values_offset without values", a->name);
-    return PX_ST_INVALID_ARGUMENT;
-  }
-
-  pmx_pull* wake = NULL;
-  int st = PX_ST_OK;
-  pthread_mutex_lock(&svc->declare_mu);
-  px_tensor_state* t = find_by_name(svc, a->name);
-  if (t) {
-    *created = false;
-    if (!same_decl(t, a)) {
-      char have[160], want[160];
-      shape_str(have, sizeof have, t->shape, t->ndim);
-      shape_str(want, sizeof want, a->shape, a->ndim);
-      snprintf(err, errlen, "tensor '%s' exists as %s %s, not %s %s", a->name,
-               px_dtype_name(t->dtype), have, px_dtype_name(a->dtype), want);
-      st = PX_ST_FAILED_PRECONDITION;
-    } else if (a->values && t->creator == a->worker_id &&
-               t->creator_incarnation == a->incarnation && t->init_cursor < t->numel) {
-      st = write_values(svc, t, a, &wake, err, errlen);
-    }
-    goto out;
-  }
-  *created = true;
-  if (numel > svc->cfg.max_tensor_bytes / es) {
+/* The limits a new tensor of numel elements must fit in. declare_mu held. */
+static int limits_check(px_store* s, const px_declare_args* a, uint64_t numel, uint64_t* need,
+                        char* err, size_t errlen) {
+  const size_t es = px_dtype_size(a->dtype);
+  if (numel > s->o.max_tensor_bytes / es) {
     snprintf(err, errlen, "tensor '%s': %llu elements exceed --max-tensor-bytes %llu", a->name,
-             (unsigned long long)numel, (unsigned long long)svc->cfg.max_tensor_bytes);
-    st = PX_ST_RESOURCE_EXHAUSTED;
-    goto out;
+             (unsigned long long)numel, (unsigned long long)s->o.max_tensor_bytes);
+    return PX_ST_RESOURCE_EXHAUSTED;
   }
-  uint64_t need = numel * es + (svc->cfg.momentum != 0 ? numel * sizeof(float) : 0);
-  int64_t used = atomic_load(&svc->ctr.store_bytes) + atomic_load(&svc->ctr.frame_bytes);
-  if (svc->cfg.memory_limit && (uint64_t)used + need > svc->cfg.memory_limit) {
+  *need = numel * es + (s->o.momentum ? numel * sizeof(float) : 0);
+  int64_t used = atomic_load(&s->ctr->store_bytes) + atomic_load(&s->ctr->frame_bytes);
+  if (s->o.memory_limit && (uint64_t)used + *need > s->o.memory_limit) {
     snprintf(err, errlen, "tensor '%s': %llu more bytes would exceed --memory-limit %llu (%lld in use)",
-             a->name, (unsigned long long)need, (unsigned long long)svc->cfg.memory_limit,
+             a->name, (unsigned long long)*need, (unsigned long long)s->o.memory_limit,
              (long long)used);
-    st = PX_ST_RESOURCE_EXHAUSTED;
-    goto out;
+    return PX_ST_RESOURCE_EXHAUSTED;
   }
-  uint32_t n = atomic_load(&svc->ntensors);
-  if (n >= svc->cfg.max_tensors) {
+  if (atomic_load(&s->ntensors) >= s->o.max_tensors) {
     snprintf(err, errlen, "tensor '%s': the server holds --max-tensors %u tensors", a->name,
-             svc->cfg.max_tensors);
-    st = PX_ST_RESOURCE_EXHAUSTED;
-    goto out;
+             s->o.max_tensors);
+    return PX_ST_RESOURCE_EXHAUSTED;
   }
-  t = calloc(1, sizeof *t);
+  return PX_ST_OK;
+}
+
+/* A new tensor with its chunks and backend state, values not yet there; NULL with err. */
+static px_tensor_state* tensor_new(px_store* s, const px_declare_args* a, uint64_t numel,
+                                   char* err, size_t errlen) {
+  const size_t es = px_dtype_size(a->dtype);
+  px_tensor_state* t = calloc(1, sizeof *t);
   if (!t) goto oom;
-  t->id = n;
+  t->id = atomic_load(&s->ntensors);
   t->elem = es;
-  memcpy(t->name, a->name, namelen + 1);
+  memcpy(t->name, a->name, strlen(a->name) + 1);
   t->dtype = a->dtype;
   t->ndim = (uint32_t)a->ndim;
   memcpy(t->shape, a->shape, a->ndim * sizeof *a->shape);
   t->numel = numel;
-  t->chunk_elems = (uint32_t)(svc->cfg.chunk_bytes / 4);
+  t->chunk_elems = (uint32_t)(s->o.chunk_bytes / 4);
   t->nchunks = (uint32_t)((numel + t->chunk_elems - 1) / t->chunk_elems);
   t->params_bytes = numel * es;
   t->params = px_big_alloc(t->params_bytes);
@@ -298,81 +271,119 @@ int px_store_declare(px_service* svc, const px_declare_args* a, px_tensor_state*
     c->params = (uint8_t*)t->params + first * es;
     c->view[0].enabled = true;
     c->mom_first = true;
-    c->contributed = calloc(svc->cfg.workers, 1);
-    c->held = calloc(svc->cfg.workers, sizeof *c->held);
+    c->contributed = calloc(s->o.workers, 1);
+    c->held = calloc(s->o.workers, sizeof *c->held);
     pthread_mutex_init(&c->mu, NULL);
     if (!c->contributed || !c->held) goto oom;
   }
   /* the backend's state: momentum, sums, device memory (cuda) */
-  if (svc->backend->ops->tensor_create(svc->backend, t, err, errlen) != 0) {
-    tensor_free(svc, t);
-    t = NULL;
-    st = PX_ST_RESOURCE_EXHAUSTED;
-    goto out;
+  px_be_tensor_desc d = {t->name, t->dtype, t->numel, t->chunk_elems, t->nchunks, t->params};
+  if (s->backend->ops->tensor_create(s->backend, &d, &t->be, err, errlen) != 0) {
+    tensor_free(s, t);
+    return NULL;
   }
-  if (a->values) {
-    st = write_values(svc, t, a, &wake, err, errlen);
-    if (st != PX_ST_OK) {
-      tensor_free(svc, t);
-      goto out;
-    }
-  } else {
-    if (a->init_kind != PX_FILL_ZEROS && fill_init(t, a) != 0) goto oom;
-    t->init_cursor = numel;
-    for (uint32_t i = 0; i < t->nchunks; i++) {
-      px_chunk_state* c = &t->chunks[i];
-      c->initialized = true;
-      svc->backend->ops->chunk_load(svc->backend, t, c, NULL);
-      c->view[0].checksum = px_checksum(c->params, (size_t)c->elems * es);
-      c->view[0].checksum_valid = true;
-    }
-  }
-  svc->tensors[n] = t;
-  atomic_fetch_add(&svc->ctr.store_bytes, (int64_t)need);
-  atomic_store_explicit(&svc->ntensors, n + 1, memory_order_release);
-  px_info("declared tensor %u '%s' %s numel=%llu chunks=%u", t->id, t->name,
-           px_dtype_name(t->dtype), (unsigned long long)numel, t->nchunks);
-  goto out;
+  return t;
 oom:
-  tensor_free(svc, t);
-  t = NULL;
+  tensor_free(s, t);
   snprintf(err, errlen, "tensor '%s': out of memory", a->name);
-  st = PX_ST_RESOURCE_EXHAUSTED;
-out:
-  pthread_mutex_unlock(&svc->declare_mu);
-  px_pulls_resume(wake);
+  return NULL;
+}
+
+/* Gives a new tensor its initial values: the creator's first piece, or the initializer. */
+static int tensor_fill(px_store* s, px_tensor_state* t, const px_declare_args* a,
+                       px_waiter** wake, char* err, size_t errlen) {
+  if (a->values) return write_values(s, t, a, wake, err, errlen);
+  if (a->init_kind != PX_FILL_ZEROS && fill_init(t, a) != 0) {
+    snprintf(err, errlen, "tensor '%s': out of memory", a->name);
+    return PX_ST_RESOURCE_EXHAUSTED;
+  }
+  t->init_cursor = t->numel;
+  for (uint32_t i = 0; i < t->nchunks; i++) chunk_ready(s, t, &t->chunks[i]);
+  return PX_ST_OK;
+}
+
+static int declare_locked(px_store* s, const px_declare_args* a, uint64_t numel,
+                          px_tensor_state** out, bool* created, px_waiter** wake,
+                          char* err, size_t errlen) {
+  px_tensor_state* t = find_by_name(s, a->name);
+  *created = t == NULL;
+  if (t) {
+    *out = t;
+    if (!same_decl(t, a)) {
+      char have[160], want[160];
+      shape_str(have, sizeof have, t->shape, t->ndim);
+      shape_str(want, sizeof want, a->shape, a->ndim);
+      snprintf(err, errlen, "tensor '%s' exists as %s %s, not %s %s", a->name,
+               px_dtype_name(t->dtype), have, px_dtype_name(a->dtype), want);
+      return PX_ST_FAILED_PRECONDITION;
+    }
+    if (a->values && t->creator == a->worker_id && t->creator_incarnation == a->incarnation &&
+        t->init_cursor < t->numel)
+      return write_values(s, t, a, wake, err, errlen);
+    return PX_ST_OK;
+  }
+  uint64_t need;
+  int st = limits_check(s, a, numel, &need, err, errlen);
+  if (st != PX_ST_OK) return st;
+  t = tensor_new(s, a, numel, err, errlen);
+  if (!t) return PX_ST_RESOURCE_EXHAUSTED;
+  st = tensor_fill(s, t, a, wake, err, errlen);
+  if (st != PX_ST_OK) {
+    tensor_free(s, t);
+    return st;
+  }
+  s->tensors[t->id] = t;
+  atomic_fetch_add(&s->ctr->store_bytes, (int64_t)need);
+  atomic_store_explicit(&s->ntensors, t->id + 1, memory_order_release);
+  px_info("declared tensor %u '%s' %s numel=%llu chunks=%u", t->id, t->name,
+          px_dtype_name(t->dtype), (unsigned long long)numel, t->nchunks);
+  *out = t;
+  return PX_ST_OK;
+}
+
+int px_store_declare(px_store* s, const px_declare_args* a, px_tensor_state** out, bool* created,
+                     px_waiter** woken, char* err, size_t errlen) {
+  uint64_t numel = 0;
+  *woken = NULL;
+  int st = args_check(a, &numel, err, errlen);
+  if (st != PX_ST_OK) return st;
+  px_tensor_state* t = NULL;
+  pthread_mutex_lock(&s->declare_mu);
+  st = declare_locked(s, a, numel, &t, created, woken, err, errlen);
+  pthread_mutex_unlock(&s->declare_mu);
   if (st == PX_ST_OK) *out = t;
   return st;
 }
 
-int px_store_restore(px_service* svc, const struct px_st_tensor* e, const void* mom,
-                      uint64_t version, char* err, size_t errlen) {
-  if (px_dtype_size(e->dtype) == 0) {
-    snprintf(err, errlen, "tensor '%s': dtype %s is not a parameter type", e->name,
-             px_st_dtype_name(e->dtype));
+int px_store_restore(px_store* s, const char* name, int dtype, const uint64_t* shape,
+                     uint32_t ndim, const void* values, uint64_t nbytes, const float* mom,
+                     uint64_t version, char* err, size_t errlen) {
+  if (px_dtype_size(dtype) == 0) {
+    snprintf(err, errlen, "tensor '%s': dtype %s is not a parameter type", name,
+             px_dtype_name(dtype));
     return -1;
   }
   px_declare_args a = {0};
-  a.name = e->name;
-  a.dtype = e->dtype;
-  a.shape = e->shape;
-  a.ndim = e->ndim;
-  a.values = e->data;
-  a.values_len = e->nbytes;
+  a.name = name;
+  a.dtype = dtype;
+  a.shape = shape;
+  a.ndim = ndim;
+  a.values = values;
+  a.values_len = nbytes;
   px_tensor_state* t = NULL;
   bool created = false;
-  int st = px_store_declare(svc, &a, &t, &created, err, errlen);
+  px_waiter* woken = NULL; /* nobody waits before the server starts */
+  int st = px_store_declare(s, &a, &t, &created, &woken, err, errlen);
   if (st != PX_ST_OK || !created) {
-    if (st == PX_ST_OK) snprintf(err, errlen, "tensor '%s' appears twice", e->name);
+    if (st == PX_ST_OK) snprintf(err, errlen, "tensor '%s' appears twice", name);
     return -1;
   }
   for (uint32_t i = 0; i < t->nchunks; i++) {
     px_chunk_state* c = &t->chunks[i];
     pthread_mutex_lock(&c->mu);
     c->version = version;
-    if (mom && svc->backend->momentum) {
-      svc->backend->ops->chunk_load(svc->backend, t, c,
-                                    (const float*)mom + (uint64_t)i * t->chunk_elems);
+    if (mom && s->backend->momentum) {
+      s->backend->ops->chunk_load(s->backend, t->be, i, mom + (uint64_t)i * t->chunk_elems);
       c->mom_first = version == 0;
     }
     pthread_mutex_unlock(&c->mu);
@@ -397,21 +408,34 @@ uint64_t px_tensor_version_min(px_tensor_state* t, uint64_t* vmax, uint64_t* che
     if (ready && lo == hi) {
       /* Hash the tensor chunk by chunk under each chunk's lock; the version check
        * afterwards makes sure no step landed in between. */
-      XXH64_state_t* s = XXH64_createState();
-      if (s) {
-        XXH64_reset(s, 0);
+      XXH64_state_t* st = XXH64_createState();
+      if (st) {
+        XXH64_reset(st, 0);
         bool same = true;
         for (uint32_t i = 0; i < t->nchunks && same; i++) {
           px_chunk_state* c = &t->chunks[i];
           pthread_mutex_lock(&c->mu);
           same = c->version == lo;
-          XXH64_update(s, c->params, (size_t)c->elems * t->elem);
+          XXH64_update(st, c->params, (size_t)c->elems * t->elem);
           pthread_mutex_unlock(&c->mu);
         }
-        if (same) *checksum = XXH64_digest(s);
-        XXH64_freeState(s);
+        if (same) *checksum = XXH64_digest(st);
+        XXH64_freeState(st);
       }
     }
   }
   return lo;
+}
+
+uint64_t px_store_version_min(px_store* s, uint64_t* vmax) {
+  uint32_t nt = px_store_count(s);
+  uint64_t lo = UINT64_MAX, hi = 0;
+  for (uint32_t i = 0; i < nt; i++) {
+    uint64_t h;
+    uint64_t l = px_tensor_version_min(s->tensors[i], &h, NULL);
+    if (l < lo) lo = l;
+    if (h > hi) hi = h;
+  }
+  if (vmax) *vmax = hi;
+  return nt ? lo : 0;
 }

@@ -20,13 +20,20 @@
 #include <string.h>
 #include <time.h>
 
-#include "codec/codec.h"
-#include "codec/frame.h"
-#include "codec/safetensors.h"
+#include "codec/dtype.h"
+#include "codec/payload.h"
+#include "format/safetensors_read.h"
+#include "format/safetensors_write.h"
+#include "rpc/rpc_base.h"
+#include "rpc/rpc_client.h"
+#include "util/clock.h"
+#include "util/file.h"
+#include "util/flags.h"
+#include "util/iov.h"
+#include "util/str.h"
+#include "wire/chunk_msg.h"
 #include "health.pb-c.h"
 #include "paramex.pb-c.h"
-#include "rpc/rpc.h"
-#include "util/util.h"
 
 #ifndef PX_VERSION
 #define PX_VERSION "0.1.0"

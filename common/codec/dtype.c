@@ -1,13 +1,53 @@
-/* f32 <-> bf16 / f16 conversions (diff.h).
+/* Element types and the f32 <-> bf16 / f16 conversions (dtype.h).
  *
  * The scalar converters are branch free (every case is computed, then selected with
  * masks) so that gcc -O2 can vectorise the _n loops with SSE2. gcc 12's -O2 cost model
  * ("very cheap") only vectorises a loop whose trip count is a known multiple of the
  * vector length, hence each loop runs over a multiple of BLK elements and a scalar tail
  * finishes the rest. */
-#include <string.h>
+#include "codec/dtype.h"
 
-#include "codec/diff.h"
+#include <string.h>
+#include <strings.h>
+
+/* The one table of element types: names are lower case ("f32"); safetensors spells them
+ * in upper case ("F32"). */
+static const struct {
+  int dtype;
+  const char* name;
+  size_t size;
+} dtypes[] = {
+    {PX_DT_F32, "f32", 4},      {PX_DT_BF16, "bf16", 2},   {PX_DT_F16, "f16", 2},
+    {PX_DT_F64, "f64", 8},      {PX_DT_I64, "i64", 8},     {PX_DT_I32, "i32", 4},
+    {PX_DT_I16, "i16", 2},      {PX_DT_I8, "i8", 1},       {PX_DT_U64, "u64", 8},
+    {PX_DT_U32, "u32", 4},      {PX_DT_U16, "u16", 2},     {PX_DT_U8, "u8", 1},
+    {PX_DT_BOOL, "bool", 1},    {PX_DT_F8_E5M2, "f8_e5m2", 1},
+    {PX_DT_F8_E4M3, "f8_e4m3", 1},
+};
+#define NDTYPES (sizeof dtypes / sizeof dtypes[0])
+
+size_t px_dtype_size(int dtype) {
+  return dtype == PX_DT_F32 || dtype == PX_DT_BF16 || dtype == PX_DT_F16 ? px_dtype_size_any(dtype)
+                                                                          : 0;
+}
+
+size_t px_dtype_size_any(int dtype) {
+  for (size_t i = 0; i < NDTYPES; i++)
+    if (dtypes[i].dtype == dtype) return dtypes[i].size;
+  return 0;
+}
+
+const char* px_dtype_name(int dtype) {
+  for (size_t i = 0; i < NDTYPES; i++)
+    if (dtypes[i].dtype == dtype) return dtypes[i].name;
+  return "?";
+}
+
+int px_dtype_parse(const char* name) {
+  for (size_t i = 0; name && i < NDTYPES; i++)
+    if (strcasecmp(dtypes[i].name, name) == 0) return dtypes[i].dtype;
+  return 0;
+}
 
 #define BLK 32
 

@@ -1,11 +1,13 @@
 /* Whole-file reads for certificates and tokens. */
 #include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#include "util/util.h"
+#include "util/file.h"
 
 char* px_read_file(const char* path, size_t max, size_t* len, char* err, size_t errlen) {
   FILE* f = fopen(path, "rb");

@@ -1,4 +1,4 @@
-/* Command-line flags and PMX_* environment variables (util.h).
+/* Command-line flags and PMX_* environment variables (flags.h).
  *
  * argv[0] is the program (or subcommand) name and is skipped. The command line is parsed
  * first; afterwards every flag that the command line did not set is looked up in the
@@ -11,7 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "util/util.h"
+#include "util/flags.h"
 
 #define MAX_FLAGS 64
 #define ENV_NAME_MAX 128

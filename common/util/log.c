@@ -1,30 +1,37 @@
-/* Clocks and logging (util.h). */
+/* Logging (log.h). */
+#include "util/log.h"
+
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
 
-#include "util/util.h"
-
-uint64_t px_now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-uint64_t px_now_ms(void) { return px_now_ns() / 1000000u; }
+#include "util/str.h"
 
 int px_log_threshold = PX_LOG_INFO;
 
-/* Written once by px_log_init before threads start, read by every log call. */
-static char log_role[32] = "paramex";
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static px_log_sink g_sink; /* under g_mu */
+static void* g_ctx;
 
 static const char* const level_names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
 
-void px_log_init(const char* role, px_log_level threshold) {
-  px_strlcpy(log_role, role ? role : "paramex", sizeof log_role);
+const char* px_log_level_name(int level) {
+  return level >= 0 && level < 4 ? level_names[level] : "?";
+}
+
+void px_log_set_sink(px_log_sink fn, void* ctx, px_log_level threshold) {
+  pthread_mutex_lock(&g_mu);
+  g_sink = fn;
+  g_ctx = ctx;
   px_log_threshold = (int)threshold;
+  pthread_mutex_unlock(&g_mu);
+}
+
+void px_log_init(const char* role, px_log_level threshold) {
+  px_log_set_sink(px_log_stderr, (void*)role, threshold);
 }
 
 int px_log_level_parse(const char* s) {
@@ -34,10 +41,7 @@ int px_log_level_parse(const char* s) {
   return -1;
 }
 
-void px_log_write(px_log_level level, const char* fmt, ...) {
-  if ((int)level > px_log_threshold) return;
-  const char* lname = ((unsigned)level < 4) ? level_names[level] : "?";
-
+void px_log_stderr(void* ctx, px_log_level level, const char* msg) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   struct tm tm;
@@ -45,7 +49,13 @@ void px_log_write(px_log_level level, const char* fmt, ...) {
   char stamp[32];
   size_t k = strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
   snprintf(stamp + k, sizeof stamp - k, ".%03dZ", (int)(ts.tv_nsec / 1000000));
+  /* one call per line */
+  fprintf(stderr, "%s [%s] %s %s\n", stamp, ctx ? (const char*)ctx : "paramex",
+          px_log_level_name(level), msg);
+}
 
+void px_log_write(px_log_level level, const char* fmt, ...) {
+  if ((int)level > px_log_threshold) return;
   /* Format into a bounded stack buffer (no allocation on the logging path); a longer
    * message is cut and marked with "...". */
   char msg[4096];
@@ -61,17 +71,7 @@ void px_log_write(px_log_level level, const char* fmt, ...) {
     n = (int)sizeof msg - 1;
   }
   while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
-
-  /* One call per line so that lines of concurrent threads never interleave. */
-  fprintf(stderr, "%s [%s] %s %s\n", stamp, log_role, lname, msg);
-}
-
-void px_deadline_ts(struct timespec* ts, int clock, int64_t ms) {
-  clock_gettime((clockid_t)clock, ts);
-  ts->tv_sec += (time_t)(ms / 1000);
-  ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-  if (ts->tv_nsec >= 1000000000L) {
-    ts->tv_sec++;
-    ts->tv_nsec -= 1000000000L;
-  }
+  pthread_mutex_lock(&g_mu);
+  if (g_sink) g_sink(g_ctx, level, msg);
+  pthread_mutex_unlock(&g_mu);
 }

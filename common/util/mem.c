@@ -1,12 +1,11 @@
-/* Large buffers, malloc tuning and small helpers (util.h). */
+/* Large buffers and malloc tuning (mem.h). */
 #include <malloc.h>
+#include <stdint.h>
 #include <pthread.h>
-#include <sched.h>
-#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "util/util.h"
+#include "util/mem.h"
 
 #define HUGE_PAGE ((size_t)2 << 20)
 
@@ -46,23 +45,4 @@ void px_tune_malloc(void) {
 void px_tune_malloc_once(void) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   pthread_once(&once, px_tune_malloc);
-}
-
-unsigned px_ncpus(void) {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) == 0) {
-    int n = CPU_COUNT(&set);
-    if (n > 0) return (unsigned)n;
-  }
-  long n = sysconf(_SC_NPROCESSORS_ONLN);
-  return n > 0 ? (unsigned)n : 1;
-}
-
-char* px_strlcpy(char* dst, const char* src, size_t cap) {
-  if (cap == 0) return dst;
-  if (!src) src = "";
-  size_t n = strnlen(src, cap - 1);
-  memcpy(dst, src, n);
-  dst[n] = '\0';
-  return dst;
 }

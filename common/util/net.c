@@ -7,7 +7,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "util.h"
+#include "util/net.h"
 
 /* An IPv4 address (network order) in a or in its IPv4-mapped IPv6 form; false otherwise. */
 static bool as_ipv4(const struct sockaddr* sa, uint32_t* v4) {

@@ -15,11 +15,12 @@
  * success, leaves a chunk whose XXH3-64 is the message's checksum. */
 #include <stdbool.h>
 
-#include "codec/codec.h"
-#include "codec/frame.h"
+#include "codec/checksum.h"
+#include "codec/payload.h"
+#include "util/iov.h"
+#include "wire/chunk_msg.h"
 #include "fuzz_common.h"
 #include "paramex.pb-c.h"
-#include "wire/wire.h"
 
 #define MAX_SPLITS 7
 #define MAX_DST_BYTES (64u << 10)

@@ -17,7 +17,7 @@
 #include <math.h>
 
 #include "fuzz_common.h"
-#include "util/util.h"
+#include "util/flags.h"
 
 #define MAX_STRINGS 48
 #define LONG_NAME                                                                        \

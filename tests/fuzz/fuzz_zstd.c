@@ -15,8 +15,9 @@
  * re-encoding them with px_encode_delta_words round-trips. */
 #include <zstd.h>
 
-#include "codec/diff.h"
-#include "codec/frame.h"
+#include "codec/payload.h"
+#include "codec/transform.h"
+#include "codec/zstdframe.h"
 #include "fuzz_common.h"
 
 #define MAX_EXPECTED (1u << 20)

@@ -9,13 +9,14 @@
 #include <protobuf-c/protobuf-c.h>
 #include <sys/stat.h>
 
-#include "codec/codec.h"
-#include "codec/diff.h"
-#include "codec/frame.h"
+#include "codec/checksum.h"
+#include "codec/dtype.h"
+#include "codec/payload.h"
+#include "codec/zstdframe.h"
+#include "wire/chunk_msg.h"
 #include "fuzz_common.h"
 #include "health.pb-c.h"
 #include "paramex.pb-c.h"
-#include "wire/wire.h"
 
 static const char* out_dir;
 

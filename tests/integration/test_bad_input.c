@@ -22,10 +22,14 @@
 #include <sys/wait.h>
 
 #include "check.h"
-#include "codec/codec.h"
+#include "codec/checksum.h"
+#include "codec/initializer.h"
+#include "rpc/rpc_base.h"
+#include "rpc/rpc_client.h"
+#include "util/iov.h"
+#include "wire/chunk_msg.h"
 #include "harness.h"
 #include "health.pb-c.h"
-#include "wire/wire.h"
 
 #define T_NUMEL 2500u
 #define T_CHUNK_ELEMS 1024u

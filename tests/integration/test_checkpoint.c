@@ -38,7 +38,8 @@
 #include <xxhash.h>
 
 #include "check.h"
-#include "codec/codec.h"
+#include "rpc/rpc_base.h"
+#include "rpc/rpc_client.h"
 #include "harness.h"
 #include "model.h"
 #include "train.h"

@@ -27,12 +27,18 @@
 #include <sys/wait.h>
 
 #include "check.h"
-#include "codec/codec.h"
-#include "codec/diff.h"
-#include "codec/frame.h"
+#include "codec/checksum.h"
+#include "codec/dtype.h"
+#include "codec/initializer.h"
+#include "codec/payload.h"
+#include "codec/zstdframe.h"
+#include "rpc/rpc_base.h"
+#include "rpc/rpc_client.h"
+#include "util/iov.h"
+#include "wire/chunk_msg.h"
 #include "diff_model.h"
+#include "corrupt_proxy.h"
 #include "harness.h"
-#include "wire/wire.h"
 
 #define SERVER_START_MS 10000
 #define JOB_DEADLINE_MS 60000
@@ -73,7 +79,7 @@ typedef struct djob {
   uint32_t chunk_elems;        /* --chunk-bytes is 4 * chunk_elems */
   uint32_t history;            /* --history */
   bool server_no_compression;  /* --no-compression */
-  const char* fault_corrupt;   /* PMX_FAULT_CORRUPT_PULL, NULL for none */
+  const char* fault_corrupt;   /* N: a proxy corrupts every Nth pulled chunk; NULL for none */
   const char* push_mode;       /* NULL = raw, "zstd", "bf16", "bf16zstd" */
   size_t push_min_bytes;
   bool view_bf16[MAXW];        /* per rank: pull the bf16 view of f32 data tensors */
@@ -416,15 +422,20 @@ static void run_job(const char* name, const djob* j, ref* R, jres* o) {
   size_t na = 16;
   if (j->server_no_compression) args[na++] = "--no-compression";
   args[na] = NULL;
-  char fault_env[64];
-  const char* env[2] = {NULL, NULL};
-  if (j->fault_corrupt) {
-    snprintf(fault_env, sizeof fault_env, "PMX_FAULT_CORRUPT_PULL=%s", j->fault_corrupt);
-    env[0] = fault_env;
-  }
   px_h_server srv;
-  CHECK(px_h_server_start(&srv, args, env, SERVER_START_MS, err, sizeof err) == 0, "%s: server start: %s",
+  CHECK(px_h_server_start(&srv, args, NULL, SERVER_START_MS, err, sizeof err) == 0, "%s: server start: %s",
         name, err);
+  /* corrupted frames: the workers reach the server through a proxy that flips a byte of
+   * every Nth pulled chunk (a faulty link; the server is not involved) */
+  px_h_proxy* proxy = NULL;
+  char worker_addr[64];
+  snprintf(worker_addr, sizeof worker_addr, "%s", srv.addr);
+  if (j->fault_corrupt) {
+    int pport = 0;
+    proxy = px_h_proxy_start(srv.port, (unsigned)atoi(j->fault_corrupt), 100, &pport);
+    CHECK(proxy, "%s: cannot start the corrupting proxy", name);
+    snprintf(worker_addr, sizeof worker_addr, "127.0.0.1:%d", pport);
+  }
 
   char tensor_s[MAXT][96];
   for (size_t t = 0; t < j->ndata; t++)
@@ -435,7 +446,7 @@ static void run_job(const char* name, const djob* j, ref* R, jres* o) {
     char rank_s[16], out_path[600];
     snprintf(rank_s, sizeof rank_s, "%" PRIu32, r);
     snprintf(out_path, sizeof out_path, "%s/pulls.%" PRIu32, dir, r);
-    const char* argv[48] = {diff_worker_bin(), "--server", srv.addr, "--rank", rank_s, "--world", world_s,
+    const char* argv[48] = {diff_worker_bin(), "--server", worker_addr, "--rank", rank_s, "--world", world_s,
                             "--steps", steps_s, "--out", out_path, "--plan", j->plan[r],
                             "--sync-numel", sync_s, "--timeout-ms", "30000"};
     size_t n = 17;
@@ -529,6 +540,10 @@ static void run_job(const char* name, const djob* j, ref* R, jres* o) {
           name, st->pull_chunks);
   }
 
+  if (proxy) {
+    CHECK(px_h_proxy_corrupted(proxy) > 0, "%s: the proxy corrupted nothing", name);
+    px_h_proxy_stop(proxy);
+  }
   int ws = 0;
   size_t extra = 0;
   CHECK(px_h_server_stop(&srv, SERVER_STOP_MS, &ws, &extra) == 0, "%s: server did not exit within %d ms of SIGTERM",
@@ -701,7 +716,8 @@ static void test_bf16_view(void** state) {
 
 /* ---- 3. corrupted frames ------------------------------------------------------------------ */
 
-/* Every 5th frame the server sends has one flipped byte. The client must catch each by its
+/* Every 5th chunk the workers pull reaches them with one flipped byte (a proxy between them
+ * and the server: tests/helpers/corrupt_proxy.h). The client must catch each by its
  * checksum, leave the buffer as it was and pull the tensor again in full: every pulled
  * buffer is still bit-exact. Tensors are small (one or two chunks) because a heal pull of a
  * tensor with 5 or more chunks would always meet another corrupted frame. */

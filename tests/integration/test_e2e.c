@@ -18,7 +18,8 @@
 #include <sys/wait.h>
 
 #include "check.h"
-#include "codec/codec.h"
+#include "rpc/rpc_base.h"
+#include "rpc/rpc_client.h"
 #include "harness.h"
 #include "model.h"
 

@@ -31,7 +31,8 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "codec/codec.h"
+#include "rpc/rpc_base.h"
+#include "rpc/rpc_client.h"
 #include "harness.h"
 #include "model.h"
 #include "train.h"

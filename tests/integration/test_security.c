@@ -32,11 +32,13 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "codec/codec.h"
+#include "codec/checksum.h"
+#include "rpc/rpc_base.h"
+#include "rpc/rpc_client.h"
+#include "wire/chunk_msg.h"
 #include "harness.h"
 #include "health.pb-c.h"
 #include "train.h"
-#include "wire/wire.h"
 
 #define SERVER_START_MS 10000
 #define SERVER_STOP_MS 15000

@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "codec/diff.h"
+#include "codec/dtype.h"
 #include "diff_model.h"
 #include "paramex/paramex.h"
 

@@ -76,6 +76,24 @@ PMX_API const char* pmx_strerror(pmx_status status);
  * by the next failure). "" when none. */
 PMX_API const char* pmx_last_error(void);
 
+/* Log messages. libparamex never writes to stdout or stderr: what it has to say (a server
+ * that cannot be reached and is retried, a chunk that failed its checksum and is pulled
+ * again, a rejoin after a server restart, and gRPC's own warnings such as a failed TLS
+ * handshake) goes to the callback set here, and nowhere when none is set (the default).
+ * The values are pinned. */
+typedef enum pmx_log_level {
+  PMX_LOG_ERROR = 0,
+  PMX_LOG_WARN = 1,
+  PMX_LOG_INFO = 2,
+  PMX_LOG_DEBUG = 3,
+} pmx_log_level;
+/* message: one line without a newline, valid during the call only. */
+typedef void (*pmx_log_fn)(void* ctx, pmx_log_level level, const char* message);
+/* Sends every message of level <= max_level to fn(ctx, ...); fn NULL: log nothing. For the
+ * whole process; may be called at any time from any thread. fn runs on the library's
+ * threads, one message at a time, and must not call libparamex. */
+PMX_API void pmx_set_log_callback(pmx_log_fn fn, void* ctx, pmx_log_level max_level);
+
 typedef enum pmx_dtype { PMX_F32 = 1, PMX_BF16 = 2, PMX_F16 = 3 } pmx_dtype;
 
 typedef struct pmx_client pmx_client;

@@ -1,0 +1,247 @@
+/* Connections (client.h, and pmx_connect / pmx_join / pmx_client_* of paramex.h). */
+#include "client.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "errors.h"
+#include "paramex.pb-c.h"
+#include "util/clock.h"
+#include "util/file.h"
+#include "util/mem.h"
+#include "util/net.h"
+#include "util/str.h"
+
+const char* pmx_version(void) { return "0.1.0"; }
+
+pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** out) {
+  if (!addr || !*addr || !out) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_connect: no address");
+  pmx_client* c = calloc(1, sizeof *c);
+  if (!c) return px_fail(PMX_ERR_NO_MEMORY, "pmx_connect: out of memory");
+  c->timeout_ms = opts && opts->timeout_ms > 0 ? opts->timeout_ms : 60000;
+  c->connect_timeout_ms = opts && opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 30000;
+  c->retry_timeout_ms = opts && opts->retry_timeout_ms > 0 ? opts->retry_timeout_ms : 120000;
+  pthread_mutex_init(&c->mu, NULL);
+  pthread_condattr_t cattr;
+  pthread_condattr_init(&cattr);
+  pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
+  pthread_cond_init(&c->hb_cv, &cattr);
+  pthread_condattr_destroy(&cattr);
+  char err[256] = "";
+  px_rpc_channel_opts co = {0};
+  char *ca = NULL, *cert = NULL, *key = NULL, *token = NULL;
+  bool ok = true;
+#define OPT(field, env) (opts && opts->field ? opts->field : getenv(env))
+  const char* ca_file = OPT(tls_ca_file, "PMX_TLS_CA");
+  const char* cert_file = OPT(tls_cert_file, "PMX_TLS_CERT");
+  const char* key_file = OPT(tls_key_file, "PMX_TLS_KEY");
+  const char* token_file = OPT(token_file, "PMX_TOKEN_FILE");
+  co.tls_server_name = OPT(tls_server_name, "PMX_TLS_SERVER_NAME");
+  co.token = OPT(token, "PMX_TOKEN");
+#undef OPT
+  if (ca_file && *ca_file) {
+    ok = (ca = px_read_file(ca_file, 1u << 20, NULL, err, sizeof err)) != NULL;
+    if (ok && ((cert_file && *cert_file) != (key_file && *key_file))) {
+      snprintf(err, sizeof err, "a client certificate needs both PMX_TLS_CERT and PMX_TLS_KEY");
+      ok = false;
+    }
+    if (ok && cert_file && *cert_file)
+      ok = (cert = px_read_file(cert_file, 1u << 20, NULL, err, sizeof err)) &&
+           (key = px_read_file(key_file, 1u << 20, NULL, err, sizeof err));
+    co.tls_ca_pem = ca;
+    co.tls_cert_pem = cert;
+    co.tls_key_pem = key;
+  } else if (cert_file && *cert_file) {
+    snprintf(err, sizeof err, "a client certificate needs a CA (tls_ca_file or PMX_TLS_CA)");
+    ok = false;
+  }
+  if (ok && !(co.token && *co.token) && token_file && *token_file) {
+    ok = (token = px_read_token(token_file, err, sizeof err)) != NULL;
+    co.token = token;
+  }
+  if (co.token && !*co.token) co.token = NULL;
+  int compression = opts ? opts->compression : PMX_COMPRESSION_AUTO;
+  if (ok && (compression < PMX_COMPRESSION_AUTO || compression > PMX_COMPRESSION_OFF)) {
+    snprintf(err, sizeof err, "compression must be PMX_COMPRESSION_AUTO, _ON or _OFF, not %d",
+             compression);
+    ok = false;
+  }
+  const char* cenv = getenv("PMX_PULL_COMPRESSION");
+  if (ok && cenv && *cenv) {
+    if (strcmp(cenv, "auto") == 0) compression = PMX_COMPRESSION_AUTO;
+    else if (strcmp(cenv, "on") == 0) compression = PMX_COMPRESSION_ON;
+    else if (strcmp(cenv, "off") == 0) compression = PMX_COMPRESSION_OFF;
+    else {
+      snprintf(err, sizeof err, "PMX_PULL_COMPRESSION must be auto, on or off, not '%.40s'", cenv);
+      ok = false;
+    }
+  }
+  if (opts && opts->no_compression) compression = PMX_COMPRESSION_OFF;
+  c->compressed_pulls = compression == PMX_COMPRESSION_ON ||
+                        (compression == PMX_COMPRESSION_AUTO && !px_target_is_local(addr));
+  const char* menv = getenv("PMX_MALLOC_TUNE");
+  if (ok && !(opts && opts->no_malloc_tuning) && !(menv && strcmp(menv, "0") == 0))
+    px_tune_malloc_once();
+  if (ok) {
+    px_rpc_init();
+    c->ch = px_rpc_channel_create_ex(addr, &co, err, sizeof err);
+    if (!c->ch) px_rpc_shutdown();
+  }
+  free(ca);
+  free(cert);
+  px_free_secret(key);
+  px_free_secret(token);
+  if (!ok || !c->ch) {
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->hb_cv);
+    free(c);
+    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_connect: %s", err);
+  }
+  *out = c;
+  return PMX_OK;
+}
+
+void pmx_client_destroy(pmx_client* c) {
+  if (!c) return;
+  if (c->hb_started) {
+    pthread_mutex_lock(&c->mu);
+    c->hb_stop = true;
+    pthread_cond_broadcast(&c->hb_cv);
+    pthread_mutex_unlock(&c->mu);
+    pthread_join(c->hb_thread, NULL);
+  }
+  pthread_cond_destroy(&c->hb_cv);
+  px_rpc_channel_destroy(c->ch);
+  for (size_t i = 0; i < c->ntensors; i++) free(c->tensors[i]);
+  free(c->tensors);
+  pthread_mutex_destroy(&c->mu);
+  free(c);
+  px_rpc_shutdown();
+}
+
+void pmx_client_get_stats(pmx_client* c, pmx_client_stats* s) {
+  s->push_chunks = atomic_load(&c->push_chunks);
+  s->push_raw_bytes = atomic_load(&c->push_raw);
+  s->push_wire_bytes = atomic_load(&c->push_wire);
+  s->pull_chunks = atomic_load(&c->pull_chunks);
+  s->pull_raw_bytes = atomic_load(&c->pull_raw);
+  s->pull_wire_bytes = atomic_load(&c->pull_wire);
+  s->pull_unchanged_chunks = atomic_load(&c->pull_unchanged);
+  s->checksum_failures = atomic_load(&c->checksum_failures);
+  s->compressed_pulls = c->compressed_pulls;
+}
+
+/* Packs m, runs a unary call, returns the status; *resp is malloc'd on OK. */
+pmx_status px_client_unary(pmx_client* c, const char* method, const ProtobufCMessage* m,
+                        int64_t timeout_ms, bool wait_ready, uint8_t** resp, size_t* resp_len) {
+  size_t n = protobuf_c_message_get_packed_size(m);
+  uint8_t* buf = malloc(n ? n : 1);
+  if (!buf) return px_fail(PMX_ERR_NO_MEMORY, "%s: out of memory", method);
+  protobuf_c_message_pack(m, buf);
+  char details[256];
+  int st = px_rpc_unary(c->ch, method, buf, n, timeout_ms, wait_ready, resp, resp_len, details,
+                         sizeof details);
+  free(buf);
+  if (st != PX_ST_OK)
+    return px_fail(px_from_rpc(st), "%s: %s: %s", strrchr(method, '/') + 1, px_status_name(st),
+                details);
+  return PMX_OK;
+}
+
+/* Sends a Heartbeat every lease/3 until the client is destroyed. Failures are ignored: a
+ * push or pull reports a real problem; a missed lease is what the server acts on. */
+static void* heartbeat_thread(void* arg) {
+  pmx_client* c = arg;
+  pthread_mutex_lock(&c->mu);
+  while (!c->hb_stop) {
+    uint32_t period = c->lease_ms / 3 ? c->lease_ms / 3 : 1;
+    struct timespec ts;
+    px_deadline_ts(&ts, CLOCK_MONOTONIC, period);
+    pthread_cond_timedwait(&c->hb_cv, &c->mu, &ts);
+    if (c->hb_stop) break;
+    Paramex__V1__HeartbeatRequest req = PARAMEX__V1__HEARTBEAT_REQUEST__INIT;
+    req.worker_id = c->worker_id;
+    req.incarnation = c->incarnation;
+    pthread_mutex_unlock(&c->mu);
+    uint8_t buf[32];
+    size_t n = paramex__v1__heartbeat_request__pack(&req, buf);
+    char details[128];
+    px_rpc_unary(c->ch, PX_M_HEARTBEAT, buf, n, period, false, NULL,
+                  NULL, details, sizeof details);
+    pthread_mutex_lock(&c->mu);
+  }
+  pthread_mutex_unlock(&c->mu);
+  return NULL;
+}
+
+pmx_status pmx_join(pmx_client* c, uint32_t rank, uint32_t world_size, pmx_join_info* info) {
+  if (!c) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_join: no client");
+  Paramex__V1__JoinRequest req = PARAMEX__V1__JOIN_REQUEST__INIT;
+  req.rank = rank;
+  req.world_size = world_size;
+  char name[128];
+  char host[64] = "?";
+  gethostname(host, sizeof host - 1);
+  snprintf(name, sizeof name, "%s:%d", host, (int)getpid());
+  req.name = name;
+  uint8_t* resp = NULL;
+  size_t len = 0;
+  pmx_status st = px_client_unary(c, PX_M_JOIN, &req.base, c->connect_timeout_ms, true, &resp, &len);
+  if (st != PMX_OK) return st;
+  Paramex__V1__JoinResponse* r = paramex__v1__join_response__unpack(NULL, len, resp);
+  free(resp);
+  if (!r) return px_fail(PMX_ERR_PROTOCOL, "Join: malformed JoinResponse");
+  pthread_mutex_lock(&c->mu);
+  c->worker_id = r->worker_id;
+  c->incarnation = r->incarnation;
+  c->joined = true;
+  c->rank = rank;
+  c->world = world_size;
+  px_strlcpy(c->server_id, r->server_id ? r->server_id : "", sizeof c->server_id);
+  c->lease_ms = r->lease_ms;
+  bool start_hb = r->lease_ms > 0 && !c->hb_started;
+  if (start_hb) c->hb_started = pthread_create(&c->hb_thread, NULL, heartbeat_thread, c) == 0;
+  pthread_mutex_unlock(&c->mu);
+  /* Pushes and pulls name the server they joined: a restarted server answers ABORTED. */
+  if (r->server_id && *r->server_id) px_rpc_channel_set_header(c->ch, "pmx-server-id", r->server_id);
+  if (info) {
+    info->worker_id = r->worker_id;
+    info->incarnation = r->incarnation;
+    info->world_size = r->world_size;
+  }
+  paramex__v1__join_response__free_unpacked(r, NULL);
+  return PMX_OK;
+}
+
+/* After a server restart: join again (new server id and incarnation). */
+void px_client_rejoin(pmx_client* c) {
+  pthread_mutex_lock(&c->mu);
+  bool joined = c->joined;
+  uint32_t rank = c->rank, world = c->world;
+  pthread_mutex_unlock(&c->mu);
+  if (!joined) return;
+  char saved[PX_ERROR_LEN];
+  memcpy(saved, px_last_error_buf(), sizeof saved);
+  pmx_join(c, rank, world, NULL);
+  memcpy(px_last_error_buf(), saved, sizeof saved);
+}
+
+
+pmx_status px_client_adopt(pmx_client* c, pmx_tensor* t) {
+  pthread_mutex_lock(&c->mu);
+  if (c->ntensors == c->cap) {
+    size_t ncap = c->cap ? c->cap * 2 : 16;
+    pmx_tensor** n = realloc(c->tensors, ncap * sizeof *n);
+    if (!n) {
+      pthread_mutex_unlock(&c->mu);
+      return px_fail(PMX_ERR_NO_MEMORY, "pmx_declare: out of memory");
+    }
+    c->tensors = n;
+    c->cap = ncap;
+  }
+  c->tensors[c->ntensors++] = t;
+  pthread_mutex_unlock(&c->mu);
+  return PMX_OK;
+}

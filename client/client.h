@@ -1,0 +1,52 @@
+/* A connection to a paramex-server (client.c): options, the channel, joining and the
+ * heartbeats that keep the lease, and the client's counters. Internal to libparamex. */
+#ifndef PX_CLIENT_H
+#define PX_CLIENT_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "paramex/paramex.h"
+#include "rpc/rpc_client.h"
+
+#define PX_M_JOIN "/paramex.v1.ParameterExchange/Join"
+#define PX_M_DECLARE "/paramex.v1.ParameterExchange/Declare"
+#define PX_M_PUSH "/paramex.v1.ParameterExchange/Push"
+#define PX_M_PULL "/paramex.v1.ParameterExchange/Pull"
+#define PX_M_HEARTBEAT "/paramex.v1.ParameterExchange/Heartbeat"
+
+struct pmx_client {
+  px_rpc_channel* ch;
+  int64_t timeout_ms, connect_timeout_ms, retry_timeout_ms;
+  bool compressed_pulls;
+  pthread_mutex_t mu;       /* guards the fields below and every tensor's have_* */
+  uint32_t worker_id;
+  uint64_t incarnation;
+  bool joined;
+  uint32_t rank, world;     /* for rejoining after a server restart */
+  char server_id[96];
+  /* heartbeats keep the lease (JoinResponse.lease_ms) while the worker computes */
+  pthread_t hb_thread;
+  bool hb_started, hb_stop;
+  uint32_t lease_ms;
+  pthread_cond_t hb_cv;
+  pmx_tensor** tensors;     /* declared, freed with the client */
+  size_t ntensors, cap;
+  _Atomic uint64_t push_chunks, push_raw, push_wire;
+  _Atomic uint64_t pull_chunks, pull_raw, pull_wire, pull_unchanged, checksum_failures;
+};
+
+/* Packs m, runs a unary call on method, returns the status (the error message set); on
+ * OK *resp (malloc'd, the caller frees) and *resp_len hold the response. */
+pmx_status px_client_unary(pmx_client* c, const char* method, const ProtobufCMessage* m,
+                           int64_t timeout_ms, bool wait_ready, uint8_t** resp, size_t* resp_len);
+/* After the server restarted: joins again as the same rank (new server id and
+ * incarnation); the caller's last error is kept. No-op when never joined. */
+void px_client_rejoin(pmx_client* c);
+/* Adds t to the tensors freed with c; PMX_ERR_NO_MEMORY when it cannot. */
+pmx_status px_client_adopt(pmx_client* c, pmx_tensor* t);
+
+#endif

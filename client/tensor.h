@@ -1,0 +1,36 @@
+/* Declared tensors (tensor.c): what the client knows of each, and which version the buffer
+ * it last pulled into holds. Internal to libparamex. */
+#ifndef PX_TENSOR_H
+#define PX_TENSOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "paramex/paramex.h"
+
+struct pmx_tensor {
+  pmx_client* client;
+  uint32_t id;
+  char name[256];
+  pmx_dtype dtype;
+  uint64_t numel;
+  size_t elem;
+  uint32_t chunk_elems, nchunks;
+  /* Which version the buffer last pulled into holds (guarded by the client's mutex). */
+  const void* have_dst;
+  uint64_t have_version;
+  int have_view;
+  bool have_valid;
+  /* push compression (pmx_tensor_set_push_compression) */
+  pmx_push_mode push_mode;
+  size_t push_min_bytes;
+};
+
+/* Elements of chunk i of t. */
+static inline uint64_t px_tensor_chunk_elems(const pmx_tensor* t, uint32_t i) {
+  uint64_t first = (uint64_t)i * t->chunk_elems;
+  return t->numel - first < t->chunk_elems ? t->numel - first : t->chunk_elems;
+}
+
+#endif

@@ -1,0 +1,13 @@
+/* Where a gRPC target lives: decides the client's default pull compression (a transfer on
+ * the same host runs at memory speed, where zstd only costs time). */
+#ifndef PX_NET_H
+#define PX_NET_H
+
+#include <stdbool.h>
+
+/* Whether a gRPC target ("HOST:PORT", "[V6]:PORT", "dns:///HOST:PORT", "unix:PATH") is
+ * this host: unix sockets, and names whose every address is loopback or one of this
+ * host's interface addresses. False when it does not resolve. */
+bool px_target_is_local(const char* target);
+
+#endif

@@ -1,0 +1,11 @@
+/* Bounded string copies. */
+#ifndef PX_STR_H
+#define PX_STR_H
+
+#include <stddef.h>
+
+/* Copies src (NULL: "") into dst[0..cap), always NUL-terminated when cap > 0, cut to fit;
+ * returns dst. */
+char* px_strlcpy(char* dst, const char* src, size_t cap);
+
+#endif

@@ -1,0 +1,22 @@
+/* The optimizer and the f32 accumulation in host memory: the cpu backend's arithmetic,
+ * which the cuda kernels repeat operation for operation. Element order and float
+ * operations are fixed (and the build disables FMA contraction), so results are
+ * bit-reproducible. */
+#ifndef PX_OPTIMIZER_H
+#define PX_OPTIMIZER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend/backend.h"
+
+/* One SGD step on n elements from the rank-ordered gradient sum of nworkers workers:
+ *   g = sum / nworkers; if (wd) g = g + wd * p; if (momentum) { m = first ? g : momentum*m + g;
+ *   g = m; } p = p - lr * g.   (PyTorch's SGD with dampening 0, nesterov off.) */
+void px_sgd_apply(const px_sgd* o, float* p, float* mom, bool first, const float* sum, size_t n,
+                  uint32_t nworkers);
+/* acc[i] += g[i] for i in [0, n), in order (vectorized; the same bits as the scalar loop). */
+void px_f32_add(float* acc, const float* g, size_t n);
+
+#endif

@@ -1,0 +1,135 @@
+/* Workers and leases (membership.h). */
+#include "membership.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "rpc/rpc_base.h"
+#include "util/clock.h"
+#include "util/log.h"
+#include "util/str.h"
+
+int px_members_init(px_members* m, uint32_t workers, double timeout_s, double rejoin_wait_s,
+                    bool elastic) {
+  m->n = workers;
+  m->timeout_ms = timeout_s > 0 ? (uint64_t)(timeout_s * 1000.0) : UINT64_MAX;
+  m->rejoin_wait_ms = (uint64_t)(rejoin_wait_s * 1000.0);
+  m->elastic = elastic;
+  m->w = calloc(workers ? workers : 1, sizeof *m->w);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  atomic_init(&m->next_incarnation, (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u);
+  atomic_init(&m->stalled_by_dead, 0);
+  pthread_mutex_init(&m->mu, NULL);
+  return m->w ? 0 : -1;
+}
+
+void px_members_deinit(px_members* m) {
+  free(m->w);
+  m->w = NULL;
+  pthread_mutex_destroy(&m->mu);
+}
+
+uint64_t px_members_join(px_members* m, uint32_t rank, const char* name, bool* replaced) {
+  px_worker_state* w = &m->w[rank];
+  uint64_t inc = atomic_fetch_add(&m->next_incarnation, 1);
+  pthread_mutex_lock(&m->mu);
+  px_strlcpy(w->name, name, sizeof w->name);
+  pthread_mutex_unlock(&m->mu);
+  *replaced = atomic_exchange(&w->incarnation, inc) != 0;
+  atomic_store(&w->last_seen_ms, px_now_ms());
+  if (atomic_exchange(&w->dead, 0)) px_info("worker %u is back", rank);
+  return inc;
+}
+
+void px_members_seen(px_members* m, uint32_t rank) {
+  if (rank >= m->n) return;
+  atomic_store(&m->w[rank].last_seen_ms, px_now_ms());
+  if (atomic_load_explicit(&m->w[rank].dead, memory_order_relaxed) &&
+      atomic_exchange(&m->w[rank].dead, 0))
+    px_info("worker %u is back", rank);
+}
+
+int px_members_check(px_members* m, uint32_t rank, uint64_t incarnation, char* err,
+                     size_t errlen) {
+  if (rank >= m->n) {
+    snprintf(err, errlen, "worker_id %u is not below --workers %u", rank, m->n);
+    return PX_ST_INVALID_ARGUMENT;
+  }
+  uint64_t inc = atomic_load(&m->w[rank].incarnation);
+  if (inc == 0) {
+    snprintf(err, errlen, "worker %u has not joined", rank);
+    return PX_ST_FAILED_PRECONDITION;
+  }
+  if (incarnation != inc) {
+    snprintf(err, errlen, "worker %u: incarnation %" PRIu64 " is stale (current %" PRIu64
+             "): it rejoined", rank, incarnation, inc);
+    return PX_ST_FAILED_PRECONDITION;
+  }
+  return PX_ST_OK;
+}
+
+bool px_members_dead(px_members* m, uint32_t rank) { return atomic_load(&m->w[rank].dead) != 0; }
+
+void px_members_scan(px_members* m, uint64_t now, px_lease_scan* out) {
+  out->newly_dead = out->stalled = out->stall_began = false;
+  for (uint32_t r = 0; r < m->n; r++) {
+    px_worker_state* w = &m->w[r];
+    if (!atomic_load(&w->incarnation)) continue;
+    uint64_t seen = atomic_load(&w->last_seen_ms);
+    if (m->timeout_ms != UINT64_MAX && !atomic_load(&w->dead) && now > seen &&
+        now - seen > m->timeout_ms) {
+      atomic_store(&w->dead_since_ms, now);
+      atomic_store(&w->dead, 1);
+      out->newly_dead = true;
+      char name[64];
+      px_members_name(m, r, name, sizeof name);
+      px_warn("worker %u (%s) is dead: no call for %.1f s (--worker-timeout %.0f s)%s", r, name,
+              (now - seen) / 1000.0, m->timeout_ms / 1000.0,
+              m->elastic ? "; continuing without it (--elastic)" : "");
+    }
+    if (!m->elastic && atomic_load(&w->dead) && !out->stalled) {
+      uint64_t gone = now - atomic_load(&w->dead_since_ms);
+      if (gone >= m->rejoin_wait_ms) {
+        out->stalled = true;
+        out->stalled_rank = r;
+        out->stalled_for_s = (gone + (m->timeout_ms == UINT64_MAX ? 0 : m->timeout_ms)) / 1000.0;
+      }
+    }
+  }
+  if (out->stalled) {
+    out->stall_began = !atomic_exchange(&m->stalled_by_dead, 1);
+    if (out->stall_began)
+      px_error("worker %u has not come back within --rejoin-wait %.0f s: failing the pulls "
+               "that wait for this step", out->stalled_rank, m->rejoin_wait_ms / 1000.0);
+  } else {
+    atomic_store(&m->stalled_by_dead, 0);
+  }
+}
+
+void px_members_incarnations(px_members* m, char* buf, size_t cap) {
+  size_t off = 0;
+  if (cap) buf[0] = 0;
+  for (uint32_t w = 0; w < m->n && off < cap; w++)
+    off += (size_t)snprintf(buf + off, cap - off, w ? ",%" PRIu64 : "%" PRIu64,
+                            (uint64_t)atomic_load(&m->w[w].incarnation));
+}
+
+void px_members_restore(px_members* m, const char* list) {
+  const char* p = list;
+  for (uint32_t w = 0; p && *p && w < m->n; w++) {
+    char* end;
+    uint64_t x = strtoull(p, &end, 10);
+    atomic_store(&m->w[w].incarnation, x);
+    if (x >= atomic_load(&m->next_incarnation)) atomic_store(&m->next_incarnation, x + 1);
+    p = *end == ',' ? end + 1 : end;
+  }
+}
+
+void px_members_name(px_members* m, uint32_t rank, char* buf, size_t cap) {
+  pthread_mutex_lock(&m->mu);
+  px_strlcpy(buf, m->w[rank].name, cap);
+  pthread_mutex_unlock(&m->mu);
+}

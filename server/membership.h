@@ -1,0 +1,67 @@
+/* Workers and their leases: who joined with which incarnation, when each was last heard
+ * from, and which are dead (no call within --worker-timeout). Lock free except for the
+ * workers' names. */
+#ifndef PX_MEMBERSHIP_H
+#define PX_MEMBERSHIP_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct px_worker_state {
+  _Atomic uint64_t incarnation; /* 0: not joined */
+  _Atomic uint64_t chunks_pushed;
+  _Atomic uint64_t last_seen_ms;
+  _Atomic int dead;             /* missed its lease */
+  _Atomic uint64_t dead_since_ms;
+  char name[64];                /* under the members' mutex */
+} px_worker_state;
+
+typedef struct px_members {
+  uint32_t n;                   /* --workers */
+  uint64_t timeout_ms;          /* lease; UINT64_MAX: never dead */
+  uint64_t rejoin_wait_ms;
+  bool elastic;
+  px_worker_state* w;           /* [n] */
+  _Atomic uint64_t next_incarnation;
+  _Atomic int stalled_by_dead;  /* BSP: a dead worker stayed away past --rejoin-wait */
+  pthread_mutex_t mu;
+} px_members;
+
+/* Incarnations start at the wall clock in microseconds so that they stay unique across
+ * restarts of the server. 0, or -1 when out of memory. */
+int px_members_init(px_members* m, uint32_t workers, double timeout_s, double rejoin_wait_s,
+                    bool elastic);
+void px_members_deinit(px_members* m);
+
+/* Worker rank (< n) joins: a new incarnation, returned; *replaced says whether it replaced
+ * an earlier one. */
+uint64_t px_members_join(px_members* m, uint32_t rank, const char* name, bool* replaced);
+/* Rank called (any call counts for the lease): alive again if it was dead. */
+void px_members_seen(px_members* m, uint32_t rank);
+/* A gRPC status for a data-plane call of (rank, incarnation): OK, or INVALID_ARGUMENT (rank
+ * out of range) / FAILED_PRECONDITION (not joined, stale incarnation) with err. */
+int px_members_check(px_members* m, uint32_t rank, uint64_t incarnation, char* err,
+                     size_t errlen);
+bool px_members_dead(px_members* m, uint32_t rank);
+
+/* What a lease scan found. */
+typedef struct px_lease_scan {
+  bool newly_dead;  /* a worker just missed its lease */
+  bool stalled;     /* BSP: a dead worker exceeded --rejoin-wait (steps cannot complete) */
+  bool stall_began; /* ... and it is the first scan to see it: fail the waiting pulls */
+  uint32_t stalled_rank;
+  double stalled_for_s; /* since its last call */
+} px_lease_scan;
+void px_members_scan(px_members* m, uint64_t now_ms, px_lease_scan* out);
+
+/* The incarnation of every worker as "i0,i1,..." into buf (cap >= 21 * n + 1). */
+void px_members_incarnations(px_members* m, char* buf, size_t cap);
+/* Restores incarnations from that form (a checkpoint's); later joins get higher ones. */
+void px_members_restore(px_members* m, const char* list);
+/* Copies rank's name. */
+void px_members_name(px_members* m, uint32_t rank, char* buf, size_t cap);
+
+#endif

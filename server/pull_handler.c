@@ -1,0 +1,294 @@
+/* Pull calls (pull_handler.h). */
+#include "pull_handler.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "calls.h"
+#include "codec/dtype.h"
+#include "codec/payload.h"
+#include "paramex.pb-c.h"
+#include "util/clock.h"
+#include "wire/chunk_msg.h"
+
+#define ERRLEN 512
+
+typedef struct pull_call {
+  px_server* srv;
+  px_srv_call* call;
+  uint32_t ntensors;
+  uint32_t* tids;
+  uint64_t* have;          /* [ntensors] or NULL */
+  uint64_t min_version;
+  int view;                /* 0 native, 1 bf16 view of f32 tensors */
+  bool accept_delta, accept_shuffle;
+  uint32_t ti, ci;         /* cursor: next chunk to send */
+  px_waiter waiter;        /* parked on a chunk (its job: pull_wake) */
+} pull_call;
+
+static void pull_on_done(px_srv_call* call, void* ctx) {
+  (void)call;
+  pull_call* p = ctx;
+  atomic_fetch_sub(&p->srv->active_calls, 1);
+  free(p->tids);
+  free(p->have);
+  free(p);
+}
+
+/* Ends the pull's active reference (status < 0: the call is over already). */
+static void pull_end(pull_call* p, int status, const char* msg) {
+  if (status >= 0) px_srv_call_finish(p->call, NULL, status, msg);
+  px_srv_call_unref(p->call);
+}
+
+/* What the next chunk allows, decided under its lock. */
+typedef enum { NEXT_SEND, NEXT_PARK, NEXT_END } next_kind;
+typedef struct next_chunk {
+  next_kind kind;
+  int status;          /* NEXT_END */
+  const char* msg;
+  px_frame* f;         /* NEXT_SEND: the frame, or NULL for UNCHANGED */
+  uint64_t version, sum;
+} next_chunk;
+
+/* The frame of chunk c for this pull (c->mu held, c at a version the pull accepts). */
+static void choose_frame(pull_call* p, px_tensor_state* t, px_chunk_state* c, int vi,
+                         next_chunk* nx) {
+  px_server* srv = p->srv;
+  px_viewcache* vs = &c->view[vi];
+  const uint64_t have = p->have ? p->have[p->ti] : PX_BASE_NONE;
+  vs->enabled = true; /* the bf16 view: its history starts with the next step */
+  nx->version = c->version;
+  if (have == c->version && vs->checksum_valid) {
+    nx->kind = NEXT_SEND; /* UNCHANGED */
+    nx->sum = vs->checksum;
+    return;
+  }
+  uint64_t key = px_fcache_key(&srv->fcache, vs, c->version, have, p->accept_delta,
+                               p->accept_shuffle);
+  switch (px_fcache_get(&srv->fcache, vs, c->version, key, &nx->f)) {
+    case PX_FC_HIT:
+      nx->kind = NEXT_SEND;
+      return;
+    case PX_FC_WAIT:
+      nx->kind = NEXT_PARK;
+      return;
+    case PX_FC_BUILD:
+      if (px_publish_build(&srv->publish, t, c, vi, key)) {
+        nx->kind = NEXT_PARK;
+        return;
+      }
+      __attribute__((fallthrough)); /* no memory to build it */
+    case PX_FC_FULL:
+      nx->kind = NEXT_END;
+      nx->status = PX_ST_RESOURCE_EXHAUSTED;
+      nx->msg = "no memory for another frame within --memory-limit (or out of memory)";
+      return;
+  }
+}
+
+/* Decides the next step of the pull on chunk c (locks it); parks the pull when it must
+ * wait. */
+static void pull_next(pull_call* p, px_tensor_state* t, px_chunk_state* c, int vi,
+                      next_chunk* nx) {
+  px_server* srv = p->srv;
+  memset(nx, 0, sizeof *nx);
+  pthread_mutex_lock(&c->mu);
+  const bool waits_version = c->initialized && c->version < p->min_version;
+  if (!c->initialized || waits_version) nx->kind = NEXT_PARK;
+  else choose_frame(p, t, c, vi, nx);
+  if (nx->kind == NEXT_PARK && waits_version && atomic_load(&srv->members.stalled_by_dead)) {
+    nx->kind = NEXT_END;
+    nx->status = PX_ST_FAILED_PRECONDITION;
+    nx->msg = "a worker has been gone longer than --rejoin-wait: this step cannot complete "
+              "(restart that worker, or run the server with --elastic)";
+  } else if (nx->kind == NEXT_PARK && px_now_ms() > p->waiter.deadline_ms) {
+    nx->kind = NEXT_END;
+    nx->status = PX_ST_DEADLINE_EXCEEDED;
+    nx->msg = "the pull waited longer than the server's --call-timeout";
+  } else if (nx->kind == NEXT_PARK) {
+    px_park_result r = px_waiters_park(&srv->waiters, &c->waiters, &p->waiter);
+    if (r != PX_PARKED) {
+      nx->kind = NEXT_END;
+      nx->status = r == PX_PARK_CLOSED ? -1 : PX_ST_UNAVAILABLE;
+      nx->msg = "server is shutting down";
+    }
+  }
+  pthread_mutex_unlock(&c->mu);
+}
+
+/* Sends chunk c's frame (nx->f, or UNCHANGED when NULL); takes the frame reference. */
+static void pull_send(pull_call* p, px_tensor_state* t, px_chunk_state* c, int vi,
+                      const next_chunk* nx) {
+  px_server* srv = p->srv;
+  px_frame* f = nx->f;
+  px_chunk h = {0};
+  h.tensor_id = t->id;
+  h.chunk = p->ci;
+  h.version = nx->version;
+  h.dtype = vi == 1 ? PX_DT_BF16 : (uint32_t)t->dtype;
+  h.raw_len = (uint32_t)((size_t)c->elems * px_view_width(t, vi));
+  if (!f) {
+    h.encoding = PX_ENC_UNCHANGED;
+    h.base_version = nx->version;
+    h.checksum = nx->sum;
+    atomic_fetch_add(&srv->ctr.pull_unchanged, 1);
+  } else {
+    h.encoding = f->encoding;
+    h.base_version = f->encoding == PX_ENC_DELTA_ZSTD ? f->base : 0;
+    h.checksum = f->checksum;
+    atomic_fetch_add(f->encoding == PX_ENC_DELTA_ZSTD ? &srv->ctr.pull_delta
+                                                      : &srv->ctr.pull_snapshot, 1);
+  }
+  size_t body = f ? f->len : 0;
+  uint8_t head[PX_CHUNK_HDR_MAX];
+  size_t hl = px_chunk_encode_header(PX_CHUNK_PULL, &h, body, head, sizeof head);
+  px_out out = {head, hl, f ? f->data : NULL, body, f ? px_frame_unref : NULL, f};
+  atomic_fetch_add(&srv->ctr.pull_chunks, 1);
+  atomic_fetch_add(&srv->ctr.pull_raw_bytes, h.raw_len);
+  atomic_fetch_add(&srv->ctr.pull_wire_bytes, hl + body);
+  atomic_fetch_add(&t->pull_raw, h.raw_len);
+  atomic_fetch_add(&t->pull_wire, hl + body);
+  p->ci++;
+  /* false: the call is over (then finishing does nothing) or gRPC refused the batch */
+  if (!px_srv_call_send(p->call, &out))
+    pull_end(p, PX_ST_INTERNAL, "server error: a pull chunk could not be sent");
+}
+
+/* Sends the next chunk, parks on it, or finishes. Holds the pull's active reference. */
+static void pull_advance(pull_call* p) {
+  for (;;) {
+    if (p->ti >= p->ntensors) {
+      pull_end(p, PX_ST_OK, NULL);
+      return;
+    }
+    px_tensor_state* t = px_store_tensor(&p->srv->store, p->tids[p->ti]);
+    if (p->ci >= t->nchunks) {
+      p->ti++;
+      p->ci = 0;
+      continue;
+    }
+    px_chunk_state* c = &t->chunks[p->ci];
+    const int vi = p->view == 1 && t->dtype == PX_DT_F32 ? 1 : 0;
+    next_chunk nx;
+    pull_next(p, t, c, vi, &nx);
+    if (nx.kind == NEXT_END) pull_end(p, nx.status, nx.msg);
+    else if (nx.kind == NEXT_SEND) pull_send(p, t, c, vi, &nx);
+    return; /* parked: a wake resumes it; sent: the send's completion does */
+  }
+}
+
+static void pull_wake(px_job* j) {
+  pull_advance((pull_call*)((char*)j - offsetof(pull_call, waiter.job)));
+}
+
+static void pull_on_sent(px_srv_call* call, void* ctx, bool ok) {
+  (void)call;
+  pull_call* p = ctx;
+  if (!ok) pull_end(p, -1, NULL);
+  else pull_advance(p); /* no compute: takes a frame reference and starts the next send */
+}
+
+static void pull_on_closed(px_srv_call* call, void* ctx, bool cancelled) {
+  (void)cancelled;
+  pull_call* p = ctx;
+  /* a parked pull held its active reference; closed, it never parks again */
+  if (px_waiters_close(&p->srv->waiters, &p->waiter)) px_srv_call_unref(call);
+}
+
+static const px_srv_call_cbs pull_cbs = {NULL, pull_on_sent, pull_on_closed, pull_on_done};
+
+/* Checks r; a status and err. */
+static int request_check(px_server* srv, const Paramex__V1__PullRequest* r, char* err,
+                         size_t errlen) {
+  if (r->n_tensor_ids == 0) {
+    snprintf(err, errlen, "PullRequest names no tensor");
+    return PX_ST_INVALID_ARGUMENT;
+  }
+  if (r->view != PARAMEX__V1__DTYPE__DTYPE_UNSPECIFIED && r->view != PARAMEX__V1__DTYPE__DTYPE_BF16) {
+    snprintf(err, errlen, "PullRequest view %d is not supported (unspecified or bf16)",
+             (int)r->view);
+    return PX_ST_INVALID_ARGUMENT;
+  }
+  if (r->n_have_versions != 0 && r->n_have_versions != r->n_tensor_ids) {
+    snprintf(err, errlen, "PullRequest has %zu have_versions for %zu tensors",
+             r->n_have_versions, r->n_tensor_ids);
+    return PX_ST_INVALID_ARGUMENT;
+  }
+  for (size_t i = 0; i < r->n_tensor_ids; i++) {
+    if (!px_store_tensor(&srv->store, r->tensor_ids[i])) {
+      snprintf(err, errlen, "unknown tensor id %u", r->tensor_ids[i]);
+      return PX_ST_NOT_FOUND;
+    }
+  }
+  return PX_ST_OK;
+}
+
+/* Fills p from r; false when out of memory. */
+static bool pull_setup(pull_call* p, const Paramex__V1__PullRequest* r) {
+  p->tids = malloc(r->n_tensor_ids * sizeof *p->tids);
+  p->have = r->n_have_versions ? malloc(r->n_tensor_ids * sizeof *p->have) : NULL;
+  if (!p->tids || (r->n_have_versions && !p->have)) return false;
+  p->ntensors = (uint32_t)r->n_tensor_ids;
+  memcpy(p->tids, r->tensor_ids, r->n_tensor_ids * sizeof *p->tids);
+  if (p->have) memcpy(p->have, r->have_versions, r->n_tensor_ids * sizeof *p->have);
+  p->min_version = r->min_version;
+  p->view = r->view == PARAMEX__V1__DTYPE__DTYPE_BF16 ? 1 : 0;
+  for (size_t i = 0; i < r->n_accept; i++) {
+    if ((int)r->accept[i] == PX_ENC_DELTA_ZSTD) p->accept_delta = true;
+    if ((int)r->accept[i] == PX_ENC_SHUFFLE_ZSTD) p->accept_shuffle = true;
+  }
+  p->waiter.job.fn = pull_wake;
+  p->waiter.deadline_ms = px_now_ms() + (uint64_t)(p->srv->cfg.call_timeout * 1000.0);
+  return true;
+}
+
+/* Parses the request and starts streaming; the call is answered in every case. */
+static void pull_start(pull_call* p, px_msg* req) {
+  px_server* srv = p->srv;
+  char err[ERRLEN];
+  size_t n = 0;
+  const uint8_t* b = req ? px_msg_flat(req, &n) : (const uint8_t*)"";
+  Paramex__V1__PullRequest* r = b ? paramex__v1__pull_request__unpack(NULL, n, b) : NULL;
+  int st = PX_ST_OK;
+  if (!b) st = PX_ST_RESOURCE_EXHAUSTED, snprintf(err, sizeof err, "out of memory reading request");
+  else if (!r) st = PX_ST_INVALID_ARGUMENT, snprintf(err, sizeof err, "malformed PullRequest");
+  else st = request_check(srv, r, err, sizeof err);
+  if (st == PX_ST_OK && !pull_setup(p, r))
+    st = PX_ST_RESOURCE_EXHAUSTED, snprintf(err, sizeof err, "out of memory");
+  if (st == PX_ST_OK) px_members_seen(&srv->members, r->worker_id);
+  if (r) paramex__v1__pull_request__free_unpacked(r, NULL);
+  px_msg_free(req);
+  if (st != PX_ST_OK) {
+    px_reject(&srv->ctr, p->call, st, err);
+    return;
+  }
+  px_srv_call_ref(p->call); /* the pull's active reference */
+  pull_advance(p);
+}
+
+void px_pull_on_call(void* s, px_srv_call* call, px_msg* req) {
+  px_server* srv = s;
+  if (px_waiters_draining(&srv->waiters)) {
+    px_msg_free(req);
+    px_reject(&srv->ctr, call, PX_ST_UNAVAILABLE, "server is shutting down");
+    return;
+  }
+  if (px_refuse_stale_server(&srv->ctr, &srv->store, srv->server_id, call)) {
+    px_msg_free(req);
+    return;
+  }
+  pull_call* p = calloc(1, sizeof *p);
+  if (!p) {
+    px_msg_free(req);
+    px_reject(&srv->ctr, call, PX_ST_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  p->srv = srv;
+  p->call = call;
+  /* a pull counts as active from its arrival until its call is done (pull_on_done) */
+  atomic_fetch_add(&srv->active_calls, 1);
+  px_srv_call_set(call, &pull_cbs, p);
+  pull_start(p, req);
+}
