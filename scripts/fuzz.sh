@@ -89,12 +89,14 @@ jansson_libs=$(pkg-config --libs jansson 2>/dev/null || echo -ljansson)
 # and the other sources of common/ (new modules such as the safetensors reader) in a second
 # archive, so that one that does not compile breaks only the targets that link it.
 core_src=(
-  common/util/log.c common/util/flags.c common/util/mem.c common/util/pool.c
-  common/codec/codec.c common/codec/frame.c common/codec/dtype.c common/codec/diff.c
-  common/codec/zframe.c common/wire/wire.c server/config.c
+  common/util/log.c common/util/str.c common/util/clock.c common/util/flags.c common/util/mem.c
+  common/util/taskpool.c common/util/scratch.c common/util/bufpool.c
+  common/codec/checksum.c common/codec/initializer.c common/codec/dtype.c
+  common/codec/transform.c common/codec/zstdframe.c common/codec/payload.c
+  common/wire/chunk_msg.c server/config.c
 )
 extra_src=()
-for f in common/util/*.c common/codec/*.c common/wire/*.c; do
+for f in common/util/*.c common/codec/*.c common/wire/*.c common/format/*.c; do
   [[ " ${core_src[*]} " == *" $f "* ]] || extra_src+=("$f")
 done
 # Targets that need the extra archive (and jansson).

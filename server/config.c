@@ -10,6 +10,7 @@
 #include "framecache.h"
 #include "util/flags.h"
 #include "util/log.h"
+#include "util/str.h"
 #include "util/taskpool.h"
 
 #define SYNOPSIS "[--listen HOST:PORT] [--workers N] [--lr F] [flags...]"
@@ -146,6 +147,7 @@ int px_config_parse(px_config* cfg, int argc, char** argv, char* err, size_t err
   if (rc == 0 && cfg->gpus &&
       px_gpu_list_parse(cfg->gpus, cfg->gpu_ids, PX_MAX_GPUS, &cfg->ngpus, err, errlen) != 0)
     rc = 2;
+  if (rc == 2) px_str_oneline(err); /* values are quoted as given */
   return rc;
 }
 

@@ -12,6 +12,7 @@
 #include <strings.h>
 
 #include "util/flags.h"
+#include "util/str.h"
 
 #define MAX_FLAGS 64
 #define ENV_NAME_MAX 128
@@ -175,8 +176,8 @@ static const px_flag* find_flag(const px_flag* flags, size_t nflags, const char*
   return NULL;
 }
 
-int px_flags_parse(const px_flag* flags, size_t nflags, int argc, char** argv,
-                    px_flags_result* res, char* err, size_t errlen) {
+static int parse_flags(const px_flag* flags, size_t nflags, int argc, char** argv,
+                       px_flags_result* res, char* err, size_t errlen) {
   bool seen[MAX_FLAGS] = {false};
   char dummy[1];
   if (!err || errlen == 0) {
@@ -309,4 +310,11 @@ void px_flags_usage(FILE* out, const char* prog, const char* synopsis, const px_
     fprintf(out, "  %-28s %s (env %s, default %s)\n", left, f->help ? f->help : "", ename, def);
   }
   fprintf(out, "  %-28s %s\n", "-h, --help", "show this help");
+}
+
+int px_flags_parse(const px_flag* flags, size_t nflags, int argc, char** argv,
+                   px_flags_result* res, char* err, size_t errlen) {
+  int rc = parse_flags(flags, nflags, argc, argv, res, err, errlen);
+  if (rc == 2 && err && errlen) px_str_oneline(err); /* values are quoted as given */
+  return rc;
 }

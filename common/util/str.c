@@ -11,3 +11,9 @@ char* px_strlcpy(char* dst, const char* src, size_t cap) {
   dst[n] = '\0';
   return dst;
 }
+
+char* px_str_oneline(char* s) {
+  for (char* p = s; p && *p; p++)
+    if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
+  return s;
+}

@@ -8,4 +8,8 @@
  * returns dst. */
 char* px_strlcpy(char* dst, const char* src, size_t cap);
 
+/* Replaces every control character of s (newline included) with '?', so that a message
+ * quoting untrusted text stays one line; returns s. */
+char* px_str_oneline(char* s);
+
 #endif

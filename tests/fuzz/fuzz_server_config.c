@@ -1,4 +1,4 @@
-/* Fuzz target: paramex-server's configuration (px_config_parse, server/server.h) from
+/* Fuzz target: paramex-server's configuration (px_config_parse, server/config.h) from
  * command-line arguments and PMX_* environment variables.
  *
  * Input layout:
@@ -8,12 +8,14 @@
  *           first byte picks the variable (modulo the names below), the rest is its value;
  *           the other strings are argv[1..] (argv[0] is "paramex-server").
  *
- * px_config_parse prints usage on stdout and one line on stderr on errors; both streams
- * go to /dev/null (PMX_FUZZ_VERBOSE=1 shows them). Checks, besides ASan/UBSan: the return
+ * px_config_parse prints usage on stdout and returns one line in err on errors; stdout
+ * goes to /dev/null (PMX_FUZZ_VERBOSE=1 shows it). Checks, besides ASan/UBSan: the return
  * value is 0, 1 or 2, and a configuration accepted for running satisfies the documented
  * ranges. Every variable is unset again before returning. */
 #include "fuzz_common.h"
-#include "server.h"
+#include "config.h"
+#include "framecache.h"
+#include "util/log.h"
 
 #define MAX_STRINGS 48
 
@@ -52,8 +54,10 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (int i = nenv; i < in.n; i++) argv[1 + i - nenv] = in.v[i];
 
   px_config cfg;
-  int rc = px_config_parse(&cfg, argc, argv);
+  char err[256] = "";
+  int rc = px_config_parse(&cfg, argc, argv, err, sizeof err);
   FUZZ_CHECK(rc == 0 || rc == 1 || rc == 2);
+  FUZZ_CHECK(rc != 2 || (err[0] && !strchr(err, '\n'))); /* one line naming the problem */
   if (rc == 0) {
     FUZZ_CHECK(cfg.workers >= 1 && cfg.workers <= 4096);
     FUZZ_CHECK(cfg.chunk_bytes >= 1024 && cfg.chunk_bytes <= (3u << 20));

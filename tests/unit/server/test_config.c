@@ -332,6 +332,19 @@ static void test_gpu_lists(void** state) {
   assert_int_equal(cfg.gpu_ids[0], 1);
 }
 
+/* A value with a newline (or any control character) still gives a one-line error. */
+static void test_config_error_one_line(void** state) {
+  (void)state;
+  clear_env();
+  px_config c;
+  char* a1[] = {"paramex-server", "--workers", "3\nsecond line"};
+  assert_int_equal(px_config_parse(&c, 3, a1, g_perr, sizeof g_perr), 2);
+  assert_string_equal(g_perr, "--workers: '3?second line' is not an unsigned integer");
+  char* a2[] = {"paramex-server", "--listen", "no\tport"};
+  assert_int_equal(px_config_parse(&c, 3, a2, g_perr, sizeof g_perr), 2);
+  assert_string_equal(g_perr, "--listen: 'no?port' is not HOST:PORT");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_config_defaults),
@@ -339,6 +352,7 @@ int main(void) {
       cmocka_unit_test(test_config_env),
       cmocka_unit_test(test_config_bad_values),
       cmocka_unit_test(test_gpu_lists),
+      cmocka_unit_test(test_config_error_one_line),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
