@@ -50,6 +50,35 @@ static void fill_normal(float** g, int ng, unsigned long long n, unsigned rank) 
     }                                                                                   \
   } while (0)
 
+/* Rank 0's JSON line: medians of the steps after the warm-up, bytes moved, wire ratios. */
+static void report(unsigned world, unsigned long long numel, int steps, int warmup, int bf16_view,
+                   double* tpush, double* tpull, const pmx_client_stats* st0,
+                   const pmx_client_stats* st1) {
+  double pull_raw = (double)(st1->pull_raw_bytes - st0->pull_raw_bytes);
+  double pull_wire = (double)(st1->pull_wire_bytes - st0->pull_wire_bytes);
+  double push_raw = (double)(st1->push_raw_bytes - st0->push_raw_bytes);
+  double push_wire = (double)(st1->push_wire_bytes - st0->push_wire_bytes);
+  double f32_bytes = (double)steps * (double)numel * 4.0;
+  double* step = calloc((size_t)steps, sizeof *step);
+  for (int s = 0; s < steps; s++) step[s] = tpush[warmup + s] + tpull[warmup + s];
+  double bytes = (double)numel * 4.0;
+  double p_push = pct(tpush + warmup, steps, 0.5), p_pull = pct(tpull + warmup, steps, 0.5);
+  double p50 = pct(step, steps, 0.5), p90 = pct(step, steps, 0.9);
+  printf("{\"workers\": %u, \"bytes\": %.0f, \"steps\": %d, \"step_p50_s\": %.6f, "
+         "\"step_p90_s\": %.6f, \"push_p50_s\": %.6f, \"pull_p50_s\": %.6f, "
+         "\"push_gbps_per_worker\": %.3f, \"pull_gbps_per_worker\": %.3f, "
+         "\"push_gbps_aggregate\": %.3f, \"pull_gbps_aggregate\": %.3f, "
+         "\"pull_dtype\": \"%s\", \"pull_wire_over_raw\": %.4f, "
+         "\"pull_wire_over_f32\": %.4f, \"push_wire_over_raw\": %.4f, "
+         "\"checksum_failures\": %llu}\n",
+         world, bytes, steps, p50, p90, p_push, p_pull, bytes / p_push / 1e9,
+         bytes / p_pull / 1e9, world * bytes / p_push / 1e9, world * bytes / p_pull / 1e9,
+         bf16_view ? "bf16" : "f32", pull_raw > 0 ? pull_wire / pull_raw : 0,
+         pull_wire / f32_bytes, push_raw > 0 ? push_wire / push_raw : 0,
+         (unsigned long long)st1->checksum_failures);
+  free(step);
+}
+
 int main(int argc, char** argv) {
   const char* addr = NULL;
   unsigned rank = 0, world = 1;
@@ -141,31 +170,7 @@ int main(int argc, char** argv) {
     tpull[s] = t2 - t1;
   }
   pmx_client_get_stats(c, &st1);
-  if (rank == 0) {
-    double pull_raw = (double)(st1.pull_raw_bytes - st0.pull_raw_bytes);
-    double pull_wire = (double)(st1.pull_wire_bytes - st0.pull_wire_bytes);
-    double push_raw = (double)(st1.push_raw_bytes - st0.push_raw_bytes);
-    double push_wire = (double)(st1.push_wire_bytes - st0.push_wire_bytes);
-    double f32_bytes = (double)steps * (double)numel * 4.0;
-    double* step = calloc((size_t)steps, sizeof *step);
-    for (int s = 0; s < steps; s++) step[s] = tpush[warmup + s] + tpull[warmup + s];
-    double bytes = (double)numel * 4.0;
-    double p_push = pct(tpush + warmup, steps, 0.5), p_pull = pct(tpull + warmup, steps, 0.5);
-    double p50 = pct(step, steps, 0.5), p90 = pct(step, steps, 0.9);
-    printf("{\"workers\": %u, \"bytes\": %.0f, \"steps\": %d, \"step_p50_s\": %.6f, "
-           "\"step_p90_s\": %.6f, \"push_p50_s\": %.6f, \"pull_p50_s\": %.6f, "
-           "\"push_gbps_per_worker\": %.3f, \"pull_gbps_per_worker\": %.3f, "
-           "\"push_gbps_aggregate\": %.3f, \"pull_gbps_aggregate\": %.3f, "
-           "\"pull_dtype\": \"%s\", \"pull_wire_over_raw\": %.4f, "
-           "\"pull_wire_over_f32\": %.4f, \"push_wire_over_raw\": %.4f, "
-           "\"checksum_failures\": %llu}\n",
-           world, bytes, steps, p50, p90, p_push, p_pull, bytes / p_push / 1e9,
-           bytes / p_pull / 1e9, world * bytes / p_push / 1e9, world * bytes / p_pull / 1e9,
-           bf16_view ? "bf16" : "f32", pull_raw > 0 ? pull_wire / pull_raw : 0,
-           pull_wire / f32_bytes, push_raw > 0 ? push_wire / push_raw : 0,
-           (unsigned long long)st1.checksum_failures);
-    free(step);
-  }
+  if (rank == 0) report(world, numel, steps, warmup, bf16_view, tpush, tpull, &st0, &st1);
   free(tpush);
   free(tpull);
   free(params);

@@ -167,15 +167,6 @@ static int check_models(void) {
   return bad;
 }
 
-#define CHECK(what, expr)                                                                  \
-  do {                                                                                     \
-    pmx_status st_ = (expr);                                                               \
-    if (st_ != PMX_OK) {                                                                   \
-      fprintf(stderr, "bench-worker %u: %s: %s (%s)\n", rank, what, pmx_strerror(st_),     \
-              pmx_last_error());                                                           \
-      return 1;                                                                            \
-    }                                                                                      \
-  } while (0)
 
 static void usage(FILE* f) {
   fprintf(f,
@@ -189,16 +180,68 @@ static void usage(FILE* f) {
           "SPEC: dense:N (N f32 values, K/M/G = 1e3/1e6/1e9), resnet50, bert-base\n");
 }
 
-int main(int argc, char** argv) {
-  const char* addr = NULL;
-  const char* spec = "dense:25M";
-  unsigned rank = 0, world = 1;
-  int steps = 10, warmup = 2, ngrad = 3, progress = 0, do_describe = 0;
-  int bf16_view = 0, compression = PMX_COMPRESSION_AUTO;
-  int overlap = 0; /* --overlap: the pull of step s+1 starts before the push of step s */
-  const char* push_name = "raw";
-  pmx_push_mode push_mode = PMX_PUSH_RAW;
-  long long timeout_ms = 0;
+/* The worker's settings, from the command line. */
+typedef struct wopts {
+  const char* addr;
+  const char* spec;
+  unsigned rank, world;
+  int steps, warmup, ngrad, progress, do_describe;
+  int bf16_view, compression;
+  int overlap; /* --overlap: the pull of step s+1 starts before the push of step s */
+  const char* push_name;
+  pmx_push_mode push_mode;
+  long long timeout_ms;
+} wopts;
+
+/* The value of a flag that takes one; -1 when it is not one of them, 2 on a bad value. */
+static int set_valued(wopts* o, const char* a, const char* v) {
+  char* end = NULL;
+  if (!strcmp(a, "--server")) o->addr = v;
+  else if (!strcmp(a, "--model")) o->spec = v;
+  else if (!strcmp(a, "--rank")) o->rank = (unsigned)strtoul(v, &end, 10);
+  else if (!strcmp(a, "--world")) o->world = (unsigned)strtoul(v, &end, 10);
+  else if (!strcmp(a, "--steps")) o->steps = (int)strtol(v, &end, 10);
+  else if (!strcmp(a, "--warmup")) o->warmup = (int)strtol(v, &end, 10);
+  else if (!strcmp(a, "--grad-buffers")) o->ngrad = (int)strtol(v, &end, 10);
+  else if (!strcmp(a, "--timeout-ms")) o->timeout_ms = strtoll(v, &end, 10);
+  else if (!strcmp(a, "--pull-dtype")) {
+    if (!strcmp(v, "bf16")) o->bf16_view = 1;
+    else if (strcmp(v, "f32")) {
+      fprintf(stderr, "bench-worker: --pull-dtype %s: want f32 or bf16\n", v);
+      return 2;
+    }
+  } else if (!strcmp(a, "--compression")) {
+    if (!strcmp(v, "auto")) o->compression = PMX_COMPRESSION_AUTO;
+    else if (!strcmp(v, "on")) o->compression = PMX_COMPRESSION_ON;
+    else if (!strcmp(v, "off")) o->compression = PMX_COMPRESSION_OFF;
+    else {
+      fprintf(stderr, "bench-worker: --compression %s: want auto, on or off\n", v);
+      return 2;
+    }
+  } else if (!strcmp(a, "--push")) {
+    o->push_name = v;
+    if (!strcmp(v, "raw")) o->push_mode = PMX_PUSH_RAW;
+    else if (!strcmp(v, "zstd")) o->push_mode = PMX_PUSH_ZSTD;
+    else if (!strcmp(v, "bf16")) o->push_mode = PMX_PUSH_BF16;
+    else if (!strcmp(v, "bf16+zstd")) o->push_mode = PMX_PUSH_BF16_ZSTD;
+    else {
+      fprintf(stderr, "bench-worker: --push %s: want raw, zstd, bf16 or bf16+zstd\n", v);
+      return 2;
+    }
+  } else {
+    return -1;
+  }
+  if (end && *end) {
+    fprintf(stderr, "bench-worker: %s %s: not a number\n", a, v);
+    return 2;
+  }
+  return 0;
+}
+
+/* -1 to run, else the exit status (help, --check-models, a bad flag). */
+static int parse_args(wopts* o, int argc, char** argv) {
+  *o = (wopts){.spec = "dense:25M", .world = 1, .steps = 10, .warmup = 2, .ngrad = 3,
+               .compression = PMX_COMPRESSION_AUTO, .push_name = "raw", .push_mode = PMX_PUSH_RAW};
   for (int i = 1; i < argc; i++) {
     const char* a = argv[i];
     const char* v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -208,230 +251,255 @@ int main(int argc, char** argv) {
     } else if (!strcmp(a, "--check-models")) {
       return check_models();
     } else if (!strcmp(a, "--describe")) {
-      do_describe = 1;
+      o->do_describe = 1;
     } else if (!strcmp(a, "--no-compression")) {
-      compression = PMX_COMPRESSION_OFF;
+      o->compression = PMX_COMPRESSION_OFF;
     } else if (!strcmp(a, "--progress")) {
-      progress = 1;
+      o->progress = 1;
     } else if (!strcmp(a, "--overlap")) {
-      overlap = 1;
+      o->overlap = 1;
     } else if (!v) {
       fprintf(stderr, "bench-worker: %s needs a value or is unknown\n", a);
       return 2;
     } else {
       i++;
-      char* end = NULL;
-      if (!strcmp(a, "--server")) addr = v;
-      else if (!strcmp(a, "--model")) spec = v;
-      else if (!strcmp(a, "--rank")) rank = (unsigned)strtoul(v, &end, 10);
-      else if (!strcmp(a, "--world")) world = (unsigned)strtoul(v, &end, 10);
-      else if (!strcmp(a, "--steps")) steps = (int)strtol(v, &end, 10);
-      else if (!strcmp(a, "--warmup")) warmup = (int)strtol(v, &end, 10);
-      else if (!strcmp(a, "--grad-buffers")) ngrad = (int)strtol(v, &end, 10);
-      else if (!strcmp(a, "--timeout-ms")) timeout_ms = strtoll(v, &end, 10);
-      else if (!strcmp(a, "--pull-dtype")) {
-        if (!strcmp(v, "bf16")) bf16_view = 1;
-        else if (strcmp(v, "f32")) {
-          fprintf(stderr, "bench-worker: --pull-dtype %s: want f32 or bf16\n", v);
-          return 2;
-        }
-      } else if (!strcmp(a, "--compression")) {
-        if (!strcmp(v, "auto")) compression = PMX_COMPRESSION_AUTO;
-        else if (!strcmp(v, "on")) compression = PMX_COMPRESSION_ON;
-        else if (!strcmp(v, "off")) compression = PMX_COMPRESSION_OFF;
-        else {
-          fprintf(stderr, "bench-worker: --compression %s: want auto, on or off\n", v);
-          return 2;
-        }
-      } else if (!strcmp(a, "--push")) {
-        push_name = v;
-        if (!strcmp(v, "raw")) push_mode = PMX_PUSH_RAW;
-        else if (!strcmp(v, "zstd")) push_mode = PMX_PUSH_ZSTD;
-        else if (!strcmp(v, "bf16")) push_mode = PMX_PUSH_BF16;
-        else if (!strcmp(v, "bf16+zstd")) push_mode = PMX_PUSH_BF16_ZSTD;
-        else {
-          fprintf(stderr, "bench-worker: --push %s: want raw, zstd, bf16 or bf16+zstd\n", v);
-          return 2;
-        }
-      } else {
+      int rc = set_valued(o, a, v);
+      if (rc == -1) {
         fprintf(stderr, "bench-worker: unknown flag %s\n", a);
         return 2;
       }
-      if (end && *end) {
-        fprintf(stderr, "bench-worker: %s %s: not a number\n", a, v);
-        return 2;
-      }
+      if (rc) return rc;
     }
   }
+  return -1;
+}
 
+/* A running worker: its buffers, its client, its tensors and the timings of each step. */
+typedef struct worker {
+  const wopts* o;
   bench_model m;
-  char err[160];
-  if (bench_model_init(&m, spec, err, sizeof err)) {
-    fprintf(stderr, "bench-worker: %s\n", err);
-    return 2;
-  }
-  if (do_describe) {
-    int rc = describe(&m);
-    bench_model_deinit(&m);
-    return rc;
-  }
-  if (!addr || steps < 1 || warmup < 0 || world == 0 || rank >= world || ngrad < 1 ||
-      ngrad > 16 || timeout_ms < 0) {
-    usage(stderr);
-    bench_model_deinit(&m);
-    return 2;
-  }
-
-  /* Gradients first: generating them takes seconds for bert-base, and the server should
-   * not see this worker before it can keep up with the others. */
-  const size_t bytes = (size_t)m.numel * sizeof(float);
-  float* grads[16] = {0};
-  double t_gen = now_s();
-  for (int g = 0; g < ngrad; g++) {
-    grads[g] = big_alloc(bytes);
-    if (!grads[g]) {
-      fprintf(stderr, "bench-worker %u: out of memory (%zu bytes)\n", rank, bytes);
-      return 1;
-    }
-    fill_normal(grads[g], m.numel, 0.01f, 1 + rank * 64ull + (uint64_t)g);
-  }
-  float* params = big_alloc(bytes);
-  if (!params) {
-    fprintf(stderr, "bench-worker %u: out of memory (%zu bytes)\n", rank, bytes);
-    return 1;
-  }
-  memset(params, 0, bytes);
-  t_gen = now_s() - t_gen;
-
-  const void** gptr = calloc((size_t)ngrad * m.n, sizeof *gptr);
-  void** dst = calloc(m.n, sizeof *dst);
-  pmx_tensor** tensors = calloc(m.n, sizeof *tensors);
-  uint64_t* versions = calloc(m.n, sizeof *versions);
-  int total = warmup + steps;
-  double* tpush = calloc((size_t)total, sizeof *tpush);
-  double* tpull = calloc((size_t)total, sizeof *tpull);
-  double* tstep = calloc((size_t)steps, sizeof *tstep);
-  if (!gptr || !dst || !tensors || !versions || !tpush || !tpull || !tstep) {
-    fprintf(stderr, "bench-worker %u: out of memory\n", rank);
-    return 1;
-  }
-  uint64_t off = 0;
-  for (size_t i = 0; i < m.n; i++) {
-    for (int g = 0; g < ngrad; g++) gptr[(size_t)g * m.n + i] = grads[g] + off;
-    dst[i] = params + off; /* a bf16 view fills the first half of the slot */
-    off += m.tensors[i].numel;
-  }
-
-  double t_setup = now_s();
+  size_t bytes;
+  float* grads[16];
+  float* params;
+  const void** gptr; /* [ngrad][m.n] */
+  void** dst;
+  pmx_tensor** tensors;
+  uint64_t* versions;
+  double *tpush, *tpull, *tstep;
   pmx_client* c;
+  pmx_dtype view;
+  uint64_t base;
+  double t_gen, t_setup;
+} worker;
+
+#define WCHECK(what, expr)                                                                 \
+  do {                                                                                     \
+    pmx_status st_ = (expr);                                                               \
+    if (st_ != PMX_OK) {                                                                   \
+      fprintf(stderr, "bench-worker %u: %s: %s (%s)\n", w->o->rank, what, pmx_strerror(st_), \
+              pmx_last_error());                                                           \
+      return 1;                                                                            \
+    }                                                                                      \
+  } while (0)
+
+/* Gradients first: generating them takes seconds for bert-base, and the server should not
+ * see this worker before it can keep up with the others. */
+static int alloc_buffers(worker* w) {
+  const wopts* o = w->o;
+  w->bytes = (size_t)w->m.numel * sizeof(float);
+  w->t_gen = now_s();
+  for (int g = 0; g < o->ngrad; g++) {
+    w->grads[g] = big_alloc(w->bytes);
+    if (!w->grads[g]) return 1;
+    fill_normal(w->grads[g], w->m.numel, 0.01f, 1 + o->rank * 64ull + (uint64_t)g);
+  }
+  w->params = big_alloc(w->bytes);
+  if (!w->params) return 1;
+  memset(w->params, 0, w->bytes);
+  w->t_gen = now_s() - w->t_gen;
+  const size_t n = w->m.n;
+  const int total = o->warmup + o->steps;
+  w->gptr = calloc((size_t)o->ngrad * n, sizeof *w->gptr);
+  w->dst = calloc(n, sizeof *w->dst);
+  w->tensors = calloc(n, sizeof *w->tensors);
+  w->versions = calloc(n, sizeof *w->versions);
+  w->tpush = calloc((size_t)total, sizeof *w->tpush);
+  w->tpull = calloc((size_t)total, sizeof *w->tpull);
+  w->tstep = calloc((size_t)o->steps, sizeof *w->tstep);
+  if (!w->gptr || !w->dst || !w->tensors || !w->versions || !w->tpush || !w->tpull || !w->tstep)
+    return 1;
+  uint64_t off = 0;
+  for (size_t i = 0; i < n; i++) {
+    for (int g = 0; g < o->ngrad; g++) w->gptr[(size_t)g * n + i] = w->grads[g] + off;
+    w->dst[i] = w->params + off; /* a bf16 view fills the first half of the slot */
+    off += w->m.tensors[i].numel;
+  }
+  return 0;
+}
+
+/* Connects, joins, declares every tensor and pulls the version the server holds. */
+static int setup(worker* w) {
+  const wopts* o = w->o;
+  w->t_setup = now_s();
   pmx_options opts = {0};
-  opts.compression = compression;
-  opts.timeout_ms = timeout_ms;
-  CHECK("connect", pmx_connect(addr, &opts, &c));
-  CHECK("join", pmx_join(c, rank, world, NULL));
-  for (size_t i = 0; i < m.n; i++) {
+  opts.compression = o->compression;
+  opts.timeout_ms = o->timeout_ms;
+  WCHECK("connect", pmx_connect(o->addr, &opts, &w->c));
+  WCHECK("join", pmx_join(w->c, o->rank, o->world, NULL));
+  for (size_t i = 0; i < w->m.n; i++) {
     char name[BENCH_NAME_MAX + 64];
-    const char* model_name = strncmp(m.spec, "dense:", 6) ? m.spec : "dense";
-    snprintf(name, sizeof name, "%s/%s", model_name, m.tensors[i].name);
+    const char* model_name = strncmp(w->m.spec, "dense:", 6) ? w->m.spec : "dense";
+    snprintf(name, sizeof name, "%s/%s", model_name, w->m.tensors[i].name);
     /* One seed per tensor, the same on every worker (the first declaration wins). */
     pmx_init init = {PMX_INIT_NORMAL, 0.0f, 0.02f, 1000 + i};
-    CHECK("declare", pmx_declare(c, name, PMX_F32, m.tensors[i].shape, m.tensors[i].ndim,
-                                 NULL, &init, &tensors[i]));
-    CHECK("push mode", pmx_tensor_set_push_compression(tensors[i], push_mode, 0));
+    WCHECK("declare", pmx_declare(w->c, name, PMX_F32, w->m.tensors[i].shape,
+                                  w->m.tensors[i].ndim, NULL, &init, &w->tensors[i]));
+    WCHECK("push mode", pmx_tensor_set_push_compression(w->tensors[i], o->push_mode, 0));
   }
-  pmx_dtype view = bf16_view ? PMX_BF16 : (pmx_dtype)0;
+  w->view = o->bf16_view ? PMX_BF16 : (pmx_dtype)0;
   /* Start at the version the server holds (a server given with --servers may be reused). */
-  CHECK("pull", pmx_pull_as(c, m.n, tensors, dst, view, 0, versions));
-  uint64_t base = versions[0];
-  for (size_t i = 1; i < m.n; i++) {
-    if (versions[i] != base) {
+  WCHECK("pull", pmx_pull_as(w->c, w->m.n, w->tensors, w->dst, w->view, 0, w->versions));
+  w->base = w->versions[0];
+  for (size_t i = 1; i < w->m.n; i++) {
+    if (w->versions[i] != w->base) {
       fprintf(stderr, "bench-worker %u: tensors at different versions (%" PRIu64 " and %" PRIu64
-                      "): use a fresh server\n", rank, base, versions[i]);
+                      "): use a fresh server\n", o->rank, w->base, w->versions[i]);
       return 1;
     }
   }
-  t_setup = now_s() - t_setup;
+  w->t_setup = now_s() - w->t_setup;
+  return 0;
+}
 
-  pmx_client_stats st0 = {0}, st1;
-  double cpu0 = 0, wall0 = 0;
-  for (int s = 0; s < total; s++) {
-    if (s == warmup) {
-      pmx_client_get_stats(c, &st0);
-      cpu0 = cpu_s();
-      wall0 = now_s();
-      if (progress) {
-        printf("measure\n");
-        fflush(stdout);
-      }
-    }
-    const void* const* g = gptr + (size_t)(s % ngrad) * m.n;
-    double t0 = now_s(), t1, t2;
-    if (overlap) {
-      /* pipelined: the pull parks on the server until the step is complete */
-      pmx_op* op = NULL;
-      CHECK("pull", pmx_pull_as_async(c, m.n, tensors, dst, view, base + (uint64_t)s + 1, NULL, &op));
-      CHECK("push", pmx_push(c, base + (uint64_t)s, m.n, tensors, g));
-      t1 = now_s();
-      CHECK("pull", pmx_op_wait(op));
-      t2 = now_s();
-    } else {
-      CHECK("push", pmx_push(c, base + (uint64_t)s, m.n, tensors, g));
-      t1 = now_s();
-      CHECK("pull", pmx_pull_as(c, m.n, tensors, dst, view, base + (uint64_t)s + 1, NULL));
-      t2 = now_s();
-    }
-    tpush[s] = t1 - t0;
-    tpull[s] = t2 - t1;
-    if (s >= warmup) tstep[s - warmup] = t2 - t0;
-    if (progress) {
-      printf("progress %d %d %.6f\n", s + 1, total, t2 - t0);
-      fflush(stdout);
-    }
+/* One step s: push then pull, or pipelined (the pull parks on the server until the step is
+ * complete). */
+static int step(worker* w, int s) {
+  const wopts* o = w->o;
+  const void* const* g = w->gptr + (size_t)(s % o->ngrad) * w->m.n;
+  const uint64_t v = w->base + (uint64_t)s;
+  double t0 = now_s(), t1, t2;
+  if (o->overlap) {
+    pmx_op* op = NULL;
+    WCHECK("pull", pmx_pull_as_async(w->c, w->m.n, w->tensors, w->dst, w->view, v + 1, NULL, &op));
+    WCHECK("push", pmx_push(w->c, v, w->m.n, w->tensors, g));
+    t1 = now_s();
+    WCHECK("pull", pmx_op_wait(op));
+    t2 = now_s();
+  } else {
+    WCHECK("push", pmx_push(w->c, v, w->m.n, w->tensors, g));
+    t1 = now_s();
+    WCHECK("pull", pmx_pull_as(w->c, w->m.n, w->tensors, w->dst, w->view, v + 1, NULL));
+    t2 = now_s();
   }
-  double wall = now_s() - wall0, cpu = cpu_s() - cpu0;
-  pmx_client_get_stats(c, &st1);
+  w->tpush[s] = t1 - t0;
+  w->tpull[s] = t2 - t1;
+  if (s >= o->warmup) w->tstep[s - o->warmup] = t2 - t0;
+  if (o->progress) {
+    printf("progress %d %d %.6f\n", s + 1, o->warmup + o->steps, t2 - t0);
+    fflush(stdout);
+  }
+  return 0;
+}
 
-  uint64_t push_raw = st1.push_raw_bytes - st0.push_raw_bytes;
-  uint64_t push_wire = st1.push_wire_bytes - st0.push_wire_bytes;
-  uint64_t pull_raw = st1.pull_raw_bytes - st0.pull_raw_bytes;
-  uint64_t pull_wire = st1.pull_wire_bytes - st0.pull_wire_bytes;
+/* The one JSON line of results. */
+static void report(const worker* w, const pmx_client_stats* st0, const pmx_client_stats* st1,
+                   double wall, double cpu) {
+  const wopts* o = w->o;
+  const int steps = o->steps, warmup = o->warmup, total = warmup + steps;
+  uint64_t push_raw = st1->push_raw_bytes - st0->push_raw_bytes;
+  uint64_t push_wire = st1->push_wire_bytes - st0->push_wire_bytes;
+  uint64_t pull_raw = st1->pull_raw_bytes - st0->pull_raw_bytes;
+  uint64_t pull_wire = st1->pull_wire_bytes - st0->pull_wire_bytes;
   double push_sum = 0, pull_sum = 0;
-  for (int s = warmup; s < total; s++) push_sum += tpush[s], pull_sum += tpull[s];
-
+  for (int s = warmup; s < total; s++) push_sum += w->tpush[s], pull_sum += w->tpull[s];
   printf("{\"rank\": %u, \"world\": %u, \"model\": \"%s\", \"tensors\": %zu, \"numel\": %" PRIu64
          ", \"model_bytes\": %zu, \"steps\": %d, \"warmup\": %d, \"pull_dtype\": \"%s\", "
          "\"push_mode\": \"%s\", \"compressed_pulls\": %s",
-         rank, world, m.spec, m.n, m.numel, bytes, steps, warmup, bf16_view ? "bf16" : "f32",
-         push_name, st1.compressed_pulls ? "true" : "false");
-  print_percentiles("step", tstep, steps);
-  print_percentiles("push", tpush + warmup, steps);
-  print_percentiles("pull", tpull + warmup, steps);
+         o->rank, o->world, w->m.spec, w->m.n, w->m.numel, w->bytes, steps, warmup,
+         o->bf16_view ? "bf16" : "f32", o->push_name, st1->compressed_pulls ? "true" : "false");
+  print_percentiles("step", w->tstep, steps);
+  print_percentiles("push", w->tpush + warmup, steps);
+  print_percentiles("pull", w->tpull + warmup, steps);
   printf(", \"push_gbps\": %.6g, \"pull_gbps\": %.6g", push_sum > 0 ? push_raw / push_sum / 1e9 : 0,
          pull_sum > 0 ? pull_raw / pull_sum / 1e9 : 0);
   printf(", \"push_raw_bytes\": %" PRIu64 ", \"push_wire_bytes\": %" PRIu64
          ", \"pull_raw_bytes\": %" PRIu64 ", \"pull_wire_bytes\": %" PRIu64
          ", \"pull_unchanged_chunks\": %" PRIu64 ", \"checksum_failures\": %" PRIu64,
          push_raw, push_wire, pull_raw, pull_wire,
-         st1.pull_unchanged_chunks - st0.pull_unchanged_chunks, st1.checksum_failures);
+         st1->pull_unchanged_chunks - st0->pull_unchanged_chunks, st1->checksum_failures);
   printf(", \"measured_wall_s\": %.6g, \"cpu_s\": %.6g, \"setup_s\": %.6g, \"grad_gen_s\": %.6g, "
          "\"maxrss_kib\": %ld, \"base_version\": %" PRIu64,
-         wall, cpu, t_setup, t_gen, maxrss_kib(), base);
-  print_samples("step_s", tstep, steps);
-  print_samples("push_s", tpush + warmup, steps);
-  print_samples("pull_s", tpull + warmup, steps);
+         wall, cpu, w->t_setup, w->t_gen, maxrss_kib(), w->base);
+  print_samples("step_s", w->tstep, steps);
+  print_samples("push_s", w->tpush + warmup, steps);
+  print_samples("pull_s", w->tpull + warmup, steps);
   printf("}\n");
   fflush(stdout);
+}
 
-  pmx_client_destroy(c);
-  for (int g = 0; g < ngrad; g++) big_free(grads[g], bytes);
-  big_free(params, bytes);
-  free(gptr);
-  free(dst);
-  free(tensors);
-  free(versions);
-  free(tpush);
-  free(tpull);
-  free(tstep);
-  bench_model_deinit(&m);
+static void worker_free(worker* w) {
+  pmx_client_destroy(w->c);
+  for (int g = 0; g < 16; g++) big_free(w->grads[g], w->bytes);
+  big_free(w->params, w->bytes);
+  free(w->gptr);
+  free(w->dst);
+  free(w->tensors);
+  free(w->versions);
+  free(w->tpush);
+  free(w->tpull);
+  free(w->tstep);
+  bench_model_deinit(&w->m);
+}
+
+/* Every step, measured after the warm-up. */
+static int run(worker* w) {
+  const wopts* o = w->o;
+  pmx_client_stats st0 = {0}, st1;
+  double cpu0 = 0, wall0 = 0;
+  for (int s = 0; s < o->warmup + o->steps; s++) {
+    if (s == o->warmup) {
+      pmx_client_get_stats(w->c, &st0);
+      cpu0 = cpu_s();
+      wall0 = now_s();
+      if (o->progress) {
+        printf("measure\n");
+        fflush(stdout);
+      }
+    }
+    if (step(w, s)) return 1;
+  }
+  double wall = now_s() - wall0, cpu = cpu_s() - cpu0;
+  pmx_client_get_stats(w->c, &st1);
+  report(w, &st0, &st1, wall, cpu);
   return 0;
+}
+
+int main(int argc, char** argv) {
+  wopts o;
+  int rc = parse_args(&o, argc, argv);
+  if (rc >= 0) return rc;
+  worker w = {.o = &o};
+  char err[160];
+  if (bench_model_init(&w.m, o.spec, err, sizeof err)) {
+    fprintf(stderr, "bench-worker: %s\n", err);
+    return 2;
+  }
+  if (o.do_describe) {
+    rc = describe(&w.m);
+    bench_model_deinit(&w.m);
+    return rc;
+  }
+  if (!o.addr || o.steps < 1 || o.warmup < 0 || o.world == 0 || o.rank >= o.world || o.ngrad < 1 ||
+      o.ngrad > 16 || o.timeout_ms < 0) {
+    usage(stderr);
+    bench_model_deinit(&w.m);
+    return 2;
+  }
+  if (alloc_buffers(&w)) {
+    fprintf(stderr, "bench-worker %u: out of memory (%zu bytes per buffer)\n", o.rank, w.bytes);
+    return 1;
+  }
+  rc = setup(&w) || run(&w) ? 1 : 0;
+  worker_free(&w);
+  return rc;
 }

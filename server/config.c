@@ -15,7 +15,8 @@
 
 #define SYNOPSIS "[--listen HOST:PORT] [--workers N] [--lr F] [flags...]"
 
-int px_config_parse(px_config* cfg, int argc, char** argv, char* err, size_t errlen) {
+/* The defaults, before the environment and the command line. */
+static void set_defaults(px_config* cfg) {
   memset(cfg, 0, sizeof *cfg);
   cfg->listen = "0.0.0.0:50051";
   cfg->workers = 1;
@@ -43,6 +44,55 @@ int px_config_parse(px_config* cfg, int argc, char** argv, char* err, size_t err
   cfg->call_timeout = 3600;
   cfg->log_level = "info";
   cfg->device = "cpu";
+}
+
+/* What the flag types alone cannot check: values and combinations. 0, or 2 with err. */
+static int check(px_config* cfg, char* err, size_t errlen) {
+  int rc = 0;
+  if (rc == 0 && px_log_level_parse(cfg->log_level) < 0) {
+    snprintf(err, errlen, "--log-level: '%s' is not one of error, warn, info, debug",
+             cfg->log_level);
+    rc = 2;
+  }
+  if (rc == 0 && (cfg->chunk_bytes % 4) != 0) {
+    snprintf(err, errlen, "--chunk-bytes: %llu is not a multiple of 4",
+             (unsigned long long)cfg->chunk_bytes);
+    rc = 2;
+  }
+  if (rc == 0 && (!strchr(cfg->listen, ':') || cfg->listen[0] == ':')) {
+    snprintf(err, errlen, "--listen: '%s' is not HOST:PORT", cfg->listen);
+    rc = 2;
+  }
+  if (rc == 0 && (!cfg->tls_cert) != (!cfg->tls_key)) {
+    snprintf(err, errlen, "%s needs %s too", cfg->tls_cert ? "--tls-cert" : "--tls-key",
+             cfg->tls_cert ? "--tls-key" : "--tls-cert");
+    rc = 2;
+  }
+  if (rc == 0 && !cfg->checkpoint_dir && (cfg->checkpoint_every || cfg->checkpoint_interval > 0)) {
+    snprintf(err, errlen, "--checkpoint-%s needs --checkpoint-dir",
+             cfg->checkpoint_every ? "every" : "interval");
+    rc = 2;
+  }
+  if (rc == 0 && cfg->tls_client_ca && !cfg->tls_cert) {
+    snprintf(err, errlen, "--tls-client-ca needs --tls-cert and --tls-key");
+    rc = 2;
+  }
+  if (rc == 0 && strcmp(cfg->device, "cpu") != 0 && strcmp(cfg->device, "cuda") != 0) {
+    snprintf(err, errlen, "--device: '%.40s' is not cpu or cuda", cfg->device);
+    rc = 2;
+  }
+  if (rc == 0 && cfg->gpus && strcmp(cfg->device, "cuda") != 0) {
+    snprintf(err, errlen, "--gpus needs --device cuda");
+    rc = 2;
+  }
+  if (rc == 0 && cfg->gpus &&
+      px_gpu_list_parse(cfg->gpus, cfg->gpu_ids, PX_MAX_GPUS, &cfg->ngpus, err, errlen) != 0)
+    rc = 2;
+  return rc;
+}
+
+int px_config_parse(px_config* cfg, int argc, char** argv, char* err, size_t errlen) {
+  set_defaults(cfg);
   const px_flag flags[] = {
       {"listen", PX_FLAG_STR, &cfg->listen, 0, 0, "HOST:PORT",
        "address to serve on; port 0 picks a free port"},
@@ -108,45 +158,7 @@ int px_config_parse(px_config* cfg, int argc, char** argv, char* err, size_t err
     px_flags_usage(stdout, "paramex-server", SYNOPSIS, flags, nflags);
     return 1;
   }
-  if (rc == 0 && px_log_level_parse(cfg->log_level) < 0) {
-    snprintf(err, errlen, "--log-level: '%s' is not one of error, warn, info, debug",
-             cfg->log_level);
-    rc = 2;
-  }
-  if (rc == 0 && (cfg->chunk_bytes % 4) != 0) {
-    snprintf(err, errlen, "--chunk-bytes: %llu is not a multiple of 4",
-             (unsigned long long)cfg->chunk_bytes);
-    rc = 2;
-  }
-  if (rc == 0 && (!strchr(cfg->listen, ':') || cfg->listen[0] == ':')) {
-    snprintf(err, errlen, "--listen: '%s' is not HOST:PORT", cfg->listen);
-    rc = 2;
-  }
-  if (rc == 0 && (!cfg->tls_cert) != (!cfg->tls_key)) {
-    snprintf(err, errlen, "%s needs %s too", cfg->tls_cert ? "--tls-cert" : "--tls-key",
-             cfg->tls_cert ? "--tls-key" : "--tls-cert");
-    rc = 2;
-  }
-  if (rc == 0 && !cfg->checkpoint_dir && (cfg->checkpoint_every || cfg->checkpoint_interval > 0)) {
-    snprintf(err, errlen, "--checkpoint-%s needs --checkpoint-dir",
-             cfg->checkpoint_every ? "every" : "interval");
-    rc = 2;
-  }
-  if (rc == 0 && cfg->tls_client_ca && !cfg->tls_cert) {
-    snprintf(err, errlen, "--tls-client-ca needs --tls-cert and --tls-key");
-    rc = 2;
-  }
-  if (rc == 0 && strcmp(cfg->device, "cpu") != 0 && strcmp(cfg->device, "cuda") != 0) {
-    snprintf(err, errlen, "--device: '%.40s' is not cpu or cuda", cfg->device);
-    rc = 2;
-  }
-  if (rc == 0 && cfg->gpus && strcmp(cfg->device, "cuda") != 0) {
-    snprintf(err, errlen, "--gpus needs --device cuda");
-    rc = 2;
-  }
-  if (rc == 0 && cfg->gpus &&
-      px_gpu_list_parse(cfg->gpus, cfg->gpu_ids, PX_MAX_GPUS, &cfg->ngpus, err, errlen) != 0)
-    rc = 2;
+  if (rc == 0) rc = check(cfg, err, errlen);
   if (rc == 2) px_str_oneline(err); /* values are quoted as given */
   return rc;
 }

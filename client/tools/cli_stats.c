@@ -1,0 +1,340 @@
+/* paramex stats (cli_stats.h). */
+#include "cli_stats.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "codec/dtype.h"
+#include "codec/payload.h"
+#include "format/safetensors_read.h"
+#include "format/safetensors_write.h"
+#include "rpc/rpc_base.h"
+#include "rpc/rpc_client.h"
+#include "util/clock.h"
+#include "util/file.h"
+#include "util/flags.h"
+#include "util/iov.h"
+#include "util/str.h"
+#include "wire/chunk_msg.h"
+#include "health.pb-c.h"
+#include "paramex.pb-c.h"
+
+#include "cli_common.h"
+
+/* ---- JSON --------------------------------------------------------------------------- */
+
+/* Writes s as a JSON string: escapes quotes, backslashes and control characters, and
+ * replaces bytes that are not valid UTF-8 with U+FFFD. */
+static void json_str(FILE* out, const char* s) {
+  const unsigned char* p = (const unsigned char*)(s ? s : "");
+  size_t n = strlen((const char*)p);
+  fputc('"', out);
+  for (size_t i = 0; i < n;) {
+    unsigned char c = p[i];
+    switch (c) {
+      case '"': fputs("\\\"", out); i++; continue;
+      case '\\': fputs("\\\\", out); i++; continue;
+      case '\b': fputs("\\b", out); i++; continue;
+      case '\f': fputs("\\f", out); i++; continue;
+      case '\n': fputs("\\n", out); i++; continue;
+      case '\r': fputs("\\r", out); i++; continue;
+      case '\t': fputs("\\t", out); i++; continue;
+      default: break;
+    }
+    if (c < 0x20) {
+      fprintf(out, "\\u%04x", c);
+      i++;
+      continue;
+    }
+    size_t len = utf8_seq(p + i, n - i);
+    if (len == 0) {
+      fputs("\\ufffd", out);
+      i++;
+    } else {
+      fwrite(p + i, 1, len, out);
+      i += len;
+    }
+  }
+  fputc('"', out);
+}
+
+static void json_key(FILE* out, const char* key, bool* first) {
+  if (!*first) fputc(',', out);
+  *first = false;
+  json_str(out, key);
+  fputc(':', out);
+}
+
+static void json_u64(FILE* out, const char* key, uint64_t v, bool* first) {
+  json_key(out, key, first);
+  fprintf(out, "%" PRIu64, v);
+}
+
+static void json_string_field(FILE* out, const char* key, const char* v, bool* first) {
+  json_key(out, key, first);
+  json_str(out, v);
+}
+
+/* Enums as their proto value names, as the protobuf JSON mapping writes them; a number
+ * when the value is unknown. */
+static void json_enum(FILE* out, const char* key, const ProtobufCEnumDescriptor* d, int v,
+                      bool* first) {
+  const ProtobufCEnumValue* ev = protobuf_c_enum_descriptor_get_value(d, v);
+  json_key(out, key, first);
+  if (ev)
+    json_str(out, ev->name);
+  else
+    fprintf(out, "%d", v);
+}
+
+static void stats_json(FILE* out, const Paramex__V1__StatsResponse* r) {
+  bool first = true;
+  fputc('{', out);
+  json_string_field(out, "server_id", r->server_id, &first);
+  json_u64(out, "uptime_ms", r->uptime_ms, &first);
+  json_u64(out, "workers_expected", r->workers_expected, &first);
+  json_u64(out, "workers_joined", r->workers_joined, &first);
+  json_u64(out, "push_chunks", r->push_chunks, &first);
+  json_u64(out, "push_duplicates", r->push_duplicates, &first);
+  json_u64(out, "push_raw_bytes", r->push_raw_bytes, &first);
+  json_u64(out, "push_wire_bytes", r->push_wire_bytes, &first);
+  json_u64(out, "pull_chunks", r->pull_chunks, &first);
+  json_u64(out, "pull_raw_bytes", r->pull_raw_bytes, &first);
+  json_u64(out, "pull_wire_bytes", r->pull_wire_bytes, &first);
+  json_u64(out, "steps_completed", r->steps_completed, &first);
+  json_u64(out, "rejected_calls", r->rejected_calls, &first);
+  json_u64(out, "history_bytes", r->history_bytes, &first);
+  json_u64(out, "history_budget", r->history_budget, &first);
+  json_u64(out, "frame_cache_bytes", r->frame_cache_bytes, &first);
+  json_u64(out, "encodes", r->encodes, &first);
+  json_u64(out, "frame_cache_hits", r->frame_cache_hits, &first);
+  json_u64(out, "pull_unchanged", r->pull_unchanged, &first);
+  json_u64(out, "pull_delta", r->pull_delta, &first);
+  json_u64(out, "pull_snapshot", r->pull_snapshot, &first);
+  json_key(out, "tensors", &first);
+  fputc('[', out);
+  for (size_t i = 0; i < r->n_tensors; i++) {
+    const Paramex__V1__TensorStats* t = r->tensors[i];
+    bool f = true;
+    fputs(i ? ",{" : "{", out);
+    json_u64(out, "id", t->id, &f);
+    json_string_field(out, "name", t->name, &f);
+    json_enum(out, "dtype", &paramex__v1__dtype__descriptor, (int)t->dtype, &f);
+    json_key(out, "shape", &f);
+    fputc('[', out);
+    for (size_t k = 0; k < t->n_shape; k++) fprintf(out, "%s%" PRIu64, k ? "," : "", t->shape[k]);
+    fputc(']', out);
+    json_u64(out, "version_min", t->version_min, &f);
+    json_u64(out, "version_max", t->version_max, &f);
+    json_u64(out, "bytes", t->bytes, &f);
+    json_u64(out, "num_chunks", t->num_chunks, &f);
+    json_u64(out, "checksum", t->checksum, &f);
+    json_u64(out, "push_raw_bytes", t->push_raw_bytes, &f);
+    json_u64(out, "push_wire_bytes", t->push_wire_bytes, &f);
+    json_u64(out, "pull_raw_bytes", t->pull_raw_bytes, &f);
+    json_u64(out, "pull_wire_bytes", t->pull_wire_bytes, &f);
+    fputc('}', out);
+  }
+  fputc(']', out);
+  json_key(out, "workers", &first);
+  fputc('[', out);
+  for (size_t i = 0; i < r->n_workers; i++) {
+    const Paramex__V1__WorkerStats* w = r->workers[i];
+    bool f = true;
+    fputs(i ? ",{" : "{", out);
+    json_u64(out, "rank", w->rank, &f);
+    json_u64(out, "incarnation", w->incarnation, &f);
+    json_string_field(out, "name", w->name, &f);
+    json_u64(out, "chunks_pushed", w->chunks_pushed, &f);
+    json_u64(out, "last_seen_ms", w->last_seen_ms, &f);
+    fputc('}', out);
+  }
+  fputc(']', out);
+  json_u64(out, "version_min", r->version_min, &first);
+  json_u64(out, "version_max", r->version_max, &first);
+  fputs("}\n", out);
+}
+
+/* ---- human-readable stats ----------------------------------------------------------- */
+
+static const char* human_bytes(uint64_t v, char* buf, size_t cap) {
+  static const char* const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double d = (double)v;
+  int u = 0;
+  while (d >= 1024.0 && u < 6) {
+    d /= 1024.0;
+    u++;
+  }
+  if (u == 0)
+    snprintf(buf, cap, "%" PRIu64 " B", v);
+  else
+    snprintf(buf, cap, "%.1f %s", d, units[u]);
+  return buf;
+}
+
+static const char* ratio(uint64_t wire, uint64_t raw, char* buf, size_t cap) {
+  if (raw == 0)
+    snprintf(buf, cap, "n/a");
+  else
+    snprintf(buf, cap, "%.3f", (double)wire / (double)raw);
+  return buf;
+}
+
+static const char* human_duration(uint64_t ms, char* buf, size_t cap) {
+  uint64_t s = ms / 1000;
+  if (s < 60)
+    snprintf(buf, cap, "%.1f s", (double)ms / 1000.0);
+  else if (s < 3600)
+    snprintf(buf, cap, "%" PRIu64 "m%02" PRIu64 "s", s / 60, s % 60);
+  else
+    snprintf(buf, cap, "%" PRIu64 "h%02" PRIu64 "m", s / 3600, (s / 60) % 60);
+  return buf;
+}
+
+static const char* shape_str(const Paramex__V1__TensorStats* t, char* buf, size_t cap) {
+  size_t n = (size_t)snprintf(buf, cap, "[");
+  for (size_t k = 0; k < t->n_shape && n < cap; k++)
+    n += (size_t)snprintf(buf + n, cap - n, "%s%" PRIu64, k ? "," : "", t->shape[k]);
+  if (n < cap) snprintf(buf + n, cap - n, "]");
+  return buf;
+}
+
+static int text_width(const char* s, int min, int max) {
+  int n = (int)strlen(s);
+  return n < min ? min : n > max ? max : n;
+}
+
+static void stats_text(FILE* out, const Paramex__V1__StatsResponse* r) {
+  char a[64], b[256], c[64], line[512];
+  fprintf(out, "%-18s %s\n", "server_id", one_line(r->server_id, line, sizeof line, '?'));
+  fprintf(out, "%-18s %" PRIu64 " (%s)\n", "uptime_ms", r->uptime_ms,
+          human_duration(r->uptime_ms, a, sizeof a));
+  fprintf(out, "%-18s %" PRIu32 "\n", "workers_expected", r->workers_expected);
+  fprintf(out, "%-18s %" PRIu32 "\n", "workers_joined", r->workers_joined);
+  fprintf(out, "%-18s %" PRIu64 "\n", "version_min", r->version_min);
+  fprintf(out, "%-18s %" PRIu64 "\n", "version_max", r->version_max);
+  fprintf(out, "%-18s %" PRIu64 "\n", "steps_completed", r->steps_completed);
+  fprintf(out, "%-18s %" PRIu64 "\n", "rejected_calls", r->rejected_calls);
+  fprintf(out, "%-18s %" PRIu64 "\n", "push_chunks", r->push_chunks);
+  fprintf(out, "%-18s %" PRIu64 "\n", "push_duplicates", r->push_duplicates);
+  fprintf(out, "%-18s %" PRIu64 " (%s)\n", "push_raw_bytes", r->push_raw_bytes,
+          human_bytes(r->push_raw_bytes, a, sizeof a));
+  fprintf(out, "%-18s %" PRIu64 " (%s)\n", "push_wire_bytes", r->push_wire_bytes,
+          human_bytes(r->push_wire_bytes, a, sizeof a));
+  fprintf(out, "%-18s %s\n", "push wire/raw",
+          ratio(r->push_wire_bytes, r->push_raw_bytes, a, sizeof a));
+  fprintf(out, "%-18s %" PRIu64 "\n", "pull_chunks", r->pull_chunks);
+  fprintf(out, "%-18s %" PRIu64 " (%s)\n", "pull_raw_bytes", r->pull_raw_bytes,
+          human_bytes(r->pull_raw_bytes, a, sizeof a));
+  fprintf(out, "%-18s %" PRIu64 " (%s)\n", "pull_wire_bytes", r->pull_wire_bytes,
+          human_bytes(r->pull_wire_bytes, a, sizeof a));
+  fprintf(out, "%-18s %s\n", "pull wire/raw",
+          ratio(r->pull_wire_bytes, r->pull_raw_bytes, a, sizeof a));
+  fprintf(out, "%-18s %" PRIu64 "\n", "pull_unchanged", r->pull_unchanged);
+  fprintf(out, "%-18s %" PRIu64 "\n", "pull_delta", r->pull_delta);
+  fprintf(out, "%-18s %" PRIu64 "\n", "pull_snapshot", r->pull_snapshot);
+  fprintf(out, "%-18s %" PRIu64 "\n", "encodes", r->encodes);
+  fprintf(out, "%-18s %" PRIu64 "\n", "frame_cache_hits", r->frame_cache_hits);
+  fprintf(out, "%-18s %" PRIu64 " (%s)\n", "frame_cache_bytes", r->frame_cache_bytes,
+          human_bytes(r->frame_cache_bytes, a, sizeof a));
+  fprintf(out, "%-18s %" PRIu64 " (%s)\n", "history_bytes", r->history_bytes,
+          human_bytes(r->history_bytes, a, sizeof a));
+  fprintf(out, "%-18s %" PRIu64 " (%s)\n", "history_budget", r->history_budget,
+          human_bytes(r->history_budget, a, sizeof a));
+
+  /* Column widths follow the content (names capped at 64 characters). */
+  int wname = 4, wshape = 5;
+  for (size_t i = 0; i < r->n_tensors; i++) {
+    int wn = text_width(r->tensors[i]->name, 4, 64);
+    int ws = text_width(shape_str(r->tensors[i], b, sizeof b), 5, 63);
+    wname = wn > wname ? wn : wname;
+    wshape = ws > wshape ? ws : wshape;
+  }
+  fprintf(out, "\ntensors (%zu)\n", r->n_tensors);
+  if (r->n_tensors)
+    fprintf(out, "  %5s  %-*s  %-5s  %-*s  %11s  %11s  %14s  %8s  %s\n", "ID", wname, "NAME",
+            "DTYPE", wshape, "SHAPE", "VERSION_MIN", "VERSION_MAX", "BYTES", "CHUNKS", "CHECKSUM");
+  for (size_t i = 0; i < r->n_tensors; i++) {
+    const Paramex__V1__TensorStats* t = r->tensors[i];
+    if (t->checksum)
+      snprintf(c, sizeof c, "0x%016" PRIx64, t->checksum);
+    else
+      snprintf(c, sizeof c, "-");
+    fprintf(out, "  %5" PRIu32 "  %-*s  %-5s  %-*s  %11" PRIu64 "  %11" PRIu64 "  %14" PRIu64
+                 "  %8" PRIu32 "  %s\n",
+            t->id, wname, one_line(t->name, line, sizeof line, '?'), px_dtype_name((int)t->dtype),
+            wshape, shape_str(t, b, sizeof b), t->version_min, t->version_max, t->bytes,
+            t->num_chunks, c);
+  }
+  /* Traffic per tensor, in its own table so that the one above stays readable: raw
+   * bytes are the decoded chunk contents, wire bytes the messages as sent. */
+  if (r->n_tensors) {
+    fprintf(out, "\ntensor traffic\n");
+    fprintf(out, "  %5s  %-*s  %12s  %12s  %8s  %12s  %12s  %8s\n", "ID", wname, "NAME",
+            "PUSH_RAW", "PUSH_WIRE", "WIRE/RAW", "PULL_RAW", "PULL_WIRE", "WIRE/RAW");
+  }
+  for (size_t i = 0; i < r->n_tensors; i++) {
+    const Paramex__V1__TensorStats* t = r->tensors[i];
+    char pr[32], pw[32], pq[32], lr[32], lw[32], lq[32];
+    fprintf(out, "  %5" PRIu32 "  %-*s  %12s  %12s  %8s  %12s  %12s  %8s\n", t->id, wname,
+            one_line(t->name, line, sizeof line, '?'), human_bytes(t->push_raw_bytes, pr, sizeof pr),
+            human_bytes(t->push_wire_bytes, pw, sizeof pw),
+            ratio(t->push_wire_bytes, t->push_raw_bytes, pq, sizeof pq),
+            human_bytes(t->pull_raw_bytes, lr, sizeof lr),
+            human_bytes(t->pull_wire_bytes, lw, sizeof lw),
+            ratio(t->pull_wire_bytes, t->pull_raw_bytes, lq, sizeof lq));
+  }
+
+  int wwname = 4;
+  for (size_t i = 0; i < r->n_workers; i++) {
+    int wn = text_width(r->workers[i]->name, 4, 64);
+    wwname = wn > wwname ? wn : wwname;
+  }
+  fprintf(out, "\nworkers (%zu)\n", r->n_workers);
+  if (r->n_workers)
+    fprintf(out, "  %5s  %20s  %-*s  %14s  %12s\n", "RANK", "INCARNATION", wwname, "NAME",
+            "CHUNKS_PUSHED", "LAST_SEEN_MS");
+  for (size_t i = 0; i < r->n_workers; i++) {
+    const Paramex__V1__WorkerStats* w = r->workers[i];
+    fprintf(out, "  %5" PRIu32 "  %20" PRIu64 "  %-*s  %14" PRIu64 "  %12" PRIu64 "\n", w->rank,
+            w->incarnation, wwname, one_line(w->name, line, sizeof line, '?'), w->chunks_pushed,
+            w->last_seen_ms);
+  }
+}
+
+int cmd_stats(int argc, char** argv) {
+  bool json = false;
+  const px_flag flags[] = {
+      {"json", PX_FLAG_BOOL, &json, 0, 0, NULL, "print one JSON object (proto field names)"},
+      CONN_FLAGS,
+  };
+  const char* addr = NULL;
+  int rc = parse_cmd("stats", flags, sizeof flags / sizeof flags[0], argc, argv, &addr);
+  if (rc >= 0) return rc;
+
+  size_t resp_len = 0;
+  uint8_t* resp = call_empty("stats", addr, STATS_PATH, STATS_TIMEOUT_MS, &resp_len);
+  if (!resp) return 1;
+  Paramex__V1__StatsResponse* r = paramex__v1__stats_response__unpack(NULL, resp_len, resp);
+  free(resp);
+  if (!r) {
+    fprintf(stderr, "paramex: stats %s: malformed StatsResponse\n", addr);
+    return 1;
+  }
+  if (json)
+    stats_json(stdout, r);
+  else
+    stats_text(stdout, r);
+  paramex__v1__stats_response__free_unpacked(r, NULL);
+  if (fflush(stdout) != 0 || ferror(stdout)) {
+    fprintf(stderr, "paramex: stats: cannot write the output\n");
+    return 1;
+  }
+  return 0;
+}
+
