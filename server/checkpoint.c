@@ -38,6 +38,7 @@ struct ckpt_copy {
   size_t* pbytes;
   size_t* mbytes;
   size_t remaining; /* chunks not captured yet (under ckpt.mu) */
+  uint32_t pins;    /* request()s still walking the chunks: the writer waits for them */
   char reason[24];
   uint64_t started_ms;
 };
@@ -142,6 +143,7 @@ static uint64_t request(px_ckpt* ck, const char* reason) {
   ckpt_copy* k = ck->pending;
   if (!k) k = ck->pending = ckpt_new(ck, vmax, reason);
   uint64_t gen = k ? k->gen : 0;
+  if (k) k->pins++; /* its last capture below must not let the writer free it under us */
   pthread_mutex_unlock(&ck->mu);
   if (!k) return 0;
   /* chunks already at the version are copied now; the others on arrival */
@@ -154,6 +156,9 @@ static uint64_t request(px_ckpt* ck, const char* reason) {
       pthread_mutex_unlock(&c->mu);
     }
   }
+  pthread_mutex_lock(&ck->mu);
+  if (--k->pins == 0 && k->remaining == 0) pthread_cond_broadcast(&ck->cv);
+  pthread_mutex_unlock(&ck->mu);
   return gen;
 }
 
@@ -294,7 +299,7 @@ static void* ckpt_thread(void* arg) {
   pthread_mutex_lock(&ck->mu);
   for (;;) {
     ckpt_copy* k = ck->pending;
-    if (k && k->remaining == 0) {
+    if (k && k->remaining == 0 && k->pins == 0) {
       ck->pending = NULL;
       ckpt_waiter* w = ck->waiters;
       ck->waiters = NULL;

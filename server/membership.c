@@ -86,7 +86,7 @@ void px_members_scan(px_members* m, uint64_t now, px_lease_scan* out) {
       out->newly_dead = true;
       char name[64];
       px_members_name(m, r, name, sizeof name);
-      px_warn("worker %u (%s) is dead: no call for %.1f s (--worker-timeout %.0f s)%s", r, name,
+      px_warn("worker %u (%s) is dead: no call for %.1f s (--worker-timeout %g s)%s", r, name,
               (now - seen) / 1000.0, m->timeout_ms / 1000.0,
               m->elastic ? "; continuing without it (--elastic)" : "");
     }
@@ -102,7 +102,7 @@ void px_members_scan(px_members* m, uint64_t now, px_lease_scan* out) {
   if (out->stalled) {
     out->stall_began = !atomic_exchange(&m->stalled_by_dead, 1);
     if (out->stall_began)
-      px_error("worker %u has not come back within --rejoin-wait %.0f s: failing the pulls "
+      px_error("worker %u has not come back within --rejoin-wait %g s: failing the pulls "
                "that wait for this step", out->stalled_rank, m->rejoin_wait_ms / 1000.0);
   } else {
     atomic_store(&m->stalled_by_dead, 0);

@@ -103,7 +103,8 @@ static void pull_next(pull_call* p, px_tensor_state* t, px_chunk_state* c, int v
     nx->status = PX_ST_FAILED_PRECONDITION;
     nx->msg = "a worker has been gone longer than --rejoin-wait: this step cannot complete "
               "(restart that worker, or run the server with --elastic)";
-  } else if (nx->kind == NEXT_PARK && px_now_ms() > p->waiter.deadline_ms) {
+  } else if (nx->kind == NEXT_PARK &&
+             (p->waiter.expired || px_now_ms() > p->waiter.deadline_ms)) {
     nx->kind = NEXT_END;
     nx->status = PX_ST_DEADLINE_EXCEEDED;
     nx->msg = "the pull waited longer than the server's --call-timeout";

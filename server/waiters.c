@@ -63,6 +63,7 @@ static bool expired(const px_waiter* w, uint64_t now) { return w->deadline_ms < 
 px_waiter* px_waiters_take_expired(px_waiters* ws, px_waitlist* l, uint64_t now_ms) {
   pthread_mutex_lock(&ws->mu);
   px_waiter* out = take_if(l, expired, now_ms);
+  for (px_waiter* w = out; w; w = w->next) w->expired = true;
   pthread_mutex_unlock(&ws->mu);
   return out;
 }

@@ -24,6 +24,7 @@ typedef struct px_waiter {
   px_waitlist* on;          /* the list it is parked on, NULL when not parked */
   bool closed;              /* its owner went away: never park it again */
   uint64_t deadline_ms;     /* px_now_ms() after which px_waiters_take_expired takes it */
+  bool expired;             /* set when px_waiters_take_expired took it: its time is up */
 } px_waiter;
 
 struct px_waitlist {
@@ -47,7 +48,8 @@ typedef enum {
 px_park_result px_waiters_park(px_waiters* ws, px_waitlist* l, px_waiter* w);
 /* Detaches every waiter of l; returns them as a list (linked by next) to run. */
 px_waiter* px_waiters_take(px_waiters* ws, px_waitlist* l);
-/* Detaches the waiters of l whose deadline_ms is before now. */
+/* Detaches the waiters of l whose deadline_ms is before now_ms and marks them expired
+ * (their fn then ends them instead of parking again, whatever clock now_ms came from). */
 px_waiter* px_waiters_take_expired(px_waiters* ws, px_waitlist* l, uint64_t now_ms);
 /* Marks w closed and detaches it when parked; true when it was parked (its owner then
  * holds what the parked waiter held and must release it). */

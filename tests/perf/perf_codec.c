@@ -134,5 +134,14 @@ int main(int argc, char** argv) {
   printf("{\"stage\": \"decode\", \"view\": \"%s\", \"lr\": %g, \"threads\": 1, \"raw_bytes\": %zu, "
          "\"gbps\": %.3f, \"bit_exact\": %s}\n",
          bf16 ? "bf16" : "f32", lr, raw, raw / best / 1e9, same && !bad ? "true" : "false");
+  for (size_t i = 0; i < j.nchunks; i++) free(j.frames[i]);
+  free(j.frames);
+  free(j.lens);
+  free(dst);
+  free(h0);
+  free(h1);
+  free(w0);
+  free(g);
+  free(w1);
   return same && !bad ? 0 : 1;
 }

@@ -256,7 +256,9 @@ PMX_API pmx_status pmx_push_pull(pmx_client* client, uint64_t step, size_t n,
                                  pmx_tensor* const* tensors, const void* const* grads,
                                  void* const* dst, uint64_t* versions);
 
-/* Counters of this client since pmx_connect. */
+/* Counters of this client since pmx_connect. push_* count what was handed to the
+ * transport, the attempts that failed and were retried included; pull_* count what
+ * arrived. */
 typedef struct pmx_client_stats {
   uint64_t push_chunks, push_raw_bytes, push_wire_bytes;
   uint64_t pull_chunks, pull_raw_bytes, pull_wire_bytes, pull_unchanged_chunks;

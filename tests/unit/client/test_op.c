@@ -418,7 +418,9 @@ static void test_push_retried_until_reachable(void** state) {
   job_ref_step(&j);
   pmx_client_stats after;
   pmx_client_get_stats(j.c, &after);
-  if (after.push_chunks - before.push_chunks < 8)
+  /* the failed attempt handed at least its first chunk to gRPC before it failed; the
+   * retry sent all 4 */
+  if (after.push_chunks - before.push_chunks < 5)
     fail_msg("%llu chunks sent for a push of 4 that was retried",
              (unsigned long long)(after.push_chunks - before.push_chunks));
   void* dst = j.p;
