@@ -6,6 +6,8 @@
 
 #include "server_fixture.h"
 
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +21,28 @@
 #include "rpc/rpc_base.h"
 #include "util/log.h"
 #include "wire/chunk_msg.h"
+
+const char** px_sf_flags(const char** out, size_t cap, const char* const* a,
+                         const char* const* b) {
+  size_t n = 0;
+  for (size_t i = 0; a && a[i] && n + 1 < cap; i++) out[n++] = a[i];
+  for (size_t i = 0; b && b[i] && n + 1 < cap; i++) out[n++] = b[i];
+  out[n] = NULL;
+  return out;
+}
+
+bool px_sf_wait_until(bool (*fn)(void* arg), void* arg, int64_t ms) {
+  const int64_t end = px_h_now_ms() + ms;
+  for (;;) {
+    if (fn(arg)) return true;
+    if (px_h_now_ms() > end) return fn(arg);
+    sched_yield();
+  }
+}
+
+bool px_sf_no_active_calls(void* srv) {
+  return atomic_load(&((px_server*)srv)->active_calls) == 0;
+}
 
 void px_sf_init(px_sf* f, const char* const* args) {
   memset(f, 0, sizeof *f);

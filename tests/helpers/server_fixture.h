@@ -31,6 +31,15 @@ void px_sf_start(px_sf* f, const char* const* args);
  * px_service_stop returned (0 when it was not started). */
 int px_sf_stop(px_sf* f);
 
+/* Joins the NULL-ended flag lists a and b (either may be NULL) into out, which holds cap
+ * entries and ends NULL; returns out. */
+const char** px_sf_flags(const char** out, size_t cap, const char* const* a,
+                         const char* const* b);
+/* Waits until fn(arg) holds, at most ms; returns whether it holds. */
+bool px_sf_wait_until(bool (*fn)(void* arg), void* arg, int64_t ms);
+/* A px_sf_wait_until condition: the px_server arg has no call in progress. */
+bool px_sf_no_active_calls(void* srv);
+
 /* Join as rank of world; returns the incarnation (fails the test on an error). */
 uint64_t px_sf_join(px_sf* f, uint32_t rank, uint32_t world);
 /* Declares an f32 tensor of numel elements with the NORMAL(0, 0.02) initializer of seed;
