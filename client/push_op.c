@@ -161,6 +161,9 @@ static pmx_status push_start(pmx_op* op, bool retry) {
   op->worker_id = c->worker_id;
   op->incarnation = c->incarnation;
   pthread_mutex_unlock(&c->mu);
+  if (op->incarnation == 0)
+    return px_fail(PMX_ERR_FAILED_PRECONDITION, "pmx_push: this client has not joined (call "
+                   "pmx_join first)");
   px_op_begin_call(op);
   op->call = px_cli_call_start(c->ch, PX_M_PUSH, c->timeout_ms, false, &push_cbs, op);
   if (!op->call) return px_fail(PMX_ERR_NO_MEMORY, "pmx_push: out of memory");

@@ -63,6 +63,11 @@ int px_members_check(px_members* m, uint32_t rank, uint64_t incarnation, char* e
     snprintf(err, errlen, "worker %u has not joined", rank);
     return PX_ST_FAILED_PRECONDITION;
   }
+  if (incarnation == 0) {
+    snprintf(err, errlen, "worker %u: the call carries no incarnation (its client never "
+             "joined): call Join first", rank);
+    return PX_ST_FAILED_PRECONDITION;
+  }
   if (incarnation != inc) {
     snprintf(err, errlen, "worker %u: incarnation %" PRIu64 " is stale (current %" PRIu64
              "): it rejoined", rank, incarnation, inc);

@@ -5,22 +5,29 @@
  * parameters of version s+1 (the server aggregates the gradients of all workers for a
  * step, in rank order, and applies the optimizer). Version 0 holds the initial values.
  *
- *     pmx_client* c;  pmx_tensor* w;
- *     pmx_connect("127.0.0.1:50051", NULL, &c);
- *     pmx_join(c, rank, world_size, NULL);
- *     pmx_declare(c, "w", PMX_F32, shape, 2, &init, &w);
- *     pmx_pull(c, 1, &w, &params, 0);               // version 0
- *     for (s = 0; s < steps; s++) {
- *       compute(params, grad);
- *       pmx_push(c, s, 1, &w, &grad);
- *       pmx_pull(c, 1, &w, &params, s + 1);
+ * The core of client/examples/quickstart.c (built as paramex-quickstart and run by the
+ * tests; scripts/check-header-example checks that these lines are its lines, in order):
+ *
+ *     if ((st = pmx_connect(addr, NULL, &c))) return fail("connect", st);
+ *     if ((st = pmx_join(c, rank, world, NULL))) return fail("join", st);
+ *     if ((st = pmx_declare(c, "w", PMX_F32, shape, 1, NULL, NULL, &w))) return fail("declare", st);
+ *     void* dst[1] = {params};
+ *     const void* src[1] = {grad};
+ *     uint64_t version = 0;
+ *     if ((st = pmx_pull(c, 1, &w, dst, 0, &version))) return fail("pull", st);  // version 0
+ *     for (uint64_t s = 0; s < steps; s++) {
+ *       compute(rank, params, grad);
+ *       if ((st = pmx_push_pull(c, s, 1, &w, src, dst, &version))) return fail("step", st);
  *     }
  *     pmx_client_destroy(c);
  *
  * Conventions:
- *  - Every function returning pmx_status returns PMX_OK (0) or an error; on error nothing
- *    was written to the output arguments and pmx_last_error() holds a one-line message
- *    from the server or the library for the calling thread.
+ *  - Every function returning pmx_status returns PMX_OK (0) or an error, and then
+ *    pmx_last_error() holds a one-line message from the server or the library for the
+ *    calling thread. On error nothing was written to the output arguments, with one
+ *    exception: a pull's dst buffers may hold some chunks of the new version (the library
+ *    then forgets which version they hold, and the next pull into them sends them in
+ *    full).
  *  - Handles are opaque. A pmx_client may be used from several threads at once unless a
  *    function says otherwise; a pmx_op belongs to the thread that waits on it.
  *  - No gRPC or protobuf type appears here; the library hides every other symbol.

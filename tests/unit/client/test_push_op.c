@@ -455,7 +455,7 @@ static void test_push_refused_by_server(void** state) {
   pmx_tensor* ut = declare(unjoined, "refused", 8, NULL);
   expect_st("push before join", pmx_push(unjoined, 0, 1, &ut, &gp), PMX_ERR_FAILED_PRECONDITION);
   expect_error_has("push before join", "has not joined");
-  expect_error_has("push before join", "Push");
+  expect_error_has("push before join", "pmx_join first"); /* refused before any call */
 
   pmx_client* c = joined(0, 1);
   pmx_tensor* t = declare(c, "refused", 8, NULL);
