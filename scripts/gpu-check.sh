@@ -6,8 +6,8 @@
 #      not a skip), the --device integration test, and the cpu suite for comparison
 #   3. paramex-server --device cuda must start, print its listening line and stop cleanly
 #      on SIGTERM (the integration test also accepts a refusal, for machines without GPU)
-#   4. paramex-backend-bench on cpu and on cuda (kernel GB/s against the device's memory
-#      bandwidth; goal >= 0.7x on an H100)
+#   4. paramex-gpu-kernel-bench (kernel GB/s against the device's memory bandwidth; goal
+#      >= 0.7x on an H100), and paramex-backend-bench (tests/perf/) on cpu and on cuda
 #   5. bench/paramex-bench, ResNet-50 and BERT-base, 4 workers, with the server on
 #      --device cpu and --device cuda (a few steps each)
 # Every check after the build runs even when an earlier one failed (this runs where nobody
@@ -73,12 +73,12 @@ fi
 meson compile -C "$dir" || die "meson compile -C $dir"
 mkdir -p "$out" || die "mkdir $out"
 
-# The GPU tests: PMX_TEST_REQUIRE_GPU=1 turns test_backend's "no GPU" skip into a failure.
+# The GPU tests: PMX_TEST_REQUIRE_GPU=1 turns unit-cuda's "no GPU" skip into a failure.
 # The timeouts are stretched: NCCL's start-up takes a while and the cuda suite starts
 # several servers per scenario.
 check "tests: backend conformance (cpu, cuda), --device integration" \
   env PMX_TEST_REQUIRE_GPU=1 meson test -C "$dir" --no-rebuild --print-errorlogs \
-  --timeout-multiplier 5 unit-backend-cpu unit-backend-cuda integration_device
+  --timeout-multiplier 5 unit-cpu unit-cuda integration_device
 
 # paramex-server --device cuda starts (prints its listening line), then stops with exit 0
 # on SIGTERM.
@@ -108,10 +108,11 @@ server_starts() {
 }
 check "paramex-server --device cuda starts and stops" server_starts
 
+check "paramex-gpu-kernel-bench" "$dir/server/paramex-gpu-kernel-bench" --mb 256
 check "paramex-backend-bench --device cpu" \
-  "$dir/bench/paramex-backend-bench" --device cpu --mb 256 --workers 4 --steps 5
+  "$dir/tests/perf/paramex-backend-bench" --device cpu --mb 256 --workers 4 --steps 5
 check "paramex-backend-bench --device cuda" \
-  "$dir/bench/paramex-backend-bench" --device cuda --mb 256 --workers 4 --steps 5
+  "$dir/tests/perf/paramex-backend-bench" --device cuda --mb 256 --workers 4 --steps 5
 
 for model in resnet50 bert-base; do
   for dev in cpu cuda; do
