@@ -8,8 +8,9 @@
  * from every sample), raw and wire bytes both ways from pmx_client_get_stats, GB/s of raw
  * data, and this process's CPU seconds over the measured steps.
  *
- * With --progress it also prints "progress DONE TOTAL" after every step and "measure" when
- * the warm-up ends (the harness samples the server's CPU time then).
+ * With --progress it also prints "progress DONE TOTAL SECONDS" (at most 5 a second, and after
+ * the last step) and "measure" when the warm-up ends (the harness samples the server's CPU
+ * time then).
  *
  *   paramex-bench-worker --server ADDR [--rank R --world W] [--model SPEC] [--steps S]
  *       [--warmup S] [--pull-dtype f32|bf16] [--compression auto|on|off] [--push raw|zstd|bf16]
@@ -394,7 +395,11 @@ static int step(worker* w, int s) {
   w->tpush[s] = t1 - t0;
   w->tpull[s] = t2 - t1;
   if (s >= o->warmup) w->tstep[s - o->warmup] = t2 - t0;
-  if (o->progress) {
+  /* At most 5 progress lines a second: a line per step would wake the harness every few
+   * hundred microseconds, and on two cores its work would show in the step times. */
+  static double last_progress = 0;
+  if (o->progress && (t2 - last_progress >= 0.2 || s + 1 == o->warmup + o->steps)) {
+    last_progress = t2;
     printf("progress %d %d %.6f\n", s + 1, o->warmup + o->steps, t2 - t0);
     fflush(stdout);
   }

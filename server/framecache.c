@@ -226,8 +226,8 @@ uint64_t px_fcache_key(px_fcache* fc, px_viewcache* vs, uint64_t version, uint64
   /* The step that made this version is still being encoded (its delta is not in the
    * history yet): the history will cover the base once it is; wait for it. */
   int st = slot_find(vs, version - 1);
-  if (st >= 0 && vs->cache[st].pending && k - 1 <= vs->nhist && k >= 2 &&
-      vs->hist[k - 2]->version == have + 1)
+  if (st >= 0 && vs->cache[st].pending && k >= 2 && k - 1 <= vs->nhist &&
+      k <= fc->o.history && vs->hist[k - 2]->version == have + 1) /* within its reach then */
     return have;
   return full;
 }

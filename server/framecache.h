@@ -137,7 +137,9 @@ px_fc_result px_fcache_get(px_fcache* fc, px_viewcache* vs, uint64_t version, ui
 
 /* A build of the frame for key at version (see publish.h): begin (the chunk's lock held)
  * checks that the slot is still pending and takes references to the history deltas it
- * needs (*k of them, in hist[]); false when the build is stale. */
+ * needs (*k of them, in hist[]); false when the build is stale. Slots do not record a
+ * version: the caller must check, under the same lock, that the chunk is still at version
+ * (a step clears the slots, but may claim the same key again for the next version). */
 bool px_fcache_build_begin(px_fcache* fc, px_viewcache* vs, uint64_t version, uint64_t key,
                            px_frame* hist[PX_MAX_HISTORY], uint32_t* k);
 /* Outside the lock: encodes the frame from the view's current words cur (n words of width
@@ -145,8 +147,8 @@ bool px_fcache_build_begin(px_fcache* fc, px_viewcache* vs, uint64_t version, ui
 px_frame* px_fcache_build_encode(px_fcache* fc, const uint8_t* cur, size_t n, int w,
                                  uint64_t version, uint64_t key, px_frame* hist[], uint32_t k,
                                  uint64_t checksum);
-/* The chunk's lock held: installs f (NULL: the build failed; a later pull retries) if the
- * slot is still pending at version. */
+/* The chunk's lock held, the chunk still at version (checked by the caller): installs f
+ * (NULL: the build failed; a later pull retries) if the slot for key is still pending. */
 void px_fcache_build_end(px_fcache* fc, px_viewcache* vs, uint64_t version, uint64_t key,
                          px_frame* f, uint64_t checksum);
 
