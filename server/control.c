@@ -209,6 +209,7 @@ void px_control_stats(px_server* srv, px_srv_call* call, const uint8_t* b, size_
     s.n_workers = stats_workers(srv, ws, names, &s.workers_alive);
     for (size_t i = 0; i < s.n_workers; i++) wp[i] = &ws[i];
     s.workers_joined = (uint32_t)s.n_workers;
+    s.active_calls = (uint64_t)atomic_load(&srv->active_calls);
     s.workers = wp;
     px_reply(call, &s.base);
   }

@@ -129,10 +129,16 @@ static void test_sigterm_with_parked_pull(void** state) {
   m = (px_h_msg){buf, len, NULL, 0};
   px_h_async* a = px_h_async_start(ch, PX_H_PATH_PULL, &m, 1, 30000);
   CHECK(a, "cannot start the pull");
-  /* A call after the pull on the same connection: the server has the pull by now. */
-  Paramex__V1__StatsResponse* s = px_h_stats(ch, err, sizeof err);
-  CHECK(s, "%s", err);
-  protobuf_c_message_free_unpacked(&s->base, NULL);
+  /* Until the server counts the pull (a call sent later can be served first): bounded. */
+  for (int64_t until = px_h_now_ms() + 20000;;) {
+    Paramex__V1__StatsResponse* s = px_h_stats(ch, err, sizeof err);
+    CHECK(s, "%s", err);
+    uint64_t active = s->active_calls;
+    protobuf_c_message_free_unpacked(&s->base, NULL);
+    if (active == 1) break;
+    CHECK(px_h_now_ms() < until, "the server did not count the pull within 20 s (%" PRIu64 " active)",
+          active);
+  }
 
   int64_t t0 = px_h_now_ms();
   int ws = 0;

@@ -401,6 +401,9 @@ static void test_declare_values_in_pieces_wake_pull(void** state) {
   assert_non_null(a);
   park_arg pa = {s, &t->chunks[0], 1};
   assert_true(px_sf_wait_until(parked_enough, &pa, WAIT_MS));
+  Paramex__V1__StatsResponse* st = stats(); /* the parked pull is a call in progress */
+  assert_int_equal(st->active_calls, 1);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
 
   /* another worker's values are not the creator's upload: ignored, the pull stays */
   declare_piece("v", junk, 1000, 1100, 0, inc, false);
@@ -463,6 +466,7 @@ static void test_stats_after_pushes(void** state) {
   assert_int_equal(st->version_min, 0);
   assert_int_equal(st->version_max, 0);
   assert_int_equal(st->push_chunks + st->pull_chunks + st->steps_completed + st->rejected_calls, 0);
+  assert_int_equal(st->active_calls, 0);
   assert_false(st->elastic);
   protobuf_c_message_free_unpacked(&st->base, NULL);
 
