@@ -28,6 +28,7 @@ struct px_srv_call {
   bool has_status_details;
   int cancelled;
   bool live;     /* counted in srv->live_calls */
+  bool answered; /* live, its status started: counted in srv->answered_calls */
   bool finished; /* the status was started (under core.mu) */
   px_rpc_tag t_request, t_close, t_status;
   const px_srv_call_cbs* cbs;
@@ -48,6 +49,8 @@ struct px_rpc_server {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   size_t live_calls;
+  size_t answered_calls; /* live calls whose status went out: --max-calls does not count
+                          * them (their close may still be on its way) */
   bool shutting_down, shutdown_seen;
   size_t max_calls;
   char* want_auth; /* "Bearer TOKEN", or NULL */
@@ -79,7 +82,7 @@ static void request_new(px_rpc_server* srv, int method);
 
 static void call_free(px_srv_call* c) {
   px_rpc_server* srv = c->srv;
-  bool live = c->live;
+  bool live = c->live, answered = c->answered;
   if (c->payload) grpc_byte_buffer_destroy(c->payload);
   if (c->final_bb) grpc_byte_buffer_destroy(c->final_bb);
   if (c->has_status_details) grpc_slice_unref(c->status_details);
@@ -90,6 +93,7 @@ static void call_free(px_srv_call* c) {
   if (live) {
     pthread_mutex_lock(&srv->mu);
     srv->live_calls--;
+    if (answered) srv->answered_calls--;
     pthread_cond_broadcast(&srv->cv);
     pthread_mutex_unlock(&srv->mu);
   }
@@ -143,6 +147,12 @@ void px_srv_call_finish(px_srv_call* c, const px_out* out, int status, const cha
     return;
   }
   c->finished = true;
+  if (c->live) { /* lock order: a call's mutex, then the server's */
+    pthread_mutex_lock(&c->srv->mu);
+    c->answered = true;
+    c->srv->answered_calls++;
+    pthread_mutex_unlock(&c->srv->mu);
+  }
   core->no_send = core->no_recv = true;
   core->refs++;
   grpc_op ops[3];
@@ -251,7 +261,7 @@ static void request_done(px_rpc_tag* t, bool ok) {
   pthread_mutex_lock(&srv->mu);
   srv->live_calls++;
   bool shutting = srv->shutting_down;
-  bool too_many = srv->max_calls && srv->live_calls > srv->max_calls;
+  bool too_many = srv->max_calls && srv->live_calls - srv->answered_calls > srv->max_calls;
   pthread_mutex_unlock(&srv->mu);
   c->live = true;
   if (!shutting) request_new(srv, c->method);
