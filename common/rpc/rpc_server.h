@@ -80,9 +80,9 @@ typedef struct px_rpc_server_opts {
    * Others get UNAUTHENTICATED before their handler runs. NULL = no token. */
   const char* token;
   const char* token_exempt_prefix;
-  /* More live calls than this (calls not answered yet) get RESOURCE_EXHAUSTED at once (0:
-   * no limit); calls whose
-   * path starts with token_exempt_prefix (health) are always served. */
+  /* More live calls than this (calls not answered yet) get RESOURCE_EXHAUSTED at once
+   * (0: no limit); calls whose path starts with token_exempt_prefix (health) are always
+   * served. */
   size_t max_calls;
 } px_rpc_server_opts;
 
