@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "codec/checksum.h"
 #include "codec/dtype.h"
@@ -19,6 +20,7 @@
 #include "config.h"
 #include "paramex.pb-c.h"
 #include "rpc/rpc_base.h"
+#include "util/clock.h"
 #include "util/log.h"
 #include "wire/chunk_msg.h"
 
@@ -154,4 +156,67 @@ uint8_t* px_sf_pull_request(uint32_t worker, const uint32_t* ids, size_t nt, uin
   assert_non_null(b);
   paramex__v1__pull_request__pack(&req, b);
   return b;
+}
+
+/* ---- a call driven by hand ----------------------------------------------------------------- */
+
+static void mc_on_message(px_cli_call* call, void* ctx, px_msg* msg) {
+  (void)call;
+  px_sf_mcall* m = ctx;
+  pthread_mutex_lock(&m->mu);
+  m->msg = msg;
+  m->have_msg = true;
+  pthread_cond_broadcast(&m->cv);
+  pthread_mutex_unlock(&m->mu);
+}
+
+static void mc_on_sent(px_cli_call* call, void* ctx, bool ok) {
+  (void)call;
+  px_sf_mcall* m = ctx;
+  pthread_mutex_lock(&m->mu);
+  m->sent = ok ? 1 : 2;
+  pthread_cond_broadcast(&m->cv);
+  pthread_mutex_unlock(&m->mu);
+}
+
+static void mc_on_done(px_cli_call* call, void* ctx, int status, const char* details) {
+  (void)call;
+  px_sf_mcall* m = ctx;
+  pthread_mutex_lock(&m->mu);
+  m->done = true;
+  m->status = status;
+  snprintf(m->details, sizeof m->details, "%s", details ? details : "");
+  pthread_cond_broadcast(&m->cv);
+  pthread_mutex_unlock(&m->mu);
+}
+
+static const px_cli_call_cbs mc_cbs = {mc_on_message, mc_on_sent, mc_on_done};
+
+px_cli_call* px_sf_mcall_start(px_sf_mcall* m, px_rpc_channel* ch, const char* path,
+                               int64_t timeout_ms) {
+  memset(m, 0, sizeof *m);
+  pthread_mutex_init(&m->mu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&m->cv, &ca);
+  pthread_condattr_destroy(&ca);
+  m->call = px_cli_call_start(ch, path, timeout_ms, true, &mc_cbs, m);
+  if (!m->call) fail_msg("cannot start a call on %s", path);
+  return m->call;
+}
+
+bool px_sf_mcall_wait(px_sf_mcall* m, const bool* flag, const int* iflag) {
+  struct timespec until;
+  px_deadline_ts(&until, CLOCK_MONOTONIC, 20000);
+  while (!(flag ? *flag : *iflag != 0))
+    if (pthread_cond_timedwait(&m->cv, &m->mu, &until) != 0) return flag ? *flag : *iflag != 0;
+  return true;
+}
+
+void px_sf_mcall_destroy(px_sf_mcall* m) {
+  if (m->msg) px_msg_free(m->msg);
+  m->msg = NULL;
+  pthread_mutex_destroy(&m->mu);
+  pthread_cond_destroy(&m->cv);
 }

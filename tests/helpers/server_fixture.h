@@ -10,7 +10,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <pthread.h>
+
 #include "harness.h"
+#include "rpc/rpc_client.h"
 #include "service.h"
 
 typedef struct px_sf {
@@ -39,6 +42,27 @@ const char** px_sf_flags(const char** out, size_t cap, const char* const* a,
 bool px_sf_wait_until(bool (*fn)(void* arg), void* arg, int64_t ms);
 /* A px_sf_wait_until condition: the px_server arg has no call in progress. */
 bool px_sf_no_active_calls(void* srv);
+
+/* A call driven by hand (rpc_client.h): what its callbacks saw, under mu. */
+typedef struct px_sf_mcall {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int sent;      /* 0 pending, 1 ok, 2 failed (reset it before each send) */
+  bool have_msg; /* a read completed: msg (NULL at the end); the test takes msg */
+  px_msg* msg;
+  bool done;     /* on_done ran: status, details */
+  int status;
+  char details[512];
+  px_cli_call* call; /* the caller's reference, from px_sf_mcall_start */
+} px_sf_mcall;
+/* Initialises m and starts a call on path (wait_for_ready) with its callbacks; returns
+ * m->call (fails the test when it cannot start). */
+px_cli_call* px_sf_mcall_start(px_sf_mcall* m, px_rpc_channel* ch, const char* path,
+                               int64_t timeout_ms);
+/* m->mu held: waits at most 20 s until *flag (or, flag NULL, *iflag != 0); whether it holds. */
+bool px_sf_mcall_wait(px_sf_mcall* m, const bool* flag, const int* iflag);
+/* Frees what m still holds (a message not taken); the call must be over. */
+void px_sf_mcall_destroy(px_sf_mcall* m);
 
 /* Join as rank of world; returns the incarnation (fails the test on an error). */
 uint64_t px_sf_join(px_sf* f, uint32_t rank, uint32_t world);

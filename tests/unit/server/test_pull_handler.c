@@ -435,84 +435,6 @@ static void test_pull_many_parked_one_step(void** state) {
 
 /* ---- a cancelled pull --------------------------------------------------------------------- */
 
-/* A call driven by hand (rpc_client.h): one outstanding read, its status. */
-typedef struct mcall {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int sent;       /* 0 pending, 1 ok, 2 failed */
-  bool have_msg;  /* a read completed: msg (NULL at the end) */
-  px_msg* msg;
-  bool done;
-  int status;
-  char details[512];
-} mcall;
-
-static void mc_on_message(px_cli_call* call, void* ctx, px_msg* msg) {
-  (void)call;
-  mcall* m = ctx;
-  pthread_mutex_lock(&m->mu);
-  m->msg = msg;
-  m->have_msg = true;
-  pthread_cond_broadcast(&m->cv);
-  pthread_mutex_unlock(&m->mu);
-}
-
-static void mc_on_sent(px_cli_call* call, void* ctx, bool ok) {
-  (void)call;
-  mcall* m = ctx;
-  pthread_mutex_lock(&m->mu);
-  m->sent = ok ? 1 : 2;
-  pthread_cond_broadcast(&m->cv);
-  pthread_mutex_unlock(&m->mu);
-}
-
-static void mc_on_done(px_cli_call* call, void* ctx, int status, const char* details) {
-  (void)call;
-  mcall* m = ctx;
-  pthread_mutex_lock(&m->mu);
-  m->done = true;
-  m->status = status;
-  snprintf(m->details, sizeof m->details, "%s", details ? details : "");
-  pthread_cond_broadcast(&m->cv);
-  pthread_mutex_unlock(&m->mu);
-}
-
-static const px_cli_call_cbs mc_cbs = {mc_on_message, mc_on_sent, mc_on_done};
-
-static void mc_init(mcall* m) {
-  memset(m, 0, sizeof *m);
-  pthread_mutex_init(&m->mu, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&m->cv, &ca);
-  pthread_condattr_destroy(&ca);
-}
-
-static void mc_destroy(mcall* m) {
-  pthread_mutex_destroy(&m->mu);
-  pthread_cond_destroy(&m->cv);
-}
-
-/* Waits (m->mu held, bounded) until *flag. */
-static bool mc_wait(mcall* m, const bool* flag, const int* iflag) {
-  const int64_t end = px_h_now_ms() + WAIT_MS;
-  while (!(flag ? *flag : *iflag != 0)) {
-    int64_t ms = end - px_h_now_ms();
-    if (ms <= 0) return false;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (ms % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000;
-    }
-    pthread_cond_timedwait(&m->cv, &m->mu, &ts);
-  }
-  return true;
-}
-
 static void noop_release(void* ctx) { (void)ctx; }
 
 static void test_pull_cancelled_while_parked(void** state) {
@@ -529,19 +451,17 @@ static void test_pull_cancelled_while_parked(void** state) {
   push_range(0, g_w.inc[0], 0, t->id, g0, N_W, 0, 1);
   push_range(1, g_w.inc[1], 0, t->id, g1, N_W, 0, 1);
 
-  mcall m;
-  mc_init(&m);
-  px_cli_call* call = px_cli_call_start(g_f.ch, PX_H_PATH_PULL, CALL_MS, true, &mc_cbs, &m);
-  assert_non_null(call);
+  px_sf_mcall m;
+  px_cli_call* call = px_sf_mcall_start(&m, g_f.ch, PX_H_PATH_PULL, CALL_MS);
   px_out out = {rq, len, NULL, 0, noop_release, NULL};
   assert_true(px_cli_call_send(call, &out, true));
   pthread_mutex_lock(&m.mu);
-  assert_true(mc_wait(&m, NULL, &m.sent));
+  assert_true(px_sf_mcall_wait(&m, NULL, &m.sent));
   assert_int_equal(m.sent, 1);
   pthread_mutex_unlock(&m.mu);
   assert_true(px_cli_call_read(call));
   pthread_mutex_lock(&m.mu);
-  assert_true(mc_wait(&m, &m.have_msg, NULL));
+  assert_true(px_sf_mcall_wait(&m, &m.have_msg, NULL));
   px_msg* first = m.msg;
   m.have_msg = false;
   m.msg = NULL;
@@ -565,11 +485,11 @@ static void test_pull_cancelled_while_parked(void** state) {
   px_cli_call_cancel(call);
   px_cli_call_unref(call);
   pthread_mutex_lock(&m.mu);
-  assert_true(mc_wait(&m, &m.done, NULL));
+  assert_true(px_sf_mcall_wait(&m, &m.done, NULL));
   assert_int_equal(m.status, PX_ST_CANCELLED);
   assert_null(m.msg);
   pthread_mutex_unlock(&m.mu);
-  mc_destroy(&m);
+  px_sf_mcall_destroy(&m);
 
   /* the server forgets it: no waiter left, no active call */
   if (!px_sf_wait_until(px_sf_no_active_calls, s, WAIT_MS))

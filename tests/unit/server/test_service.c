@@ -328,64 +328,11 @@ static int push_range(uint32_t rank, uint64_t inc, uint64_t step, uint32_t tid, 
 
 /* ---- a push driven by hand: messages sent one at a time, the call left open ------------- */
 
-typedef struct mcall {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int sent; /* 0 pending, 1 ok, 2 failed */
-  bool have_msg;
-  px_msg* msg;
-  bool done;
-  int status;
-  char details[512];
-  px_cli_call* call;
-  uint8_t heads[4][PX_CHUNK_HDR_MAX];
-} mcall;
-
-static void mc_on_message(px_cli_call* call, void* ctx, px_msg* msg) {
-  (void)call;
-  mcall* m = ctx;
-  pthread_mutex_lock(&m->mu);
-  m->msg = msg;
-  m->have_msg = true;
-  pthread_cond_broadcast(&m->cv);
-  pthread_mutex_unlock(&m->mu);
-}
-
-static void mc_on_sent(px_cli_call* call, void* ctx, bool ok) {
-  (void)call;
-  mcall* m = ctx;
-  pthread_mutex_lock(&m->mu);
-  m->sent = ok ? 1 : 2;
-  pthread_cond_broadcast(&m->cv);
-  pthread_mutex_unlock(&m->mu);
-}
-
-static void mc_on_done(px_cli_call* call, void* ctx, int status, const char* details) {
-  (void)call;
-  mcall* m = ctx;
-  pthread_mutex_lock(&m->mu);
-  m->done = true;
-  m->status = status;
-  snprintf(m->details, sizeof m->details, "%s", details ? details : "");
-  pthread_cond_broadcast(&m->cv);
-  pthread_mutex_unlock(&m->mu);
-}
-
-static const px_cli_call_cbs mc_cbs = {mc_on_message, mc_on_sent, mc_on_done};
-
-/* Waits (m->mu held, bounded) until *flag (or *iflag != 0). */
-static bool mc_wait(mcall* m, const bool* flag, const int* iflag) {
-  struct timespec until;
-  clock_gettime(CLOCK_MONOTONIC, &until);
-  until.tv_sec += WAIT_MS / 1000;
-  while (!(flag ? *flag : *iflag != 0))
-    if (pthread_cond_timedwait(&m->cv, &m->mu, &until) != 0) return flag ? *flag : *iflag != 0;
-  return true;
-}
+static uint8_t g_heads[4][PX_CHUNK_HDR_MAX]; /* of the chunks mc_send_chunk sends */
 
 static void noop_release(void* ctx) { (void)ctx; }
 
-static mcall g_m; /* the push driven by hand (static: teardown ends it after a failure) */
+static px_sf_mcall g_m; /* the push driven by hand (static: teardown ends it after a failure) */
 
 static void end_open_push(void) {
   if (!g_m.call) return; /* a failed test left its push open */
@@ -394,50 +341,35 @@ static void end_open_push(void) {
   g_m.call = NULL;
 }
 
-static void mc_start(mcall* m) {
-  memset(m, 0, sizeof *m);
-  pthread_mutex_init(&m->mu, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&m->cv, &ca);
-  pthread_condattr_destroy(&ca);
-  m->call = px_cli_call_start(g_f.ch, PX_H_PATH_PUSH, CALL_MS, true, &mc_cbs, m);
-  assert_non_null(m->call);
-}
+static void mc_start(px_sf_mcall* m) { px_sf_mcall_start(m, g_f.ch, PX_H_PATH_PUSH, CALL_MS); }
 
 /* Sends chunk k of rank's gradient g (numel elements) for step; last half-closes. Returns
  * whether the send completed. */
-static bool mc_send_chunk(mcall* m, uint32_t rank, uint64_t inc, uint64_t step, uint32_t tid,
+static bool mc_send_chunk(px_sf_mcall* m, uint32_t rank, uint64_t inc, uint64_t step, uint32_t tid,
                           const float* g, size_t numel, uint32_t k, bool last) {
   size_t first = (size_t)k * CE, cnt = numel - first < CE ? numel - first : CE;
-  px_h_msg hm = px_sf_push_chunk(m->heads[k % 4], rank, inc, step, tid, k, g + first, cnt);
+  px_h_msg hm = px_sf_push_chunk(g_heads[k % 4], rank, inc, step, tid, k, g + first, cnt);
   px_out out = {hm.head, hm.head_len, hm.body, hm.body_len, noop_release, NULL};
   pthread_mutex_lock(&m->mu);
   m->sent = 0;
   pthread_mutex_unlock(&m->mu);
   if (!px_cli_call_send(m->call, &out, last)) return false;
   pthread_mutex_lock(&m->mu);
-  bool ok = mc_wait(m, NULL, &m->sent) && m->sent == 1;
+  bool ok = px_sf_mcall_wait(m, NULL, &m->sent) && m->sent == 1;
   pthread_mutex_unlock(&m->mu);
   return ok;
 }
 
 /* Drops our reference and waits for the status. */
-static void mc_finish(mcall* m) {
+static void mc_finish(px_sf_mcall* m) {
   px_cli_call_unref(m->call);
   m->call = NULL;
   pthread_mutex_lock(&m->mu);
-  bool done = mc_wait(m, &m->done, NULL);
+  bool done = px_sf_mcall_wait(m, &m->done, NULL);
   pthread_mutex_unlock(&m->mu);
   if (!done) fail_msg("the push call did not end within %d ms", WAIT_MS);
 }
 
-static void mc_destroy(mcall* m) {
-  if (m->msg) px_msg_free(m->msg);
-  pthread_mutex_destroy(&m->mu);
-  pthread_cond_destroy(&m->cv);
-}
 
 /* Both workers joined and tensor "w" declared (NORMAL(0, 0.02), seed 7). */
 typedef struct world {
@@ -996,7 +928,7 @@ static void test_stop_drains_push_in_flight(void** state) {
   assert_true(mc_send_chunk(&g_m, 1, w.inc[1], 0, t->id, g1, N_W, 2, true));
   assert_true(px_cli_call_read(g_m.call));
   pthread_mutex_lock(&g_m.mu);
-  assert_true(mc_wait(&g_m, &g_m.have_msg, NULL));
+  assert_true(px_sf_mcall_wait(&g_m, &g_m.have_msg, NULL));
   pthread_mutex_unlock(&g_m.mu);
   assert_non_null(g_m.msg);
   size_t fl = 0;
@@ -1009,7 +941,7 @@ static void test_stop_drains_push_in_flight(void** state) {
   paramex__v1__push_response__free_unpacked(pr, NULL);
   mc_finish(&g_m);
   expect_status(g_m.status, g_m.details, PX_ST_OK, NULL);
-  mc_destroy(&g_m);
+  px_sf_mcall_destroy(&g_m);
   assert_int_equal(stop_join(), 0);
   if (g_stop.ms >= 20000) fail_msg("stop took %lld ms: it waited out the drain", (long long)g_stop.ms);
   for (uint32_t k = 0; k < 3; k++) assert_int_equal(chunk_version(&t->chunks[k]), 1);
@@ -1068,7 +1000,7 @@ static void test_stop_drain_timeout_cancels(void** state) {
   if (ms >= 20000) fail_msg("stop took %lld ms", (long long)ms);
   mc_finish(&g_m);
   assert_true(g_m.status != PX_ST_OK);
-  mc_destroy(&g_m);
+  px_sf_mcall_destroy(&g_m);
   assert_int_equal(atomic_load(&s->active_calls), 0);
   assert_int_equal(px_rpc_server_live_calls(s->rpc), 0);
   /* its contribution never made a step */
