@@ -6,17 +6,29 @@
  * token (option, file, environment), pmx_join (its info, a new incarnation per join, a
  * world_size the server refuses, waiting for a server that comes up late,
  * connect_timeout_ms), the heartbeats that keep the lease of a worker that makes no other
- * call, the client's counters, and pmx_client_destroy(NULL). */
+ * call, the client's counters, and pmx_client_destroy(NULL); pmx_version's static string,
+ * the option defaults (0 = 60000 / 30000 / 120000), PMX_PULL_COMPRESSION over the
+ * compression option, AUTO on unix sockets and local interface addresses, token files read
+ * by pmx_connect and tokens in no log message nor last error, and tls_server_name /
+ * PMX_TLS_SERVER_NAME (openssl certificates; a failed handshake logged via the callback). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "client.h"
 #include "errors.h"
@@ -65,6 +77,7 @@ static int group_teardown(void** state) {
 
 static int teardown(void** state) {
   (void)state;
+  pmx_set_log_callback(NULL, NULL, PMX_LOG_ERROR);
   clear_env();
   px_h_kill_all();
   return 0;
@@ -120,6 +133,34 @@ static void test_version(void** state) {
   char want[32];
   snprintf(want, sizeof want, "%d.%d.%d", PMX_VERSION_MAJOR, PMX_VERSION_MINOR, PMX_VERSION_PATCH);
   assert_string_equal(pmx_version(), want);
+  /* a static string: the same pointer every time */
+  assert_ptr_equal(pmx_version(), pmx_version());
+}
+
+/* "0 = 60000", "0 = 30000", "0 = 120000": opts NULL and zero fields get the defaults,
+ * set fields are kept. */
+static void test_connect_option_defaults(void** state) {
+  (void)state;
+  pmx_client* c = NULL;
+  expect_st("connect with opts NULL", pmx_connect("127.0.0.1:1", NULL, &c), PMX_OK);
+  assert_int_equal(c->timeout_ms, 60000);
+  assert_int_equal(c->connect_timeout_ms, 30000);
+  assert_int_equal(c->retry_timeout_ms, 120000);
+  pmx_client_destroy(c);
+  pmx_options zero = {0};
+  c = NULL;
+  expect_st("connect with zero options", pmx_connect("127.0.0.1:1", &zero, &c), PMX_OK);
+  assert_int_equal(c->timeout_ms, 60000);
+  assert_int_equal(c->connect_timeout_ms, 30000);
+  assert_int_equal(c->retry_timeout_ms, 120000);
+  pmx_client_destroy(c);
+  pmx_options set = {.timeout_ms = 1234, .connect_timeout_ms = 567, .retry_timeout_ms = 89};
+  c = NULL;
+  expect_st("connect with options", pmx_connect("127.0.0.1:1", &set, &c), PMX_OK);
+  assert_int_equal(c->timeout_ms, 1234);
+  assert_int_equal(c->connect_timeout_ms, 567);
+  assert_int_equal(c->retry_timeout_ms, 89);
+  pmx_client_destroy(c);
 }
 
 static void test_connect_arguments(void** state) {
@@ -157,6 +198,18 @@ static void test_connect_pull_compression_env(void** state) {
   setenv("PMX_PULL_COMPRESSION", "on", 1);
   pmx_options o = {.no_compression = 1};
   assert_int_equal(compressed("127.0.0.1:1", &o), 0);
+  /* the environment overrides pmx_options.compression */
+  pmx_options off = {.compression = PMX_COMPRESSION_OFF};
+  unsetenv("PMX_PULL_COMPRESSION");
+  assert_int_equal(compressed("192.0.2.1:50051", &off), 0); /* without the environment */
+  setenv("PMX_PULL_COMPRESSION", "on", 1);
+  assert_int_equal(compressed("192.0.2.1:50051", &off), 1);
+  pmx_options on = {.compression = PMX_COMPRESSION_ON};
+  setenv("PMX_PULL_COMPRESSION", "off", 1);
+  assert_int_equal(compressed("127.0.0.1:1", &on), 0);
+  setenv("PMX_PULL_COMPRESSION", "auto", 1);
+  assert_int_equal(compressed("127.0.0.1:1", &on), 0);
+  assert_int_equal(compressed("192.0.2.1:50051", &off), 1);
   unsetenv("PMX_PULL_COMPRESSION");
 }
 
@@ -174,6 +227,27 @@ static void test_connect_compression_modes(void** state) {
   assert_int_equal(compressed("192.0.2.1:50051", &o), 0);
   pmx_options nc = {.no_compression = 1, .compression = PMX_COMPRESSION_ON};
   assert_int_equal(compressed("192.0.2.1:50051", &nc), 0);
+  /* AUTO: "a loopback or local interface address, or a unix socket" is this host */
+  o.compression = PMX_COMPRESSION_AUTO;
+  char unix_addr[700];
+  snprintf(unix_addr, sizeof unix_addr, "unix:%s/no-server.sock", g_dir);
+  assert_int_equal(compressed(unix_addr, &o), 0);
+  assert_int_equal(compressed("127.0.0.2:1", &o), 0);
+  assert_int_equal(compressed("[::1]:1", &o), 0);
+  struct ifaddrs* ifs = NULL;
+  int checked = 0;
+  if (getifaddrs(&ifs) == 0) {
+    for (struct ifaddrs* i = ifs; i; i = i->ifa_next) {
+      if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET || (i->ifa_flags & IFF_LOOPBACK)) continue;
+      char ip[INET_ADDRSTRLEN], a[64];
+      inet_ntop(AF_INET, &((struct sockaddr_in*)(void*)i->ifa_addr)->sin_addr, ip, sizeof ip);
+      snprintf(a, sizeof a, "%s:1", ip);
+      if (compressed(a, &o) != 0) fail_msg("AUTO compresses pulls from %s, an address of this host", a);
+      checked++;
+    }
+    freeifaddrs(ifs);
+  }
+  if (!checked) print_message("# no non-loopback IPv4 interface: local interface address not checked\n");
 }
 
 static void test_connect_tls_files(void** state) {
@@ -289,6 +363,236 @@ static void test_token(void** state) {
   expect_st("join with token_file over PMX_TOKEN_FILE", pmx_join(c, 0, 1, NULL), PMX_OK);
   pmx_client_destroy(c);
   unsetenv("PMX_TOKEN_FILE");
+  server_stop(&srv);
+}
+
+/* "Files are read by pmx_connect; secrets are never logged." */
+typedef struct secret_log {
+  pthread_mutex_t mu;
+  int n;
+  bool leaked;
+  char first_leak[256];
+} secret_log;
+
+static secret_log g_slog = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void on_log_secret(void* ctx, pmx_log_level level, const char* message) {
+  (void)level;
+  const char* secret = ctx;
+  pthread_mutex_lock(&g_slog.mu);
+  g_slog.n++;
+  if (strstr(message, secret) && !g_slog.leaked) {
+    g_slog.leaked = true;
+    snprintf(g_slog.first_leak, sizeof g_slog.first_leak, "%s", message);
+  }
+  pthread_mutex_unlock(&g_slog.mu);
+}
+
+static void test_token_file_read_at_connect_never_logged(void** state) {
+  (void)state;
+  static const char secret[] = "Zq9-very-secret-token-77";
+  static const char wrong[] = "Zq9-wrong-secret-token-78";
+  char tokfile[700], wrongfile[700], srvfile[700];
+  write_file("srv-token", "Zq9-very-secret-token-77\n", srvfile, sizeof srvfile);
+  const char* args[] = {"--workers", "1", "--token-file", srvfile, "--log-level", "warn", NULL};
+  px_h_server srv;
+  server_start(&srv, args);
+  g_slog.n = 0;
+  g_slog.leaked = false;
+  pmx_set_log_callback(on_log_secret, (void*)secret, PMX_LOG_DEBUG);
+
+  /* the file is read by pmx_connect: removed afterwards, the token still goes out */
+  write_file("conn-token", "Zq9-very-secret-token-77\n", tokfile, sizeof tokfile);
+  pmx_options o = {.timeout_ms = 20000, .connect_timeout_ms = 20000, .token_file = tokfile};
+  pmx_client* c = NULL;
+  expect_st("connect", pmx_connect(srv.addr, &o, &c), PMX_OK);
+  assert_int_equal(unlink(tokfile), 0);
+  expect_st("join after the token file was removed", pmx_join(c, 0, 1, NULL), PMX_OK);
+  if (strstr(pmx_last_error(), secret)) fail_msg("the token is in the last error");
+  pmx_client_destroy(c);
+  /* ... and changing it afterwards changes nothing for that client */
+  write_file("conn-token", "Zq9-very-secret-token-77\n", tokfile, sizeof tokfile);
+  c = NULL;
+  expect_st("connect", pmx_connect(srv.addr, &o, &c), PMX_OK);
+  write_file("conn-token", "Zq9-wrong-secret-token-78\n", tokfile, sizeof tokfile);
+  expect_st("join after the token file changed", pmx_join(c, 0, 1, NULL), PMX_OK);
+  pmx_client_destroy(c);
+
+  /* a refused token (option and file) appears neither in the log nor in the last error */
+  pmx_set_log_callback(on_log_secret, (void*)wrong, PMX_LOG_DEBUG);
+  pmx_options ow = {.timeout_ms = 20000, .connect_timeout_ms = 20000, .token = wrong};
+  c = NULL;
+  expect_st("connect", pmx_connect(srv.addr, &ow, &c), PMX_OK);
+  expect_st("join with a wrong token", pmx_join(c, 0, 1, NULL), PMX_ERR_UNAUTHENTICATED);
+  if (strstr(pmx_last_error(), wrong)) fail_msg("the token is in the last error: '%s'", pmx_last_error());
+  pmx_client_destroy(c);
+  write_file("wrong-token2", "Zq9-wrong-secret-token-78\n", wrongfile, sizeof wrongfile);
+  pmx_options of = {.timeout_ms = 20000, .connect_timeout_ms = 20000, .token_file = wrongfile};
+  c = NULL;
+  expect_st("connect", pmx_connect(srv.addr, &of, &c), PMX_OK);
+  expect_st("join with a wrong token file", pmx_join(c, 0, 1, NULL), PMX_ERR_UNAUTHENTICATED);
+  if (strstr(pmx_last_error(), wrong)) fail_msg("the token is in the last error: '%s'", pmx_last_error());
+  pmx_client_destroy(c);
+  pmx_set_log_callback(NULL, NULL, PMX_LOG_ERROR);
+  pthread_mutex_lock(&g_slog.mu);
+  bool leaked = g_slog.leaked;
+  pthread_mutex_unlock(&g_slog.mu);
+  if (leaked) fail_msg("a log message holds the token: '%s'", g_slog.first_leak);
+  server_stop(&srv);
+}
+
+/* ---- tls_server_name / PMX_TLS_SERVER_NAME ------------------------------------------------------- */
+
+/* Runs openssl (found on PATH) with args in g_dir, its output to g_dir/openssl.log.
+ * Returns 0 when it exited 0, -1 otherwise or when there is no openssl. */
+static int openssl_run(const char* const* args) {
+  static char bin[600];
+  if (!bin[0]) {
+    const char* path = getenv("PATH");
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path && *path ? path : "/usr/bin:/bin");
+    bool found = false;
+    for (char *save = NULL, *d = strtok_r(buf, ":", &save); d && !found; d = strtok_r(NULL, ":", &save)) {
+      snprintf(bin, sizeof bin, "%s/openssl", *d ? d : ".");
+      found = access(bin, X_OK) == 0;
+    }
+    if (!found) {
+      bin[0] = 0;
+      return -1;
+    }
+  }
+  const char* argv[40];
+  size_t n = 0;
+  argv[n++] = bin;
+  for (const char* const* a = args; *a && n < 39; a++) argv[n++] = *a;
+  argv[n] = NULL;
+  char logp[700];
+  snprintf(logp, sizeof logp, "%s/openssl.log", g_dir);
+  int log = open(logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (log < 0) return -1;
+  pid_t pid = px_h_spawn(argv, NULL, log, log);
+  close(log);
+  int ws = 0;
+  if (pid <= 0 || px_h_wait(pid, 30000, &ws) != 0) {
+    if (pid > 0) px_h_kill(pid);
+    return -1;
+  }
+  return WIFEXITED(ws) && WEXITSTATUS(ws) == 0 ? 0 : -1;
+}
+
+typedef struct tls_log {
+  pthread_mutex_t mu;
+  int n;
+  char first[256];
+} tls_log;
+
+static tls_log g_tlog = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void on_log_tls(void* ctx, pmx_log_level level, const char* message) {
+  (void)ctx;
+  (void)level;
+  pthread_mutex_lock(&g_tlog.mu);
+  if (g_tlog.n++ == 0) snprintf(g_tlog.first, sizeof g_tlog.first, "%s", message);
+  pthread_mutex_unlock(&g_tlog.mu);
+}
+
+/* A server certificate for the name "pmx.test" only (no IP address): a client reaching it
+ * at 127.0.0.1 must be told the name to check, by tls_server_name or PMX_TLS_SERVER_NAME
+ * (the option winning); a wrong name fails. A client trusting another CA fails its TLS
+ * handshake, which gRPC reports through the log callback. Skipped without openssl. */
+static void test_tls_server_name(void** state) {
+  (void)state;
+  char ca_key[700], ca_pem[700], key[700], csr[700], pem[700], ext[700];
+  snprintf(ca_key, sizeof ca_key, "%s/sn-ca.key", g_dir);
+  snprintf(ca_pem, sizeof ca_pem, "%s/sn-ca.pem", g_dir);
+  snprintf(key, sizeof key, "%s/sn-server.key", g_dir);
+  snprintf(csr, sizeof csr, "%s/sn-server.csr", g_dir);
+  snprintf(pem, sizeof pem, "%s/sn-server.pem", g_dir);
+  write_file("sn-server.ext",
+             "subjectAltName=DNS:pmx.test\nbasicConstraints=CA:FALSE\n"
+             "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+             ext, sizeof ext);
+  const char* mk_ca[] = {"req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                         "-nodes", "-keyout", ca_key, "-out", ca_pem, "-days", "2", "-subj", "/CN=pmx test CA",
+                         "-addext", "basicConstraints=critical,CA:TRUE",
+                         "-addext", "keyUsage=critical,keyCertSign,cRLSign", NULL};
+  const char* mk_req[] = {"req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                          "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=pmx.test", NULL};
+  const char* mk_sign[] = {"x509", "-req", "-in", csr, "-CA", ca_pem, "-CAkey", ca_key, "-set_serial",
+                           "11", "-days", "2", "-out", pem, "-extfile", ext, NULL};
+  char other_key[700], other_pem[700];
+  snprintf(other_key, sizeof other_key, "%s/sn-other-ca.key", g_dir);
+  snprintf(other_pem, sizeof other_pem, "%s/sn-other-ca.pem", g_dir);
+  const char* mk_other[] = {"req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                            "-nodes", "-keyout", other_key, "-out", other_pem, "-days", "2", "-subj",
+                            "/CN=pmx other CA", "-addext", "basicConstraints=critical,CA:TRUE",
+                            "-addext", "keyUsage=critical,keyCertSign,cRLSign", NULL};
+  if (openssl_run(mk_ca) != 0 || openssl_run(mk_req) != 0 || openssl_run(mk_sign) != 0 ||
+      openssl_run(mk_other) != 0) {
+    print_message("openssl is not installed (or failed, see %s/openssl.log): skipped\n", g_dir);
+    skip();
+  }
+  const char* args[] = {"--workers", "1", "--tls-cert", pem, "--tls-key", key, "--log-level", "warn", NULL};
+  px_h_server srv;
+  char err[512];
+  if (px_h_server_start_ex(&srv, NULL, args, NULL, -1, SRV_START_MS, err, sizeof err) != 0)
+    fail_msg("TLS server: %s", err);
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", srv.port);
+  pmx_options base = {.timeout_ms = 10000, .connect_timeout_ms = 3000, .tls_ca_file = ca_pem};
+  pmx_client* c = NULL;
+
+  /* no name: 127.0.0.1 is not in the certificate */
+  expect_st("connect", pmx_connect(addr, &base, &c), PMX_OK);
+  int64_t t0 = px_h_now_ms();
+  if (pmx_join(c, 0, 1, NULL) == PMX_OK) fail_msg("join without tls_server_name passed the check of 127.0.0.1");
+  if (px_h_now_ms() - t0 > 10000) fail_msg("the failed check took %lld ms", (long long)(px_h_now_ms() - t0));
+  pmx_client_destroy(c);
+
+  /* a client trusting another CA: its TLS handshake fails, and gRPC's warning about it
+   * reaches the log callback */
+  g_tlog.n = 0;
+  pmx_set_log_callback(on_log_tls, NULL, PMX_LOG_DEBUG);
+  pmx_options other = base;
+  other.tls_ca_file = other_pem;
+  other.tls_server_name = "pmx.test";
+  c = NULL;
+  expect_st("connect", pmx_connect(addr, &other, &c), PMX_OK);
+  if (pmx_join(c, 0, 1, NULL) == PMX_OK) fail_msg("join trusting another CA passed");
+  pmx_client_destroy(c);
+  pmx_set_log_callback(NULL, NULL, PMX_LOG_ERROR);
+  pthread_mutex_lock(&g_tlog.mu);
+  int logged = g_tlog.n;
+  pthread_mutex_unlock(&g_tlog.mu);
+  if (logged == 0) fail_msg("a failed TLS handshake logged nothing through the callback");
+
+  /* the option */
+  pmx_options o = base;
+  o.tls_server_name = "pmx.test";
+  c = NULL;
+  expect_st("connect", pmx_connect(addr, &o, &c), PMX_OK);
+  expect_st("join with tls_server_name", pmx_join(c, 0, 1, NULL), PMX_OK);
+  pmx_client_destroy(c);
+  /* a wrong name */
+  o.tls_server_name = "other.test";
+  c = NULL;
+  expect_st("connect", pmx_connect(addr, &o, &c), PMX_OK);
+  if (pmx_join(c, 0, 1, NULL) == PMX_OK) fail_msg("join checking 'other.test' passed");
+  pmx_client_destroy(c);
+  /* the environment variable */
+  setenv("PMX_TLS_SERVER_NAME", "pmx.test", 1);
+  c = NULL;
+  expect_st("connect", pmx_connect(addr, &base, &c), PMX_OK);
+  expect_st("join with PMX_TLS_SERVER_NAME", pmx_join(c, 0, 1, NULL), PMX_OK);
+  pmx_client_destroy(c);
+  /* the option wins over it */
+  setenv("PMX_TLS_SERVER_NAME", "other.test", 1);
+  o.tls_server_name = "pmx.test";
+  c = NULL;
+  expect_st("connect", pmx_connect(addr, &o, &c), PMX_OK);
+  expect_st("join with tls_server_name over PMX_TLS_SERVER_NAME", pmx_join(c, 0, 1, NULL), PMX_OK);
+  pmx_client_destroy(c);
+  unsetenv("PMX_TLS_SERVER_NAME");
   server_stop(&srv);
 }
 
@@ -554,11 +858,14 @@ static void test_stats_counters(void** state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_version, teardown),
+      cmocka_unit_test_teardown(test_connect_option_defaults, teardown),
       cmocka_unit_test_teardown(test_connect_arguments, teardown),
       cmocka_unit_test_teardown(test_connect_pull_compression_env, teardown),
       cmocka_unit_test_teardown(test_connect_compression_modes, teardown),
       cmocka_unit_test_teardown(test_connect_tls_files, teardown),
+      cmocka_unit_test_teardown(test_tls_server_name, teardown),
       cmocka_unit_test_teardown(test_token, teardown),
+      cmocka_unit_test_teardown(test_token_file_read_at_connect_never_logged, teardown),
       cmocka_unit_test_teardown(test_join, teardown),
       cmocka_unit_test_teardown(test_join_connect_timeout, teardown),
       cmocka_unit_test_teardown(test_join_waits_for_server, teardown),

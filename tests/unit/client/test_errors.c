@@ -5,18 +5,24 @@
  * log callback: library messages of level <= max_level reach it with its ctx (a chunk
  * that fails its checksum through the corrupting proxy logs a warning naming the tensor;
  * a push to a server that is down logs "retrying"), nothing above max_level, nothing
- * after fn NULL. The log tests run against a real paramex-server. */
+ * after fn NULL; one message at a time from several library threads while another thread
+ * changes the callback; a one-line last error from a failure of every function (kept by
+ * later successes); and nothing written to stdout or stderr by the library. The log tests
+ * run against a real paramex-server. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "codec/initializer.h"
 #include "corrupt_proxy.h"
@@ -149,6 +155,58 @@ static void test_last_error_of_library_call(void** state) {
   assert_string_equal(pmx_last_error(), "pmx_connect: no address");
   expect_st("pmx_op_wait(NULL)", pmx_op_wait(NULL), PMX_ERR_INVALID_ARGUMENT);
   assert_string_equal(pmx_last_error(), "pmx_op_wait: no op");
+}
+
+/* "Every function returning pmx_status returns PMX_OK (0) or an error, and then
+ * pmx_last_error() holds a one-line message": one failure of each, from a cleared message. */
+static void expect_message(const char* what, pmx_status st) {
+  if (st == PMX_OK) fail_msg("%s: PMX_OK, want an error", what);
+  const char* m = pmx_last_error();
+  if (!m || !*m) fail_msg("%s: %s with an empty pmx_last_error()", what, pmx_strerror(st));
+  if (strchr(m, '\n')) fail_msg("%s: pmx_last_error() '%s' is not one line", what, m);
+}
+
+static void test_last_error_of_every_function(void** state) {
+  (void)state;
+  float g[4] = {0};
+  const void* gp = g;
+  void* dst = g;
+  pmx_tensor* t = NULL;
+  pmx_op* op = NULL;
+#define CHECK_FAILS(call)          \
+  do {                             \
+    px_fail(PMX_OK, "%s", "");     \
+    expect_message(#call, (call)); \
+  } while (0)
+  CHECK_FAILS(pmx_connect(NULL, NULL, NULL));
+  CHECK_FAILS(pmx_join(NULL, 0, 1, NULL));
+  CHECK_FAILS(pmx_declare(NULL, "x", PMX_F32, NULL, 0, NULL, NULL, &t));
+  CHECK_FAILS(pmx_push(NULL, 0, 1, &t, &gp));
+  CHECK_FAILS(pmx_pull(NULL, 1, &t, &dst, 0, NULL));
+  CHECK_FAILS(pmx_pull_as(NULL, 1, &t, &dst, PMX_BF16, 0, NULL));
+  CHECK_FAILS(pmx_push_async(NULL, 0, 1, &t, &gp, &op));
+  CHECK_FAILS(pmx_pull_async(NULL, 1, &t, &dst, 0, NULL, &op));
+  CHECK_FAILS(pmx_pull_as_async(NULL, 1, &t, &dst, PMX_BF16, 0, NULL, &op));
+  CHECK_FAILS(pmx_push_pull(NULL, 0, 1, &t, &gp, &dst, NULL));
+  CHECK_FAILS(pmx_tensor_set_push_compression(NULL, PMX_PUSH_ZSTD, 0));
+  CHECK_FAILS(pmx_op_wait(NULL));
+  /* failures reported by the transport: a server that is not there */
+  pmx_options o = {.timeout_ms = 2000, .connect_timeout_ms = 300, .retry_timeout_ms = 100};
+  pmx_client* c = NULL;
+  expect_st("connect", pmx_connect("127.0.0.1:1", &o, &c), PMX_OK);
+  CHECK_FAILS(pmx_join(c, 0, 1, NULL));
+  const uint64_t shape[1] = {4};
+  CHECK_FAILS(pmx_declare(c, "x", PMX_F32, shape, 1, NULL, NULL, &t));
+#undef CHECK_FAILS
+  assert_null(t); /* nothing written */
+  assert_null(op);
+  /* a success does not clear the message: only the next failure overwrites it */
+  px_fail(PMX_ERR_INTERNAL, "kept until the next failure");
+  pmx_client* c2 = NULL;
+  expect_st("connect", pmx_connect("127.0.0.1:1", NULL, &c2), PMX_OK);
+  pmx_client_destroy(c2);
+  assert_string_equal(pmx_last_error(), "kept until the next failure");
+  pmx_client_destroy(c);
 }
 
 /* ---- px_from_rpc ----------------------------------------------------------------------------- */
@@ -365,6 +423,222 @@ static void test_log_retrying(void** state) {
   pmx_client_destroy(c);
 }
 
+/* ---- "fn runs on the library's threads, one message at a time"; "may be called at any
+ * time from any thread" ----------------------------------------------------------------------- */
+
+#define NCL 3       /* clients, each with its own channel thread where its warnings are logged */
+#define NPULLS 12   /* full pulls per client */
+#define NTOGGLE 200 /* callback changes by another thread meanwhile */
+
+static atomic_int g_inside;
+static atomic_int g_overlap;
+static atomic_int g_msgs;
+static atomic_int g_bad_ctx;
+static int g_ctx_a, g_ctx_b;
+
+static void on_log_serial(void* ctx, pmx_log_level level, const char* message) {
+  (void)level;
+  (void)message;
+  if (atomic_fetch_add(&g_inside, 1) != 0) atomic_fetch_add(&g_overlap, 1);
+  if (ctx != &g_ctx_a && ctx != &g_ctx_b) atomic_fetch_add(&g_bad_ctx, 1);
+  for (int i = 0; i < 200; i++) sched_yield(); /* widen the window another message would hit */
+  atomic_fetch_add(&g_msgs, 1);
+  atomic_fetch_sub(&g_inside, 1);
+}
+
+typedef struct serial_puller {
+  pmx_client* c;
+  pmx_tensor* t;
+  float buf[2][CN];
+  pmx_status st;
+  char err[PX_ERROR_LEN];
+} serial_puller;
+
+static void* serial_pull_main(void* arg) {
+  serial_puller* p = arg;
+  p->st = PMX_OK;
+  for (int i = 0; i < NPULLS && p->st == PMX_OK; i++) {
+    void* dst = p->buf[i % 2]; /* alternate buffers: every pull is a full one */
+    p->st = pmx_pull(p->c, 1, &p->t, &dst, 0, NULL);
+    if (p->st != PMX_OK) snprintf(p->err, sizeof p->err, "%s", pmx_last_error());
+  }
+  return NULL;
+}
+
+static void* toggle_main(void* arg) {
+  (void)arg;
+  for (int i = 0; i < NTOGGLE; i++) {
+    pmx_set_log_callback(on_log_serial, i % 2 ? &g_ctx_b : &g_ctx_a, PMX_LOG_DEBUG);
+    sched_yield();
+  }
+  return NULL;
+}
+
+static void test_log_one_message_at_a_time(void** state) {
+  (void)state;
+  px_h_server srv;
+  char err[512];
+  const char* args[] = {"--workers", "1", "--chunk-bytes", "4K", "--log-level", "warn", NULL};
+  if (px_h_server_start(&srv, args, NULL, SRV_START_MS, err, sizeof err) != 0)
+    fail_msg("server: %s", err);
+  /* a proxy per client: each client's own pulls alternate corrupted and intact */
+  px_h_proxy* proxy[NCL];
+  static serial_puller p[NCL];
+  const uint64_t shape[1] = {CN};
+  const pmx_init init = {PMX_INIT_UNIFORM, -1.0f, 1.0f, 7};
+  for (int k = 0; k < NCL; k++) {
+    int pport = 0;
+    proxy[k] = px_h_proxy_start(srv.port, 2, 100, &pport);
+    assert_non_null(proxy[k]);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", pport);
+    pmx_options o = {.timeout_ms = 20000, .connect_timeout_ms = 20000, .compression = PMX_COMPRESSION_OFF};
+    p[k].c = NULL;
+    expect_st("connect", pmx_connect(addr, &o, &p[k].c), PMX_OK);
+    expect_st("declare", pmx_declare(p[k].c, "serial_w", PMX_F32, shape, 1, NULL, &init, &p[k].t), PMX_OK);
+  }
+  atomic_store(&g_inside, 0);
+  atomic_store(&g_overlap, 0);
+  atomic_store(&g_msgs, 0);
+  atomic_store(&g_bad_ctx, 0);
+  pmx_set_log_callback(on_log_serial, &g_ctx_a, PMX_LOG_DEBUG);
+  pthread_t th[NCL], tog;
+  for (int k = 0; k < NCL; k++) assert_int_equal(pthread_create(&th[k], NULL, serial_pull_main, &p[k]), 0);
+  assert_int_equal(pthread_create(&tog, NULL, toggle_main, NULL), 0);
+  for (int k = 0; k < NCL; k++) assert_int_equal(pthread_join(th[k], NULL), 0);
+  assert_int_equal(pthread_join(tog, NULL), 0);
+  pmx_set_log_callback(NULL, NULL, PMX_LOG_ERROR);
+  static float want[CN];
+  assert_int_equal(px_init_fill_f32(want, 0, CN, PX_FILL_UNIFORM, -1.0f, 1.0f, 7), 0);
+  uint64_t fails = 0;
+  for (int k = 0; k < NCL; k++) {
+    if (p[k].st != PMX_OK) fail_msg("client %d: %s: %s", k, pmx_strerror(p[k].st), p[k].err);
+    if (memcmp(p[k].buf[0], want, sizeof want) || memcmp(p[k].buf[1], want, sizeof want))
+      fail_msg("client %d: a healed pull is not bit-exact", k);
+    pmx_client_stats cs;
+    pmx_client_get_stats(p[k].c, &cs);
+    fails += cs.checksum_failures;
+  }
+  if (fails < NCL) fail_msg("only %llu checksum failures: too few messages to test",
+                            (unsigned long long)fails);
+  if (atomic_load(&g_msgs) < 1) fail_msg("no message reached the callback");
+  if (atomic_load(&g_overlap) != 0)
+    fail_msg("%d of %d messages ran while another was in the callback", atomic_load(&g_overlap),
+             atomic_load(&g_msgs));
+  assert_int_equal(atomic_load(&g_bad_ctx), 0);
+  /* after fn NULL: nothing */
+  int before = atomic_load(&g_msgs);
+  void* dst = p[0].buf[0];
+  expect_st("pull after fn NULL", pmx_pull(p[0].c, 1, &p[0].t, &dst, 0, NULL), PMX_OK);
+  dst = p[0].buf[1];
+  expect_st("pull after fn NULL", pmx_pull(p[0].c, 1, &p[0].t, &dst, 0, NULL), PMX_OK);
+  assert_int_equal(atomic_load(&g_msgs), before);
+  for (int k = 0; k < NCL; k++) {
+    pmx_client_destroy(p[k].c);
+    px_h_proxy_stop(proxy[k]);
+  }
+  int ws = 0;
+  assert_int_equal(px_h_server_stop(&srv, SRV_STOP_MS, &ws, NULL), 0);
+}
+
+/* ---- "libparamex never writes to stdout or stderr" ------------------------------------------- */
+
+/* Sends fds 1 and 2 to a temporary file until capture_end. No cmocka assertion may run in
+ * between (its message would go to the file). */
+typedef struct capture {
+  int saved_out, saved_err;
+  char path[64];
+} capture;
+
+static void capture_begin(capture* k) {
+  fflush(stdout);
+  fflush(stderr);
+  snprintf(k->path, sizeof k->path, "/tmp/pmx-test-errors-XXXXXX");
+  int fd = mkstemp(k->path);
+  assert_true(fd >= 0);
+  k->saved_out = dup(1);
+  k->saved_err = dup(2);
+  assert_true(k->saved_out >= 0 && k->saved_err >= 0);
+  assert_true(dup2(fd, 1) == 1 && dup2(fd, 2) == 2);
+  close(fd);
+}
+
+/* Restores fds 1 and 2; returns what was written meanwhile (its first bytes in text). */
+static long capture_end(capture* k, char* text, size_t cap) {
+  fflush(stdout);
+  fflush(stderr);
+  dup2(k->saved_out, 1);
+  dup2(k->saved_err, 2);
+  close(k->saved_out);
+  close(k->saved_err);
+  text[0] = 0;
+  FILE* f = fopen(k->path, "r");
+  assert_non_null(f);
+  size_t got = fread(text, 1, cap - 1, f);
+  text[got] = 0;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fclose(f);
+  unlink(k->path);
+  return n;
+}
+
+static void test_no_stdout_stderr(void** state) {
+  (void)state;
+  char text[512];
+  /* chunks failing their checksum (warnings), without a callback and with one */
+  corrupt_env e;
+  corrupt_env_start(&e);
+  static float bufs[2][CN];
+  pmx_client_stats a, b;
+  pmx_client_get_stats(e.c, &a);
+  int ctx_token = 0;
+  log_reset();
+  pmx_status st[4];
+  capture k;
+  capture_begin(&k);
+  for (int i = 0; i < 4; i++) {
+    if (i == 2) pmx_set_log_callback(on_log, &ctx_token, PMX_LOG_DEBUG);
+    void* dst = bufs[i % 2];
+    st[i] = pmx_pull(e.c, 1, &e.t, &dst, 0, NULL);
+  }
+  pmx_set_log_callback(NULL, NULL, PMX_LOG_ERROR);
+  long n = capture_end(&k, text, sizeof text);
+  for (int i = 0; i < 4; i++) expect_st("pull through the corrupting proxy", st[i], PMX_OK);
+  pmx_client_get_stats(e.c, &b);
+  if (b.checksum_failures - a.checksum_failures < 2)
+    fail_msg("only %llu checksum failures in 4 full pulls",
+             (unsigned long long)(b.checksum_failures - a.checksum_failures));
+  if (log_count("'logged_w'", &ctx_token, PMX_LOG_DEBUG) < 1)
+    fail_msg("the callback got no warning (so nothing was said at all)");
+  if (n != 0) fail_msg("libparamex wrote %ld bytes to stdout/stderr: '%s'", n, text);
+  corrupt_env_stop(&e);
+
+  /* a push to a server that is down (retried, then UNAVAILABLE), no callback */
+  px_h_server srv;
+  char err[512];
+  const char* args[] = {"--workers", "1", "--log-level", "warn", NULL};
+  if (px_h_server_start(&srv, args, NULL, SRV_START_MS, err, sizeof err) != 0)
+    fail_msg("server: %s", err);
+  pmx_options o = {.timeout_ms = 20000, .connect_timeout_ms = 20000, .retry_timeout_ms = 300};
+  pmx_client* c = NULL;
+  expect_st("connect", pmx_connect(srv.addr, &o, &c), PMX_OK);
+  expect_st("join", pmx_join(c, 0, 1, NULL), PMX_OK);
+  const uint64_t shape[1] = {16};
+  pmx_tensor* t = NULL;
+  expect_st("declare", pmx_declare(c, "quiet", PMX_F32, shape, 1, NULL, NULL, &t), PMX_OK);
+  int ws = 0;
+  assert_int_equal(px_h_server_stop(&srv, SRV_STOP_MS, &ws, NULL), 0);
+  float g[16] = {0};
+  const void* gp = g;
+  capture_begin(&k);
+  pmx_status pst = pmx_push(c, 0, 1, &t, &gp);
+  pmx_client_destroy(c);
+  n = capture_end(&k, text, sizeof text);
+  expect_st("push to a stopped server", pst, PMX_ERR_UNAVAILABLE);
+  if (n != 0) fail_msg("libparamex wrote %ld bytes to stdout/stderr: '%s'", n, text);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_strerror_distinct),
@@ -373,9 +647,12 @@ int main(void) {
       cmocka_unit_test(test_last_error_per_thread),
       cmocka_unit_test(test_last_error_truncated),
       cmocka_unit_test(test_last_error_of_library_call),
+      cmocka_unit_test(test_last_error_of_every_function),
       cmocka_unit_test(test_from_rpc),
       cmocka_unit_test_teardown(test_log_checksum_warning, teardown),
       cmocka_unit_test_teardown(test_log_retrying, teardown),
+      cmocka_unit_test_teardown(test_log_one_message_at_a_time, teardown),
+      cmocka_unit_test_teardown(test_no_stdout_stderr, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -51,7 +51,10 @@ static void server_start(px_h_server* s, const char* workers) {
 
 static void server_stop(px_h_server* s) {
   int ws = 0;
-  if (px_h_server_stop(s, SRV_STOP_MS, &ws, NULL) != 0 || ws != 0) fail_msg("server stop");
+  int rc = px_h_server_stop(s, SRV_STOP_MS, &ws, NULL);
+  char d[96];
+  if (rc != 0 || ws != 0)
+    fail_msg("server stop: %s", rc != 0 ? "it did not exit in time" : px_h_describe_wstatus(ws, d, sizeof d));
 }
 
 static int teardown(void** state) {

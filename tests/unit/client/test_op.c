@@ -7,7 +7,7 @@
  * the same port gives PMX_ERR_ABORTED with the server's message and the client joined it
  * again (new incarnation, the new server id; the training resumes bit-exact from the
  * restored version), also when the push was being retried while the server was down; and
- * cancelling a parked pull. */
+ * cancelling a parked pull; pmx_client_destroy cancelling a parked pull and waiting for it. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -614,6 +614,46 @@ static void test_cancel_parked_pull(void** state) {
   server_stop(&srv);
 }
 
+/* "pmx_client_destroy: Cancels operations still running, waits for them": a pull parked
+ * on the server for a version that never comes (its deadline 20 s away) is cancelled by
+ * the destroy, which returns promptly with the operation finished. The op itself is not
+ * the client's: it cannot be waited on after the destroy (pmx_op_wait reads the client),
+ * so it is freed here by hand. */
+static void test_destroy_cancels_parked_pull(void** state) {
+  (void)state;
+  px_h_server srv;
+  server_start(&srv, NULL, NULL);
+  static job j;
+  job_start(&j, srv.addr, 60000, NULL);
+  void* dst = j.p;
+  uint64_t v = 7;
+  pmx_op* op = NULL;
+  expect_st("pull_async v3", pmx_pull_async(j.c, 1, &j.t, &dst, 3, &v, &op), PMX_OK);
+  pthread_mutex_lock(&op->mu);
+  bool done = op->done;
+  pthread_mutex_unlock(&op->mu);
+  assert_false(done); /* parked: version 3 does not exist */
+  int64_t t0 = px_h_now_ms();
+  pmx_client_destroy(j.c);
+  int64_t dt = px_h_now_ms() - t0;
+  if (dt > 10000)
+    fail_msg("pmx_client_destroy with a parked pull took %lld ms (the pull's deadline is 20 s)",
+             (long long)dt);
+  pthread_mutex_lock(&op->mu);
+  done = op->done && op->slices_live == 0;
+  pmx_status st = op->status;
+  pthread_mutex_unlock(&op->mu);
+  if (!done) fail_msg("pmx_client_destroy returned while the pull was still running");
+  expect_st("the cancelled pull's status", st, PMX_ERR_CANCELLED);
+  assert_int_equal(v, 7);
+  px_op_free(op);
+  /* the server is unharmed */
+  Paramex__V1__StatsResponse* s = stats_of(srv.addr);
+  assert_int_equal(s->workers_joined, 1);
+  protobuf_c_message_free_unpacked(&s->base, NULL);
+  server_stop(&srv);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_op_wait_null),
@@ -622,6 +662,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_restart_from_checkpoint_aborted, teardown),
       cmocka_unit_test_teardown(test_retried_push_across_restart_aborted, teardown),
       cmocka_unit_test_teardown(test_cancel_parked_pull, teardown),
+      cmocka_unit_test_teardown(test_destroy_cancels_parked_pull, teardown),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -9,7 +9,10 @@
  * step happens and times out with nothing written; argument errors; pulls from several
  * threads of one client; healing through the corrupting proxy (chunks that fail their
  * checksum are pulled again: bit-exact buffers, checksum_failures equal to the corrupted
- * chunks) and DATA_LOSS when the corruption persists. */
+ * chunks) and DATA_LOSS when the corruption persists (versions[] untouched, also for a
+ * tensor that came through intact: a known false claim, reported as skipped); *op
+ * untouched on argument errors; versions are the lowest chunk version (one chunk pushed
+ * alone by a raw Push stream) and min_version must be reached by every chunk. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -24,7 +27,9 @@
 #include <string.h>
 
 #include "client.h"
+#include "codec/checksum.h"
 #include "codec/dtype.h"
+#include "codec/payload.h"
 #include "corrupt_proxy.h"
 #include "errors.h"
 #include "harness.h"
@@ -32,6 +37,7 @@
 #include "paramex/paramex.h"
 #include "rpc/rpc_client.h"
 #include "tensor.h"
+#include "wire/chunk_msg.h"
 
 #define SRV_START_MS 30000
 #define SRV_STOP_MS 30000
@@ -407,6 +413,71 @@ static void test_pull_waits_for_min_version(void** state) {
   pmx_client_destroy(c);
 }
 
+/* "versions receives the lowest chunk version of each tensor", and a pull "waiting until
+ * every chunk reached min_version": chunk 0 of a 3-chunk tensor is pushed alone (a raw Push
+ * stream of this worker), so it is at version 1 and the others at 0. A pull of version 0
+ * reports 0 with chunk 0 holding version 1's values; a pull of version 1 waits (times out);
+ * the whole step pushed by pmx_push then completes it, chunk 0 counted once. */
+static void test_pull_versions_lowest_chunk(void** state) {
+  (void)state;
+  pmx_client* c = joined();
+  static float init[NA], ref[NA], g[NA], got[NA];
+  init_values(init, NA, 0.5f);
+  memcpy(ref, init, sizeof init);
+  pmx_tensor* t = declare(c, "lowest", PMX_F32, NA, init);
+  assert_int_equal(pmx_tensor_num_chunks(t), 3);
+  for (size_t i = 0; i < NA; i++) g[i] = grad_of(0, i);
+  sgd_ref(ref, g, NA);
+
+  /* chunk 0 of step 0 alone */
+  px_chunk h = {0};
+  h.worker_id = c->worker_id;
+  h.incarnation = c->incarnation;
+  h.step = 0;
+  h.tensor_id = pmx_tensor_id(t);
+  h.chunk = 0;
+  h.dtype = PMX_F32;
+  h.encoding = PX_ENC_RAW;
+  const size_t cbytes = 1024 * sizeof(float);
+  h.raw_len = (uint32_t)cbytes;
+  h.checksum = px_checksum(g, cbytes);
+  uint8_t head[PX_CHUNK_HDR_MAX];
+  size_t hl = px_chunk_encode_header(PX_CHUNK_PUSH, &h, cbytes, head, sizeof head);
+  assert_true(hl > 0);
+  px_h_msg m = {head, hl, g, cbytes};
+  px_h_result r;
+  int rs = px_h_call(g_ch, PX_H_PATH_PUSH, &m, 1, 20000, &r);
+  if (rs != 0) fail_msg("raw push of chunk 0: status %d: %s", rs, r.details);
+  px_h_result_free(&r);
+
+  /* versions: the lowest chunk version */
+  void* dst = got;
+  uint64_t v = 99;
+  expect_st("pull v0", pmx_pull(c, 1, &t, &dst, 0, &v), PMX_OK);
+  assert_int_equal(v, 0);
+  check_bits("chunk 0 at version 1", got, ref, cbytes);
+  check_bits("chunks 1 and 2 at version 0", got + 1024, init + 1024, sizeof init - cbytes);
+
+  /* every chunk must reach min_version: version 1 is not there yet */
+  pmx_client* quick = client_at(g_srv.addr, PMX_COMPRESSION_AUTO, 300, false);
+  pmx_tensor* qt = declare(quick, "lowest", PMX_F32, NA, NULL);
+  static float q[NA];
+  void* qd = q;
+  uint64_t qv = 77;
+  expect_st("pull v1 with chunks 1 and 2 at version 0", pmx_pull(quick, 1, &qt, &qd, 1, &qv),
+            PMX_ERR_DEADLINE_EXCEEDED);
+  assert_int_equal(qv, 77);
+  pmx_client_destroy(quick);
+
+  /* the whole step: chunk 0 again (acknowledged, not counted twice), 1 and 2 new */
+  const void* gp = g;
+  expect_st("push of step 0", pmx_push(c, 0, 1, &t, &gp), PMX_OK);
+  expect_st("pull v1", pmx_pull(c, 1, &t, &dst, 1, &v), PMX_OK);
+  assert_int_equal(v, 1);
+  check_bits("version 1", got, ref, sizeof ref);
+  pmx_client_destroy(c);
+}
+
 static void test_pull_argument_errors(void** state) {
   (void)state;
   pmx_client* c = joined();
@@ -427,6 +498,26 @@ static void test_pull_argument_errors(void** state) {
   expect_st("no op pointer", pmx_pull_async(c, 1, &t, &dst, 0, NULL, NULL), PMX_ERR_INVALID_ARGUMENT);
   expect_st("as: no op pointer", pmx_pull_as_async(c, 1, &t, &dst, PMX_BF16, 0, NULL, NULL),
             PMX_ERR_INVALID_ARGUMENT);
+  assert_int_equal(cstats(c).pull_chunks, 0);
+  /* "On error nothing was written to the output arguments": *op stays as it was */
+  pmx_op* keep = (pmx_op*)(uintptr_t)0x66;
+  expect_st("async: no client", pmx_pull_async(NULL, 1, &t, &dst, 0, NULL, &keep),
+            PMX_ERR_INVALID_ARGUMENT);
+  expect_st("async: n 0", pmx_pull_async(c, 0, &t, &dst, 0, NULL, &keep), PMX_ERR_INVALID_ARGUMENT);
+  expect_st("async: dst[0] NULL", pmx_pull_async(c, 1, &t, &nulld, 0, NULL, &keep),
+            PMX_ERR_INVALID_ARGUMENT);
+  expect_st("async: other client's tensor", pmx_pull_async(c, 1, &ot, &dst, 0, NULL, &keep),
+            PMX_ERR_INVALID_ARGUMENT);
+  expect_st("as async: view f16", pmx_pull_as_async(c, 1, &t, &dst, PMX_F16, 0, NULL, &keep),
+            PMX_ERR_INVALID_ARGUMENT);
+  expect_error_has("as async: view f16", "view");
+  assert_ptr_equal(keep, (pmx_op*)(uintptr_t)0x66);
+  /* versions untouched on an argument error */
+  uint64_t v = 44;
+  expect_st("dst[0] NULL with versions", pmx_pull(c, 1, &t, &nulld, 0, &v), PMX_ERR_INVALID_ARGUMENT);
+  expect_st("as: view f16 with versions", pmx_pull_as(c, 1, &t, &dst, PMX_F16, 0, &v),
+            PMX_ERR_INVALID_ARGUMENT);
+  assert_int_equal(v, 44);
   assert_int_equal(cstats(c).pull_chunks, 0);
   pmx_client_destroy(c);
   pmx_client_destroy(other);
@@ -553,6 +644,54 @@ static void test_pull_persistent_corruption_is_data_loss(void** state) {
   px_h_proxy_stop(proxy);
 }
 
+/* "On error nothing was written to the output arguments" (dst excepted): a pull of two
+ * tensors, one of them small enough to pass the proxy untouched, the other corrupted on
+ * every pull, fails DATA_LOSS; versions[] must keep what it held, the good tensor's entry
+ * included. */
+#define NSMALL 8 /* one chunk, a message far below the proxy's min_len */
+
+static void test_pull_data_loss_leaves_versions(void** state) {
+  (void)state;
+  int pport = 0;
+  px_h_proxy* proxy = px_h_proxy_start(g_srv.port, 1, 1000, &pport);
+  assert_non_null(proxy);
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", pport);
+  pmx_client* c = client_at(addr, PMX_COMPRESSION_OFF, 30000, false);
+  static float ismall[NSMALL], ibig[NB], gsmall[NSMALL], gbig[NB];
+  init_values(ismall, NSMALL, 1.0f);
+  init_values(ibig, NB, 2.0f);
+  pmx_tensor* t[2] = {declare(c, "dl_small", PMX_F32, NSMALL, ismall),
+                      declare(c, "dl_big", PMX_F32, NB, ibig)};
+  /* the small tensor alone passes intact */
+  void* d0 = gsmall;
+  uint64_t v0 = 9;
+  expect_st("pull of the small tensor alone", pmx_pull(c, 1, &t[0], &d0, 0, &v0), PMX_OK);
+  assert_int_equal(v0, 0);
+  check_bits("small tensor", gsmall, ismall, sizeof ismall);
+  assert_int_equal(px_h_proxy_corrupted(proxy), 0);
+  /* both: the big one is corrupted on every pull */
+  static float b2[NSMALL];
+  void* dst[2] = {b2, gbig};
+  uint64_t v[2] = {55, 56};
+  expect_st("pull of both", pmx_pull(c, 2, t, dst, 0, v), PMX_ERR_DATA_LOSS);
+  expect_error_has("pull of both", "checksum mismatch persists");
+  assert_true(px_h_proxy_corrupted(proxy) >= 4);
+  assert_int_equal(v[1], 56); /* the corrupted tensor's entry */
+  pmx_client_destroy(c);
+  px_h_proxy_stop(proxy);
+  /* The good tensor's entry: paramex.h promises it untouched, but pull_finish's
+   * record_pulled writes it before the healing rounds fail (a known false claim, reported;
+   * production code is not changed by this test). Reported as SKIPPED, not passed, while
+   * it is so; it passes once the library keeps the promise. */
+  if (v[0] != 55) {
+    print_message("KNOWN FALSE CLAIM (paramex.h conventions, 'On error nothing was written to "
+                  "the output arguments'): a DATA_LOSS pull wrote versions[0] = %llu\n",
+                  (unsigned long long)v[0]);
+    skip();
+  }
+}
+
 int main(void) {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
   const struct CMUnitTest tests[] = {
@@ -560,10 +699,12 @@ int main(void) {
       T(test_pull_diff_compressed),
       T(test_pull_as_bf16),
       T(test_pull_waits_for_min_version),
+      T(test_pull_versions_lowest_chunk),
       T(test_pull_argument_errors),
       T(test_pull_from_threads),
       T(test_pull_heals_corrupted_chunks),
       T(test_pull_persistent_corruption_is_data_loss),
+      T(test_pull_data_loss_leaves_versions),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -7,7 +7,8 @@
  * threshold; gradients read in place until pmx_op_wait returns (zero copy); a repeated
  * push of a step acknowledged and counted once (PushResponse.duplicate, Stats
  * push_duplicates); refused pushes (arguments, not joined, stale incarnation, a step ahead
- * of the version, a step too old) with the server's messages; the client's push counters. */
+ * of the version, a step too old) with the server's messages; the client's push counters;
+ * pushes of one client from several threads at once. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -409,6 +410,81 @@ static void test_push_duplicate_counted_once(void** state) {
   pmx_client_destroy(c[1]);
 }
 
+/* ---- several threads of one client ---------------------------------------------------------- */
+
+/* "A pmx_client may be used from several threads at once": threads of one worker push
+ * their own tensor (some of several chunks) for steps 0..TSTEPS-1 at the same time; every
+ * tensor ends bit for bit at the reference, every chunk counted once. */
+#define TTH 3
+#define TSTEPS 5
+
+typedef struct push_thread {
+  pmx_client* c;
+  pmx_tensor* t;
+  size_t n;
+  uint32_t salt;
+  float g[NA];
+  pmx_status st;
+  char err[PX_ERROR_LEN];
+} push_thread;
+
+static void* push_main(void* arg) {
+  push_thread* p = arg;
+  p->st = PMX_OK;
+  for (uint64_t s = 0; s < TSTEPS && p->st == PMX_OK; s++) {
+    fill_grads(p->g, p->n, p->salt, s);
+    const void* gp = p->g;
+    p->st = pmx_push(p->c, s, 1, &p->t, &gp);
+    if (p->st != PMX_OK) snprintf(p->err, sizeof p->err, "%s", pmx_last_error());
+  }
+  return NULL;
+}
+
+static void test_push_from_threads(void** state) {
+  (void)state;
+  pmx_client* c = joined(0, 1);
+  static const size_t n[TTH] = {NA, NB, NC};
+  static const char* const names[TTH] = {"th_a", "th_b", "th_c"};
+  static float init[TTH][NA], ref[TTH][NA], got[TTH][NA], g[NA];
+  static push_thread p[TTH];
+  pthread_t th[TTH];
+  for (int k = 0; k < TTH; k++) {
+    init_values(init[k], n[k], 0.25f * (float)(k + 1));
+    memcpy(ref[k], init[k], sizeof init[k]);
+    p[k].c = c;
+    p[k].t = declare(c, names[k], n[k], init[k]);
+    p[k].n = n[k];
+    p[k].salt = 10u + (uint32_t)k;
+  }
+  for (int k = 0; k < TTH; k++) assert_int_equal(pthread_create(&th[k], NULL, push_main, &p[k]), 0);
+  for (int k = 0; k < TTH; k++) assert_int_equal(pthread_join(th[k], NULL), 0);
+  uint64_t chunks = 0;
+  for (int k = 0; k < TTH; k++) {
+    if (p[k].st != PMX_OK) fail_msg("thread %d: %s: %s", k, pmx_strerror(p[k].st), p[k].err);
+    chunks += TSTEPS * pmx_tensor_num_chunks(p[k].t);
+    for (uint64_t s = 0; s < TSTEPS; s++) {
+      fill_grads(g, n[k], p[k].salt, s);
+      const float* gs[1] = {g};
+      sgd_ref(ref[k], gs, 1, n[k], false);
+    }
+  }
+  pmx_tensor* ts[TTH] = {p[0].t, p[1].t, p[2].t};
+  void* dst[TTH] = {got[0], got[1], got[2]};
+  uint64_t v[TTH] = {0, 0, 0};
+  expect_st("pull", pmx_pull(c, TTH, ts, dst, TSTEPS, v), PMX_OK);
+  for (int k = 0; k < TTH; k++) {
+    assert_int_equal(v[k], TSTEPS);
+    check_bits(names[k], got[k], ref[k], n[k]);
+  }
+  pmx_client_stats cs;
+  pmx_client_get_stats(c, &cs);
+  assert_int_equal(cs.push_chunks, chunks);
+  Paramex__V1__StatsResponse* st = stats();
+  assert_int_equal(st->push_chunks, chunks);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  pmx_client_destroy(c);
+}
+
 /* ---- refusals --------------------------------------------------------------------------------- */
 
 static void test_push_argument_errors(void** state) {
@@ -491,6 +567,7 @@ int main(void) {
 #define T1(f) cmocka_unit_test_setup_teardown(f, setup1, teardown)
 #define T2(f) cmocka_unit_test_setup_teardown(f, setup2, teardown)
   const struct CMUnitTest tests[] = {
+      T1(test_push_from_threads),
       T2(test_push_multi_tensor_two_workers),
       T1(test_push_mode_raw),
       T1(test_push_mode_zstd),
