@@ -389,8 +389,9 @@ static void test_log_checksum_warning(void** state) {
   corrupt_env_stop(&e);
 }
 
-static void test_log_retrying(void** state) {
-  (void)state;
+/* A client joined to a server that has stopped since (its pushes are retried for 300 ms,
+ * then fail UNAVAILABLE), with a 16-float tensor `name` declared. */
+static pmx_client* client_of_stopped_server(const char* name, pmx_tensor** t) {
   px_h_server srv;
   char err[512];
   const char* args[] = {"--workers", "1", "--log-level", "warn", NULL};
@@ -401,10 +402,16 @@ static void test_log_retrying(void** state) {
   expect_st("connect", pmx_connect(srv.addr, &o, &c), PMX_OK);
   expect_st("join", pmx_join(c, 0, 1, NULL), PMX_OK);
   const uint64_t shape[1] = {16};
-  pmx_tensor* t = NULL;
-  expect_st("declare", pmx_declare(c, "r", PMX_F32, shape, 1, NULL, NULL, &t), PMX_OK);
+  expect_st("declare", pmx_declare(c, name, PMX_F32, shape, 1, NULL, NULL, t), PMX_OK);
   int ws = 0;
   assert_int_equal(px_h_server_stop(&srv, SRV_STOP_MS, &ws, NULL), 0);
+  return c;
+}
+
+static void test_log_retrying(void** state) {
+  (void)state;
+  pmx_tensor* t = NULL;
+  pmx_client* c = client_of_stopped_server("r", &t);
 
   int ctx_token = 0;
   log_reset();
@@ -543,24 +550,23 @@ static void test_log_one_message_at_a_time(void** state) {
 
 /* ---- "libparamex never writes to stdout or stderr" ------------------------------------------- */
 
-/* Sends fds 1 and 2 to a temporary file until capture_end. No cmocka assertion may run in
- * between (its message would go to the file). */
+/* Sends fds 1 and 2 to an anonymous temporary file (tmpfile: nothing left behind, even
+ * after a crash) until capture_end. No cmocka assertion may run in between (its message
+ * would go to the file). */
 typedef struct capture {
   int saved_out, saved_err;
-  char path[64];
+  FILE* f;
 } capture;
 
 static void capture_begin(capture* k) {
   fflush(stdout);
   fflush(stderr);
-  snprintf(k->path, sizeof k->path, "/tmp/pmx-test-errors-XXXXXX");
-  int fd = mkstemp(k->path);
-  assert_true(fd >= 0);
+  k->f = tmpfile();
+  assert_non_null(k->f);
   k->saved_out = dup(1);
   k->saved_err = dup(2);
   assert_true(k->saved_out >= 0 && k->saved_err >= 0);
-  assert_true(dup2(fd, 1) == 1 && dup2(fd, 2) == 2);
-  close(fd);
+  assert_true(dup2(fileno(k->f), 1) == 1 && dup2(fileno(k->f), 2) == 2);
 }
 
 /* Restores fds 1 and 2; returns what was written meanwhile (its first bytes in text). */
@@ -571,15 +577,12 @@ static long capture_end(capture* k, char* text, size_t cap) {
   dup2(k->saved_err, 2);
   close(k->saved_out);
   close(k->saved_err);
-  text[0] = 0;
-  FILE* f = fopen(k->path, "r");
-  assert_non_null(f);
-  size_t got = fread(text, 1, cap - 1, f);
+  rewind(k->f);
+  size_t got = fread(text, 1, cap - 1, k->f);
   text[got] = 0;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fclose(f);
-  unlink(k->path);
+  fseek(k->f, 0, SEEK_END);
+  long n = ftell(k->f);
+  fclose(k->f);
   return n;
 }
 
@@ -615,20 +618,8 @@ static void test_no_stdout_stderr(void** state) {
   corrupt_env_stop(&e);
 
   /* a push to a server that is down (retried, then UNAVAILABLE), no callback */
-  px_h_server srv;
-  char err[512];
-  const char* args[] = {"--workers", "1", "--log-level", "warn", NULL};
-  if (px_h_server_start(&srv, args, NULL, SRV_START_MS, err, sizeof err) != 0)
-    fail_msg("server: %s", err);
-  pmx_options o = {.timeout_ms = 20000, .connect_timeout_ms = 20000, .retry_timeout_ms = 300};
-  pmx_client* c = NULL;
-  expect_st("connect", pmx_connect(srv.addr, &o, &c), PMX_OK);
-  expect_st("join", pmx_join(c, 0, 1, NULL), PMX_OK);
-  const uint64_t shape[1] = {16};
   pmx_tensor* t = NULL;
-  expect_st("declare", pmx_declare(c, "quiet", PMX_F32, shape, 1, NULL, NULL, &t), PMX_OK);
-  int ws = 0;
-  assert_int_equal(px_h_server_stop(&srv, SRV_STOP_MS, &ws, NULL), 0);
+  pmx_client* c = client_of_stopped_server("quiet", &t);
   float g[16] = {0};
   const void* gp = g;
   capture_begin(&k);
