@@ -46,6 +46,15 @@ bool px_sf_no_active_calls(void* srv) {
   return atomic_load(&((px_server*)srv)->active_calls) == 0;
 }
 
+void px_sf_copy_params(px_tensor_state* t, float* dst) {
+  for (uint32_t i = 0; i < t->nchunks; i++) {
+    px_chunk_state* c = &t->chunks[i];
+    pthread_mutex_lock(&c->mu);
+    memcpy(dst + (size_t)i * t->chunk_elems, c->params, (size_t)c->elems * sizeof(float));
+    pthread_mutex_unlock(&c->mu);
+  }
+}
+
 void px_sf_init(px_sf* f, const char* const* args) {
   memset(f, 0, sizeof *f);
   const char* argv[64] = {"paramex-server", "--threads", "1", "--log-level", "warn"};

@@ -64,6 +64,9 @@ bool px_sf_mcall_wait(px_sf_mcall* m, const bool* flag, const int* iflag);
 /* Frees what m still holds (a message not taken); the call must be over. */
 void px_sf_mcall_destroy(px_sf_mcall* m);
 
+/* Copies the current parameters of f32 tensor t into dst (each chunk under its lock). */
+void px_sf_copy_params(px_tensor_state* t, float* dst);
+
 /* Join as rank of world; returns the incarnation (fails the test on an error). */
 uint64_t px_sf_join(px_sf* f, uint32_t rank, uint32_t world);
 /* Declares an f32 tensor of numel elements with the NORMAL(0, 0.02) initializer of seed;

@@ -122,15 +122,6 @@ static float grad_at(uint32_t rank, uint64_t step, size_t i) {
   return m * (rank ? 0.0078125f : 0.001953125f);
 }
 
-/* The current parameters of tensor t (each chunk copied under its lock). */
-static void copy_params(px_tensor_state* t, float* dst) {
-  for (uint32_t i = 0; i < t->nchunks; i++) {
-    px_chunk_state* c = &t->chunks[i];
-    pthread_mutex_lock(&c->mu);
-    memcpy(dst + (size_t)i * t->chunk_elems, c->params, (size_t)c->elems * sizeof(float));
-    pthread_mutex_unlock(&c->mu);
-  }
-}
 
 /* Pushes chunks [c0, c1) of rank's gradient g (numel elements) for step in one call;
  * returns the status, with the response's counts and the bytes sent on the wire. */
@@ -486,7 +477,7 @@ static void test_stats_after_pushes(void** state) {
     for (size_t i = 0; i < N_W; i++) g[r][i] = grad_at((uint32_t)r, 0, i);
   }
   px_tensor_state* t = px_store_tensor(&s->store, tw);
-  copy_params(t, p0);
+  px_sf_copy_params(t, p0);
   for (size_t i = 0; i < N_W; i++) want[i] = p0[i] - LR * ((g[0][i] + g[1][i]) / 2.0f);
 
   uint32_t acc = 0, dup = 0;
@@ -554,7 +545,7 @@ static void test_stats_after_pushes(void** state) {
   /* the parameters are the SGD step, and the checksum is the xxh64 of their bytes */
   float* cur = malloc(N_W * sizeof *cur);
   assert_non_null(cur);
-  copy_params(t, cur);
+  px_sf_copy_params(t, cur);
   assert_memory_equal(cur, want, N_W * sizeof *want);
   assert_true(rw->checksum == it_stats_checksum(want, N_W * 4));
   assert_int_equal(ru->id, tu);
@@ -672,7 +663,7 @@ static void test_checkpoint_with_dir(void** state) {
   /* one tensor without momentum: the file ends with its parameters at version 1 */
   float* cur = malloc(N_W * sizeof *cur);
   assert_non_null(cur);
-  copy_params(px_store_tensor(&s->store, tw), cur);
+  px_sf_copy_params(px_store_tensor(&s->store, tw), cur);
   size_t flen = 0;
   uint8_t* file = px_h_read_file(want_path, &flen);
   assert_non_null(file);

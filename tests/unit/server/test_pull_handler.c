@@ -96,14 +96,6 @@ static float* grads(uint32_t rank, uint64_t step, size_t n) {
   return g;
 }
 
-static void copy_params(px_tensor_state* t, float* dst) {
-  for (uint32_t i = 0; i < t->nchunks; i++) {
-    px_chunk_state* c = &t->chunks[i];
-    pthread_mutex_lock(&c->mu);
-    memcpy(dst + (size_t)i * t->chunk_elems, c->params, (size_t)c->elems * sizeof(float));
-    pthread_mutex_unlock(&c->mu);
-  }
-}
 
 static uint64_t rejected(void) { return atomic_load(&g_f.srv->ctr.rejected_calls); }
 
@@ -231,7 +223,7 @@ static void setup_world(const char* const* more) {
   assert_int_equal(px_init_fill_f32(g_w.pw, 0, N_W, PX_FILL_NORMAL, 0.0f, 0.02f, 31), 0);
   assert_int_equal(px_init_fill_f32(g_w.pu, 0, N_U, PX_FILL_NORMAL, 0.0f, 0.02f, 32), 0);
   float cur[N_W];
-  copy_params(g_w.w, cur);
+  px_sf_copy_params(g_w.w, cur);
   assert_memory_equal(cur, g_w.pw, sizeof g_w.pw);
 }
 
@@ -284,7 +276,7 @@ static void test_pull_current_version(void** state) {
     free(rq);
   }
   float cur[N_W];
-  copy_params(g_w.w, cur);
+  px_sf_copy_params(g_w.w, cur);
   assert_memory_equal(cur, g_w.pw, sizeof cur);
   assert_true(px_sf_wait_until(px_sf_no_active_calls, s, WAIT_MS));
   assert_int_equal(rejected(), 0);
@@ -616,7 +608,7 @@ static void test_pull_bf16_view(void** state) {
   assert_int_equal(atomic_load(&t->pull_raw), N_W * 2);
   /* the parameters themselves stay f32 */
   float cur[N_W];
-  copy_params(t, cur);
+  px_sf_copy_params(t, cur);
   assert_memory_equal(cur, g_w.pw, sizeof cur);
 
   /* a parked bf16 pull gets the bf16 words of the stepped parameters */

@@ -73,15 +73,6 @@ static void sgd_ref(float* p, const float* g0, const float* g1, size_t n) {
   for (size_t i = 0; i < n; i++) p[i] = p[i] - LR * ((g0[i] + g1[i]) / 2.0f);
 }
 
-/* The current parameters of tensor t (each chunk copied under its lock). */
-static void copy_params(px_tensor_state* t, float* dst) {
-  for (uint32_t i = 0; i < t->nchunks; i++) {
-    px_chunk_state* c = &t->chunks[i];
-    pthread_mutex_lock(&c->mu);
-    memcpy(dst + (size_t)i * t->chunk_elems, c->params, (size_t)c->elems * sizeof(float));
-    pthread_mutex_unlock(&c->mu);
-  }
-}
 
 static uint64_t chunk_version(px_tensor_state* t, uint32_t k) {
   pthread_mutex_lock(&t->chunks[k].mu);
@@ -174,7 +165,7 @@ static void test_whole_step(void** state) {
   float* cur = malloc(N_W * sizeof *cur);
   assert_non_null(want);
   assert_non_null(cur);
-  copy_params(t, want);
+  px_sf_copy_params(t, want);
   float* g[2] = {grads(0, 0, N_W), grads(1, 0, N_W)};
   msgs m0, m1;
   push_out o;
@@ -184,7 +175,7 @@ static void test_whole_step(void** state) {
   expect_ok(&o, 3, 0);
   /* half a step: counted, but nothing moved */
   expect_versions(t, 0);
-  copy_params(t, cur);
+  px_sf_copy_params(t, cur);
   assert_memory_equal(cur, want, N_W * sizeof *cur);
   assert_int_equal(atomic_load(&s->ctr.push_chunks), 3);
   assert_int_equal(atomic_load(&s->ctr.steps_completed), 0);
@@ -199,7 +190,7 @@ static void test_whole_step(void** state) {
   expect_ok(&o, 3, 0);
   expect_versions(t, 1);
   sgd_ref(want, g[0], g[1], N_W);
-  copy_params(t, cur);
+  px_sf_copy_params(t, cur);
   assert_memory_equal(cur, want, N_W * sizeof *cur);
 
   assert_int_equal(atomic_load(&s->ctr.push_chunks), 6);
@@ -229,7 +220,7 @@ static void test_whole_step(void** state) {
   expect_ok(&o, 3, 0);
   expect_versions(t, 2);
   sgd_ref(want, h[0], h[1], N_W);
-  copy_params(t, cur);
+  px_sf_copy_params(t, cur);
   assert_memory_equal(cur, want, N_W * sizeof *cur);
   assert_int_equal(atomic_load(&s->ctr.push_chunks), 12);
   assert_int_equal(atomic_load(&s->ctr.steps_completed), 6);
@@ -260,7 +251,7 @@ static void test_retry_counted_once(void** state) {
   float* cur = malloc(N_W * sizeof *cur);
   assert_non_null(want);
   assert_non_null(cur);
-  copy_params(t, want);
+  px_sf_copy_params(t, want);
   float* g[2] = {grads(0, 0, N_W), grads(1, 0, N_W)};
   msgs m0, m1;
   push_out o;
@@ -287,7 +278,7 @@ static void test_retry_counted_once(void** state) {
   expect_ok(&o, 3, 0);
   expect_versions(t, 1);
   sgd_ref(want, g[0], g[1], N_W);
-  copy_params(t, cur);
+  px_sf_copy_params(t, cur);
   assert_memory_equal(cur, want, N_W * sizeof *cur);
 
   /* retries of the completed step (their response was lost): duplicates, nothing moves */
@@ -296,7 +287,7 @@ static void test_retry_counted_once(void** state) {
   push(g_f.ch, m1.m, m1.n, &o);
   expect_ok(&o, 0, 3);
   expect_versions(t, 1);
-  copy_params(t, cur);
+  px_sf_copy_params(t, cur);
   assert_memory_equal(cur, want, N_W * sizeof *cur);
   assert_int_equal(atomic_load(&s->ctr.push_chunks), 6);
   assert_int_equal(atomic_load(&s->ctr.push_duplicates), 9);
@@ -330,7 +321,7 @@ static void take(px_server* s, px_tensor_state* t, snap* x) {
   x->tpush_wire = atomic_load(&t->push_wire);
   for (int r = 0; r < 2; r++) x->pushed[r] = atomic_load(&s->members.w[r].chunks_pushed);
   for (uint32_t k = 0; k < 3; k++) x->ver[k] = chunk_version(t, k);
-  copy_params(t, x->params);
+  px_sf_copy_params(t, x->params);
 }
 
 static snap g_before, g_after;
@@ -497,7 +488,7 @@ static void test_refusals(void** state) {
   expect_ok(&o, 3, 0);
   expect_versions(t, 1);
   sgd_ref(want, g, g1, N_W);
-  copy_params(t, cur);
+  px_sf_copy_params(t, cur);
   assert_memory_equal(cur, want, N_W * sizeof *cur);
 
   /* a step that is too old now (a chunk two versions on) */
@@ -545,8 +536,8 @@ static void test_large_and_small_chunks(void** state) {
   float wsmall[10], csmall[10];
   assert_non_null(want);
   assert_non_null(cur);
-  copy_params(t, want);
-  copy_params(u, wsmall);
+  px_sf_copy_params(t, want);
+  px_sf_copy_params(u, wsmall);
   float* g[2] = {grads(0, 0, nbig), grads(1, 0, nbig)};
   float* gs[2] = {grads(0, 5, nsmall), grads(1, 5, nsmall)};
   uint64_t wire = 0;
@@ -566,8 +557,8 @@ static void test_large_and_small_chunks(void** state) {
   expect_versions(u, 1);
   sgd_ref(want, g[0], g[1], nbig);
   sgd_ref(wsmall, gs[0], gs[1], nsmall);
-  copy_params(t, cur);
-  copy_params(u, csmall);
+  px_sf_copy_params(t, cur);
+  px_sf_copy_params(u, csmall);
   assert_memory_equal(cur, want, nbig * sizeof *cur);
   assert_memory_equal(csmall, wsmall, sizeof wsmall);
   assert_int_equal(atomic_load(&s->ctr.push_chunks), 8);
@@ -598,7 +589,7 @@ static void test_large_and_small_chunks(void** state) {
   assert_int_equal(atomic_load(&s->ctr.push_chunks), 8);
   assert_int_equal(atomic_load(&s->ctr.rejected_calls), 1);
   assert_int_equal(t->chunks[1].ncontrib, 0);
-  copy_params(t, cur);
+  px_sf_copy_params(t, cur);
   assert_memory_equal(cur, want, nbig * sizeof *cur);
   assert_true(px_sf_wait_until(px_sf_no_active_calls, s, WAIT_MS));
   for (int r = 0; r < 2; r++) {
@@ -622,7 +613,7 @@ static void test_shuffle_and_bf16_payloads(void** state) {
   float* cur = malloc(N_W * sizeof *cur);
   assert_non_null(want);
   assert_non_null(cur);
-  copy_params(t, want);
+  px_sf_copy_params(t, want);
   float* g0 = grads(0, 0, N_W);
   float* g1src = grads(1, 0, N_W);
   /* rank 1 sends bf16: the server sums the f32 values of its words */
@@ -689,7 +680,7 @@ static void test_shuffle_and_bf16_payloads(void** state) {
 
   expect_versions(t, 1);
   sgd_ref(want, g0, g1, N_W);
-  copy_params(t, cur);
+  px_sf_copy_params(t, cur);
   assert_memory_equal(cur, want, N_W * sizeof *cur);
   /* raw bytes count the tensor's elements, wire bytes what was sent */
   assert_int_equal(atomic_load(&s->ctr.push_raw_bytes), 2 * N_W * 4);
@@ -739,7 +730,7 @@ static void test_stalled_push_resumes(void** state) {
   float* cur = malloc(N_W * sizeof *cur);
   assert_non_null(want);
   assert_non_null(cur);
-  copy_params(t, want);
+  px_sf_copy_params(t, want);
   float* g[2] = {grads(0, 0, N_W), grads(1, 0, N_W)};
   assert_int_equal(atomic_load(&s->agg.hold_left), 0);
 
@@ -779,7 +770,7 @@ static void test_stalled_push_resumes(void** state) {
 
   expect_versions(t, 1);
   sgd_ref(want, g[0], g[1], N_W);
-  copy_params(t, cur);
+  px_sf_copy_params(t, cur);
   assert_memory_equal(cur, want, N_W * sizeof *cur);
   assert_int_equal(atomic_load(&s->ctr.push_chunks), 6);
   assert_int_equal(atomic_load(&s->ctr.steps_completed), 3);

@@ -300,14 +300,6 @@ static float* grads(uint32_t rank, uint64_t step, size_t n) {
   return g;
 }
 
-static void copy_params(px_tensor_state* t, float* dst) {
-  for (uint32_t i = 0; i < t->nchunks; i++) {
-    px_chunk_state* c = &t->chunks[i];
-    pthread_mutex_lock(&c->mu);
-    memcpy(dst + (size_t)i * t->chunk_elems, c->params, (size_t)c->elems * sizeof(float));
-    pthread_mutex_unlock(&c->mu);
-  }
-}
 
 /* Pushes chunks [c0, c1) of g (numel elements) for rank's step in one call; the status. */
 static int push_range(uint32_t rank, uint64_t inc, uint64_t step, uint32_t tid, const float* g,
@@ -597,7 +589,7 @@ static void test_method_table(void** state) {
   float* g1 = grads(1, 0, N_W);
   float* want = malloc(N_W * sizeof *want);
   assert_non_null(want);
-  copy_params(w.t, want);
+  px_sf_copy_params(w.t, want);
   for (size_t i = 0; i < N_W; i++) want[i] = want[i] - LR * ((g0[i] + g1[i]) / 2.0f);
   expect_status(push_range(0, w.inc[0], 0, w.t->id, g0, N_W, 0, 3, det, sizeof det), det, PX_ST_OK, NULL);
   expect_status(push_range(1, w.inc[1], 0, w.t->id, g1, N_W, 0, 3, det, sizeof det), det, PX_ST_OK, NULL);
@@ -894,7 +886,7 @@ static void test_stop_drains_push_in_flight(void** state) {
   float* g1 = grads(1, 0, N_W);
   float* want = malloc(N_W * sizeof *want);
   assert_non_null(want);
-  copy_params(t, want);
+  px_sf_copy_params(t, want);
   for (size_t i = 0; i < N_W; i++) want[i] = want[i] - LR * ((g0[i] + g1[i]) / 2.0f);
   /* rank 0's whole step; rank 1 sends chunks 0 and 1 and keeps its call open */
   expect_status(push_range(0, w.inc[0], 0, t->id, g0, N_W, 0, 3, det, sizeof det), det, PX_ST_OK, NULL);
@@ -947,7 +939,7 @@ static void test_stop_drains_push_in_flight(void** state) {
   for (uint32_t k = 0; k < 3; k++) assert_int_equal(chunk_version(&t->chunks[k]), 1);
   float* cur = malloc(N_W * sizeof *cur);
   assert_non_null(cur);
-  copy_params(t, cur);
+  px_sf_copy_params(t, cur);
   assert_memory_equal(cur, want, N_W * sizeof *want);
   assert_int_equal(atomic_load(&s->active_calls), 0);
   assert_int_equal(px_rpc_server_live_calls(s->rpc), 0);
@@ -970,7 +962,7 @@ static void test_stop_drains_push_in_flight(void** state) {
   assert_string_equal(t2->name, "w");
   assert_int_equal(t2->numel, N_W);
   for (uint32_t k = 0; k < t2->nchunks; k++) assert_int_equal(t2->chunks[k].version, 1);
-  copy_params(t2, cur);
+  px_sf_copy_params(t2, cur);
   assert_memory_equal(cur, want, N_W * sizeof *want);
   assert_string_not_equal(g_f.srv->server_id, old_id);
   free(cur);
