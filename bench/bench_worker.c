@@ -291,6 +291,7 @@ typedef struct worker {
   pmx_dtype view;
   uint64_t base;
   double t_gen, t_setup;
+  double last_progress; /* when the last progress line went out */
 } worker;
 
 #define WCHECK(what, expr)                                                                 \
@@ -397,9 +398,8 @@ static int step(worker* w, int s) {
   if (s >= o->warmup) w->tstep[s - o->warmup] = t2 - t0;
   /* At most 5 progress lines a second: a line per step would wake the harness every few
    * hundred microseconds, and on two cores its work would show in the step times. */
-  static double last_progress = 0;
-  if (o->progress && (t2 - last_progress >= 0.2 || s + 1 == o->warmup + o->steps)) {
-    last_progress = t2;
+  if (o->progress && (t2 - w->last_progress >= 0.2 || s + 1 == o->warmup + o->steps)) {
+    w->last_progress = t2;
     printf("progress %d %d %.6f\n", s + 1, o->warmup + o->steps, t2 - t0);
     fflush(stdout);
   }
