@@ -262,13 +262,15 @@ static void request_done(px_rpc_tag* t, bool ok) {
   srv->live_calls++;
   bool shutting = srv->shutting_down;
   bool too_many = srv->max_calls && srv->live_calls - srv->answered_calls > srv->max_calls;
-  pthread_mutex_unlock(&srv->mu);
   c->live = true;
+  pthread_mutex_unlock(&srv->mu);
   if (!shutting) request_new(srv, c->method);
 
   /* RECV_CLOSE_ON_SERVER tells us when the call is over, cancelled or not. The initial
-   * metadata goes with the first message or the status. */
-  c->core.refs = 2; /* the call itself (dropped when closed) + the close batch */
+   * metadata goes with the first message or the status. The close batch may complete on
+   * another queue thread as soon as it is started (a client that cancels at once, a
+   * shutdown): this function holds its own reference until it returns, taken before. */
+  c->core.refs = 3; /* the call itself (dropped when closed) + the close batch + this function */
   c->core.md_pending = true;
   grpc_op ops[1];
   memset(ops, 0, sizeof ops);
@@ -281,15 +283,15 @@ static void request_done(px_rpc_tag* t, bool ok) {
     return;
   }
   const px_rpc_method* m = c->method >= 0 ? &srv->methods[c->method] : NULL;
-  if (refuse_early(c, m, too_many)) return;
-  px_msg* req = NULL;
-  if (m->kind != PX_RPC_CLIENT_STREAMING) {
-    req = px_rpc_msg_wrap(c->payload);
-    c->payload = NULL;
+  if (!refuse_early(c, m, too_many)) {
+    px_msg* req = NULL;
+    if (m->kind != PX_RPC_CLIENT_STREAMING) {
+      req = px_rpc_msg_wrap(c->payload);
+      c->payload = NULL;
+    }
+    m->on_call(srv->svc, c, req);
   }
-  px_rpc_call_ref(&c->core); /* keep the call alive through on_call */
-  m->on_call(srv->svc, c, req);
-  px_rpc_call_unref(&c->core);
+  px_rpc_call_unref(&c->core); /* this function's reference */
 }
 
 static void shutdown_done(px_rpc_tag* t, bool ok) {
