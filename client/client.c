@@ -103,6 +103,24 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
   return PMX_OK;
 }
 
+void px_client_own(pmx_client* c, px_owned* o) {
+  pthread_mutex_lock(&c->mu);
+  o->prev = NULL;
+  o->next = c->owned;
+  if (c->owned) c->owned->prev = o;
+  c->owned = o;
+  pthread_mutex_unlock(&c->mu);
+}
+
+void px_client_disown(pmx_client* c, px_owned* o) {
+  pthread_mutex_lock(&c->mu);
+  if (o->prev) o->prev->next = o->next;
+  else if (c->owned == o) c->owned = o->next;
+  if (o->next) o->next->prev = o->prev;
+  o->prev = o->next = NULL;
+  pthread_mutex_unlock(&c->mu);
+}
+
 void pmx_client_destroy(pmx_client* c) {
   if (!c) return;
   if (c->hb_started) {
@@ -113,7 +131,14 @@ void pmx_client_destroy(pmx_client* c) {
     pthread_join(c->hb_thread, NULL);
   }
   pthread_cond_destroy(&c->hb_cv);
-  px_rpc_channel_destroy(c->ch);
+  px_rpc_channel_destroy(c->ch); /* cancels the calls still running and waits for them */
+  for (;;) {
+    pthread_mutex_lock(&c->mu);
+    px_owned* o = c->owned;
+    pthread_mutex_unlock(&c->mu);
+    if (!o) break;
+    o->release(o);
+  }
   for (size_t i = 0; i < c->ntensors; i++) free(c->tensors[i]);
   free(c->tensors);
   pthread_mutex_destroy(&c->mu);

@@ -34,10 +34,21 @@ struct pmx_client {
   uint32_t lease_ms;
   pthread_cond_t hb_cv;
   pmx_tensor** tensors;     /* declared, freed with the client */
+  struct px_owned* owned;   /* objects of the layers above, released with the client */
   size_t ntensors, cap;
   _Atomic uint64_t push_chunks, push_raw, push_wire;
   _Atomic uint64_t pull_chunks, pull_raw, pull_wire, pull_unchanged, checksum_failures;
 };
+
+/* An object of a layer above (an operation not waited for yet) that the client releases
+ * when it is destroyed, after its calls are over: release must px_client_disown it and
+ * free it. */
+typedef struct px_owned {
+  struct px_owned *prev, *next;
+  void (*release)(struct px_owned* o);
+} px_owned;
+void px_client_own(pmx_client* c, px_owned* o);
+void px_client_disown(pmx_client* c, px_owned* o); /* o not owned: nothing */
 
 /* Packs m, runs a unary call on method, returns the status (the error message set); on
  * OK *resp (malloc'd, the caller frees) and *resp_len hold the response. */

@@ -2,6 +2,7 @@
 #include "op.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,7 @@ void px_op_set_error(pmx_op* op, pmx_status st, const char* fmt, ...) {
 }
 
 void px_op_free(pmx_op* op) {
+  px_client_disown(op->client, &op->owned);
   pthread_mutex_destroy(&op->mu);
   pthread_cond_destroy(&op->cv);
   free(op->tensors);
@@ -35,7 +37,16 @@ void px_op_free(pmx_op* op) {
   free(op->vmax);
   free(op->bad);
   free(op->orig);
+  free(op->vres);
   free(op);
+}
+
+/* pmx_client_destroy: the op was never waited for; its call is over, but gRPC may still
+ * hold gradient slices. */
+static void release_unwaited(px_owned* o) {
+  pmx_op* op = (pmx_op*)((char*)o - offsetof(pmx_op, owned));
+  px_op_wait_call(op);
+  px_op_free(op);
 }
 
 pmx_op* px_op_new(pmx_client* c, const px_op_kind* kind, size_t n, pmx_tensor* const* tensors,
@@ -60,6 +71,8 @@ pmx_op* px_op_new(pmx_client* c, const px_op_kind* kind, size_t n, pmx_tensor* c
   op->incarnation = c->incarnation;
   memcpy(op->server_id, c->server_id, sizeof op->server_id);
   pthread_mutex_unlock(&c->mu);
+  op->owned.release = release_unwaited;
+  px_client_own(c, &op->owned);
   return op;
 }
 

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "client.h"
 #include "paramex/paramex.h"
 #include "rpc/rpc_client.h"
 
@@ -27,6 +28,7 @@ typedef struct px_op_kind {
 struct pmx_op {
   const px_op_kind* kind;
   pmx_client* client;
+  px_owned owned; /* the client frees an op never waited for (client.h) */
   px_cli_call* call;
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -53,6 +55,8 @@ struct pmx_op {
   int view;         /* 0: each tensor's dtype; 1: bf16 view of f32 tensors */
   bool* bad;        /* [n] a chunk failed its checksum: pull the tensor again, in full */
   size_t* orig;     /* [n] index in the caller's arrays (healing pulls a subset) */
+  uint64_t* vres;   /* [n_caller] the versions, copied to versions_out only on success */
+  size_t n_caller;  /* n as the caller passed it */
   int heal_rounds;
 };
 

@@ -157,7 +157,9 @@ pmx_status pmx_pull_as_async(pmx_client* c, size_t n, pmx_tensor* const* tensors
   op->vmax = calloc(n, sizeof *op->vmax);
   op->bad = calloc(n, sizeof *op->bad);
   op->orig = malloc(n * sizeof *op->orig);
-  if (!op->have || !op->vmin || !op->vmax || !op->bad || !op->orig) {
+  op->vres = malloc(n * sizeof *op->vres);
+  op->n_caller = n;
+  if (!op->have || !op->vmin || !op->vmax || !op->bad || !op->orig || !op->vres) {
     px_op_free(op);
     return px_fail(PMX_ERR_NO_MEMORY, "pmx_pull: out of memory");
   }
@@ -202,7 +204,8 @@ pmx_status pmx_pull_as(pmx_client* c, size_t n, pmx_tensor* const* tensors, void
 #define HEAL_ROUNDS 3
 
 /* Records what each successfully pulled buffer now holds (tensors whose chunks all
- * decoded), for the next pull's UNCHANGED and delta answers and for versions_out. */
+ * decoded), for the next pull's UNCHANGED and delta answers, and its version for
+ * versions_out (written only when the whole pull succeeds). */
 static void record_pulled(pmx_op* op) {
   pmx_client* c = op->client;
   pthread_mutex_lock(&c->mu);
@@ -215,7 +218,7 @@ static void record_pulled(pmx_op* op) {
     t->have_version = op->vmin[i];
     t->have_view = op->view;
     t->have_valid = op->vmin[i] == op->vmax[i];
-    if (op->versions_out) op->versions_out[op->orig[i]] = op->vmin[i];
+    op->vres[op->orig[i]] = op->vmin[i];
   }
   pthread_mutex_unlock(&c->mu);
 }
@@ -254,6 +257,8 @@ static pmx_status pull_finish(pmx_op* op, pmx_status st) {
     if (st == PMX_OK && op->ti != op->n)
       px_op_set_error(op, PMX_ERR_PROTOCOL, "Pull: the stream ended early"), st = op->status;
   }
+  if (st == PMX_OK && op->versions_out)
+    memcpy(op->versions_out, op->vres, op->n_caller * sizeof *op->vres);
   return st;
 }
 

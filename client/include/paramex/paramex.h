@@ -152,7 +152,9 @@ enum { PMX_COMPRESSION_AUTO = 0, PMX_COMPRESSION_ON = 1, PMX_COMPRESSION_OFF = 2
  * pmx_client_destroy. */
 PMX_API pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** out);
 /* Cancels operations still running, waits for them, frees the client and its tensors.
- * Accepts NULL. No other thread may use the client during or after this call. */
+ * Operations started and not yet passed to pmx_op_wait are freed with it: their pmx_op
+ * is invalid afterwards. Accepts NULL. No other thread may use the client during or after
+ * this call. */
 PMX_API void pmx_client_destroy(pmx_client* client);
 
 typedef struct pmx_join_info {

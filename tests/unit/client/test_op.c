@@ -7,7 +7,8 @@
  * the same port gives PMX_ERR_ABORTED with the server's message and the client joined it
  * again (new incarnation, the new server id; the training resumes bit-exact from the
  * restored version), also when the push was being retried while the server was down; and
- * cancelling a parked pull; pmx_client_destroy cancelling a parked pull and waiting for it. */
+ * cancelling a parked pull; pmx_client_destroy cancelling a parked pull, waiting for it and
+ * freeing the ops never waited for. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -614,12 +615,13 @@ static void test_cancel_parked_pull(void** state) {
   server_stop(&srv);
 }
 
-/* "pmx_client_destroy: Cancels operations still running, waits for them": a pull parked
- * on the server for a version that never comes (its deadline 20 s away) is cancelled by
- * the destroy, which returns promptly with the operation finished. The op itself is not
- * the client's: it cannot be waited on after the destroy (pmx_op_wait reads the client),
- * so it is freed here by hand. */
-static void test_destroy_cancels_parked_pull(void** state) {
+/* "pmx_client_destroy: Cancels operations still running, waits for them ... Operations
+ * started and not yet passed to pmx_op_wait are freed with it": a pull parked on the
+ * server for a version that never comes (its deadline 20 s away) and a push that was never
+ * waited for are cancelled or finished by the destroy, which returns promptly; versions[]
+ * keeps what it held; the ops are freed by the client (the ASan build's leak check fails
+ * this test when they are not) and the server is unharmed. */
+static void test_destroy_frees_unwaited_ops(void** state) {
   (void)state;
   px_h_server srv;
   server_start(&srv, NULL, NULL);
@@ -627,26 +629,23 @@ static void test_destroy_cancels_parked_pull(void** state) {
   job_start(&j, srv.addr, 60000, NULL);
   void* dst = j.p;
   uint64_t v = 7;
-  pmx_op* op = NULL;
-  expect_st("pull_async v3", pmx_pull_async(j.c, 1, &j.t, &dst, 3, &v, &op), PMX_OK);
-  pthread_mutex_lock(&op->mu);
-  bool done = op->done;
-  pthread_mutex_unlock(&op->mu);
+  pmx_op* pull = NULL;
+  expect_st("pull_async v3", pmx_pull_async(j.c, 1, &j.t, &dst, 3, &v, &pull), PMX_OK);
+  pthread_mutex_lock(&pull->mu);
+  bool done = pull->done;
+  pthread_mutex_unlock(&pull->mu);
   assert_false(done); /* parked: version 3 does not exist */
+  job_grads(&j, 0);
+  const void* gp = j.g;
+  pmx_op* push = NULL;
+  expect_st("push_async", pmx_push_async(j.c, 0, 1, &j.t, &gp, &push), PMX_OK);
   int64_t t0 = px_h_now_ms();
   pmx_client_destroy(j.c);
   int64_t dt = px_h_now_ms() - t0;
   if (dt > 10000)
     fail_msg("pmx_client_destroy with a parked pull took %lld ms (the pull's deadline is 20 s)",
              (long long)dt);
-  pthread_mutex_lock(&op->mu);
-  done = op->done && op->slices_live == 0;
-  pmx_status st = op->status;
-  pthread_mutex_unlock(&op->mu);
-  if (!done) fail_msg("pmx_client_destroy returned while the pull was still running");
-  expect_st("the cancelled pull's status", st, PMX_ERR_CANCELLED);
   assert_int_equal(v, 7);
-  px_op_free(op);
   /* the server is unharmed */
   Paramex__V1__StatsResponse* s = stats_of(srv.addr);
   assert_int_equal(s->workers_joined, 1);
@@ -662,7 +661,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_restart_from_checkpoint_aborted, teardown),
       cmocka_unit_test_teardown(test_retried_push_across_restart_aborted, teardown),
       cmocka_unit_test_teardown(test_cancel_parked_pull, teardown),
-      cmocka_unit_test_teardown(test_destroy_cancels_parked_pull, teardown),
+      cmocka_unit_test_teardown(test_destroy_frees_unwaited_ops, teardown),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

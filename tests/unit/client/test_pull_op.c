@@ -10,7 +10,7 @@
  * threads of one client; healing through the corrupting proxy (chunks that fail their
  * checksum are pulled again: bit-exact buffers, checksum_failures equal to the corrupted
  * chunks) and DATA_LOSS when the corruption persists (versions[] untouched, also for a
- * tensor that came through intact: a known false claim, reported as skipped); *op
+ * tensor that came through intact); *op
  * untouched on argument errors; versions are the lowest chunk version (one chunk pushed
  * alone by a raw Push stream) and min_version must be reached by every chunk. */
 #include <stdarg.h>
@@ -678,18 +678,9 @@ static void test_pull_data_loss_leaves_versions(void** state) {
   expect_error_has("pull of both", "checksum mismatch persists");
   assert_true(px_h_proxy_corrupted(proxy) >= 4);
   assert_int_equal(v[1], 56); /* the corrupted tensor's entry */
+  assert_int_equal(v[0], 55); /* the intact tensor's entry: untouched on error too */
   pmx_client_destroy(c);
   px_h_proxy_stop(proxy);
-  /* The good tensor's entry: paramex.h promises it untouched, but pull_finish's
-   * record_pulled writes it before the healing rounds fail (a known false claim, reported;
-   * production code is not changed by this test). Reported as SKIPPED, not passed, while
-   * it is so; it passes once the library keeps the promise. */
-  if (v[0] != 55) {
-    print_message("KNOWN FALSE CLAIM (paramex.h conventions, 'On error nothing was written to "
-                  "the output arguments'): a DATA_LOSS pull wrote versions[0] = %llu\n",
-                  (unsigned long long)v[0]);
-    skip();
-  }
 }
 
 int main(void) {
