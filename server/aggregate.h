@@ -28,6 +28,7 @@
 /* Embedded in the state of a push call that may stall: its token. */
 typedef struct px_agg_stall {
   struct px_agg_stall* next;        /* in px_agg_after.resumed */
+  void (*resume)(struct px_agg_stall* s); /* the owner's: take buf back and go on */
   float* buf;                       /* the call's buffer, given back when it resumes */
   _Atomic(px_chunk_state*) on;      /* the chunk holding the buffer while stalled (set and
                                      * cleared under that chunk's lock) */

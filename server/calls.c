@@ -40,3 +40,15 @@ bool px_refuse_stale_server(px_counters* ctr, px_store* store, const char* serve
   px_reject(ctr, call, PX_ST_ABORTED, msg);
   return true;
 }
+
+void* px_data_call_new(px_counters* ctr, px_store* store, px_waiters* waiters,
+                       const char* server_id, px_srv_call* call, size_t size) {
+  if (px_waiters_draining(waiters)) {
+    px_reject(ctr, call, PX_ST_UNAVAILABLE, "server is shutting down");
+    return NULL;
+  }
+  if (px_refuse_stale_server(ctr, store, server_id, call)) return NULL;
+  void* ctx = calloc(1, size);
+  if (!ctx) px_reject(ctr, call, PX_ST_RESOURCE_EXHAUSTED, "out of memory");
+  return ctx;
+}

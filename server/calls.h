@@ -11,6 +11,7 @@
 #include "counters.h"
 #include "rpc/rpc_server.h"
 #include "store.h"
+#include "waiters.h"
 
 /* Finishes call OK with m packed as its message. */
 void px_reply(px_srv_call* call, const ProtobufCMessage* m);
@@ -22,5 +23,11 @@ void px_reject(px_counters* ctr, px_srv_call* call, int status, const char* msg)
  * checkpoint): the call is refused ABORTED naming that version, and true is returned. */
 bool px_refuse_stale_server(px_counters* ctr, px_store* store, const char* server_id,
                             px_srv_call* call);
+
+/* The start of a Push or Exchange call: refused UNAVAILABLE while the server drains, ABORTED
+ * for a worker of an earlier run (px_refuse_stale_server) and RESOURCE_EXHAUSTED without
+ * memory; otherwise a zeroed context of size bytes for the call (the caller's to free). */
+void* px_data_call_new(px_counters* ctr, px_store* store, px_waiters* waiters,
+                       const char* server_id, px_srv_call* call, size_t size);
 
 #endif

@@ -162,6 +162,7 @@ static void stats_counters(px_server* srv, Paramex__V1__StatsResponse* s) {
   s->pull_wire_bytes = atomic_load(&c->pull_wire_bytes);
   s->steps_completed = atomic_load(&c->steps_completed);
   s->rejected_calls = atomic_load(&c->rejected_calls);
+  s->exchange_steps = atomic_load(&c->exchange_steps);
   s->history_bytes = (uint64_t)atomic_load(&c->history_bytes);
   s->history_budget = srv->cfg.history_bytes;
   int64_t fb = atomic_load(&c->frame_bytes) - atomic_load(&c->history_bytes);

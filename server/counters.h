@@ -9,7 +9,7 @@
 typedef struct px_counters {
   _Atomic uint64_t push_chunks, push_duplicates, push_raw_bytes, push_wire_bytes;
   _Atomic uint64_t pull_chunks, pull_raw_bytes, pull_wire_bytes;
-  _Atomic uint64_t steps_completed, rejected_calls;
+  _Atomic uint64_t steps_completed, rejected_calls, exchange_steps;
   _Atomic uint64_t encodes, cache_hits, pull_unchanged, pull_delta, pull_snapshot;
   _Atomic int64_t frame_bytes, history_bytes; /* frames alive (history included), history */
   _Atomic int64_t store_bytes;                /* parameters + momentum */

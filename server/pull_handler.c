@@ -15,31 +15,25 @@
 #define ERRLEN 512
 
 typedef struct pull_call {
-  px_server* srv;
+  px_puller p; /* first */
   px_srv_call* call;
-  uint32_t ntensors;
-  uint32_t* tids;
-  uint64_t* have;          /* [ntensors] or NULL */
-  uint64_t min_version;
-  int view;                /* 0 native, 1 bf16 view of f32 tensors */
-  bool accept_delta, accept_shuffle;
-  uint32_t ti, ci;         /* cursor: next chunk to send */
-  px_waiter waiter;        /* parked on a chunk (its job: pull_wake) */
 } pull_call;
+
+#define PULL_CALL(pl) ((pull_call*)(pl))
+
+void px_puller_free(px_puller* p) {
+  free(p->tids);
+  free(p->have);
+  p->tids = NULL;
+  p->have = NULL;
+}
 
 static void pull_on_done(px_srv_call* call, void* ctx) {
   (void)call;
-  pull_call* p = ctx;
-  atomic_fetch_sub(&p->srv->active_calls, 1);
-  free(p->tids);
-  free(p->have);
-  free(p);
-}
-
-/* Ends the pull's active reference (status < 0: the call is over already). */
-static void pull_end(pull_call* p, int status, const char* msg) {
-  if (status >= 0) px_srv_call_finish(p->call, NULL, status, msg);
-  px_srv_call_unref(p->call);
+  pull_call* pc = ctx;
+  atomic_fetch_sub(&pc->p.srv->active_calls, 1);
+  px_puller_free(&pc->p);
+  free(pc);
 }
 
 /* What the next chunk allows, decided under its lock. */
@@ -53,7 +47,7 @@ typedef struct next_chunk {
 } next_chunk;
 
 /* The frame of chunk c for this pull (c->mu held, c at a version the pull accepts). */
-static void choose_frame(pull_call* p, px_tensor_state* t, px_chunk_state* c, int vi,
+static void choose_frame(px_puller* p, px_tensor_state* t, px_chunk_state* c, int vi,
                          next_chunk* nx) {
   px_server* srv = p->srv;
   px_viewcache* vs = &c->view[vi];
@@ -90,7 +84,7 @@ static void choose_frame(pull_call* p, px_tensor_state* t, px_chunk_state* c, in
 
 /* Decides the next step of the pull on chunk c (locks it); parks the pull when it must
  * wait. */
-static void pull_next(pull_call* p, px_tensor_state* t, px_chunk_state* c, int vi,
+static void pull_next(px_puller* p, px_tensor_state* t, px_chunk_state* c, int vi,
                       next_chunk* nx) {
   px_server* srv = p->srv;
   memset(nx, 0, sizeof *nx);
@@ -119,8 +113,9 @@ static void pull_next(pull_call* p, px_tensor_state* t, px_chunk_state* c, int v
   pthread_mutex_unlock(&c->mu);
 }
 
-/* Sends chunk c's frame (nx->f, or UNCHANGED when NULL); takes the frame reference. */
-static void pull_send(pull_call* p, px_tensor_state* t, px_chunk_state* c, int vi,
+/* Hands chunk c's frame (nx->f, or UNCHANGED when NULL) to the sink, which takes the
+ * frame reference; true when the sink goes on at once. */
+static bool pull_send(px_puller* p, px_tensor_state* t, px_chunk_state* c, int vi,
                       const next_chunk* nx) {
   px_server* srv = p->srv;
   px_frame* f = nx->f;
@@ -152,16 +147,13 @@ static void pull_send(pull_call* p, px_tensor_state* t, px_chunk_state* c, int v
   atomic_fetch_add(&t->pull_raw, h.raw_len);
   atomic_fetch_add(&t->pull_wire, hl + body);
   p->ci++;
-  /* false: the call is over (then finishing does nothing) or gRPC refused the batch */
-  if (!px_srv_call_send(p->call, &out))
-    pull_end(p, PX_ST_INTERNAL, "server error: a pull chunk could not be sent");
+  return p->sink->emit(p, &out);
 }
 
-/* Sends the next chunk, parks on it, or finishes. Holds the pull's active reference. */
-static void pull_advance(pull_call* p) {
+void px_puller_advance(px_puller* p) {
   for (;;) {
     if (p->ti >= p->ntensors) {
-      pull_end(p, PX_ST_OK, NULL);
+      p->sink->end(p, PX_ST_OK, NULL);
       return;
     }
     px_tensor_state* t = px_store_tensor(&p->srv->store, p->tids[p->ti]);
@@ -174,26 +166,44 @@ static void pull_advance(pull_call* p) {
     const int vi = p->view == 1 && t->dtype == PX_DT_F32 ? 1 : 0;
     next_chunk nx;
     pull_next(p, t, c, vi, &nx);
-    if (nx.kind == NEXT_END) pull_end(p, nx.status, nx.msg);
-    else if (nx.kind == NEXT_SEND) pull_send(p, t, c, vi, &nx);
-    return; /* parked: a wake resumes it; sent: the send's completion does */
+    if (nx.kind == NEXT_END) p->sink->end(p, nx.status, nx.msg);
+    else if (nx.kind == NEXT_SEND && pull_send(p, t, c, vi, &nx)) continue;
+    return; /* parked: a wake resumes it; sent: the sink goes on */
   }
 }
 
 static void pull_wake(px_job* j) {
-  pull_advance((pull_call*)((char*)j - offsetof(pull_call, waiter.job)));
+  px_puller_advance((px_puller*)((char*)j - offsetof(px_puller, waiter.job)));
 }
+
+/* ---- the Pull call's sink ------------------------------------------------------------------ */
+
+/* Ends the pull's active reference (status < 0: the call is over already). */
+static void call_end(px_puller* p, int status, const char* msg) {
+  pull_call* pc = PULL_CALL(p);
+  if (status >= 0) px_srv_call_finish(pc->call, NULL, status, msg);
+  px_srv_call_unref(pc->call);
+}
+
+static bool call_emit(px_puller* p, const px_out* out) {
+  /* false: the call is over (then finishing does nothing) or gRPC refused the batch */
+  if (!px_srv_call_send(PULL_CALL(p)->call, out))
+    call_end(p, PX_ST_INTERNAL, "server error: a pull chunk could not be sent");
+  return false; /* the send's completion goes on */
+}
+
+static const px_pull_sink call_sink = {call_emit, call_end};
 
 static void pull_on_sent(px_srv_call* call, void* ctx, bool ok) {
   (void)call;
-  pull_call* p = ctx;
-  if (!ok) pull_end(p, -1, NULL);
-  else pull_advance(p); /* no compute: takes a frame reference and starts the next send */
+  px_puller* p = ctx;
+  if (!ok) call_end(p, -1, NULL);
+  else px_puller_advance(p); /* no compute: takes a frame reference and starts the next send */
 }
 
 static void pull_on_closed(px_srv_call* call, void* ctx, bool cancelled) {
   (void)cancelled;
-  pull_call* p = ctx;
+  px_puller* p = ctx;
   /* a parked pull held its active reference; closed, it never parks again */
   if (px_waiters_close(&p->srv->waiters, &p->waiter)) px_srv_call_unref(call);
 }
@@ -227,7 +237,7 @@ static int request_check(px_server* srv, const Paramex__V1__PullRequest* r, char
 }
 
 /* Fills p from r; false when out of memory. */
-static bool pull_setup(pull_call* p, const Paramex__V1__PullRequest* r) {
+static bool pull_setup(px_puller* p, const Paramex__V1__PullRequest* r) {
   p->tids = malloc(r->n_tensor_ids * sizeof *p->tids);
   p->have = r->n_have_versions ? malloc(r->n_tensor_ids * sizeof *p->have) : NULL;
   if (!p->tids || (r->n_have_versions && !p->have)) return false;
@@ -241,13 +251,22 @@ static bool pull_setup(pull_call* p, const Paramex__V1__PullRequest* r) {
     if ((int)r->accept[i] == PX_ENC_SHUFFLE_ZSTD) p->accept_shuffle = true;
   }
   p->waiter.job.fn = pull_wake;
-  p->waiter.deadline_ms = px_now_ms() + (uint64_t)(p->srv->cfg.call_timeout * 1000.0);
+  px_waiters_rearm(&p->srv->waiters, &p->waiter,
+                   px_now_ms() + (uint64_t)(p->srv->cfg.call_timeout * 1000.0));
   return true;
 }
 
+int px_puller_setup(px_puller* p, const Paramex__V1__PullRequest* r, char* err, size_t errlen) {
+  int st = request_check(p->srv, r, err, errlen);
+  if (st == PX_ST_OK && !pull_setup(p, r))
+    st = PX_ST_RESOURCE_EXHAUSTED, snprintf(err, errlen, "out of memory");
+  if (st == PX_ST_OK) px_members_seen(&p->srv->members, r->worker_id);
+  return st;
+}
+
 /* Parses the request and starts streaming; the call is answered in every case. */
-static void pull_start(pull_call* p, px_msg* req) {
-  px_server* srv = p->srv;
+static void pull_start(pull_call* pc, px_msg* req) {
+  px_server* srv = pc->p.srv;
   char err[ERRLEN];
   size_t n = 0;
   const uint8_t* b = req ? px_msg_flat(req, &n) : (const uint8_t*)"";
@@ -255,18 +274,15 @@ static void pull_start(pull_call* p, px_msg* req) {
   int st = PX_ST_OK;
   if (!b) st = PX_ST_RESOURCE_EXHAUSTED, snprintf(err, sizeof err, "out of memory reading request");
   else if (!r) st = PX_ST_INVALID_ARGUMENT, snprintf(err, sizeof err, "malformed PullRequest");
-  else st = request_check(srv, r, err, sizeof err);
-  if (st == PX_ST_OK && !pull_setup(p, r))
-    st = PX_ST_RESOURCE_EXHAUSTED, snprintf(err, sizeof err, "out of memory");
-  if (st == PX_ST_OK) px_members_seen(&srv->members, r->worker_id);
+  else st = px_puller_setup(&pc->p, r, err, sizeof err);
   if (r) paramex__v1__pull_request__free_unpacked(r, NULL);
   px_msg_free(req);
   if (st != PX_ST_OK) {
-    px_reject(&srv->ctr, p->call, st, err);
+    px_reject(&srv->ctr, pc->call, st, err);
     return;
   }
-  px_srv_call_ref(p->call); /* the pull's active reference */
-  pull_advance(p);
+  px_srv_call_ref(pc->call); /* the pull's active reference */
+  px_puller_advance(&pc->p);
 }
 
 void px_pull_on_call(void* s, px_srv_call* call, px_msg* req) {
@@ -280,16 +296,17 @@ void px_pull_on_call(void* s, px_srv_call* call, px_msg* req) {
     px_msg_free(req);
     return;
   }
-  pull_call* p = calloc(1, sizeof *p);
-  if (!p) {
+  pull_call* pc = calloc(1, sizeof *pc);
+  if (!pc) {
     px_msg_free(req);
     px_reject(&srv->ctr, call, PX_ST_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
-  p->srv = srv;
-  p->call = call;
+  pc->p.srv = srv;
+  pc->p.sink = &call_sink;
+  pc->call = call;
   /* a pull counts as active from its arrival until its call is done (pull_on_done) */
   atomic_fetch_add(&srv->active_calls, 1);
-  px_srv_call_set(call, &pull_cbs, p);
-  pull_start(p, req);
+  px_srv_call_set(call, &pull_cbs, pc);
+  pull_start(pc, req);
 }

@@ -15,47 +15,46 @@
 #include "wire/chunk_msg.h"
 
 #define ERRLEN 512
-/* Push messages up to this decoded size are processed inline (the 1,000-float round trip). */
-#define INLINE_PUSH_BYTES (64u << 10)
 
 typedef struct push_call {
-  px_server* srv;
+  px_pusher p;       /* first: the stall's owner is found from it */
   px_srv_call* call;
   px_job job;
   px_msg* msg;       /* the message being processed */
-  px_chunk h;        /* its header (parsed once, on arrival) */
-  const px_iov* seg; /* its segments */
-  size_t nseg;
-  float* buf;        /* receive buffer (cfg.chunk_bytes) owned by this call, or NULL */
-  uint32_t accepted, duplicate;
-  px_agg_stall stall;
 } push_call;
-
-#define PUSH_OF_STALL(s) ((push_call*)((char*)(s) - offsetof(push_call, stall)))
 
 static void push_on_done(px_srv_call* call, void* ctx) {
   (void)call;
   push_call* ps = ctx;
-  atomic_fetch_sub(&ps->srv->active_calls, 1);
+  atomic_fetch_sub(&ps->p.srv->active_calls, 1);
   px_msg_free(ps->msg);
-  px_buf_put(ps->buf, ps->srv->cfg.chunk_bytes);
+  px_pusher_release(&ps->p);
   free(ps);
+}
+
+void px_pusher_release(px_pusher* p) {
+  px_buf_put(p->buf, p->srv->cfg.chunk_bytes);
+  p->buf = NULL;
 }
 
 void px_push_resume(px_agg_stall* list) {
   while (list) {
     px_agg_stall* next = list->next;
-    push_call* ps = PUSH_OF_STALL(list);
-    ps->buf = list->buf;
-    list->buf = NULL;
-    px_srv_call_read(ps->call);
-    px_srv_call_unref(ps->call); /* the stall's reference */
+    list->resume(list);
     list = next;
   }
 }
 
+static void push_call_resume(px_agg_stall* s) {
+  push_call* ps = (push_call*)((char*)s - offsetof(push_call, p.stall));
+  ps->p.buf = s->buf;
+  s->buf = NULL;
+  px_srv_call_read(ps->call);
+  px_srv_call_unref(ps->call); /* the stall's reference */
+}
+
 /* The chunk the header names, checked against the tensor; NULL with status and err. */
-static px_chunk_state* push_target(push_call* ps, px_tensor_state** tp, int* status, char* err,
+static px_chunk_state* push_target(px_pusher* ps, px_tensor_state** tp, int* status, char* err,
                                    size_t errlen) {
   px_server* srv = ps->srv;
   const px_chunk* h = &ps->h;
@@ -97,7 +96,7 @@ static px_chunk_state* push_target(push_call* ps, px_tensor_state** tp, int* sta
 }
 
 /* Decodes the payload into the call's receive buffer as f32; a status. */
-static int push_decode(push_call* ps, px_tensor_state* t, px_chunk_state* c, char* err,
+static int push_decode(px_pusher* ps, px_tensor_state* t, px_chunk_state* c, char* err,
                        size_t errlen) {
   const size_t cb = ps->srv->cfg.chunk_bytes;
   const int pdt = (int)ps->h.dtype;
@@ -121,9 +120,9 @@ static int push_decode(push_call* ps, px_tensor_state* t, px_chunk_state* c, cha
   return PX_ST_OK;
 }
 
-static void count_chunk(push_call* ps, px_tensor_state* t, px_chunk_state* c) {
+static void count_chunk(px_pusher* ps, px_tensor_state* t, px_chunk_state* c) {
   px_server* srv = ps->srv;
-  const size_t raw = (size_t)c->elems * t->elem, wire = px_msg_len(ps->msg);
+  const size_t raw = (size_t)c->elems * t->elem, wire = ps->wire;
   ps->accepted++;
   atomic_fetch_add(&srv->ctr.push_chunks, 1);
   atomic_fetch_add(&srv->ctr.push_raw_bytes, raw);
@@ -133,9 +132,8 @@ static void count_chunk(push_call* ps, px_tensor_state* t, px_chunk_state* c) {
   atomic_fetch_add(&srv->members.w[ps->h.worker_id].chunks_pushed, 1);
 }
 
-/* Processes the message in ps->msg. PX_AGG_REFUSED with status and err on bad input. */
-static px_agg_result push_process(push_call* ps, px_agg_after* after, int* status, char* err,
-                                  size_t errlen) {
+px_agg_result px_pusher_process(px_pusher* ps, px_agg_after* after, int* status, char* err,
+                                size_t errlen) {
   px_server* srv = ps->srv;
   px_tensor_state* t = NULL;
   px_chunk_state* c = push_target(ps, &t, status, err, errlen);
@@ -155,55 +153,59 @@ static px_agg_result push_process(push_call* ps, px_agg_after* after, int* statu
 
 static void push_job(px_job* j) {
   push_call* ps = (push_call*)((char*)j - offsetof(push_call, job));
+  px_server* srv = ps->p.srv;
   px_agg_after after = {0};
   int status = PX_ST_OK;
   char err[ERRLEN];
   px_srv_call_ref(ps->call); /* the stall's, should the chunk keep our buffer */
-  px_agg_result r = push_process(ps, &after, &status, err, sizeof err);
+  px_agg_result r = px_pusher_process(&ps->p, &after, &status, err, sizeof err);
   px_msg_free(ps->msg);
   ps->msg = NULL;
   if (r != PX_AGG_STALLED) px_srv_call_unref(ps->call);
-  if (r == PX_AGG_REFUSED) px_reject(&ps->srv->ctr, ps->call, status, err);
+  if (r == PX_AGG_REFUSED) px_reject(&srv->ctr, ps->call, status, err);
   else if (r != PX_AGG_STALLED) px_srv_call_read(ps->call); /* receive while we encode */
-  px_agg_finish(&ps->srv->agg, &after);
+  px_agg_finish(&srv->agg, &after);
   px_push_resume(after.resumed);
   px_srv_call_unref(ps->call); /* the message's */
 }
 
 static void push_on_message(px_srv_call* call, void* ctx, px_msg* msg, bool ok) {
   push_call* ps = ctx;
+  px_server* srv = ps->p.srv;
   if (!ok) return; /* cancelled: nothing to answer */
   if (!msg) {
     Paramex__V1__PushResponse resp = PARAMEX__V1__PUSH_RESPONSE__INIT;
-    resp.accepted = ps->accepted;
-    resp.duplicate = ps->duplicate;
+    resp.accepted = ps->p.accepted;
+    resp.duplicate = ps->p.duplicate;
     px_reply(call, &resp.base);
     return;
   }
   char err[ERRLEN];
   ps->msg = msg;
-  ps->seg = px_msg_segments(msg, &ps->nseg);
-  if (!ps->seg && px_msg_len(msg) > 0) {
-    px_reject(&ps->srv->ctr, call, PX_ST_RESOURCE_EXHAUSTED, "out of memory reading a PushChunk");
+  ps->p.seg = px_msg_segments(msg, &ps->p.nseg);
+  ps->p.wire = px_msg_len(msg);
+  if (!ps->p.seg && px_msg_len(msg) > 0) {
+    px_reject(&srv->ctr, call, PX_ST_RESOURCE_EXHAUSTED, "out of memory reading a PushChunk");
     return;
   }
-  if (px_chunk_parse(PX_CHUNK_PUSH, ps->seg, ps->nseg, &ps->h, err, sizeof err) != 0) {
-    px_reject(&ps->srv->ctr, call, PX_ST_INVALID_ARGUMENT, err);
+  if (px_chunk_parse(PX_CHUNK_PUSH, ps->p.seg, ps->p.nseg, &ps->p.h, err, sizeof err) != 0) {
+    px_reject(&srv->ctr, call, PX_ST_INVALID_ARGUMENT, err);
     return;
   }
   px_srv_call_ref(call);
   /* A small chunk costs less to process here, on the completion-queue thread, than a
    * hand-off to the pool costs in thread wake-ups; larger ones go to the pool. Small by
    * its decoded size: a compressed message may expand to a whole chunk. */
-  if (px_msg_len(msg) <= INLINE_PUSH_BYTES && ps->h.raw_len <= INLINE_PUSH_BYTES) push_job(&ps->job);
-  else px_taskpool_submit(ps->srv->pool, &ps->job);
+  if (px_msg_len(msg) <= PX_INLINE_PUSH_BYTES && ps->p.h.raw_len <= PX_INLINE_PUSH_BYTES)
+    push_job(&ps->job);
+  else px_taskpool_submit(srv->pool, &ps->job);
 }
 
 /* A cancelled call stops waiting; its held contribution stays counted. */
 static void push_on_closed(px_srv_call* call, void* ctx, bool cancelled) {
   (void)cancelled;
   push_call* ps = ctx;
-  if (px_agg_unstall(&ps->srv->agg, &ps->stall)) px_srv_call_unref(call);
+  if (px_agg_unstall(&ps->p.srv->agg, &ps->p.stall)) px_srv_call_unref(call);
 }
 
 static const px_srv_call_cbs push_cbs = {push_on_message, NULL, push_on_closed, push_on_done};
@@ -211,17 +213,11 @@ static const px_srv_call_cbs push_cbs = {push_on_message, NULL, push_on_closed, 
 void px_push_on_call(void* s, px_srv_call* call, px_msg* req) {
   px_server* srv = s;
   (void)req;
-  if (px_waiters_draining(&srv->waiters)) {
-    px_reject(&srv->ctr, call, PX_ST_UNAVAILABLE, "server is shutting down");
-    return;
-  }
-  if (px_refuse_stale_server(&srv->ctr, &srv->store, srv->server_id, call)) return;
-  push_call* ps = calloc(1, sizeof *ps);
-  if (!ps) {
-    px_reject(&srv->ctr, call, PX_ST_RESOURCE_EXHAUSTED, "out of memory");
-    return;
-  }
-  ps->srv = srv;
+  push_call* ps = px_data_call_new(&srv->ctr, &srv->store, &srv->waiters, srv->server_id, call,
+                                  sizeof *ps);
+  if (!ps) return;
+  ps->p.srv = srv;
+  ps->p.stall.resume = push_call_resume;
   ps->call = call;
   ps->job.fn = push_job;
   atomic_fetch_add(&srv->active_calls, 1);

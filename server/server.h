@@ -1,5 +1,5 @@
 /* One paramex-server process: the rooms it is made of, as the call handlers (control.h,
- * push_handler.h, pull_handler.h), the lease monitor (monitor.h) and the lifecycle
+ * push_handler.h, pull_handler.h, exchange_handler.h), the lease monitor (monitor.h) and the lifecycle
  * (service.h) see them. Only those top rooms include this header; every room below them
  * gets just the parts it uses. */
 #ifndef PX_SERVER_H
@@ -38,7 +38,9 @@ typedef struct px_server {
   px_ckpt ckpt;
   px_agg agg;
   px_rpc_server* rpc;
-  _Atomic int64_t active_calls; /* Push and Pull calls in progress (the drain waits) */
+  _Atomic int64_t active_calls; /* Push and Pull calls and Exchange steps in progress (the drain waits) */
+  pthread_mutex_t idle_mu;      /* guards idle_exchanges */
+  struct ex_call* idle_exchanges; /* Exchange streams between steps (exchange_handler.c) */
   char *tls_cert_pem, *tls_key_pem, *tls_client_ca_pem, *token; /* loaded at start */
 } px_server;
 

@@ -13,6 +13,7 @@
 #include "backend/select.h"
 #include "calls.h"
 #include "control.h"
+#include "exchange_handler.h"
 #include "pull_handler.h"
 #include "push_handler.h"
 #include "util/clock.h"
@@ -78,6 +79,7 @@ static const px_rpc_method methods[] = {
     {"/paramex.v1.ParameterExchange/Declare", PX_RPC_UNARY, on_declare},
     {"/paramex.v1.ParameterExchange/Push", PX_RPC_CLIENT_STREAMING, px_push_on_call},
     {"/paramex.v1.ParameterExchange/Pull", PX_RPC_SERVER_STREAMING, px_pull_on_call},
+    {"/paramex.v1.ParameterExchange/Exchange", PX_RPC_BIDI_STREAMING, px_exchange_on_call},
     {"/paramex.v1.ParameterExchange/Stats", PX_RPC_UNARY, on_stats},
     {"/paramex.v1.ParameterExchange/Checkpoint", PX_RPC_UNARY, on_checkpoint},
     {"/paramex.v1.ParameterExchange/Heartbeat", PX_RPC_UNARY, on_heartbeat},
@@ -124,6 +126,7 @@ int px_service_init(px_service* svc, const px_config* cfg, char* err, size_t err
   px_server* srv = &svc->srv;
   srv->cfg = *cfg;
   srv->start_ms = px_now_ms();
+  pthread_mutex_init(&srv->idle_mu, NULL);
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   snprintf(srv->server_id, sizeof srv->server_id, "%" PRIx64 "-%d",
@@ -195,6 +198,7 @@ int px_service_stop(px_service* svc) {
   /* Health turns NOT_SERVING and parked pulls end with UNAVAILABLE at once: they may wait
    * for a step that will never come. Pushes and sends in flight get the drain time. */
   px_waiters_drain(&srv->waiters);
+  px_exchange_drain(srv);
   end_parked_pulls(srv);
   px_ckpt_fail_waiters(&srv->ckpt);
   /* Drain while still answering: health says NOT_SERVING and new work gets UNAVAILABLE,
@@ -227,6 +231,7 @@ void px_service_deinit(px_service* svc) {
   if (srv->store.tensors) px_store_deinit(&srv->store);
   px_members_deinit(&srv->members);
   px_waiters_deinit(&srv->waiters);
+  pthread_mutex_destroy(&srv->idle_mu);
   px_backend_destroy(srv->backend);
   srv->backend = NULL;
   free(srv->tls_cert_pem);

@@ -77,6 +77,13 @@ bool px_waiters_close(px_waiters* ws, px_waiter* w) {
   return parked;
 }
 
+void px_waiters_rearm(px_waiters* ws, px_waiter* w, uint64_t deadline_ms) {
+  pthread_mutex_lock(&ws->mu);
+  w->expired = false;
+  w->deadline_ms = deadline_ms;
+  pthread_mutex_unlock(&ws->mu);
+}
+
 void px_waiters_drain(px_waiters* ws) {
   pthread_mutex_lock(&ws->mu);
   ws->draining = true;

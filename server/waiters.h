@@ -54,6 +54,9 @@ px_waiter* px_waiters_take_expired(px_waiters* ws, px_waitlist* l, uint64_t now_
 /* Marks w closed and detaches it when parked; true when it was parked (its owner then
  * holds what the parked waiter held and must release it). */
 bool px_waiters_close(px_waiters* ws, px_waiter* w);
+/* Makes a waiter that is not parked ready to wait again until deadline_ms (its expiry
+ * cleared; a closed waiter stays closed): a stream that waits once per step. */
+void px_waiters_rearm(px_waiters* ws, px_waiter* w, uint64_t deadline_ms);
 /* Starts the drain: from now on parking answers PX_PARK_DRAINING. */
 void px_waiters_drain(px_waiters* ws);
 bool px_waiters_draining(px_waiters* ws);

@@ -59,6 +59,10 @@ struct px_rpc_server {
 
 static const px_srv_call_cbs no_cbs = {0};
 
+/* Client-streaming and bidi calls read their messages themselves; the others get their one
+ * request with the call. */
+static bool streams_in(px_rpc_kind k) { return k == PX_RPC_CLIENT_STREAMING || k == PX_RPC_BIDI_STREAMING; }
+
 #define SRV_CALL(core) ((px_srv_call*)(core))
 #define TAG_OWNER(tag, field) ((px_srv_call*)((char*)(tag) - offsetof(px_srv_call, field)))
 
@@ -285,7 +289,7 @@ static void request_done(px_rpc_tag* t, bool ok) {
   const px_rpc_method* m = c->method >= 0 ? &srv->methods[c->method] : NULL;
   if (!refuse_early(c, m, too_many)) {
     px_msg* req = NULL;
-    if (m->kind != PX_RPC_CLIENT_STREAMING) {
+    if (!streams_in(m->kind)) {
       req = px_rpc_msg_wrap(c->payload);
       c->payload = NULL;
     }
@@ -325,7 +329,7 @@ static void request_new(px_rpc_server* srv, int method) {
                                  srv->cq, &c->t_request);
   } else {
     grpc_byte_buffer** pl =
-        srv->methods[method].kind == PX_RPC_CLIENT_STREAMING ? NULL : &c->payload;
+        streams_in(srv->methods[method].kind) ? NULL : &c->payload;
     e = grpc_server_request_registered_call(srv->server, srv->registered[method], &c->core.call,
                                             &c->deadline, &c->md, pl, srv->cq, srv->cq,
                                             &c->t_request);
@@ -395,8 +399,7 @@ px_rpc_server* px_rpc_server_start(const px_rpc_server_opts* opts, const px_rpc_
   for (size_t i = 0; i < nmethods; i++) {
     srv->registered[i] = grpc_server_register_method(
         srv->server, methods[i].path, NULL,
-        methods[i].kind == PX_RPC_CLIENT_STREAMING || methods[i].kind == PX_RPC_BIDI_STREAMING
-            ? GRPC_SRM_PAYLOAD_NONE
+        streams_in(methods[i].kind) ? GRPC_SRM_PAYLOAD_NONE
             : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
         0);
   }

@@ -25,7 +25,7 @@ typedef struct px_rpc_method {
   const char* path; /* "/paramex.v1.ParameterExchange/Push"; must outlive the server */
   px_rpc_kind kind;
   /* A new call (CQ thread). For unary and server-streaming methods req is the request
-   * (owned by the handler; NULL when the client sent none); NULL for client streaming.
+   * (owned by the handler; NULL when the client sent none); NULL for client and bidi streaming.
    * The handler must eventually finish the call, or it lives until the client's deadline
    * or cancel. */
   void (*on_call)(void* svc, px_srv_call* call, px_msg* req);
