@@ -16,6 +16,7 @@
 #define PX_M_DECLARE "/paramex.v1.ParameterExchange/Declare"
 #define PX_M_PUSH "/paramex.v1.ParameterExchange/Push"
 #define PX_M_PULL "/paramex.v1.ParameterExchange/Pull"
+#define PX_M_EXCHANGE "/paramex.v1.ParameterExchange/Exchange"
 #define PX_M_HEARTBEAT "/paramex.v1.ParameterExchange/Heartbeat"
 
 struct pmx_client {
@@ -35,6 +36,7 @@ struct pmx_client {
   pthread_cond_t hb_cv;
   pmx_tensor** tensors;     /* declared, freed with the client */
   struct px_owned* owned;   /* objects of the layers above, released with the client */
+  struct px_stream* stream; /* the Exchange stream (stream.c), created on first use */
   size_t ntensors, cap;
   _Atomic uint64_t push_chunks, push_raw, push_wire;
   _Atomic uint64_t pull_chunks, pull_raw, pull_wire, pull_unchanged, checksum_failures;

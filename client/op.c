@@ -101,16 +101,20 @@ void px_op_begin_call(pmx_op* op) {
   pthread_mutex_unlock(&op->mu);
 }
 
+void px_op_end_call(pmx_op* op) {
+  pthread_mutex_lock(&op->mu);
+  op->done = true;
+  check_done(op);
+  pthread_mutex_unlock(&op->mu);
+}
+
 void px_op_on_done(px_cli_call* call, void* ctx, int status, const char* details) {
   (void)call;
   pmx_op* op = ctx;
   if (status != PX_ST_OK)
     px_op_set_error(op, px_from_rpc(status), "%s: %s: %s", op->kind->name, px_status_name(status),
                     details);
-  pthread_mutex_lock(&op->mu);
-  op->done = true;
-  check_done(op);
-  pthread_mutex_unlock(&op->mu);
+  px_op_end_call(op);
 }
 
 void px_op_slices(pmx_op* op, int delta) {

@@ -73,6 +73,8 @@ void px_op_set_error(pmx_op* op, pmx_status st, const char* fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Marks the op's call as starting (not done, status OK). */
 void px_op_begin_call(pmx_op* op);
+/* The op's call is over (or what stood in for it: the Exchange stream's answer). */
+void px_op_end_call(pmx_op* op);
 /* The px_cli_call_cbs.on_done of every op call. */
 void px_op_on_done(px_cli_call* call, void* ctx, int status, const char* details);
 /* A zero-copy slice of the op went out (+1) or came back (-1). */

@@ -17,22 +17,17 @@ static int view_width(const pmx_op* op, const pmx_tensor* t) {
   return op->view == 1 && t->dtype == PMX_F32 ? 2 : (int)t->elem;
 }
 
-static void pull_on_message(px_cli_call* call, void* ctx, px_msg* m) {
-  pmx_op* op = ctx;
-  if (!m) return; /* end of stream: the status follows */
-  size_t nseg;
-  const px_iov* seg = px_msg_segments(m, &nseg);
-  size_t wire = px_msg_len(m);
+bool px_pull_take_chunk(pmx_op* op, const px_iov* seg, size_t nseg, size_t wire) {
   px_chunk h;
   char err[200];
   pmx_client* c = op->client;
   if (px_chunk_parse(PX_CHUNK_PULL, seg, nseg, &h, err, sizeof err) != 0) {
     px_op_set_error(op, PMX_ERR_PROTOCOL, "Pull: %s", err);
-    goto cancel;
+    return false;
   }
   if (op->ti >= op->n) {
     px_op_set_error(op, PMX_ERR_PROTOCOL, "Pull: more chunks than requested");
-    goto cancel;
+    return false;
   }
   pmx_tensor* t = op->tensors[op->ti];
   const int w = view_width(op, t);
@@ -46,7 +41,7 @@ static void pull_on_message(px_cli_call* call, void* ctx, px_msg* m) {
                  "Pull: unexpected chunk (tensor %u chunk %u version %llu dtype %u), wanted "
                  "tensor %u chunk %u", h.tensor_id, h.chunk, (unsigned long long)h.version,
                  h.dtype, t->id, op->ci);
-    goto cancel;
+    return false;
   }
   if ((h.encoding == PX_ENC_UNCHANGED || h.encoding == PX_ENC_DELTA_ZSTD) &&
       (op->have[op->ti] == UINT64_MAX || h.base_version != op->have[op->ti])) {
@@ -54,7 +49,7 @@ static void pull_on_message(px_cli_call* call, void* ctx, px_msg* m) {
                  "Pull: tensor '%s' chunk %u: %s against version %llu, but we hold %llu",
                  t->name, h.chunk, px_encoding_name(h.encoding),
                  (unsigned long long)h.base_version, (unsigned long long)op->have[op->ti]);
-    goto cancel;
+    return false;
   }
   px_decode_result r = px_chunk_decode(&h, seg, nseg, dst, (size_t)elems, w, err, sizeof err);
   if (r != PX_DECODE_OK) {
@@ -74,33 +69,43 @@ static void pull_on_message(px_cli_call* call, void* ctx, px_msg* m) {
     op->ci = 0;
     op->ti++;
   }
+  return true;
+}
+
+static void pull_on_message(px_cli_call* call, void* ctx, px_msg* m) {
+  pmx_op* op = ctx;
+  if (!m) return; /* end of stream: the status follows */
+  size_t nseg;
+  const px_iov* seg = px_msg_segments(m, &nseg);
+  bool ok = px_pull_take_chunk(op, seg, nseg, px_msg_len(m));
   px_msg_free(m);
-  px_cli_call_read(call);
-  return;
-cancel:
-  px_msg_free(m);
-  px_cli_call_cancel(call);
+  if (ok) px_cli_call_read(call);
+  else px_cli_call_cancel(call);
 }
 
 static const px_cli_call_cbs pull_cbs = {pull_on_message, NULL, px_op_on_done};
 
-/* Starts the Pull call of op (its tensors, bufs, view, min_version and have set). */
-static pmx_status pull_start(pmx_op* op, bool retry) {
-  pmx_client* c = op->client;
-  size_t n = op->n;
-  if (retry)
-    for (size_t i = 0; i < n; i++) op->have[i] = UINT64_MAX; /* partly written: send it in full */
-  uint32_t* ids = malloc(n * sizeof *ids);
-  if (!ids) return px_fail(PMX_ERR_NO_MEMORY, "pmx_pull: out of memory");
-  bool any_have = false;
-  for (size_t i = 0; i < n; i++) {
-    ids[i] = op->tensors[i]->id;
+/* Prepares op for a new pull of its tensors (retry: after a failed one, whose buffers
+ * are partly written and so sent in full). */
+static void pull_reset(pmx_op* op, bool retry) {
+  for (size_t i = 0; i < op->n; i++) {
+    if (retry) op->have[i] = UINT64_MAX;
     op->vmin[i] = UINT64_MAX;
     op->vmax[i] = 0;
     op->bad[i] = false;
-    any_have |= op->have[i] != UINT64_MAX;
   }
   op->ti = op->ci = 0;
+}
+
+uint8_t* px_pull_request_pack(pmx_op* op, size_t* len) {
+  size_t n = op->n;
+  uint32_t* ids = malloc(n * sizeof *ids);
+  if (!ids) return NULL;
+  bool any_have = false;
+  for (size_t i = 0; i < n; i++) {
+    ids[i] = op->tensors[i]->id;
+    any_have |= op->have[i] != UINT64_MAX;
+  }
   Paramex__V1__PullRequest req = PARAMEX__V1__PULL_REQUEST__INIT;
   Paramex__V1__Encoding accept[2] = {PARAMEX__V1__ENCODING__ENCODING_DELTA_ZSTD,
                                      PARAMEX__V1__ENCODING__ENCODING_SHUFFLE_ZSTD};
@@ -113,18 +118,24 @@ static pmx_status pull_start(pmx_op* op, bool retry) {
   }
   req.min_version = op->min_version;
   req.view = op->view == 1 ? PARAMEX__V1__DTYPE__DTYPE_BF16 : PARAMEX__V1__DTYPE__DTYPE_UNSPECIFIED;
-  if (c->compressed_pulls) {
+  if (op->client->compressed_pulls) {
     req.n_accept = 2;
     req.accept = accept;
   }
-  size_t len = paramex__v1__pull_request__get_packed_size(&req);
-  uint8_t* buf = malloc(len ? len : 1);
-  if (!buf) {
-    free(ids);
-    return px_fail(PMX_ERR_NO_MEMORY, "pmx_pull: out of memory");
-  }
-  paramex__v1__pull_request__pack(&req, buf);
+  *len = paramex__v1__pull_request__get_packed_size(&req);
+  uint8_t* buf = malloc(*len ? *len : 1);
+  if (buf) paramex__v1__pull_request__pack(&req, buf);
   free(ids);
+  return buf;
+}
+
+/* Starts the Pull call of op (its tensors, bufs, view, min_version and have set). */
+static pmx_status pull_start(pmx_op* op, bool retry) {
+  pmx_client* c = op->client;
+  pull_reset(op, retry);
+  size_t len;
+  uint8_t* buf = px_pull_request_pack(op, &len);
+  if (!buf) return px_fail(PMX_ERR_NO_MEMORY, "pmx_pull: out of memory");
   px_op_begin_call(op);
   op->call = px_cli_call_start(c->ch, PX_M_PULL, c->timeout_ms, false, &pull_cbs, op);
   if (!op->call) {
@@ -139,12 +150,10 @@ static pmx_status pull_start(pmx_op* op, bool retry) {
   return PMX_OK;
 }
 
-pmx_status pmx_pull_as_async(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
-                             pmx_dtype view, uint64_t min_version, uint64_t* versions,
-                             pmx_op** out) {
+pmx_status px_pull_op_new(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
+                          pmx_dtype view, uint64_t min_version, uint64_t* versions, pmx_op** out) {
   pmx_status st = px_op_check_args(c, n, tensors, (const void* const*)dst, "pmx_pull");
   if (st != PMX_OK) return st;
-  if (!out) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_pull: no op pointer");
   if (view != 0 && view != PMX_BF16)
     return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_pull: view must be 0 (native) or PMX_BF16");
   pmx_op* op = px_op_new(c, &px_pull_kind, n, tensors, (const void* const*)dst);
@@ -173,6 +182,18 @@ pmx_status pmx_pull_as_async(pmx_client* c, size_t n, pmx_tensor* const* tensors
     t->have_valid = false;
   }
   pthread_mutex_unlock(&c->mu);
+  pull_reset(op, false);
+  *out = op;
+  return PMX_OK;
+}
+
+pmx_status pmx_pull_as_async(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
+                             pmx_dtype view, uint64_t min_version, uint64_t* versions,
+                             pmx_op** out) {
+  if (!out) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_pull: no op pointer");
+  pmx_op* op;
+  pmx_status st = px_pull_op_new(c, n, tensors, dst, view, min_version, versions, &op);
+  if (st != PMX_OK) return st;
   st = pull_start(op, false);
   if (st != PMX_OK) {
     px_op_free(op);
@@ -185,20 +206,6 @@ pmx_status pmx_pull_as_async(pmx_client* c, size_t n, pmx_tensor* const* tensors
 pmx_status pmx_pull_async(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
                           uint64_t min_version, uint64_t* versions, pmx_op** out) {
   return pmx_pull_as_async(c, n, tensors, dst, 0, min_version, versions, out);
-}
-
-pmx_status pmx_pull(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
-                    uint64_t min_version, uint64_t* versions) {
-  pmx_op* op;
-  pmx_status st = pmx_pull_async(c, n, tensors, dst, min_version, versions, &op);
-  return st == PMX_OK ? pmx_op_wait(op) : st;
-}
-
-pmx_status pmx_pull_as(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
-                       pmx_dtype view, uint64_t min_version, uint64_t* versions) {
-  pmx_op* op;
-  pmx_status st = pmx_pull_as_async(c, n, tensors, dst, view, min_version, versions, &op);
-  return st == PMX_OK ? pmx_op_wait(op) : st;
 }
 
 #define HEAL_ROUNDS 3

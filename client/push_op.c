@@ -32,11 +32,11 @@ static void push_buf_released(void* ctx) {
   px_op_slices(op, -1);
 }
 
-/* The payload of a chunk of n elements at body in t's push mode: a push_buf of ours (h's
- * dtype, encoding, raw_len and checksum set), or NULL when the chunk goes raw (a mode that
- * does not pay, or no memory). */
-static push_buf* encode_chunk(pmx_op* op, const pmx_tensor* t, const uint8_t* body, size_t n,
-                              px_chunk* h, size_t* body_len) {
+/* The payload of a chunk of n elements at body in t's push mode: a buffer of ours (h's
+ * dtype, encoding, raw_len and checksum set, *body_len its length), or NULL when the
+ * chunk goes raw (a mode that does not pay, or no memory). */
+static uint8_t* encode_chunk(const pmx_tensor* t, const uint8_t* body, size_t n, px_chunk* h,
+                             size_t* body_len) {
   const pmx_push_mode mode = t->push_mode;
   int w = (int)t->elem;
   const uint8_t* src = body;
@@ -61,58 +61,74 @@ static push_buf* encode_chunk(pmx_op* op, const pmx_tensor* t, const uint8_t* bo
       z = NULL;
     }
   }
-  push_buf* pb = (z || cast) ? malloc(sizeof *pb) : NULL;
-  if (!pb) {
-    free(z);
-    free(cast);
-    return NULL;
-  }
-  pb->op = op;
+  if (!z && !cast) return NULL;
   h->dtype = src == cast ? PX_DT_BF16 : (uint32_t)t->dtype;
   h->raw_len = (uint32_t)raw_len;
   h->checksum = px_checksum(src, raw_len);
   if (z) {
     free(cast);
-    pb->data = z;
     *body_len = zl;
     h->encoding = PX_ENC_SHUFFLE_ZSTD;
-  } else {
-    pb->data = cast;
-    *body_len = raw_len;
+    return z;
   }
-  return pb;
+  *body_len = raw_len;
+  return cast;
+}
+
+size_t px_push_chunk_encode(pmx_client* c, const pmx_tensor* t, uint32_t ci, const void* grad,
+                            uint32_t worker_id, uint64_t incarnation, uint64_t step,
+                            uint8_t* head, const uint8_t** body, size_t* body_len,
+                            uint8_t** owned) {
+  const uint64_t elems = px_tensor_chunk_elems(t, ci);
+  const size_t bytes = (size_t)(elems * t->elem);
+  const uint8_t* raw = (const uint8_t*)grad + (uint64_t)ci * t->chunk_elems * t->elem;
+  px_chunk h = {0};
+  h.worker_id = worker_id;
+  h.incarnation = incarnation;
+  h.step = step;
+  h.tensor_id = t->id;
+  h.chunk = ci;
+  h.dtype = (uint32_t)t->dtype;
+  h.encoding = PX_ENC_RAW;
+  *body_len = bytes;
+  *owned = NULL;
+  if (t->push_mode != PMX_PUSH_RAW && pmx_tensor_bytes(t) >= t->push_min_bytes)
+    *owned = encode_chunk(t, raw, (size_t)elems, &h, body_len);
+  if (*owned) {
+    *body = *owned;
+  } else {
+    *body = raw;
+    h.raw_len = (uint32_t)bytes;
+    h.checksum = px_checksum(raw, bytes);
+  }
+  size_t hl = px_chunk_encode_header(PX_CHUNK_PUSH, &h, *body_len, head, PX_CHUNK_HDR_MAX);
+  atomic_fetch_add(&c->push_chunks, 1);
+  atomic_fetch_add(&c->push_raw, bytes);
+  atomic_fetch_add(&c->push_wire, hl + *body_len);
+  return hl;
 }
 
 /* Sends the chunk at the cursor; the last one also half-closes. */
 static void push_send_next(pmx_op* op) {
   pmx_tensor* t = op->tensors[op->ti];
-  const uint64_t elems = px_tensor_chunk_elems(t, op->ci);
-  const size_t bytes = (size_t)(elems * t->elem);
-  const uint8_t* body = (const uint8_t*)op->bufs[op->ti] + (uint64_t)op->ci * t->chunk_elems * t->elem;
-  px_chunk h = {0};
-  h.worker_id = op->worker_id;
-  h.incarnation = op->incarnation;
-  h.step = op->step;
-  h.tensor_id = t->id;
-  h.chunk = op->ci;
-  h.dtype = (uint32_t)t->dtype;
-  h.encoding = PX_ENC_RAW;
-  size_t body_len = bytes;
-  push_buf* pb = NULL;
-  if (t->push_mode != PMX_PUSH_RAW && pmx_tensor_bytes(t) >= t->push_min_bytes)
-    pb = encode_chunk(op, t, body, (size_t)elems, &h, &body_len);
-  if (pb) {
-    body = pb->data;
-  } else {
-    h.raw_len = (uint32_t)bytes;
-    h.checksum = px_checksum(body, bytes);
-  }
   uint8_t head[PX_CHUNK_HDR_MAX];
-  size_t hl = px_chunk_encode_header(PX_CHUNK_PUSH, &h, body_len, head, sizeof head);
-  pmx_client* c = op->client;
-  atomic_fetch_add(&c->push_chunks, 1);
-  atomic_fetch_add(&c->push_raw, bytes);
-  atomic_fetch_add(&c->push_wire, hl + body_len);
+  const uint8_t* body;
+  size_t body_len;
+  uint8_t* owned;
+  size_t hl = px_push_chunk_encode(op->client, t, op->ci, op->bufs[op->ti], op->worker_id,
+                                   op->incarnation, op->step, head, &body, &body_len, &owned);
+  push_buf* pb = NULL;
+  if (owned) {
+    pb = malloc(sizeof *pb);
+    if (!pb) {
+      free(owned);
+      px_op_set_error(op, PMX_ERR_NO_MEMORY, "Push: out of memory");
+      px_cli_call_cancel(op->call);
+      return;
+    }
+    pb->op = op;
+    pb->data = owned;
+  }
   if (++op->ci == t->nchunks) {
     op->ci = 0;
     op->ti++;
@@ -195,11 +211,4 @@ pmx_status pmx_push_async(pmx_client* c, uint64_t step, size_t n, pmx_tensor* co
   }
   *out = op;
   return PMX_OK;
-}
-
-pmx_status pmx_push(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* tensors,
-                    const void* const* grads) {
-  pmx_op* op;
-  pmx_status st = pmx_push_async(c, step, n, tensors, grads, &op);
-  return st == PMX_OK ? pmx_op_wait(op) : st;
 }
