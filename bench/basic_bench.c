@@ -88,7 +88,8 @@ int main(int argc, char** argv) {
   int bf16_view = 0;    /* --pull-dtype bf16 */
   int no_comp = 0;      /* --client-compression off: accept raw pulls only */
   int push_mode = 0;    /* --push raw|zstd|bf16|bf16+zstd */
-  int overlap = 0;      /* --overlap on: the pull of step s+1 starts before the push of s */
+  int overlap = 0;      /* --overlap on: pmx_push_pull (with a bf16 view: the pull of step s+1
+                         * started before the push of s) */
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--server")) addr = argv[i + 1];
     else if (!strcmp(argv[i], "--rank")) rank = (unsigned)strtoul(argv[i + 1], NULL, 10);
@@ -150,12 +151,17 @@ int main(int argc, char** argv) {
     if (s == warmup) pmx_client_get_stats(c, &st0);
     const void* gsrc = grads[s % NGRAD];
     double t0 = now_s(), t1, t2;
-    if (overlap) {
+    if (overlap && !bf16_view) {
+      /* pmx_push_pull: the push of step s and the pull of version s + 1 together (one
+       * message each way on the Exchange stream for small steps) */
+      CHECK("push_pull", pmx_push_pull(c, base + (uint64_t)s, 1, &t, &gsrc, &pdst, NULL));
+      t2 = now_s();
+      t1 = t0 + (t2 - t0) / 2; /* one exchange: half of it counted for each direction */
+    } else if (overlap) {
       /* pipelined: the pull parks on the server until the push completes the step, so the
        * round trip costs about one call instead of two */
       pmx_op* op = NULL;
-      CHECK("pull", pmx_pull_as_async(c, 1, &t, &pdst, bf16_view ? PMX_BF16 : 0,
-                                      base + (uint64_t)s + 1, NULL, &op));
+      CHECK("pull", pmx_pull_as_async(c, 1, &t, &pdst, PMX_BF16, base + (uint64_t)s + 1, NULL, &op));
       CHECK("push", pmx_push(c, base + (uint64_t)s, 1, &t, &gsrc));
       t1 = now_s();
       CHECK("pull", pmx_op_wait(op));

@@ -175,7 +175,8 @@ static void usage(FILE* f) {
           "           [--steps S] [--warmup S] [--pull-dtype f32|bf16] [--compression auto|on|off]\n"
           "           [--push raw|zstd|bf16|bf16+zstd] [--grad-buffers K] [--timeout-ms MS]\n"
           "           [--progress] [--overlap]   (--no-compression = --compression off;\n"
-          "           --overlap starts the pull of step s+1 before the push of step s)\n"
+          "           --overlap: each step one pmx_push_pull, the pull of step s+1 with the\n"
+          "           push of step s; with a bf16 view the pull is started before the push)\n"
           "       paramex-bench-worker --model SPEC --describe\n"
           "       paramex-bench-worker --check-models\n"
           "SPEC: dense:N (N f32 values, K/M/G = 1e3/1e6/1e9), resnet50, bert-base\n");
@@ -373,14 +374,19 @@ static int setup(worker* w) {
   return 0;
 }
 
-/* One step s: push then pull, or pipelined (the pull parks on the server until the step is
- * complete). */
+/* One step s: push then pull, or pipelined: pmx_push_pull (one message each way on the
+ * Exchange stream for steps up to 1 MiB), or with a bf16 view the pull started before the
+ * push (it parks on the server until the step is complete). */
 static int step(worker* w, int s) {
   const wopts* o = w->o;
   const void* const* g = w->gptr + (size_t)(s % o->ngrad) * w->m.n;
   const uint64_t v = w->base + (uint64_t)s;
   double t0 = now_s(), t1, t2;
-  if (o->overlap) {
+  if (o->overlap && w->view == 0) {
+    WCHECK("push_pull", pmx_push_pull(w->c, v, w->m.n, w->tensors, g, w->dst, NULL));
+    t2 = now_s();
+    t1 = t0 + (t2 - t0) / 2; /* one exchange: half of it counted for each direction */
+  } else if (o->overlap) {
     pmx_op* op = NULL;
     WCHECK("pull", pmx_pull_as_async(w->c, w->m.n, w->tensors, w->dst, w->view, v + 1, NULL, &op));
     WCHECK("push", pmx_push(w->c, v, w->m.n, w->tensors, g));
