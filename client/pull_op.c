@@ -187,6 +187,15 @@ pmx_status px_pull_op_new(pmx_client* c, size_t n, pmx_tensor* const* tensors, v
   return PMX_OK;
 }
 
+void px_pull_op_abandon(pmx_op* op) {
+  pmx_client* c = op->client;
+  pthread_mutex_lock(&c->mu);
+  for (size_t i = 0; i < op->n; i++)
+    if (op->have[i] != UINT64_MAX) op->tensors[i]->have_valid = true; /* dst as it was */
+  pthread_mutex_unlock(&c->mu);
+  px_op_free(op);
+}
+
 pmx_status pmx_pull_as_async(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
                              pmx_dtype view, uint64_t min_version, uint64_t* versions,
                              pmx_op** out) {

@@ -14,6 +14,9 @@ extern const px_op_kind px_pull_kind;
  * what each buffer holds is taken over (and forgotten by the tensors until it ends). */
 pmx_status px_pull_op_new(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
                           pmx_dtype view, uint64_t min_version, uint64_t* versions, pmx_op** out);
+/* Frees an op of px_pull_op_new that wrote nothing to dst: each buffer holds again what it
+ * held before. */
+void px_pull_op_abandon(pmx_op* op);
 /* op's PullRequest, packed (malloc'd, *len bytes); NULL when out of memory. */
 uint8_t* px_pull_request_pack(pmx_op* op, size_t* len);
 /* Decodes one PullChunk message (wire bytes in all) into the buffer it belongs to and

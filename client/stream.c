@@ -35,6 +35,8 @@ typedef struct px_stream {
   bool busy;           /* a step uses it */
   bool have_resp;      /* the step's read completed: resp (NULL: the stream ended) */
   px_msg* resp;
+  bool sending;        /* a send of `call` has not completed yet (its on_sent may come
+                        * after the answer it asked for) */
   bool unsupported;    /* the server has no Exchange method */
   uint64_t retry_at_ms;
 } px_stream;
@@ -62,6 +64,15 @@ static void on_message(px_cli_call* call, void* ctx, px_msg* msg) {
   px_msg_free(msg);
 }
 
+static void on_sent(px_cli_call* call, void* ctx, bool ok) {
+  px_stream* s = ctx;
+  pthread_mutex_lock(&s->mu);
+  if (call == s->call) s->sending = false;
+  if (!ok) forget_call(s, call);
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+}
+
 static void on_done(px_cli_call* call, void* ctx, int status, const char* details) {
   (void)details;
   px_stream* s = ctx;
@@ -71,7 +82,7 @@ static void on_done(px_cli_call* call, void* ctx, int status, const char* detail
   pthread_mutex_unlock(&s->mu);
 }
 
-static const px_cli_call_cbs stream_cbs = {on_message, NULL, on_done};
+static const px_cli_call_cbs stream_cbs = {on_message, on_sent, on_done};
 
 static void stream_release(px_owned* o) {
   px_stream* s = (px_stream*)((char*)o - offsetof(px_stream, owned));
@@ -120,13 +131,26 @@ static px_cli_call* take_stream(px_stream* s) {
   if (!s->unsupported && !s->busy && (s->call || px_now_ms() >= s->retry_at_ms)) {
     if (s->call && px_cli_call_try_ref(s->call)) {
       call = s->call;
+      /* one send at a time: the last step's completes at once (the server read it), but
+       * its event may still be on its way */
+      struct timespec ts;
+      px_deadline_ts(&ts, CLOCK_REALTIME, c->timeout_ms);
+      while (s->sending && call == s->call)
+        if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) != 0) break;
+      if (s->sending || call != s->call) {
+        pthread_mutex_unlock(&s->mu);
+        px_cli_call_unref(call);
+        return NULL;
+      }
     } else {
+      s->sending = false;
       /* no deadline: the stream lives as long as the client; each step has its own */
       s->call = px_cli_call_start(c->ch, PX_M_EXCHANGE, 0, false, &stream_cbs, s);
       call = s->call; /* the reference px_cli_call_start gave us */
     }
     if (call) {
       s->busy = true;
+      s->sending = true; /* the step's send, started next */
       s->have_resp = false;
       s->resp = NULL;
     }
@@ -268,7 +292,7 @@ bool px_stream_run(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* te
   px_out out = {NULL, 0, req, len, free, req};
   if (!req || !px_cli_call_send(call, &out, false) || !px_cli_call_read(call)) {
     give_stream(s, call, req != NULL);
-    if (op) px_op_free(op);
+    if (op) px_pull_op_abandon(op);
     return false;
   }
   bool timed_out;
@@ -288,7 +312,7 @@ bool px_stream_run(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* te
     return carried;
   }
   if (!carried) {
-    px_op_free(op);
+    px_pull_op_abandon(op); /* no chunk was taken: an answer that is not OK has none */
     return false;
   }
   px_op_end_call(op);
