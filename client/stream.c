@@ -67,8 +67,8 @@ static void on_message(px_cli_call* call, void* ctx, px_msg* msg) {
 static void on_sent(px_cli_call* call, void* ctx, bool ok) {
   px_stream* s = ctx;
   pthread_mutex_lock(&s->mu);
+  (void)ok; /* a failed send: the pending read reports the end of the stream */
   if (call == s->call) s->sending = false;
-  if (!ok) forget_call(s, call);
   pthread_cond_broadcast(&s->cv);
   pthread_mutex_unlock(&s->mu);
 }
