@@ -131,6 +131,7 @@ static px_cli_call* take_stream(px_stream* s) {
   if (!s->unsupported && !s->busy && (s->call || px_now_ms() >= s->retry_at_ms)) {
     if (s->call && px_cli_call_try_ref(s->call)) {
       call = s->call;
+      s->busy = true; /* ours while we wait, too */
       /* one send at a time: the last step's completes at once (the server read it), but
        * its event may still be on its way */
       struct timespec ts;
@@ -138,6 +139,7 @@ static px_cli_call* take_stream(px_stream* s) {
       while (s->sending && call == s->call)
         if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) != 0) break;
       if (s->sending || call != s->call) {
+        s->busy = false;
         pthread_mutex_unlock(&s->mu);
         px_cli_call_unref(call);
         return NULL;
