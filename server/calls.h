@@ -24,7 +24,7 @@ void px_reject(px_counters* ctr, px_srv_call* call, int status, const char* msg)
 bool px_refuse_stale_server(px_counters* ctr, px_store* store, const char* server_id,
                             px_srv_call* call);
 
-/* The start of a Push or Exchange call: refused UNAVAILABLE while the server drains, ABORTED
+/* The start of a Push, Pull or Exchange call: refused UNAVAILABLE while the server drains, ABORTED
  * for a worker of an earlier run (px_refuse_stale_server) and RESOURCE_EXHAUSTED without
  * memory; otherwise a zeroed context of size bytes for the call (the caller's to free). */
 void* px_data_call_new(px_counters* ctr, px_store* store, px_waiters* waiters,

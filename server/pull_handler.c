@@ -287,19 +287,10 @@ static void pull_start(pull_call* pc, px_msg* req) {
 
 void px_pull_on_call(void* s, px_srv_call* call, px_msg* req) {
   px_server* srv = s;
-  if (px_waiters_draining(&srv->waiters)) {
-    px_msg_free(req);
-    px_reject(&srv->ctr, call, PX_ST_UNAVAILABLE, "server is shutting down");
-    return;
-  }
-  if (px_refuse_stale_server(&srv->ctr, &srv->store, srv->server_id, call)) {
-    px_msg_free(req);
-    return;
-  }
-  pull_call* pc = calloc(1, sizeof *pc);
+  pull_call* pc = px_data_call_new(&srv->ctr, &srv->store, &srv->waiters, srv->server_id, call,
+                                  sizeof *pc);
   if (!pc) {
     px_msg_free(req);
-    px_reject(&srv->ctr, call, PX_ST_RESOURCE_EXHAUSTED, "out of memory");
     return;
   }
   pc->p.srv = srv;
