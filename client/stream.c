@@ -95,30 +95,19 @@ static void stream_release(px_owned* o) {
 
 /* The client's stream object, created on first use; NULL when out of memory. */
 static px_stream* stream_of(pmx_client* c) {
+  bool created = false;
   pthread_mutex_lock(&c->mu);
   px_stream* s = c->stream;
-  pthread_mutex_unlock(&c->mu);
-  if (s) return s;
-  px_stream* n = calloc(1, sizeof *n);
-  if (!n) return NULL;
-  n->client = c;
-  pthread_mutex_init(&n->mu, NULL);
-  pthread_cond_init(&n->cv, NULL);
-  n->owned.release = stream_release;
-  pthread_mutex_lock(&c->mu);
-  if (!c->stream) {
-    c->stream = n;
-    n = NULL;
+  if (!s && (s = calloc(1, sizeof *s))) {
+    s->client = c;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    s->owned.release = stream_release;
+    c->stream = s;
+    created = true;
   }
-  s = c->stream;
   pthread_mutex_unlock(&c->mu);
-  if (n) {
-    pthread_mutex_destroy(&n->mu);
-    pthread_cond_destroy(&n->cv);
-    free(n);
-  } else {
-    px_client_own(c, &s->owned);
-  }
+  if (created) px_client_own(c, &s->owned); /* takes c->mu itself */
   return s;
 }
 
@@ -270,13 +259,13 @@ static bool take_answer(pmx_op* op, px_msg* m, bool* malformed) {
 bool px_stream_run(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* tensors,
                    const void* const* grads, void* const* dst, pmx_dtype view,
                    uint64_t min_version, uint64_t* versions, pmx_status* st) {
-  if (!c || !tensors || n == 0 || (!grads && !dst) || (view != 0 && view != PMX_BF16)) return false;
+  /* bad arguments go to the calls, which report them */
+  if ((!grads && !dst) || (view != 0 && view != PMX_BF16) ||
+      (grads && px_op_check_args(c, n, tensors, grads, "pmx_push") != PMX_OK) ||
+      (dst && px_op_check_args(c, n, tensors, (const void* const*)dst, "pmx_pull") != PMX_OK))
+    return false;
   size_t bytes = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (!tensors[i] || tensors[i]->client != c || (grads && !grads[i]) || (dst && !dst[i]))
-      return false;
-    bytes += pmx_tensor_bytes(tensors[i]);
-  }
+  for (size_t i = 0; i < n; i++) bytes += pmx_tensor_bytes(tensors[i]);
   pthread_mutex_lock(&c->mu);
   const uint32_t worker_id = c->worker_id;
   const uint64_t incarnation = c->incarnation;
