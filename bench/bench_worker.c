@@ -22,6 +22,7 @@
 #include <paramex/paramex.h>
 
 #include <inttypes.h>
+#include <stdbool.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -293,6 +294,11 @@ typedef struct worker {
   uint64_t base;
   double t_gen, t_setup;
   double last_progress; /* when the last progress line went out */
+  /* server restarts survived (pmx_resume) and the time they cost: from the start of the
+   * step that met the restart until the run was back at that step */
+  int restarts;
+  double lost_s, t_abort;
+  int abort_step; /* -1: none pending */
 } worker;
 
 #define WCHECK(what, expr)                                                                 \
@@ -383,20 +389,29 @@ static int step(worker* w, int s) {
   const uint64_t v = w->base + (uint64_t)s;
   double t0 = now_s(), t1, t2;
   if (o->overlap && w->view == 0) {
-    WCHECK("push_pull", pmx_push_pull(w->c, v, w->m.n, w->tensors, g, w->dst, NULL));
+    pmx_status st = pmx_push_pull(w->c, v, w->m.n, w->tensors, g, w->dst, NULL);
+    if (st == PMX_ERR_ABORTED) return 2;
+    WCHECK("push_pull", st);
     t2 = now_s();
     t1 = t0 + (t2 - t0) / 2; /* one exchange: half of it counted for each direction */
   } else if (o->overlap) {
     pmx_op* op = NULL;
     WCHECK("pull", pmx_pull_as_async(w->c, w->m.n, w->tensors, w->dst, w->view, v + 1, NULL, &op));
-    WCHECK("push", pmx_push(w->c, v, w->m.n, w->tensors, g));
+    pmx_status st = pmx_push(w->c, v, w->m.n, w->tensors, g);
+    pmx_status st_pull = pmx_op_wait(op);
+    if (st == PMX_ERR_ABORTED || st_pull == PMX_ERR_ABORTED) return 2;
+    WCHECK("push", st);
     t1 = now_s();
-    WCHECK("pull", pmx_op_wait(op));
+    WCHECK("pull", st_pull);
     t2 = now_s();
   } else {
-    WCHECK("push", pmx_push(w->c, v, w->m.n, w->tensors, g));
+    pmx_status st = pmx_push(w->c, v, w->m.n, w->tensors, g);
+    if (st == PMX_ERR_ABORTED) return 2;
+    WCHECK("push", st);
     t1 = now_s();
-    WCHECK("pull", pmx_pull_as(w->c, w->m.n, w->tensors, w->dst, w->view, v + 1, NULL));
+    st = pmx_pull_as(w->c, w->m.n, w->tensors, w->dst, w->view, v + 1, NULL);
+    if (st == PMX_ERR_ABORTED) return 2;
+    WCHECK("pull", st);
     t2 = now_s();
   }
   w->tpush[s] = t1 - t0;
@@ -439,8 +454,9 @@ static void report(const worker* w, const pmx_client_stats* st0, const pmx_clien
          push_raw, push_wire, pull_raw, pull_wire,
          st1->pull_unchanged_chunks - st0->pull_unchanged_chunks, st1->checksum_failures);
   printf(", \"measured_wall_s\": %.6g, \"cpu_s\": %.6g, \"setup_s\": %.6g, \"grad_gen_s\": %.6g, "
-         "\"maxrss_kib\": %ld, \"base_version\": %" PRIu64,
-         wall, cpu, w->t_setup, w->t_gen, maxrss_kib(), w->base);
+         "\"maxrss_kib\": %ld, \"base_version\": %" PRIu64 ", \"server_restarts\": %d, "
+         "\"restart_lost_s\": %.6g",
+         wall, cpu, w->t_setup, w->t_gen, maxrss_kib(), w->base, w->restarts, w->lost_s);
   print_samples("step_s", w->tstep, steps);
   print_samples("push_s", w->tpush + warmup, steps);
   print_samples("pull_s", w->tpull + warmup, steps);
@@ -462,13 +478,28 @@ static void worker_free(worker* w) {
   bench_model_deinit(&w->m);
 }
 
+/* pmx_resume into the worker's buffers; a bf16 view is pulled again afterwards (resume
+ * fills f32 buffers, and the view's buffers are half the size). */
+static pmx_status resume_into(worker* w, uint64_t* v) {
+  pmx_status st = pmx_resume(w->c, w->m.n, w->tensors, w->dst, v);
+  if (st == PMX_OK && w->view) st = pmx_pull_as(w->c, w->m.n, w->tensors, w->dst, w->view, 0, NULL);
+  return st;
+}
+
 /* Every step, measured after the warm-up. */
 static int run(worker* w) {
   const wopts* o = w->o;
   pmx_client_stats st0 = {0}, st1;
   double cpu0 = 0, wall0 = 0;
+  w->abort_step = -1;
+  bool measuring = false;
   for (int s = 0; s < o->warmup + o->steps; s++) {
-    if (s == o->warmup) {
+    if (s == w->abort_step) { /* back where the restart found the run */
+      w->lost_s += now_s() - w->t_abort;
+      w->abort_step = -1;
+    }
+    if (s == o->warmup && !measuring) {
+      measuring = true;
       pmx_client_get_stats(w->c, &st0);
       cpu0 = cpu_s();
       wall0 = now_s();
@@ -477,7 +508,26 @@ static int run(worker* w) {
         fflush(stdout);
       }
     }
-    if (step(w, s)) return 1;
+    int rc = step(w, s);
+    if (rc == 2) {
+      /* The server restarted (killed, then back from its checkpoint): resume from its
+       * version and count the time until the run is back at this step. */
+      uint64_t v = 0;
+      if (w->abort_step < 0) w->abort_step = s, w->t_abort = now_s();
+      WCHECK("resume", resume_into(w, &v));
+      if (v < w->base || v > w->base + (uint64_t)s) {
+        fprintf(stderr, "bench-worker %u: the restarted server is at version %" PRIu64
+                        ", outside this run (%" PRIu64 "..%" PRIu64 ")\n",
+                o->rank, v, w->base, w->base + (uint64_t)s);
+        return 1;
+      }
+      w->restarts++;
+      fprintf(stderr, "bench-worker %u: the server restarted during step %d; resuming at step "
+                      "%" PRIu64 "\n", o->rank, s, v - w->base);
+      s = (int)(v - w->base) - 1;
+      continue;
+    }
+    if (rc) return 1;
   }
   double wall = now_s() - wall0, cpu = cpu_s() - cpu0;
   pmx_client_get_stats(w->c, &st1);

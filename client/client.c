@@ -10,6 +10,7 @@
 #include "paramex.pb-c.h"
 #include "util/clock.h"
 #include "util/file.h"
+#include "util/log.h"
 #include "util/mem.h"
 #include "util/net.h"
 #include "util/str.h"
@@ -222,6 +223,7 @@ pmx_status pmx_join(pmx_client* c, uint32_t rank, uint32_t world_size, pmx_join_
   c->worker_id = r->worker_id;
   c->incarnation = r->incarnation;
   c->joined = true;
+  c->rejoin_failed = false;
   c->rank = rank;
   c->world = world_size;
   px_strlcpy(c->server_id, r->server_id ? r->server_id : "", sizeof c->server_id);
@@ -249,8 +251,21 @@ void px_client_rejoin(pmx_client* c) {
   if (!joined) return;
   char saved[PX_ERROR_LEN];
   memcpy(saved, px_last_error_buf(), sizeof saved);
-  pmx_join(c, rank, world, NULL);
+  if (pmx_join(c, rank, world, NULL) != PMX_OK) {
+    px_warn("joining the restarted server again failed: %s", px_last_error_buf());
+    pthread_mutex_lock(&c->mu);
+    c->rejoin_failed = true;
+    pthread_mutex_unlock(&c->mu);
+  }
   memcpy(px_last_error_buf(), saved, sizeof saved);
+}
+
+pmx_status px_client_join_again(pmx_client* c) {
+  pthread_mutex_lock(&c->mu);
+  bool need = c->joined && c->rejoin_failed;
+  uint32_t rank = c->rank, world = c->world;
+  pthread_mutex_unlock(&c->mu);
+  return need ? pmx_join(c, rank, world, NULL) : PMX_OK;
 }
 
 

@@ -27,6 +27,7 @@ struct pmx_client {
   uint32_t worker_id;
   uint64_t incarnation;
   bool joined;
+  bool rejoin_failed;       /* the server restarted and joining it again failed */
   uint32_t rank, world;     /* for rejoining after a server restart */
   char server_id[96];
   /* heartbeats keep the lease (JoinResponse.lease_ms) while the worker computes */
@@ -57,8 +58,12 @@ void px_client_disown(pmx_client* c, px_owned* o); /* o not owned: nothing */
 pmx_status px_client_unary(pmx_client* c, const char* method, const ProtobufCMessage* m,
                            int64_t timeout_ms, bool wait_ready, uint8_t** resp, size_t* resp_len);
 /* After the server restarted: joins again as the same rank (new server id and
- * incarnation); the caller's last error is kept. No-op when never joined. */
+ * incarnation); the caller's last error is kept. No-op when never joined. A failure is
+ * remembered (rejoin_failed) for pmx_resume. */
 void px_client_rejoin(pmx_client* c);
+/* pmx_resume's join: joins again when the client has joined before and the server
+ * restarted since (or a rejoin failed); PMX_OK when nothing is needed. */
+pmx_status px_client_join_again(pmx_client* c);
 /* Adds t to the tensors freed with c; PMX_ERR_NO_MEMORY when it cannot. */
 pmx_status px_client_adopt(pmx_client* c, pmx_tensor* t);
 

@@ -1,9 +1,18 @@
-/* The blocking operations (exchange.h; pmx_push, pmx_pull, pmx_pull_as and pmx_push_pull
- * of paramex.h). */
+/* The blocking operations (exchange.h; pmx_push, pmx_pull, pmx_pull_as, pmx_push_pull and
+ * pmx_resume of paramex.h). */
 #include "exchange.h"
 
+#include <inttypes.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "client.h"
+#include "errors.h"
 #include "op.h"
 #include "stream.h"
+#include "tensor.h"
+#include "util/clock.h"
+#include "util/log.h"
 
 /* A push through the Push call. */
 static pmx_status push_call(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* tensors,
@@ -54,4 +63,62 @@ pmx_status pmx_push_pull(pmx_client* c, uint64_t step, size_t n, pmx_tensor* con
     return st;
   }
   return pmx_op_wait(pull);
+}
+
+/* Marks every tensor's buffer as holding nothing certain: a restarted server's versions
+ * are not the ones the buffers hold, even where the numbers agree. */
+static void forget_buffers(pmx_client* c) {
+  pthread_mutex_lock(&c->mu);
+  for (size_t i = 0; i < c->ntensors; i++) c->tensors[i]->have_valid = false;
+  pthread_mutex_unlock(&c->mu);
+}
+
+/* Declares again every tensor of the client (a server that restarted with nothing, or
+ * from a checkpoint older than a tensor, lost it; the others answer with their ids). */
+static pmx_status declare_again(pmx_client* c) {
+  pthread_mutex_lock(&c->mu);
+  size_t n = c->ntensors;
+  pthread_mutex_unlock(&c->mu);
+  for (size_t i = 0; i < n; i++) {
+    pthread_mutex_lock(&c->mu);
+    pmx_tensor* t = c->tensors[i];
+    pthread_mutex_unlock(&c->mu);
+    pmx_status st = px_tensor_declare(c, t);
+    if (st != PMX_OK) return st;
+  }
+  return PMX_OK;
+}
+
+pmx_status pmx_resume(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
+                      uint64_t* step) {
+  pmx_status st = px_op_check_args(c, n, tensors, (const void* const*)dst, "pmx_resume");
+  if (st != PMX_OK) return st;
+  if (!step) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_resume: step is NULL");
+  uint64_t* versions = malloc(n * sizeof *versions);
+  if (!versions) return px_fail(PMX_ERR_NO_MEMORY, "pmx_resume: out of memory");
+  /* A server that restarts again meanwhile (ABORTED) or is not up yet (UNAVAILABLE) is
+   * followed for up to retry_timeout_ms. */
+  const uint64_t give_up = px_now_ms() + (uint64_t)c->retry_timeout_ms;
+  for (int attempt = 0;; attempt++) {
+    forget_buffers(c);
+    st = px_client_join_again(c);
+    if (st == PMX_OK) st = declare_again(c);
+    if (st == PMX_OK) st = pmx_pull(c, n, tensors, dst, 0, versions);
+    if (st == PMX_OK) break;
+    if (!(st == PMX_ERR_ABORTED || st == PMX_ERR_UNAVAILABLE) || px_now_ms() >= give_up ||
+        attempt >= 100)
+      break;
+    if (st == PMX_ERR_UNAVAILABLE) {
+      struct timespec ts = {0, 200 * 1000000L}; /* the server is not up yet: bounded above */
+      nanosleep(&ts, NULL);
+    }
+  }
+  if (st == PMX_OK) {
+    uint64_t v = versions[0];
+    for (size_t i = 1; i < n; i++) v = versions[i] < v ? versions[i] : v;
+    *step = v;
+    px_info("resuming at step %" PRIu64 " (the server's version)", v);
+  }
+  free(versions);
+  return st;
 }

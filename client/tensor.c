@@ -13,38 +13,28 @@
 /* Initial values travel in Declare calls of at most this many bytes. */
 #define DECLARE_PIECE (2u << 20)
 
-pmx_status pmx_declare(pmx_client* c, const char* name, pmx_dtype dtype, const uint64_t* shape,
-                       size_t ndim, const void* values, const pmx_init* init, pmx_tensor** out) {
-  if (!c || !name || !out || (ndim && !shape))
-    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_declare: missing argument");
-  size_t es = px_dtype_size((int)dtype);
-  if (es == 0) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_declare: unknown dtype %d", (int)dtype);
-  uint64_t numel = 1;
-  for (size_t i = 0; i < ndim; i++) {
-    if (shape[i] != 0 && numel > UINT64_MAX / shape[i])
-      return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_declare: shape of '%s' overflows", name);
-    numel *= shape[i];
-  }
+pmx_status px_tensor_declare(pmx_client* c, pmx_tensor* t) {
   Paramex__V1__DeclareRequest req = PARAMEX__V1__DECLARE_REQUEST__INIT;
   Paramex__V1__Initializer ini = PARAMEX__V1__INITIALIZER__INIT;
-  req.name = (char*)name;
-  req.dtype = (Paramex__V1__DType)dtype;
-  req.n_shape = ndim;
-  req.shape = (uint64_t*)shape;
+  req.name = t->name;
+  req.dtype = (Paramex__V1__DType)t->dtype;
+  req.n_shape = t->ndim;
+  req.shape = t->shape;
   pthread_mutex_lock(&c->mu);
   req.worker_id = c->worker_id;
   req.incarnation = c->incarnation;
   pthread_mutex_unlock(&c->mu);
-  if (!values && init) {
-    ini.kind = (Paramex__V1__Initializer__Kind)init->kind;
-    ini.a = init->a;
-    ini.b = init->b;
-    ini.seed = init->seed;
+  if (!t->values && t->has_init) {
+    ini.kind = (Paramex__V1__Initializer__Kind)t->init.kind;
+    ini.a = t->init.a;
+    ini.b = t->init.b;
+    ini.seed = t->init.seed;
     req.initializer = &ini;
   }
-  uint64_t total = numel * es, sent = 0;
-  if (values) {
-    req.values.data = (uint8_t*)values;
+  const size_t es = t->elem;
+  const uint64_t total = t->numel * es;
+  if (t->values) {
+    req.values.data = t->values;
     req.values.len = total < DECLARE_PIECE ? total : DECLARE_PIECE - DECLARE_PIECE % es;
   }
   uint8_t* resp = NULL;
@@ -54,42 +44,68 @@ pmx_status pmx_declare(pmx_client* c, const char* name, pmx_dtype dtype, const u
   Paramex__V1__DeclareResponse* r = paramex__v1__declare_response__unpack(NULL, len, resp);
   free(resp);
   if (!r) return px_fail(PMX_ERR_PROTOCOL, "Declare: malformed DeclareResponse");
-  if (r->chunk_elems == 0 || r->num_chunks != (numel + r->chunk_elems - 1) / r->chunk_elems) {
+  if (r->chunk_elems == 0 || r->num_chunks != (t->numel + r->chunk_elems - 1) / r->chunk_elems ||
+      (t->chunk_elems && (r->chunk_elems != t->chunk_elems || r->num_chunks != t->nchunks))) {
     paramex__v1__declare_response__free_unpacked(r, NULL);
     return px_fail(PMX_ERR_PROTOCOL, "Declare: inconsistent chunking in DeclareResponse");
   }
-  pmx_tensor* t = calloc(1, sizeof *t);
-  if (!t) {
-    paramex__v1__declare_response__free_unpacked(r, NULL);
-    return px_fail(PMX_ERR_NO_MEMORY, "pmx_declare: out of memory");
-  }
-  t->client = c;
   t->id = r->tensor_id;
+  t->chunk_elems = r->chunk_elems;
+  t->nchunks = r->num_chunks;
+  const bool created = r->created;
+  paramex__v1__declare_response__free_unpacked(r, NULL);
+
+  /* The creator sends the rest of the initial values in further pieces. */
+  for (uint64_t sent = t->values ? req.values.len : total; created && sent < total;) {
+    uint64_t piece = total - sent < DECLARE_PIECE ? total - sent : DECLARE_PIECE - DECLARE_PIECE % es;
+    req.values.data = (uint8_t*)t->values + sent;
+    req.values.len = piece;
+    req.values_offset = sent / es;
+    st = px_client_unary(c, PX_M_DECLARE, &req.base, c->timeout_ms, false, &resp, &len);
+    if (st != PMX_OK) return st;
+    free(resp);
+    sent += piece;
+  }
+  return PMX_OK;
+}
+
+pmx_status pmx_declare(pmx_client* c, const char* name, pmx_dtype dtype, const uint64_t* shape,
+                       size_t ndim, const void* values, const pmx_init* init, pmx_tensor** out) {
+  if (!c || !name || !out || (ndim && !shape))
+    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_declare: missing argument");
+  size_t es = px_dtype_size((int)dtype);
+  if (es == 0) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_declare: unknown dtype %d", (int)dtype);
+  if (ndim < 1 || ndim > 8)
+    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_declare: '%s' has %zu dimensions (1..8)",
+                   name, ndim);
+  size_t nlen = strlen(name);
+  if (nlen == 0 || nlen > 255)
+    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_declare: a name is 1..255 bytes, not %zu",
+                   nlen);
+  uint64_t numel = 1;
+  for (size_t i = 0; i < ndim; i++) {
+    if (shape[i] == 0)
+      return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_declare: '%s': dimension %zu is 0", name, i);
+    if (numel > UINT64_MAX / shape[i] / es)
+      return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_declare: shape of '%s' overflows", name);
+    numel *= shape[i];
+  }
+  /* The values are kept (after the tensor, in the same allocation that the client frees)
+   * to declare the tensor again on a server that lost it (pmx_resume). */
+  pmx_tensor* t = calloc(1, sizeof *t + (values ? (size_t)(numel * es) : 0));
+  if (!t) return px_fail(PMX_ERR_NO_MEMORY, "pmx_declare: out of memory for '%s'", name);
+  t->client = c;
   px_strlcpy(t->name, name, sizeof t->name);
   t->dtype = dtype;
   t->numel = numel;
   t->elem = es;
-  t->chunk_elems = r->chunk_elems;
-  t->nchunks = r->num_chunks;
-  bool created = r->created;
-  paramex__v1__declare_response__free_unpacked(r, NULL);
-
-  /* The creator sends the rest of the initial values in further pieces. */
-  sent = values ? req.values.len : total;
-  while (created && sent < total) {
-    uint64_t piece = total - sent < DECLARE_PIECE ? total - sent : DECLARE_PIECE - DECLARE_PIECE % es;
-    req.values.data = (uint8_t*)values + sent;
-    req.values.len = piece;
-    req.values_offset = sent / es;
-    st = px_client_unary(c, PX_M_DECLARE, &req.base, c->timeout_ms, false, &resp, &len);
-    if (st != PMX_OK) {
-      free(t);
-      return st;
-    }
-    free(resp);
-    sent += piece;
-  }
-  st = px_client_adopt(c, t);
+  t->ndim = ndim;
+  memcpy(t->shape, shape, ndim * sizeof *shape);
+  if (init) t->init = *init;
+  t->has_init = init != NULL;
+  if (values) t->values = memcpy(t + 1, values, (size_t)(numel * es));
+  pmx_status st = px_tensor_declare(c, t);
+  if (st == PMX_OK) st = px_client_adopt(c, t);
   if (st != PMX_OK) {
     free(t);
     return st;

@@ -25,7 +25,19 @@ struct pmx_tensor {
   /* push compression (pmx_tensor_set_push_compression) */
   pmx_push_mode push_mode;
   size_t push_min_bytes;
+  /* The declaration, to declare again on a server that lost the tensor (pmx_resume). */
+  uint64_t shape[8];
+  size_t ndim;
+  pmx_init init;
+  bool has_init;
+  void* values; /* a copy of the initial values given to pmx_declare (after the struct, in
+                 * its allocation), or NULL */
 };
+
+/* Sends t's declaration (name, dtype, shape, initial values or initializer) to the server
+ * and sets t's id and chunking from the answer. The tensor's facts must not change: a
+ * different chunking is PMX_ERR_PROTOCOL. The message set on error. */
+pmx_status px_tensor_declare(pmx_client* c, pmx_tensor* t);
 
 /* Elements of chunk i of t. */
 static inline uint64_t px_tensor_chunk_elems(const pmx_tensor* t, uint32_t i) {

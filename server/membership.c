@@ -128,6 +128,8 @@ void px_members_restore(px_members* m, const char* list) {
     char* end;
     uint64_t x = strtoull(p, &end, 10);
     atomic_store(&m->w[w].incarnation, x);
+    /* a fresh lease: the worker had no chance to call this process yet */
+    atomic_store(&m->w[w].last_seen_ms, px_now_ms());
     if (x >= atomic_load(&m->next_incarnation)) atomic_store(&m->next_incarnation, x + 1);
     p = *end == ',' ? end + 1 : end;
   }

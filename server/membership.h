@@ -59,7 +59,8 @@ void px_members_scan(px_members* m, uint64_t now_ms, px_lease_scan* out);
 
 /* The incarnation of every worker as "i0,i1,..." into buf (cap >= 21 * n + 1). */
 void px_members_incarnations(px_members* m, char* buf, size_t cap);
-/* Restores incarnations from that form (a checkpoint's); later joins get higher ones. */
+/* Restores incarnations from that form (a checkpoint's); later joins get higher ones.
+ * Each restored worker gets a fresh lease (from now). */
 void px_members_restore(px_members* m, const char* list);
 /* Copies rank's name. */
 void px_members_name(px_members* m, uint32_t rank, char* buf, size_t cap);

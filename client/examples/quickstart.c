@@ -53,12 +53,14 @@ int main(int argc, char** argv) {
   if ((st = pmx_declare(c, "w", PMX_F32, shape, 1, NULL, NULL, &w))) return fail("declare", st);
   void* dst[1] = {params};
   const void* src[1] = {grad};
-  uint64_t version = 0;
-  if ((st = pmx_pull(c, 1, &w, dst, 0, &version))) return fail("pull", st);  // version 0
-  for (uint64_t s = 0; s < steps; s++) {
+  uint64_t s = 0, version = 0;
+  if ((st = pmx_resume(c, 1, &w, dst, &s))) return fail("pull", st);  // s: where the job is
+  while (s < steps) {
     compute(rank, params, grad);
-    /* pushes grad for step s, then fills params with version s + 1 */
-    if ((st = pmx_push_pull(c, s, 1, &w, src, dst, &version))) return fail("step", st);
+    st = pmx_push_pull(c, s, 1, &w, src, dst, &version);  // grad for step s; version s + 1
+    if (st == PMX_ERR_ABORTED) st = pmx_resume(c, 1, &w, dst, &s);  // server restarted
+    else s++;
+    if (st) return fail("step", st);
   }
   printf("rank %u: version %llu, loss %.6f\n", rank, (unsigned long long)version,
          compute(rank, params, grad));

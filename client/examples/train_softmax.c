@@ -10,6 +10,10 @@
  * Uses only the public API of <paramex/paramex.h> (plus xxhash for the final checksum),
  * so it doubles as an example of the library. scripts/demo.sh runs four of these.
  *
+ * A server that restarts (killed, then started again from its checkpoint) is survived:
+ * the step that meets it ends PMX_ERR_ABORTED and pmx_resume continues from the server's
+ * version (the line "rank R: the server restarted during step S; resuming at step V").
+ *
  * Output: rank 0 prints one progress line per step; every rank ends with
  *   final test accuracy 0.913
  *   final params xxh64=<16 hex digits>     (XXH64, seed 0, of the raw float bytes)
@@ -345,21 +349,33 @@ int main(int argc, char** argv) {
   pmx_tensor* const tensors[1] = {weight};
   void* const dst[1] = {params};
   const void* const grads[1] = {grad};
-  uint64_t version = 0;
+  uint64_t version = 0, s = 0, resumed = 0;
 
-  /* Version 0: the initial values. */
-  check(pmx_pull(client, 1, tensors, dst, 0, &version), "pull version 0");
+  /* Where the job is: version 0 (the initial values) at the start; a restarted worker
+   * continues at the server's version. */
+  check(pmx_resume(client, 1, tensors, dst, &s), "pull the parameters");
 
   pmx_client_stats before, after;
   pmx_client_get_stats(client, &before);
-  for (uint64_t s = 0; s < cfg.steps; s++) {
+  while (s < cfg.steps) {
     double loss, acc;
     loss_and_grad(params, &train, grad, &loss, &acc);
 
     /* One pipelined exchange per step: the pull of version s+1 starts first and waits on
      * the server, then the gradients of step s go out; each chunk of the new parameters
      * comes back as soon as every worker's step-s gradients were applied to it. */
-    check(pmx_push_pull(client, s, 1, tensors, grads, dst, &version), "step %" PRIu64, s);
+    pmx_status st = pmx_push_pull(client, s, 1, tensors, grads, dst, &version);
+    if (st == PMX_ERR_ABORTED) {
+      /* The server restarted from its last checkpoint (or from nothing): go on from its
+       * version. The data depend only on the step, so the run ends as without the crash. */
+      uint64_t at = s;
+      check(pmx_resume(client, 1, tensors, dst, &s), "resume after step %" PRIu64, at);
+      resumed++;
+      printf("rank %" PRIu32 ": the server restarted during step %" PRIu64
+             "; resuming at step %" PRIu64 "\n", rank, at, s);
+      continue;
+    }
+    check(st, "step %" PRIu64, s);
     if (version != s + 1)
       die("pull version %" PRIu64 ": got version %" PRIu64, s + 1, version);
 
@@ -372,6 +388,7 @@ int main(int argc, char** argv) {
              loss, acc, pushed, pulled);
     }
     before = after;
+    s++;
   }
 
   /* The final version; the last step's pull already holds it, so nothing is re-sent. */
@@ -383,6 +400,9 @@ int main(int argc, char** argv) {
   if (after.checksum_failures != 0)
     die("%" PRIu64 " pulled chunks failed their checksum", after.checksum_failures);
 
+  if (resumed)
+    printf("rank %" PRIu32 ": resumed %" PRIu64 " time%s after server restarts\n", rank,
+           resumed, resumed == 1 ? "" : "s");
   printf("final test accuracy %.3f\n", accuracy_of(params, &test));
   printf("final params xxh64=%016llx\n",
          (unsigned long long)XXH64(params, sizeof params, 0));

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -180,4 +181,27 @@ size_t it_count(const char* hay, const char* needle) {
   size_t n = 0, k = strlen(needle);
   for (const char* p = hay; k && (p = strstr(p, needle)) != NULL; p += k) n++;
   return n;
+}
+
+void it_seed_rng(uint64_t* state) {
+  const char* s = getenv("PMX_IT_SEED");
+  if (s && *s) {
+    *state = strtoull(s, NULL, 10);
+  } else {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    *state = ((uint64_t)ts.tv_sec * 1000003u) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 20);
+  }
+  if (*state == 0) *state = 1;
+  fprintf(stderr, "# seed %" PRIu64 " (PMX_IT_SEED=%" PRIu64 " repeats these moments)\n", *state,
+          *state);
+}
+
+uint64_t it_rnd_between(uint64_t* state, uint64_t lo, uint64_t hi) {
+  uint64_t x = *state; /* xorshift64* */
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  *state = x;
+  return lo + (x * 2685821657736338717ull) % (hi - lo + 1);
 }

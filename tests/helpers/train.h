@@ -62,4 +62,9 @@ char* it_slurp(const char* dir, const char* name);
 /* Occurrences of needle in hay. */
 size_t it_count(const char* hay, const char* needle);
 
+/* The random moments of the fault tests: it_seed_rng seeds *state from PMX_IT_SEED (to
+ * repeat a run) or the clock and prints the seed; it_rnd_between is uniform in [lo, hi]. */
+void it_seed_rng(uint64_t* state);
+uint64_t it_rnd_between(uint64_t* state, uint64_t lo, uint64_t hi);
+
 #endif

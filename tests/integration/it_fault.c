@@ -57,15 +57,7 @@ static const it_sgd g_sgd = {"0.05", "0.9", "0.01"};
 static char g_dir[512];
 static uint64_t g_rng;
 
-static uint64_t rnd(void) { /* xorshift64* */
-  g_rng ^= g_rng >> 12;
-  g_rng ^= g_rng << 25;
-  g_rng ^= g_rng >> 27;
-  return g_rng * 2685821657736338717ull;
-}
-
-/* Uniform in [lo, hi]. */
-static uint64_t rnd_between(uint64_t lo, uint64_t hi) { return lo + rnd() % (hi - lo + 1); }
+static uint64_t rnd_between(uint64_t lo, uint64_t hi) { return it_rnd_between(&g_rng, lo, hi); }
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
@@ -372,16 +364,7 @@ static int teardown(void** state) {
 static int group_setup(void** state) {
   (void)state;
   px_rpc_init();
-  const char* s = getenv("PMX_IT_SEED");
-  if (s && *s) {
-    g_rng = strtoull(s, NULL, 10);
-  } else {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    g_rng = ((uint64_t)ts.tv_sec * 1000003u) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 20);
-  }
-  if (g_rng == 0) g_rng = 1;
-  fprintf(stderr, "# seed %" PRIu64 " (PMX_IT_SEED=%" PRIu64 " repeats these moments)\n", g_rng, g_rng);
+  it_seed_rng(&g_rng);
   return px_h_mkdtemp(g_dir, sizeof g_dir);
 }
 

@@ -17,9 +17,9 @@
  * --resync (the recovery path of an application): the first step is the version the
  * initial pull returned (so a restarted worker continues where the job is; it prints
  * "start step V"), and a push or pull that fails PMX_ERR_ABORTED (the server restarted
- * from a checkpoint; the library has joined it again) is followed by a pull with
- * min_version 0, whose versions give the step to resume from; the worker prints "resync
- * at step S: resuming at step V" each time and "resyncs N" at the end. Gradients depend
+ * from a checkpoint, or from nothing) is followed by pmx_resume, which gives the step to
+ * resume from; the worker prints "resync at step S: resuming at step V" each time and
+ * "resyncs N" at the end. Gradients depend
  * only on (rank, step, parameters), so a resumed run ends with the bits of an
  * uninterrupted one.
  * Exit 0 on success, 1 when a paramex call failed (one line on stderr), 2 on bad usage. */
@@ -43,13 +43,6 @@ static void die_pmx(const char* what, uint64_t step, pmx_status st) {
 static void die(const char* msg) {
   fprintf(stderr, "pmx_test_worker[rank %" PRIu32 "]: %s\n", g_rank, msg);
   exit(1);
-}
-
-static uint64_t lowest(const uint64_t* versions) {
-  uint64_t v = versions[0];
-  for (int t = 1; t < PX_IT_NTENSORS; t++)
-    if (versions[t] < v) v = versions[t];
-  return v;
 }
 
 static uint64_t parse_u64(const char* flag, const char* v) {
@@ -147,16 +140,18 @@ int main(int argc, char** argv) {
   const void* src[PX_IT_NTENSORS] = {grads[0], grads[1]};
   uint64_t versions[PX_IT_NTENSORS];
 
-  st = pmx_pull(c, PX_IT_NTENSORS, tensors, dst, 0, versions);
-  if (st != PMX_OK) die_pmx("pmx_pull", 0, st);
-
   uint64_t s = 0, resyncs = 0;
   if (resync) {
-    s = lowest(versions);
+    /* where the job is (a restarted worker continues there) */
+    st = pmx_resume(c, PX_IT_NTENSORS, tensors, dst, &s);
+    if (st != PMX_OK) die_pmx("pmx_resume", 0, st);
     if (s > 0) {
       printf("start step %" PRIu64 "\n", s);
       fflush(stdout);
     }
+  } else {
+    st = pmx_pull(c, PX_IT_NTENSORS, tensors, dst, 0, versions);
+    if (st != PMX_OK) die_pmx("pmx_pull", 0, st);
   }
   while (s < steps) {
     for (int t = 0; t < PX_IT_NTENSORS; t++)
@@ -215,13 +210,11 @@ int main(int argc, char** argv) {
       }
     }
     if (aborted) {
-      /* The library joined the restarted server; its versions say where the job is. A
-       * server that restarts again meanwhile answers ABORTED once more. */
-      int tries = 0;
-      do st = pmx_pull(c, PX_IT_NTENSORS, tensors, dst, 0, versions);
-      while (st == PMX_ERR_ABORTED && ++tries < 10);
-      if (st != PMX_OK) die_pmx("pmx_pull (resync)", s, st);
-      uint64_t v = lowest(versions);
+      /* The server went back to a checkpoint (or to nothing): pmx_resume says where the
+       * job is, following a server that restarts again meanwhile. */
+      uint64_t v = 0;
+      st = pmx_resume(c, PX_IT_NTENSORS, tensors, dst, &v);
+      if (st != PMX_OK) die_pmx("pmx_resume", s, st);
       resyncs++;
       printf("resync at step %" PRIu64 ": resuming at step %" PRIu64 "\n", s, v);
       fflush(stdout);

@@ -13,13 +13,23 @@
  *     if ((st = pmx_declare(c, "w", PMX_F32, shape, 1, NULL, NULL, &w))) return fail("declare", st);
  *     void* dst[1] = {params};
  *     const void* src[1] = {grad};
- *     uint64_t version = 0;
- *     if ((st = pmx_pull(c, 1, &w, dst, 0, &version))) return fail("pull", st);  // version 0
- *     for (uint64_t s = 0; s < steps; s++) {
+ *     uint64_t s = 0, version = 0;
+ *     if ((st = pmx_resume(c, 1, &w, dst, &s))) return fail("pull", st);  // s: where the job is
+ *     while (s < steps) {
  *       compute(rank, params, grad);
- *       if ((st = pmx_push_pull(c, s, 1, &w, src, dst, &version))) return fail("step", st);
+ *       st = pmx_push_pull(c, s, 1, &w, src, dst, &version);  // grad for step s; version s + 1
+ *       if (st == PMX_ERR_ABORTED) st = pmx_resume(c, 1, &w, dst, &s);  // server restarted
+ *       else s++;
+ *       if (st) return fail("step", st);
  *     }
  *     pmx_client_destroy(c);
+ *
+ * That loop is the whole of fault tolerance on the worker's side: a server killed and
+ * restarted from its checkpoint at version V answers the next step PMX_ERR_ABORTED, and
+ * pmx_resume joins it again, declares what it lost, pulls version V and sets s = V; the
+ * worker recomputes from there (steps it pushed before are acknowledged as duplicates).
+ * A server that is down meanwhile is retried; a worker restarted itself starts at the
+ * job's version the same way.
  *
  * Conventions:
  *  - Every function returning pmx_status returns PMX_OK (0) or an error, and then
@@ -188,8 +198,9 @@ typedef struct pmx_init {
  * dtype and shape and get the same tensor (PMX_ERR_FAILED_PRECONDITION otherwise). Initial
  * values: `values` (numel elements of dtype, copied before return; large tensors are sent
  * in several calls) or, when values is NULL, the seeded initializer `init` (NULL = zeros),
- * generated on the server. Values are used only by the creating call. *out stays valid
- * until pmx_client_destroy. */
+ * generated on the server. Values are used only by the creating call; the library keeps
+ * a copy (numel elements, freed with the client) so that pmx_resume can declare the tensor
+ * again on a server that lost it. *out stays valid until pmx_client_destroy. */
 PMX_API pmx_status pmx_declare(pmx_client* client, const char* name, pmx_dtype dtype,
                                const uint64_t* shape, size_t ndim, const void* values,
                                const pmx_init* init, pmx_tensor** out);
@@ -267,6 +278,17 @@ PMX_API pmx_status pmx_op_wait(pmx_op* op);
 PMX_API pmx_status pmx_push_pull(pmx_client* client, uint64_t step, size_t n,
                                  pmx_tensor* const* tensors, const void* const* grads,
                                  void* const* dst, uint64_t* versions);
+
+/* Resumes after PMX_ERR_ABORTED (the server restarted, from a checkpoint at version V or,
+ * before its first checkpoint, from nothing) or at a worker's start: joins the server
+ * again when that is still needed, declares again every tensor of the client (a tensor
+ * the server lost is created anew from the values or initializer of its pmx_declare, which
+ * the library keeps), pulls tensors[i] in full into dst[i] at the server's version and
+ * sets *step to the lowest of them: the step to compute next. A server that is down or
+ * restarts again meanwhile is followed for up to retry_timeout_ms. No other operation of
+ * the client may run meanwhile. */
+PMX_API pmx_status pmx_resume(pmx_client* client, size_t n, pmx_tensor* const* tensors,
+                              void* const* dst, uint64_t* step);
 
 /* Counters of this client since pmx_connect. push_* count what was handed to the
  * transport, the attempts that failed and were retried included; pull_* count what

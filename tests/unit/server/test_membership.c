@@ -407,6 +407,30 @@ static void test_elastic_never_stalls(void** state) {
   px_members_deinit(&m);
 }
 
+/* ---- restored workers get a fresh lease ---------------------------------------------------- */
+
+/* A restored worker has had no chance to call the new process: its lease starts at the
+ * restore, so a scan within --worker-timeout of it finds nobody dead (it once found them
+ * dead at once, "no call for 447.5 s", and --elastic then completed steps without them). */
+static void test_restore_fresh_lease(void** state) {
+  (void)state;
+  px_members m;
+  assert_int_equal(px_members_init(&m, 2, 10, 10, true), 0);
+  const uint64_t before = px_now_ms();
+  px_members_restore(&m, "7,9");
+  assert_true(last_seen(&m, 0) >= before && last_seen(&m, 1) >= before);
+  px_lease_scan s;
+  scan(&m, px_now_ms() + 9000, &s);
+  assert_false(s.newly_dead);
+  assert_false(px_members_dead(&m, 0));
+  assert_false(px_members_dead(&m, 1));
+  /* the lease still runs out when they never come back */
+  scan(&m, px_now_ms() + 11000, &s);
+  assert_true(s.newly_dead);
+  assert_true(px_members_dead(&m, 0) && px_members_dead(&m, 1));
+  px_members_deinit(&m);
+}
+
 /* ---- incarnations text and restore ------------------------------------------------------- */
 
 static void test_incarnations_restore(void** state) {
@@ -498,6 +522,7 @@ int main(void) {
       cmocka_unit_test(test_stall_first_rank_and_zero_wait),
       cmocka_unit_test(test_elastic_never_stalls),
       cmocka_unit_test(test_incarnations_restore),
+      cmocka_unit_test(test_restore_fresh_lease),
   };
   return cmocka_run_group_tests(tests, group_setup, NULL);
 }
