@@ -154,14 +154,22 @@ static void backoff_wait(pmx_op* op, int64_t ms) {
   pthread_mutex_unlock(&op->mu);
 }
 
+/* Whether st ends an op that is tried again: the server is unreachable, or going down
+ * (a call that reaches a server in the instant between its drain and its stop is
+ * cancelled by gRPC itself; the library cancels only calls nobody waits for). Pushes and
+ * pulls are idempotent. */
+static bool transient(pmx_status st) {
+  return st == PMX_ERR_UNAVAILABLE || st == PMX_ERR_CANCELLED;
+}
+
 /* Retries the op while the server is unavailable, until the client's retry timeout. */
 static pmx_status retry_unavailable(pmx_op* op, pmx_status st) {
   pmx_client* cl = op->client;
   uint64_t give_up = px_now_ms() + (uint64_t)cl->retry_timeout_ms;
   int64_t delay = 50;
-  if (st == PMX_ERR_UNAVAILABLE) px_warn("%s: %s; retrying for up to %lld ms", op->kind->name,
-                                         op->error, (long long)cl->retry_timeout_ms);
-  while (st == PMX_ERR_UNAVAILABLE && px_now_ms() + (uint64_t)delay < give_up) {
+  if (transient(st)) px_warn("%s: %s; retrying for up to %lld ms", op->kind->name, op->error,
+                             (long long)cl->retry_timeout_ms);
+  while (transient(st) && px_now_ms() + (uint64_t)delay < give_up) {
     int64_t jitter = (int64_t)((uint64_t)rand() % (uint64_t)(delay / 2 + 1));
     backoff_wait(op, delay / 2 + jitter);
     delay = delay * 2 > 2000 ? 2000 : delay * 2;
