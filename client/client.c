@@ -4,10 +4,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "errors.h"
 #include "paramex.pb-c.h"
+#include "tls/tls_probe.h"
 #include "util/clock.h"
 #include "util/file.h"
 #include "util/log.h"
@@ -52,6 +54,9 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
       ok = (cert = px_read_file(cert_file, 1u << 20, NULL, err, sizeof err)) &&
            (key = px_read_file(key_file, 1u << 20, NULL, err, sizeof err));
     co.tls_ca_pem = ca;
+    c->tls = true;
+    c->tls_ca = ca ? strdup(ca) : NULL;
+    c->tls_server_name = co.tls_server_name ? strdup(co.tls_server_name) : NULL;
     co.tls_cert_pem = cert;
     co.tls_key_pem = key;
   } else if (cert_file && *cert_file) {
@@ -94,7 +99,12 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
   free(cert);
   px_free_secret(key);
   px_free_secret(token);
-  if (!ok || !c->ch) {
+  c->addr = strdup(addr);
+  if (!ok || !c->ch || !c->addr) {
+    free(c->addr);
+    free(c->tls_ca);
+    free(c->tls_server_name);
+    px_rpc_channel_destroy(c->ch);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->hb_cv);
     free(c);
@@ -142,6 +152,9 @@ void pmx_client_destroy(pmx_client* c) {
   }
   for (size_t i = 0; i < c->ntensors; i++) free(c->tensors[i]);
   free(c->tensors);
+  free(c->addr);
+  free(c->tls_ca);
+  free(c->tls_server_name);
   pthread_mutex_destroy(&c->mu);
   free(c);
   px_rpc_shutdown();
@@ -159,21 +172,80 @@ void pmx_client_get_stats(pmx_client* c, pmx_client_stats* s) {
   s->compressed_pulls = c->compressed_pulls;
 }
 
-/* Packs m, runs a unary call, returns the status; *resp is malloc'd on OK. */
+/* Whether a failed connection attempt's details name a problem that waiting will not
+ * cure: TLS (handshake, certificate, server name) or a peer that closes every connection
+ * during the handshake (a TLS server reached in plaintext, or the reverse). */
+static bool handshake_failure(const char* details) {
+  static const char* const marks[] = {"andshake", "SSL", "ssl", "ertificate", "Socket closed",
+                                      "Connection reset", "peer name", "target name", NULL};
+  for (int i = 0; marks[i]; i++)
+    if (strstr(details, marks[i])) return true;
+  return false;
+}
+
+/* A hint for the usual causes of a handshake failure (tls: the client uses TLS). */
+static const char* handshake_hint(const char* details, bool tls) {
+  if ((strstr(details, "Socket closed") || strstr(details, "Connection reset")) && !tls)
+    return " (the server closed the connection during the handshake: it is probably a TLS "
+           "server; set tls_ca_file / PMX_TLS_CA)";
+  if (strstr(details, "Socket closed") || strstr(details, "Connection reset"))
+    return " (the server closed the connection during the TLS handshake: it refused this "
+           "client's certificate (mutual TLS: set tls_cert_file / tls_key_file to one signed by "
+           "its --tls-client-ca), or it is not a TLS server)";
+  if (strstr(details, "peer name") || strstr(details, "target name") ||
+      strstr(details, "name mismatch") || strstr(details, "Hostname"))
+    return " (the server's certificate does not name this address: set tls_server_name / "
+           "PMX_TLS_SERVER_NAME to a name it holds)";
+  if (strstr(details, "expired")) return " (a certificate has expired)";
+  if (strstr(details, "verify")) return " (the server's certificate is not signed by the CA in "
+                                       "tls_ca_file / PMX_TLS_CA, or a client certificate is "
+                                       "missing or refused)";
+  return "";
+}
+
+/* One unary call; with wait_ready, attempts until timeout_ms while the server cannot be
+ * reached (not started yet, restarting), keeping the last cause: a call that waited ends
+ * UNAVAILABLE with what stood in its way (connection refused, DNS), and a handshake
+ * failure ends it at once (after a second attempt, in case it was one closing server). */
 pmx_status px_client_unary(pmx_client* c, const char* method, const ProtobufCMessage* m,
-                        int64_t timeout_ms, bool wait_ready, uint8_t** resp, size_t* resp_len) {
+                           int64_t timeout_ms, bool wait_ready, uint8_t** resp, size_t* resp_len) {
   size_t n = protobuf_c_message_get_packed_size(m);
   uint8_t* buf = malloc(n ? n : 1);
   if (!buf) return px_fail(PMX_ERR_NO_MEMORY, "%s: out of memory", method);
   protobuf_c_message_pack(m, buf);
-  char details[256];
-  int st = px_rpc_unary(c->ch, method, buf, n, timeout_ms, wait_ready, resp, resp_len, details,
-                         sizeof details);
+  const char* name = strrchr(method, '/') + 1;
+  char details[512];
+  const uint64_t t0 = px_now_ms(), until = t0 + (uint64_t)timeout_ms;
+  int64_t delay = 25;
+  int st, handshakes = 0;
+  for (;;) {
+    uint64_t now = px_now_ms();
+    int64_t left = until > now ? (int64_t)(until - now) : 1;
+    st = px_rpc_unary(c->ch, method, buf, n, left, false, resp, resp_len, details, sizeof details);
+    if (!wait_ready || st != PX_ST_UNAVAILABLE) break;
+    if (handshake_failure(details) && ++handshakes >= 2) break;
+    now = px_now_ms();
+    if (now + 5 >= until) break;
+    int64_t nap = (int64_t)(until - now) - 5 < delay ? (int64_t)(until - now) - 5 : delay;
+    struct timespec ts = {nap / 1000, (nap % 1000) * 1000000L}; /* back-off, bounded */
+    nanosleep(&ts, NULL);
+    delay = delay * 2 > 1000 ? 1000 : delay * 2;
+  }
   free(buf);
-  if (st != PX_ST_OK)
-    return px_fail(px_from_rpc(st), "%s: %s: %s", strrchr(method, '/') + 1, px_status_name(st),
-                details);
-  return PMX_OK;
+  if (st == PX_ST_OK) return PMX_OK;
+  if (wait_ready && st == PX_ST_UNAVAILABLE && handshakes >= 2) {
+    /* gRPC says "certificate verify failed" at most: OpenSSL alone tells why */
+    char why[256];
+    if (c->tls && c->tls_ca &&
+        px_tls_probe(c->addr, c->tls_ca, c->tls_server_name, 2000, why, sizeof why) == 0)
+      return px_fail(PMX_ERR_UNAVAILABLE, "%s: cannot connect: %s (TLS: %s)", name, details, why);
+    return px_fail(PMX_ERR_UNAVAILABLE, "%s: cannot connect: %s%s", name, details,
+                   handshake_hint(details, c->tls));
+  }
+  if (wait_ready && st == PX_ST_UNAVAILABLE)
+    return px_fail(PMX_ERR_UNAVAILABLE, "%s: the server was not reachable within %lld ms: %s",
+                   name, (long long)timeout_ms, details);
+  return px_fail(px_from_rpc(st), "%s: %s: %s", name, px_status_name(st), details);
 }
 
 /* Sends a Heartbeat every lease/3 until the client is destroyed. Failures are ignored: a

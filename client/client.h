@@ -23,6 +23,10 @@ struct pmx_client {
   px_rpc_channel* ch;
   int64_t timeout_ms, connect_timeout_ms, retry_timeout_ms;
   bool compressed_pulls;
+  bool tls;                 /* the channel uses TLS */
+  char* addr;               /* the target, and (TLS) the CA and server name, to tell a */
+  char* tls_ca;             /* failed handshake's reason (tls/tls_probe.h) */
+  char* tls_server_name;
   pthread_mutex_t mu;       /* guards the fields below and every tensor's have_* */
   uint32_t worker_id;
   uint64_t incarnation;

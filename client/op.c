@@ -137,6 +137,7 @@ void px_op_wait_call(pmx_op* op) {
  * may run under the call's mutex). */
 void px_op_cancel(pmx_op* op) {
   pthread_mutex_lock(&op->mu);
+  op->cancelled = true;
   px_cli_call* call = !op->done && op->call && px_cli_call_try_ref(op->call) ? op->call : NULL;
   pthread_mutex_unlock(&op->mu);
   if (!call) return;
@@ -158,8 +159,12 @@ static void backoff_wait(pmx_op* op, int64_t ms) {
  * (a call that reaches a server in the instant between its drain and its stop is
  * cancelled by gRPC itself; the library cancels only calls nobody waits for). Pushes and
  * pulls are idempotent. */
-static bool transient(pmx_status st) {
-  return st == PMX_ERR_UNAVAILABLE || st == PMX_ERR_CANCELLED;
+static bool transient(pmx_op* op, pmx_status st) {
+  if (st != PMX_ERR_CANCELLED) return st == PMX_ERR_UNAVAILABLE;
+  pthread_mutex_lock(&op->mu);
+  bool ours = op->cancelled;
+  pthread_mutex_unlock(&op->mu);
+  return !ours;
 }
 
 /* Retries the op while the server is unavailable, until the client's retry timeout. */
@@ -167,9 +172,9 @@ static pmx_status retry_unavailable(pmx_op* op, pmx_status st) {
   pmx_client* cl = op->client;
   uint64_t give_up = px_now_ms() + (uint64_t)cl->retry_timeout_ms;
   int64_t delay = 50;
-  if (transient(st)) px_warn("%s: %s; retrying for up to %lld ms", op->kind->name, op->error,
+  if (transient(op, st)) px_warn("%s: %s; retrying for up to %lld ms", op->kind->name, op->error,
                              (long long)cl->retry_timeout_ms);
-  while (transient(st) && px_now_ms() + (uint64_t)delay < give_up) {
+  while (transient(op, st) && px_now_ms() + (uint64_t)delay < give_up) {
     int64_t jitter = (int64_t)((uint64_t)rand() % (uint64_t)(delay / 2 + 1));
     backoff_wait(op, delay / 2 + jitter);
     delay = delay * 2 > 2000 ? 2000 : delay * 2;
@@ -185,10 +190,29 @@ static pmx_status retry_unavailable(pmx_op* op, pmx_status st) {
                       "retried: resume from the server's version", op->kind->name);
       return op->status;
     }
+    char cause[sizeof op->error];
+    pthread_mutex_lock(&op->mu);
+    memcpy(cause, op->error, sizeof cause);
+    pthread_mutex_unlock(&op->mu);
     st = op->kind->start(op, true);
     if (st != PMX_OK) return st;
     px_op_wait_call(op);
     st = op->status;
+    if (st == PMX_ERR_DEADLINE_EXCEEDED) {
+      /* the attempt ran out of time (a connection that hangs): keep what the earlier
+       * attempts met, which says why */
+      pthread_mutex_lock(&op->mu);
+      size_t n = strlen(op->error);
+      snprintf(op->error + n, sizeof op->error - n, " (after retrying: %.300s)", cause);
+      pthread_mutex_unlock(&op->mu);
+    }
+  }
+  if (transient(op, st)) {
+    pthread_mutex_lock(&op->mu);
+    size_t n = strlen(op->error);
+    snprintf(op->error + n, sizeof op->error - n, " (retried for %lld ms)",
+             (long long)cl->retry_timeout_ms);
+    pthread_mutex_unlock(&op->mu);
   }
   return st;
 }

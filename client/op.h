@@ -33,6 +33,7 @@ struct pmx_op {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   bool done;        /* the call is over (under mu) */
+  bool cancelled;   /* px_op_cancel ran: its CANCELLED is not retried (under mu) */
   int slices_live;  /* zero-copy gradient slices gRPC still references (under mu) */
   pmx_status status;
   char error[512];

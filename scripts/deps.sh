@@ -23,6 +23,8 @@ packages=(
   meson
   ninja-build
   libgrpc-dev          # gRPC C core: the transport (common/rpc/)
+  libssl-dev           # OpenSSL (gRPC's TLS): why a handshake failed (common/tls/)
+  openssl              # the tests generate their certificates with it
   protobuf-c-compiler  # protoc-c: control-plane codecs generated at build time
   libprotobuf-c-dev
   protobuf-compiler    # protoc, which nanopb_generator.py runs to parse the .proto

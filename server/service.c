@@ -16,6 +16,7 @@
 #include "exchange_handler.h"
 #include "pull_handler.h"
 #include "push_handler.h"
+#include "tls/tls_probe.h"
 #include "util/clock.h"
 #include "util/file.h"
 #include "util/log.h"
@@ -151,6 +152,10 @@ static int load_secrets(px_server* srv, px_rpc_server_opts* o, char* err, size_t
       srv->tls_client_ca_pem = px_read_file(cfg->tls_client_ca, max_pem, NULL, err, errlen);
     if (!srv->tls_cert_pem || !srv->tls_key_pem || (cfg->tls_client_ca && !srv->tls_client_ca_pem))
       return -1;
+    char why[128];
+    if (px_tls_cert_validity(srv->tls_cert_pem, why, sizeof why) == 1)
+      px_warn("--tls-cert %s: the certificate %s: clients will refuse it (renew it)", cfg->tls_cert,
+              why);
     o->tls_cert_pem = srv->tls_cert_pem;
     o->tls_key_pem = srv->tls_key_pem;
     o->tls_client_ca_pem = srv->tls_client_ca_pem;
