@@ -132,6 +132,23 @@ void px_client_disown(pmx_client* c, px_owned* o) {
   pthread_mutex_unlock(&c->mu);
 }
 
+/* A joined worker says it is done, so that the server reports it finished, not dead
+ * (best effort, bounded: a server that is gone or restarted does not hold the exit). */
+static void leave(pmx_client* c) {
+  pthread_mutex_lock(&c->mu);
+  bool joined = c->joined && !c->rejoin_failed;
+  Paramex__V1__LeaveRequest req = PARAMEX__V1__LEAVE_REQUEST__INIT;
+  req.worker_id = c->worker_id;
+  req.incarnation = c->incarnation;
+  pthread_mutex_unlock(&c->mu);
+  if (!joined) return;
+  uint8_t buf[32];
+  size_t n = paramex__v1__leave_request__pack(&req, buf);
+  char details[256];
+  int st = px_rpc_unary(c->ch, PX_M_LEAVE, buf, n, 2000, false, NULL, NULL, details, sizeof details);
+  if (st != PX_ST_OK) px_debug("Leave: %s: %s", px_status_name(st), details);
+}
+
 void pmx_client_destroy(pmx_client* c) {
   if (!c) return;
   if (c->hb_started) {
@@ -142,6 +159,7 @@ void pmx_client_destroy(pmx_client* c) {
     pthread_join(c->hb_thread, NULL);
   }
   pthread_cond_destroy(&c->hb_cv);
+  leave(c);
   px_rpc_channel_destroy(c->ch); /* cancels the calls still running and waits for them */
   for (;;) {
     pthread_mutex_lock(&c->mu);

@@ -18,6 +18,7 @@
 #define PX_M_PULL "/paramex.v1.ParameterExchange/Pull"
 #define PX_M_EXCHANGE "/paramex.v1.ParameterExchange/Exchange"
 #define PX_M_HEARTBEAT "/paramex.v1.ParameterExchange/Heartbeat"
+#define PX_M_LEAVE "/paramex.v1.ParameterExchange/Leave"
 
 struct pmx_client {
   px_rpc_channel* ch;

@@ -23,14 +23,15 @@ void px_agg_init(px_agg* a, const px_agg_opts* o, px_backend* backend, px_member
 }
 
 /* Moves c->next_rank past the ranks that are accounted for: held contributions are added
- * in rank order; with --elastic, ranks of dead workers that did not contribute are
- * skipped. c->mu held. */
+ * in rank order; with --elastic, ranks of dead workers and of workers that left that did
+ * not contribute are skipped. c->mu held. */
 static void chunk_advance(px_agg* a, px_tensor_state* t, px_chunk_state* c, px_agg_after* after) {
   while (c->next_rank < a->o.workers) {
     px_held* hd = &c->held[c->next_rank];
     if (!hd->buf) {
       if (a->o.elastic && !c->contributed[c->next_rank] &&
-          px_members_dead(a->members, c->next_rank)) {
+          (px_members_dead(a->members, c->next_rank) ||
+           px_members_left(a->members, c->next_rank))) {
         c->next_rank++;
         continue;
       }

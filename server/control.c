@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "calls.h"
+#include "monitor.h"
 #include "health.pb-c.h"
 #include "paramex.pb-c.h"
 #include "util/clock.h"
@@ -141,7 +142,8 @@ static size_t stats_workers(px_server* srv, Paramex__V1__WorkerStats* ws, char (
     ws[nw].chunks_pushed = atomic_load(&w->chunks_pushed);
     uint64_t seen = atomic_load(&w->last_seen_ms);
     ws[nw].last_seen_ms = now > seen ? now - seen : 0;
-    ws[nw].alive = !atomic_load(&w->dead);
+    ws[nw].finished = atomic_load(&w->left) != 0;
+    ws[nw].alive = !atomic_load(&w->dead) && !ws[nw].finished;
     *alive += ws[nw].alive;
     nw++;
   }
@@ -265,6 +267,33 @@ void px_control_heartbeat(px_server* srv, px_srv_call* call, const uint8_t* b, s
     px_reply(call, &resp.base);
   }
   paramex__v1__heartbeat_request__free_unpacked(r, NULL);
+}
+
+/* ---- Leave ------------------------------------------------------------------------------- */
+
+void px_control_leave(px_server* srv, px_srv_call* call, const uint8_t* b, size_t n) {
+  Paramex__V1__LeaveRequest* r = paramex__v1__leave_request__unpack(NULL, n, b);
+  if (!r) {
+    px_reject(&srv->ctr, call, PX_ST_INVALID_ARGUMENT, "malformed LeaveRequest");
+    return;
+  }
+  char err[ERRLEN];
+  int st = px_members_check(&srv->members, r->worker_id, r->incarnation, err, sizeof err);
+  const uint32_t rank = r->worker_id;
+  paramex__v1__leave_request__free_unpacked(r, NULL);
+  if (st != PX_ST_OK) {
+    px_reject(&srv->ctr, call, st, err);
+    return;
+  }
+  bool first = px_members_leave(&srv->members, rank);
+  Paramex__V1__LeaveResponse resp = PARAMEX__V1__LEAVE_RESPONSE__INIT;
+  px_reply(call, &resp.base);
+  if (!first) return;
+  char name[64];
+  px_members_name(&srv->members, rank, name, sizeof name);
+  px_info("worker %u (%s) left: finished%s", rank, name,
+          srv->cfg.elastic ? "; the steps go on without it (--elastic)" : "");
+  px_monitor_member_left(srv);
 }
 
 /* ---- Health ------------------------------------------------------------------------------ */

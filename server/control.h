@@ -1,5 +1,5 @@
-/* The control calls of paramex.v1.ParameterExchange: Join, Declare, Stats, Checkpoint and
- * Heartbeat, and grpc.health.v1.Health/Check. Each takes its request as bytes (service.h
+/* The control calls of paramex.v1.ParameterExchange: Join, Declare, Stats, Checkpoint,
+ * Heartbeat and Leave, and grpc.health.v1.Health/Check. Each takes its request as bytes (service.h
  * runs them on the compute pool) and finishes the call. */
 #ifndef PX_CONTROL_H
 #define PX_CONTROL_H
@@ -17,6 +17,7 @@ void px_control_declare(px_server* srv, px_srv_call* call, const uint8_t* req, s
 void px_control_stats(px_server* srv, px_srv_call* call, const uint8_t* req, size_t len);
 void px_control_checkpoint(px_server* srv, px_srv_call* call, const uint8_t* req, size_t len);
 void px_control_heartbeat(px_server* srv, px_srv_call* call, const uint8_t* req, size_t len);
+void px_control_leave(px_server* srv, px_srv_call* call, const uint8_t* req, size_t len);
 void px_control_health(px_server* srv, px_srv_call* call, const uint8_t* req, size_t len);
 
 #endif

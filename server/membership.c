@@ -22,6 +22,7 @@ int px_members_init(px_members* m, uint32_t workers, double timeout_s, double re
   clock_gettime(CLOCK_REALTIME, &ts);
   atomic_init(&m->next_incarnation, (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u);
   atomic_init(&m->stalled_by_dead, 0);
+  atomic_init(&m->nleft, 0);
   pthread_mutex_init(&m->mu, NULL);
   return m->w ? 0 : -1;
 }
@@ -41,7 +42,24 @@ uint64_t px_members_join(px_members* m, uint32_t rank, const char* name, bool* r
   *replaced = atomic_exchange(&w->incarnation, inc) != 0;
   atomic_store(&w->last_seen_ms, px_now_ms());
   if (atomic_exchange(&w->dead, 0)) px_info("worker %u is back", rank);
+  if (atomic_exchange(&w->left, 0)) atomic_fetch_sub(&m->nleft, 1);
   return inc;
+}
+
+bool px_members_leave(px_members* m, uint32_t rank) {
+  px_worker_state* w = &m->w[rank];
+  if (atomic_exchange(&w->left, 1)) return false;
+  atomic_store(&w->left_since_ms, px_now_ms());
+  atomic_store(&w->left_expired, m->rejoin_wait_ms == 0);
+  atomic_fetch_add(&m->nleft, 1);
+  atomic_store(&w->dead, 0);
+  return true;
+}
+
+bool px_members_left(px_members* m, uint32_t rank) { return atomic_load(&m->w[rank].left) != 0; }
+
+bool px_members_left_expired(px_members* m, uint32_t rank) {
+  return atomic_load(&m->w[rank].left) && atomic_load(&m->w[rank].left_expired);
 }
 
 void px_members_seen(px_members* m, uint32_t rank) {
@@ -73,6 +91,10 @@ int px_members_check(px_members* m, uint32_t rank, uint64_t incarnation, char* e
              "): it rejoined", rank, incarnation, inc);
     return PX_ST_FAILED_PRECONDITION;
   }
+  if (atomic_load(&m->w[rank].left)) {
+    snprintf(err, errlen, "worker %u left (Leave): join again to take part", rank);
+    return PX_ST_FAILED_PRECONDITION;
+  }
   return PX_ST_OK;
 }
 
@@ -83,6 +105,17 @@ void px_members_scan(px_members* m, uint64_t now, px_lease_scan* out) {
   for (uint32_t r = 0; r < m->n; r++) {
     px_worker_state* w = &m->w[r];
     if (!atomic_load(&w->incarnation)) continue;
+    if (atomic_load(&w->left)) { /* finished: never dead; BSP stops waiting after a while */
+      if (!m->elastic && !atomic_load(&w->left_expired) &&
+          now - atomic_load(&w->left_since_ms) >= m->rejoin_wait_ms &&
+          !atomic_exchange(&w->left_expired, 1)) {
+        out->stall_began = true;
+        px_warn("worker %u left %.1f s ago and has not joined again (--rejoin-wait %g s): the "
+                "pulls of steps it did not push fail", r,
+                (now - atomic_load(&w->left_since_ms)) / 1000.0, m->rejoin_wait_ms / 1000.0);
+      }
+      continue;
+    }
     uint64_t seen = atomic_load(&w->last_seen_ms);
     if (m->timeout_ms != UINT64_MAX && !atomic_load(&w->dead) && now > seen &&
         now - seen > m->timeout_ms) {
@@ -105,7 +138,7 @@ void px_members_scan(px_members* m, uint64_t now, px_lease_scan* out) {
     }
   }
   if (out->stalled) {
-    out->stall_began = !atomic_exchange(&m->stalled_by_dead, 1);
+    out->stall_began = !atomic_exchange(&m->stalled_by_dead, 1) || out->stall_began;
     if (out->stall_began)
       px_error("worker %u has not come back within --rejoin-wait %g s: failing the pulls "
                "that wait for this step", out->stalled_rank, m->rejoin_wait_ms / 1000.0);

@@ -15,6 +15,10 @@ typedef struct px_worker_state {
   _Atomic uint64_t chunks_pushed;
   _Atomic uint64_t last_seen_ms;
   _Atomic int dead;             /* missed its lease */
+  _Atomic int left;             /* said Leave: finished, not dead (until it joins again) */
+  _Atomic uint64_t left_since_ms;
+  _Atomic int left_expired;     /* BSP: left longer than --rejoin-wait (steps it did not
+                                 * contribute to cannot complete) */
   _Atomic uint64_t dead_since_ms;
   char name[64];                /* under the members' mutex */
 } px_worker_state;
@@ -27,6 +31,7 @@ typedef struct px_members {
   px_worker_state* w;           /* [n] */
   _Atomic uint64_t next_incarnation;
   _Atomic int stalled_by_dead;  /* BSP: a dead worker stayed away past --rejoin-wait */
+  _Atomic uint32_t nleft;       /* workers that left */
   pthread_mutex_t mu;
 } px_members;
 
@@ -46,12 +51,21 @@ void px_members_seen(px_members* m, uint32_t rank);
 int px_members_check(px_members* m, uint32_t rank, uint64_t incarnation, char* err,
                      size_t errlen);
 bool px_members_dead(px_members* m, uint32_t rank);
+/* Rank (whose identity the caller checked) is done: it left. Its lease stops, it is never
+ * reported dead, and its pushes are refused until it joins again. Returns false when it
+ * had left already. */
+bool px_members_leave(px_members* m, uint32_t rank);
+bool px_members_left(px_members* m, uint32_t rank);
+/* BSP: whether rank left longer than --rejoin-wait ago (a step it did not contribute to
+ * waits no longer for it to join again). */
+bool px_members_left_expired(px_members* m, uint32_t rank);
 
 /* What a lease scan found. */
 typedef struct px_lease_scan {
   bool newly_dead;  /* a worker just missed its lease */
   bool stalled;     /* BSP: a dead worker exceeded --rejoin-wait (steps cannot complete) */
-  bool stall_began; /* ... and it is the first scan to see it: fail the waiting pulls */
+  bool stall_began; /* ... and it is the first scan to see it: fail the waiting pulls (also
+                     * when a worker that left passes --rejoin-wait) */
   uint32_t stalled_rank;
   double stalled_for_s; /* since its last call */
 } px_lease_scan;

@@ -33,6 +33,13 @@ void px_monitor_tick(px_server* srv, uint64_t now_ms) {
   wake_parked(srv, true, now_ms); /* past --call-timeout: they end DEADLINE_EXCEEDED */
 }
 
+void px_monitor_member_left(px_server* srv) {
+  /* elastic: the steps it did not contribute to complete without it; BSP: the pulls that
+   * wait for such a step see it and fail at once */
+  if (srv->cfg.elastic) px_push_resume(px_agg_sweep(&srv->agg, &srv->store));
+  else wake_parked(srv, false, px_now_ms());
+}
+
 static void* monitor_thread(void* arg) {
   px_monitor* m = arg;
   px_server* srv = m->srv;

@@ -24,6 +24,9 @@ typedef struct px_monitor {
 int px_monitor_start(px_monitor* m, px_server* srv);
 /* Stops and joins the thread (accepts a monitor that never started). */
 void px_monitor_stop(px_monitor* m);
+/* A worker left (Leave): with --elastic the steps waiting for it complete without it;
+ * without, the pulls parked on a step it will not contribute to end at once. */
+void px_monitor_member_left(px_server* srv);
 /* One round of checks at now_ms (what the thread does each period; for tests). */
 void px_monitor_tick(px_server* srv, uint64_t now_ms);
 

@@ -2,6 +2,8 @@
 #include "pull_handler.h"
 
 #include <stdio.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,6 +44,7 @@ typedef struct next_chunk {
   next_kind kind;
   int status;          /* NEXT_END */
   const char* msg;
+  char text[512];      /* msg, when it is composed */
   px_frame* f;         /* NEXT_SEND: the frame, or NULL for UNCHANGED */
   uint64_t version, sum;
 } next_chunk;
@@ -82,6 +85,17 @@ static void choose_frame(px_puller* p, px_tensor_state* t, px_chunk_state* c, in
   }
 }
 
+/* BSP: the rank of a worker that left longer than --rejoin-wait ago and that the steps
+ * up to min_version still need (it did not contribute to chunk c's current step, or a
+ * later step is needed), or UINT32_MAX. c->mu held. */
+static uint32_t left_blocking(px_members* m, const px_chunk_state* c, uint64_t min_version) {
+  if (!atomic_load(&m->nleft)) return UINT32_MAX;
+  for (uint32_t r = 0; r < m->n; r++)
+    if (px_members_left_expired(m, r) && (min_version > c->version + 1 || !c->contributed[r]))
+      return r;
+  return UINT32_MAX;
+}
+
 /* Decides the next step of the pull on chunk c (locks it); parks the pull when it must
  * wait. */
 static void pull_next(px_puller* p, px_tensor_state* t, px_chunk_state* c, int vi,
@@ -92,7 +106,19 @@ static void pull_next(px_puller* p, px_tensor_state* t, px_chunk_state* c, int v
   const bool waits_version = c->initialized && c->version < p->min_version;
   if (!c->initialized || waits_version) nx->kind = NEXT_PARK;
   else choose_frame(p, t, c, vi, nx);
-  if (nx->kind == NEXT_PARK && waits_version && atomic_load(&srv->members.stalled_by_dead)) {
+  uint32_t gone = UINT32_MAX;
+  if (nx->kind == NEXT_PARK && waits_version && !srv->cfg.elastic)
+    gone = left_blocking(&srv->members, c, p->min_version);
+  if (gone != UINT32_MAX) {
+    nx->kind = NEXT_END;
+    nx->status = PX_ST_FAILED_PRECONDITION;
+    snprintf(nx->text, sizeof nx->text,
+             "worker %u left (finished) without its contribution to step %" PRIu64 " of '%.255s' "
+             "and did not join again within --rejoin-wait: without --elastic every step needs "
+             "every worker", gone,
+             p->min_version > c->version + 1 ? c->version + 1 : c->version, t->name);
+    nx->msg = nx->text;
+  } else if (nx->kind == NEXT_PARK && waits_version && atomic_load(&srv->members.stalled_by_dead)) {
     nx->kind = NEXT_END;
     nx->status = PX_ST_FAILED_PRECONDITION;
     nx->msg = "a worker has been gone longer than --rejoin-wait: this step cannot complete "

@@ -73,6 +73,7 @@ UNARY_ENTRY(on_declare, px_control_declare, true)
 UNARY_ENTRY(on_stats, px_control_stats, false)
 UNARY_ENTRY(on_checkpoint, px_control_checkpoint, true)
 UNARY_ENTRY(on_heartbeat, px_control_heartbeat, false)
+UNARY_ENTRY(on_leave, px_control_leave, false)
 UNARY_ENTRY(on_health, px_control_health, false)
 
 static const px_rpc_method methods[] = {
@@ -84,6 +85,7 @@ static const px_rpc_method methods[] = {
     {"/paramex.v1.ParameterExchange/Stats", PX_RPC_UNARY, on_stats},
     {"/paramex.v1.ParameterExchange/Checkpoint", PX_RPC_UNARY, on_checkpoint},
     {"/paramex.v1.ParameterExchange/Heartbeat", PX_RPC_UNARY, on_heartbeat},
+    {"/paramex.v1.ParameterExchange/Leave", PX_RPC_UNARY, on_leave},
     {"/grpc.health.v1.Health/Check", PX_RPC_UNARY, on_health},
 };
 

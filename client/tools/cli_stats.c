@@ -75,6 +75,11 @@ static void json_u64(FILE* out, const char* key, uint64_t v, bool* first) {
   fprintf(out, "%" PRIu64, v);
 }
 
+static void json_bool(FILE* out, const char* key, bool v, bool* first) {
+  json_key(out, key, first);
+  fputs(v ? "true" : "false", out);
+}
+
 static void json_string_field(FILE* out, const char* key, const char* v, bool* first) {
   json_key(out, key, first);
   json_str(out, v);
@@ -118,6 +123,13 @@ static void stats_json(FILE* out, const Paramex__V1__StatsResponse* r) {
   json_u64(out, "pull_unchanged", r->pull_unchanged, &first);
   json_u64(out, "pull_delta", r->pull_delta, &first);
   json_u64(out, "pull_snapshot", r->pull_snapshot, &first);
+  json_u64(out, "workers_alive", r->workers_alive, &first);
+  json_bool(out, "elastic", r->elastic, &first);
+  json_u64(out, "checkpoints_written", r->checkpoints_written, &first);
+  json_u64(out, "checkpoint_failures", r->checkpoint_failures, &first);
+  json_u64(out, "checkpoint_version", r->checkpoint_version, &first);
+  json_string_field(out, "checkpoint_path", r->checkpoint_path, &first);
+  json_u64(out, "restored_version", r->restored_version, &first);
   json_key(out, "tensors", &first);
   fputc('[', out);
   for (size_t i = 0; i < r->n_tensors; i++) {
@@ -154,6 +166,8 @@ static void stats_json(FILE* out, const Paramex__V1__StatsResponse* r) {
     json_string_field(out, "name", w->name, &f);
     json_u64(out, "chunks_pushed", w->chunks_pushed, &f);
     json_u64(out, "last_seen_ms", w->last_seen_ms, &f);
+    json_bool(out, "alive", w->alive, &f);
+    json_bool(out, "finished", w->finished, &f);
     fputc('}', out);
   }
   fputc(']', out);
@@ -218,6 +232,8 @@ static void stats_text(FILE* out, const Paramex__V1__StatsResponse* r) {
           human_duration(r->uptime_ms, a, sizeof a));
   fprintf(out, "%-18s %" PRIu32 "\n", "workers_expected", r->workers_expected);
   fprintf(out, "%-18s %" PRIu32 "\n", "workers_joined", r->workers_joined);
+  fprintf(out, "%-18s %" PRIu32 "%s\n", "workers_alive", r->workers_alive,
+          r->elastic ? " (--elastic)" : "");
   fprintf(out, "%-18s %" PRIu64 "\n", "version_min", r->version_min);
   fprintf(out, "%-18s %" PRIu64 "\n", "version_max", r->version_max);
   fprintf(out, "%-18s %" PRIu64 "\n", "steps_completed", r->steps_completed);
@@ -294,6 +310,13 @@ static void stats_text(FILE* out, const Paramex__V1__StatsResponse* r) {
             ratio(t->pull_wire_bytes, t->pull_raw_bytes, lq, sizeof lq));
   }
 
+  fprintf(out, "%-18s %" PRIu64 " (failures %" PRIu64 ")\n", "checkpoints", r->checkpoints_written,
+          r->checkpoint_failures);
+  fprintf(out, "%-18s %" PRIu64 "%s%s\n", "checkpoint_version", r->checkpoint_version,
+          r->checkpoint_path && *r->checkpoint_path ? " " : "",
+          r->checkpoint_path ? one_line(r->checkpoint_path, line, sizeof line, '?') : "");
+  fprintf(out, "%-18s %" PRIu64 "\n", "restored_version", r->restored_version);
+
   int wwname = 4;
   for (size_t i = 0; i < r->n_workers; i++) {
     int wn = text_width(r->workers[i]->name, 4, 64);
@@ -301,13 +324,14 @@ static void stats_text(FILE* out, const Paramex__V1__StatsResponse* r) {
   }
   fprintf(out, "\nworkers (%zu)\n", r->n_workers);
   if (r->n_workers)
-    fprintf(out, "  %5s  %20s  %-*s  %14s  %12s\n", "RANK", "INCARNATION", wwname, "NAME",
-            "CHUNKS_PUSHED", "LAST_SEEN_MS");
+    fprintf(out, "  %5s  %-8s  %20s  %-*s  %14s  %12s\n", "RANK", "STATE", "INCARNATION", wwname,
+            "NAME", "CHUNKS_PUSHED", "LAST_SEEN_MS");
   for (size_t i = 0; i < r->n_workers; i++) {
     const Paramex__V1__WorkerStats* w = r->workers[i];
-    fprintf(out, "  %5" PRIu32 "  %20" PRIu64 "  %-*s  %14" PRIu64 "  %12" PRIu64 "\n", w->rank,
-            w->incarnation, wwname, one_line(w->name, line, sizeof line, '?'), w->chunks_pushed,
-            w->last_seen_ms);
+    const char* state = w->finished ? "finished" : w->alive ? "alive" : "dead";
+    fprintf(out, "  %5" PRIu32 "  %-8s  %20" PRIu64 "  %-*s  %14" PRIu64 "  %12" PRIu64 "\n",
+            w->rank, state, w->incarnation, wwname, one_line(w->name, line, sizeof line, '?'),
+            w->chunks_pushed, w->last_seen_ms);
   }
 }
 

@@ -3,8 +3,14 @@
  *    others finish every step without it, ending with identical parameters;
  *  - BSP (no --elastic): when the dead worker stays away past --rejoin-wait, the other
  *    workers' pulls fail with FAILED_PRECONDITION naming the reason (no hang);
- *  - a worker that computes longer than the lease is kept alive by heartbeats. */
+ *  - a worker that computes longer than the lease is kept alive by heartbeats;
+ *  - workers that finished leave: reported finished, never dead; in BSP a worker that left
+ *    early stops the others' next step after --rejoin-wait, naming it; with --elastic the
+ *    others go on without it. */
 #include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdbool.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -30,7 +36,8 @@ typedef struct job {
   int progress_fd;
 } job;
 
-static void start_workers(job* j, const char* steps) {
+/* Starts the NW workers, rank r running steps[r] steps. */
+static void start_workers_each(job* j, const char* const* steps) {
   for (int r = 0; r < NW; r++) {
     char rank_s[8], out_path[600];
     snprintf(rank_s, sizeof rank_s, "%d", r);
@@ -39,7 +46,7 @@ static void start_workers(job* j, const char* steps) {
     CHECK(pipe2(ep, O_CLOEXEC) == 0, "pipe");
     if (r == 0) CHECK(pipe2(op, O_CLOEXEC) == 0, "pipe");
     const char* argv[] = {px_h_worker_bin(), "--server", j->srv.addr, "--rank", rank_s, "--world",
-                          "3", "--steps", steps, "--a-numel", "20000", "--timeout-ms", "30000",
+                          "3", "--steps", steps[r], "--a-numel", "20000", "--timeout-ms", "30000",
                           "--out", out_path, r == 0 ? "--progress" : NULL, NULL};
     j->pids[r] = px_h_spawn(argv, NULL, op[1], ep[1]);
     close(ep[1]);
@@ -48,6 +55,42 @@ static void start_workers(job* j, const char* steps) {
     j->errfd[r] = ep[0];
     if (r == 0) j->progress_fd = op[0];
   }
+}
+
+static void start_workers(job* j, const char* steps) {
+  const char* each[NW] = {steps, steps, steps};
+  start_workers_each(j, each);
+}
+
+/* Waits for worker r to exit; returns its status and (buf, cap) its stderr. */
+static int worker_end(job* j, int r, int ms, char* buf, size_t cap) {
+  int ws = 0;
+  CHECK(px_h_wait(j->pids[r], ms, &ws) == 0, "rank %d did not end within %d ms", r, ms);
+  ssize_t n = px_h_read_all(j->errfd[r], buf, cap - 1, 1000);
+  buf[n > 0 ? n : 0] = 0;
+  j->pids[r] = 0;
+  return ws;
+}
+
+/* Ranks 0 and 1 wrote the same parameters. */
+static void expect_ranks01_alike(const job* j) {
+  char p0[600], p1[600];
+  snprintf(p0, sizeof p0, "%s/params.0", j->dir);
+  snprintf(p1, sizeof p1, "%s/params.1", j->dir);
+  size_t l0 = 0, l1 = 0;
+  void* b0 = px_h_read_file(p0, &l0);
+  void* b1 = px_h_read_file(p1, &l1);
+  CHECK(b0 && b1 && l0 == l1 && l0 > 0, "outputs missing");
+  CHECK(memcmp(b0, b1, l0) == 0, "ranks 0 and 1 ended with different parameters");
+  free(b0);
+  free(b1);
+}
+
+static void server_stop_ok(job* j) {
+  int ws = 0;
+  CHECK(px_h_server_stop(&j->srv, 15000, &ws, NULL) == 0, "server did not stop");
+  CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "server exit");
+  px_h_rmtree(j->dir);
 }
 
 /* Waits until rank 0 reported `step`, then SIGKILLs rank 2. */
@@ -89,16 +132,7 @@ static void test_elastic_continues_without_dead_worker(void** state) {
                 (long long)(px_h_now_ms() - t0));
 
   /* both survivors hold the same parameters, which are the server's */
-  char p0[600], p1[600];
-  snprintf(p0, sizeof p0, "%s/params.0", j.dir);
-  snprintf(p1, sizeof p1, "%s/params.1", j.dir);
-  size_t l0 = 0, l1 = 0;
-  void* b0 = px_h_read_file(p0, &l0);
-  void* b1 = px_h_read_file(p1, &l1);
-  CHECK(b0 && b1 && l0 == l1 && l0 > 0, "outputs missing");
-  CHECK(memcmp(b0, b1, l0) == 0, "ranks 0 and 1 ended with different parameters");
-  free(b0);
-  free(b1);
+  expect_ranks01_alike(&j);
 
   px_rpc_channel* ch = px_rpc_channel_create(j.srv.addr, err, sizeof err);
   CHECK(ch, "channel: %s", err);
@@ -151,6 +185,92 @@ static void test_bsp_fails_after_rejoin_wait(void** state) {
   px_h_rmtree(j.dir);
 }
 
+/* ---- Leave ----------------------------------------------------------------------------- */
+
+/* Workers that finished leave (pmx_client_destroy): well past --worker-timeout they are
+ * reported finished, never dead (they once were, and operators could not tell a finished
+ * job from a crashed one). */
+static void test_finished_workers_are_not_dead(void** state) {
+  (void)state;
+  job j;
+  memset(&j, 0, sizeof j);
+  char err[512], buf[4096];
+  const char* args[] = {"--workers", "3", "--chunk-bytes", "16K", "--worker-timeout", "0.3", NULL};
+  CHECK(px_h_server_start(&j.srv, args, NULL, 10000, err, sizeof err) == 0, "server: %s", err);
+  CHECK(px_h_mkdtemp(j.dir, sizeof j.dir) == 0, "mkdtemp");
+  start_workers(&j, "6");
+  for (int r = 0; r < NW; r++) {
+    int ws = worker_end(&j, r, 60000, buf, sizeof buf);
+    CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "rank %d failed: %s", r, buf);
+  }
+  px_rpc_channel* ch = px_rpc_channel_create(j.srv.addr, err, sizeof err);
+  CHECK(ch, "channel: %s", err);
+  /* until every worker's last call is 5 leases old (bounded), then each must be finished */
+  for (int64_t until = px_h_now_ms() + 30000;;) {
+    Paramex__V1__StatsResponse* st = px_h_stats(ch, err, sizeof err);
+    CHECK(st && st->n_workers == NW, "stats: %s", err);
+    bool old = true;
+    for (size_t i = 0; i < st->n_workers; i++) old = old && st->workers[i]->last_seen_ms > 1500;
+    if (old) {
+      for (size_t i = 0; i < st->n_workers; i++)
+        CHECK(st->workers[i]->finished && !st->workers[i]->alive,
+              "worker %u: finished %d alive %d, %" PRIu64 " ms after its last call", st->workers[i]->rank,
+              st->workers[i]->finished, st->workers[i]->alive, st->workers[i]->last_seen_ms);
+      CHECK(st->workers_alive == 0, "workers_alive %u", st->workers_alive);
+      protobuf_c_message_free_unpacked(&st->base, NULL);
+      break;
+    }
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+    CHECK(px_h_now_ms() < until, "the workers' last calls never became 1.5 s old");
+    poll(NULL, 0, 50);
+  }
+  px_rpc_channel_destroy(ch);
+  server_stop_ok(&j);
+}
+
+/* BSP: a worker that leaves before the others' last step is waited for --rejoin-wait (it
+ * may join again, as in a job of several phases), then their pulls fail naming it. */
+static void test_bsp_worker_left_early(void** state) {
+  (void)state;
+  job j;
+  memset(&j, 0, sizeof j);
+  char err[512], buf[4096];
+  const char* args[] = {"--workers", "3", "--chunk-bytes", "16K", "--rejoin-wait", "1", NULL};
+  CHECK(px_h_server_start(&j.srv, args, NULL, 10000, err, sizeof err) == 0, "server: %s", err);
+  CHECK(px_h_mkdtemp(j.dir, sizeof j.dir) == 0, "mkdtemp");
+  const char* steps[NW] = {"8", "8", "3"};
+  start_workers_each(&j, steps);
+  int ws = worker_end(&j, 2, 60000, buf, sizeof buf);
+  CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "rank 2 failed: %s", buf);
+  for (int r = 0; r < 2; r++) {
+    ws = worker_end(&j, r, 30000, buf, sizeof buf);
+    CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 1, "rank %d should have failed: %s", r, buf);
+    CHECK(strstr(buf, "failed precondition") &&
+              strstr(buf, "worker 2 left (finished) without its contribution to step 3"),
+          "rank %d did not name the worker that left: %s", r, buf);
+  }
+  server_stop_ok(&j);
+}
+
+/* --elastic: the others go on without a worker that left, and end alike. */
+static void test_elastic_worker_left_early(void** state) {
+  (void)state;
+  job j;
+  memset(&j, 0, sizeof j);
+  char err[512], buf[4096];
+  const char* args[] = {"--workers", "3", "--chunk-bytes", "16K", "--elastic", NULL};
+  CHECK(px_h_server_start(&j.srv, args, NULL, 10000, err, sizeof err) == 0, "server: %s", err);
+  CHECK(px_h_mkdtemp(j.dir, sizeof j.dir) == 0, "mkdtemp");
+  const char* steps[NW] = {"12", "12", "3"};
+  start_workers_each(&j, steps);
+  for (int r = 0; r < NW; r++) {
+    int ws = worker_end(&j, r, 60000, buf, sizeof buf);
+    CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "rank %d failed: %s", r, buf);
+  }
+  expect_ranks01_alike(&j);
+  server_stop_ok(&j);
+}
+
 static int teardown(void** state) {
   (void)state;
   px_h_kill_all();
@@ -163,6 +283,9 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_elastic_continues_without_dead_worker, teardown),
       cmocka_unit_test_teardown(test_bsp_fails_after_rejoin_wait, teardown),
+      cmocka_unit_test_teardown(test_finished_workers_are_not_dead, teardown),
+      cmocka_unit_test_teardown(test_bsp_worker_left_early, teardown),
+      cmocka_unit_test_teardown(test_elastic_worker_left_early, teardown),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   px_rpc_shutdown();

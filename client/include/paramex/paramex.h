@@ -161,7 +161,9 @@ enum { PMX_COMPRESSION_AUTO = 0, PMX_COMPRESSION_ON = 1, PMX_COMPRESSION_OFF = 2
  * lazy: an unreachable server is reported by the first call. *out is destroyed with
  * pmx_client_destroy. */
 PMX_API pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** out);
-/* Cancels operations still running, waits for them, frees the client and its tensors.
+/* Says Leave to the server when the client joined (the worker is then reported finished,
+ * not dead; see pmx_join), cancels operations still running, waits for them, frees the
+ * client and its tensors.
  * Operations started and not yet passed to pmx_op_wait are freed with it: their pmx_op
  * is invalid afterwards. Accepts NULL. No other thread may use the client during or after
  * this call. */
@@ -174,9 +176,13 @@ typedef struct pmx_join_info {
 } pmx_join_info;
 
 /* Joins as worker `rank` of `world_size` (which must match the server's --workers),
- * waiting up to connect_timeout_ms for the server to come up. A new join (for example
+ * waiting up to connect_timeout_ms for the server to come up (then PMX_ERR_UNAVAILABLE
+ * naming the cause; a TLS or token mistake is reported at once). A new join (for example
  * after a restart) gets a new incarnation; pushes of the old incarnation are refused.
- * info may be NULL. Must precede pmx_push. */
+ * info may be NULL. Must precede pmx_push. The worker leaves at pmx_client_destroy: it is
+ * reported finished; without --elastic a step it did not push cannot complete, and pulls
+ * waiting for one fail PMX_ERR_FAILED_PRECONDITION at once; with --elastic the steps go on
+ * without it. */
 PMX_API pmx_status pmx_join(pmx_client* client, uint32_t rank, uint32_t world_size,
                             pmx_join_info* info);
 
