@@ -110,6 +110,7 @@ uint8_t* px_pull_request_pack(pmx_op* op, size_t* len) {
   Paramex__V1__Encoding accept[2] = {PARAMEX__V1__ENCODING__ENCODING_DELTA_ZSTD,
                                      PARAMEX__V1__ENCODING__ENCODING_SHUFFLE_ZSTD};
   req.worker_id = op->worker_id;
+  req.incarnation = op->incarnation;
   req.n_tensor_ids = n;
   req.tensor_ids = ids;
   if (any_have) {

@@ -52,7 +52,7 @@ pmx_status px_tensor_declare(pmx_client* c, pmx_tensor* t) {
   t->id = r->tensor_id;
   t->chunk_elems = r->chunk_elems;
   t->nchunks = r->num_chunks;
-  const bool created = r->created;
+  const bool created = r->created || r->upload; /* this call owns the upload */
   paramex__v1__declare_response__free_unpacked(r, NULL);
 
   /* The creator sends the rest of the initial values in further pieces. */

@@ -39,6 +39,7 @@ struct ckpt_copy {
   size_t* mbytes;
   size_t remaining; /* chunks not captured yet (under ckpt.mu) */
   uint32_t pins;    /* request()s still walking the chunks: the writer waits for them */
+  bool final;       /* at shutdown: no push comes any more */
   char reason[24];
   uint64_t started_ms;
 };
@@ -109,7 +110,7 @@ static ckpt_copy* ckpt_new(px_ckpt* ck, uint64_t version, const char* reason) {
     px_error("checkpoint at version %" PRIu64 ": out of memory for the copies", version);
     return NULL;
   }
-  if (k->remaining == 0) pthread_cond_broadcast(&ck->cv);
+  pthread_cond_broadcast(&ck->cv); /* the writer: it looks for idle chunks while k waits */
   return k;
 }
 
@@ -134,14 +135,34 @@ void px_ckpt_after_step(px_ckpt* ck, px_tensor_state* t, px_chunk_state* c) {
   if (take) capture(ck, k, t, c);
 }
 
+/* Chunks below k's version that no step will move: nobody contributed to their current
+ * step although every worker already pushed step k->version or left (or, at shutdown, no
+ * push comes any more). A tensor nobody pushes (frozen, pull-only, declared by a client
+ * that never joined) is such a chunk at every checkpoint: its values are those of every
+ * version, and it is copied as it is (it once kept every checkpoint from completing). */
+static void capture_idle(px_ckpt* ck, ckpt_copy* k) {
+  if (!k->final && !px_members_all_pushed(ck->members, k->version)) return;
+  for (uint32_t i = 0; i < k->ntensors; i++) {
+    px_tensor_state* t = ck->store->tensors[i];
+    for (uint32_t j = 0; j < t->nchunks; j++) {
+      px_chunk_state* c = &t->chunks[j];
+      pthread_mutex_lock(&c->mu);
+      if (c->initialized && c->version < k->version && c->ncontrib == 0 && c->ckpt_gen != k->gen)
+        capture(ck, k, t, c);
+      pthread_mutex_unlock(&c->mu);
+    }
+  }
+}
+
 /* Starts a checkpoint at the newest version any chunk has (or joins the one in progress).
  * Returns its generation, 0 on failure. */
-static uint64_t request(px_ckpt* ck, const char* reason) {
+static uint64_t request(px_ckpt* ck, const char* reason, bool final) {
   uint64_t vmax = 0;
   px_store_version_min(ck->store, &vmax);
   pthread_mutex_lock(&ck->mu);
   ckpt_copy* k = ck->pending;
   if (!k) k = ck->pending = ckpt_new(ck, vmax, reason);
+  if (k && final) k->final = true;
   uint64_t gen = k ? k->gen : 0;
   if (k) k->pins++; /* its last capture below must not let the writer free it under us */
   pthread_mutex_unlock(&ck->mu);
@@ -156,6 +177,7 @@ static uint64_t request(px_ckpt* ck, const char* reason) {
       pthread_mutex_unlock(&c->mu);
     }
   }
+  capture_idle(ck, k);
   pthread_mutex_lock(&ck->mu);
   if (--k->pins == 0 && k->remaining == 0) pthread_cond_broadcast(&ck->cv);
   pthread_mutex_unlock(&ck->mu);
@@ -327,7 +349,13 @@ static void* ckpt_thread(void* arg) {
       pthread_mutex_unlock(&ck->mu);
       finish_waiters(ck, w, rc == 0 ? PX_ST_OK : PX_ST_FAILED_PRECONDITION, err, k->version,
                      path, bytes);
+      /* the steps went past a periodic version while k was captured or written (its own
+       * could not start then): catch up at the newest version */
+      uint64_t vmax = 0;
+      px_store_version_min(ck->store, &vmax);
+      bool behind = ck->o.every && vmax / ck->o.every * ck->o.every > k->version;
       ckpt_free(k);
+      if (behind && !ck->stop) request(ck, "periodic", false);
       pthread_mutex_lock(&ck->mu);
       continue;
     }
@@ -337,12 +365,26 @@ static void* ckpt_thread(void* arg) {
       next_timed = now + (uint64_t)(ck->o.interval * 1000.0);
       if (!ck->pending && atomic_load(&ck->store->ntensors) > 0) {
         pthread_mutex_unlock(&ck->mu);
-        request(ck, "interval");
+        request(ck, "interval", false);
         pthread_mutex_lock(&ck->mu);
       }
       continue;
     }
-    if (next_timed == UINT64_MAX) {
+    if (k && k->remaining > 0) {
+      /* chunks that no step will bring to k's version: looked for every 20 ms while k
+       * waits (k stays valid: only this thread frees a pending checkpoint) */
+      uint64_t nap = next_timed - now < 20 ? next_timed - now : 20;
+      struct timespec ts;
+      px_deadline_ts(&ts, CLOCK_MONOTONIC, (int64_t)nap);
+      pthread_cond_timedwait(&ck->cv, &ck->mu, &ts);
+      if (ck->pending == k && k->remaining > 0 && !ck->stop) {
+        k->pins++;
+        pthread_mutex_unlock(&ck->mu);
+        capture_idle(ck, k);
+        pthread_mutex_lock(&ck->mu);
+        k->pins--;
+      }
+    } else if (next_timed == UINT64_MAX) {
       pthread_cond_wait(&ck->cv, &ck->mu);
     } else {
       struct timespec ts;
@@ -490,12 +532,12 @@ int px_ckpt_now(px_ckpt* ck, px_srv_call* waiter, const char* reason) {
     ck->waiters = w;
     pthread_mutex_unlock(&ck->mu);
   }
-  return request(ck, reason) ? 0 : -1;
+  return request(ck, reason, false) ? 0 : -1;
 }
 
 int px_ckpt_final(px_ckpt* ck, int64_t wait_ms) {
   if (!ck->o.dir) return 0;
-  uint64_t gen = request(ck, "shutdown");
+  uint64_t gen = request(ck, "shutdown", true);
   if (!gen) return -1;
   struct timespec until;
   px_deadline_ts(&until, CLOCK_MONOTONIC, wait_ms);

@@ -81,7 +81,20 @@ void px_control_declare(px_server* srv, px_srv_call* call, const uint8_t* p, siz
   px_tensor_state* t = NULL;
   bool created = false;
   px_waiter* woken = NULL;
-  int st = px_store_declare(&srv->store, &a, &t, &created, &woken, err, sizeof err);
+  /* A tensor is created by a joined worker (its values, its retries); a client that never
+   * joined (incarnation 0) may only look an existing tensor up. */
+  bool uploads = false;
+  int st = PX_ST_OK;
+  a.lookup_only = r->incarnation == 0;
+  if (r->incarnation) {
+    st = px_members_check(&srv->members, r->worker_id, r->incarnation, err, sizeof err);
+  } else if (r->worker_id >= srv->cfg.workers) {
+    snprintf(err, sizeof err, "worker_id %u is not below --workers %u", r->worker_id,
+             srv->cfg.workers);
+    st = PX_ST_INVALID_ARGUMENT;
+  }
+  if (st == PX_ST_OK)
+    st = px_store_declare(&srv->store, &a, &t, &created, &uploads, &woken, err, sizeof err);
   if (st != PX_ST_OK) {
     px_reject(&srv->ctr, call, st, err);
   } else {
@@ -91,6 +104,7 @@ void px_control_declare(px_server* srv, px_srv_call* call, const uint8_t* p, siz
     resp.chunk_elems = t->chunk_elems;
     resp.num_chunks = t->nchunks;
     resp.created = created;
+    resp.upload = uploads;
     px_reply(call, &resp.base);
   }
   paramex__v1__declare_request__free_unpacked(r, NULL);

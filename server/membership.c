@@ -62,6 +62,25 @@ bool px_members_left_expired(px_members* m, uint32_t rank) {
   return atomic_load(&m->w[rank].left) && atomic_load(&m->w[rank].left_expired);
 }
 
+void px_members_pushed(px_members* m, uint32_t rank, uint64_t step) {
+  _Atomic uint64_t* b = &m->w[rank].steps_begun;
+  uint64_t cur = atomic_load(b);
+  while (cur < step + 1 && !atomic_compare_exchange_weak(b, &cur, step + 1)) {
+  }
+}
+
+bool px_members_all_pushed(px_members* m, uint64_t step) {
+  uint32_t joined = 0;
+  for (uint32_t r = 0; r < m->n; r++) {
+    px_worker_state* w = &m->w[r];
+    if (!atomic_load(&w->incarnation)) continue;
+    joined++;
+    if (atomic_load(&w->left)) continue; /* done: it pushes nothing any more */
+    if (atomic_load(&w->dead) || atomic_load(&w->steps_begun) <= step) return false;
+  }
+  return joined > 0;
+}
+
 void px_members_seen(px_members* m, uint32_t rank) {
   if (rank >= m->n) return;
   atomic_store(&m->w[rank].last_seen_ms, px_now_ms());

@@ -13,6 +13,7 @@
 typedef struct px_worker_state {
   _Atomic uint64_t incarnation; /* 0: not joined */
   _Atomic uint64_t chunks_pushed;
+  _Atomic uint64_t steps_begun;  /* the highest step it pushed a chunk of, plus one */
   _Atomic uint64_t last_seen_ms;
   _Atomic int dead;             /* missed its lease */
   _Atomic int left;             /* said Leave: finished, not dead (until it joins again) */
@@ -44,6 +45,11 @@ void px_members_deinit(px_members* m);
 /* Worker rank (< n) joins: a new incarnation, returned; *replaced says whether it replaced
  * an earlier one. */
 uint64_t px_members_join(px_members* m, uint32_t rank, const char* name, bool* replaced);
+/* Rank pushed a chunk of step. */
+void px_members_pushed(px_members* m, uint32_t rank, uint64_t step);
+/* Whether every joined worker pushed a chunk of a step >= step or left (a dead one may
+ * come back and push; false when none joined). */
+bool px_members_all_pushed(px_members* m, uint64_t step);
 /* Rank called (any call counts for the lease): alive again if it was dead. */
 void px_members_seen(px_members* m, uint32_t rank);
 /* A gRPC status for a data-plane call of (rank, incarnation): OK, or INVALID_ARGUMENT (rank

@@ -28,7 +28,8 @@ void px_monitor_tick(px_server* srv, uint64_t now_ms) {
   px_lease_scan scan;
   px_members_scan(&srv->members, now_ms, &scan);
   /* the pulls that wait for a step see the stall and fail FAILED_PRECONDITION */
-  if (scan.stall_began) wake_parked(srv, false, now_ms);
+  /* (and a pull waiting for the initial values of a creator that just died fails) */
+  if (scan.stall_began || scan.newly_dead) wake_parked(srv, false, now_ms);
   if (scan.newly_dead && srv->cfg.elastic) px_push_resume(px_agg_sweep(&srv->agg, &srv->store));
   wake_parked(srv, true, now_ms); /* past --call-timeout: they end DEADLINE_EXCEEDED */
 }
@@ -37,7 +38,7 @@ void px_monitor_member_left(px_server* srv) {
   /* elastic: the steps it did not contribute to complete without it; BSP: the pulls that
    * wait for such a step see it and fail at once */
   if (srv->cfg.elastic) px_push_resume(px_agg_sweep(&srv->agg, &srv->store));
-  else wake_parked(srv, false, px_now_ms());
+  wake_parked(srv, false, px_now_ms());
 }
 
 static void* monitor_thread(void* arg) {

@@ -96,6 +96,15 @@ static uint32_t left_blocking(px_members* m, const px_chunk_state* c, uint64_t m
   return UINT32_MAX;
 }
 
+/* Whether the upload of t's initial values stopped for good: its creator (still the
+ * same incarnation, so no restart took it over) is dead or left. */
+static bool creator_gone(px_members* m, const px_tensor_state* t) {
+  if (t->creator >= m->n) return false;
+  if (atomic_load(&m->w[t->creator].incarnation) != atomic_load(&t->creator_incarnation))
+    return false;
+  return px_members_dead(m, t->creator) || px_members_left(m, t->creator);
+}
+
 /* Decides the next step of the pull on chunk c (locks it); parks the pull when it must
  * wait. */
 static void pull_next(px_puller* p, px_tensor_state* t, px_chunk_state* c, int vi,
@@ -109,7 +118,16 @@ static void pull_next(px_puller* p, px_tensor_state* t, px_chunk_state* c, int v
   uint32_t gone = UINT32_MAX;
   if (nx->kind == NEXT_PARK && waits_version && !srv->cfg.elastic)
     gone = left_blocking(&srv->members, c, p->min_version);
-  if (gone != UINT32_MAX) {
+  if (nx->kind == NEXT_PARK && !c->initialized && creator_gone(&srv->members, t)) {
+    nx->kind = NEXT_END;
+    nx->status = PX_ST_FAILED_PRECONDITION;
+    snprintf(nx->text, sizeof nx->text,
+             "values of '%.255s' incomplete: %" PRIu64 " of %" PRIu64 " elements, and worker %u "
+             "that declares them %s: it sends them again when it joins again", t->name,
+             (uint64_t)atomic_load(&t->init_cursor), t->numel, t->creator,
+             px_members_left(&srv->members, t->creator) ? "left" : "is dead");
+    nx->msg = nx->text;
+  } else if (gone != UINT32_MAX) {
     nx->kind = NEXT_END;
     nx->status = PX_ST_FAILED_PRECONDITION;
     snprintf(nx->text, sizeof nx->text,
@@ -243,6 +261,13 @@ static int request_check(px_server* srv, const Paramex__V1__PullRequest* r, char
     snprintf(err, errlen, "PullRequest names no tensor");
     return PX_ST_INVALID_ARGUMENT;
   }
+  if (r->incarnation) {
+    int st = px_members_check(&srv->members, r->worker_id, r->incarnation, err, errlen);
+    if (st != PX_ST_OK) return st;
+  } else if (r->worker_id >= srv->cfg.workers) {
+    snprintf(err, errlen, "worker_id %u is not below --workers %u", r->worker_id, srv->cfg.workers);
+    return PX_ST_INVALID_ARGUMENT;
+  }
   if (r->view != PARAMEX__V1__DTYPE__DTYPE_UNSPECIFIED && r->view != PARAMEX__V1__DTYPE__DTYPE_BF16) {
     snprintf(err, errlen, "PullRequest view %d is not supported (unspecified or bf16)",
              (int)r->view);
@@ -286,7 +311,7 @@ int px_puller_setup(px_puller* p, const Paramex__V1__PullRequest* r, char* err, 
   int st = request_check(p->srv, r, err, errlen);
   if (st == PX_ST_OK && !pull_setup(p, r))
     st = PX_ST_RESOURCE_EXHAUSTED, snprintf(err, errlen, "out of memory");
-  if (st == PX_ST_OK) px_members_seen(&p->srv->members, r->worker_id);
+  if (st == PX_ST_OK && r->incarnation) px_members_seen(&p->srv->members, r->worker_id);
   return st;
 }
 

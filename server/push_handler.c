@@ -130,6 +130,7 @@ static void count_chunk(px_pusher* ps, px_tensor_state* t, px_chunk_state* c) {
   atomic_fetch_add(&t->push_raw, raw);
   atomic_fetch_add(&t->push_wire, wire);
   atomic_fetch_add(&srv->members.w[ps->h.worker_id].chunks_pushed, 1);
+  px_members_pushed(&srv->members, ps->h.worker_id, ps->h.step);
 }
 
 px_agg_result px_pusher_process(px_pusher* ps, px_agg_after* after, int* status, char* err,

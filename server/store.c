@@ -302,11 +302,57 @@ static int tensor_fill(px_store* s, px_tensor_state* t, const px_declare_args* a
   return PX_ST_OK;
 }
 
+/* Values given for a tensor whose upload is someone else's: they must be the values it
+ * holds (a repeat is idempotent; different values are an error, not silently ignored).
+ * Compared while every chunk they touch is at version 0 and holds them; a tensor already
+ * trained (or a range not uploaded yet) has nothing to compare with. declare_mu held. */
+static int same_values(px_tensor_state* t, const px_declare_args* a, char* err, size_t errlen) {
+  const size_t es = t->elem;
+  if (a->values_len % es != 0 || a->values_offset > t->numel ||
+      a->values_len / es > t->numel - a->values_offset) {
+    snprintf(err, errlen, "tensor '%s': values [%llu, +%zu bytes) do not fit its %llu elements",
+             t->name, (unsigned long long)a->values_offset, a->values_len,
+             (unsigned long long)t->numel);
+    return PX_ST_INVALID_ARGUMENT;
+  }
+  uint64_t lo = a->values_offset, hi = lo + a->values_len / es;
+  if (hi > t->init_cursor) hi = t->init_cursor;
+  for (uint64_t i = lo; i < hi;) {
+    px_chunk_state* c = &t->chunks[i / t->chunk_elems];
+    uint64_t end = ((uint64_t)c->index + 1) * t->chunk_elems;
+    if (end > hi) end = hi;
+    pthread_mutex_lock(&c->mu);
+    bool fresh = c->version == 0 && c->ncontrib == 0;
+    const uint8_t* have = (const uint8_t*)t->params + i * es;
+    const uint8_t* give = a->values + (i - lo) * es;
+    uint64_t bad = UINT64_MAX;
+    if (fresh && memcmp(have, give, (end - i) * es) != 0)
+      for (uint64_t k = 0; k < end - i && bad == UINT64_MAX; k++)
+        if (memcmp(have + k * es, give + k * es, es) != 0) bad = i + k;
+    pthread_mutex_unlock(&c->mu);
+    if (!fresh) return PX_ST_OK; /* trained since: its initial values are gone */
+    if (bad != UINT64_MAX) {
+      snprintf(err, errlen, "tensor '%s' exists with other initial values (element %llu "
+               "differs): every worker must give the creator's values, or none", t->name,
+               (unsigned long long)bad);
+      return PX_ST_FAILED_PRECONDITION;
+    }
+    i = end;
+  }
+  return PX_ST_OK;
+}
+
 static int declare_locked(px_store* s, const px_declare_args* a, uint64_t numel,
-                          px_tensor_state** out, bool* created, px_waiter** wake,
+                          px_tensor_state** out, bool* created, bool* uploads, px_waiter** wake,
                           char* err, size_t errlen) {
   px_tensor_state* t = find_by_name(s, a->name);
   *created = t == NULL;
+  *uploads = false;
+  if (!t && a->lookup_only) {
+    snprintf(err, errlen, "tensor '%s' does not exist, and only a joined worker creates "
+             "tensors: call Join first", a->name);
+    return PX_ST_FAILED_PRECONDITION;
+  }
   if (t) {
     *out = t;
     if (!same_decl(t, a)) {
@@ -317,10 +363,21 @@ static int declare_locked(px_store* s, const px_declare_args* a, uint64_t numel,
                px_dtype_name(t->dtype), have, px_dtype_name(a->dtype), want);
       return PX_ST_FAILED_PRECONDITION;
     }
-    if (a->values && t->creator == a->worker_id && t->creator_incarnation == a->incarnation &&
-        t->init_cursor < t->numel)
+    if (!a->values) return PX_ST_OK;
+    if (t->init_cursor < t->numel && t->creator == a->worker_id &&
+        a->incarnation > t->creator_incarnation) { /* incarnations only grow */
+      /* the creator restarted during its upload: its new incarnation goes on with it */
+      px_warn("tensor '%s': worker %u joined again during its upload of the initial values "
+              "(%llu of %llu elements); its new incarnation takes the upload over", t->name,
+              a->worker_id, (unsigned long long)t->init_cursor, (unsigned long long)t->numel);
+      t->creator_incarnation = a->incarnation;
+    }
+    if (t->init_cursor < t->numel && t->creator == a->worker_id &&
+        t->creator_incarnation == a->incarnation) {
+      *uploads = true;
       return write_values(s, t, a, wake, err, errlen);
-    return PX_ST_OK;
+    }
+    return same_values(t, a, err, errlen);
   }
   uint64_t need;
   int st = limits_check(s, a, numel, &need, err, errlen);
@@ -338,18 +395,21 @@ static int declare_locked(px_store* s, const px_declare_args* a, uint64_t numel,
   px_info("declared tensor %u '%s' %s numel=%llu chunks=%u", t->id, t->name,
           px_dtype_name(t->dtype), (unsigned long long)numel, t->nchunks);
   *out = t;
+  *uploads = a->values && t->init_cursor < t->numel;
   return PX_ST_OK;
 }
 
 int px_store_declare(px_store* s, const px_declare_args* a, px_tensor_state** out, bool* created,
-                     px_waiter** woken, char* err, size_t errlen) {
+                     bool* uploads, px_waiter** woken, char* err, size_t errlen) {
   uint64_t numel = 0;
   *woken = NULL;
   int st = args_check(a, &numel, err, errlen);
   if (st != PX_ST_OK) return st;
   px_tensor_state* t = NULL;
+  bool up = false;
   pthread_mutex_lock(&s->declare_mu);
-  st = declare_locked(s, a, numel, &t, created, woken, err, errlen);
+  st = declare_locked(s, a, numel, &t, created, &up, woken, err, errlen);
+  if (uploads) *uploads = up;
   pthread_mutex_unlock(&s->declare_mu);
   if (st == PX_ST_OK) *out = t;
   return st;
@@ -373,7 +433,7 @@ int px_store_restore(px_store* s, const char* name, int dtype, const uint64_t* s
   px_tensor_state* t = NULL;
   bool created = false;
   px_waiter* woken = NULL; /* nobody waits before the server starts */
-  int st = px_store_declare(s, &a, &t, &created, &woken, err, errlen);
+  int st = px_store_declare(s, &a, &t, &created, NULL, &woken, err, errlen);
   if (st != PX_ST_OK || !created) {
     if (st == PX_ST_OK) snprintf(err, errlen, "tensor '%s' appears twice", name);
     return -1;

@@ -59,8 +59,8 @@ typedef struct px_tensor_state {
   px_chunk_state* chunks;
   /* initial values upload (under the store's declare lock) */
   uint32_t creator;
-  uint64_t creator_incarnation;
-  uint64_t init_cursor; /* elements received so far */
+  _Atomic uint64_t creator_incarnation;
+  _Atomic uint64_t init_cursor; /* elements received so far */
   _Atomic uint64_t push_raw, push_wire, pull_raw, pull_wire;
 } px_tensor_state;
 
@@ -103,14 +103,19 @@ typedef struct px_declare_args {
   uint64_t values_offset;
   uint32_t worker_id;
   uint64_t incarnation;
+  bool lookup_only;    /* a client that never joined: it may not create the tensor */
 } px_declare_args;
 /* Declares a tensor (or finds the same declaration again, or adds the creator's next
- * piece of initial values). Returns a gRPC status; err names the problem and nothing
- * changed. On OK *out is the tensor, *created says whether this call created it, and
+ * piece of initial values). A lookup_only declaration does not create a tensor; a
+ * new incarnation of the creator's rank takes an unfinished upload over; values from
+ * anyone else must equal those the tensor holds (while it is at version 0). Returns a gRPC
+ * status; err names the problem and nothing changed. On OK *out is the tensor, *created
+ * says whether this call created it, *uploads (may be NULL) whether the caller is to send
+ * the rest of the initial values, and
  * *woken the pulls parked on chunks that just got their initial values (run them with
  * px_waiters_run after returning). */
 int px_store_declare(px_store* s, const px_declare_args* a, px_tensor_state** out, bool* created,
-                     px_waiter** woken, char* err, size_t errlen);
+                     bool* uploads, px_waiter** woken, char* err, size_t errlen);
 /* Creates a tensor from a checkpoint entry (dtype, shape, values) at version, with its
  * momentum (NULL: none) loaded into the backend. 0, or -1 with err. */
 int px_store_restore(px_store* s, const char* name, int dtype, const uint64_t* shape,

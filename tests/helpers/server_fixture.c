@@ -111,6 +111,8 @@ uint64_t px_sf_join(px_sf* f, uint32_t rank, uint32_t world) {
   if (st != PX_ST_OK) fail_msg("Join rank %u: %s: %s", rank, px_status_name(st), d);
   uint64_t inc = ((Paramex__V1__JoinResponse*)resp)->incarnation;
   protobuf_c_message_free_unpacked(resp, NULL);
+  f->decl_rank = rank;
+  f->decl_inc = inc;
   return inc;
 }
 
@@ -126,6 +128,10 @@ uint32_t px_sf_declare_f32(px_sf* f, const char* name, uint64_t numel, uint64_t 
   ini.b = 0.02f;
   ini.seed = seed;
   req.initializer = &ini;
+  /* only a joined worker creates tensors */
+  if (!f->decl_inc) px_sf_join(f, 0, f->srv->cfg.workers);
+  req.worker_id = f->decl_rank;
+  req.incarnation = f->decl_inc;
   ProtobufCMessage* resp = NULL;
   char d[256] = "";
   int st = px_h_unary_pb(f->ch, PX_H_PATH_DECLARE, &req.base,

@@ -23,6 +23,8 @@ typedef struct px_sf {
   int port;
   char addr[64];
   bool inited, started;
+  uint32_t decl_rank;   /* the identity px_sf_declare_f32 declares with: the last join */
+  uint64_t decl_inc;
 } px_sf;
 
 /* Initialises f from the flags in args (NULL-terminated, without the program name) on top
@@ -67,7 +69,8 @@ void px_sf_mcall_destroy(px_sf_mcall* m);
 /* Copies the current parameters of f32 tensor t into dst (each chunk under its lock). */
 void px_sf_copy_params(px_tensor_state* t, float* dst);
 
-/* Join as rank of world; returns the incarnation (fails the test on an error). */
+/* Join as rank of world; returns the incarnation (fails the test on an error). Declarations
+ * of px_sf_declare_f32 carry the identity of the last join (made by them when none was). */
 uint64_t px_sf_join(px_sf* f, uint32_t rank, uint32_t world);
 /* Declares an f32 tensor of numel elements with the NORMAL(0, 0.02) initializer of seed;
  * returns its id. */

@@ -622,6 +622,74 @@ static void unmount_tmpfs(void) {
   g_mnt[0] = 0;
 }
 
+/* A tensor that nobody pushes (frozen, pull-only) once kept every checkpoint from
+ * completing: no file for 40 steps, no error, and SIGTERM waited out its drain without the
+ * final checkpoint. Now each checkpoint copies it as it is, and a restore puts it at the
+ * checkpoint's version with its values. */
+static void test_frozen_tensor_checkpointed(void** state) {
+  (void)state;
+  fresh_ckdir();
+  const char* extra[] = {"--checkpoint-dir", g_ckdir, "--checkpoint-every", "2", "--keep", "10", NULL};
+  char log[64], err[512];
+  px_h_server srv;
+  start_server(&srv, "2", extra, log, sizeof log);
+  px_rpc_channel* ch = channel(&srv);
+  /* a client joins as rank 1 and declares "frozen" (values 0.5): the workers never push it */
+  Paramex__V1__JoinRequest jr = PARAMEX__V1__JOIN_REQUEST__INIT;
+  jr.rank = 1;
+  jr.world_size = 2;
+  ProtobufCMessage* resp = NULL;
+  int st = px_h_unary_pb(ch, PX_H_PATH_JOIN, &jr.base, &paramex__v1__join_response__descriptor, &resp,
+                          CALL_MS, err, sizeof err);
+  CHECK(st == PX_ST_OK, "join: %s '%s'", px_status_name(st), err);
+  uint64_t inc = ((Paramex__V1__JoinResponse*)resp)->incarnation;
+  protobuf_c_message_free_unpacked(resp, NULL);
+  float vals[64];
+  for (int i = 0; i < 64; i++) vals[i] = 0.5f;
+  uint64_t shape[1] = {64};
+  Paramex__V1__DeclareRequest dr = PARAMEX__V1__DECLARE_REQUEST__INIT;
+  dr.name = (char*)"frozen";
+  dr.dtype = PARAMEX__V1__DTYPE__DTYPE_F32;
+  dr.n_shape = 1;
+  dr.shape = shape;
+  dr.values.data = (uint8_t*)vals;
+  dr.values.len = sizeof vals;
+  dr.worker_id = 1;
+  dr.incarnation = inc;
+  st = px_h_unary_pb(ch, PX_H_PATH_DECLARE, &dr.base, &paramex__v1__declare_response__descriptor, NULL,
+                      CALL_MS, err, sizeof err);
+  CHECK(st == PX_ST_OK, "declare: %s '%s'", px_status_name(st), err);
+  it_train j = job(&srv, "frozen", 6, false);
+  it_train_run(&j, TRAIN_MS);
+  it_train_check(&j, &g_sgd);
+  wait_checkpoint_version(ch, 6);
+  uint64_t vs[16];
+  int n = it_ckpt_versions(g_ckdir, vs, 16);
+  /* 2, then 4 and 6 (or 6 alone, catching up, when 2 was still being captured at 4) */
+  CHECK(n >= 2 && vs[0] == 2 && vs[n - 1] == 6, "checkpoints: %d files, the first %" PRIu64, n, vs[0]);
+  px_rpc_channel_destroy(ch);
+  /* SIGTERM: the final checkpoint is written at once (every chunk at 6 or idle) */
+  int64_t t0 = px_h_now_ms();
+  stop_server_ok(&srv);
+  CHECK(px_h_now_ms() - t0 < 4000, "SIGTERM took %" PRId64 " ms", px_h_now_ms() - t0);
+  char want[800];
+  snprintf(want, sizeof want, "not written");
+  char* text = it_slurp(g_dir, log);
+  CHECK(!strstr(text, want), "the final checkpoint was not written: %s", text);
+  free(text);
+  /* the restore has "frozen" at version 6 with its values */
+  start_server(&srv, "2", extra, log, sizeof log);
+  ch = channel(&srv);
+  check_restored(ch, 6);
+  Paramex__V1__StatsResponse* sr = stats(ch);
+  const Paramex__V1__TensorStats* ts = px_h_stats_tensor(sr, "frozen");
+  CHECK(ts && ts->version_min == 6 && ts->version_max == 6, "frozen not restored at version 6");
+  CHECK(ts->checksum == it_stats_checksum(vals, sizeof vals), "frozen lost its values");
+  protobuf_c_message_free_unpacked(&sr->base, NULL);
+  px_rpc_channel_destroy(ch);
+  stop_server_ok(&srv);
+}
+
 static int teardown(void** state) {
   (void)state;
   px_h_kill_all();
@@ -653,6 +721,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_sigterm_final_and_restore, teardown),
       cmocka_unit_test_teardown(test_skip_bad_checkpoints, teardown),
       cmocka_unit_test_teardown(test_tmpfs_full, teardown),
+      cmocka_unit_test_teardown(test_frozen_tensor_checkpointed, teardown),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

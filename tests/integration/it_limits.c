@@ -17,15 +17,20 @@
 #include "harness.h"
 #include "health.pb-c.h"
 
+static uint64_t g_inc; /* of the last join: declarations carry it */
+
 static px_rpc_channel* join_and_channel(px_h_server* srv) {
   char err[512];
   px_rpc_channel* ch = px_rpc_channel_create(srv->addr, err, sizeof err);
   CHECK(ch, "channel: %s", err);
   Paramex__V1__JoinRequest jr = PARAMEX__V1__JOIN_REQUEST__INIT;
   jr.world_size = 1;
+  ProtobufCMessage* resp = NULL;
   int st = px_h_unary_pb(ch, PX_H_PATH_JOIN, &jr.base, &paramex__v1__join_response__descriptor,
-                          NULL, 10000, err, sizeof err);
+                          &resp, 10000, err, sizeof err);
   CHECK(st == PX_ST_OK, "join: %s %s", px_status_name(st), err);
+  g_inc = ((Paramex__V1__JoinResponse*)resp)->incarnation;
+  protobuf_c_message_free_unpacked(resp, NULL);
   return ch;
 }
 
@@ -37,6 +42,7 @@ static int declare(px_rpc_channel* ch, const char* name, uint64_t numel, uint32_
   dr.dtype = PARAMEX__V1__DTYPE__DTYPE_F32;
   dr.n_shape = 1;
   dr.shape = shape;
+  dr.incarnation = g_inc;
   ProtobufCMessage* resp = NULL;
   int st = px_h_unary_pb(ch, PX_H_PATH_DECLARE, &dr.base, &paramex__v1__declare_response__descriptor,
                           &resp, 10000, err, cap);

@@ -103,10 +103,13 @@ static void test_sigterm_with_parked_pull(void** state) {
 
   Paramex__V1__JoinRequest jr = PARAMEX__V1__JOIN_REQUEST__INIT;
   jr.world_size = 1;
-  int st = px_h_unary_pb(ch, PX_H_PATH_JOIN, &jr.base, &paramex__v1__join_response__descriptor, NULL,
+  ProtobufCMessage* jresp = NULL;
+  int st = px_h_unary_pb(ch, PX_H_PATH_JOIN, &jr.base, &paramex__v1__join_response__descriptor, &jresp,
                           10000, err, sizeof err);
   CHECK(st == PX_ST_OK, "join: %s '%s'", px_status_name(st), err);
   Paramex__V1__DeclareRequest dr = PARAMEX__V1__DECLARE_REQUEST__INIT;
+  dr.incarnation = ((Paramex__V1__JoinResponse*)jresp)->incarnation;
+  protobuf_c_message_free_unpacked(jresp, NULL);
   uint64_t shape[1] = {10};
   dr.name = (char*)"p";
   dr.dtype = PARAMEX__V1__DTYPE__DTYPE_F32;

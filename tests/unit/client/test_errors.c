@@ -299,6 +299,7 @@ static void corrupt_env_start(corrupt_env* e) {
   snprintf(addr, sizeof addr, "127.0.0.1:%d", pport);
   pmx_options o = {.timeout_ms = 20000, .connect_timeout_ms = 20000, .compression = PMX_COMPRESSION_OFF};
   expect_st("connect", pmx_connect(addr, &o, &e->c), PMX_OK);
+  expect_st("join", pmx_join(e->c, 0, 1, NULL), PMX_OK);
   const uint64_t shape[1] = {CN};
   const pmx_init init = {PMX_INIT_UNIFORM, -1.0f, 1.0f, 7};
   expect_st("declare", pmx_declare(e->c, "logged_w", PMX_F32, shape, 1, NULL, &init, &e->t), PMX_OK);
@@ -502,6 +503,7 @@ static void test_log_one_message_at_a_time(void** state) {
     pmx_options o = {.timeout_ms = 20000, .connect_timeout_ms = 20000, .compression = PMX_COMPRESSION_OFF};
     p[k].c = NULL;
     expect_st("connect", pmx_connect(addr, &o, &p[k].c), PMX_OK);
+    if (k == 0) expect_st("join", pmx_join(p[k].c, 0, 1, NULL), PMX_OK); /* it creates the tensor */
     expect_st("declare", pmx_declare(p[k].c, "serial_w", PMX_F32, shape, 1, NULL, &init, &p[k].t), PMX_OK);
   }
   atomic_store(&g_inside, 0);

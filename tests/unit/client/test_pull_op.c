@@ -109,6 +109,14 @@ static pmx_tensor* declare(pmx_client* c, const char* name, pmx_dtype dt, uint64
   return t;
 }
 
+/* Creates tensor name on the server through a joined client of its own (only a joined
+ * worker creates tensors), for a test whose client does not join. */
+static void create_joined(const char* name, pmx_dtype dt, uint64_t n, const void* values) {
+  pmx_client* maker = client_at(g_srv.addr, PMX_COMPRESSION_OFF, 30000, true);
+  declare(maker, name, dt, n, values);
+  pmx_client_destroy(maker);
+}
+
 static Paramex__V1__StatsResponse* stats(void) {
   char err[256];
   Paramex__V1__StatsResponse* st = px_h_stats(g_ch, err, sizeof err);
@@ -393,6 +401,7 @@ static void test_pull_waits_for_min_version(void** state) {
   check_bits("untouched", q, q0, sizeof q);
   /* two tensors, the first at version 1 and the second at 0: a pull of version 1 times
    * out on the second; versions are not written */
+  declare(c, "wait2", PMX_F32, NB, NULL); /* created by the joined client */
   pmx_tensor* q2[2] = {qt, declare(quick, "wait2", PMX_F32, NB, NULL)};
   static float r2[NB];
   void* qd2[2] = {q, r2};
@@ -481,9 +490,9 @@ static void test_pull_versions_lowest_chunk(void** state) {
 static void test_pull_argument_errors(void** state) {
   (void)state;
   pmx_client* c = joined();
-  pmx_client* other = joined();
   float buf[8];
   pmx_tensor* t = declare(c, "pa", PMX_F32, 8, NULL);
+  pmx_client* other = joined();
   pmx_tensor* ot = declare(other, "pa", PMX_F32, 8, NULL);
   void* dst = buf;
   void* nulld = NULL;
@@ -634,6 +643,7 @@ static void test_pull_persistent_corruption_is_data_loss(void** state) {
   /* 3 chunks: one of every full pull is corrupted, however often it is pulled again */
   static float init[NA], got[NA];
   init_values(init, NA, 0.5f);
+  create_joined("lossy", PMX_F32, NA, init);
   pmx_tensor* t = declare(c, "lossy", PMX_F32, NA, init);
   void* dst = got;
   uint64_t v = 55;
@@ -665,6 +675,8 @@ static void test_pull_data_loss_leaves_versions(void** state) {
   static float ismall[NSMALL], ibig[NB], gsmall[NSMALL], gbig[NB];
   init_values(ismall, NSMALL, 1.0f);
   init_values(ibig, NB, 2.0f);
+  create_joined("dl_small", PMX_F32, NSMALL, ismall);
+  create_joined("dl_big", PMX_F32, NB, ibig);
   pmx_tensor* t[2] = {declare(c, "dl_small", PMX_F32, NSMALL, ismall),
                       declare(c, "dl_big", PMX_F32, NB, ibig)};
   /* the small tensor alone passes intact */

@@ -490,9 +490,9 @@ static void test_push_from_threads(void** state) {
 static void test_push_argument_errors(void** state) {
   (void)state;
   pmx_client* c = joined(0, 1);
-  pmx_client* other = joined(0, 1);
   float g[8] = {0};
   pmx_tensor* t = declare(c, "args", 8, NULL);
+  pmx_client* other = joined(0, 1);
   pmx_tensor* ot = declare(other, "args", 8, NULL);
   const void* gp = g;
   const void* nullg = NULL;
@@ -524,17 +524,22 @@ static void test_push_argument_errors(void** state) {
 static void test_push_refused_by_server(void** state) {
   (void)state;
   pmx_options o = {.timeout_ms = 30000, .connect_timeout_ms = 30000};
+  pmx_client* c = joined(0, 1);
+  pmx_tensor* t = declare(c, "refused", 8, NULL); /* a joined worker creates it */
   pmx_client* unjoined = NULL;
   expect_st("connect", pmx_connect(g_srv.addr, &o, &unjoined), PMX_OK);
   float g[8] = {1, 2, 3, 4, 5, 6, 7, 8};
   const void* gp = g;
-  pmx_tensor* ut = declare(unjoined, "refused", 8, NULL);
+  pmx_tensor* ut = declare(unjoined, "refused", 8, NULL); /* a lookup */
   expect_st("push before join", pmx_push(unjoined, 0, 1, &ut, &gp), PMX_ERR_FAILED_PRECONDITION);
   expect_error_has("push before join", "has not joined");
   expect_error_has("push before join", "pmx_join first"); /* refused before any call */
+  pmx_tensor* none = NULL;
+  const uint64_t shape8[1] = {8};
+  expect_st("create before join", pmx_declare(unjoined, "nobody's", PMX_F32, shape8, 1, NULL, NULL, &none),
+            PMX_ERR_FAILED_PRECONDITION);
+  expect_error_has("create before join", "only a joined worker creates tensors: call Join first");
 
-  pmx_client* c = joined(0, 1);
-  pmx_tensor* t = declare(c, "refused", 8, NULL);
   /* a step ahead of the version */
   expect_st("step 5 at version 0", pmx_push(c, 5, 1, &t, &gp), PMX_ERR_OUT_OF_RANGE);
   expect_error_has("step 5 at version 0", "step 5 is ahead of version 0");

@@ -4,7 +4,7 @@
  * server's message; argument errors (client, name, shape, dtype, overflow) leave *out
  * untouched; initial values from `values` (f32, bf16, f16; larger than one 2 MiB Declare
  * piece: they arrive whole) and from the seeded initializers come back bit-exact; values
- * are used only by the creating call; the facts (numel, bytes, id, num_chunks); many
+ * are used only by the creating call (other values are an error); the facts (numel, bytes, id, num_chunks); many
  * declarations from several threads of one client; and the refusals of
  * pmx_tensor_set_push_compression. */
 #include <stdarg.h>
@@ -267,7 +267,13 @@ static void test_declare_values_only_on_create(void** state) {
   const uint64_t shape[1] = {100};
   pmx_tensor *t = NULL, *t2 = NULL;
   expect_st("create", pmx_declare(g_c, "once", PMX_F32, shape, 1, a, NULL, &t), PMX_OK);
-  expect_st("repeat with other values", pmx_declare(g_c, "once", PMX_F32, shape, 1, b, NULL, &t2), PMX_OK);
+  /* other values than the tensor holds are an error, named (they were once ignored) */
+  expect_st("repeat with other values", pmx_declare(g_c, "once", PMX_F32, shape, 1, b, NULL, &t2),
+            PMX_ERR_FAILED_PRECONDITION);
+  expect_error_has("repeat with other values",
+                   "tensor 'once' exists with other initial values (element 0 differs)");
+  expect_st("repeat with the same values", pmx_declare(g_c, "once", PMX_F32, shape, 1, a, NULL, &t2),
+            PMX_OK);
   pmx_client* other = new_client();
   pmx_tensor* ot = NULL;
   const pmx_init ini = {PMX_INIT_CONSTANT, 5.0f, 0, 0};

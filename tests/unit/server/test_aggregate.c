@@ -58,7 +58,7 @@ static px_tensor_state* declare(px_server* s, const char* name, uint64_t numel, 
   bool created = false;
   px_waiter* woken = NULL;
   char err[256] = "";
-  int st = px_store_declare(&s->store, &a, &t, &created, &woken, err, sizeof err);
+  int st = px_store_declare(&s->store, &a, &t, &created, NULL, &woken, err, sizeof err);
   if (st != PX_ST_OK) fail_msg("declare %s: %s: %s", name, px_status_name(st), err);
   assert_true(created);
   px_waiters_run(woken);
@@ -435,7 +435,7 @@ static void test_refusals(void** state) {
   bool created = false;
   px_waiter* woken = NULL;
   char err[256] = "";
-  assert_int_equal(px_store_declare(&s->store, &a, &u, &created, &woken, err, sizeof err),
+  assert_int_equal(px_store_declare(&s->store, &a, &u, &created, NULL, &woken, err, sizeof err),
                    PX_ST_OK);
   px_waiters_run(woken);
   assert_true(u->chunks[0].initialized);

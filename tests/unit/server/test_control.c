@@ -30,6 +30,8 @@
 #include "rpc/rpc_base.h"
 #include "rpc/rpc_client.h"
 #include "server_fixture.h"
+#include "monitor.h"
+#include "util/clock.h"
 #include "wire/chunk_msg.h"
 
 #define CALL_MS 20000
@@ -266,6 +268,25 @@ static void test_declare_created_and_conflicts(void** state) {
   px_server* s = start(NULL);
   char det[512];
   Paramex__V1__DeclareRequest req = PARAMEX__V1__DECLARE_REQUEST__INIT;
+  /* without an identity nothing is created */
+  uint64_t shape0[1] = {N_W};
+  req.name = "w";
+  req.dtype = PARAMEX__V1__DTYPE__DTYPE_F32;
+  req.n_shape = 1;
+  req.shape = shape0;
+  Paramex__V1__DeclareResponse* r0 = NULL;
+  expect_status(declare_req(&req, &r0, det, sizeof det), det, PX_ST_FAILED_PRECONDITION,
+                "tensor 'w' does not exist, and only a joined worker creates tensors: call Join "
+                "first");
+  req.worker_id = 3;
+  expect_status(declare_req(&req, &r0, det, sizeof det), det, PX_ST_INVALID_ARGUMENT,
+                "worker_id 3 is not below --workers 2");
+  req.incarnation = 5;
+  req.worker_id = 0;
+  expect_status(declare_req(&req, &r0, det, sizeof det), det, PX_ST_FAILED_PRECONDITION,
+                "worker 0 has not joined");
+  assert_int_equal(px_store_count(&s->store), 0);
+  req.incarnation = px_sf_join(&g_f, 0, 2);
   Paramex__V1__Initializer ini = PARAMEX__V1__INITIALIZER__INIT;
   uint64_t shape[2] = {N_W, 0};
   req.name = "w";
@@ -324,7 +345,7 @@ static void test_declare_created_and_conflicts(void** state) {
   req.dtype = 9;
   expect_status(declare_req(&req, &r, det, sizeof det), det, PX_ST_INVALID_ARGUMENT,
                 "tensor 'w': unknown dtype 9 (want f32, bf16 or f16)");
-  assert_int_equal(rejected(), 5);
+  assert_int_equal(rejected(), 8); /* 3 without an identity, 5 conflicts */
   assert_int_equal(px_store_count(&s->store), 1);
   assert_memory_equal(t->params, want, N_W * sizeof *want);
 
@@ -366,6 +387,40 @@ static void declare_piece(const char* name, const float* v, uint64_t off, size_t
   protobuf_c_message_free_unpacked(&r->base, NULL);
 }
 
+/* The creator of a tensor dies half way through its upload of the initial values: a pull
+ * of version 0 waiting for them fails at once, naming how far the upload got (it once
+ * waited for its deadline with no explanation). */
+static void test_declare_incomplete_creator_dead(void** state) {
+  (void)state;
+  const char* more[] = {"--worker-timeout", "5", NULL};
+  px_server* s = start(more);
+  const uint64_t inc = px_sf_join(&g_f, 1, 2);
+  float* v = malloc(N_W * sizeof *v);
+  assert_non_null(v);
+  for (size_t i = 0; i < N_W; i++) v[i] = (float)i;
+  declare_piece("half", v, 0, 1000, 1, inc, true);
+  uint32_t ids[1] = {0};
+  size_t rl = 0;
+  uint8_t* rq = px_sf_pull_request(0, ids, 1, 0, &rl);
+  px_h_msg m = {rq, rl, NULL, 0};
+  px_h_async* a = px_h_async_start(g_f.ch, PX_H_PATH_PULL, &m, 1, CALL_MS);
+  assert_non_null(a);
+  px_tensor_state* t = px_store_tensor(&s->store, 0);
+  park_arg pa = {s, &t->chunks[0], 1};
+  assert_true(px_sf_wait_until(parked_enough, &pa, WAIT_MS));
+  /* the lease runs out (a monitor round 6 s later) */
+  px_monitor_tick(s, px_now_ms() + 6000);
+  px_h_result res;
+  px_h_async_join(a, &res);
+  assert_int_equal(res.status, PX_ST_FAILED_PRECONDITION);
+  assert_string_equal(res.details, "values of 'half' incomplete: 1000 of 2500 elements, and worker 1 "
+                                   "that declares them is dead: it sends them again when it joins "
+                                   "again");
+  px_h_result_free(&res);
+  free(rq);
+  free(v);
+}
+
 static void test_declare_values_in_pieces_wake_pull(void** state) {
   (void)state;
   px_server* s = start(NULL);
@@ -396,8 +451,9 @@ static void test_declare_values_in_pieces_wake_pull(void** state) {
   assert_int_equal(st->active_calls, 1);
   protobuf_c_message_free_unpacked(&st->base, NULL);
 
-  /* another worker's values are not the creator's upload: ignored, the pull stays */
-  declare_piece("v", junk, 1000, 1100, 0, inc, false);
+  /* another worker's values are not the creator's upload: not taken, the pull stays */
+  const uint64_t inc0 = px_sf_join(&g_f, 0, 2);
+  declare_piece("v", junk, 1000, 1100, 0, inc0, false);
   assert_false(t->chunks[0].initialized);
   assert_int_equal(parked_on(s, &t->chunks[0]), 1);
 
@@ -790,6 +846,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_join_lease, teardown),
       cmocka_unit_test_teardown(test_declare_created_and_conflicts, teardown),
       cmocka_unit_test_teardown(test_declare_values_in_pieces_wake_pull, teardown),
+      cmocka_unit_test_teardown(test_declare_incomplete_creator_dead, teardown),
       cmocka_unit_test_teardown(test_stats_after_pushes, teardown),
       cmocka_unit_test_teardown(test_checkpoint_without_dir, teardown),
       cmocka_unit_test_teardown(test_checkpoint_with_dir, teardown),

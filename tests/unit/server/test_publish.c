@@ -142,7 +142,7 @@ static int declare(const px_declare_args* a, px_tensor_state** t, bool* created,
                    size_t errlen) {
   err[0] = 0;
   px_waiter* woken = NULL;
-  int st = px_store_declare(&G->store, a, t, created, &woken, err, errlen);
+  int st = px_store_declare(&G->store, a, t, created, NULL, &woken, err, errlen);
   px_waiters_run(woken);
   return st;
 }

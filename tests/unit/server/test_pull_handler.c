@@ -229,6 +229,50 @@ static void setup_world(const char* const* more) {
 
 /* ---- at the current version --------------------------------------------------------------- */
 
+/* The puller's identity: a worker id outside the world, a stale incarnation and a worker
+ * that never joined are refused with their statuses (a pull of "worker 7 of 2" was once
+ * served); an identified pull is served. */
+static void test_pull_identity(void** state) {
+  (void)state;
+  setup_world(NULL);
+  const uint32_t ids[1] = {g_w.w->id};
+  Paramex__V1__PullRequest req = PARAMEX__V1__PULL_REQUEST__INIT;
+  req.n_tensor_ids = 1;
+  req.tensor_ids = (uint32_t*)ids;
+  const struct {
+    uint32_t worker;
+    uint64_t inc;
+    int status;
+    const char* msg;
+  } cases[] = {
+      {7, 0, PX_ST_INVALID_ARGUMENT, "worker_id 7 is not below --workers 2"},
+      {7, 5, PX_ST_INVALID_ARGUMENT, "worker_id 7 is not below --workers 2"},
+      {1, g_w.inc[1] - 1, PX_ST_FAILED_PRECONDITION, NULL},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    req.worker_id = cases[i].worker;
+    req.incarnation = cases[i].inc;
+    uint8_t b[64];
+    size_t n = paramex__v1__pull_request__pack(&req, b);
+    px_h_result r;
+    pull(g_f.ch, b, n, &r);
+    if (r.status != cases[i].status)
+      fail_msg("case %zu: %s '%s'", i, px_status_name(r.status), r.details);
+    if (cases[i].msg) assert_string_equal(r.details, cases[i].msg);
+    else assert_non_null(strstr(r.details, "is stale"));
+    assert_int_equal(r.nresp, 0);
+    px_h_result_free(&r);
+  }
+  req.worker_id = 1;
+  req.incarnation = g_w.inc[1];
+  uint8_t b[64];
+  size_t n = paramex__v1__pull_request__pack(&req, b);
+  px_h_result r;
+  pull(g_f.ch, b, n, &r);
+  expect_pull_ok(&r, 3);
+  px_h_result_free(&r);
+}
+
 static void test_pull_current_version(void** state) {
   (void)state;
   setup_world(NULL);
@@ -645,6 +689,8 @@ static void test_pull_bf16_view(void** state) {
   ini.b = 2.0f;
   ini.seed = 33;
   dq.initializer = &ini;
+  dq.worker_id = g_f.decl_rank; /* a joined worker creates it */
+  dq.incarnation = g_f.decl_inc ? g_f.decl_inc : px_sf_join(&g_f, 0, g_f.srv->cfg.workers);
   ProtobufCMessage* resp = NULL;
   char det[256];
   assert_int_equal(px_h_unary_pb(g_f.ch, PX_H_PATH_DECLARE, &dq.base,
@@ -682,6 +728,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_pull_cancelled_while_parked, teardown),
       cmocka_unit_test_teardown(test_pull_refusals, teardown),
       cmocka_unit_test_teardown(test_pull_bf16_view, teardown),
+      cmocka_unit_test_teardown(test_pull_identity, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

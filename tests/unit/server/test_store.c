@@ -106,7 +106,7 @@ static int declare(const px_declare_args* a, px_tensor_state** t, bool* created,
                    size_t errlen) {
   err[0] = 0;
   px_waiter* woken = NULL;
-  int st = px_store_declare(&G->store, a, t, created, &woken, err, errlen);
+  int st = px_store_declare(&G->store, a, t, created, NULL, &woken, err, errlen);
   px_waiters_run(woken);
   return st;
 }
@@ -383,7 +383,7 @@ static void test_values_in_pieces(void** state) {
   assert_int_equal(t->init_cursor, 1100);
 
   /* Values from another worker, or from an earlier incarnation of the creator, are
-   * not the creator's upload: ignored. */
+   * not the creator's upload: not taken (beyond what arrived, nothing to compare with). */
   assert_int_equal(put_values("w", shape, other, 1100, 100 * 4, 0, 42, &t, &created, err, sizeof err),
                    PX_ST_OK);
   assert_int_equal(put_values("w", shape, other, 1100, 100 * 4, 1, 41, &t, &created, err, sizeof err),
@@ -416,12 +416,71 @@ static void test_values_in_pieces(void** state) {
     for (int k = 0; k < PX_CACHE_SLOTS; k++) assert_false(c->view[0].cache[k].used);
     assert_false(c->view[1].enabled);
   }
-  /* After completion a repeat is still accepted and changes nothing. */
-  assert_int_equal(put_values("w", shape, other, 0, N * 4, 1, 42, &t, &created, err, sizeof err),
+  /* After completion a repeat of the same values is accepted and changes nothing, from
+   * anyone; other values are an error naming the first element that differs. */
+  assert_int_equal(put_values("w", shape, v, 0, N * 4, 1, 42, &t, &created, err, sizeof err),
                    PX_ST_OK);
+  assert_int_equal(put_values("w", shape, v, 100, 50 * 4, 0, 7, &t, &created, err, sizeof err),
+                   PX_ST_OK);
+  assert_int_equal(put_values("w", shape, other, 0, N * 4, 1, 42, &t, &created, err, sizeof err),
+                   PX_ST_FAILED_PRECONDITION);
+  assert_non_null(strstr(err, "tensor 'w' exists with other initial values (element 0 differs)"));
   assert_memory_equal(t->params, v, N * 4);
   free(v);
   free(other);
+}
+
+/* A creator killed during its upload joins again: its new incarnation takes the upload
+ * over (the upload once stayed half done forever, every pull waiting at version 0); an
+ * older incarnation does not; a client that never joined cannot create a tensor. */
+static void test_upload_taken_over(void** state) {
+  (void)state;
+  const uint64_t shape[] = {2500};
+  const size_t N = 2500;
+  float* v = malloc(N * sizeof *v);
+  assert_non_null(v);
+  for (size_t i = 0; i < N; i++) v[i] = (float)i * 0.25f;
+  px_tensor_state* t = NULL;
+  bool created = false;
+  char err[256];
+  assert_int_equal(put_values("u", shape, v, 0, 1100 * 4, 1, 42, &t, &created, err, sizeof err),
+                   PX_ST_OK);
+  assert_true(created);
+  assert_int_equal(t->init_cursor, 1100);
+  /* the restarted worker (incarnation 43) declares again from the start */
+  px_declare_args a = dargs("u", shape, 1);
+  a.values = (const uint8_t*)v;
+  a.values_len = 2048 * 4;
+  a.worker_id = 1;
+  a.incarnation = 43;
+  bool uploads = false;
+  px_waiter* woken = NULL;
+  assert_int_equal(px_store_declare(&G->store, &a, &t, &created, &uploads, &woken, err, sizeof err),
+                   PX_ST_OK);
+  assert_false(created);
+  assert_true(uploads);
+  assert_int_equal(t->init_cursor, 2048);
+  assert_int_equal(t->creator_incarnation, 43);
+  /* incarnation 42 is not the creator any more */
+  assert_int_equal(put_values("u", shape, v, 2048, 452 * 4, 1, 42, &t, &created, err, sizeof err),
+                   PX_ST_OK);
+  assert_int_equal(t->init_cursor, 2048);
+  assert_int_equal(put_values("u", shape, v, 2048, 452 * 4, 1, 43, &t, &created, err, sizeof err),
+                   PX_ST_OK);
+  assert_int_equal(t->init_cursor, N);
+  assert_memory_equal(t->params, v, N * 4);
+  /* a lookup-only declaration finds "u" but creates nothing */
+  px_declare_args look = dargs("u", shape, 1);
+  look.lookup_only = true;
+  assert_int_equal(px_store_declare(&G->store, &look, &t, &created, &uploads, &woken, err, sizeof err),
+                   PX_ST_OK);
+  assert_false(created || uploads);
+  look.name = "nobody";
+  assert_int_equal(px_store_declare(&G->store, &look, &t, &created, &uploads, &woken, err, sizeof err),
+                   PX_ST_FAILED_PRECONDITION);
+  assert_string_equal(err, "tensor 'nobody' does not exist, and only a joined worker creates "
+                           "tensors: call Join first");
+  free(v);
 }
 
 static void test_initializer_fill(void** state) {
@@ -726,6 +785,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_declare_invalid, svc_setup, svc_teardown),
       cmocka_unit_test_teardown(test_max_tensors, svc_teardown),
       cmocka_unit_test_setup_teardown(test_values_in_pieces, svc_setup, svc_teardown),
+      cmocka_unit_test_setup_teardown(test_upload_taken_over, svc_setup, svc_teardown),
       cmocka_unit_test_setup_teardown(test_initializer_fill, svc_setup, svc_teardown),
       cmocka_unit_test_setup_teardown(test_chunking, svc_setup, svc_teardown),
       cmocka_unit_test_teardown(test_chunking_with_momentum, svc_teardown),
