@@ -32,6 +32,9 @@ void px_control_join(px_server* srv, px_srv_call* call, const uint8_t* p, size_t
   } else if (r->rank >= r->world_size) {
     snprintf(err, sizeof err, "rank %u is not below world_size %u", r->rank, r->world_size);
     px_reject(&srv->ctr, call, PX_ST_INVALID_ARGUMENT, err);
+  } else if (r->name && !px_utf8_valid(r->name, strlen(r->name))) {
+    px_reject(&srv->ctr, call, PX_ST_INVALID_ARGUMENT,
+              "worker name is not valid UTF-8 (protobuf strings must be)");
   } else {
     bool replaced = false;
     const char* name = r->name ? r->name : "";

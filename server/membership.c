@@ -4,6 +4,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "rpc/rpc_base.h"
@@ -38,6 +39,8 @@ uint64_t px_members_join(px_members* m, uint32_t rank, const char* name, bool* r
   uint64_t inc = atomic_fetch_add(&m->next_incarnation, 1);
   pthread_mutex_lock(&m->mu);
   px_strlcpy(w->name, name, sizeof w->name);
+  /* cut at a character boundary: Stats carries it as a protobuf string */
+  for (size_t n = strlen(w->name); n > 0 && !px_utf8_valid(w->name, n); n--) w->name[n - 1] = 0;
   pthread_mutex_unlock(&m->mu);
   *replaced = atomic_exchange(&w->incarnation, inc) != 0;
   atomic_store(&w->last_seen_ms, px_now_ms());

@@ -11,6 +11,7 @@
 #include "codec/dtype.h"
 #include "codec/initializer.h"
 #include "rpc/rpc_base.h"
+#include "util/str.h"
 #include "util/bufpool.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -105,6 +106,10 @@ static int args_check(const px_declare_args* a, uint64_t* numel, char* err, size
   size_t namelen = strlen(a->name);
   if (namelen == 0 || namelen > PX_MAX_NAME) {
     snprintf(err, errlen, "tensor name must be 1..%d bytes (got %zu)", PX_MAX_NAME, namelen);
+    return PX_ST_INVALID_ARGUMENT;
+  }
+  if (!px_utf8_valid(a->name, namelen)) {
+    snprintf(err, errlen, "tensor name is not valid UTF-8 (protobuf strings must be)");
     return PX_ST_INVALID_ARGUMENT;
   }
   if (px_dtype_size(a->dtype) == 0) {

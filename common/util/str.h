@@ -12,4 +12,8 @@ char* px_strlcpy(char* dst, const char* src, size_t cap);
  * quoting untrusted text stays one line; returns s. */
 char* px_str_oneline(char* s);
 
+/* Whether s[0..n) is well-formed UTF-8 (no overlong forms, no surrogates, at most
+ * U+10FFFF): what a protobuf string field must hold for other languages' parsers. */
+int px_utf8_valid(const char* s, size_t n);
+
 #endif

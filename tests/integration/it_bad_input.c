@@ -456,6 +456,16 @@ static void test_join_bad(void** state) {
   st = join(0, 1, NULL, det, sizeof det);
   expect_status("join world 1 (server has 2)", st, PX_ST_FAILED_PRECONDITION, det);
   expect_unchanged("join world 1", true);
+  {
+    Paramex__V1__JoinRequest jr = PARAMEX__V1__JOIN_REQUEST__INIT;
+    jr.rank = 0;
+    jr.world_size = 2;
+    jr.name = (char*)"host\xc3(:1";
+    st = px_h_unary_pb(g_ch, PX_H_PATH_JOIN, &jr.base, &paramex__v1__join_response__descriptor, NULL,
+                       CALL_MS, det, sizeof det);
+  }
+  expect_status("join with a name that is not UTF-8", st, PX_ST_INVALID_ARGUMENT, det);
+  expect_unchanged("join with a name that is not UTF-8", true);
   static const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
   st = unary_raw(PX_H_PATH_JOIN, garbage, sizeof garbage, det, sizeof det);
   expect_status("join with malformed protobuf", st, PX_ST_INVALID_ARGUMENT, det);
@@ -487,6 +497,9 @@ static void test_declare_bad(void** state) {
   declare_expect("declare with an empty name", &r, PX_ST_INVALID_ARGUMENT);
   r.name = longname;
   declare_expect("declare with a 256-byte name", &r, PX_ST_INVALID_ARGUMENT);
+  /* not UTF-8: protobuf parsers of other languages could no longer read Stats */
+  r.name = (char*)"w\xff\xfe";
+  declare_expect("declare with a name that is not UTF-8", &r, PX_ST_INVALID_ARGUMENT);
 
   r.name = (char*)"v";
   r.dtype = PARAMEX__V1__DTYPE__DTYPE_UNSPECIFIED;

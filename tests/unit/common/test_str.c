@@ -47,9 +47,30 @@ static void test_strlcpy(void** state) {
   assert_string_equal(buf, "");
 }
 
+/* Well-formed UTF-8 (RFC 3629): what protobuf parsers of other languages accept. */
+static void test_utf8_valid(void** state) {
+  (void)state;
+  static const char* const good[] = {"", "w", "layer.0/weight", "\xc3\xa9t\xc3\xa9",
+                                     "\xe2\x82\xac", "\xef\xbf\xbf", "\xf0\x90\x80\x80",
+                                     "\xf4\x8f\xbf\xbf", "\xed\x9f\xbf", NULL};
+  static const char* const bad[] = {"\xff", "\x80", "\xc0\xaf", "\xc1\xbf",  /* stray, overlong */
+                                    "\xe0\x80\xaf", "\xed\xa0\x80",         /* overlong, surrogate */
+                                    "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", /* > U+10FFFF */
+                                    "\xc3", "\xe2\x82", "\xf0\x90\x80",     /* truncated */
+                                    "a\xc3(", "\xe2\x28\xa1", NULL};
+  for (int i = 0; good[i]; i++)
+    if (!px_utf8_valid(good[i], strlen(good[i]))) fail_msg("good[%d] refused", i);
+  for (int i = 0; bad[i]; i++)
+    if (px_utf8_valid(bad[i], strlen(bad[i]))) fail_msg("bad[%d] accepted", i);
+  /* the length bounds the check: a prefix ending mid-character is not valid */
+  assert_false(px_utf8_valid("\xc3\xa9", 1));
+  assert_true(px_utf8_valid("ab\xff", 2));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_strlcpy),
+      cmocka_unit_test(test_utf8_valid),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
