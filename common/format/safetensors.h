@@ -33,6 +33,10 @@
 
 #define PX_ST_KEY_FORMAT "paramex.format"
 #define PX_ST_KEY_XXH64 "paramex.data_xxh64"
+/* XXH64 (seed 0) of the header's JSON text as written with this key's value set to
+ * "0000000000000000": the metadata (pmx.version, incarnations) and the tensor table are
+ * covered, not only the data. */
+#define PX_ST_KEY_HEADER_XXH64 "paramex.header_xxh64"
 #define PX_ST_METADATA "__metadata__"
 
 /* The safetensors spelling of a PX_DT_* type ("F32", "BF16", "U64", "?" when unknown),

@@ -205,6 +205,41 @@ static int check_layout(px_st_file* f, uint64_t dlen, const char* label, char* e
   return 0;
 }
 
+/* 16 hex digits into *v. */
+static bool parse_hex64(const char* hex, uint64_t* v) {
+  *v = 0;
+  if (strlen(hex) != 16) return false;
+  for (int i = 0; i < 16; i++) {
+    int d = hexval(hex[i]);
+    if (d < 0) return false;
+    *v = *v << 4 | (uint64_t)d;
+  }
+  return true;
+}
+
+/* The header's own checksum (PX_ST_KEY_HEADER_XXH64), over its text hdr[0..hl) with the
+ * value zeroed; files without it (written before it existed) pass. */
+static int check_header_sum(px_st_file* f, const uint8_t* hdr, uint64_t hl, const char* label,
+                            char* err, size_t errlen) {
+  const char* hex = px_st_meta(f, PX_ST_KEY_HEADER_XXH64);
+  if (!hex) return 0;
+  uint64_t want;
+  if (!parse_hex64(hex, &want))
+    FAIL("%s '%s' is not 16 hex digits", PX_ST_KEY_HEADER_XXH64, px_st_quote(hex).s);
+  static const char key[] = "\"" PX_ST_KEY_HEADER_XXH64 "\":\"";
+  const uint8_t* at = memmem(hdr, (size_t)hl, key, sizeof key - 1);
+  if (!at || (uint64_t)(at - hdr) + sizeof key - 1 + 16 > hl)
+    FAIL("%s is not where paramex writes it", PX_ST_KEY_HEADER_XXH64);
+  uint8_t* copy = malloc((size_t)hl ? (size_t)hl : 1);
+  if (!copy) FAIL("out of memory");
+  memcpy(copy, hdr, (size_t)hl);
+  memset(copy + (at - hdr) + sizeof key - 1, '0', 16);
+  uint64_t got = XXH64(copy, (size_t)hl, 0);
+  free(copy);
+  if (got != want) FAIL("header checksum mismatch (its metadata or tensor table was changed)");
+  return 0;
+}
+
 /* paramex's own metadata: the format version and the checksum of the data section. */
 static int check_paramex_meta(px_st_file* f, const uint8_t* data, uint64_t dlen,
                               const char* label, char* err, size_t errlen) {
@@ -260,7 +295,8 @@ static px_st_file* parse(const uint8_t* buf, size_t len, bool mapped, const char
     if ((!meta || parse_meta(f, meta, label, err, errlen) == 0) &&
         parse_entries(f, meta, data, dlen, label, err, errlen) == 0 &&
         check_layout(f, dlen, label, err, errlen) == 0 &&
-        check_paramex_meta(f, data, dlen, label, err, errlen) == 0)
+        check_paramex_meta(f, data, dlen, label, err, errlen) == 0 &&
+        check_header_sum(f, buf + 8, hl, label, err, errlen) == 0)
       return f;
   }
   px_st_close(f);

@@ -140,7 +140,8 @@ static int check_entries(const px_st_entry* e, size_t n, const char* const* meta
 
 /* Builds the header JSON with the given checksum text; NULL with err on failure. */
 static json_t* build_header(const px_st_entry* e, size_t n, const char* const* meta_kv,
-                            size_t nmeta, const char* xxh_hex, char* err, size_t errlen) {
+                            size_t nmeta, const char* xxh_hex, const char* hdr_hex, char* err,
+                            size_t errlen) {
   json_t* root = json_object();
   json_t* meta = json_object();
   if (!root || !meta || json_object_set_new(root, PX_ST_METADATA, meta) < 0) goto oom;
@@ -162,7 +163,8 @@ static json_t* build_header(const px_st_entry* e, size_t n, const char* const* m
     }
   }
   if (json_object_set_new(meta, PX_ST_KEY_FORMAT, json_string("1")) < 0 ||
-      json_object_set_new(meta, PX_ST_KEY_XXH64, json_string(xxh_hex)) < 0)
+      json_object_set_new(meta, PX_ST_KEY_XXH64, json_string(xxh_hex)) < 0 ||
+      json_object_set_new(meta, PX_ST_KEY_HEADER_XXH64, json_string(hdr_hex)) < 0)
     goto oom;
   uint64_t off = 0;
   for (size_t i = 0; i < n; i++) {
@@ -287,7 +289,7 @@ int px_st_write(const char* dir, const char* name, const px_st_entry* e, size_t 
   }
 
   size_t hlen, hlen2;
-  root = build_header(e, n, meta_kv, nmeta, "0000000000000000", err, errlen);
+  root = build_header(e, n, meta_kv, nmeta, "0000000000000000", "0000000000000000", err, errlen);
   if (!root) goto out;
   hdr = dump_header(root, &hlen);
   if (!hdr) {
@@ -319,7 +321,19 @@ int px_st_write(const char* dir, const char* name, const px_st_entry* e, size_t 
   char hex[17];
   snprintf(hex, sizeof hex, "%016" PRIx64, (uint64_t)XXH64_digest(sink.xxh));
   json_decref(root);
-  root = build_header(e, n, meta_kv, nmeta, hex, err, errlen);
+  /* then the header's own checksum, over its text with that value zeroed */
+  root = build_header(e, n, meta_kv, nmeta, hex, "0000000000000000", err, errlen);
+  if (!root) goto out;
+  hdr2 = dump_header(root, &hlen2);
+  if (!hdr2 || hlen2 != hlen) {
+    px_st_seterr(err, errlen, "checkpoint: %s", hdr2 ? "header length changed" : "out of memory");
+    goto out;
+  }
+  char hhex[17];
+  snprintf(hhex, sizeof hhex, "%016" PRIx64, (uint64_t)XXH64(hdr2 + 8, hlen2 - 8, 0));
+  free(hdr2);
+  json_decref(root);
+  root = build_header(e, n, meta_kv, nmeta, hex, hhex, err, errlen);
   if (!root) goto out;
   hdr2 = dump_header(root, &hlen2);
   if (!hdr2 || hlen2 != hlen) {

@@ -192,13 +192,14 @@ static void check_set(px_st_file* f, const set_ctx* c) {
   const char* hex = px_st_meta(f, "paramex.data_xxh64");
   assert_non_null(hex);
   assert_int_equal(strlen(hex), 16);
+  assert_int_equal(strlen(px_st_meta(f, "paramex.header_xxh64")), 16);
   assert_null(px_st_meta(f, "absent"));
-  assert_int_equal(px_st_meta_count(f), 5);
+  assert_int_equal(px_st_meta_count(f), 6);
   const char *k, *v;
   assert_int_equal(px_st_meta_at(f, 0, &k, &v), 0);
   assert_string_equal(k, "paramex.step");
   assert_string_equal(v, "1234");
-  assert_int_equal(px_st_meta_at(f, 5, &k, &v), -1);
+  assert_int_equal(px_st_meta_at(f, 6, &k, &v), -1);
 }
 
 static void roundtrip(size_t chunk) {
@@ -224,6 +225,17 @@ static void roundtrip(size_t chunk) {
   f = px_st_open_mem(b, len, err, sizeof err);
   if (!f) fail_msg("%s", err);
   check_set(f, &c);
+  px_st_close(f);
+  /* an edited metadata value (paramex.step 1234 -> 9234, same length) is refused: the
+   * header has a checksum of its own (an edited pmx.version was once restored) */
+  uint8_t* at = memmem(b, len, "\"1234\"", 6);
+  assert_non_null(at);
+  at[1] = '9';
+  assert_null(px_st_open_mem(b, len, err, sizeof err));
+  assert_non_null(strstr(err, "header checksum mismatch (its metadata or tensor table was changed)"));
+  at[1] = '1';
+  f = px_st_open_mem(b, len, err, sizeof err);
+  assert_non_null(f);
   px_st_close(f);
   free(b);
 
