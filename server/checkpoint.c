@@ -27,7 +27,6 @@
 #include "util/mem.h"
 #include "paramex.pb-c.h"
 
-#define MOM_SUFFIX "@momentum"
 
 struct ckpt_copy {
   uint64_t gen;
@@ -209,7 +208,7 @@ static int name_version(const char* name, uint64_t* v) {
 }
 
 /* Checkpoint files of dir, newest first. Returns their count (at most cap). */
-static size_t list_checkpoints(const char* dir, uint64_t* versions, size_t cap) {
+size_t px_ckpt_list(const char* dir, uint64_t* versions, size_t cap) {
   DIR* d = opendir(dir);
   if (!d) return 0;
   size_t n = 0;
@@ -275,7 +274,7 @@ static int write_checkpoint(px_ckpt* ck, ckpt_copy* k, char* path, size_t pathle
     *bytes += t->params_bytes;
     j++;
     if (k->mom) {
-      snprintf(names[j], sizeof names[j], "%s" MOM_SUFFIX, t->name);
+      snprintf(names[j], sizeof names[j], "%s" PX_CKPT_MOM_SUFFIX, t->name);
       e[j] = (px_st_entry){names[j], PX_DT_F32, t->ndim, t->shape, t->numel * sizeof(float)};
       *bytes += t->numel * sizeof(float);
       j++;
@@ -304,7 +303,7 @@ static int write_checkpoint(px_ckpt* ck, ckpt_copy* k, char* path, size_t pathle
   if (rc != 0) return -1;
   /* keep the newest --keep */
   uint64_t vs[1024];
-  size_t nv = list_checkpoints(ck->o.dir, vs, 1024);
+  size_t nv = px_ckpt_list(ck->o.dir, vs, 1024);
   for (size_t i = ck->o.keep; i < nv; i++) {
     char old[600];
     snprintf(old, sizeof old, "%s/ckpt-%020" PRIu64 ".safetensors", ck->o.dir, vs[i]);
@@ -435,90 +434,6 @@ int px_ckpt_init(px_ckpt* ck, const px_ckpt_opts* o, px_store* store, px_members
   return 0;
 }
 
-/* One tensor of a checkpoint (its momentum: mom, unaligned, or NULL). */
-static int restore_tensor(px_ckpt* ck, const px_st_tensor* e, const void* mom, uint64_t version,
-                          char* err, size_t errlen) {
-  float* m = NULL;
-  uint64_t numel = e->nbytes / (px_dtype_size(e->dtype) ? px_dtype_size(e->dtype) : 1);
-  if (mom) { /* the file's data is not necessarily aligned for floats */
-    m = px_big_alloc(numel * sizeof(float));
-    if (!m) {
-      snprintf(err, errlen, "tensor '%s': out of memory for its momentum", e->name);
-      return -1;
-    }
-    memcpy(m, mom, numel * sizeof(float));
-  }
-  int rc = px_store_restore(ck->store, e->name, e->dtype, e->shape, e->ndim, e->data, e->nbytes, m,
-                            version, err, errlen);
-  px_big_free(m, numel * sizeof(float));
-  return rc;
-}
-
-/* Loads one checkpoint file into the (empty) store. */
-static int restore_file(px_ckpt* ck, const char* path, uint64_t* version, char* err,
-                        size_t errlen) {
-  px_st_file* f = px_st_open(path, err, errlen);
-  if (!f) return -1;
-  const char* vs = px_st_meta(f, "pmx.version");
-  const char* ws = px_st_meta(f, "pmx.workers");
-  char* end = NULL;
-  unsigned long long v = vs ? strtoull(vs, &end, 10) : 0;
-  int rc = -1;
-  if (!vs || !end || *end) {
-    snprintf(err, errlen, "no pmx.version in its metadata");
-  } else if (!ws || strtoul(ws, NULL, 10) != ck->members->n) {
-    snprintf(err, errlen, "written for %s workers, this server has --workers %u",
-             ws ? ws : "?", ck->members->n);
-  } else {
-    rc = 0;
-    size_t n = px_st_count(f);
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-      px_st_tensor e;
-      px_st_entry_at(f, i, &e);
-      size_t nl = strlen(e.name);
-      if (nl > strlen(MOM_SUFFIX) && strcmp(e.name + nl - strlen(MOM_SUFFIX), MOM_SUFFIX) == 0)
-        continue;
-      px_st_tensor m;
-      char mname[PX_MAX_NAME + 16];
-      snprintf(mname, sizeof mname, "%s" MOM_SUFFIX, e.name);
-      bool has_mom = px_st_find(f, mname, &m) == 0 && m.dtype == PX_DT_F32 &&
-                     m.nbytes == e.nbytes / px_dtype_size(e.dtype) * sizeof(float);
-      rc = restore_tensor(ck, &e, has_mom ? m.data : NULL, v, err, errlen);
-    }
-    const char* inc = px_st_meta(f, "pmx.incarnations");
-    if (rc == 0 && inc) px_members_restore(ck->members, inc);
-  }
-  px_st_close(f);
-  *version = v;
-  return rc;
-}
-
-int px_ckpt_restore(px_ckpt* ck) {
-  if (!ck->o.dir) return 0;
-  uint64_t vs[1024];
-  size_t n = list_checkpoints(ck->o.dir, vs, 1024);
-  for (size_t i = 0; i < n; i++) {
-    char path[600], err[512];
-    snprintf(path, sizeof path, "%s/ckpt-%020" PRIu64 ".safetensors", ck->o.dir, vs[i]);
-    uint64_t v = 0;
-    if (restore_file(ck, path, &v, err, sizeof err) == 0) {
-      px_info("restored %s: version %" PRIu64 ", %u tensors", path, v,
-               atomic_load(&ck->store->ntensors));
-      ck->last_version = v;
-      ck->restored_version = v;
-      snprintf(ck->last_path, sizeof ck->last_path, "%s", path);
-      return 0;
-    }
-    px_warn("skipping checkpoint %s: %s", path, err);
-    if (atomic_load(&ck->store->ntensors) > 0) {
-      /* a file that failed half way left tensors behind: start over cleanly */
-      px_error("checkpoint %s failed after loading some tensors; not restoring", path);
-      return -1;
-    }
-  }
-  if (n == 0) px_info("no checkpoint in %s: starting empty", ck->o.dir);
-  return 0;
-}
 
 int px_ckpt_now(px_ckpt* ck, px_srv_call* waiter, const char* reason) {
   if (!ck->o.dir) return -1;

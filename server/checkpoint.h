@@ -43,9 +43,11 @@ typedef struct px_ckpt {
  * the writer thread. 0, or -1 with err (the directory is not usable). */
 int px_ckpt_init(px_ckpt* ck, const px_ckpt_opts* o, px_store* store, px_members* members,
                  char* err, size_t errlen);
-/* Restores the newest valid checkpoint of the directory into the empty store (skipping
- * corrupt ones with a warning). -1 only when a file failed half way through loading. */
-int px_ckpt_restore(px_ckpt* ck);
+/* Versions of the checkpoint files of dir (ckpt-%020llu.safetensors), newest first;
+ * returns their count (at most cap). */
+size_t px_ckpt_list(const char* dir, uint64_t* versions, size_t cap);
+/* The momentum of tensor NAME is stored as NAME PX_CKPT_MOM_SUFFIX. */
+#define PX_CKPT_MOM_SUFFIX "@momentum"
 /* Capture hooks of a step, c->mu held: before the step leaves c->version, after it arrived
  * at the new one. */
 void px_ckpt_before_step(px_ckpt* ck, px_tensor_state* t, px_chunk_state* c);

@@ -13,6 +13,7 @@
 #include "backend/select.h"
 #include "calls.h"
 #include "control.h"
+#include "restore.h"
 #include "exchange_handler.h"
 #include "pull_handler.h"
 #include "push_handler.h"

@@ -29,6 +29,7 @@
 #include "config.h"
 #include "format/safetensors_read.h"
 #include "rpc/rpc_base.h"
+#include "restore.h"
 #include "server_fixture.h"
 #include "util/bufpool.h"
 #include "util/clock.h"
@@ -93,23 +94,30 @@ static px_server* start(const char* const* more) {
 }
 
 /* As px_sf_init, but log lines (those of the restore included) go to g_log. */
+static int init_capturing(const char* const* more, char* err, size_t errlen);
+
 static px_server* start_capturing(const char* const* more) {
+  char err[512] = "";
+  if (init_capturing(more, err, sizeof err) != 0) fail_msg("service init: %s", err);
+  return g_f.srv;
+}
+
+/* The service init of start_capturing; its status (err says why). */
+static int init_capturing(const char* const* more, char* err, size_t errlen) {
   memset(&g_f, 0, sizeof g_f);
   const char* argv[40] = {"paramex-server", "--threads", "1", "--log-level", "warn"};
   size_t n = 5 + build_args(argv + 5, 35, more);
   px_config cfg;
-  char err[512] = "";
-  if (px_config_parse(&cfg, (int)n, (char**)argv, err, sizeof err) != 0) fail_msg("flags: %s", err);
+  if (px_config_parse(&cfg, (int)n, (char**)argv, err, errlen) != 0) fail_msg("flags: %s", err);
   px_rpc_init();
   g_log_len = 0;
   g_log[0] = 0;
   px_log_set_sink(capture_sink, NULL, PX_LOG_WARN);
-  int rc = px_service_init(&g_f.svc, &cfg, err, sizeof err);
+  int rc = px_service_init(&g_f.svc, &cfg, err, errlen);
   px_log_init("test-server", PX_LOG_WARN);
   g_f.srv = &g_f.svc.srv;
   g_f.inited = true;
-  if (rc != 0) fail_msg("service init: %s", err);
-  return g_f.srv;
+  return rc;
 }
 
 static void stop(void) { assert_int_equal(px_sf_stop(&g_f), 0); }
@@ -707,10 +715,16 @@ static void test_restore_skips_corrupt(void** state) {
   px_ckpt_info info;
   px_ckpt_get_info(&s->ckpt, &info);
   assert_int_equal(info.restored_version, 1);
-  char want[1400];
-  snprintf(want, sizeof want, "WARN skipping checkpoint %s: checkpoint %s: data checksum mismatch\n",
-           p2, p2);
+  char want[4000];
+  snprintf(want, sizeof want, "WARN skipping checkpoint %s: checkpoint %s: data checksum mismatch\n"
+           "WARN checkpoint %s set aside as %s.unrestorable\n", p2, p2, p2, p2);
   assert_string_equal(g_log, want);
+  /* set aside: not ranked with the new run's files any more */
+  struct stat sb;
+  assert_int_equal(stat(p2, &sb), -1);
+  char aside[700];
+  snprintf(aside, sizeof aside, "%s.unrestorable", p2);
+  assert_int_equal(stat(aside, &sb), 0);
   free(at1);
   model_free(&m);
 }
@@ -724,18 +738,23 @@ static void test_restore_skips_other_workers(void** state) {
   assert_int_equal(px_ckpt_now(&s->ckpt, NULL, "test"), 0);
   wait_written(&s->ckpt, 1);
   stop();
+  /* a restart with another --workers: nothing restores, and the server does not start
+   * empty over the run's checkpoints (it once did, and then pruned them) */
   static const char* const three[] = {"--workers", "3", NULL};
-  s = start_capturing(three);
+  char err[512] = "";
+  assert_int_not_equal(init_capturing(three, err, sizeof err), 0);
+  s = g_f.srv;
   assert_int_equal(px_store_count(&s->store), 0);
-  char p0[600], want[1400];
+  char p0[600], want[4000];
   ckpt_path(p0, sizeof p0, 0);
   snprintf(want, sizeof want,
-           "WARN skipping checkpoint %s: written for 2 workers, this server has --workers 3\n", p0);
+           "WARN skipping checkpoint %s: written for 2 workers, this server has --workers 3\n"
+           "ERROR --checkpoint-dir %s holds 1 checkpoint and none can be restored (newest: %s: "
+           "written for 2 workers, this server has --workers 3): fix the flags, or move the "
+           "files away to start over\n", p0, g_dir, p0);
   assert_string_equal(g_log, want);
-  px_ckpt_info info;
-  px_ckpt_get_info(&s->ckpt, &info);
-  assert_int_equal(info.restored_version, 0);
-  assert_string_equal(info.last_path, "");
+  struct stat sb;
+  assert_int_equal(stat(p0, &sb), 0); /* left where it was */
   model_free(&m);
 }
 
