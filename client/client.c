@@ -46,6 +46,7 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
 #undef OPT
   if (ca_file && *ca_file) {
     ok = (ca = px_read_file(ca_file, 1u << 20, NULL, err, sizeof err)) != NULL;
+    char why[64];
     if (ok && ((cert_file && *cert_file) != (key_file && *key_file))) {
       snprintf(err, sizeof err, "a client certificate needs both PMX_TLS_CERT and PMX_TLS_KEY");
       ok = false;
@@ -53,6 +54,16 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
     if (ok && cert_file && *cert_file)
       ok = (cert = px_read_file(cert_file, 1u << 20, NULL, err, sizeof err)) &&
            (key = px_read_file(key_file, 1u << 20, NULL, err, sizeof err));
+    if (ok && px_tls_cert_validity(ca, why, sizeof why) < 0) {
+      /* gRPC would only say "empty address list" at the first call */
+      snprintf(err, sizeof err, "%s (tls_ca_file / PMX_TLS_CA) holds no PEM certificate", ca_file);
+      ok = false;
+    }
+    if (ok && cert && px_tls_cert_validity(cert, why, sizeof why) < 0) {
+      snprintf(err, sizeof err, "%s (tls_cert_file / PMX_TLS_CERT) holds no PEM certificate",
+               cert_file);
+      ok = false;
+    }
     co.tls_ca_pem = ca;
     c->tls = true;
     c->tls_ca = ca ? strdup(ca) : NULL;

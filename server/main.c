@@ -1,5 +1,6 @@
 /* paramex-server: the parameter server process. */
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -8,6 +9,19 @@
 #include "service.h"
 #include "util/log.h"
 #include "util/mem.h"
+
+/* Every connection is a descriptor, and gRPC 1.51's listener stops accepting for good
+ * after an accept that fails with EMFILE: the soft limit (often 1,024) goes up to the
+ * hard one. */
+static void raise_nofile(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
+  rlim_t was = rl.rlim_cur;
+  rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+    px_info("open-file limit raised from %llu to %llu", (unsigned long long)was,
+            (unsigned long long)rl.rlim_max);
+}
 
 int main(int argc, char** argv) {
   /* Signals are taken synchronously by this thread only; block them before any thread
@@ -28,6 +42,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   px_log_init("server", (px_log_level)px_log_level_parse(cfg.log_level));
+  raise_nofile();
   px_tune_malloc();
   px_rpc_init();
 

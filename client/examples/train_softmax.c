@@ -91,6 +91,10 @@ typedef struct dataset {
   uint8_t* y; /* n labels in [0, NUM_CLASSES) */
 } dataset;
 
+/* The client, destroyed before any exit: its threads (gRPC's, mid TLS handshake) must not
+ * run while exit() tears the process down (a bad CA once crashed the demo at exit). */
+static pmx_client* g_client;
+
 static void die(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
@@ -98,6 +102,7 @@ static void die(const char* fmt, ...) {
   vfprintf(stderr, fmt, ap);
   fputc('\n', stderr);
   va_end(ap);
+  pmx_client_destroy(g_client);
   exit(1);
 }
 
@@ -300,6 +305,7 @@ static void check(pmx_status st, const char* fmt, ...) {
   vfprintf(stderr, fmt, ap);
   fprintf(stderr, ": %s (%s)\n", pmx_strerror(st), pmx_last_error());
   va_end(ap);
+  pmx_client_destroy(g_client);
   exit(1);
 }
 
@@ -326,6 +332,7 @@ int main(int argc, char** argv) {
 
   pmx_client* client;
   check(pmx_connect(cfg.server, NULL, &client), "connect to %s", cfg.server);
+  g_client = client;
   check(pmx_join(client, rank, world, NULL), "join %s as rank %" PRIu32 " of %" PRIu32,
         cfg.server, rank, world);
 
@@ -408,6 +415,7 @@ int main(int argc, char** argv) {
          (unsigned long long)XXH64(params, sizeof params, 0));
 
   pmx_client_destroy(client);
+  g_client = NULL;
   free(train.x);
   free(train.y);
   free(test.x);

@@ -254,6 +254,15 @@ static void test_tls(void** state) {
   bad.env = env_other;
   free(worker_must_fail("client trusting another CA", &bad, "w-otherca.log",
                         "TLS: unable to get local issuer certificate"));
+  /* a CA file that holds no certificate: said at pmx_connect (gRPC said "empty address
+   * list" at the first call) */
+  write_text("garbage-ca.pem", "-----BEGIN NOTHING-----\nnot a certificate\n");
+  char garbage_env[800], gbuf[700];
+  snprintf(garbage_env, sizeof garbage_env, "PMX_TLS_CA=%s", path_in(gbuf, sizeof gbuf, "garbage-ca.pem"));
+  const char* env_garbage[] = {garbage_env, NULL};
+  bad.env = env_garbage;
+  free(worker_must_fail("CA file without a certificate", &bad, "w-garbageca.log",
+                        "garbage-ca.pem (tls_ca_file / PMX_TLS_CA) holds no PEM certificate"));
   char name_env[128];
   snprintf(name_env, sizeof name_env, "PMX_TLS_SERVER_NAME=wrong.example.com");
   const char* env_name[] = {ca_env, name_env, NULL};
