@@ -294,6 +294,11 @@ static int write_checkpoint(px_ckpt* ck, ckpt_copy* k, char* path, size_t pathle
   char name[64];
   snprintf(name, sizeof name, "ckpt-%020" PRIu64 ".safetensors", k->version);
   write_ctx ctx = {ck, k};
+  struct stat sb;
+  if (stat(ck->o.dir, &sb) != 0 && errno == ENOENT) { /* removed under us: made again */
+    if (mkdir(ck->o.dir, 0755) == 0)
+      px_warn("--checkpoint-dir %s had disappeared: created it again", ck->o.dir);
+  }
   int rc = px_st_write(ck->o.dir, name, e, n, write_tensor, &ctx, meta,
                         sizeof meta / sizeof meta[0] / 2, err, errlen);
   snprintf(path, pathlen, "%s/%s", ck->o.dir, name);

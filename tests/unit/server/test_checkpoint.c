@@ -587,6 +587,24 @@ static void test_capture_before_step(void** state) {
   model_free(&m);
 }
 
+/* The checkpoint directory removed while the server runs: the next checkpoint creates it
+ * again (it once failed every write from then on). */
+static void test_dir_removed(void** state) {
+  (void)state;
+  px_server* s = start(NULL);
+  model m;
+  declare(s, "d", 100, 3, &m);
+  tensor_step(s, &m, false);
+  px_h_rmtree(g_dir);
+  struct stat sb;
+  assert_int_equal(stat(g_dir, &sb), -1);
+  assert_int_equal(px_ckpt_now(&s->ckpt, NULL, "test"), 0);
+  px_ckpt_info info = wait_written(&s->ckpt, 1);
+  assert_int_equal(info.failures, 0);
+  assert_int_equal(stat(info.last_path, &sb), 0);
+  model_free(&m);
+}
+
 static void test_keep(void** state) {
   (void)state;
   static const char* const more[] = {"--checkpoint-every", "1", "--keep", "2", NULL};
@@ -805,7 +823,8 @@ static void test_unusable_dir(void** state) {
   px_rpc_shutdown();
 }
 
-/* The directory disappears: the write fails, is counted, and px_ckpt_final says so. */
+/* The directory is replaced by a file: the write fails, is counted, and px_ckpt_final
+ * says so (a directory that merely disappeared is created again: test_dir_removed). */
 static void test_write_failure(void** state) {
   (void)state;
   px_server* s = start(NULL);
@@ -813,6 +832,9 @@ static void test_write_failure(void** state) {
   declare(s, "f", 64, 3, &m);
   tensor_step(s, &m, false);
   px_h_rmtree(g_dir);
+  FILE* blocker = fopen(g_dir, "w");
+  assert_non_null(blocker);
+  fclose(blocker);
   px_log_set_sink(NULL, NULL, PX_LOG_WARN); /* the expected error line */
   assert_int_equal(px_ckpt_now(&s->ckpt, NULL, "test"), 0);
   px_ckpt_info info = wait_done(&s->ckpt, 1);
@@ -824,6 +846,7 @@ static void test_write_failure(void** state) {
   info = wait_done(&s->ckpt, 2);
   assert_int_equal(info.failures, 2);
   px_log_init("test-server", PX_LOG_WARN);
+  assert_int_equal(unlink(g_dir), 0);
   assert_int_equal(mkdir(g_dir, 0755), 0); /* for the teardown */
   model_free(&m);
 }
@@ -889,6 +912,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_capture_during_step, setup, teardown),
       cmocka_unit_test_setup_teardown(test_capture_before_step, setup, teardown),
       cmocka_unit_test_setup_teardown(test_keep, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_dir_removed, setup, teardown),
       cmocka_unit_test_setup_teardown(test_restore, setup, teardown),
       cmocka_unit_test_setup_teardown(test_restore_skips_corrupt, setup, teardown),
       cmocka_unit_test_setup_teardown(test_restore_skips_other_workers, setup, teardown),
