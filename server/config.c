@@ -134,6 +134,8 @@ int px_config_parse(px_config* cfg, int argc, char** argv, char* err, size_t err
        "without --elastic: how long steps wait for a dead worker before pulls fail"},
       {"elastic", PX_FLAG_BOOL, &cfg->elastic, 0, 0, NULL,
        "steps complete with the workers still alive; a restarted worker rejoins"},
+      {"reject-nonfinite", PX_FLAG_BOOL, &cfg->reject_nonfinite, 0, 0, NULL,
+       "refuse pushed chunks holding inf or NaN (INVALID_ARGUMENT); else applied and counted"},
       {"memory-limit", PX_FLAG_SIZE, &cfg->memory_limit, 0, 1ull << 50, "SIZE",
        "budget for parameters, optimizer state, history and frames (default 80% of RAM)"},
       {"max-calls", PX_FLAG_U32, &cfg->max_calls, 1, 1u << 20, "N",

@@ -35,6 +35,7 @@ typedef struct px_config {
   double worker_timeout;        /* seconds without a call before a worker is dead; 0 off */
   double rejoin_wait;           /* BSP: how long steps wait for a dead worker */
   bool elastic;                 /* continue without dead workers */
+  bool reject_nonfinite;        /* refuse pushed chunks holding inf or NaN */
   uint64_t memory_limit;        /* bytes for parameters, optimizer state and frames */
   uint32_t max_calls;           /* concurrent calls */
   double call_timeout;          /* longest a pull may stay parked, seconds */

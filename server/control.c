@@ -174,6 +174,7 @@ static void stats_counters(px_server* srv, Paramex__V1__StatsResponse* s) {
   s->workers_expected = srv->cfg.workers;
   s->push_chunks = atomic_load(&c->push_chunks);
   s->push_duplicates = atomic_load(&c->push_duplicates);
+  s->nonfinite_chunks = atomic_load(&c->nonfinite_chunks);
   s->push_raw_bytes = atomic_load(&c->push_raw_bytes);
   s->push_wire_bytes = atomic_load(&c->push_wire_bytes);
   s->pull_chunks = atomic_load(&c->pull_chunks);

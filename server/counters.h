@@ -8,6 +8,7 @@
 
 typedef struct px_counters {
   _Atomic uint64_t push_chunks, push_duplicates, push_raw_bytes, push_wire_bytes;
+  _Atomic uint64_t nonfinite_chunks; /* pushed chunks holding inf or NaN */
   _Atomic uint64_t pull_chunks, pull_raw_bytes, pull_wire_bytes;
   _Atomic uint64_t steps_completed, rejected_calls, exchange_steps;
   _Atomic uint64_t encodes, cache_hits, pull_unchanged, pull_delta, pull_snapshot;

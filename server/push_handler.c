@@ -1,6 +1,7 @@
 /* Push calls (push_handler.h). */
 #include "push_handler.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,6 +96,30 @@ static px_chunk_state* push_target(px_pusher* ps, px_tensor_state** tp, int* sta
   return c;
 }
 
+/* inf and NaN in a contribution turn every parameter they touch into NaN: counted and
+ * logged (the first per tensor), or refused with --reject-nonfinite. */
+static int nonfinite_check(px_pusher* ps, px_tensor_state* t, const uint32_t* bits, uint32_t n,
+                           char* err, size_t errlen) {
+  uint32_t any = 0;
+  for (uint32_t i = 0; i < n; i++) any |= (bits[i] & 0x7f800000u) == 0x7f800000u;
+  if (!any) return PX_ST_OK;
+  uint32_t count = 0, first = 0;
+  for (uint32_t i = n; i-- > 0;)
+    if ((bits[i] & 0x7f800000u) == 0x7f800000u) count++, first = i;
+  float v;
+  memcpy(&v, &bits[first], sizeof v);
+  px_server* srv = ps->srv;
+  const bool first_seen = atomic_fetch_add(&srv->ctr.nonfinite_chunks, 1) == 0;
+  snprintf(err, errlen,
+           "tensor '%.255s' chunk %u of worker %u, step %" PRIu64 ": %u non-finite gradient "
+           "value%s (the first at element %u: %g)%s", t->name, ps->h.chunk, ps->h.worker_id,
+           ps->h.step, count, count == 1 ? "" : "s", first, (double)v,
+           srv->cfg.reject_nonfinite ? ": refused (--reject-nonfinite)" : "");
+  if (srv->cfg.reject_nonfinite) return PX_ST_INVALID_ARGUMENT;
+  if (first_seen) px_warn("%s; applied (--reject-nonfinite refuses them)", err);
+  return PX_ST_OK;
+}
+
 /* Decodes the payload into the call's receive buffer as f32; a status. */
 static int push_decode(px_pusher* ps, px_tensor_state* t, px_chunk_state* c, char* err,
                        size_t errlen) {
@@ -117,7 +142,7 @@ static int push_decode(px_pusher* ps, px_tensor_state* t, px_chunk_state* c, cha
   }
   if (pdt == PX_DT_BF16) px_bf16_to_f32_n(dst, ps->buf, c->elems);
   else if (pdt == PX_DT_F16) px_f16_to_f32_n(dst, ps->buf, c->elems);
-  return PX_ST_OK;
+  return nonfinite_check(ps, t, (const uint32_t*)ps->buf, c->elems, err, errlen);
 }
 
 static void count_chunk(px_pusher* ps, px_tensor_state* t, px_chunk_state* c) {

@@ -106,6 +106,7 @@ static void stats_json(FILE* out, const Paramex__V1__StatsResponse* r) {
   json_u64(out, "workers_joined", r->workers_joined, &first);
   json_u64(out, "push_chunks", r->push_chunks, &first);
   json_u64(out, "push_duplicates", r->push_duplicates, &first);
+  json_u64(out, "nonfinite_chunks", r->nonfinite_chunks, &first);
   json_u64(out, "push_raw_bytes", r->push_raw_bytes, &first);
   json_u64(out, "push_wire_bytes", r->push_wire_bytes, &first);
   json_u64(out, "pull_chunks", r->pull_chunks, &first);
@@ -242,6 +243,8 @@ static void stats_text(FILE* out, const Paramex__V1__StatsResponse* r) {
   fprintf(out, "%-18s %" PRIu64 "\n", "active_calls", r->active_calls);
   fprintf(out, "%-18s %" PRIu64 "\n", "push_chunks", r->push_chunks);
   fprintf(out, "%-18s %" PRIu64 "\n", "push_duplicates", r->push_duplicates);
+  fprintf(out, "%-18s %" PRIu64 "%s\n", "nonfinite_chunks", r->nonfinite_chunks,
+          r->nonfinite_chunks ? " (pushed chunks with inf or NaN)" : "");
   fprintf(out, "%-18s %" PRIu64 " (%s)\n", "push_raw_bytes", r->push_raw_bytes,
           human_bytes(r->push_raw_bytes, a, sizeof a));
   fprintf(out, "%-18s %" PRIu64 " (%s)\n", "push_wire_bytes", r->push_wire_bytes,

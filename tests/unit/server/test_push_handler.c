@@ -16,6 +16,7 @@
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 #include "codec/checksum.h"
@@ -517,6 +518,52 @@ static void test_refusals(void** state) {
 
 /* ---- where chunks are processed ----------------------------------------------------------- */
 
+/* A gradient holding inf (or NaN) would turn the parameters it touches into NaN: with
+ * --reject-nonfinite the chunk is refused, naming it; without, it is applied and counted
+ * (nonfinite_chunks in Stats). */
+static void nonfinite_push(bool reject) {
+  const char* const more[] = {"--reject-nonfinite", NULL};
+  px_server* s = start("4K", reject ? more : NULL);
+  const uint64_t inc = px_sf_join(&g_f, 0, 2);
+  const uint32_t tw = px_sf_declare_f32(&g_f, "w", N_W, 13);
+  px_tensor_state* t = px_store_tensor(&s->store, tw);
+  float* g = grads(0, 0, N_W);
+  g[17] = INFINITY;
+  g[30] = NAN;
+  uint8_t head[PX_CHUNK_HDR_MAX];
+  px_chunk h;
+  memset(&h, 0, sizeof h);
+  h.incarnation = inc;
+  h.tensor_id = tw;
+  h.encoding = PX_ENC_RAW;
+  h.dtype = PX_DT_F32;
+  h.raw_len = 4096;
+  h.checksum = px_checksum(g, 4096);
+  px_h_msg m = chunk_msg(head, &h, g, 4096);
+  if (reject) {
+    expect_refused(s, t, &m, 1, PX_ST_INVALID_ARGUMENT,
+                   "tensor 'w' chunk 0 of worker 0, step 0: 2 non-finite gradient values (the "
+                   "first at element 17: inf): refused (--reject-nonfinite)", false);
+  } else {
+    push_out o;
+    push(g_f.ch, &m, 1, &o);
+    expect_ok(&o, 1, 0);
+    assert_int_equal(t->chunks[0].ncontrib, 1);
+  }
+  assert_int_equal(atomic_load(&s->ctr.nonfinite_chunks), 1);
+  free(g);
+}
+
+static void test_nonfinite_rejected(void** state) {
+  (void)state;
+  nonfinite_push(true);
+}
+
+static void test_nonfinite_counted(void** state) {
+  (void)state;
+  nonfinite_push(false);
+}
+
 static void test_large_and_small_chunks(void** state) {
   (void)state;
   /* 256 KiB chunks: chunks 0 and 1 of "big" (256 KiB each) go to the compute pool, its last
@@ -852,6 +899,8 @@ int main(void) {
       cmocka_unit_test_teardown(test_whole_step, teardown),
       cmocka_unit_test_teardown(test_retry_counted_once, teardown),
       cmocka_unit_test_teardown(test_refusals, teardown),
+      cmocka_unit_test_teardown(test_nonfinite_rejected, teardown),
+      cmocka_unit_test_teardown(test_nonfinite_counted, teardown),
       cmocka_unit_test_teardown(test_large_and_small_chunks, teardown),
       cmocka_unit_test_teardown(test_shuffle_and_bf16_payloads, teardown),
       cmocka_unit_test_teardown(test_stalled_push_resumes, teardown),

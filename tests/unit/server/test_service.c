@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -1017,13 +1018,18 @@ static void test_stop_final_checkpoint(void** state) {
   expect_file(g_dir, "ckpt-00000000000000000000.safetensors", true);
   assert_int_equal(count_ckpt_files(g_dir), 1);
 
-  /* the directory is gone by the time the server stops: -1 */
+  /* the directory is unusable by the time the server stops (a file took its place; a
+   * directory merely removed is created again): -1 */
   assert_int_equal(px_h_mkdtemp(g_dir2, sizeof g_dir2), 0);
   const char* more2[] = {"--checkpoint-dir", g_dir2, NULL};
   px_server* s = start(more2);
   px_sf_declare_f32(&g_f, "w", N_W, 3);
   px_h_rmtree(g_dir2);
+  FILE* blocker = fopen(g_dir2, "w");
+  assert_non_null(blocker);
+  fclose(blocker);
   assert_int_equal(px_service_stop(&g_f.svc), -1);
+  unlink(g_dir2);
   g_f.started = false;
   px_ckpt_info info;
   px_ckpt_get_info(&s->ckpt, &info);
