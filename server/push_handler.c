@@ -97,7 +97,7 @@ static px_chunk_state* push_target(px_pusher* ps, px_tensor_state** tp, int* sta
 }
 
 /* inf and NaN in a contribution turn every parameter they touch into NaN: counted and
- * logged (the first per tensor), or refused with --reject-nonfinite. */
+ * logged (the first of the server's life), or refused with --reject-nonfinite. */
 static int nonfinite_check(px_pusher* ps, px_tensor_state* t, const uint32_t* bits, uint32_t n,
                            char* err, size_t errlen) {
   uint32_t any = 0;

@@ -70,6 +70,10 @@ int px_chunk_parse(px_chunk_kind kind, const px_iov* seg, size_t nseg, px_chunk*
   segreader r = {seg, nseg, 0, 0};
   pb_istream_t s = {seg_read_cb, &r, total, NULL};
   const char* what = kind == PX_CHUNK_PUSH ? "PushChunk" : "PullChunk";
+  if (total == 0 && kind == PX_CHUNK_PUSH) { /* every field at its default: no chunk */
+    snprintf(err, errlen, "empty %s (no field set)", what);
+    return -1;
+  }
   bool ok;
   if (kind == PX_CHUNK_PUSH) {
     paramex_v1_PushChunk m = paramex_v1_PushChunk_init_zero;

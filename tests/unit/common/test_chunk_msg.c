@@ -203,6 +203,10 @@ static void test_empty_message(void** st) {
   assert_false(c.has_payload);
   assert_int_equal(c.payload_len, 0);
   assert_int_equal(c.tensor_id, 0);
+  /* a PushChunk with no field set is no chunk (it was once reported as a stale
+   * incarnation 0) */
+  assert_int_equal(px_chunk_parse(PX_CHUNK_PUSH, NULL, 0, &c, err, sizeof err), -1);
+  assert_string_equal(err, "empty PushChunk (no field set)");
 }
 
 static void test_header_too_small_buffer(void** st) {
