@@ -70,10 +70,6 @@ int px_chunk_parse(px_chunk_kind kind, const px_iov* seg, size_t nseg, px_chunk*
   segreader r = {seg, nseg, 0, 0};
   pb_istream_t s = {seg_read_cb, &r, total, NULL};
   const char* what = kind == PX_CHUNK_PUSH ? "PushChunk" : "PullChunk";
-  if (total == 0 && kind == PX_CHUNK_PUSH) { /* every field at its default: no chunk */
-    snprintf(err, errlen, "empty %s (no field set)", what);
-    return -1;
-  }
   bool ok;
   if (kind == PX_CHUNK_PUSH) {
     paramex_v1_PushChunk m = paramex_v1_PushChunk_init_zero;
@@ -90,6 +86,12 @@ int px_chunk_parse(px_chunk_kind kind, const px_iov* seg, size_t nseg, px_chunk*
       out->dtype = (uint32_t)m.dtype;
       out->raw_len = m.raw_len;
       out->checksum = m.checksum;
+      /* every field at its default (proto3 cannot tell absent from zero): no chunk */
+      if (!m.worker_id && !m.incarnation && !m.step && !m.tensor_id && !m.chunk && !m.encoding &&
+          !m.dtype && !m.raw_len && !m.checksum && out->payload_len == 0) {
+        snprintf(err, errlen, "empty %s (no field set)", what);
+        return -1;
+      }
     }
   } else {
     paramex_v1_PullChunk m = paramex_v1_PullChunk_init_zero;
