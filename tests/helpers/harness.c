@@ -520,6 +520,11 @@ static int push_resp(px_h_result* res, px_msg* m) {
 
 int px_h_call(px_rpc_channel* ch, const char* path, const px_h_msg* msgs, size_t n,
                int64_t timeout_ms, px_h_result* res) {
+  return px_h_call_ex(ch, path, msgs, n, timeout_ms, true, res);
+}
+
+int px_h_call_ex(px_rpc_channel* ch, const char* path, const px_h_msg* msgs, size_t n,
+                 int64_t timeout_ms, bool wait_for_ready, px_h_result* res) {
   memset(res, 0, sizeof *res);
   res->status = -1;
   int64_t t0 = px_h_now_ms();
@@ -536,7 +541,7 @@ int px_h_call(px_rpc_channel* ch, const char* path, const px_h_msg* msgs, size_t
   pthread_cond_init(&h->cv, &ca);
   pthread_condattr_destroy(&ca);
 
-  px_cli_call* call = px_cli_call_start(ch, path, timeout_ms, true, &g_cbs, h);
+  px_cli_call* call = px_cli_call_start(ch, path, timeout_ms, wait_for_ready, &g_cbs, h);
   if (!call) {
     hcall_free(h);
     snprintf(res->details, sizeof res->details, "harness: pmx_cli_call_start failed");
@@ -639,19 +644,26 @@ struct px_h_async {
   const px_h_msg* msgs;
   size_t n;
   int64_t timeout_ms;
+  bool wait_for_ready;
   px_h_result res;
 };
 
 static void* async_main(void* arg) {
   px_h_async* a = arg;
-  px_h_call(a->ch, a->path, a->msgs, a->n, a->timeout_ms, &a->res);
+  px_h_call_ex(a->ch, a->path, a->msgs, a->n, a->timeout_ms, a->wait_for_ready, &a->res);
   return NULL;
 }
 
 px_h_async* px_h_async_start(px_rpc_channel* ch, const char* path, const px_h_msg* msgs,
                                size_t n, int64_t timeout_ms) {
+  return px_h_async_start_ex(ch, path, msgs, n, timeout_ms, true);
+}
+
+px_h_async* px_h_async_start_ex(px_rpc_channel* ch, const char* path, const px_h_msg* msgs,
+                                size_t n, int64_t timeout_ms, bool wait_for_ready) {
   px_h_async* a = calloc(1, sizeof *a);
   if (!a) return NULL;
+  a->wait_for_ready = wait_for_ready;
   a->ch = ch;
   a->path = path;
   a->msgs = msgs;

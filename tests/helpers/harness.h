@@ -132,6 +132,10 @@ typedef struct px_h_result {
  * timeout_ms + 10 s in all before it reports a hang (status -1). Returns res->status. */
 int px_h_call(px_rpc_channel* ch, const char* path, const px_h_msg* msgs, size_t n,
                int64_t timeout_ms, px_h_result* res);
+/* px_h_call with gRPC's wait-for-ready chosen: false fails at once (UNAVAILABLE) when the
+ * channel has no connection, instead of waiting for one until the deadline. */
+int px_h_call_ex(px_rpc_channel* ch, const char* path, const px_h_msg* msgs, size_t n,
+                 int64_t timeout_ms, bool wait_for_ready, px_h_result* res);
 void px_h_result_free(px_h_result* res);
 
 /* px_h_call on its own thread (for calls that park). The msgs array and bodies must stay
@@ -139,6 +143,8 @@ void px_h_result_free(px_h_result* res);
 typedef struct px_h_async px_h_async;
 px_h_async* px_h_async_start(px_rpc_channel* ch, const char* path, const px_h_msg* msgs,
                                size_t n, int64_t timeout_ms);
+px_h_async* px_h_async_start_ex(px_rpc_channel* ch, const char* path, const px_h_msg* msgs,
+                                size_t n, int64_t timeout_ms, bool wait_for_ready);
 /* Waits for the call to finish; *res gets the result (free it with px_h_result_free). */
 void px_h_async_join(px_h_async* a, px_h_result* res);
 
