@@ -238,14 +238,16 @@ static void finish_waiters(px_ckpt* ck, ckpt_waiter* w, int status, const char* 
       r.version = version;
       r.path = (char*)path;
       r.bytes = bytes;
-      uint8_t buf[1024];
       size_t n = paramex__v1__checkpoint_response__get_packed_size(&r);
-      if (n <= sizeof buf) {
+      uint8_t* buf = malloc(n ? n : 1); /* a long path does not fit a fixed buffer */
+      if (buf) {
         paramex__v1__checkpoint_response__pack(&r, buf);
         px_out out = {buf, n, NULL, 0, NULL, NULL};
         px_srv_call_finish(w->call, &out, PX_ST_OK, NULL);
+        free(buf);
       } else {
-        px_srv_call_finish(w->call, NULL, PX_ST_OK, NULL);
+        px_srv_call_finish(w->call, NULL, PX_ST_RESOURCE_EXHAUSTED,
+                           "checkpoint written, but no memory for the response");
       }
     } else {
       px_srv_call_finish(w->call, NULL, status, msg);
