@@ -1,5 +1,5 @@
 /* The blocking operations (exchange.h; pmx_push, pmx_pull, pmx_pull_as, pmx_push_pull and
- * pmx_resume of paramex.h). */
+ * pmx_push_pull_as and pmx_resume of paramex.h). */
 #include "exchange.h"
 
 #include <inttypes.h>
@@ -45,11 +45,17 @@ pmx_status pmx_pull(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* c
 
 pmx_status pmx_push_pull(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* tensors,
                          const void* const* grads, void* const* dst, uint64_t* versions) {
+  return pmx_push_pull_as(c, step, n, tensors, grads, dst, 0, versions);
+}
+
+pmx_status pmx_push_pull_as(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* tensors,
+                            const void* const* grads, void* const* dst, pmx_dtype view,
+                            uint64_t* versions) {
   pmx_status st;
-  if (grads && dst && px_stream_run(c, step, n, tensors, grads, dst, 0, step + 1, versions, &st))
+  if (grads && dst && px_stream_run(c, step, n, tensors, grads, dst, view, step + 1, versions, &st))
     return st;
   pmx_op* pull = NULL;
-  st = pmx_pull_async(c, n, tensors, dst, step + 1, versions, &pull);
+  st = pmx_pull_as_async(c, n, tensors, dst, view, step + 1, versions, &pull);
   if (st != PMX_OK) return st;
   st = push_call(c, step, n, tensors, grads);
   if (st != PMX_OK) {

@@ -285,6 +285,13 @@ PMX_API pmx_status pmx_push_pull(pmx_client* client, uint64_t step, size_t n,
                                  pmx_tensor* const* tensors, const void* const* grads,
                                  void* const* dst, uint64_t* versions);
 
+/* pmx_push_pull with the pull in a view (as pmx_pull_as): view = PMX_BF16 fills dst[i]
+ * with the bf16 words of f32 tensors (numel uint16_t each), 0 each tensor's own dtype. The
+ * step of a worker that computes in bf16, at about one round trip. */
+PMX_API pmx_status pmx_push_pull_as(pmx_client* client, uint64_t step, size_t n,
+                                    pmx_tensor* const* tensors, const void* const* grads,
+                                    void* const* dst, pmx_dtype view, uint64_t* versions);
+
 /* Resumes after PMX_ERR_ABORTED (the server restarted, from a checkpoint at version V or,
  * before its first checkpoint, from nothing) or at a worker's start: joins the server
  * again when that is still needed, declares again every tensor of the client (a tensor

@@ -200,6 +200,49 @@ static void test_push_pull_equals_push_then_pull(void** state) {
   server_stop(&s2);
 }
 
+/* pmx_push_pull_as(PMX_BF16): each step's pull is the bf16 view of the version the step
+ * made, bit for bit what pmx_pull_as returns for it, on the stream (one chunk) and on the
+ * calls (a tensor past the stream's 1 MiB). */
+static void test_push_pull_bf16_view(void** state) {
+  (void)state;
+  px_h_server srv;
+  server_start(&srv, "1");
+  pmx_client* c = joined(srv.addr, 0, 1);
+  const size_t sizes[2] = {700, 300000};
+  for (int k = 0; k < 2; k++) {
+    const size_t n = sizes[k];
+    const uint64_t shape[1] = {n};
+    char name[16];
+    snprintf(name, sizeof name, "v%d", k);
+    float* init = malloc(n * sizeof *init);
+    float* g = malloc(n * sizeof *g);
+    uint16_t* got = malloc(n * sizeof *got);
+    uint16_t* want = malloc(n * sizeof *want);
+    assert_true(init && g && got && want);
+    for (size_t i = 0; i < n; i++) init[i] = init_of(0, i) + 1e-3f * (float)(i % 7);
+    pmx_tensor* t = NULL;
+    expect_st("declare", pmx_declare(c, name, PMX_F32, shape, 1, init, NULL, &t), PMX_OK);
+    const void* gp = g;
+    void* dst = got;
+    void* wdst = want;
+    for (uint64_t s = 0; s < 3; s++) {
+      for (size_t i = 0; i < n; i++) g[i] = grad_of(0, s, 0, i % 3000);
+      uint64_t v = 0, wv = 0;
+      expect_st("push_pull_as", pmx_push_pull_as(c, s, 1, &t, &gp, &dst, PMX_BF16, &v), PMX_OK);
+      assert_int_equal(v, s + 1);
+      expect_st("pull_as", pmx_pull_as(c, 1, &t, &wdst, PMX_BF16, s + 1, &wv), PMX_OK);
+      assert_int_equal(wv, s + 1);
+      assert_memory_equal(got, want, n * sizeof *got);
+    }
+    free(init);
+    free(g);
+    free(got);
+    free(want);
+  }
+  pmx_client_destroy(c);
+  server_stop(&srv);
+}
+
 static void test_push_pull_failed_push(void** state) {
   (void)state;
   px_h_server srv;
@@ -304,6 +347,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_push_pull_equals_push_then_pull, teardown),
       cmocka_unit_test_teardown(test_push_pull_failed_push, teardown),
+      cmocka_unit_test_teardown(test_push_pull_bf16_view, teardown),
       cmocka_unit_test_teardown(test_push_pull_arguments, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
