@@ -248,13 +248,8 @@ static int check_paramex_meta(px_st_file* f, const uint8_t* data, uint64_t dlen,
   const char* hex = px_st_meta(f, PX_ST_KEY_XXH64);
   if (!hex) return 0;
   uint64_t want = 0;
-  bool ok = strlen(hex) == 16;
-  for (int i = 0; ok && i < 16; i++) {
-    int v = hexval(hex[i]);
-    if (v < 0) ok = false;
-    want = want << 4 | (uint64_t)(v < 0 ? 0 : v);
-  }
-  if (!ok) FAIL("%s '%s' is not 16 hex digits", PX_ST_KEY_XXH64, px_st_quote(hex).s);
+  if (!parse_hex64(hex, &want))
+    FAIL("%s '%s' is not 16 hex digits", PX_ST_KEY_XXH64, px_st_quote(hex).s);
   if (XXH64(data, (size_t)dlen, 0) != want) FAIL("data checksum mismatch"); /* file format */
   return 0;
 }

@@ -18,27 +18,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-/* host and port of "HOST:PORT", "[V6]:PORT", "ipv4:HOST:PORT", "dns:///HOST:PORT". */
-static int split_target(const char* target, char* host, size_t hcap, char* port, size_t pcap) {
-  static const char* const prefixes[] = {"ipv4:", "ipv6:", "dns:///", "dns:", NULL};
-  for (int i = 0; prefixes[i]; i++) {
-    size_t n = strlen(prefixes[i]);
-    if (strncmp(target, prefixes[i], n) == 0) {
-      target += n;
-      break;
-    }
-  }
-  const char* colon = strrchr(target, ':');
-  if (!colon || colon == target || !colon[1]) return -1;
-  const char* h = target;
-  size_t hl = (size_t)(colon - target);
-  if (h[0] == '[' && hl >= 2 && h[hl - 1] == ']') h++, hl -= 2;
-  if (hl >= hcap || strlen(colon + 1) >= pcap) return -1;
-  memcpy(host, h, hl);
-  host[hl] = 0;
-  snprintf(port, pcap, "%s", colon + 1);
-  return 0;
-}
+#include "util/net.h"
 
 /* A TCP connection within timeout_ms, or -1 (out says why). */
 static int connect_to(const char* host, const char* port, int timeout_ms, char* out, size_t cap) {
@@ -129,7 +109,7 @@ static void verify_reason(long vr, char* out, size_t cap) {
 int px_tls_probe(const char* target, const char* ca_pem, const char* server_name, int timeout_ms,
                  char* out, size_t cap) {
   char host[256], port[16];
-  if (!target || split_target(target, host, sizeof host, port, sizeof port) != 0) {
+  if (!target || !px_target_split(target, host, sizeof host, port, sizeof port) || !port[0]) {
     snprintf(out, cap, "cannot probe '%s'", target ? target : "");
     return -1;
   }

@@ -45,9 +45,7 @@ static bool sockaddr_same_host(const struct sockaddr* a, const struct sockaddr* 
   return false;
 }
 
-/* Host part of "HOST:PORT", "[V6]:PORT", "dns:///HOST:PORT", "dns://DNS-SERVER/HOST:PORT",
- * "ipv4:A:PORT"; false when it does not fit. */
-static bool target_host(const char* target, char* host, size_t cap) {
+bool px_target_split(const char* target, char* host, size_t cap, char* port, size_t pcap) {
   static const char* const prefixes[] = {"dns:", "ipv4:", "ipv6:"};
   for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++) {
     size_t n = strlen(prefixes[i]);
@@ -62,18 +60,26 @@ static bool target_host(const char* target, char* host, size_t cap) {
     target = slash + 1;
   }
   const char* end;
+  const char* rest; /* after the host: ":PORT" or "" */
   if (*target == '[') {
     target++;
     end = strchr(target, ']');
     if (!end) return false;
+    rest = end + 1;
   } else {
     end = strrchr(target, ':');
     if (!end || strchr(target, ':') != end) end = target + strlen(target); /* bare v6/host */
+    rest = end;
   }
   size_t len = (size_t)(end - target);
   if (len == 0 || len >= cap) return false;
   memcpy(host, target, len);
   host[len] = '\0';
+  if (port) {
+    const char* p = *rest == ':' ? rest + 1 : rest;
+    if (strlen(p) >= pcap) return false;
+    memcpy(port, p, strlen(p) + 1);
+  }
   return true;
 }
 
@@ -81,7 +87,7 @@ bool px_target_is_local(const char* target) {
   if (!target) return false;
   if (strncmp(target, "unix:", 5) == 0 || strncmp(target, "unix-abstract:", 14) == 0) return true;
   char host[256];
-  if (!target_host(target, host, sizeof host)) return false;
+  if (!px_target_split(target, host, sizeof host, NULL, 0)) return false;
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
   struct addrinfo* res = NULL;
   if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res) return false;

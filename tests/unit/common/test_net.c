@@ -97,9 +97,37 @@ static void test_target_is_local(void** state) {
   }
 }
 
+/* Host and port of every target form gRPC takes (shared by the locality check and the
+ * TLS probe). */
+static void test_target_split(void** state) {
+  (void)state;
+  static const struct {
+    const char *target, *host, *port;
+  } ok[] = {
+      {"127.0.0.1:5000", "127.0.0.1", "5000"}, {"[::1]:7", "::1", "7"},
+      {"ipv4:10.0.0.1:80", "10.0.0.1", "80"},  {"dns:///node-3:50051", "node-3", "50051"},
+      {"dns://8.8.8.8/h:1", "h", "1"},         {"localhost", "localhost", ""},
+      {"::1", "::1", ""},
+  };
+  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+    char host[64], port[16];
+    if (!px_target_split(ok[i].target, host, sizeof host, port, sizeof port))
+      fail_msg("'%s' refused", ok[i].target);
+    assert_string_equal(host, ok[i].host);
+    assert_string_equal(port, ok[i].port);
+  }
+  char host[8], port[4];
+  assert_false(px_target_split("[::1:5", host, sizeof host, port, sizeof port)); /* no ']' */
+  assert_false(px_target_split(":5", host, sizeof host, port, sizeof port));     /* no host */
+  assert_false(px_target_split("a-long-host:1", host, sizeof host, port, sizeof port));
+  assert_false(px_target_split("h:123456", host, sizeof host, port, sizeof port));
+  assert_true(px_target_split("h:1", host, sizeof host, NULL, 0));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_target_is_local),
+      cmocka_unit_test(test_target_split),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
