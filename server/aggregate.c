@@ -30,8 +30,7 @@ static void chunk_advance(px_agg* a, px_tensor_state* t, px_chunk_state* c, px_a
     px_held* hd = &c->held[c->next_rank];
     if (!hd->buf) {
       if (a->o.elastic && !c->contributed[c->next_rank] &&
-          (px_members_dead(a->members, c->next_rank) ||
-           px_members_left(a->members, c->next_rank))) {
+          px_members_gone(a->members, c->next_rank)) {
         c->next_rank++;
         continue;
       }

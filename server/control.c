@@ -87,15 +87,8 @@ void px_control_declare(px_server* srv, px_srv_call* call, const uint8_t* p, siz
   /* A tensor is created by a joined worker (its values, its retries); a client that never
    * joined (incarnation 0) may only look an existing tensor up. */
   bool uploads = false;
-  int st = PX_ST_OK;
   a.lookup_only = r->incarnation == 0;
-  if (r->incarnation) {
-    st = px_members_check(&srv->members, r->worker_id, r->incarnation, err, sizeof err);
-  } else if (r->worker_id >= srv->cfg.workers) {
-    snprintf(err, sizeof err, "worker_id %u is not below --workers %u", r->worker_id,
-             srv->cfg.workers);
-    st = PX_ST_INVALID_ARGUMENT;
-  }
+  int st = px_members_check_caller(&srv->members, r->worker_id, r->incarnation, err, sizeof err);
   if (st == PX_ST_OK)
     st = px_store_declare(&srv->store, &a, &t, &created, &uploads, &woken, err, sizeof err);
   if (st != PX_ST_OK) {

@@ -120,7 +120,21 @@ int px_members_check(px_members* m, uint32_t rank, uint64_t incarnation, char* e
   return PX_ST_OK;
 }
 
+int px_members_check_caller(px_members* m, uint32_t rank, uint64_t incarnation, char* err,
+                            size_t errlen) {
+  if (incarnation) return px_members_check(m, rank, incarnation, err, errlen);
+  if (rank >= m->n) {
+    snprintf(err, errlen, "worker_id %u is not below --workers %u", rank, m->n);
+    return PX_ST_INVALID_ARGUMENT;
+  }
+  return PX_ST_OK;
+}
+
 bool px_members_dead(px_members* m, uint32_t rank) { return atomic_load(&m->w[rank].dead) != 0; }
+
+bool px_members_gone(px_members* m, uint32_t rank) {
+  return px_members_dead(m, rank) || px_members_left(m, rank);
+}
 
 void px_members_scan(px_members* m, uint64_t now, px_lease_scan* out) {
   out->newly_dead = out->stalled = out->stall_began = false;

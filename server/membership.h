@@ -56,7 +56,13 @@ void px_members_seen(px_members* m, uint32_t rank);
  * out of range) / FAILED_PRECONDITION (not joined, stale incarnation) with err. */
 int px_members_check(px_members* m, uint32_t rank, uint64_t incarnation, char* err,
                      size_t errlen);
+/* px_members_check for a caller that may never have joined (Declare, Pull): incarnation
+ * 0 only needs rank below --workers. */
+int px_members_check_caller(px_members* m, uint32_t rank, uint64_t incarnation, char* err,
+                            size_t errlen);
 bool px_members_dead(px_members* m, uint32_t rank);
+/* Dead or left: a worker that contributes nothing now. */
+bool px_members_gone(px_members* m, uint32_t rank);
 /* Rank (whose identity the caller checked) is done: it left. Its lease stops, it is never
  * reported dead, and its pushes are refused until it joins again. Returns false when it
  * had left already. */

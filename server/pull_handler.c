@@ -102,7 +102,7 @@ static bool creator_gone(px_members* m, const px_tensor_state* t) {
   if (t->creator >= m->n) return false;
   if (atomic_load(&m->w[t->creator].incarnation) != atomic_load(&t->creator_incarnation))
     return false;
-  return px_members_dead(m, t->creator) || px_members_left(m, t->creator);
+  return px_members_gone(m, t->creator);
 }
 
 /* Decides the next step of the pull on chunk c (locks it); parks the pull when it must
@@ -261,13 +261,8 @@ static int request_check(px_server* srv, const Paramex__V1__PullRequest* r, char
     snprintf(err, errlen, "PullRequest names no tensor");
     return PX_ST_INVALID_ARGUMENT;
   }
-  if (r->incarnation) {
-    int st = px_members_check(&srv->members, r->worker_id, r->incarnation, err, errlen);
-    if (st != PX_ST_OK) return st;
-  } else if (r->worker_id >= srv->cfg.workers) {
-    snprintf(err, errlen, "worker_id %u is not below --workers %u", r->worker_id, srv->cfg.workers);
-    return PX_ST_INVALID_ARGUMENT;
-  }
+  int st = px_members_check_caller(&srv->members, r->worker_id, r->incarnation, err, errlen);
+  if (st != PX_ST_OK) return st;
   if (r->view != PARAMEX__V1__DTYPE__DTYPE_UNSPECIFIED && r->view != PARAMEX__V1__DTYPE__DTYPE_BF16) {
     snprintf(err, errlen, "PullRequest view %d is not supported (unspecified or bf16)",
              (int)r->view);
