@@ -143,24 +143,50 @@ static void final_of(const char* out, char* hash, size_t hcap, char* acc, size_t
   snprintf(acc, acap, "%.5s", a + strlen("final test accuracy "));
 }
 
+/* Starts the WORLD workers against addr: rank r's stdout into DIR/PREFIX-r.out, except
+ * rank 0's into rank0_fd when it is not -1 (a pipe the test reads progress from); with
+ * errs, stderr into DIR/PREFIX-r.err. */
+static void start_workers(const char* addr, const char* prefix, int rank0_fd, bool errs,
+                          pid_t* pids) {
+  for (uint32_t r = 0; r < WORLD; r++) {
+    char name[64];
+    snprintf(name, sizeof name, "%s-%" PRIu32 ".out", prefix, r);
+    int fd = r == 0 && rank0_fd >= 0 ? rank0_fd : it_open_out(g_dir, name);
+    snprintf(name, sizeof name, "%s-%" PRIu32 ".err", prefix, r);
+    int efd = errs ? it_open_out(g_dir, name) : -1;
+    pids[r] = start_worker(addr, r, fd, efd);
+    close(fd);
+    if (efd >= 0) close(efd);
+  }
+}
+
+/* The whole stdout of worker r after it exited (malloc'd): DIR/PREFIX-r.out, or for rank 0
+ * when rank0_fd is not -1, what acc holds of its pipe plus the rest of the pipe. */
+static char* worker_output(uint32_t r, const char* prefix, int rank0_fd, const char* acc) {
+  if (r != 0 || rank0_fd < 0) {
+    char name[64];
+    snprintf(name, sizeof name, "%s-%" PRIu32 ".out", prefix, r);
+    return it_slurp(g_dir, name);
+  }
+  char* o = calloc(1, 1 << 20);
+  CHECK(o, "out of memory");
+  size_t n = strlen(acc);
+  memcpy(o, acc, n + 1);
+  px_h_read_all(rank0_fd, o + n, (1 << 20) - n, 5000);
+  return o;
+}
+
 /* A fault-free run: the reference hash and accuracy. */
 static void reference_run(char* hash, size_t hcap, char* acc, size_t acap) {
   const char* args[] = {"--workers", "4", NULL};
   px_h_server srv;
   start_server(&srv, NULL, args, "ref-server.log");
   pid_t pids[WORLD];
-  for (uint32_t r = 0; r < WORLD; r++) {
-    char name[32];
-    snprintf(name, sizeof name, "ref-%" PRIu32 ".out", r);
-    int fd = it_open_out(g_dir, name);
-    pids[r] = start_worker(srv.addr, r, fd, -1);
-    close(fd);
-  }
+  start_workers(srv.addr, "ref", -1, false, pids);
   for (uint32_t r = 0; r < WORLD; r++) it_worker_expect_ok(pids[r], r, JOB_MS);
   for (uint32_t r = 0; r < WORLD; r++) {
-    char name[32], h[32], a[16];
-    snprintf(name, sizeof name, "ref-%" PRIu32 ".out", r);
-    char* o = it_slurp(g_dir, name);
+    char h[32], a[16];
+    char* o = worker_output(r, "ref", -1, "");
     final_of(o, h, sizeof h, a, sizeof a);
     free(o);
     if (r == 0) {
@@ -222,16 +248,7 @@ static void test_demo_survives_server_kills(void** state) {
   int pfd[2];
   CHECK(pipe2(pfd, O_CLOEXEC) == 0, "pipe");
   pid_t pids[WORLD];
-  for (uint32_t r = 0; r < WORLD; r++) {
-    char name[32];
-    snprintf(name, sizeof name, "worker-%" PRIu32 ".out", r);
-    int fd = r == 0 ? pfd[1] : it_open_out(g_dir, name);
-    snprintf(name, sizeof name, "worker-%" PRIu32 ".err", r);
-    int efd = it_open_out(g_dir, name);
-    pids[r] = start_worker(srv.addr, r, fd, efd);
-    close(fd);
-    close(efd);
-  }
+  start_workers(srv.addr, "worker", pfd[1], true, pids);
   char acc[8192] = "";
   int mid_write = 0, write_kills = 0, startup_kills = 0;
   uint64_t target = 0;
@@ -270,16 +287,8 @@ static void test_demo_survives_server_kills(void** state) {
   const int64_t t_job = px_h_now_ms() - t0;
   close(watch);
   for (uint32_t r = 0; r < WORLD; r++) {
-    char name[32], h[32], a[16];
-    snprintf(name, sizeof name, "worker-%" PRIu32 ".out", r);
-    char* o = r == 0 ? NULL : it_slurp(g_dir, name);
-    if (r == 0) {
-      o = malloc(1 << 20);
-      CHECK(o, "out of memory");
-      size_t n = strlen(acc);
-      memcpy(o, acc, n + 1);
-      px_h_read_all(pfd[0], o + n, (1 << 20) - n, 5000);
-    }
+    char h[32], a[16];
+    char* o = worker_output(r, "worker", pfd[0], acc);
     final_of(o, h, sizeof h, a, sizeof a);
     const char* res = strstr(o, "resumed ");
     CHECK(res, "rank %" PRIu32 " never resumed", r);
@@ -319,13 +328,7 @@ static void test_demo_survives_sigterm_restarts(void** state) {
   int pfd[2];
   CHECK(pipe2(pfd, O_CLOEXEC) == 0, "pipe");
   pid_t pids[WORLD];
-  for (uint32_t r = 0; r < WORLD; r++) {
-    char name[32];
-    snprintf(name, sizeof name, "term-%" PRIu32 ".out", r);
-    int fd = r == 0 ? pfd[1] : it_open_out(g_dir, name);
-    pids[r] = start_worker(srv.addr, r, fd, -1);
-    close(fd);
-  }
+  start_workers(srv.addr, "term", pfd[1], false, pids);
   char acc[8192] = "";
   uint64_t target = 0;
   for (int k = 0; k < TERMS; k++) {
@@ -336,16 +339,8 @@ static void test_demo_survives_sigterm_restarts(void** state) {
   }
   for (uint32_t r = 0; r < WORLD; r++) it_worker_expect_ok(pids[r], r, JOB_MS);
   for (uint32_t r = 0; r < WORLD; r++) {
-    char name[32], h[32], a[16];
-    snprintf(name, sizeof name, "term-%" PRIu32 ".out", r);
-    char* o = r == 0 ? NULL : it_slurp(g_dir, name);
-    if (r == 0) {
-      o = calloc(1, 1 << 20);
-      CHECK(o, "out of memory");
-      size_t n = strlen(acc);
-      memcpy(o, acc, n + 1);
-      px_h_read_all(pfd[0], o + n, (1 << 20) - n, 5000);
-    }
+    char h[32], a[16];
+    char* o = worker_output(r, "term", pfd[0], acc);
     final_of(o, h, sizeof h, a, sizeof a);
     CHECK(strcmp(h, ref_hash) == 0, "rank %" PRIu32 " ends with params %s; the fault-free run %s", r,
           h, ref_hash);
