@@ -271,6 +271,9 @@ pmx_status px_client_unary(pmx_client* c, const char* method, const ProtobufCMes
     return px_fail(PMX_ERR_UNAVAILABLE, "%s: cannot connect: %s%s", name, details,
                    handshake_hint(details, c->tls));
   }
+  if (wait_ready && st == PX_ST_UNAVAILABLE && strstr(details, "held by a live worker"))
+    return px_fail(PMX_ERR_UNAVAILABLE, "%s: %s (waited %lld ms)", name, details,
+                   (long long)timeout_ms);
   if (wait_ready && st == PX_ST_UNAVAILABLE)
     return px_fail(PMX_ERR_UNAVAILABLE, "%s: the server was not reachable within %lld ms: %s",
                    name, (long long)timeout_ms, details);

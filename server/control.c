@@ -38,7 +38,13 @@ void px_control_join(px_server* srv, px_srv_call* call, const uint8_t* p, size_t
   } else {
     bool replaced = false;
     const char* name = r->name ? r->name : "";
-    uint64_t inc = px_members_join(&srv->members, r->rank, name, &replaced);
+    uint64_t inc = px_members_claim(&srv->members, r->rank, name, &replaced, err, sizeof err);
+    if (!inc) { /* fenced: retrying is right, the holder may be a crashed worker */
+      px_warn("refused a Join: %s", err);
+      px_reject(&srv->ctr, call, PX_ST_UNAVAILABLE, err);
+      paramex__v1__join_request__free_unpacked(r, NULL);
+      return;
+    }
     char peer[96];
     px_info("worker %u joined from %s (incarnation %" PRIu64 "%s, %s)", r->rank,
             px_srv_call_peer(call, peer, sizeof peer), inc,

@@ -34,18 +34,54 @@ void px_members_deinit(px_members* m) {
   pthread_mutex_destroy(&m->mu);
 }
 
-uint64_t px_members_join(px_members* m, uint32_t rank, const char* name, bool* replaced) {
+/* The host of a worker's name "host:pid": its length (all of it when there is no ':'). */
+static size_t host_len(const char* name) {
+  const char* colon = strrchr(name, ':');
+  return colon ? (size_t)(colon - name) : strlen(name);
+}
+
+/* m->mu held. */
+static uint64_t join_locked(px_members* m, uint32_t rank, const char* name, bool* replaced) {
   px_worker_state* w = &m->w[rank];
   uint64_t inc = atomic_fetch_add(&m->next_incarnation, 1);
-  pthread_mutex_lock(&m->mu);
   px_strlcpy(w->name, name, sizeof w->name);
   /* cut at a character boundary: Stats carries it as a protobuf string */
   for (size_t n = strlen(w->name); n > 0 && !px_utf8_valid(w->name, n); n--) w->name[n - 1] = 0;
-  pthread_mutex_unlock(&m->mu);
   *replaced = atomic_exchange(&w->incarnation, inc) != 0;
   atomic_store(&w->last_seen_ms, px_now_ms());
   if (atomic_exchange(&w->dead, 0)) px_info("worker %u is back", rank);
   if (atomic_exchange(&w->left, 0)) atomic_fetch_sub(&m->nleft, 1);
+  return inc;
+}
+
+uint64_t px_members_join(px_members* m, uint32_t rank, const char* name, bool* replaced) {
+  pthread_mutex_lock(&m->mu);
+  uint64_t inc = join_locked(m, rank, name, replaced);
+  pthread_mutex_unlock(&m->mu);
+  return inc;
+}
+
+uint64_t px_members_claim(px_members* m, uint32_t rank, const char* name, bool* replaced,
+                          char* err, size_t errlen) {
+  px_worker_state* w = &m->w[rank];
+  pthread_mutex_lock(&m->mu);
+  const uint64_t now = px_now_ms(), seen = atomic_load(&w->last_seen_ms);
+  const size_t hl = host_len(w->name);
+  const bool live = atomic_load(&w->incarnation) && !atomic_load(&w->left) &&
+                    !atomic_load(&w->dead) && m->timeout_ms != UINT64_MAX &&
+                    (now <= seen || now - seen <= m->timeout_ms);
+  if (live && w->name[0] && (hl != host_len(name) || memcmp(w->name, name, hl) != 0)) {
+    const uint64_t ago = now > seen ? now - seen : 0;
+    snprintf(err, errlen, "rank %u is held by a live worker '%s' (last call %.1f s ago): a "
+             "Join from another host ('%s') takes it over only when that lease runs out "
+             "(--worker-timeout %g s, in %.1f s); is a second job using these ranks?", rank,
+             w->name, ago / 1000.0, name, m->timeout_ms / 1000.0,
+             (m->timeout_ms - ago) / 1000.0);
+    pthread_mutex_unlock(&m->mu);
+    return 0;
+  }
+  uint64_t inc = join_locked(m, rank, name, replaced);
+  pthread_mutex_unlock(&m->mu);
   return inc;
 }
 

@@ -45,6 +45,14 @@ void px_members_deinit(px_members* m);
 /* Worker rank (< n) joins: a new incarnation, returned; *replaced says whether it replaced
  * an earlier one. */
 uint64_t px_members_join(px_members* m, uint32_t rank, const char* name, bool* replaced);
+/* px_members_join for a Join from a worker named name ("host:pid"), fenced: while rank is
+ * held by a live incarnation (not left, not dead, its lease running) whose name names
+ * another host, returns 0 with err (the holder, and when its lease runs out) and changes
+ * nothing. A worker restarted on the same host takes its rank over at once; one restarted
+ * elsewhere once the crashed one's lease ran out. A holder without a name (restored from a
+ * checkpoint) does not fence. */
+uint64_t px_members_claim(px_members* m, uint32_t rank, const char* name, bool* replaced,
+                          char* err, size_t errlen);
 /* Rank pushed a chunk of step. */
 void px_members_pushed(px_members* m, uint32_t rank, uint64_t step);
 /* Whether every joined worker pushed a chunk of a step >= step or left (a dead one may

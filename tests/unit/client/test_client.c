@@ -661,6 +661,35 @@ static void test_join(void** state) {
   server_stop(&srv);
 }
 
+/* A rank held by a live worker of another host: pmx_join waits (the holder may be a
+ * crashed worker whose lease runs out) and then says who holds it. */
+static void test_join_fenced(void** state) {
+  (void)state;
+  const char* args[] = {"--workers", "1", "--log-level", "error", NULL};
+  px_h_server srv;
+  server_start(&srv, args);
+  char err[256];
+  px_rpc_channel* ch = px_rpc_channel_create(srv.addr, err, sizeof err);
+  assert_non_null(ch);
+  Paramex__V1__JoinRequest jr = PARAMEX__V1__JOIN_REQUEST__INIT;
+  jr.world_size = 1;
+  jr.name = "elsewhere:77";
+  char det[256];
+  int rs = px_h_unary_pb(ch, PX_H_PATH_JOIN, &jr.base, &paramex__v1__join_response__descriptor,
+                         NULL, 20000, det, sizeof det);
+  if (rs != PX_ST_OK) fail_msg("raw Join: %s", det);
+  pmx_options o = {.timeout_ms = 20000, .connect_timeout_ms = 600};
+  pmx_client* c = NULL;
+  expect_st("connect", pmx_connect(srv.addr, &o, &c), PMX_OK);
+  expect_st("join a held rank", pmx_join(c, 0, 1, NULL), PMX_ERR_UNAVAILABLE);
+  expect_error_has("join a held rank", "Join: rank 0 is held by a live worker 'elsewhere:77'");
+  expect_error_has("join a held rank", "(waited 600 ms)");
+  assert_false(c->joined);
+  pmx_client_destroy(c);
+  px_rpc_channel_destroy(ch);
+  server_stop(&srv);
+}
+
 /* A port nobody listens on now (a server's, after it stopped). */
 static int free_port(void) {
   const char* args[] = {"--workers", "1", "--log-level", "error", NULL};
@@ -867,6 +896,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_token, teardown),
       cmocka_unit_test_teardown(test_token_file_read_at_connect_never_logged, teardown),
       cmocka_unit_test_teardown(test_join, teardown),
+      cmocka_unit_test_teardown(test_join_fenced, teardown),
       cmocka_unit_test_teardown(test_join_connect_timeout, teardown),
       cmocka_unit_test_teardown(test_join_waits_for_server, teardown),
       cmocka_unit_test_teardown(test_heartbeats_keep_lease, teardown),

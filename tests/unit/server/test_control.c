@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <xxhash.h>
 
@@ -250,6 +251,72 @@ static void test_join_lease(void** state) {
     protobuf_c_message_free_unpacked(&r->base, NULL);
     assert_int_equal(px_sf_stop(&g_f), 0);
   }
+}
+
+/* A Join from another host cannot take over a rank whose worker is alive (a second job
+ * with the same ranks would kill this one); one from the same host can (a restarted
+ * worker), and anyone can once the holder left or its lease ran out. */
+static void test_join_fence(void** state) {
+  (void)state;
+  px_server* s = start(NULL); /* --worker-timeout 30 */
+  char det[512];
+  Paramex__V1__JoinResponse* r = NULL;
+  expect_status(join_req(0, 2, "host-a:1", &r, det, sizeof det), det, PX_ST_OK, NULL);
+  const uint64_t inc = r->incarnation;
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  assert_int_equal(join_req(0, 2, "host-b:9", &r, det, sizeof det), PX_ST_UNAVAILABLE);
+  assert_null(r);
+  const char* want = "rank 0 is held by a live worker 'host-a:1' (last call ";
+  if (strncmp(det, want, strlen(want)) != 0) fail_msg("'%s'", det);
+  assert_non_null(strstr(det, "a Join from another host ('host-b:9') takes it over only when "
+                              "that lease runs out (--worker-timeout 30 s, in "));
+  assert_int_equal(rejected(), 1);
+  assert_true(atomic_load(&s->members.w[0].incarnation) == inc);
+  char name[64];
+  px_members_name(&s->members, 0, name, sizeof name);
+  assert_string_equal(name, "host-a:1");
+  /* a name without ':' is all host: "host-a" is the host of "host-a:1" */
+  expect_status(join_req(0, 2, "host-a", &r, det, sizeof det), det, PX_ST_OK, NULL);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  assert_int_equal(join_req(0, 2, "host-ab:1", &r, det, sizeof det), PX_ST_UNAVAILABLE);
+  /* the same host takes over at once: a restarted worker */
+  expect_status(join_req(0, 2, "host-a:2", &r, det, sizeof det), det, PX_ST_OK, NULL);
+  const uint64_t inc2 = r->incarnation;
+  assert_true(inc2 > inc);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  /* after a Leave, anyone */
+  assert_true(px_members_leave(&s->members, 0));
+  expect_status(join_req(0, 2, "host-b:9", &r, det, sizeof det), det, PX_ST_OK, NULL);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  px_members_name(&s->members, 0, name, sizeof name);
+  assert_string_equal(name, "host-b:9");
+  assert_int_equal(rejected(), 2);
+  assert_int_equal(px_sf_stop(&g_f), 0);
+
+  /* once the lease ran out, anyone (waited for: the lease is 0.3 s) */
+  const char* shorter[] = {"--worker-timeout", "0.3", NULL};
+  s = start(shorter);
+  expect_status(join_req(1, 2, "host-a:1", &r, det, sizeof det), det, PX_ST_OK, NULL);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  int st = PX_ST_UNAVAILABLE;
+  for (int64_t t0 = px_h_now_ms(); st == PX_ST_UNAVAILABLE && px_h_now_ms() - t0 < 20000;) {
+    st = join_req(1, 2, "host-b:2", &r, det, sizeof det);
+    if (st == PX_ST_UNAVAILABLE) assert_non_null(strstr(det, "held by a live worker"));
+    if (st == PX_ST_UNAVAILABLE) usleep(20000);
+  }
+  expect_status(st, det, PX_ST_OK, NULL);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  px_members_name(&s->members, 1, name, sizeof name);
+  assert_string_equal(name, "host-b:2");
+  assert_int_equal(px_sf_stop(&g_f), 0);
+
+  /* without a lease (--worker-timeout 0) nothing tells a live holder from a dead one */
+  const char* none[] = {"--worker-timeout", "0", NULL};
+  s = start(none);
+  expect_status(join_req(1, 2, "host-a:1", &r, det, sizeof det), det, PX_ST_OK, NULL);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  expect_status(join_req(1, 2, "host-b:1", &r, det, sizeof det), det, PX_ST_OK, NULL);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
 }
 
 /* ---- Declare ------------------------------------------------------------------------------ */
@@ -843,6 +910,7 @@ static void test_health(void** state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_join, teardown),
+      cmocka_unit_test_teardown(test_join_fence, teardown),
       cmocka_unit_test_teardown(test_join_lease, teardown),
       cmocka_unit_test_teardown(test_declare_created_and_conflicts, teardown),
       cmocka_unit_test_teardown(test_declare_values_in_pieces_wake_pull, teardown),
