@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "accept_guard.h"
 #include "calls.h"
 #include "monitor.h"
 #include "health.pb-c.h"
@@ -174,6 +175,7 @@ static void stats_counters(px_server* srv, Paramex__V1__StatsResponse* s) {
   s->push_chunks = atomic_load(&c->push_chunks);
   s->push_duplicates = atomic_load(&c->push_duplicates);
   s->nonfinite_chunks = atomic_load(&c->nonfinite_chunks);
+  s->refused_connections = px_accept_guard_refused();
   s->push_raw_bytes = atomic_load(&c->push_raw_bytes);
   s->push_wire_bytes = atomic_load(&c->push_wire_bytes);
   s->pull_chunks = atomic_load(&c->pull_chunks);

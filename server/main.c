@@ -1,18 +1,20 @@
 /* paramex-server: the parameter server process. */
+#include <errno.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "accept_guard.h"
 #include "rpc/rpc_base.h"
 #include "service.h"
 #include "util/log.h"
 #include "util/mem.h"
 
-/* Every connection is a descriptor, and gRPC 1.51's listener stops accepting for good
- * after an accept that fails with EMFILE: the soft limit (often 1,024) goes up to the
- * hard one. */
+/* Every connection is a descriptor: the soft limit (often 1,024) goes up to the hard one,
+ * and accept_guard.h bounds connections below it (gRPC 1.51's listener stops accepting
+ * for good after an accept that fails with EMFILE). */
 static void raise_nofile(void) {
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
@@ -21,6 +23,16 @@ static void raise_nofile(void) {
   if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
     px_info("open-file limit raised from %llu to %llu", (unsigned long long)was,
             (unsigned long long)rl.rlim_max);
+}
+
+static void guard_accepts(void) {
+  struct rlimit rl;
+  long limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)1 << 30
+                   ? (long)rl.rlim_cur
+                   : 1L << 30;
+  if (px_accept_guard_start(px_accept_guard_reserve_for(limit)) != 0)
+    px_warn("no spare descriptor for refusing connections at the open-file limit: %s",
+            strerror(errno));
 }
 
 int main(int argc, char** argv) {
@@ -43,6 +55,7 @@ int main(int argc, char** argv) {
   }
   px_log_init("server", (px_log_level)px_log_level_parse(cfg.log_level));
   raise_nofile();
+  guard_accepts();
   px_tune_malloc();
   px_rpc_init();
 

@@ -114,6 +114,7 @@ static void stats_json(FILE* out, const Paramex__V1__StatsResponse* r) {
   json_u64(out, "pull_wire_bytes", r->pull_wire_bytes, &first);
   json_u64(out, "steps_completed", r->steps_completed, &first);
   json_u64(out, "rejected_calls", r->rejected_calls, &first);
+  json_u64(out, "refused_connections", r->refused_connections, &first);
   json_u64(out, "exchange_steps", r->exchange_steps, &first);
   json_u64(out, "active_calls", r->active_calls, &first);
   json_u64(out, "history_bytes", r->history_bytes, &first);
@@ -239,6 +240,9 @@ static void stats_text(FILE* out, const Paramex__V1__StatsResponse* r) {
   fprintf(out, "%-18s %" PRIu64 "\n", "version_max", r->version_max);
   fprintf(out, "%-18s %" PRIu64 "\n", "steps_completed", r->steps_completed);
   fprintf(out, "%-18s %" PRIu64 "\n", "rejected_calls", r->rejected_calls);
+  if (r->refused_connections)
+    fprintf(out, "%-18s %" PRIu64 " (at the open-file limit; raise ulimit -n)\n",
+            "refused_conns", r->refused_connections);
   fprintf(out, "%-18s %" PRIu64 "\n", "exchange_steps", r->exchange_steps);
   fprintf(out, "%-18s %" PRIu64 "\n", "active_calls", r->active_calls);
   fprintf(out, "%-18s %" PRIu64 "\n", "push_chunks", r->push_chunks);

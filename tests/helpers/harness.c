@@ -399,7 +399,10 @@ void* px_h_read_file(const char* path, size_t* len) {
         free(buf);
         buf = NULL;
       }
-      if (buf) *len = (size_t)n;
+      if (buf) {
+        ((char*)buf)[n] = 0;
+        *len = (size_t)n;
+      }
     }
   }
   fclose(f);

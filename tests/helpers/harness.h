@@ -97,7 +97,8 @@ const char* px_h_describe_wstatus(int wstatus, char* buf, size_t cap);
 int px_h_mkdtemp(char* out, size_t cap);
 void px_h_rmtree(const char* dir);
 
-/* Reads a whole file (malloc'd, caller frees). NULL on error. */
+/* Reads a whole file (malloc'd, caller frees; a NUL follows the *len bytes, so text can
+ * be searched as a string). NULL on error. */
 void* px_h_read_file(const char* path, size_t* len);
 
 /* VmRSS of a running process in KiB (from /proc/PID/status), -1 when unreadable. */

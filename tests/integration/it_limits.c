@@ -1,7 +1,16 @@
 /* Server limits, each hit over real gRPC: --memory-limit and --max-tensor-bytes refuse a
  * declaration with RESOURCE_EXHAUSTED naming the limit and change nothing; --max-calls
  * refuses the call past the limit (health still answers); --call-timeout ends a pull
- * parked too long with DEADLINE_EXCEEDED. */
+ * parked too long with DEADLINE_EXCEEDED. And the open-file limit: with the server's
+ * descriptors used up by idle connections, a new client's connection is closed at once
+ * (UNAVAILABLE, not a hang), counted in refused_connections and logged, the connected
+ * client goes on working, and once the idle connections are gone new clients are served
+ * again (gRPC's listener used to stop accepting for good after one EMFILE). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -10,7 +19,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "check.h"
@@ -134,6 +146,102 @@ static void test_max_calls_and_call_timeout(void** state) {
   stop(&srv, ch);
 }
 
+/* Stats on a channel of its own (a new connection), not waiting for a connection: its
+ * status, *refused its count. */
+static int stats_new_channel(const char* addr, uint64_t* refused, char* err, size_t cap) {
+  px_rpc_channel* ch = px_rpc_channel_create(addr, err, cap);
+  CHECK(ch, "channel: %s", err);
+  static const px_h_msg empty = {"", 0, NULL, 0}; /* an empty StatsRequest */
+  px_h_result r;
+  int st = px_h_call_ex(ch, PX_H_PATH_STATS, &empty, 1, 20000, false, &r);
+  snprintf(err, cap, "%s", r.details);
+  if (st == PX_ST_OK && refused) {
+    CHECK(r.nresp == 1, "%zu Stats responses", r.nresp);
+    Paramex__V1__StatsResponse* s =
+        paramex__v1__stats_response__unpack(NULL, r.resp_len[0], r.resp[0]);
+    CHECK(s, "StatsResponse does not unpack");
+    *refused = s->refused_connections;
+    protobuf_c_message_free_unpacked(&s->base, NULL);
+  }
+  px_h_result_free(&r);
+  px_rpc_channel_destroy(ch);
+  return st;
+}
+
+static uint64_t refused_now(px_rpc_channel* ch) {
+  char err[256];
+  Paramex__V1__StatsResponse* s = px_h_stats(ch, err, sizeof err);
+  CHECK(s, "stats on the connected channel: %s", err);
+  uint64_t n = s->refused_connections;
+  protobuf_c_message_free_unpacked(&s->base, NULL);
+  return n;
+}
+
+#define IDLE 120 /* idle connections: more than the server's 64 descriptors */
+
+static void test_open_file_limit(void** state) {
+  (void)state;
+  char err[512], dir[256], logpath[300];
+  CHECK(px_h_mkdtemp(dir, sizeof dir) == 0, "mkdtemp");
+  snprintf(logpath, sizeof logpath, "%s/server.log", dir);
+  int logfd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  CHECK(logfd >= 0, "open %s", logpath);
+  const char* args[] = {"--workers", "1", NULL};
+  px_h_server srv;
+  CHECK(px_h_server_start_ex(&srv, NULL, args, NULL, logfd, 20000, err, sizeof err) == 0,
+        "server: %s", err);
+  close(logfd);
+  px_rpc_channel* ch = join_and_channel(&srv); /* connected before the limit */
+  /* 64 descriptors in all for the running server (it set its own limit at start, so the
+   * accept path meets EMFILE itself, the case that killed gRPC's listener) */
+  struct rlimit lim = {64, 64};
+  CHECK(prlimit(srv.pid, RLIMIT_NOFILE, &lim, NULL) == 0, "prlimit: %s", strerror(errno));
+
+  int idle[IDLE];
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)srv.port),
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  for (int i = 0; i < IDLE; i++) {
+    idle[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(idle[i] >= 0 && connect(idle[i], (struct sockaddr*)&a, sizeof a) == 0,
+          "idle connection %d: %s", i, strerror(errno));
+  }
+  /* the server takes what fits and closes the rest: wait until it has refused some */
+  for (int64_t until = px_h_now_ms() + 30000; refused_now(ch) == 0;) {
+    CHECK(px_h_now_ms() < until, "no connection refused within 30 s");
+    poll(NULL, 0, 20);
+  }
+  /* a new client now: its connection is closed, an error at once rather than a hang */
+  uint64_t before = refused_now(ch);
+  int64_t t0 = px_h_now_ms();
+  int st = stats_new_channel(srv.addr, NULL, err, sizeof err);
+  CHECK(st == PX_ST_UNAVAILABLE, "a new client at the limit got %s '%s'", px_status_name(st),
+        err);
+  CHECK(px_h_now_ms() - t0 < 15000, "the refusal took %lld ms", (long long)(px_h_now_ms() - t0));
+  CHECK(refused_now(ch) > before, "the new client's connection was not counted");
+  CHECK(refused_now(ch) > 0, "the connected client stopped working");
+
+  for (int i = 0; i < IDLE; i++) close(idle[i]);
+  /* the server closes its idle ends as it reads their EOF; new clients are served again */
+  uint64_t refused = 0;
+  for (int64_t until = px_h_now_ms() + 30000;;) {
+    st = stats_new_channel(srv.addr, &refused, err, sizeof err);
+    if (st == PX_ST_OK) break;
+    CHECK(st == PX_ST_UNAVAILABLE && px_h_now_ms() < until,
+          "no new client served within 30 s of closing the idle connections: %s '%s'",
+          px_status_name(st), err);
+    poll(NULL, 0, 50);
+  }
+  CHECK(refused > before, "refused_connections %llu", (unsigned long long)refused);
+  stop(&srv, ch);
+  size_t n = 0;
+  char* log = px_h_read_file(logpath, &n);
+  CHECK(log && strstr(log, "refused ") && strstr(log, "raise it with ulimit -n") &&
+            !strstr(log, "Failed accept4"),
+        "server log: %s", log ? log : "(none)");
+  free(log);
+  px_h_rmtree(dir);
+}
+
 static int teardown(void** state) {
   (void)state;
   px_h_kill_all();
@@ -146,6 +254,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_memory_and_tensor_limits, teardown),
       cmocka_unit_test_teardown(test_max_calls_and_call_timeout, teardown),
+      cmocka_unit_test_teardown(test_open_file_limit, teardown),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   px_rpc_shutdown();
