@@ -36,7 +36,7 @@ void px_op_free(pmx_op* op) {
   free(op->vmin);
   free(op->vmax);
   free(op->bad);
-  free(op->orig);
+  free(op->badl);
   free(op->vres);
   free(op);
 }

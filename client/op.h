@@ -25,6 +25,10 @@ typedef struct px_op_kind {
   pmx_status (*finish)(pmx_op* op, pmx_status st);
 } px_op_kind;
 
+typedef struct px_bad_chunk {
+  uint32_t ti, ci; /* index in the op's tensors; chunk */
+} px_bad_chunk;
+
 struct pmx_op {
   const px_op_kind* kind;
   pmx_client* client;
@@ -54,11 +58,12 @@ struct pmx_op {
   uint64_t* vmin;   /* [n] lowest chunk version received */
   uint64_t* vmax;
   int view;         /* 0: each tensor's dtype; 1: bf16 view of f32 tensors */
-  bool* bad;        /* [n] a chunk failed its checksum: pull the tensor again, in full */
-  size_t* orig;     /* [n] index in the caller's arrays (healing pulls a subset) */
-  uint64_t* vres;   /* [n_caller] the versions, copied to versions_out only on success */
-  size_t n_caller;  /* n as the caller passed it */
-  int heal_rounds;
+  bool* bad;        /* [n] one of its chunks failed its checksum (it is in badl) */
+  px_bad_chunk* badl; /* the chunks that failed, in the order they came: pulled again */
+  size_t nbad, capbad;
+  const uint32_t* sel; /* a healing pull: only these chunks of tensor ti (else NULL) */
+  uint32_t nsel, ki;   /* their count; the cursor in them */
+  uint64_t* vres;   /* [n] the versions, copied to versions_out only on success */
 };
 
 /* Checks the arguments of a push or pull (what: "pmx_push"); the message set on error. */

@@ -17,6 +17,20 @@ static int view_width(const pmx_op* op, const pmx_tensor* t) {
   return op->view == 1 && t->dtype == PMX_F32 ? 2 : (int)t->elem;
 }
 
+/* Lists chunk ci of tensor ti as failed; false when out of memory. */
+static bool bad_add(pmx_op* op, uint32_t ti, uint32_t ci) {
+  if (op->nbad == op->capbad) {
+    size_t cap = op->capbad ? op->capbad * 2 : 8;
+    px_bad_chunk* l = realloc(op->badl, cap * sizeof *l);
+    if (!l) return false;
+    op->badl = l;
+    op->capbad = cap;
+  }
+  op->badl[op->nbad++] = (px_bad_chunk){ti, ci};
+  op->bad[ti] = true;
+  return true;
+}
+
 bool px_pull_take_chunk(pmx_op* op, const px_iov* seg, size_t nseg, size_t wire) {
   px_chunk h;
   char err[200];
@@ -25,10 +39,11 @@ bool px_pull_take_chunk(pmx_op* op, const px_iov* seg, size_t nseg, size_t wire)
     px_op_set_error(op, PMX_ERR_PROTOCOL, "Pull: %s", err);
     return false;
   }
-  if (op->ti >= op->n) {
+  if (op->sel ? op->ki >= op->nsel : op->ti >= op->n) {
     px_op_set_error(op, PMX_ERR_PROTOCOL, "Pull: more chunks than requested");
     return false;
   }
+  if (op->sel) op->ci = op->sel[op->ki];
   pmx_tensor* t = op->tensors[op->ti];
   const int w = view_width(op, t);
   const uint32_t want_dtype = w == 2 && t->dtype == PMX_F32 ? PMX_BF16 : (uint32_t)t->dtype;
@@ -54,10 +69,13 @@ bool px_pull_take_chunk(pmx_op* op, const px_iov* seg, size_t nseg, size_t wire)
   px_decode_result r = px_chunk_decode(&h, seg, nseg, dst, (size_t)elems, w, err, sizeof err);
   if (r != PX_DECODE_OK) {
     /* A frame that fails to decode or to check (corrupted on the way) leaves dst
-     * untouched; this tensor is pulled again in full once the stream ends. */
+     * untouched; the chunk is pulled again once the stream ends. */
     atomic_fetch_add(&c->checksum_failures, 1);
-    op->bad[op->ti] = true;
-    px_warn("Pull: tensor '%s' chunk %u: %s; it is pulled again in full", t->name, h.chunk, err);
+    if (!bad_add(op, op->ti, h.chunk)) {
+      px_op_set_error(op, PMX_ERR_NO_MEMORY, "Pull: out of memory");
+      return false;
+    }
+    px_warn("Pull: tensor '%s' chunk %u: %s; the chunk is pulled again", t->name, h.chunk, err);
   }
   if (h.encoding == PX_ENC_UNCHANGED) atomic_fetch_add(&c->pull_unchanged, 1);
   if (h.version < op->vmin[op->ti]) op->vmin[op->ti] = h.version;
@@ -65,7 +83,9 @@ bool px_pull_take_chunk(pmx_op* op, const px_iov* seg, size_t nseg, size_t wire)
   atomic_fetch_add(&c->pull_chunks, 1);
   atomic_fetch_add(&c->pull_raw, elems * (uint64_t)w);
   atomic_fetch_add(&c->pull_wire, wire);
-  if (++op->ci == t->nchunks) {
+  if (op->sel) {
+    op->ki++;
+  } else if (++op->ci == t->nchunks) {
     op->ci = 0;
     op->ti++;
   }
@@ -94,17 +114,19 @@ static void pull_reset(pmx_op* op, bool retry) {
     op->vmax[i] = 0;
     op->bad[i] = false;
   }
+  op->nbad = 0;
   op->ti = op->ci = 0;
 }
 
 uint8_t* px_pull_request_pack(pmx_op* op, size_t* len) {
-  size_t n = op->n;
+  /* a healing pull: the chosen chunks of one tensor, in full */
+  size_t n = op->sel ? 1 : op->n;
   uint32_t* ids = malloc(n * sizeof *ids);
   if (!ids) return NULL;
   bool any_have = false;
   for (size_t i = 0; i < n; i++) {
-    ids[i] = op->tensors[i]->id;
-    any_have |= op->have[i] != UINT64_MAX;
+    ids[i] = op->tensors[op->sel ? op->ti : i]->id;
+    any_have |= !op->sel && op->have[i] != UINT64_MAX;
   }
   Paramex__V1__PullRequest req = PARAMEX__V1__PULL_REQUEST__INIT;
   Paramex__V1__Encoding accept[2] = {PARAMEX__V1__ENCODING__ENCODING_DELTA_ZSTD,
@@ -118,6 +140,8 @@ uint8_t* px_pull_request_pack(pmx_op* op, size_t* len) {
     req.have_versions = op->have;
   }
   req.min_version = op->min_version;
+  req.n_chunks = op->sel ? op->nsel : 0;
+  req.chunks = (uint32_t*)op->sel;
   req.view = op->view == 1 ? PARAMEX__V1__DTYPE__DTYPE_BF16 : PARAMEX__V1__DTYPE__DTYPE_UNSPECIFIED;
   if (op->client->compressed_pulls) {
     req.n_accept = 2;
@@ -130,10 +154,9 @@ uint8_t* px_pull_request_pack(pmx_op* op, size_t* len) {
   return buf;
 }
 
-/* Starts the Pull call of op (its tensors, bufs, view, min_version and have set). */
-static pmx_status pull_start(pmx_op* op, bool retry) {
+/* Starts the Pull call of op's request. */
+static pmx_status call_start(pmx_op* op) {
   pmx_client* c = op->client;
-  pull_reset(op, retry);
   size_t len;
   uint8_t* buf = px_pull_request_pack(op, &len);
   if (!buf) return px_fail(PMX_ERR_NO_MEMORY, "pmx_pull: out of memory");
@@ -151,6 +174,12 @@ static pmx_status pull_start(pmx_op* op, bool retry) {
   return PMX_OK;
 }
 
+/* Starts the Pull call of op (its tensors, bufs, view, min_version and have set). */
+static pmx_status pull_start(pmx_op* op, bool retry) {
+  pull_reset(op, retry);
+  return call_start(op);
+}
+
 pmx_status px_pull_op_new(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
                           pmx_dtype view, uint64_t min_version, uint64_t* versions, pmx_op** out) {
   pmx_status st = px_op_check_args(c, n, tensors, (const void* const*)dst, "pmx_pull");
@@ -166,10 +195,8 @@ pmx_status px_pull_op_new(pmx_client* c, size_t n, pmx_tensor* const* tensors, v
   op->vmin = malloc(n * sizeof *op->vmin);
   op->vmax = calloc(n, sizeof *op->vmax);
   op->bad = calloc(n, sizeof *op->bad);
-  op->orig = malloc(n * sizeof *op->orig);
   op->vres = malloc(n * sizeof *op->vres);
-  op->n_caller = n;
-  if (!op->have || !op->vmin || !op->vmax || !op->bad || !op->orig || !op->vres) {
+  if (!op->have || !op->vmin || !op->vmax || !op->bad || !op->vres) {
     px_op_free(op);
     return px_fail(PMX_ERR_NO_MEMORY, "pmx_pull: out of memory");
   }
@@ -177,7 +204,6 @@ pmx_status px_pull_op_new(pmx_client* c, size_t n, pmx_tensor* const* tensors, v
   pthread_mutex_lock(&c->mu);
   for (size_t i = 0; i < n; i++) {
     pmx_tensor* t = tensors[i];
-    op->orig[i] = i;
     bool same = t->have_valid && t->have_dst == dst[i] && t->have_view == op->view;
     op->have[i] = same ? t->have_version : UINT64_MAX;
     t->have_valid = false;
@@ -235,9 +261,65 @@ static void record_pulled(pmx_op* op) {
     t->have_version = op->vmin[i];
     t->have_view = op->view;
     t->have_valid = op->vmin[i] == op->vmax[i];
-    op->vres[op->orig[i]] = op->vmin[i];
+    op->vres[i] = op->vmin[i];
   }
   pthread_mutex_unlock(&c->mu);
+}
+
+/* Pulls chunks sel[0..nsel) of tensor ti again, in full; those that fail once more are
+ * listed again. */
+static pmx_status heal_tensor(pmx_op* op, uint32_t ti, const uint32_t* sel, uint32_t nsel) {
+  op->ti = ti;
+  op->sel = sel;
+  op->nsel = nsel;
+  op->ki = 0;
+  pmx_status st = call_start(op);
+  if (st == PMX_OK) {
+    px_op_wait_call(op);
+    st = op->status;
+    if (st == PMX_OK && op->ki != nsel) {
+      px_op_set_error(op, PMX_ERR_PROTOCOL, "Pull: the stream ended after %u of %u chunks pulled "
+                      "again", op->ki, nsel);
+      st = op->status;
+    }
+  }
+  op->sel = NULL;
+  op->ti = (uint32_t)op->n;
+  return st;
+}
+
+/* Chunks that failed their checksum left their part of the buffer as it was: pull them
+ * again (each tensor's in one call), a bounded number of rounds. */
+static pmx_status heal(pmx_op* op) {
+  for (int round = 1; op->nbad > 0; round++) {
+    if (round > HEAL_ROUNDS) {
+      px_op_set_error(op, PMX_ERR_DATA_LOSS, "Pull: tensor '%s' chunk %u still fails its "
+                      "checksum after %d pulls of it", op->tensors[op->badl[0].ti]->name,
+                      op->badl[0].ci, HEAL_ROUNDS + 1);
+      return op->status;
+    }
+    size_t ntodo = op->nbad;
+    px_bad_chunk* todo = malloc(ntodo * sizeof *todo);
+    uint32_t* sel = malloc(ntodo * sizeof *sel);
+    if (!todo || !sel) {
+      free(todo);
+      free(sel);
+      px_op_set_error(op, PMX_ERR_NO_MEMORY, "Pull: out of memory");
+      return op->status;
+    }
+    memcpy(todo, op->badl, ntodo * sizeof *todo);
+    op->nbad = 0;
+    pmx_status st = PMX_OK;
+    for (size_t a = 0, b; a < ntodo && st == PMX_OK; a = b) {
+      /* the chunks of one tensor are listed together, in ascending order */
+      for (b = a; b < ntodo && todo[b].ti == todo[a].ti; b++) sel[b - a] = todo[b].ci;
+      st = heal_tensor(op, todo[a].ti, sel, (uint32_t)(b - a));
+    }
+    free(todo);
+    free(sel);
+    if (st != PMX_OK) return st;
+  }
+  return PMX_OK;
 }
 
 static pmx_status pull_finish(pmx_op* op, pmx_status st) {
@@ -246,36 +328,15 @@ static pmx_status pull_finish(pmx_op* op, pmx_status st) {
                     op->n);
     st = op->status;
   }
-  /* Chunks that failed their checksum left their buffer as it was: pull those tensors
-   * again in full (no base), a bounded number of times. */
-  while (st == PMX_OK) {
-    record_pulled(op);
-    size_t k = 0;
-    for (size_t i = 0; i < op->n; i++) {
-      if (!op->bad[i]) continue;
-      op->tensors[k] = op->tensors[i];
-      op->bufs[k] = op->bufs[i];
-      op->orig[k] = op->orig[i];
-      op->have[k] = UINT64_MAX;
-      k++;
-    }
-    if (k == 0) break;
-    if (++op->heal_rounds > HEAL_ROUNDS) {
-      px_op_set_error(op, PMX_ERR_DATA_LOSS, "Pull: checksum mismatch persists after %d full pulls",
-                   HEAL_ROUNDS);
-      st = op->status;
-      break;
-    }
-    op->n = k;
-    st = pull_start(op, false);
-    if (st != PMX_OK) break;
-    px_op_wait_call(op);
-    st = op->status;
-    if (st == PMX_OK && op->ti != op->n)
-      px_op_set_error(op, PMX_ERR_PROTOCOL, "Pull: the stream ended early"), st = op->status;
+  if (st == PMX_OK) {
+    record_pulled(op); /* the tensors that came whole, even if healing fails */
+    st = heal(op);
   }
-  if (st == PMX_OK && op->versions_out)
-    memcpy(op->versions_out, op->vres, op->n_caller * sizeof *op->vres);
+  if (st == PMX_OK) {
+    memset(op->bad, 0, op->n * sizeof *op->bad);
+    record_pulled(op);
+    if (op->versions_out) memcpy(op->versions_out, op->vres, op->n * sizeof *op->vres);
+  }
   return st;
 }
 

@@ -26,8 +26,10 @@ typedef struct pull_call {
 void px_puller_free(px_puller* p) {
   free(p->tids);
   free(p->have);
+  free(p->sel);
   p->tids = NULL;
   p->have = NULL;
+  p->sel = NULL;
 }
 
 static void pull_on_done(px_srv_call* call, void* ctx) {
@@ -190,7 +192,8 @@ static bool pull_send(px_puller* p, px_tensor_state* t, px_chunk_state* c, int v
   atomic_fetch_add(&srv->ctr.pull_wire_bytes, hl + body);
   atomic_fetch_add(&t->pull_raw, h.raw_len);
   atomic_fetch_add(&t->pull_wire, hl + body);
-  p->ci++;
+  if (p->sel) p->ki++;
+  else p->ci++;
   return p->sink->emit(p, &out);
 }
 
@@ -201,6 +204,7 @@ void px_puller_advance(px_puller* p) {
       return;
     }
     px_tensor_state* t = px_store_tensor(&p->srv->store, p->tids[p->ti]);
+    if (p->sel) p->ci = p->ki < p->nsel ? p->sel[p->ki] : t->nchunks;
     if (p->ci >= t->nchunks) {
       p->ti++;
       p->ci = 0;
@@ -254,6 +258,31 @@ static void pull_on_closed(px_srv_call* call, void* ctx, bool cancelled) {
 
 static const px_srv_call_cbs pull_cbs = {NULL, pull_on_sent, pull_on_closed, pull_on_done};
 
+/* PullRequest.chunks: one tensor, indices ascending and in range. */
+static int chunks_check(px_server* srv, const Paramex__V1__PullRequest* r, char* err,
+                        size_t errlen) {
+  if (r->n_chunks == 0) return PX_ST_OK;
+  if (r->n_tensor_ids != 1) {
+    snprintf(err, errlen, "PullRequest chunks name the chunks of one tensor, but %zu tensors "
+             "are asked for", r->n_tensor_ids);
+    return PX_ST_INVALID_ARGUMENT;
+  }
+  const px_tensor_state* t = px_store_tensor(&srv->store, r->tensor_ids[0]);
+  for (size_t k = 0; k < r->n_chunks; k++) {
+    if (r->chunks[k] >= t->nchunks) {
+      snprintf(err, errlen, "PullRequest chunk %u of tensor '%s' does not exist (it has %u)",
+               r->chunks[k], t->name, t->nchunks);
+      return PX_ST_INVALID_ARGUMENT;
+    }
+    if (k > 0 && r->chunks[k] <= r->chunks[k - 1]) {
+      snprintf(err, errlen, "PullRequest chunks must ascend strictly (%u after %u)",
+               r->chunks[k], r->chunks[k - 1]);
+      return PX_ST_INVALID_ARGUMENT;
+    }
+  }
+  return PX_ST_OK;
+}
+
 /* Checks r; a status and err. */
 static int request_check(px_server* srv, const Paramex__V1__PullRequest* r, char* err,
                          size_t errlen) {
@@ -279,14 +308,17 @@ static int request_check(px_server* srv, const Paramex__V1__PullRequest* r, char
       return PX_ST_NOT_FOUND;
     }
   }
-  return PX_ST_OK;
+  return chunks_check(srv, r, err, errlen);
 }
 
 /* Fills p from r; false when out of memory. */
 static bool pull_setup(px_puller* p, const Paramex__V1__PullRequest* r) {
   p->tids = malloc(r->n_tensor_ids * sizeof *p->tids);
   p->have = r->n_have_versions ? malloc(r->n_tensor_ids * sizeof *p->have) : NULL;
-  if (!p->tids || (r->n_have_versions && !p->have)) return false;
+  p->sel = r->n_chunks ? malloc(r->n_chunks * sizeof *p->sel) : NULL;
+  if (!p->tids || (r->n_have_versions && !p->have) || (r->n_chunks && !p->sel)) return false;
+  if (p->sel) memcpy(p->sel, r->chunks, r->n_chunks * sizeof *p->sel);
+  p->nsel = (uint32_t)r->n_chunks;
   p->ntensors = (uint32_t)r->n_tensor_ids;
   memcpy(p->tids, r->tensor_ids, r->n_tensor_ids * sizeof *p->tids);
   if (p->have) memcpy(p->have, r->have_versions, r->n_tensor_ids * sizeof *p->have);

@@ -34,6 +34,8 @@ struct px_puller {
   int view;                /* 0 native, 1 bf16 view of f32 tensors */
   bool accept_delta, accept_shuffle;
   uint32_t ti, ci;         /* cursor: next chunk to send */
+  uint32_t* sel;           /* PullRequest.chunks of the one tensor, or NULL: every chunk */
+  uint32_t nsel, ki;       /* their count; the cursor in them */
   px_waiter waiter;        /* parked on a chunk (its job: the walk goes on) */
 };
 

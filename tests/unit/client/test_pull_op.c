@@ -580,6 +580,27 @@ static void test_pull_from_threads(void** state) {
   pmx_client_destroy(c);
 }
 
+/* A client (timeout 30 s) through a proxy corrupting every `every`th pulled message of at
+ * least min_len bytes (corrupt_proxy.h). */
+static pmx_client* client_via_proxy(unsigned every, uint32_t min_len, int compression, bool join,
+                                    px_h_proxy** proxy) {
+  int pport = 0;
+  *proxy = px_h_proxy_start(g_srv.port, every, min_len, &pport);
+  assert_non_null(*proxy);
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", pport);
+  return client_at(addr, compression, 30000, join);
+}
+
+/* f32 tensor `name` of n elements with values init (filled here), created by another
+ * joined client and declared by c. */
+static pmx_tensor* created_by_other(pmx_client* c, const char* name, float* init, size_t n,
+                                    float scale) {
+  init_values(init, n, scale);
+  create_joined(name, PMX_F32, n, init);
+  return declare(c, name, PMX_F32, n, init);
+}
+
 /* ---- healing ----------------------------------------------------------------------------------- */
 
 #define NX 2048 /* 2 chunks */
@@ -588,12 +609,8 @@ static void test_pull_from_threads(void** state) {
 
 static void test_pull_heals_corrupted_chunks(void** state) {
   (void)state;
-  int pport = 0;
-  px_h_proxy* proxy = px_h_proxy_start(g_srv.port, 3, 100, &pport);
-  assert_non_null(proxy);
-  char addr[64];
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", pport);
-  pmx_client* c = client_at(addr, PMX_COMPRESSION_AUTO, 30000, true);
+  px_h_proxy* proxy;
+  pmx_client* c = client_via_proxy(3, 100, PMX_COMPRESSION_AUTO, true, &proxy);
   static float ix[NX], iy[NY], iz[NZ], rx[NX], ry[NY], rz[NZ], gx[NX], gy[NY], gz[NZ];
   static float bx[2][NX], by[2][NY], bz[2][NZ];
   init_values(ix, NX, 1.0f);
@@ -632,26 +649,47 @@ static void test_pull_heals_corrupted_chunks(void** state) {
   px_h_proxy_stop(proxy);
 }
 
+/* A tensor of 8 chunks, its last chunk corrupted on the way: only that chunk is pulled
+ * again (9 chunks in all, not 16), and the buffer ends bit-exact. */
+#define N8 8000 /* 8 chunks of 1024 */
+
+static void test_pull_heals_only_failed_chunks(void** state) {
+  (void)state;
+  px_h_proxy* proxy;
+  pmx_client* c = client_via_proxy(8, 100, PMX_COMPRESSION_OFF, false, &proxy);
+  static float init[N8], got[N8];
+  pmx_tensor* t = created_by_other(c, "eight", init, N8, 0.25f);
+  assert_int_equal(pmx_tensor_num_chunks(t), 8);
+  memset(got, 0, sizeof got);
+  void* dst = got;
+  uint64_t v = 55;
+  pmx_op* op = NULL; /* the Pull call: the proxy counts its messages alone */
+  expect_st("pull", pmx_pull_async(c, 1, &t, &dst, 0, &v, &op), PMX_OK);
+  expect_st("pull", pmx_op_wait(op), PMX_OK);
+  assert_int_equal(v, 0);
+  check_bits("healed tensor", got, init, sizeof init);
+  assert_int_equal(px_h_proxy_corrupted(proxy), 1);
+  pmx_client_stats cs = cstats(c);
+  assert_int_equal(cs.checksum_failures, 1);
+  assert_int_equal(cs.pull_chunks, 9);
+  pmx_client_destroy(c);
+  px_h_proxy_stop(proxy);
+}
+
 static void test_pull_persistent_corruption_is_data_loss(void** state) {
   (void)state;
-  int pport = 0;
-  px_h_proxy* proxy = px_h_proxy_start(g_srv.port, 3, 100, &pport);
-  assert_non_null(proxy);
-  char addr[64];
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", pport);
-  pmx_client* c = client_at(addr, PMX_COMPRESSION_AUTO, 30000, false);
-  /* 3 chunks: one of every full pull is corrupted, however often it is pulled again */
+  px_h_proxy* proxy;
+  pmx_client* c = client_via_proxy(1, 100, PMX_COMPRESSION_AUTO, false, &proxy);
+  /* 3 chunks, every one corrupted however often it is pulled again */
   static float init[NA], got[NA];
-  init_values(init, NA, 0.5f);
-  create_joined("lossy", PMX_F32, NA, init);
-  pmx_tensor* t = declare(c, "lossy", PMX_F32, NA, init);
+  pmx_tensor* t = created_by_other(c, "lossy", init, NA, 0.5f);
   void* dst = got;
   uint64_t v = 55;
   expect_st("pull", pmx_pull(c, 1, &t, &dst, 0, &v), PMX_ERR_DATA_LOSS);
-  expect_error_has("pull", "checksum mismatch persists after 3 full pulls");
+  expect_error_has("pull", "tensor 'lossy' chunk 0 still fails its checksum after 4 pulls");
   assert_int_equal(v, 55);
   pmx_client_stats cs = cstats(c);
-  assert_int_equal(cs.checksum_failures, 4); /* the pull and its 3 healing rounds */
+  assert_int_equal(cs.checksum_failures, 12); /* 3 chunks: the pull and 3 healing rounds */
   assert_int_equal(cs.checksum_failures, px_h_proxy_corrupted(proxy));
   assert_int_equal(cs.pull_chunks, 12);
   pmx_client_destroy(c);
@@ -666,12 +704,8 @@ static void test_pull_persistent_corruption_is_data_loss(void** state) {
 
 static void test_pull_data_loss_leaves_versions(void** state) {
   (void)state;
-  int pport = 0;
-  px_h_proxy* proxy = px_h_proxy_start(g_srv.port, 1, 1000, &pport);
-  assert_non_null(proxy);
-  char addr[64];
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", pport);
-  pmx_client* c = client_at(addr, PMX_COMPRESSION_OFF, 30000, false);
+  px_h_proxy* proxy;
+  pmx_client* c = client_via_proxy(1, 1000, PMX_COMPRESSION_OFF, false, &proxy);
   static float ismall[NSMALL], ibig[NB], gsmall[NSMALL], gbig[NB];
   init_values(ismall, NSMALL, 1.0f);
   init_values(ibig, NB, 2.0f);
@@ -691,7 +725,7 @@ static void test_pull_data_loss_leaves_versions(void** state) {
   void* dst[2] = {b2, gbig};
   uint64_t v[2] = {55, 56};
   expect_st("pull of both", pmx_pull(c, 2, t, dst, 0, v), PMX_ERR_DATA_LOSS);
-  expect_error_has("pull of both", "checksum mismatch persists");
+  expect_error_has("pull of both", "'dl_big' chunk 0 still fails its checksum");
   assert_true(px_h_proxy_corrupted(proxy) >= 4);
   assert_int_equal(v[1], 56); /* the corrupted tensor's entry */
   assert_int_equal(v[0], 55); /* the intact tensor's entry: untouched on error too */
@@ -710,6 +744,7 @@ int main(void) {
       T(test_pull_argument_errors),
       T(test_pull_from_threads),
       T(test_pull_heals_corrupted_chunks),
+      T(test_pull_heals_only_failed_chunks),
       T(test_pull_persistent_corruption_is_data_loss),
       T(test_pull_data_loss_leaves_versions),
   };

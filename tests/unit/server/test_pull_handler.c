@@ -630,6 +630,72 @@ static void test_pull_refusals(void** state) {
   for (uint32_t k = 0; k < 3; k++) assert_int_equal(parked_on(s, &g_w.w->chunks[k]), 0);
 }
 
+/* ---- PullRequest.chunks ------------------------------------------------------------------ */
+
+static uint8_t* pull_req_chunks(const uint32_t* ids, size_t nt, const uint32_t* chunks,
+                                size_t nc, size_t* len) {
+  Paramex__V1__PullRequest req = PARAMEX__V1__PULL_REQUEST__INIT;
+  req.n_tensor_ids = nt;
+  req.tensor_ids = (uint32_t*)ids;
+  req.n_chunks = nc;
+  req.chunks = (uint32_t*)chunks;
+  *len = paramex__v1__pull_request__get_packed_size(&req);
+  uint8_t* b = malloc(*len ? *len : 1);
+  assert_non_null(b);
+  paramex__v1__pull_request__pack(&req, b);
+  return b;
+}
+
+/* Only the chunks asked for come, in their order and whole; a list for two tensors, a
+ * chunk past the end and a list that does not ascend are refused. */
+static void test_pull_selected_chunks(void** state) {
+  (void)state;
+  setup_world(NULL);
+  const uint32_t wid = g_w.w->id, uid = g_w.u->id;
+  const uint32_t sel[2] = {0, 2};
+  size_t len;
+  uint8_t* rq = pull_req_chunks(&wid, 1, sel, 2, &len);
+  px_h_result r;
+  pull(g_f.ch, rq, len, &r);
+  free(rq);
+  expect_pull_ok(&r, 2);
+  for (size_t i = 0; i < 2; i++) {
+    px_iov seg = {r.resp[i], r.resp_len[i]};
+    px_chunk h;
+    char err[256];
+    if (px_chunk_parse(PX_CHUNK_PULL, &seg, 1, &h, err, sizeof err) != 0) fail_msg("%s", err);
+    assert_int_equal(h.tensor_id, wid);
+    assert_int_equal(h.chunk, sel[i]);
+    assert_int_equal(h.version, 0);
+    const size_t n = g_w.w->chunks[sel[i]].elems;
+    float buf[CE];
+    if (px_chunk_decode(&h, &seg, 1, buf, n, 4, err, sizeof err) != PX_DECODE_OK)
+      fail_msg("chunk %u: %s", sel[i], err);
+    assert_memory_equal(buf, g_w.pw + (size_t)sel[i] * CE, n * 4);
+  }
+  px_h_result_free(&r);
+
+  const uint32_t both[2] = {wid, uid};
+  rq = pull_req_chunks(both, 2, sel, 2, &len);
+  expect_refused(g_f.ch, rq, len, PX_ST_INVALID_ARGUMENT,
+                 "PullRequest chunks name the chunks of one tensor, but 2 tensors are asked for");
+  free(rq);
+  const uint32_t past[2] = {1, 3};
+  rq = pull_req_chunks(&wid, 1, past, 2, &len);
+  expect_refused(g_f.ch, rq, len, PX_ST_INVALID_ARGUMENT,
+                 "PullRequest chunk 3 of tensor 'w' does not exist (it has 3)");
+  free(rq);
+  const uint32_t down[2] = {2, 1}, twice[2] = {1, 1};
+  rq = pull_req_chunks(&wid, 1, down, 2, &len);
+  expect_refused(g_f.ch, rq, len, PX_ST_INVALID_ARGUMENT,
+                 "PullRequest chunks must ascend strictly (1 after 2)");
+  free(rq);
+  rq = pull_req_chunks(&wid, 1, twice, 2, &len);
+  expect_refused(g_f.ch, rq, len, PX_ST_INVALID_ARGUMENT,
+                 "PullRequest chunks must ascend strictly (1 after 1)");
+  free(rq);
+}
+
 /* ---- the bf16 view ------------------------------------------------------------------------ */
 
 static void test_pull_bf16_view(void** state) {
@@ -727,6 +793,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_pull_many_parked_one_step, teardown),
       cmocka_unit_test_teardown(test_pull_cancelled_while_parked, teardown),
       cmocka_unit_test_teardown(test_pull_refusals, teardown),
+      cmocka_unit_test_teardown(test_pull_selected_chunks, teardown),
       cmocka_unit_test_teardown(test_pull_bf16_view, teardown),
       cmocka_unit_test_teardown(test_pull_identity, teardown),
   };
