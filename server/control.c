@@ -275,9 +275,6 @@ void px_control_heartbeat(px_server* srv, px_srv_call* call, const uint8_t* b, s
   }
   char err[ERRLEN];
   int st = px_members_check(&srv->members, r->worker_id, r->incarnation, err, sizeof err);
-  if (st == PX_ST_FAILED_PRECONDITION && atomic_load(&srv->members.w[r->worker_id].incarnation))
-    snprintf(err, sizeof err, "worker %u: incarnation %" PRIu64 " is not the current one",
-             r->worker_id, r->incarnation);
   if (st != PX_ST_OK) {
     px_reject(&srv->ctr, call, st, err);
   } else {
@@ -299,6 +296,10 @@ void px_control_leave(px_server* srv, px_srv_call* call, const uint8_t* b, size_
   char err[ERRLEN];
   int st = px_members_check(&srv->members, r->worker_id, r->incarnation, err, sizeof err);
   const uint32_t rank = r->worker_id;
+  /* the same incarnation leaving again (its answer was lost, a retry): OK again */
+  if (st == PX_ST_FAILED_PRECONDITION && px_members_left(&srv->members, rank) &&
+      atomic_load(&srv->members.w[rank].incarnation) == r->incarnation)
+    st = PX_ST_OK;
   paramex__v1__leave_request__free_unpacked(r, NULL);
   if (st != PX_ST_OK) {
     px_reject(&srv->ctr, call, st, err);

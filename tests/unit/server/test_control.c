@@ -837,12 +837,17 @@ static void test_heartbeat(void** state) {
   atomic_store(&s->members.w[0].last_seen_ms, 1);
   const uint64_t inc2 = px_sf_join(&g_f, 0, 2);
   atomic_store(&s->members.w[0].last_seen_ms, 1);
-  snprintf(want, sizeof want, "worker 0: incarnation %" PRIu64 " is not the current one", inc);
+  snprintf(want, sizeof want,
+           "worker 0: incarnation %" PRIu64 " is stale (current %" PRIu64 "): it rejoined", inc,
+           inc2);
   expect_status(heartbeat(0, inc, det, sizeof det), det, PX_ST_FAILED_PRECONDITION, want);
-  snprintf(want, sizeof want, "worker 0: incarnation %" PRIu64 " is not the current one", inc2 + 1);
+  snprintf(want, sizeof want,
+           "worker 0: incarnation %" PRIu64 " is stale (current %" PRIu64 "): it rejoined",
+           inc2 + 1, inc2);
   expect_status(heartbeat(0, inc2 + 1, det, sizeof det), det, PX_ST_FAILED_PRECONDITION, want);
   expect_status(heartbeat(0, 0, det, sizeof det), det, PX_ST_FAILED_PRECONDITION,
-                "worker 0: incarnation 0 is not the current one");
+                "worker 0: the call carries no incarnation (its client never joined): call "
+                "Join first");
   expect_status(heartbeat(1, inc2, det, sizeof det), det, PX_ST_FAILED_PRECONDITION,
                 "worker 1 has not joined");
   expect_status(heartbeat(2, inc2, det, sizeof det), det, PX_ST_INVALID_ARGUMENT,
@@ -859,6 +864,46 @@ static void test_heartbeat(void** state) {
   expect_status(heartbeat(0, inc2, det, sizeof det), det, PX_ST_OK, NULL);
   assert_true(atomic_load(&s->members.w[0].last_seen_ms) > 1);
   assert_int_equal(rejected(), 7);
+}
+
+/* ---- Leave -------------------------------------------------------------------------------- */
+
+#define PATH_LEAVE "/paramex.v1.ParameterExchange/Leave"
+
+static int leave(uint32_t rank, uint64_t inc, char* det, size_t cap) {
+  Paramex__V1__LeaveRequest req = PARAMEX__V1__LEAVE_REQUEST__INIT;
+  req.worker_id = rank;
+  req.incarnation = inc;
+  ProtobufCMessage* resp = NULL;
+  int st = px_h_unary_pb(g_f.ch, PATH_LEAVE, &req.base, &paramex__v1__leave_response__descriptor,
+                         &resp, CALL_MS, det, cap);
+  if (resp) protobuf_c_message_free_unpacked(resp, NULL);
+  return st;
+}
+
+/* A Leave marks the worker left; the same Leave again (a retry after a lost answer) is OK
+ * and changes nothing; other incarnations and unjoined ranks are refused; a heartbeat of
+ * the rank that left names the Leave. */
+static void test_leave(void** state) {
+  (void)state;
+  px_server* s = start(NULL);
+  char det[512], want[256];
+  const uint64_t inc = px_sf_join(&g_f, 0, 2);
+  expect_status(leave(1, inc, det, sizeof det), det, PX_ST_FAILED_PRECONDITION,
+                "worker 1 has not joined");
+  snprintf(want, sizeof want,
+           "worker 0: incarnation %" PRIu64 " is stale (current %" PRIu64 "): it rejoined",
+           inc + 1, inc);
+  expect_status(leave(0, inc + 1, det, sizeof det), det, PX_ST_FAILED_PRECONDITION, want);
+  assert_false(px_members_left(&s->members, 0));
+  expect_status(leave(0, inc, det, sizeof det), det, PX_ST_OK, NULL);
+  assert_true(px_members_left(&s->members, 0));
+  expect_status(leave(0, inc, det, sizeof det), det, PX_ST_OK, NULL);
+  assert_true(px_members_left(&s->members, 0));
+  expect_status(leave(0, inc + 1, det, sizeof det), det, PX_ST_FAILED_PRECONDITION, want);
+  expect_status(heartbeat(0, inc, det, sizeof det), det, PX_ST_FAILED_PRECONDITION,
+                "worker 0 left (Leave): join again to take part");
+  assert_int_equal(rejected(), 4);
 }
 
 /* ---- Health ------------------------------------------------------------------------------- */
@@ -919,6 +964,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_checkpoint_without_dir, teardown),
       cmocka_unit_test_teardown(test_checkpoint_with_dir, teardown),
       cmocka_unit_test_teardown(test_heartbeat, teardown),
+      cmocka_unit_test_teardown(test_leave, teardown),
       cmocka_unit_test_teardown(test_health, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
