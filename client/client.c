@@ -160,7 +160,13 @@ static void leave(pmx_client* c) {
   if (st != PX_ST_OK) px_debug("Leave: %s: %s", px_status_name(st), details);
 }
 
-void pmx_client_destroy(pmx_client* c) {
+static void client_free(pmx_client* c, bool say_leave);
+
+void pmx_client_destroy(pmx_client* c) { client_free(c, true); }
+
+void pmx_client_abort(pmx_client* c) { client_free(c, false); }
+
+static void client_free(pmx_client* c, bool say_leave) {
   if (!c) return;
   if (c->hb_started) {
     pthread_mutex_lock(&c->mu);
@@ -170,7 +176,7 @@ void pmx_client_destroy(pmx_client* c) {
     pthread_join(c->hb_thread, NULL);
   }
   pthread_cond_destroy(&c->hb_cv);
-  leave(c);
+  if (say_leave) leave(c);
   px_rpc_channel_destroy(c->ch); /* cancels the calls still running and waits for them */
   for (;;) {
     pthread_mutex_lock(&c->mu);

@@ -16,8 +16,11 @@
 
 #define N 1000
 
-static int fail(const char* what, pmx_status st) {
+/* One line on stderr; the client goes without a Leave (this worker did not finish), and
+ * before exit, so that no gRPC thread runs while the process ends. */
+static int fail(pmx_client* c, const char* what, pmx_status st) {
   fprintf(stderr, "paramex-quickstart: %s: %s (%s)\n", what, pmx_strerror(st), pmx_last_error());
+  pmx_client_abort(c);
   return 1;
 }
 
@@ -44,23 +47,23 @@ int main(int argc, char** argv) {
   const uint64_t steps = strtoull(argv[4], NULL, 10);
   static float params[N], grad[N];
   const uint64_t shape[1] = {N};
-  pmx_client* c;
+  pmx_client* c = NULL;
   pmx_tensor* w;
   pmx_status st;
 
-  if ((st = pmx_connect(addr, NULL, &c))) return fail("connect", st);
-  if ((st = pmx_join(c, rank, world, NULL))) return fail("join", st);
-  if ((st = pmx_declare(c, "w", PMX_F32, shape, 1, NULL, NULL, &w))) return fail("declare", st);
+  if ((st = pmx_connect(addr, NULL, &c))) return fail(c, "connect", st);
+  if ((st = pmx_join(c, rank, world, NULL))) return fail(c, "join", st);
+  if ((st = pmx_declare(c, "w", PMX_F32, shape, 1, NULL, NULL, &w))) return fail(c, "declare", st);
   void* dst[1] = {params};
   const void* src[1] = {grad};
   uint64_t s = 0, version = 0;
-  if ((st = pmx_resume(c, 1, &w, dst, &s))) return fail("pull", st);  // s: where the job is
+  if ((st = pmx_resume(c, 1, &w, dst, &s))) return fail(c, "pull", st);  // s: where the job is
   while (s < steps) {
     compute(rank, params, grad);
     st = pmx_push_pull(c, s, 1, &w, src, dst, &version);  // grad for step s; version s + 1
     if (st == PMX_ERR_ABORTED) st = pmx_resume(c, 1, &w, dst, &s);  // server restarted
     else s++;
-    if (st) return fail("step", st);
+    if (st) return fail(c, "step", st);
   }
   printf("rank %u: version %llu, loss %.6f\n", rank, (unsigned long long)version,
          compute(rank, params, grad));

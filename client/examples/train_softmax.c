@@ -91,8 +91,9 @@ typedef struct dataset {
   uint8_t* y; /* n labels in [0, NUM_CLASSES) */
 } dataset;
 
-/* The client, destroyed before any exit: its threads (gRPC's, mid TLS handshake) must not
- * run while exit() tears the process down (a bad CA once crashed the demo at exit). */
+/* The client, destroyed before any exit (aborted on an error: no Leave, the worker did not
+ * finish): its threads (gRPC's, mid TLS handshake) must not run while exit() tears the
+ * process down (a bad CA once crashed the demo at exit). */
 static pmx_client* g_client;
 
 static void die(const char* fmt, ...) {
@@ -102,7 +103,7 @@ static void die(const char* fmt, ...) {
   vfprintf(stderr, fmt, ap);
   fputc('\n', stderr);
   va_end(ap);
-  pmx_client_destroy(g_client);
+  pmx_client_abort(g_client);
   exit(1);
 }
 
@@ -305,7 +306,7 @@ static void check(pmx_status st, const char* fmt, ...) {
   vfprintf(stderr, fmt, ap);
   fprintf(stderr, ": %s (%s)\n", pmx_strerror(st), pmx_last_error());
   va_end(ap);
-  pmx_client_destroy(g_client);
+  pmx_client_abort(g_client);
   exit(1);
 }
 

@@ -8,19 +8,19 @@
  * The core of client/examples/quickstart.c (built as paramex-quickstart and run by the
  * tests; scripts/check-header-example checks that these lines are its lines, in order):
  *
- *     if ((st = pmx_connect(addr, NULL, &c))) return fail("connect", st);
- *     if ((st = pmx_join(c, rank, world, NULL))) return fail("join", st);
- *     if ((st = pmx_declare(c, "w", PMX_F32, shape, 1, NULL, NULL, &w))) return fail("declare", st);
+ *     if ((st = pmx_connect(addr, NULL, &c))) return fail(c, "connect", st);
+ *     if ((st = pmx_join(c, rank, world, NULL))) return fail(c, "join", st);
+ *     if ((st = pmx_declare(c, "w", PMX_F32, shape, 1, NULL, NULL, &w))) return fail(c, "declare", st);
  *     void* dst[1] = {params};
  *     const void* src[1] = {grad};
  *     uint64_t s = 0, version = 0;
- *     if ((st = pmx_resume(c, 1, &w, dst, &s))) return fail("pull", st);  // s: where the job is
+ *     if ((st = pmx_resume(c, 1, &w, dst, &s))) return fail(c, "pull", st);  // s: where the job is
  *     while (s < steps) {
  *       compute(rank, params, grad);
  *       st = pmx_push_pull(c, s, 1, &w, src, dst, &version);  // grad for step s; version s + 1
  *       if (st == PMX_ERR_ABORTED) st = pmx_resume(c, 1, &w, dst, &s);  // server restarted
  *       else s++;
- *       if (st) return fail("step", st);
+ *       if (st) return fail(c, "step", st);
  *     }
  *     pmx_client_destroy(c);
  *
@@ -168,6 +168,12 @@ PMX_API pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_cl
  * is invalid afterwards. Accepts NULL. No other thread may use the client during or after
  * this call. */
 PMX_API void pmx_client_destroy(pmx_client* client);
+/* pmx_client_destroy without the Leave: for a worker that gives up on an error. The
+ * server keeps its rank joined, reports it dead once --worker-timeout passes without a
+ * call (not finished), and a restarted worker of that rank joins again. Frees everything
+ * as pmx_client_destroy does, so that the process exits with no gRPC thread running.
+ * Accepts NULL. */
+PMX_API void pmx_client_abort(pmx_client* client);
 
 typedef struct pmx_join_info {
   uint32_t worker_id;

@@ -690,6 +690,38 @@ static void test_join_fenced(void** state) {
   server_stop(&srv);
 }
 
+/* pmx_client_destroy says Leave (the worker is finished); pmx_client_abort does not (the
+ * rank stays joined, not finished, until its lease runs out). */
+static void test_destroy_leaves_abort_does_not(void** state) {
+  (void)state;
+  const char* args[] = {"--workers", "2", "--log-level", "error", NULL};
+  px_h_server srv;
+  server_start(&srv, args);
+  pmx_options o = {.timeout_ms = 20000, .connect_timeout_ms = 20000};
+  pmx_client* c[2] = {NULL, NULL};
+  for (uint32_t r = 0; r < 2; r++) {
+    expect_st("connect", pmx_connect(srv.addr, &o, &c[r]), PMX_OK);
+    expect_st("join", pmx_join(c[r], r, 2, NULL), PMX_OK);
+  }
+  pmx_client_destroy(c[0]);
+  pmx_client_abort(c[1]);
+  pmx_client_abort(NULL);
+  char err[256];
+  px_rpc_channel* ch = px_rpc_channel_create(srv.addr, err, sizeof err);
+  assert_non_null(ch);
+  Paramex__V1__StatsResponse* st = px_h_stats(ch, err, sizeof err);
+  if (!st) fail_msg("stats: %s", err);
+  assert_int_equal(st->n_workers, 2);
+  for (size_t i = 0; i < 2; i++) {
+    const Paramex__V1__WorkerStats* w = st->workers[i];
+    assert_int_equal(w->finished, w->rank == 0);
+    assert_int_equal(w->alive, w->rank == 1);
+  }
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  px_rpc_channel_destroy(ch);
+  server_stop(&srv);
+}
+
 /* A port nobody listens on now (a server's, after it stopped). */
 static int free_port(void) {
   const char* args[] = {"--workers", "1", "--log-level", "error", NULL};
@@ -897,6 +929,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_token_file_read_at_connect_never_logged, teardown),
       cmocka_unit_test_teardown(test_join, teardown),
       cmocka_unit_test_teardown(test_join_fenced, teardown),
+      cmocka_unit_test_teardown(test_destroy_leaves_abort_does_not, teardown),
       cmocka_unit_test_teardown(test_join_connect_timeout, teardown),
       cmocka_unit_test_teardown(test_join_waits_for_server, teardown),
       cmocka_unit_test_teardown(test_heartbeats_keep_lease, teardown),
