@@ -282,7 +282,8 @@ static int write_checkpoint(px_ckpt* ck, ckpt_copy* k, char* path, size_t pathle
       j++;
     }
   }
-  /* metadata: the version, the workers' incarnations (so that they need not rejoin) */
+  /* metadata: the version, the workers' incarnations (so that they need not rejoin) and
+   * which of them left (finished) */
   char version[32], workers[16], server[80];
   snprintf(version, sizeof version, "%" PRIu64, k->version);
   snprintf(workers, sizeof workers, "%u", ck->members->n);
@@ -290,9 +291,12 @@ static int write_checkpoint(px_ckpt* ck, ckpt_copy* k, char* path, size_t pathle
   size_t inc_cap = (size_t)ck->members->n * 21 + 1;
   char* inc = malloc(inc_cap);
   if (inc) px_members_incarnations(ck->members, inc, inc_cap);
+  size_t left_cap = (size_t)ck->members->n * 11 + 1;
+  char* left = malloc(left_cap);
+  if (left) px_members_left_list(ck->members, left, left_cap);
   const char* meta[] = {"pmx.version", version, "pmx.workers", workers, "pmx.server_id", server,
-                        "pmx.incarnations", inc ? inc : "", "pmx.momentum",
-                        k->mom ? "1" : "0"};
+                        "pmx.incarnations", inc ? inc : "", "pmx.left", left ? left : "",
+                        "pmx.momentum", k->mom ? "1" : "0"};
   char name[64];
   snprintf(name, sizeof name, "ckpt-%020" PRIu64 ".safetensors", k->version);
   write_ctx ctx = {ck, k};
@@ -305,6 +309,7 @@ static int write_checkpoint(px_ckpt* ck, ckpt_copy* k, char* path, size_t pathle
                         sizeof meta / sizeof meta[0] / 2, err, errlen);
   snprintf(path, pathlen, "%s/%s", ck->o.dir, name);
   free(inc);
+  free(left);
   free(e);
   free(names);
   if (rc != 0) return -1;

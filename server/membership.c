@@ -240,6 +240,24 @@ void px_members_restore(px_members* m, const char* list) {
   }
 }
 
+void px_members_left_list(px_members* m, char* buf, size_t cap) {
+  size_t off = 0;
+  if (cap) buf[0] = 0;
+  for (uint32_t w = 0; w < m->n && off < cap; w++)
+    if (atomic_load(&m->w[w].left))
+      off += (size_t)snprintf(buf + off, cap - off, off ? ",%u" : "%u", w);
+}
+
+void px_members_restore_left(px_members* m, const char* list) {
+  for (const char* p = list; p && *p;) {
+    char* end;
+    unsigned long r = strtoul(p, &end, 10);
+    if (end == p) break;
+    if (r < m->n && atomic_load(&m->w[r].incarnation)) px_members_leave(m, (uint32_t)r);
+    p = *end == ',' ? end + 1 : end;
+  }
+}
+
 void px_members_name(px_members* m, uint32_t rank, char* buf, size_t cap) {
   pthread_mutex_lock(&m->mu);
   px_strlcpy(buf, m->w[rank].name, cap);

@@ -96,6 +96,11 @@ void px_members_incarnations(px_members* m, char* buf, size_t cap);
 /* Restores incarnations from that form (a checkpoint's); later joins get higher ones.
  * Each restored worker gets a fresh lease (from now). */
 void px_members_restore(px_members* m, const char* list);
+/* The ranks that left (Leave) as "r,r,..." ("" when none) into buf (cap >= 11 * n + 1). */
+void px_members_left_list(px_members* m, char* buf, size_t cap);
+/* Restores that form (a checkpoint's): those ranks are finished again, their
+ * --rejoin-wait counted from now. Ranks out of range are ignored. */
+void px_members_restore_left(px_members* m, const char* list);
 /* Copies rank's name. */
 void px_members_name(px_members* m, uint32_t rank, char* buf, size_t cap);
 

@@ -64,6 +64,7 @@ static int restore_file(px_ckpt* ck, const char* path, uint64_t* version, char* 
     }
     const char* inc = px_st_meta(f, "pmx.incarnations");
     if (rc == 0 && inc) px_members_restore(ck->members, inc);
+    if (rc == 0 && inc) px_members_restore_left(ck->members, px_st_meta(f, "pmx.left"));
   }
   px_st_close(f);
   *version = v;

@@ -647,6 +647,7 @@ static void test_restore(void** state) {
     tensor_step(s, &ma, true);
     tensor_step(s, &mb, true);
   }
+  assert_true(px_members_leave(&s->members, 0)); /* rank 0 finished */
   assert_int_equal(px_ckpt_now(&s->ckpt, NULL, "test"), 0);
   wait_written(&s->ckpt, 1);
   char inc[128];
@@ -683,6 +684,12 @@ static void test_restore(void** state) {
   assert_string_equal(inc2, inc);
   char err[256];
   assert_int_equal(px_members_check(&s->members, 1, inc1, err, sizeof err), PX_ST_OK);
+  /* rank 0 is still finished (it is not waited for as a dead worker would be) */
+  assert_true(px_members_left(&s->members, 0));
+  assert_false(px_members_left(&s->members, 1));
+  assert_int_equal(atomic_load(&s->members.nleft), 1);
+  assert_true(px_members_join(&s->members, 0, "w0", &replaced) > 0);
+  assert_false(px_members_left(&s->members, 0));
   /* a worker joining again gets a newer incarnation */
   assert_true(px_members_join(&s->members, 1, "w1", &replaced) > inc1);
   assert_true(replaced);
