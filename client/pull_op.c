@@ -298,17 +298,16 @@ static pmx_status heal(pmx_op* op) {
                       op->badl[0].ci, HEAL_ROUNDS + 1);
       return op->status;
     }
-    size_t ntodo = op->nbad;
-    px_bad_chunk* todo = malloc(ntodo * sizeof *todo);
-    uint32_t* sel = malloc(ntodo * sizeof *sel);
-    if (!todo || !sel) {
-      free(todo);
-      free(sel);
+    uint32_t* sel = malloc(op->nbad * sizeof *sel);
+    if (!sel) {
       px_op_set_error(op, PMX_ERR_NO_MEMORY, "Pull: out of memory");
       return op->status;
     }
-    memcpy(todo, op->badl, ntodo * sizeof *todo);
-    op->nbad = 0;
+    /* this round's list; chunks that fail again go to a new one */
+    px_bad_chunk* todo = op->badl;
+    size_t ntodo = op->nbad;
+    op->badl = NULL;
+    op->nbad = op->capbad = 0;
     pmx_status st = PMX_OK;
     for (size_t a = 0, b; a < ntodo && st == PMX_OK; a = b) {
       /* the chunks of one tensor are listed together, in ascending order */

@@ -34,18 +34,24 @@ static int sys_accept4(int fd, struct sockaddr* addr, socklen_t* len, int flags)
   return (int)syscall(SYS_accept4, fd, addr, len, flags);
 }
 
+/* The soft RLIMIT_NOFILE now; 2^30 when unlimited or unknown (no bound worth the name). */
+static long soft_limit(void) {
+  struct rlimit rl;
+  long limit = 1L << 30;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      rl.rlim_cur < (rlim_t)limit)
+    limit = (long)rl.rlim_cur;
+  return limit;
+}
+
 long px_accept_guard_reserve_for(long limit) {
   long r = limit / 8;
   return r < 8 ? 8 : r > 64 ? 64 : r;
 }
 
 int px_accept_guard_start(long reserve) {
-  struct rlimit rl;
-  long limit = 1L << 30; /* unlimited or unknown: no bound worth the name */
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-      rl.rlim_cur < (rlim_t)limit)
-    limit = (long)rl.rlim_cur;
-  if (reserve < 0) reserve = 0;
+  long limit = soft_limit();
+  if (reserve < 0) reserve = px_accept_guard_reserve_for(limit);
   long bound = limit - reserve;
   if (bound < 1) bound = 1;
   pthread_mutex_lock(&g.mu);
@@ -75,9 +81,7 @@ static void note_refused(int why_errno, long fd) {
   }
   pthread_mutex_unlock(&g.mu);
   if (!say) return;
-  long limit = atomic_load(&g.limit);
-  struct rlimit rl; /* the limit may have changed since start (prlimit) */
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)1 << 30) limit = (long)rl.rlim_cur;
+  long limit = soft_limit(); /* it may have changed since start (prlimit) */
   char what[160];
   if (why_errno)
     snprintf(what, sizeof what, "no descriptor left (%s)",
@@ -85,7 +89,7 @@ static void note_refused(int why_errno, long fd) {
   else
     snprintf(what, sizeof what,
              "its descriptor %ld reached the open-file limit less a reserve of %ld", fd,
-             limit - atomic_load(&g.bound));
+             atomic_load(&g.limit) - atomic_load(&g.bound));
   px_warn(
       "refused %llu connection%s (%llu since start): %s; the open-file limit is %ld, "
       "raise it with ulimit -n",
@@ -129,18 +133,14 @@ __attribute__((visibility("default"))) int accept4(int fd, __SOCKADDR_ARG addr,
     return -1;
   }
   int e = errno;
-  if ((e == EMFILE || e == ENFILE) && shed_with_spare(fd)) {
+  if (e != EMFILE && e != ENFILE) return -1; /* errno as the call left it */
+  if (shed_with_spare(fd)) {
     note_refused(e, 0);
     errno = EINTR;
-    return -1;
-  }
-  if (e == EMFILE || e == ENFILE) {
-    /* No spare and nothing freed: EAGAIN keeps the listener; the connection
-     * waits in the backlog for the next readiness (a later connection or a
-     * retry). */
+  } else {
+    /* No spare and nothing freed: EAGAIN keeps the listener; the connection waits in
+     * the backlog for the next readiness (a later connection or a retry). */
     errno = EAGAIN;
-    return -1;
   }
-  errno = e;
   return -1;
 }

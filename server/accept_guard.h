@@ -27,7 +27,8 @@
 long px_accept_guard_reserve_for(long limit);
 
 /* Starts guarding with the current soft RLIMIT_NOFILE and `reserve` descriptors
- * kept free (opens the spare descriptor, /dev/null). Call after the limit is
+ * kept free (negative: px_accept_guard_reserve_for the limit; opens the spare
+ * descriptor, /dev/null). Call after the limit is
  * final; calling again re-reads the limit. Returns 0, or -1 with errno when the
  * spare cannot be opened (the guard then still bounds connections). */
 int px_accept_guard_start(long reserve);

@@ -26,11 +26,7 @@ static void raise_nofile(void) {
 }
 
 static void guard_accepts(void) {
-  struct rlimit rl;
-  long limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)1 << 30
-                   ? (long)rl.rlim_cur
-                   : 1L << 30;
-  if (px_accept_guard_start(px_accept_guard_reserve_for(limit)) != 0)
+  if (px_accept_guard_start(-1) != 0)
     px_warn("no spare descriptor for refusing connections at the open-file limit: %s",
             strerror(errno));
 }
