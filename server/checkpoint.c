@@ -102,7 +102,7 @@ static ckpt_copy* ckpt_new(px_ckpt* ck, uint64_t version, const char* reason) {
     k->params[i] = px_big_alloc(t->params_bytes);
     ok = k->params[i] != NULL;
     if (ok && k->mom) ok = (k->mom[i] = px_big_alloc(k->mbytes[i])) != NULL;
-    k->remaining += t->nchunks;
+    k->remaining += t->nown;
   }
   if (!ok) {
     ckpt_free(k);
@@ -143,8 +143,8 @@ static void capture_idle(px_ckpt* ck, ckpt_copy* k) {
   if (!k->final && !px_members_all_pushed(ck->members, k->version)) return;
   for (uint32_t i = 0; i < k->ntensors; i++) {
     px_tensor_state* t = ck->store->tensors[i];
-    for (uint32_t j = 0; j < t->nchunks; j++) {
-      px_chunk_state* c = &t->chunks[j];
+    for (uint32_t j = 0; j < t->nown; j++) {
+      px_chunk_state* c = &t->chunks[t->own[j]];
       pthread_mutex_lock(&c->mu);
       if (c->initialized && c->version < k->version && c->ncontrib == 0 && c->ckpt_gen != k->gen)
         capture(ck, k, t, c);
@@ -169,8 +169,8 @@ static uint64_t request(px_ckpt* ck, const char* reason, bool final) {
   /* chunks already at the version are copied now; the others on arrival */
   for (uint32_t i = 0; i < k->ntensors; i++) {
     px_tensor_state* t = ck->store->tensors[i];
-    for (uint32_t j = 0; j < t->nchunks; j++) {
-      px_chunk_state* c = &t->chunks[j];
+    for (uint32_t j = 0; j < t->nown; j++) {
+      px_chunk_state* c = &t->chunks[t->own[j]];
       pthread_mutex_lock(&c->mu);
       if (c->initialized && c->version == k->version) capture(ck, k, t, c);
       pthread_mutex_unlock(&c->mu);
@@ -294,9 +294,13 @@ static int write_checkpoint(px_ckpt* ck, ckpt_copy* k, char* path, size_t pathle
   size_t left_cap = (size_t)ck->members->n * 11 + 1;
   char* left = malloc(left_cap);
   if (left) px_members_left_list(ck->members, left, left_cap);
+  char shard[16], shards[16];
+  snprintf(shard, sizeof shard, "%u", ck->store->o.shard);
+  snprintf(shards, sizeof shards, "%u", ck->store->o.shards);
   const char* meta[] = {"pmx.version", version, "pmx.workers", workers, "pmx.server_id", server,
                         "pmx.incarnations", inc ? inc : "", "pmx.left", left ? left : "",
-                        "pmx.momentum", k->mom ? "1" : "0"};
+                        "pmx.momentum", k->mom ? "1" : "0", "pmx.shard", shard,
+                        "pmx.shards", shards};
   char name[64];
   snprintf(name, sizeof name, "ckpt-%020" PRIu64 ".safetensors", k->version);
   write_ctx ctx = {ck, k};

@@ -8,6 +8,7 @@
 #include "config.h"
 
 #include "framecache.h"
+#include "shard/shardmap.h"
 #include "util/flags.h"
 #include "util/log.h"
 #include "util/str.h"
@@ -20,6 +21,7 @@ static void set_defaults(px_config* cfg) {
   memset(cfg, 0, sizeof *cfg);
   cfg->listen = "0.0.0.0:50051";
   cfg->workers = 1;
+  cfg->shards = 1;
   cfg->lr = 0.01;
   cfg->chunk_bytes = 1u << 20;
   cfg->threads = px_ncpus();
@@ -52,6 +54,11 @@ static int check(px_config* cfg, char* err, size_t errlen) {
   if (rc == 0 && px_log_level_parse(cfg->log_level) < 0) {
     snprintf(err, errlen, "--log-level: '%s' is not one of error, warn, info, debug",
              cfg->log_level);
+    rc = 2;
+  }
+  if (rc == 0 && cfg->shard >= cfg->shards) {
+    snprintf(err, errlen, "--shard %u is not below --shards %u (shards are numbered from 0)",
+             cfg->shard, cfg->shards);
     rc = 2;
   }
   if (rc == 0 && (cfg->chunk_bytes % 4) != 0) {
@@ -98,6 +105,11 @@ int px_config_parse(px_config* cfg, int argc, char** argv, char* err, size_t err
        "address to serve on; port 0 picks a free port"},
       {"workers", PX_FLAG_U32, &cfg->workers, 1, PX_MAX_WORKERS, "N",
        "workers per step (BSP: a step completes when all N pushed)"},
+      {"shard", PX_FLAG_U32, &cfg->shard, 0, PX_MAX_SHARDS - 1, "I",
+       "this server is shard I (0..S-1) of --shards S: it holds the chunks rendezvous hashing "
+       "gives it"},
+      {"shards", PX_FLAG_U32, &cfg->shards, 1, PX_MAX_SHARDS, "S",
+       "servers that together hold the model (workers list them all, in shard order)"},
       {"lr", PX_FLAG_F64, &cfg->lr, 0, 1e6, "F", "SGD learning rate"},
       {"momentum", PX_FLAG_F64, &cfg->momentum, 0, 0.999999, "F", "SGD momentum (0 = none)"},
       {"weight-decay", PX_FLAG_F64, &cfg->weight_decay, 0, 1e3, "F", "L2 weight decay"},

@@ -12,6 +12,7 @@
 typedef struct px_config {
   const char* listen;
   uint32_t workers;
+  uint32_t shard, shards;        /* this server is shard `shard` of `shards` */
   double lr, momentum, weight_decay;
   uint64_t chunk_bytes;
   uint32_t threads, cq_threads;

@@ -19,6 +19,36 @@
 
 /* ---- Join -------------------------------------------------------------------------------- */
 
+/* Whether the client's shard list places this server where --shard/--shards do; -1 with
+ * err when not. */
+static int shard_check(const px_server* srv, const Paramex__V1__JoinRequest* r, char* err,
+                       size_t errlen) {
+  const uint32_t me = srv->cfg.shard, n = srv->cfg.shards;
+  if (r->shards == 0 && n > 1) {
+    snprintf(err, errlen, "this server is shard %u of %u (--shards %u): give the client all %u "
+             "shard addresses, in shard order (a comma-separated list, or PMX_SERVERS)", me, n,
+             n, n);
+    return -1;
+  }
+  if (r->shards != 0 && (r->shards != n || r->shard != me)) {
+    snprintf(err, errlen, "the shard list gives this server as shard %u of %u, but it serves "
+             "shard %u of %u (--shard %u --shards %u)%s", r->shard, r->shards, me, n, me, n,
+             r->shards != n ? ": the list's length differs" : ": the list's order differs");
+    return -1;
+  }
+  return 0;
+}
+
+/* The settings all shards must share (JoinResponse.settings). */
+static void settings(const px_server* srv, char* out, size_t cap) {
+  const px_config* c = &srv->cfg;
+  snprintf(out, cap, "workers=%u lr=%.15g momentum=%.15g weight-decay=%.15g chunk-bytes=%llu "
+           "checkpoint-every=%llu elastic=%d reject-nonfinite=%d", c->workers, c->lr,
+           c->momentum, c->weight_decay, (unsigned long long)c->chunk_bytes,
+           (unsigned long long)c->checkpoint_every, c->elastic ? 1 : 0,
+           c->reject_nonfinite ? 1 : 0);
+}
+
 void px_control_join(px_server* srv, px_srv_call* call, const uint8_t* p, size_t n) {
   char err[ERRLEN];
   Paramex__V1__JoinRequest* r = paramex__v1__join_request__unpack(NULL, n, p);
@@ -26,7 +56,9 @@ void px_control_join(px_server* srv, px_srv_call* call, const uint8_t* p, size_t
     px_reject(&srv->ctr, call, PX_ST_INVALID_ARGUMENT, "malformed JoinRequest");
     return;
   }
-  if (r->world_size != srv->cfg.workers) {
+  if (shard_check(srv, r, err, sizeof err) != 0) {
+    px_reject(&srv->ctr, call, PX_ST_FAILED_PRECONDITION, err);
+  } else if (r->world_size != srv->cfg.workers) {
     snprintf(err, sizeof err, "world_size %u does not match the server's --workers %u",
              r->world_size, srv->cfg.workers);
     px_reject(&srv->ctr, call, PX_ST_FAILED_PRECONDITION, err);
@@ -56,6 +88,11 @@ void px_control_join(px_server* srv, px_srv_call* call, const uint8_t* p, size_t
     resp.world_size = srv->cfg.workers;
     resp.server_id = srv->server_id;
     resp.lease_ms = (uint32_t)(srv->cfg.worker_timeout * 1000.0);
+    resp.shard = srv->cfg.shard;
+    resp.shards = srv->cfg.shards;
+    char set[384];
+    settings(srv, set, sizeof set);
+    resp.settings = set;
     px_reply(call, &resp.base);
   }
   paramex__v1__join_request__free_unpacked(r, NULL);
@@ -136,6 +173,8 @@ static void stats_tensors(px_server* srv, Paramex__V1__TensorStats* ts, uint32_t
     ts[i].pull_raw_bytes = atomic_load(&t->pull_raw);
     ts[i].pull_wire_bytes = atomic_load(&t->pull_wire);
     ts[i].num_chunks = t->nchunks;
+    ts[i].own_chunks = t->nown;
+    ts[i].chunk_elems = t->chunk_elems;
     if (ts[i].version_min < *vmin_all) *vmin_all = ts[i].version_min;
     if (ts[i].version_max > *vmax_all) *vmax_all = ts[i].version_max;
   }
@@ -194,6 +233,8 @@ static void stats_counters(px_server* srv, Paramex__V1__StatsResponse* s) {
   s->pull_delta = atomic_load(&c->pull_delta);
   s->pull_snapshot = atomic_load(&c->pull_snapshot);
   s->elastic = srv->cfg.elastic;
+  s->shard = srv->cfg.shard;
+  s->shards = srv->cfg.shards;
 }
 
 void px_control_stats(px_server* srv, px_srv_call* call, const uint8_t* b, size_t n) {

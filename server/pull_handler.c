@@ -167,7 +167,7 @@ static bool pull_send(px_puller* p, px_tensor_state* t, px_chunk_state* c, int v
   px_frame* f = nx->f;
   px_chunk h = {0};
   h.tensor_id = t->id;
-  h.chunk = p->ci;
+  h.chunk = c->index;
   h.version = nx->version;
   h.dtype = vi == 1 ? PX_DT_BF16 : (uint32_t)t->dtype;
   h.raw_len = (uint32_t)((size_t)c->elems * px_view_width(t, vi));
@@ -204,13 +204,15 @@ void px_puller_advance(px_puller* p) {
       return;
     }
     px_tensor_state* t = px_store_tensor(&p->srv->store, p->tids[p->ti]);
-    if (p->sel) p->ci = p->ki < p->nsel ? p->sel[p->ki] : t->nchunks;
-    if (p->ci >= t->nchunks) {
+    /* ci counts the chunks held here (t->own); a healing pull names its own */
+    uint32_t idx = p->sel ? (p->ki < p->nsel ? p->sel[p->ki] : t->nchunks)
+                          : (p->ci < t->nown ? t->own[p->ci] : t->nchunks);
+    if (idx >= t->nchunks) {
       p->ti++;
       p->ci = 0;
       continue;
     }
-    px_chunk_state* c = &t->chunks[p->ci];
+    px_chunk_state* c = &t->chunks[idx];
     const int vi = p->view == 1 && t->dtype == PX_DT_F32 ? 1 : 0;
     next_chunk nx;
     pull_next(p, t, c, vi, &nx);
@@ -279,6 +281,8 @@ static int chunks_check(px_server* srv, const Paramex__V1__PullRequest* r, char*
                r->chunks[k], r->chunks[k - 1]);
       return PX_ST_INVALID_ARGUMENT;
     }
+    if (!t->chunks[r->chunks[k]].own)
+      return px_store_foreign(&srv->store, t, r->chunks[k], err, errlen);
   }
   return PX_ST_OK;
 }

@@ -74,6 +74,10 @@ static px_chunk_state* push_target(px_pusher* ps, px_tensor_state** tp, int* sta
     return NULL;
   }
   px_chunk_state* c = &t->chunks[h->chunk];
+  if (!c->own) {
+    *status = px_store_foreign(&srv->store, t, h->chunk, err, errlen);
+    return NULL;
+  }
   *status = PX_ST_INVALID_ARGUMENT;
   const int pdt = (int)h->dtype;
   if (pdt != t->dtype && !(t->dtype == PX_DT_F32 && pdt == PX_DT_BF16)) {

@@ -31,6 +31,19 @@ static int restore_tensor(px_ckpt* ck, const px_st_tensor* e, const void* mom, u
   return rc;
 }
 
+/* Whether f was written by another shard (files without pmx.shards: shard 0 of 1). */
+static bool shard_mismatch(px_ckpt* ck, px_st_file* f, char* err, size_t errlen) {
+  const char* a = px_st_meta(f, "pmx.shard");
+  const char* b = px_st_meta(f, "pmx.shards");
+  unsigned long shard = a ? strtoul(a, NULL, 10) : 0, shards = b ? strtoul(b, NULL, 10) : 1;
+  if (shard == ck->store->o.shard && shards == ck->store->o.shards) return false;
+  snprintf(err, errlen, "written by shard %lu of %lu, this server is shard %u of %u "
+           "(--shard/--shards): chunks are placed by the shard count, so a checkpoint restores "
+           "only into the same shard of the same count", shard, shards, ck->store->o.shard,
+           ck->store->o.shards);
+  return true;
+}
+
 /* Loads one checkpoint file into the (empty) store. */
 static int restore_file(px_ckpt* ck, const char* path, uint64_t* version, char* err,
                         size_t errlen) {
@@ -46,6 +59,7 @@ static int restore_file(px_ckpt* ck, const char* path, uint64_t* version, char* 
   } else if (!ws || strtoul(ws, NULL, 10) != ck->members->n) {
     snprintf(err, errlen, "written for %s workers, this server has --workers %u",
              ws ? ws : "?", ck->members->n);
+  } else if (shard_mismatch(ck, f, err, errlen)) {
   } else {
     rc = 0;
     size_t n = px_st_count(f);

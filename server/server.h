@@ -26,6 +26,7 @@
 typedef struct px_server {
   px_config cfg;
   char server_id[64];       /* "<start time in us, hex>-<pid>": new every start */
+  char ckpt_dir[600];       /* --checkpoint-dir, or its shard-I folder with several shards */
   uint64_t start_ms;
   px_counters ctr;
   px_taskpool* pool;        /* compute: large pushes, frame builds, control calls */

@@ -3,11 +3,13 @@
  * on the compute pool. */
 #include "service.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "backend/select.h"
@@ -105,7 +107,7 @@ static int rooms_init(px_server* srv, char* err, size_t errlen) {
   px_fcache_init(&srv->fcache, &fo, &srv->ctr);
   px_waiters_init(&srv->waiters);
   px_store_opts so = {cfg->workers, cfg->chunk_bytes, cfg->max_tensors, cfg->max_tensor_bytes,
-                      cfg->memory_limit, cfg->momentum != 0};
+                      cfg->memory_limit, cfg->momentum != 0, cfg->shard, cfg->shards};
   if (px_store_init(&srv->store, &so, srv->backend, &srv->fcache, &srv->waiters, &srv->ctr, err,
                     errlen) != 0)
     return -1;
@@ -116,8 +118,18 @@ static int rooms_init(px_server* srv, char* err, size_t errlen) {
     return -1;
   }
   srv->publish = (px_publish){&srv->fcache, srv->backend, &srv->waiters, srv->pool};
-  px_ckpt_opts co = {cfg->checkpoint_dir, cfg->checkpoint_every, cfg->checkpoint_interval,
-                     cfg->keep, cfg->momentum != 0, srv->server_id};
+  const char* dir = cfg->checkpoint_dir;
+  if (dir && cfg->shards > 1) {
+    /* every shard may be given the same (shared) folder: each writes its own sub-folder */
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+      snprintf(err, errlen, "--checkpoint-dir %s: %s", dir, strerror(errno));
+      return -1;
+    }
+    snprintf(srv->ckpt_dir, sizeof srv->ckpt_dir, "%s/shard-%u", dir, cfg->shard);
+    dir = srv->ckpt_dir;
+  }
+  px_ckpt_opts co = {dir,       cfg->checkpoint_every, cfg->checkpoint_interval,
+                     cfg->keep, cfg->momentum != 0,    srv->server_id};
   if (px_ckpt_init(&srv->ckpt, &co, &srv->store, &srv->members, err, errlen) != 0) return -1;
   px_agg_opts ao = {cfg->workers, cfg->chunk_bytes, cfg->hold_bytes, cfg->elastic};
   px_agg_init(&srv->agg, &ao, srv->backend, &srv->members, &srv->fcache, &srv->ckpt,
@@ -138,7 +150,7 @@ int px_service_init(px_service* svc, const px_config* cfg, char* err, size_t err
   int rc = rooms_init(srv, err, errlen);
   if (rc != 0) return rc;
   if (px_ckpt_restore(&srv->ckpt) != 0) {
-    snprintf(err, errlen, "could not restore from %s (see above)", cfg->checkpoint_dir);
+    snprintf(err, errlen, "could not restore from %s (see above)", srv->ckpt.o.dir);
     return -1;
   }
   return 0;

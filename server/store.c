@@ -11,6 +11,7 @@
 #include "codec/dtype.h"
 #include "codec/initializer.h"
 #include "rpc/rpc_base.h"
+#include "shard/shardmap.h"
 #include "util/str.h"
 #include "util/bufpool.h"
 #include "util/log.h"
@@ -64,6 +65,7 @@ static void tensor_free(px_store* s, px_tensor_state* t) {
     pthread_mutex_destroy(&c->mu);
   }
   free(t->chunks);
+  free(t->own);
   px_big_free(t->params, t->params_bytes);
   free(t);
 }
@@ -165,6 +167,7 @@ static px_waiter* mark_initialized(px_store* s, px_tensor_state* t, uint64_t upt
     px_chunk_state* c = &t->chunks[i];
     uint64_t end = (uint64_t)i * t->chunk_elems + c->elems;
     if (end > upto) break;
+    if (!c->own) continue;
     pthread_mutex_lock(&c->mu);
     if (!c->initialized) {
       chunk_ready(s, t, c);
@@ -177,14 +180,21 @@ static px_waiter* mark_initialized(px_store* s, px_tensor_state* t, uint64_t upt
 
 /* The seeded initializer, generated in f32 and rounded for 16-bit tensors. */
 static int fill_init(px_tensor_state* t, const px_declare_args* a) {
-  if (t->dtype == PX_DT_F32)
+  if (t->dtype == PX_DT_F32 && t->nown == t->nchunks)
     return px_init_fill_f32(t->params, 0, t->numel, a->init_kind, a->init_a, a->init_b,
                             a->init_seed);
   float* tmp = malloc((size_t)t->chunk_elems * sizeof *tmp);
   if (!tmp) return -1;
   uint16_t* dst = t->params;
-  for (uint64_t first = 0; first < t->numel; first += t->chunk_elems) {
-    size_t n = t->numel - first < t->chunk_elems ? (size_t)(t->numel - first) : t->chunk_elems;
+  for (uint32_t k = 0; k < t->nown; k++) { /* the chunks held here: element i's value
+                                            * depends on i and the seed only */
+    const uint64_t first = (uint64_t)t->own[k] * t->chunk_elems;
+    const size_t n = t->chunks[t->own[k]].elems;
+    if (t->dtype == PX_DT_F32) {
+      px_init_fill_f32((float*)t->params + first, first, n, a->init_kind, a->init_a, a->init_b,
+                       a->init_seed);
+      continue;
+    }
     px_init_fill_f32(tmp, first, n, a->init_kind, a->init_a, a->init_b, a->init_seed);
     if (t->dtype == PX_DT_BF16) px_f32_to_bf16_n(tmp, dst + first, n);
     else px_f32_to_f16_n(tmp, dst + first, n);
@@ -215,8 +225,16 @@ static int write_values(px_store* s, px_tensor_state* t, const px_declare_args* 
              t->name, (unsigned long long)a->values_offset, (unsigned long long)t->init_cursor);
     return PX_ST_INVALID_ARGUMENT;
   }
-  uint64_t skip = t->init_cursor - a->values_offset;
-  memcpy((uint8_t*)t->params + t->init_cursor * es, a->values + skip * es, (n - skip) * es);
+  const uint64_t end = a->values_offset + n;
+  for (uint64_t i = t->init_cursor; i < end;) { /* the parts of chunks held here */
+    const px_chunk_state* c = &t->chunks[i / t->chunk_elems];
+    uint64_t stop = (uint64_t)c->index * t->chunk_elems + c->elems;
+    if (stop > end) stop = end;
+    if (c->own)
+      memcpy((uint8_t*)t->params + i * es, a->values + (i - a->values_offset) * es,
+             (stop - i) * es);
+    i = stop;
+  }
   t->init_cursor = a->values_offset + n;
   *wake = mark_initialized(s, t, t->init_cursor);
   return PX_ST_OK;
@@ -265,9 +283,12 @@ static px_tensor_state* tensor_new(px_store* s, const px_declare_args* a, uint64
   t->params_bytes = numel * es;
   t->params = px_big_alloc(t->params_bytes);
   t->chunks = calloc(t->nchunks, sizeof *t->chunks);
-  if (!t->params || !t->chunks) goto oom;
+  t->own = malloc(t->nchunks * sizeof *t->own);
+  if (!t->params || !t->chunks || !t->own) goto oom;
+  t->nown = px_shard_chunks(t->name, strlen(t->name), t->nchunks, s->o.shard, s->o.shards, t->own);
   t->creator = a->worker_id;
   t->creator_incarnation = a->incarnation;
+  for (uint32_t k = 0; k < t->nown; k++) t->chunks[t->own[k]].own = true;
   for (uint32_t i = 0; i < t->nchunks; i++) {
     px_chunk_state* c = &t->chunks[i];
     uint64_t first = (uint64_t)i * t->chunk_elems;
@@ -303,7 +324,7 @@ static int tensor_fill(px_store* s, px_tensor_state* t, const px_declare_args* a
     return PX_ST_RESOURCE_EXHAUSTED;
   }
   t->init_cursor = t->numel;
-  for (uint32_t i = 0; i < t->nchunks; i++) chunk_ready(s, t, &t->chunks[i]);
+  for (uint32_t k = 0; k < t->nown; k++) chunk_ready(s, t, &t->chunks[t->own[k]]);
   return PX_ST_OK;
 }
 
@@ -326,6 +347,10 @@ static int same_values(px_tensor_state* t, const px_declare_args* a, char* err, 
     px_chunk_state* c = &t->chunks[i / t->chunk_elems];
     uint64_t end = ((uint64_t)c->index + 1) * t->chunk_elems;
     if (end > hi) end = hi;
+    if (!c->own) { /* held by another shard, which compares them */
+      i = end;
+      continue;
+    }
     pthread_mutex_lock(&c->mu);
     bool fresh = c->version == 0 && c->ncontrib == 0;
     const uint8_t* have = (const uint8_t*)t->params + i * es;
@@ -443,7 +468,8 @@ int px_store_restore(px_store* s, const char* name, int dtype, const uint64_t* s
     if (st == PX_ST_OK) snprintf(err, errlen, "tensor '%s' appears twice", name);
     return -1;
   }
-  for (uint32_t i = 0; i < t->nchunks; i++) {
+  for (uint32_t k = 0; k < t->nown; k++) {
+    const uint32_t i = t->own[k];
     px_chunk_state* c = &t->chunks[i];
     pthread_mutex_lock(&c->mu);
     c->version = version;
@@ -459,8 +485,13 @@ int px_store_restore(px_store* s, const char* name, int dtype, const uint64_t* s
 uint64_t px_tensor_version_min(px_tensor_state* t, uint64_t* vmax, uint64_t* checksum) {
   uint64_t lo = UINT64_MAX, hi = 0;
   bool ready = true;
-  for (uint32_t i = 0; i < t->nchunks; i++) {
-    px_chunk_state* c = &t->chunks[i];
+  if (t->nown == 0) {
+    if (vmax) *vmax = 0;
+    if (checksum) *checksum = 0;
+    return 0;
+  }
+  for (uint32_t k = 0; k < t->nown; k++) {
+    px_chunk_state* c = &t->chunks[t->own[k]];
     pthread_mutex_lock(&c->mu);
     if (c->version < lo) lo = c->version;
     if (c->version > hi) hi = c->version;
@@ -477,8 +508,8 @@ uint64_t px_tensor_version_min(px_tensor_state* t, uint64_t* vmax, uint64_t* che
       if (st) {
         XXH64_reset(st, 0);
         bool same = true;
-        for (uint32_t i = 0; i < t->nchunks && same; i++) {
-          px_chunk_state* c = &t->chunks[i];
+        for (uint32_t k = 0; k < t->nown && same; k++) {
+          px_chunk_state* c = &t->chunks[t->own[k]];
           pthread_mutex_lock(&c->mu);
           same = c->version == lo;
           XXH64_update(st, c->params, (size_t)c->elems * t->elem);
@@ -495,12 +526,23 @@ uint64_t px_tensor_version_min(px_tensor_state* t, uint64_t* vmax, uint64_t* che
 uint64_t px_store_version_min(px_store* s, uint64_t* vmax) {
   uint32_t nt = px_store_count(s);
   uint64_t lo = UINT64_MAX, hi = 0;
+  uint32_t held = 0;
   for (uint32_t i = 0; i < nt; i++) {
+    if (s->tensors[i]->nown == 0) continue;
+    held++;
     uint64_t h;
     uint64_t l = px_tensor_version_min(s->tensors[i], &h, NULL);
     if (l < lo) lo = l;
     if (h > hi) hi = h;
   }
   if (vmax) *vmax = hi;
-  return nt ? lo : 0;
+  return held ? lo : 0;
+}
+
+int px_store_foreign(const px_store* s, const px_tensor_state* t, uint32_t c, char* err,
+                     size_t errlen) {
+  snprintf(err, errlen, "tensor '%s' chunk %u belongs to shard %u, not to this shard %u of %u: "
+           "list the shards in shard order", t->name, c,
+           px_shard_of(t->name, strlen(t->name), c, s->o.shards), s->o.shard, s->o.shards);
+  return PX_ST_FAILED_PRECONDITION;
 }

@@ -32,6 +32,7 @@ typedef struct px_chunk_state {
   bool initialized;     /* initial values complete */
   uint32_t index;
   uint32_t elems;
+  bool own;             /* this shard holds the chunk (shard/shardmap.h); else it is inert */
   void* params;         /* into the tensor's host mirror (backend.h) */
   bool mom_first;       /* no momentum step applied yet */
   /* aggregation of the step at `version` (aggregate.h) */
@@ -53,7 +54,9 @@ typedef struct px_tensor_state {
   uint64_t shape[PX_MAX_DIMS];
   uint64_t numel;
   uint32_t chunk_elems, nchunks;
-  void* params;         /* the host mirror */
+  uint32_t* own;        /* the chunks this shard holds, ascending (all of them with one shard) */
+  uint32_t nown;
+  void* params;         /* the host mirror (only the chunks held are ever written) */
   size_t params_bytes;
   px_be_tensor* be;     /* the backend's state of this tensor */
   px_chunk_state* chunks;
@@ -71,6 +74,7 @@ typedef struct px_store_opts {
   uint64_t max_tensor_bytes;
   uint64_t memory_limit;    /* 0: none */
   bool momentum;            /* count momentum in the memory budget */
+  uint32_t shard, shards;   /* this store holds the chunks of shard `shard` of `shards` */
 } px_store_opts;
 
 typedef struct px_store {
@@ -125,13 +129,19 @@ int px_store_restore(px_store* s, const char* name, int dtype, const uint64_t* s
 /* The tensor with id, NULL when unknown. Lock free. */
 px_tensor_state* px_store_tensor(px_store* s, uint32_t id);
 uint32_t px_store_count(px_store* s);
-/* The lowest version of t's chunks; *vmax (may be NULL) the highest; *checksum (may be
- * NULL) the xxh64 of the whole tensor when every chunk is initialised and at one version
- * (else 0). Takes each chunk's lock in turn. */
+/* The lowest version of the chunks t holds; *vmax (may be NULL) the highest; *checksum
+ * (may be NULL) the xxh64 of those chunks' bytes one after the other (the whole tensor with
+ * one shard) when every one is initialised and at one version (else 0). A tensor none of
+ * whose chunks is held: 0, *vmax 0, *checksum 0. Takes each chunk's lock in turn. */
 uint64_t px_tensor_version_min(px_tensor_state* t, uint64_t* vmax, uint64_t* checksum);
-/* The lowest version over every tensor (0 when there is none) and the highest. */
+/* The lowest version over every tensor with a chunk held here (0 when there is none) and
+ * the highest. */
 uint64_t px_store_version_min(px_store* s, uint64_t* vmax);
 /* Width in bytes of view v's words (1: bf16 of an f32 tensor). */
 int px_view_width(const px_tensor_state* t, int v);
+/* Chunk c of t is not held here: err names the shard that holds it; a gRPC status
+ * (FAILED_PRECONDITION). */
+int px_store_foreign(const px_store* s, const px_tensor_state* t, uint32_t c, char* err,
+                     size_t errlen);
 
 #endif
