@@ -1,4 +1,4 @@
-/* Connections (client.h, and pmx_connect / pmx_join / pmx_client_* of paramex.h). */
+/* Connections to one server (client.h). */
 #include "client.h"
 
 #include <stdio.h>
@@ -19,7 +19,7 @@
 
 const char* pmx_version(void) { return "0.1.0"; }
 
-pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** out) {
+pmx_status px_client_connect(const char* addr, const pmx_options* opts, pmx_client** out) {
   if (!addr || !*addr || !out) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_connect: no address");
   pmx_client* c = calloc(1, sizeof *c);
   if (!c) return px_fail(PMX_ERR_NO_MEMORY, "pmx_connect: out of memory");
@@ -134,6 +134,16 @@ void px_client_own(pmx_client* c, px_owned* o) {
   pthread_mutex_unlock(&c->mu);
 }
 
+void px_client_release_owned(pmx_client* c) {
+  for (;;) {
+    pthread_mutex_lock(&c->mu);
+    px_owned* o = c->owned;
+    pthread_mutex_unlock(&c->mu);
+    if (!o) break;
+    o->release(o);
+  }
+}
+
 void px_client_disown(pmx_client* c, px_owned* o) {
   pthread_mutex_lock(&c->mu);
   if (o->prev) o->prev->next = o->next;
@@ -160,13 +170,7 @@ static void leave(pmx_client* c) {
   if (st != PX_ST_OK) px_debug("Leave: %s: %s", px_status_name(st), details);
 }
 
-static void client_free(pmx_client* c, bool say_leave);
-
-void pmx_client_destroy(pmx_client* c) { client_free(c, true); }
-
-void pmx_client_abort(pmx_client* c) { client_free(c, false); }
-
-static void client_free(pmx_client* c, bool say_leave) {
+void px_client_free(pmx_client* c, bool say_leave) {
   if (!c) return;
   if (c->hb_started) {
     pthread_mutex_lock(&c->mu);
@@ -178,33 +182,16 @@ static void client_free(pmx_client* c, bool say_leave) {
   pthread_cond_destroy(&c->hb_cv);
   if (say_leave) leave(c);
   px_rpc_channel_destroy(c->ch); /* cancels the calls still running and waits for them */
-  for (;;) {
-    pthread_mutex_lock(&c->mu);
-    px_owned* o = c->owned;
-    pthread_mutex_unlock(&c->mu);
-    if (!o) break;
-    o->release(o);
-  }
-  for (size_t i = 0; i < c->ntensors; i++) free(c->tensors[i]);
+  px_client_release_owned(c);
+  for (size_t i = 0; i < c->ntensors; i++) c->tensor_free(c->tensors[i]);
   free(c->tensors);
   free(c->addr);
   free(c->tls_ca);
   free(c->tls_server_name);
+  free(c->settings);
   pthread_mutex_destroy(&c->mu);
   free(c);
   px_rpc_shutdown();
-}
-
-void pmx_client_get_stats(pmx_client* c, pmx_client_stats* s) {
-  s->push_chunks = atomic_load(&c->push_chunks);
-  s->push_raw_bytes = atomic_load(&c->push_raw);
-  s->push_wire_bytes = atomic_load(&c->push_wire);
-  s->pull_chunks = atomic_load(&c->pull_chunks);
-  s->pull_raw_bytes = atomic_load(&c->pull_raw);
-  s->pull_wire_bytes = atomic_load(&c->pull_wire);
-  s->pull_unchanged_chunks = atomic_load(&c->pull_unchanged);
-  s->checksum_failures = atomic_load(&c->checksum_failures);
-  s->compressed_pulls = c->compressed_pulls;
 }
 
 /* Whether a failed connection attempt's details name a problem that waiting will not
@@ -312,8 +299,7 @@ static void* heartbeat_thread(void* arg) {
   return NULL;
 }
 
-pmx_status pmx_join(pmx_client* c, uint32_t rank, uint32_t world_size, pmx_join_info* info) {
-  if (!c) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_join: no client");
+pmx_status px_client_join(pmx_client* c, uint32_t rank, uint32_t world_size, pmx_join_info* info) {
   Paramex__V1__JoinRequest req = PARAMEX__V1__JOIN_REQUEST__INIT;
   req.rank = rank;
   req.world_size = world_size;
@@ -322,6 +308,8 @@ pmx_status pmx_join(pmx_client* c, uint32_t rank, uint32_t world_size, pmx_join_
   gethostname(host, sizeof host - 1);
   snprintf(name, sizeof name, "%s:%d", host, (int)getpid());
   req.name = name;
+  req.shard = c->shard_index;
+  req.shards = c->shard_count;
   uint8_t* resp = NULL;
   size_t len = 0;
   pmx_status st = px_client_unary(c, PX_M_JOIN, &req.base, c->connect_timeout_ms, true, &resp, &len);
@@ -338,6 +326,8 @@ pmx_status pmx_join(pmx_client* c, uint32_t rank, uint32_t world_size, pmx_join_
   c->world = world_size;
   px_strlcpy(c->server_id, r->server_id ? r->server_id : "", sizeof c->server_id);
   c->lease_ms = r->lease_ms;
+  free(c->settings);
+  c->settings = strdup(r->settings ? r->settings : "");
   bool start_hb = r->lease_ms > 0 && !c->hb_started;
   if (start_hb) c->hb_started = pthread_create(&c->hb_thread, NULL, heartbeat_thread, c) == 0;
   pthread_mutex_unlock(&c->mu);
@@ -361,7 +351,7 @@ void px_client_rejoin(pmx_client* c) {
   if (!joined) return;
   char saved[PX_ERROR_LEN];
   memcpy(saved, px_last_error_buf(), sizeof saved);
-  if (pmx_join(c, rank, world, NULL) != PMX_OK) {
+  if (px_client_join(c, rank, world, NULL) != PMX_OK) {
     px_warn("joining the restarted server again failed: %s", px_last_error_buf());
     pthread_mutex_lock(&c->mu);
     c->rejoin_failed = true;
@@ -375,12 +365,13 @@ pmx_status px_client_join_again(pmx_client* c) {
   bool need = c->joined && c->rejoin_failed;
   uint32_t rank = c->rank, world = c->world;
   pthread_mutex_unlock(&c->mu);
-  return need ? pmx_join(c, rank, world, NULL) : PMX_OK;
+  return need ? px_client_join(c, rank, world, NULL) : PMX_OK;
 }
 
 
-pmx_status px_client_adopt(pmx_client* c, pmx_tensor* t) {
+pmx_status px_client_adopt(pmx_client* c, pmx_tensor* t, void (*free_fn)(pmx_tensor* t)) {
   pthread_mutex_lock(&c->mu);
+  c->tensor_free = free_fn;
   if (c->ntensors == c->cap) {
     size_t ncap = c->cap ? c->cap * 2 : 16;
     pmx_tensor** n = realloc(c->tensors, ncap * sizeof *n);

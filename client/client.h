@@ -40,13 +40,28 @@ struct pmx_client {
   bool hb_started, hb_stop;
   uint32_t lease_ms;
   pthread_cond_t hb_cv;
-  pmx_tensor** tensors;     /* declared, freed with the client */
+  pmx_tensor** tensors;     /* declared, freed with the client by tensor_free */
+  void (*tensor_free)(pmx_tensor* t);
   struct px_owned* owned;   /* objects of the layers above, released with the client */
   struct px_stream* stream; /* the Exchange stream (stream.c), created on first use */
   size_t ntensors, cap;
+  /* A model over several shards (cluster.c): this client has no channel of its own and
+   * fans every call out to one client per shard, shard[i] talking to shard i. */
+  struct pmx_client** shard;
+  uint32_t nshards;         /* 0: one server, this client talks to it */
+  /* A shard's client: its place in the list (sent in Join) and what the shard answered */
+  uint32_t shard_index, shard_count; /* shard_count 0: the only server */
+  char* settings;           /* JoinResponse.settings, compared across shards */
   _Atomic uint64_t push_chunks, push_raw, push_wire;
   _Atomic uint64_t pull_chunks, pull_raw, pull_wire, pull_unchanged, checksum_failures;
 };
+
+/* A client of the one server at addr (pmx_connect of one address). */
+pmx_status px_client_connect(const char* addr, const pmx_options* opts, pmx_client** out);
+/* pmx_client_destroy (say_leave) or pmx_client_abort of a client of one server. */
+void px_client_free(pmx_client* c, bool say_leave);
+/* pmx_join with one server. */
+pmx_status px_client_join(pmx_client* c, uint32_t rank, uint32_t world_size, pmx_join_info* info);
 
 /* An object of a layer above (an operation not waited for yet) that the client releases
  * when it is destroyed, after its calls are over: release must px_client_disown it and
@@ -57,6 +72,8 @@ typedef struct px_owned {
 } px_owned;
 void px_client_own(pmx_client* c, px_owned* o);
 void px_client_disown(pmx_client* c, px_owned* o); /* o not owned: nothing */
+/* Releases every object c owns, newest first. */
+void px_client_release_owned(pmx_client* c);
 
 /* Packs m, runs a unary call on method, returns the status (the error message set); on
  * OK *resp (malloc'd, the caller frees) and *resp_len hold the response. */
@@ -69,7 +86,8 @@ void px_client_rejoin(pmx_client* c);
 /* pmx_resume's join: joins again when the client has joined before and the server
  * restarted since (or a rejoin failed); PMX_OK when nothing is needed. */
 pmx_status px_client_join_again(pmx_client* c);
-/* Adds t to the tensors freed with c; PMX_ERR_NO_MEMORY when it cannot. */
-pmx_status px_client_adopt(pmx_client* c, pmx_tensor* t);
+/* Adds t to the tensors freed with c (by free_fn, of the room above that made it);
+ * PMX_ERR_NO_MEMORY when it cannot. */
+pmx_status px_client_adopt(pmx_client* c, pmx_tensor* t, void (*free_fn)(pmx_tensor* t));
 
 #endif

@@ -4,9 +4,11 @@
 
 #include <inttypes.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "client.h"
+#include "cluster.h"
 #include "errors.h"
 #include "op.h"
 #include "stream.h"
@@ -81,7 +83,7 @@ static void forget_buffers(pmx_client* c) {
 
 /* Declares again every tensor of the client (a server that restarted with nothing, or
  * from a checkpoint older than a tensor, lost it; the others answer with their ids). */
-static pmx_status declare_again(pmx_client* c) {
+static pmx_status declare_again_one(pmx_client* c) {
   pthread_mutex_lock(&c->mu);
   size_t n = c->ntensors;
   pthread_mutex_unlock(&c->mu);
@@ -91,6 +93,26 @@ static pmx_status declare_again(pmx_client* c) {
     pthread_mutex_unlock(&c->mu);
     pmx_status st = px_tensor_declare(c, t);
     if (st != PMX_OK) return st;
+  }
+  return PMX_OK;
+}
+
+/* Joins again where needed, then declares again, on every server of the client (each
+ * shard's client holds its shard's tensors). */
+static pmx_status rejoin_and_declare(pmx_client* c) {
+  for (uint32_t i = 0; i < px_cluster_nconn(c); i++) {
+    pmx_client* k = px_cluster_conn(c, i);
+    forget_buffers(k);
+    pmx_status st = px_client_join_again(k);
+    if (st == PMX_OK) st = declare_again_one(k);
+    if (st != PMX_OK) {
+      if (c->nshards) {
+        char e[PX_ERROR_LEN];
+        memcpy(e, px_last_error_buf(), sizeof e);
+        px_fail(st, "shard %u (%s): %s", i, k->addr, e);
+      }
+      return st;
+    }
   }
   return PMX_OK;
 }
@@ -106,9 +128,7 @@ pmx_status pmx_resume(pmx_client* c, size_t n, pmx_tensor* const* tensors, void*
    * followed for up to retry_timeout_ms. */
   const uint64_t give_up = px_now_ms() + (uint64_t)c->retry_timeout_ms;
   for (int attempt = 0;; attempt++) {
-    forget_buffers(c);
-    st = px_client_join_again(c);
-    if (st == PMX_OK) st = declare_again(c);
+    st = rejoin_and_declare(c);
     if (st == PMX_OK) st = pmx_pull(c, n, tensors, dst, 0, versions);
     if (st == PMX_OK) break;
     if (!(st == PMX_ERR_ABORTED || st == PMX_ERR_UNAVAILABLE) || px_now_ms() >= give_up ||

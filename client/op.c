@@ -1,4 +1,4 @@
-/* Operations (op.h, and pmx_op_wait of paramex.h). */
+/* Operations (op.h). */
 #include "op.h"
 
 #include <stdarg.h>
@@ -27,6 +27,9 @@ void px_op_set_error(pmx_op* op, pmx_status st, const char* fmt, ...) {
 }
 
 void px_op_free(pmx_op* op) {
+  for (uint32_t i = 0; i < op->nkids; i++)
+    if (op->kids[i]) px_op_free(op->kids[i]);
+  free(op->kids);
   px_client_disown(op->client, &op->owned);
   pthread_mutex_destroy(&op->mu);
   pthread_cond_destroy(&op->cv);
@@ -89,9 +92,20 @@ pmx_status px_op_check_args(pmx_client* c, size_t n, pmx_tensor* const* tensors,
   return PMX_OK;
 }
 
+void px_op_skip_empty(pmx_op* op) {
+  while (op->ti < op->n && px_tensor_held(op->tensors[op->ti]) == 0) op->ti++;
+}
+
 /* op->mu held */
 static void check_done(pmx_op* op) {
-  if (op->done && op->slices_live == 0) pthread_cond_broadcast(&op->cv);
+  if (!(op->done && op->slices_live == 0)) return;
+  pthread_cond_broadcast(&op->cv);
+  if (op->parent) { /* lock order: kid, then parent */
+    pthread_mutex_lock(&op->parent->mu);
+    op->parent->events++;
+    pthread_cond_broadcast(&op->parent->cv);
+    pthread_mutex_unlock(&op->parent->mu);
+  }
 }
 
 void px_op_begin_call(pmx_op* op) {
@@ -125,6 +139,11 @@ void px_op_slices(pmx_op* op, int delta) {
 }
 
 void px_op_wait_call(pmx_op* op) {
+  if (op->kids) {
+    for (uint32_t i = 0; i < op->nkids; i++)
+      if (op->kids[i]) px_op_wait_call(op->kids[i]);
+    return;
+  }
   pthread_mutex_lock(&op->mu);
   while (!(op->done && op->slices_live == 0)) pthread_cond_wait(&op->cv, &op->mu);
   pthread_mutex_unlock(&op->mu);
@@ -136,6 +155,11 @@ void px_op_wait_call(pmx_op* op) {
  * ops, whose sends have no release callback (a push's release callbacks take op->mu and
  * may run under the call's mutex). */
 void px_op_cancel(pmx_op* op) {
+  if (op->kids) {
+    for (uint32_t i = 0; i < op->nkids; i++)
+      if (op->kids[i] && op->kids[i]->kind->cancellable) px_op_cancel(op->kids[i]);
+    return;
+  }
   pthread_mutex_lock(&op->mu);
   op->cancelled = true;
   px_cli_call* call = !op->done && op->call && px_cli_call_try_ref(op->call) ? op->call : NULL;
@@ -159,7 +183,7 @@ static void backoff_wait(pmx_op* op, int64_t ms) {
  * (a call that reaches a server in the instant between its drain and its stop is
  * cancelled by gRPC itself; the library cancels only calls nobody waits for). Pushes and
  * pulls are idempotent. */
-static bool transient(pmx_op* op, pmx_status st) {
+bool px_op_transient(pmx_op* op, pmx_status st) {
   if (st != PMX_ERR_CANCELLED) return st == PMX_ERR_UNAVAILABLE;
   pthread_mutex_lock(&op->mu);
   bool ours = op->cancelled;
@@ -172,9 +196,9 @@ static pmx_status retry_unavailable(pmx_op* op, pmx_status st) {
   pmx_client* cl = op->client;
   uint64_t give_up = px_now_ms() + (uint64_t)cl->retry_timeout_ms;
   int64_t delay = 50;
-  if (transient(op, st)) px_warn("%s: %s; retrying for up to %lld ms", op->kind->name, op->error,
+  if (px_op_transient(op, st)) px_warn("%s: %s; retrying for up to %lld ms", op->kind->name, op->error,
                              (long long)cl->retry_timeout_ms);
-  while (transient(op, st) && px_now_ms() + (uint64_t)delay < give_up) {
+  while (px_op_transient(op, st) && px_now_ms() + (uint64_t)delay < give_up) {
     int64_t jitter = (int64_t)((uint64_t)rand() % (uint64_t)(delay / 2 + 1));
     backoff_wait(op, delay / 2 + jitter);
     delay = delay * 2 > 2000 ? 2000 : delay * 2;
@@ -207,7 +231,7 @@ static pmx_status retry_unavailable(pmx_op* op, pmx_status st) {
       pthread_mutex_unlock(&op->mu);
     }
   }
-  if (transient(op, st)) {
+  if (px_op_transient(op, st)) {
     pthread_mutex_lock(&op->mu);
     size_t n = strlen(op->error);
     snprintf(op->error + n, sizeof op->error - n, " (retried for %lld ms)",
@@ -217,9 +241,7 @@ static pmx_status retry_unavailable(pmx_op* op, pmx_status st) {
   return st;
 }
 
-pmx_status pmx_op_wait(pmx_op* op) {
-  if (!op) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_op_wait: no op");
-  px_op_wait_call(op);
+pmx_status px_op_settle(pmx_op* op) {
   /* Transport failures (server down, restarting, network) are retried with capped
    * exponential back-off; the server ignores chunks it already counted. */
   pmx_status st = retry_unavailable(op, op->status);
@@ -227,7 +249,12 @@ pmx_status pmx_op_wait(pmx_op* op) {
     px_info("%s: %s; joining again", op->kind->name, op->error);
     px_client_rejoin(op->client);
   }
-  st = op->kind->finish(op, st);
+  return op->kind->finish(op, st);
+}
+
+pmx_status px_op_wait(pmx_op* op) {
+  px_op_wait_call(op);
+  pmx_status st = px_op_settle(op);
   if (st != PMX_OK) px_fail(st, "%s", op->error);
   px_op_free(op);
   return st;

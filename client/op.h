@@ -23,6 +23,8 @@ typedef struct px_op_kind {
   /* The op's calls are over with st: checks what they produced and finishes the op (a
    * pull heals chunks that failed their checksum here). Returns the op's status. */
   pmx_status (*finish)(pmx_op* op, pmx_status st);
+  /* px_op_cancel may stop its call (pulls: no send has a release callback, see op.c) */
+  bool cancellable;
 } px_op_kind;
 
 typedef struct px_bad_chunk {
@@ -64,6 +66,12 @@ struct pmx_op {
   const uint32_t* sel; /* a healing pull: only these chunks of tensor ti (else NULL) */
   uint32_t nsel, ki;   /* their count; the cursor in them */
   uint64_t* vres;   /* [n] the versions, copied to versions_out only on success */
+  /* several shards: a cluster op (cluster_op.c) runs one op per shard (kids; NULL where a
+   * shard holds none of the chunks); each kid tells its parent when its call is over */
+  struct pmx_op** kids;
+  uint32_t nkids;
+  struct pmx_op* parent;
+  uint64_t events;  /* kids' calls that ended (under mu) */
 };
 
 /* Checks the arguments of a push or pull (what: "pmx_push"); the message set on error. */
@@ -85,9 +93,21 @@ void px_op_end_call(pmx_op* op);
 void px_op_on_done(px_cli_call* call, void* ctx, int status, const char* details);
 /* A zero-copy slice of the op went out (+1) or came back (-1). */
 void px_op_slices(pmx_op* op, int delta);
-/* Waits until the op's call is over and gRPC holds none of its slices. */
+/* Waits until the op's call is over and gRPC holds none of its slices (a cluster op: every
+ * kid's). */
 void px_op_wait_call(pmx_op* op);
-/* Cancels the op's call when it still runs. */
+/* Cancels the op's call when it still runs (a cluster op: its kids' pull calls). */
 void px_op_cancel(pmx_op* op);
+/* Moves the op's cursor (ti, ci: the ci-th chunk its server holds of tensor ti) past the
+ * tensors of which its server holds no chunk. */
+void px_op_skip_empty(pmx_op* op);
+/* After the op's call is over: retries it while the server is unavailable, joins again
+ * when it restarted (ABORTED) and finishes the op. Returns its status, the message in
+ * op->error; the op stays allocated. */
+pmx_status px_op_settle(pmx_op* op);
+/* Whether st ends an op that is tried again (the server is unreachable or going down). */
+bool px_op_transient(pmx_op* op, pmx_status st);
+/* pmx_op_wait of an op of one server: waits, settles, sets the thread's error, frees. */
+pmx_status px_op_wait(pmx_op* op);
 
 #endif

@@ -43,19 +43,19 @@ bool px_pull_take_chunk(pmx_op* op, const px_iov* seg, size_t nseg, size_t wire)
     px_op_set_error(op, PMX_ERR_PROTOCOL, "Pull: more chunks than requested");
     return false;
   }
-  if (op->sel) op->ci = op->sel[op->ki];
   pmx_tensor* t = op->tensors[op->ti];
+  const uint32_t ci = op->sel ? op->sel[op->ki] : px_tensor_held_chunk(t, op->ci);
   const int w = view_width(op, t);
   const uint32_t want_dtype = w == 2 && t->dtype == PMX_F32 ? PMX_BF16 : (uint32_t)t->dtype;
-  uint64_t first = (uint64_t)op->ci * t->chunk_elems;
+  uint64_t first = (uint64_t)ci * t->chunk_elems;
   uint64_t elems = t->numel - first < t->chunk_elems ? t->numel - first : t->chunk_elems;
   uint8_t* dst = (uint8_t*)op->bufs[op->ti] + first * (uint64_t)w;
-  if (h.tensor_id != t->id || h.chunk != op->ci || h.dtype != want_dtype ||
+  if (h.tensor_id != t->id || h.chunk != ci || h.dtype != want_dtype ||
       h.version < op->min_version) {
     px_op_set_error(op, PMX_ERR_PROTOCOL,
                  "Pull: unexpected chunk (tensor %u chunk %u version %llu dtype %u), wanted "
                  "tensor %u chunk %u", h.tensor_id, h.chunk, (unsigned long long)h.version,
-                 h.dtype, t->id, op->ci);
+                 h.dtype, t->id, ci);
     return false;
   }
   if ((h.encoding == PX_ENC_UNCHANGED || h.encoding == PX_ENC_DELTA_ZSTD) &&
@@ -85,9 +85,10 @@ bool px_pull_take_chunk(pmx_op* op, const px_iov* seg, size_t nseg, size_t wire)
   atomic_fetch_add(&c->pull_wire, wire);
   if (op->sel) {
     op->ki++;
-  } else if (++op->ci == t->nchunks) {
+  } else if (++op->ci == px_tensor_held(t)) {
     op->ci = 0;
     op->ti++;
+    px_op_skip_empty(op);
   }
   return true;
 }
@@ -116,6 +117,7 @@ static void pull_reset(pmx_op* op, bool retry) {
   }
   op->nbad = 0;
   op->ti = op->ci = 0;
+  px_op_skip_empty(op);
 }
 
 uint8_t* px_pull_request_pack(pmx_op* op, size_t* len) {
@@ -223,7 +225,7 @@ void px_pull_op_abandon(pmx_op* op) {
   px_op_free(op);
 }
 
-pmx_status pmx_pull_as_async(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
+pmx_status px_pull_as_async(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
                              pmx_dtype view, uint64_t min_version, uint64_t* versions,
                              pmx_op** out) {
   if (!out) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_pull: no op pointer");
@@ -237,11 +239,6 @@ pmx_status pmx_pull_as_async(pmx_client* c, size_t n, pmx_tensor* const* tensors
   }
   *out = op;
   return PMX_OK;
-}
-
-pmx_status pmx_pull_async(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
-                          uint64_t min_version, uint64_t* versions, pmx_op** out) {
-  return pmx_pull_as_async(c, n, tensors, dst, 0, min_version, versions, out);
 }
 
 #define HEAL_ROUNDS 3
@@ -339,4 +336,4 @@ static pmx_status pull_finish(pmx_op* op, pmx_status st) {
   return st;
 }
 
-const px_op_kind px_pull_kind = {"Pull", pull_start, pull_finish};
+const px_op_kind px_pull_kind = {"Pull", pull_start, pull_finish, true};

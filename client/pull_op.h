@@ -11,6 +11,11 @@
 
 extern const px_op_kind px_pull_kind;
 
+/* pmx_pull_as_async with one server. */
+pmx_status px_pull_as_async(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
+                           pmx_dtype view, uint64_t min_version, uint64_t* versions,
+                           pmx_op** out);
+
 /* A pull op (not started) of pmx_pull_as_async's arguments, checked as it checks them:
  * what each buffer holds is taken over (and forgotten by the tensors until it ends). */
 pmx_status px_pull_op_new(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,

@@ -115,7 +115,7 @@ static void push_send_next(pmx_op* op) {
   const uint8_t* body;
   size_t body_len;
   uint8_t* owned;
-  size_t hl = px_push_chunk_encode(op->client, t, op->ci, op->bufs[op->ti], op->worker_id,
+  size_t hl = px_push_chunk_encode(op->client, t, px_tensor_held_chunk(t, op->ci), op->bufs[op->ti], op->worker_id,
                                    op->incarnation, op->step, head, &body, &body_len, &owned);
   push_buf* pb = NULL;
   if (owned) {
@@ -129,9 +129,10 @@ static void push_send_next(pmx_op* op) {
     pb->op = op;
     pb->data = owned;
   }
-  if (++op->ci == t->nchunks) {
+  if (++op->ci == px_tensor_held(t)) {
     op->ci = 0;
     op->ti++;
+    px_op_skip_empty(op);
   }
   bool last = op->ti == op->n;
   px_op_slices(op, 1);
@@ -172,6 +173,7 @@ static pmx_status push_start(pmx_op* op, bool retry) {
   (void)retry;
   pmx_client* c = op->client;
   op->ti = op->ci = 0;
+  px_op_skip_empty(op); /* a cluster op's kid starts only where its shard holds a chunk */
   op->accepted = op->duplicate = 0;
   pthread_mutex_lock(&c->mu);
   op->worker_id = c->worker_id;
@@ -194,9 +196,9 @@ static pmx_status push_finish(pmx_op* op, pmx_status st) {
   return st;
 }
 
-const px_op_kind px_push_kind = {"Push", push_start, push_finish};
+const px_op_kind px_push_kind = {"Push", push_start, push_finish, false};
 
-pmx_status pmx_push_async(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* tensors,
+pmx_status px_push_async(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* tensors,
                           const void* const* grads, pmx_op** out) {
   pmx_status st = px_op_check_args(c, n, tensors, grads, "pmx_push");
   if (st != PMX_OK) return st;

@@ -8,6 +8,10 @@
 
 extern const px_op_kind px_push_kind;
 
+/* pmx_push_async with one server. */
+pmx_status px_push_async(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* tensors,
+                         const void* const* grads, pmx_op** out);
+
 /* Chunk ci of tensor t, whose gradient buffer is grad, as the PushChunk of worker_id /
  * incarnation at step: its header goes to head (PX_CHUNK_HDR_MAX bytes), *body and
  * *body_len give its payload: grad's own bytes (zero copy), or a compressed buffer of ours

@@ -259,8 +259,9 @@ static bool take_answer(pmx_op* op, px_msg* m, bool* malformed) {
 bool px_stream_run(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* tensors,
                    const void* const* grads, void* const* dst, pmx_dtype view,
                    uint64_t min_version, uint64_t* versions, pmx_status* st) {
-  /* bad arguments go to the calls, which report them */
-  if ((!grads && !dst) || (view != 0 && view != PMX_BF16) ||
+  /* bad arguments go to the calls, which report them; a cluster's steps go to its shards'
+   * calls, in parallel */
+  if (!c || c->nshards || (!grads && !dst) || (view != 0 && view != PMX_BF16) ||
       (grads && px_op_check_args(c, n, tensors, grads, "pmx_push") != PMX_OK) ||
       (dst && px_op_check_args(c, n, tensors, (const void* const*)dst, "pmx_pull") != PMX_OK))
     return false;
@@ -307,6 +308,6 @@ bool px_stream_run(pmx_client* c, uint64_t step, size_t n, pmx_tensor* const* te
     return false;
   }
   px_op_end_call(op);
-  *st = pmx_op_wait(op);
+  *st = px_op_wait(op);
   return true;
 }

@@ -8,6 +8,7 @@
 #include "codec/dtype.h"
 #include "errors.h"
 #include "paramex.pb-c.h"
+#include "shard/shardmap.h"
 #include "util/str.h"
 
 /* Initial values travel in Declare calls of at most this many bytes. */
@@ -52,6 +53,15 @@ pmx_status px_tensor_declare(pmx_client* c, pmx_tensor* t) {
   t->id = r->tensor_id;
   t->chunk_elems = r->chunk_elems;
   t->nchunks = r->num_chunks;
+  if (c->shard_count > 1 && !t->own) { /* the chunks this shard holds */
+    t->own = malloc(t->nchunks * sizeof *t->own);
+    if (!t->own) {
+      paramex__v1__declare_response__free_unpacked(r, NULL);
+      return px_fail(PMX_ERR_NO_MEMORY, "pmx_declare: out of memory");
+    }
+    t->nown = px_shard_chunks(t->name, strlen(t->name), t->nchunks, c->shard_index,
+                              c->shard_count, t->own);
+  }
   const bool created = r->created || r->upload; /* this call owns the upload */
   paramex__v1__declare_response__free_unpacked(r, NULL);
 
@@ -69,8 +79,9 @@ pmx_status px_tensor_declare(pmx_client* c, pmx_tensor* t) {
   return PMX_OK;
 }
 
-pmx_status pmx_declare(pmx_client* c, const char* name, pmx_dtype dtype, const uint64_t* shape,
-                       size_t ndim, const void* values, const pmx_init* init, pmx_tensor** out) {
+pmx_status px_tensor_new(pmx_client* c, const char* name, pmx_dtype dtype, const uint64_t* shape,
+                        size_t ndim, const void* values, bool copy, const pmx_init* init,
+                        pmx_tensor** out) {
   if (!c || !name || !out || (ndim && !shape))
     return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_declare: missing argument");
   size_t es = px_dtype_size((int)dtype);
@@ -92,7 +103,7 @@ pmx_status pmx_declare(pmx_client* c, const char* name, pmx_dtype dtype, const u
   }
   /* The values are kept (after the tensor, in the same allocation that the client frees)
    * to declare the tensor again on a server that lost it (pmx_resume). */
-  pmx_tensor* t = calloc(1, sizeof *t + (values ? (size_t)(numel * es) : 0));
+  pmx_tensor* t = calloc(1, sizeof *t + (values && copy ? (size_t)(numel * es) : 0));
   if (!t) return px_fail(PMX_ERR_NO_MEMORY, "pmx_declare: out of memory for '%s'", name);
   t->client = c;
   px_strlcpy(t->name, name, sizeof t->name);
@@ -103,15 +114,23 @@ pmx_status pmx_declare(pmx_client* c, const char* name, pmx_dtype dtype, const u
   memcpy(t->shape, shape, ndim * sizeof *shape);
   if (init) t->init = *init;
   t->has_init = init != NULL;
-  if (values) t->values = memcpy(t + 1, values, (size_t)(numel * es));
-  pmx_status st = px_tensor_declare(c, t);
-  if (st == PMX_OK) st = px_client_adopt(c, t);
-  if (st != PMX_OK) {
-    free(t);
-    return st;
-  }
+  if (values) t->values = copy ? memcpy(t + 1, values, (size_t)(numel * es)) : (void*)values;
   *out = t;
   return PMX_OK;
+}
+
+pmx_status px_tensor_declare_new(pmx_client* c, pmx_tensor* t) {
+  pmx_status st = px_tensor_declare(c, t);
+  if (st == PMX_OK) st = px_client_adopt(c, t, px_tensor_free);
+  if (st != PMX_OK) px_tensor_free(t);
+  return st;
+}
+
+void px_tensor_free(pmx_tensor* t) {
+  if (!t) return;
+  free(t->kids);
+  free(t->own);
+  free(t);
 }
 
 pmx_status pmx_tensor_set_push_compression(pmx_tensor* t, pmx_push_mode mode, size_t min_bytes) {
@@ -122,6 +141,10 @@ pmx_status pmx_tensor_set_push_compression(pmx_tensor* t, pmx_push_mode mode, si
                 t->name);
   t->push_mode = mode;
   t->push_min_bytes = min_bytes;
+  for (uint32_t i = 0; t->kids && i < t->client->nshards; i++) {
+    t->kids[i]->push_mode = mode;
+    t->kids[i]->push_min_bytes = min_bytes;
+  }
   return PMX_OK;
 }
 

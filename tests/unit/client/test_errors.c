@@ -152,7 +152,8 @@ static void test_last_error_of_library_call(void** state) {
   pmx_client* c = (pmx_client*)(uintptr_t)0x1;
   expect_st("pmx_connect(NULL)", pmx_connect(NULL, NULL, &c), PMX_ERR_INVALID_ARGUMENT);
   assert_ptr_equal(c, (pmx_client*)(uintptr_t)0x1); /* nothing written on error */
-  assert_string_equal(pmx_last_error(), "pmx_connect: no address");
+  assert_string_equal(pmx_last_error(), "pmx_connect: no address (give HOST:PORT, a "
+                                        "comma-separated list of shards, or set PMX_SERVERS)");
   expect_st("pmx_op_wait(NULL)", pmx_op_wait(NULL), PMX_ERR_INVALID_ARGUMENT);
   assert_string_equal(pmx_last_error(), "pmx_op_wait: no op");
 }
@@ -293,7 +294,7 @@ static void corrupt_env_start(corrupt_env* e) {
   if (px_h_server_start(&e->srv, args, NULL, SRV_START_MS, err, sizeof err) != 0)
     fail_msg("server: %s", err);
   int pport = 0;
-  e->proxy = px_h_proxy_start(e->srv.port, 2, 100, &pport);
+  e->proxy = px_h_proxy_start(e->srv.port, 2, 1000, &pport); /* chunks, not JoinResponses */
   assert_non_null(e->proxy);
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", pport);
@@ -496,7 +497,7 @@ static void test_log_one_message_at_a_time(void** state) {
   const pmx_init init = {PMX_INIT_UNIFORM, -1.0f, 1.0f, 7};
   for (int k = 0; k < NCL; k++) {
     int pport = 0;
-    proxy[k] = px_h_proxy_start(srv.port, 2, 100, &pport);
+    proxy[k] = px_h_proxy_start(srv.port, 2, 1000, &pport);
     assert_non_null(proxy[k]);
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", pport);

@@ -1,0 +1,24 @@
+/* A model over several server shards (cluster.c): pmx_connect takes a comma-separated
+ * list of shard addresses (or PMX_SERVERS) in shard order and makes one client per shard
+ * beneath the one it returns; that client has no channel of its own. Joining joins every
+ * shard (each Join says where the list places it, so a list in the wrong order or of the
+ * wrong length is refused by the shard) and compares the settings the shards answer;
+ * declaring declares on every shard, and each shard's tensor knows the chunks its shard
+ * holds (shard/shardmap.h). Operations fan out in cluster_op.c. With one address nothing
+ * of this is used: the client is that server's. Internal to libparamex (the API:
+ * pmx_connect, pmx_join, pmx_declare, pmx_client_destroy, pmx_client_abort,
+ * pmx_client_get_stats of paramex.h). */
+#ifndef PX_CLUSTER_H
+#define PX_CLUSTER_H
+
+#include "client.h"
+
+/* Client i of c's connections: its shards' clients, or c itself with one server. */
+static inline pmx_client* px_cluster_conn(pmx_client* c, uint32_t i) {
+  return c->nshards ? c->shard[i] : c;
+}
+static inline uint32_t px_cluster_nconn(const pmx_client* c) {
+  return c->nshards ? c->nshards : 1;
+}
+
+#endif
