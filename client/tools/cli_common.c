@@ -157,3 +157,39 @@ uint8_t* call_empty(const char* cmd, const char* addr, const char* path, int64_t
   return resp;
 }
 
+
+/* Writes s as a JSON string: escapes quotes, backslashes and control characters, and
+ * replaces bytes that are not valid UTF-8 with U+FFFD. */
+void json_str(FILE* out, const char* s) {
+  const unsigned char* p = (const unsigned char*)(s ? s : "");
+  size_t n = strlen((const char*)p);
+  fputc('"', out);
+  for (size_t i = 0; i < n;) {
+    unsigned char c = p[i];
+    switch (c) {
+      case '"': fputs("\\\"", out); i++; continue;
+      case '\\': fputs("\\\\", out); i++; continue;
+      case '\b': fputs("\\b", out); i++; continue;
+      case '\f': fputs("\\f", out); i++; continue;
+      case '\n': fputs("\\n", out); i++; continue;
+      case '\r': fputs("\\r", out); i++; continue;
+      case '\t': fputs("\\t", out); i++; continue;
+      default: break;
+    }
+    if (c < 0x20) {
+      fprintf(out, "\\u%04x", c);
+      i++;
+      continue;
+    }
+    size_t len = utf8_seq(p + i, n - i);
+    if (len == 0) {
+      fputs("\\ufffd", out);
+      i++;
+    } else {
+      fwrite(p + i, 1, len, out);
+      i += len;
+    }
+  }
+  fputc('"', out);
+}
+

@@ -45,6 +45,9 @@ size_t utf8_seq(const unsigned char* p, size_t n);
 /* s as one printable line in buf: control characters and invalid UTF-8 become replacement. */
 const char* one_line(const char* s, char* buf, size_t cap, char replacement);
 void sleep_ms(uint64_t ms);
+/* Writes s as a JSON string: escapes quotes, backslashes and control characters, and
+ * replaces bytes that are not valid UTF-8 with U+FFFD. */
+void json_str(FILE* out, const char* s);
 /* Parses a subcommand's flags (argv[0] is the subcommand) and its single ADDR argument.
  * Returns -1 to continue, otherwise the exit status. */
 int parse_cmd(const char* cmd, const px_flag* flags, size_t nflags, int argc, char** argv,

@@ -25,43 +25,9 @@
 #include "paramex.pb-c.h"
 
 #include "cli_common.h"
+#include "cli_model.h"
 
 /* ---- JSON --------------------------------------------------------------------------- */
-
-/* Writes s as a JSON string: escapes quotes, backslashes and control characters, and
- * replaces bytes that are not valid UTF-8 with U+FFFD. */
-static void json_str(FILE* out, const char* s) {
-  const unsigned char* p = (const unsigned char*)(s ? s : "");
-  size_t n = strlen((const char*)p);
-  fputc('"', out);
-  for (size_t i = 0; i < n;) {
-    unsigned char c = p[i];
-    switch (c) {
-      case '"': fputs("\\\"", out); i++; continue;
-      case '\\': fputs("\\\\", out); i++; continue;
-      case '\b': fputs("\\b", out); i++; continue;
-      case '\f': fputs("\\f", out); i++; continue;
-      case '\n': fputs("\\n", out); i++; continue;
-      case '\r': fputs("\\r", out); i++; continue;
-      case '\t': fputs("\\t", out); i++; continue;
-      default: break;
-    }
-    if (c < 0x20) {
-      fprintf(out, "\\u%04x", c);
-      i++;
-      continue;
-    }
-    size_t len = utf8_seq(p + i, n - i);
-    if (len == 0) {
-      fputs("\\ufffd", out);
-      i++;
-    } else {
-      fwrite(p + i, 1, len, out);
-      i += len;
-    }
-  }
-  fputc('"', out);
-}
 
 static void json_key(FILE* out, const char* key, bool* first) {
   if (!*first) fputc(',', out);
@@ -149,6 +115,7 @@ static void stats_json(FILE* out, const Paramex__V1__StatsResponse* r) {
     json_u64(out, "version_max", t->version_max, &f);
     json_u64(out, "bytes", t->bytes, &f);
     json_u64(out, "num_chunks", t->num_chunks, &f);
+    json_u64(out, "own_chunks", t->own_chunks, &f);
     json_u64(out, "checksum", t->checksum, &f);
     json_u64(out, "push_raw_bytes", t->push_raw_bytes, &f);
     json_u64(out, "push_wire_bytes", t->push_wire_bytes, &f);
@@ -175,7 +142,9 @@ static void stats_json(FILE* out, const Paramex__V1__StatsResponse* r) {
   fputc(']', out);
   json_u64(out, "version_min", r->version_min, &first);
   json_u64(out, "version_max", r->version_max, &first);
-  fputs("}\n", out);
+  json_u64(out, "shard", r->shard, &first);
+  json_u64(out, "shards", r->shards ? r->shards : 1, &first);
+  fputc('}', out);
 }
 
 /* ---- human-readable stats ----------------------------------------------------------- */
@@ -230,6 +199,8 @@ static int text_width(const char* s, int min, int max) {
 static void stats_text(FILE* out, const Paramex__V1__StatsResponse* r) {
   char a[64], b[256], c[64], line[512];
   fprintf(out, "%-18s %s\n", "server_id", one_line(r->server_id, line, sizeof line, '?'));
+  if (r->shards > 1)
+    fprintf(out, "%-18s %" PRIu32 " of %" PRIu32 "\n", "shard", r->shard, r->shards);
   fprintf(out, "%-18s %" PRIu64 " (%s)\n", "uptime_ms", r->uptime_ms,
           human_duration(r->uptime_ms, a, sizeof a));
   fprintf(out, "%-18s %" PRIu32 "\n", "workers_expected", r->workers_expected);
@@ -342,6 +313,182 @@ static void stats_text(FILE* out, const Paramex__V1__StatsResponse* r) {
   }
 }
 
+/* ---- a model over several shards ------------------------------------------------------ */
+
+/* What the shards add up to: counters summed, versions over the chunks each holds. */
+typedef struct combined {
+  uint64_t push_chunks, push_duplicates, pull_chunks, push_raw, push_wire, pull_raw, pull_wire;
+  uint64_t steps_completed, rejected_calls, checkpoints, checkpoint_failures;
+  uint64_t vmin, vmax, checkpoint_version; /* checkpoint: the newest every shard has written */
+  uint32_t workers_joined, workers_alive;  /* the fewest over the shards */
+} combined;
+
+static void tensor_versions(const cli_model* m, size_t i, uint64_t* lo, uint64_t* hi,
+                            uint32_t* held) {
+  *lo = UINT64_MAX;
+  *hi = 0;
+  *held = 0;
+  for (uint32_t s = 0; s < m->nshards; s++) {
+    const Paramex__V1__StatsResponse* r = m->stats[s];
+    for (size_t k = 0; k < r->n_tensors; k++) {
+      const Paramex__V1__TensorStats* t = r->tensors[k];
+      if (!t->name || strcmp(t->name, m->t[i].name) != 0 || t->own_chunks == 0) continue;
+      *held += t->own_chunks;
+      if (t->version_min < *lo) *lo = t->version_min;
+      if (t->version_max > *hi) *hi = t->version_max;
+    }
+  }
+  if (*lo == UINT64_MAX) *lo = 0;
+}
+
+static void combine(const cli_model* m, combined* c) {
+  memset(c, 0, sizeof *c);
+  c->vmin = UINT64_MAX;
+  c->checkpoint_version = UINT64_MAX;
+  c->workers_joined = c->workers_alive = UINT32_MAX;
+  for (uint32_t s = 0; s < m->nshards; s++) {
+    const Paramex__V1__StatsResponse* r = m->stats[s];
+    c->push_chunks += r->push_chunks;
+    c->push_duplicates += r->push_duplicates;
+    c->pull_chunks += r->pull_chunks;
+    c->push_raw += r->push_raw_bytes;
+    c->push_wire += r->push_wire_bytes;
+    c->pull_raw += r->pull_raw_bytes;
+    c->pull_wire += r->pull_wire_bytes;
+    c->steps_completed += r->steps_completed;
+    c->rejected_calls += r->rejected_calls;
+    c->checkpoints += r->checkpoints_written;
+    c->checkpoint_failures += r->checkpoint_failures;
+    if (r->checkpoint_version < c->checkpoint_version) c->checkpoint_version = r->checkpoint_version;
+    if (r->workers_joined < c->workers_joined) c->workers_joined = r->workers_joined;
+    if (r->workers_alive < c->workers_alive) c->workers_alive = r->workers_alive;
+  }
+  for (size_t i = 0; i < m->n; i++) {
+    uint64_t lo, hi;
+    uint32_t held;
+    tensor_versions(m, i, &lo, &hi, &held);
+    if (lo < c->vmin) c->vmin = lo;
+    if (hi > c->vmax) c->vmax = hi;
+  }
+  if (c->vmin == UINT64_MAX) c->vmin = 0;
+}
+
+static void combined_json(FILE* out, const cli_model* m, const combined* c) {
+  bool f = true;
+  fputc('{', out);
+  json_u64(out, "shards", m->nshards, &f);
+  json_u64(out, "version_min", c->vmin, &f);
+  json_u64(out, "version_max", c->vmax, &f);
+  json_u64(out, "workers_joined", c->workers_joined, &f);
+  json_u64(out, "workers_alive", c->workers_alive, &f);
+  json_u64(out, "push_chunks", c->push_chunks, &f);
+  json_u64(out, "push_duplicates", c->push_duplicates, &f);
+  json_u64(out, "push_raw_bytes", c->push_raw, &f);
+  json_u64(out, "push_wire_bytes", c->push_wire, &f);
+  json_u64(out, "pull_chunks", c->pull_chunks, &f);
+  json_u64(out, "pull_raw_bytes", c->pull_raw, &f);
+  json_u64(out, "pull_wire_bytes", c->pull_wire, &f);
+  json_u64(out, "steps_completed", c->steps_completed, &f);
+  json_u64(out, "rejected_calls", c->rejected_calls, &f);
+  json_u64(out, "checkpoints_written", c->checkpoints, &f);
+  json_u64(out, "checkpoint_failures", c->checkpoint_failures, &f);
+  json_u64(out, "checkpoint_version", c->checkpoint_version, &f);
+  json_key(out, "tensors", &f);
+  fputc('[', out);
+  for (size_t i = 0; i < m->n; i++) {
+    uint64_t lo, hi;
+    uint32_t held;
+    tensor_versions(m, i, &lo, &hi, &held);
+    bool g = true;
+    fputs(i ? ",{" : "{", out);
+    json_string_field(out, "name", m->t[i].name, &g);
+    json_u64(out, "version_min", lo, &g);
+    json_u64(out, "version_max", hi, &g);
+    json_u64(out, "num_chunks", m->t[i].nchunks, &g);
+    json_u64(out, "bytes", m->t[i].bytes, &g);
+    fputc('}', out);
+  }
+  fputs("]}", out);
+}
+
+static void combined_text(FILE* out, const cli_model* m, const combined* c) {
+  char a[64], line[512];
+  fprintf(out, "\n== the model: %u shards ==\n", m->nshards);
+  fprintf(out, "%-18s %" PRIu64 "\n", "version_min", c->vmin);
+  fprintf(out, "%-18s %" PRIu64 "\n", "version_max", c->vmax);
+  fprintf(out, "%-18s %" PRIu32 " (alive %" PRIu32 ", fewest over the shards)\n",
+          "workers_joined", c->workers_joined, c->workers_alive);
+  fprintf(out, "%-18s %" PRIu64 " (duplicates %" PRIu64 ")\n", "push_chunks", c->push_chunks,
+          c->push_duplicates);
+  fprintf(out, "%-18s %s (wire/raw %s)\n", "push_raw_bytes", human_bytes(c->push_raw, a, sizeof a),
+          ratio(c->push_wire, c->push_raw, line, sizeof line));
+  fprintf(out, "%-18s %" PRIu64 "\n", "pull_chunks", c->pull_chunks);
+  fprintf(out, "%-18s %s (wire/raw %s)\n", "pull_raw_bytes", human_bytes(c->pull_raw, a, sizeof a),
+          ratio(c->pull_wire, c->pull_raw, line, sizeof line));
+  fprintf(out, "%-18s %" PRIu64 "\n", "steps_completed", c->steps_completed);
+  fprintf(out, "%-18s %" PRIu64 "\n", "rejected_calls", c->rejected_calls);
+  fprintf(out, "%-18s %" PRIu64 " (failures %" PRIu64 "; every shard has version %" PRIu64 ")\n",
+          "checkpoints", c->checkpoints, c->checkpoint_failures, c->checkpoint_version);
+  fprintf(out, "\n  %-32s  %11s  %11s  %8s  %s\n", "NAME", "VERSION_MIN", "VERSION_MAX", "CHUNKS",
+          "HELD PER SHARD");
+  for (size_t i = 0; i < m->n; i++) {
+    uint64_t lo, hi;
+    uint32_t held;
+    tensor_versions(m, i, &lo, &hi, &held);
+    fprintf(out, "  %-32s  %11" PRIu64 "  %11" PRIu64 "  %8" PRIu32 "  ",
+            one_line(m->t[i].name, line, sizeof line, '?'), lo, hi, m->t[i].nchunks);
+    for (uint32_t s = 0; s < m->nshards; s++) {
+      const Paramex__V1__StatsResponse* r = m->stats[s];
+      uint32_t own = 0;
+      for (size_t k = 0; k < r->n_tensors; k++)
+        if (r->tensors[k]->name && strcmp(r->tensors[k]->name, m->t[i].name) == 0)
+          own = r->tensors[k]->own_chunks;
+      fprintf(out, "%s%" PRIu32, s ? "/" : "", own);
+    }
+    fputc('\n', out);
+  }
+  fputs("(paramex checksum ADDRS gives each whole tensor's checksum)\n", out);
+}
+
+/* paramex stats A,B,...: each shard, then the model. */
+static int cluster_stats(const char* list, bool json) {
+  char err[768], line[768];
+  cli_model m;
+  px_rpc_init();
+  int rc = cli_model_stats(list, &m, err, sizeof err);
+  px_rpc_shutdown();
+  if (rc != 0) {
+    fprintf(stderr, "paramex: stats: %s\n", one_line(err, line, sizeof line, ' '));
+    cli_model_free(&m);
+    return 1;
+  }
+  combined c;
+  combine(&m, &c);
+  if (json) {
+    fputs("{\"shards\":[", stdout);
+    for (uint32_t s = 0; s < m.nshards; s++) {
+      if (s) fputc(',', stdout);
+      stats_json(stdout, m.stats[s]);
+    }
+    fputs("],\"combined\":", stdout);
+    combined_json(stdout, &m, &c);
+    fputs("}\n", stdout);
+  } else {
+    for (uint32_t s = 0; s < m.nshards; s++) {
+      printf("%s== shard %u of %u: %s ==\n", s ? "\n" : "", s, m.nshards,
+             one_line(m.addr[s], line, sizeof line, '?'));
+      stats_text(stdout, m.stats[s]);
+    }
+    combined_text(stdout, &m, &c);
+  }
+  cli_model_free(&m);
+  if (fflush(stdout) != 0 || ferror(stdout)) {
+    fprintf(stderr, "paramex: stats: cannot write the output\n");
+    return 1;
+  }
+  return 0;
+}
+
 int cmd_stats(int argc, char** argv) {
   bool json = false;
   const px_flag flags[] = {
@@ -351,6 +498,7 @@ int cmd_stats(int argc, char** argv) {
   const char* addr = NULL;
   int rc = parse_cmd("stats", flags, sizeof flags / sizeof flags[0], argc, argv, &addr);
   if (rc >= 0) return rc;
+  if (strchr(addr, ',')) return cluster_stats(addr, json);
 
   size_t resp_len = 0;
   uint8_t* resp = call_empty("stats", addr, STATS_PATH, STATS_TIMEOUT_MS, &resp_len);
@@ -361,10 +509,12 @@ int cmd_stats(int argc, char** argv) {
     fprintf(stderr, "paramex: stats %s: malformed StatsResponse\n", addr);
     return 1;
   }
-  if (json)
+  if (json) {
     stats_json(stdout, r);
-  else
+    fputc('\n', stdout);
+  } else {
     stats_text(stdout, r);
+  }
   paramex__v1__stats_response__free_unpacked(r, NULL);
   if (fflush(stdout) != 0 || ferror(stdout)) {
     fprintf(stderr, "paramex: stats: cannot write the output\n");

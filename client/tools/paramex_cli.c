@@ -1,9 +1,11 @@
 /* paramex: command-line tool for a running paramex-server.
  *
  *   paramex health ADDR [--wait SECONDS] [--service NAME]   grpc.health.v1 Check
- *   paramex stats ADDR [--json]                             ParameterExchange/Stats
+ *   paramex stats ADDRS [--json]                            ParameterExchange/Stats
+ *   paramex checksum ADDRS [--json]                         xxh64 of every whole tensor
  *   paramex checkpoint ADDR [--timeout SECONDS]             ParameterExchange/Checkpoint
- *   paramex export ADDR|CHECKPOINT --out FILE.safetensors   parameters as safetensors
+ *   paramex export ADDRS|CHECKPOINT --out FILE.safetensors  parameters as safetensors
+ * ADDRS is one server's HOST:PORT or the shards of a model, comma-separated in shard order.
  *   paramex version | --help
  * Every command that talks to a server takes --tls-ca/--tls-cert/--tls-key/
  * --tls-server-name/--token-file (or PMX_TLS_CA, ..., PMX_TOKEN_FILE, PMX_TOKEN).
@@ -18,6 +20,7 @@
 #include "cli_checkpoint.h"
 #include "cli_common.h"
 #include "cli_health.h"
+#include "cli_model.h"
 #include "cli_stats.h"
 
 static void top_usage(FILE* out) {
@@ -26,15 +29,20 @@ static void top_usage(FILE* out) {
         "commands:\n"
         "  health ADDR [--wait SECONDS] [--service NAME]\n"
         "                  check a server's gRPC health; exit 0 when SERVING\n"
-        "  stats ADDR [--json]\n"
-        "                  print a server's counters, tensors and workers\n"
+        "  stats ADDRS [--json]\n"
+        "                  print a server's counters, tensors and workers (with several\n"
+        "                  shards: each shard's, then the model's combined)\n"
+        "  checksum ADDRS [--json]\n"
+        "                  pull every tensor and print the xxh64 of each whole tensor\n"
         "  checkpoint ADDR [--timeout SECONDS]\n"
         "                  have the server write a checkpoint now; prints its path\n"
-        "  export ADDR|CHECKPOINT --out FILE.safetensors\n"
+        "  export ADDRS|CHECKPOINT --out FILE.safetensors\n"
         "                  write the parameters (no optimizer state) as safetensors\n"
         "  version         print the version\n"
         "  help            show this help\n"
         "\n"
+        "ADDRS: HOST:PORT of one server, or the shards of a model, comma-separated in\n"
+        "shard order (HOST:PORT,HOST:PORT,...).\n"
         "Run 'paramex COMMAND --help' for the flags of a command.\n"
         "Exit status: 0 success, 1 failure, 2 usage error.\n",
         out);
@@ -64,6 +72,7 @@ int main(int argc, char** argv) {
   if (strcmp(cmd, "stats") == 0) return cmd_stats(argc - 1, argv + 1);
   if (strcmp(cmd, "checkpoint") == 0) return cmd_checkpoint(argc - 1, argv + 1);
   if (strcmp(cmd, "export") == 0) return cmd_export(argc - 1, argv + 1);
+  if (strcmp(cmd, "checksum") == 0) return cmd_checksum(argc - 1, argv + 1);
   if (cmd[0] == '-')
     fprintf(stderr, "paramex: unknown flag %s (try 'paramex --help')\n", cmd);
   else

@@ -737,3 +737,24 @@ const Paramex__V1__TensorStats* px_h_stats_tensor(const Paramex__V1__StatsRespon
     if (st->tensors[i]->name && strcmp(st->tensors[i]->name, name) == 0) return st->tensors[i];
   return NULL;
 }
+
+char* px_h_cli(const char* const* args, int* exit_status) {
+  const char* bin = getenv("PMX_CLI_BIN");
+  *exit_status = -1;
+  if (!bin || !*bin) return NULL;
+  const char* argv[16];
+  size_t n = 0;
+  argv[n++] = bin;
+  for (size_t i = 0; args[i] && n < 15; i++) argv[n++] = args[i];
+  argv[n] = NULL;
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) return NULL;
+  pid_t pid = px_h_spawn(argv, NULL, p[1], -1);
+  close(p[1]);
+  char* out = pid > 0 ? calloc(1, (1 << 20) + 1) : NULL;
+  if (out) px_h_read_all(p[0], out, 1 << 20, 30000);
+  close(p[0]);
+  int ws = 0;
+  if (pid > 0 && px_h_wait(pid, 30000, &ws) == 0 && WIFEXITED(ws)) *exit_status = WEXITSTATUS(ws);
+  return out;
+}

@@ -101,6 +101,11 @@ void px_h_rmtree(const char* dir);
  * be searched as a string). NULL on error. */
 void* px_h_read_file(const char* path, size_t* len);
 
+/* Runs `paramex ARGS...` ($PMX_CLI_BIN; args NULL-terminated, at most 14) and returns its
+ * stdout (malloc'd, NUL-terminated; at most 1 MiB, read within 30 s) and its exit status
+ * in *exit_status (-1 when it did not exit normally within 30 s). NULL when it cannot run. */
+char* px_h_cli(const char* const* args, int* exit_status);
+
 /* VmRSS of a running process in KiB (from /proc/PID/status), -1 when unreadable. */
 long px_h_rss_kib(pid_t pid);
 

@@ -28,25 +28,10 @@ static char g_dir[512];
 
 /* Runs `paramex ARGS...` and returns its stdout (malloc'd); it must exit 0. */
 static char* cli(const char* const* args) {
-  const char* bin = getenv("PMX_CLI_BIN");
-  CHECK(bin && *bin, "PMX_CLI_BIN is not set (run through meson test)");
-  const char* argv[16];
-  size_t n = 0;
-  argv[n++] = bin;
-  for (size_t i = 0; args[i] && n < 15; i++) argv[n++] = args[i];
-  argv[n] = NULL;
-  int p[2];
-  CHECK(pipe2(p, O_CLOEXEC) == 0, "pipe");
-  pid_t pid = px_h_spawn(argv, NULL, p[1], -1);
-  close(p[1]);
-  CHECK(pid > 0, "cannot start %s", bin);
-  char* out = calloc(1, 1 << 20);
-  CHECK(out, "out of memory");
-  px_h_read_all(p[0], out, 1 << 20, 30000);
-  close(p[0]);
-  int ws = 0;
-  CHECK(px_h_wait(pid, 30000, &ws) == 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0,
-        "paramex %s %s failed: %s", args[0], args[1], out);
+  int rc = -1;
+  char* out = px_h_cli(args, &rc);
+  CHECK(out, "cannot run paramex (PMX_CLI_BIN, through meson test)");
+  CHECK(rc == 0, "paramex %s %s failed (%d): %s", args[0], args[1], rc, out);
   return out;
 }
 

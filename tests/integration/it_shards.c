@@ -21,6 +21,7 @@
 #include "codec/checksum.h"
 #include "codec/dtype.h"
 #include "codec/payload.h"
+#include "format/safetensors_read.h"
 #include "harness.h"
 #include "model.h"
 #include "paramex.pb-c.h"
@@ -181,6 +182,57 @@ static void check_shard_stats(const cluster* c) {
         (uint64_t)WORLD * STEPS * chunks);
 }
 
+/* `paramex checksum LIST --json` gives each whole tensor's xxh64: that of the workers'
+ * parameters (a, then b, in params). */
+static void check_cli_checksum(const cluster* c, const float* params) {
+  int rc = -1;
+  const char* args[] = {"checksum", c->list, "--json", NULL};
+  char* out = px_h_cli(args, &rc);
+  CHECK(out && rc == 0, "paramex checksum %s: exit %d: %s", c->list, rc, out ? out : "");
+  char want[512];
+  const size_t na = A_NUMEL, nb = (size_t)PX_IT_B_ROWS * PX_IT_B_COLS;
+  snprintf(want, sizeof want, "{\"shards\":%u,\"version\":%d,\"tensors\":[{\"name\":\"%s\","
+           "\"version\":%d,\"checksum\":\"0x%016" PRIx64 "\"},{\"name\":\"%s\",\"version\":%d,"
+           "\"checksum\":\"0x%016" PRIx64 "\"}]}\n", c->n, STEPS, px_it_tensor_name(0), STEPS,
+           it_stats_checksum(params, na * 4), px_it_tensor_name(1), STEPS,
+           it_stats_checksum(params + na, nb * 4));
+  CHECK(strcmp(out, want) == 0, "paramex checksum said\n%s\nwant\n%s", out, want);
+  free(out);
+  /* paramex export LIST: the whole tensors, from their shards */
+  char dir[512], file[600], err[512];
+  CHECK(px_h_mkdtemp(dir, sizeof dir) == 0, "mkdtemp");
+  snprintf(file, sizeof file, "%s/model.safetensors", dir);
+  const char* eargs[] = {"export", c->list, "--out", file, NULL};
+  out = px_h_cli(eargs, &rc);
+  CHECK(out && rc == 0, "paramex export %s: exit %d: %s", c->list, rc, out ? out : "");
+  free(out);
+  px_st_file* f = px_st_open(file, err, sizeof err);
+  CHECK(f, "%s: %s", file, err);
+  px_st_tensor e;
+  CHECK(px_st_find(f, px_it_tensor_name(0), &e) == 0 && e.nbytes == na * 4 &&
+            memcmp(e.data, params, na * 4) == 0,
+        "exported tensor %s differs from the workers' parameters", px_it_tensor_name(0));
+  CHECK(px_st_find(f, px_it_tensor_name(1), &e) == 0 && e.nbytes == nb * 4 &&
+            memcmp(e.data, params + na, nb * 4) == 0,
+        "exported tensor %s differs from the workers' parameters", px_it_tensor_name(1));
+  px_st_close(f);
+  px_h_rmtree(dir);
+  if (c->n == 1) return;
+  const char* sargs[] = {"stats", c->list, "--json", NULL};
+  out = px_h_cli(sargs, &rc);
+  CHECK(out && rc == 0, "paramex stats %s: exit %d", c->list, rc);
+  snprintf(want, sizeof want, "\"combined\":{\"shards\":%u,\"version_min\":%d,\"version_max\":%d,"
+           "\"workers_joined\":%d", c->n, STEPS, STEPS, WORLD);
+  CHECK(strstr(out, want) && strncmp(out, "{\"shards\":[{\"server_id\"", 23) == 0,
+        "paramex stats --json: no '%s' in\n%.2000s", want, out);
+  free(out);
+  const char* targs[] = {"stats", c->list, NULL};
+  out = px_h_cli(targs, &rc);
+  CHECK(out && rc == 0 && strstr(out, "== the model: ") && strstr(out, "== shard 1 of "),
+        "paramex stats (text): exit %d\n%.2000s", rc, out ? out : "");
+  free(out);
+}
+
 /* S = 1, 2, 3, 5: the same bits. */
 static void test_bit_identical_across_shard_counts(void** state) {
   (void)state;
@@ -193,6 +245,7 @@ static void test_bit_identical_across_shard_counts(void** state) {
     size_t len = 0;
     float* got = run_workers(c.list, &len);
     check_shard_stats(&c);
+    check_cli_checksum(&c, got);
     cluster_stop(&c);
     if (!base) {
       base = got;
