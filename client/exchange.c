@@ -117,6 +117,49 @@ static pmx_status rejoin_and_declare(pmx_client* c) {
   return PMX_OK;
 }
 
+/* pmx_resume's pull; over several shards one shard at a time, each tensor's shards checked
+ * to be at one version: a shard that restarted from an older checkpoint than the others
+ * is an error naming both (the others do not roll back with it yet), never mixed bits. */
+static pmx_status resume_pull(pmx_client* c, size_t n, pmx_tensor* const* tensors,
+                              void* const* dst, uint64_t* versions) {
+  if (!c->nshards) return pmx_pull(c, n, tensors, dst, 0, versions);
+  pmx_tensor** kt = malloc(n * sizeof *kt);
+  uint64_t* v = malloc(n * sizeof *v);
+  uint32_t* from = malloc(n * sizeof *from);
+  pmx_status st = kt && v && from ? PMX_OK : px_fail(PMX_ERR_NO_MEMORY, "pmx_resume: out of memory");
+  for (size_t i = 0; st == PMX_OK && i < n; i++) versions[i] = UINT64_MAX;
+  for (uint32_t s = 0; st == PMX_OK && s < c->nshards; s++) {
+    uint64_t held = 0;
+    for (size_t i = 0; i < n; i++) held += px_tensor_held(kt[i] = tensors[i]->kids[s]);
+    if (held == 0) continue;
+    st = pmx_pull(c->shard[s], n, kt, dst, 0, v);
+    if (st != PMX_OK) {
+      char e[PX_ERROR_LEN];
+      memcpy(e, px_last_error_buf(), sizeof e);
+      px_fail(st, "shard %u (%s): %s", s, c->shard[s]->addr, e);
+      break;
+    }
+    for (size_t i = 0; st == PMX_OK && i < n; i++) {
+      if (px_tensor_held(kt[i]) == 0) continue;
+      if (versions[i] == UINT64_MAX) {
+        versions[i] = v[i];
+        from[i] = s;
+      } else if (versions[i] != v[i]) {
+        st = px_fail(PMX_ERR_FAILED_PRECONDITION, "pmx_resume: tensor '%s' is at version %llu on "
+                     "shard %u (%s) but at %llu on shard %u (%s): a shard restarted from another "
+                     "checkpoint than the others, and shards do not roll back together yet: "
+                     "restart every shard from checkpoints of one version", tensors[i]->name,
+                     (unsigned long long)versions[i], from[i], c->shard[from[i]]->addr,
+                     (unsigned long long)v[i], s, c->shard[s]->addr);
+      }
+    }
+  }
+  free(kt);
+  free(v);
+  free(from);
+  return st;
+}
+
 pmx_status pmx_resume(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
                       uint64_t* step) {
   pmx_status st = px_op_check_args(c, n, tensors, (const void* const*)dst, "pmx_resume");
@@ -129,7 +172,7 @@ pmx_status pmx_resume(pmx_client* c, size_t n, pmx_tensor* const* tensors, void*
   const uint64_t give_up = px_now_ms() + (uint64_t)c->retry_timeout_ms;
   for (int attempt = 0;; attempt++) {
     st = rejoin_and_declare(c);
-    if (st == PMX_OK) st = pmx_pull(c, n, tensors, dst, 0, versions);
+    if (st == PMX_OK) st = resume_pull(c, n, tensors, dst, versions);
     if (st == PMX_OK) break;
     if (!(st == PMX_ERR_ABORTED || st == PMX_ERR_UNAVAILABLE) || px_now_ms() >= give_up ||
         attempt >= 100)
