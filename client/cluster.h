@@ -12,6 +12,7 @@
 #define PX_CLUSTER_H
 
 #include "client.h"
+#include "tensor.h"
 
 /* Client i of c's connections: its shards' clients, or c itself with one server. */
 static inline pmx_client* px_cluster_conn(pmx_client* c, uint32_t i) {
@@ -19,6 +20,18 @@ static inline pmx_client* px_cluster_conn(pmx_client* c, uint32_t i) {
 }
 static inline uint32_t px_cluster_nconn(const pmx_client* c) {
   return c->nshards ? c->nshards : 1;
+}
+
+/* The tensors of shard s's client for the cluster tensors[0..n), into kt; returns the
+ * chunks shard s holds of them. */
+static inline uint64_t px_cluster_kid_tensors(pmx_tensor* const* tensors, size_t n, uint32_t s,
+                                              pmx_tensor** kt) {
+  uint64_t held = 0;
+  for (size_t i = 0; i < n; i++) {
+    kt[i] = tensors[i]->kids[s];
+    held += px_tensor_held(kt[i]);
+  }
+  return held;
 }
 
 #endif

@@ -48,16 +48,6 @@ static pmx_op* cluster_op_new(pmx_client* c, const px_op_kind* kind, size_t n,
   return op;
 }
 
-/* The tensors of shard s's client for tensors[0..n) into kt; the chunks s holds of them. */
-static uint64_t kid_tensors(pmx_tensor* const* tensors, size_t n, uint32_t s, pmx_tensor** kt) {
-  uint64_t held = 0;
-  for (size_t i = 0; i < n; i++) {
-    kt[i] = tensors[i]->kids[s];
-    held += px_tensor_held(kt[i]);
-  }
-  return held;
-}
-
 /* kid runs for op: it tells op when its call is over. */
 static void adopt_kid(pmx_op* op, uint32_t s, pmx_op* kid) {
   pthread_mutex_lock(&kid->mu);
@@ -77,13 +67,19 @@ static pmx_status start_failed(pmx_op* op, pmx_status st, uint32_t s) {
   return px_fail(st, "shard %u (%s): %s", s, c->shard[s]->addr, err);
 }
 
-/* Starts op's kid on every shard that holds a chunk of its tensors (kt: room for n); on
- * success *out = op, else op is freed. */
-static pmx_status start_kids(pmx_op* op, pmx_tensor** kt, pmx_op** out) {
+/* Starts op's kid on every shard that holds a chunk of its tensors; on success *out = op,
+ * else op is freed. */
+static pmx_status start_kids(pmx_op* op, pmx_op** out) {
   pmx_client* c = op->client;
   const size_t n = op->n;
+  pmx_tensor** kt = malloc(n * sizeof *kt);
+  if (!kt) {
+    px_op_free(op);
+    return px_fail(PMX_ERR_NO_MEMORY, "pmx_%s: out of memory",
+                   op->kind == &cluster_push ? "push" : "pull");
+  }
   for (uint32_t s = 0; s < c->nshards; s++) {
-    if (kid_tensors(op->tensors, n, s, kt) == 0) continue;
+    if (px_cluster_kid_tensors(op->tensors, n, s, kt) == 0) continue;
     pmx_op* kid;
     pmx_status st =
         op->kind == &cluster_push
@@ -108,14 +104,9 @@ pmx_status pmx_push_async(pmx_client* c, uint64_t step, size_t n, pmx_tensor* co
   if (st != PMX_OK) return st;
   if (!out) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_push: no op pointer");
   pmx_op* op = cluster_op_new(c, &cluster_push, n, tensors, grads);
-  pmx_tensor** kt = malloc(n * sizeof *kt);
-  if (!op || !kt) {
-    if (op) px_op_free(op);
-    free(kt);
-    return px_fail(PMX_ERR_NO_MEMORY, "pmx_push: out of memory");
-  }
+  if (!op) return px_fail(PMX_ERR_NO_MEMORY, "pmx_push: out of memory");
   op->step = step;
-  return start_kids(op, kt, out);
+  return start_kids(op, out);
 }
 
 pmx_status pmx_pull_as_async(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,
@@ -129,17 +120,15 @@ pmx_status pmx_pull_as_async(pmx_client* c, size_t n, pmx_tensor* const* tensors
   if (view != 0 && view != PMX_BF16)
     return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_pull: view must be 0 (native) or PMX_BF16");
   pmx_op* op = cluster_op_new(c, &cluster_pull, n, tensors, (const void* const*)dst);
-  pmx_tensor** kt = malloc(n * sizeof *kt);
   if (op) op->vres = malloc((size_t)c->nshards * n * sizeof *op->vres); /* the kids' versions */
-  if (!op || !kt || !op->vres) {
+  if (!op || !op->vres) {
     if (op) px_op_free(op);
-    free(kt);
     return px_fail(PMX_ERR_NO_MEMORY, "pmx_pull: out of memory");
   }
   op->versions_out = versions;
   op->min_version = min_version;
   op->view = view == PMX_BF16 ? 1 : 0;
-  return start_kids(op, kt, out);
+  return start_kids(op, out);
 }
 
 pmx_status pmx_pull_async(pmx_client* c, size_t n, pmx_tensor* const* tensors, void* const* dst,

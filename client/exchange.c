@@ -126,12 +126,11 @@ static pmx_status resume_pull(pmx_client* c, size_t n, pmx_tensor* const* tensor
   pmx_tensor** kt = malloc(n * sizeof *kt);
   uint64_t* v = malloc(n * sizeof *v);
   uint32_t* from = malloc(n * sizeof *from);
-  pmx_status st = kt && v && from ? PMX_OK : px_fail(PMX_ERR_NO_MEMORY, "pmx_resume: out of memory");
+  pmx_status st =
+      kt && v && from ? PMX_OK : px_fail(PMX_ERR_NO_MEMORY, "pmx_resume: out of memory");
   for (size_t i = 0; st == PMX_OK && i < n; i++) versions[i] = UINT64_MAX;
   for (uint32_t s = 0; st == PMX_OK && s < c->nshards; s++) {
-    uint64_t held = 0;
-    for (size_t i = 0; i < n; i++) held += px_tensor_held(kt[i] = tensors[i]->kids[s]);
-    if (held == 0) continue;
+    if (px_cluster_kid_tensors(tensors, n, s, kt) == 0) continue;
     st = pmx_pull(c->shard[s], n, kt, dst, 0, v);
     if (st != PMX_OK) {
       char e[PX_ERROR_LEN];

@@ -301,17 +301,17 @@ static pmx_status heal(pmx_op* op) {
       return op->status;
     }
     /* this round's list; chunks that fail again go to a new one */
-    px_bad_chunk* todo = op->badl;
-    size_t ntodo = op->nbad;
+    px_bad_chunk* failed = op->badl;
+    size_t nfailed = op->nbad;
     op->badl = NULL;
     op->nbad = op->capbad = 0;
     pmx_status st = PMX_OK;
-    for (size_t a = 0, b; a < ntodo && st == PMX_OK; a = b) {
+    for (size_t a = 0, b; a < nfailed && st == PMX_OK; a = b) {
       /* the chunks of one tensor are listed together, in ascending order */
-      for (b = a; b < ntodo && todo[b].ti == todo[a].ti; b++) sel[b - a] = todo[b].ci;
-      st = heal_tensor(op, todo[a].ti, sel, (uint32_t)(b - a));
+      for (b = a; b < nfailed && failed[b].ti == failed[a].ti; b++) sel[b - a] = failed[b].ci;
+      st = heal_tensor(op, failed[a].ti, sel, (uint32_t)(b - a));
     }
-    free(todo);
+    free(failed);
     free(sel);
     if (st != PMX_OK) return st;
   }

@@ -115,7 +115,8 @@ static void push_send_next(pmx_op* op) {
   const uint8_t* body;
   size_t body_len;
   uint8_t* owned;
-  size_t hl = px_push_chunk_encode(op->client, t, px_tensor_held_chunk(t, op->ci), op->bufs[op->ti], op->worker_id,
+  size_t hl = px_push_chunk_encode(op->client, t, px_tensor_held_chunk(t, op->ci),
+                                   op->bufs[op->ti], op->worker_id,
                                    op->incarnation, op->step, head, &body, &body_len, &owned);
   push_buf* pb = NULL;
   if (owned) {

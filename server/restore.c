@@ -59,8 +59,7 @@ static int restore_file(px_ckpt* ck, const char* path, uint64_t* version, char* 
   } else if (!ws || strtoul(ws, NULL, 10) != ck->members->n) {
     snprintf(err, errlen, "written for %s workers, this server has --workers %u",
              ws ? ws : "?", ck->members->n);
-  } else if (shard_mismatch(ck, f, err, errlen)) {
-  } else {
+  } else if (!shard_mismatch(ck, f, err, errlen)) {
     rc = 0;
     size_t n = px_st_count(f);
     for (size_t i = 0; rc == 0 && i < n; i++) {

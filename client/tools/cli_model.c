@@ -23,6 +23,7 @@
 void cli_model_free(cli_model* m) {
   for (size_t i = 0; m->t && i < m->n; i++) {
     free(m->t[i].ids);
+    free(m->t[i].held);
     free(m->t[i].data);
     free(m->t[i].have);
   }
@@ -88,9 +89,10 @@ static int model_tensors(cli_model* m, char* err, size_t errlen) {
       return -1;
     }
     t->ids = calloc(m->nshards, sizeof *t->ids);
+    t->held = calloc(m->nshards, sizeof *t->held);
     t->data = malloc(t->bytes ? t->bytes : 1);
     t->have = calloc(t->nchunks, 1);
-    if (!t->ids || !t->data || !t->have) goto oom;
+    if (!t->ids || !t->held || !t->data || !t->have) goto oom;
     for (uint32_t s = 0; s < m->nshards; s++) {
       const Paramex__V1__TensorStats* o = find(m->stats[s], t->name);
       if (!o || o->dtype != ts->dtype || o->bytes != ts->bytes || o->num_chunks != ts->num_chunks ||
@@ -100,6 +102,8 @@ static int model_tensors(cli_model* m, char* err, size_t errlen) {
         return -1;
       }
       t->ids[s] = o->id;
+      /* Stats of a server from before shards has no own_chunks: it holds them all */
+      t->held[s] = m->nshards == 1 && o->own_chunks == 0 ? o->num_chunks : o->own_chunks;
     }
   }
   return 0;
@@ -150,15 +154,9 @@ typedef struct shard_pull {
   char details[256];
 } shard_pull;
 
-/* Chunks of tensor i that shard s holds (Stats of a server before shards: all). */
-static uint32_t held(const cli_model* m, uint32_t s, size_t i) {
-  const Paramex__V1__TensorStats* o = find(m->stats[s], m->t[i].name);
-  return m->nshards == 1 && o->own_chunks == 0 ? o->num_chunks : o->own_chunks;
-}
-
 /* Moves p past the tensors whose chunks of this shard all came. */
 static void skip_full(shard_pull* p) {
-  while (p->ti < p->m->n && p->got == held(p->m, p->shard, p->ti)) {
+  while (p->ti < p->m->n && p->got == p->m->t[p->ti].held[p->shard]) {
     p->ti++;
     p->got = 0;
   }

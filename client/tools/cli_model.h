@@ -19,6 +19,7 @@ typedef struct cli_tensor {
   uint64_t bytes;
   uint32_t nchunks, chunk_elems;
   uint32_t* ids;    /* [nshards]: the tensor's id on each shard */
+  uint32_t* held;   /* [nshards]: the chunks each shard holds */
   uint8_t* data;    /* bytes */
   uint8_t* have;    /* [nchunks] */
   uint64_t vmin, vmax;

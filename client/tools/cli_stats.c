@@ -437,14 +437,8 @@ static void combined_text(FILE* out, const cli_model* m, const combined* c) {
     tensor_versions(m, i, &lo, &hi, &held);
     fprintf(out, "  %-32s  %11" PRIu64 "  %11" PRIu64 "  %8" PRIu32 "  ",
             one_line(m->t[i].name, line, sizeof line, '?'), lo, hi, m->t[i].nchunks);
-    for (uint32_t s = 0; s < m->nshards; s++) {
-      const Paramex__V1__StatsResponse* r = m->stats[s];
-      uint32_t own = 0;
-      for (size_t k = 0; k < r->n_tensors; k++)
-        if (r->tensors[k]->name && strcmp(r->tensors[k]->name, m->t[i].name) == 0)
-          own = r->tensors[k]->own_chunks;
-      fprintf(out, "%s%" PRIu32, s ? "/" : "", own);
-    }
+    for (uint32_t s = 0; s < m->nshards; s++)
+      fprintf(out, "%s%" PRIu32, s ? "/" : "", m->t[i].held[s]);
     fputc('\n', out);
   }
   fputs("(paramex checksum ADDRS gives each whole tensor's checksum)\n", out);
