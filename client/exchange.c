@@ -11,6 +11,7 @@
 #include "cluster.h"
 #include "errors.h"
 #include "op.h"
+#include "recover.h"
 #include "stream.h"
 #include "tensor.h"
 #include "util/clock.h"
@@ -118,8 +119,9 @@ static pmx_status rejoin_and_declare(pmx_client* c) {
 }
 
 /* pmx_resume's pull; over several shards one shard at a time, each tensor's shards checked
- * to be at one version: a shard that restarted from an older checkpoint than the others
- * is an error naming both (the others do not roll back with it yet), never mixed bits. */
+ * to be at one version (px_recover_shards brought them there; a shard that restarted
+ * again since makes this an error naming both, and pmx_resume tries again), never mixed
+ * bits. */
 static pmx_status resume_pull(pmx_client* c, size_t n, pmx_tensor* const* tensors,
                               void* const* dst, uint64_t* versions) {
   if (!c->nshards) return pmx_pull(c, n, tensors, dst, 0, versions);
@@ -145,9 +147,8 @@ static pmx_status resume_pull(pmx_client* c, size_t n, pmx_tensor* const* tensor
         from[i] = s;
       } else if (versions[i] != v[i]) {
         st = px_fail(PMX_ERR_FAILED_PRECONDITION, "pmx_resume: tensor '%s' is at version %llu on "
-                     "shard %u (%s) but at %llu on shard %u (%s): a shard restarted from another "
-                     "checkpoint than the others, and shards do not roll back together yet: "
-                     "restart every shard from checkpoints of one version", tensors[i]->name,
+                     "shard %u (%s) but at %llu on shard %u (%s): the shards' versions differ "
+                     "outside a recovery (a shard went on from an older checkpoint without one)", tensors[i]->name,
                      (unsigned long long)versions[i], from[i], c->shard[from[i]]->addr,
                      (unsigned long long)v[i], s, c->shard[s]->addr);
       }
@@ -170,7 +171,8 @@ pmx_status pmx_resume(pmx_client* c, size_t n, pmx_tensor* const* tensors, void*
    * followed for up to retry_timeout_ms. */
   const uint64_t give_up = px_now_ms() + (uint64_t)c->retry_timeout_ms;
   for (int attempt = 0;; attempt++) {
-    st = rejoin_and_declare(c);
+    st = c->nshards ? px_recover_shards(c, give_up) : PMX_OK;
+    if (st == PMX_OK) st = rejoin_and_declare(c);
     if (st == PMX_OK) st = resume_pull(c, n, tensors, dst, versions);
     if (st == PMX_OK) break;
     if (!(st == PMX_ERR_ABORTED || st == PMX_ERR_UNAVAILABLE) || px_now_ms() >= give_up ||

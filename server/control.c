@@ -2,9 +2,11 @@
 #include "control.h"
 
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "accept_guard.h"
 #include "calls.h"
@@ -175,6 +177,7 @@ static void stats_tensors(px_server* srv, Paramex__V1__TensorStats* ts, uint32_t
     ts[i].num_chunks = t->nchunks;
     ts[i].own_chunks = t->nown;
     ts[i].chunk_elems = t->chunk_elems;
+    if (t->nown == 0) continue; /* none of it on this shard */
     if (ts[i].version_min < *vmin_all) *vmin_all = ts[i].version_min;
     if (ts[i].version_max > *vmax_all) *vmax_all = ts[i].version_max;
   }
@@ -235,6 +238,8 @@ static void stats_counters(px_server* srv, Paramex__V1__StatsResponse* s) {
   s->elastic = srv->cfg.elastic;
   s->shard = srv->cfg.shard;
   s->shards = srv->cfg.shards;
+  px_gen_get(&srv->gen, &s->generation, &s->generation_version, NULL);
+  s->fresh = px_gen_untouched(&srv->gen) && s->steps_completed == 0;
 }
 
 void px_control_stats(px_server* srv, px_srv_call* call, const uint8_t* b, size_t n) {
@@ -244,6 +249,16 @@ void px_control_stats(px_server* srv, px_srv_call* call, const uint8_t* b, size_
     return;
   }
   paramex__v1__stats_request__free_unpacked(r, NULL);
+  uint64_t gen = 0, gver = 0;
+  bool restarting = false;
+  px_gen_get(&srv->gen, &gen, &gver, &restarting);
+  if (restarting) { /* what it would say is about to change */
+    char msg[160];
+    snprintf(msg, sizeof msg, "restarting from its checkpoint at version %" PRIu64
+             " (recovery generation %" PRIu64 ")", gver, gen);
+    px_reject(&srv->ctr, call, PX_ST_UNAVAILABLE, msg);
+    return;
+  }
   Paramex__V1__StatsResponse s = PARAMEX__V1__STATS_RESPONSE__INIT;
   stats_counters(srv, &s);
   px_ckpt_info ck;
@@ -267,7 +282,7 @@ void px_control_stats(px_server* srv, px_srv_call* call, const uint8_t* b, size_
     for (uint32_t i = 0; i < nt; i++) tp[i] = &ts[i];
     s.n_tensors = nt;
     s.tensors = tp;
-    s.version_min = nt ? vmin : 0;
+    s.version_min = vmin != UINT64_MAX ? vmin : 0;
     s.version_max = vmax;
     s.n_workers = stats_workers(srv, ws, names, &s.workers_alive);
     for (size_t i = 0; i < s.n_workers; i++) wp[i] = &ws[i];
@@ -378,4 +393,63 @@ void px_control_health(px_server* srv, px_srv_call* call, const uint8_t* b, size
     px_reply(call, &resp.base);
   }
   grpc__health__v1__health_check_request__free_unpacked(r, NULL);
+}
+
+/* ---- Recover ----------------------------------------------------------------------------- */
+
+static void recover_reply(px_server* srv, px_srv_call* call, bool restarting) {
+  Paramex__V1__RecoverResponse out = PARAMEX__V1__RECOVER_RESPONSE__INIT;
+  px_gen_get(&srv->gen, &out.generation, &out.version, NULL);
+  out.restarting = restarting;
+  px_reply(call, &out.base);
+}
+
+void px_control_recover(px_server* srv, px_srv_call* call, const uint8_t* b, size_t n) {
+  Paramex__V1__RecoverRequest* r = paramex__v1__recover_request__unpack(NULL, n, b);
+  if (!r) {
+    px_reject(&srv->ctr, call, PX_ST_INVALID_ARGUMENT, "malformed RecoverRequest");
+    return;
+  }
+  const uint64_t gen = r->generation, version = r->version;
+  paramex__v1__recover_request__free_unpacked(r, NULL);
+  if (gen == 0) {
+    px_reject(&srv->ctr, call, PX_ST_INVALID_ARGUMENT, "RecoverRequest: generation 0 is none");
+    return;
+  }
+  uint64_t vmax = 0, vmin = px_store_version_min(&srv->store, &vmax);
+  const bool fresh = px_gen_untouched(&srv->gen) && atomic_load(&srv->ctr.steps_completed) == 0;
+  char why[ERRLEN], err[ERRLEN + 128];
+  why[0] = 0;
+  px_gen_action a = px_gen_decide(&srv->gen, gen, version, vmin, vmax, fresh, why, sizeof why);
+  snprintf(err, sizeof err, "shard %u of %u: %s", srv->cfg.shard, srv->cfg.shards, why);
+  switch (a) {
+    case PX_GEN_CURRENT:
+      recover_reply(srv, call, false);
+      break;
+    case PX_GEN_IN_PLACE:
+      px_info("recovery generation %" PRIu64 ": at version %" PRIu64 " already", gen, version);
+      recover_reply(srv, call, false);
+      break;
+    case PX_GEN_RESTART:
+      /* From here every new call is UNAVAILABLE (a worker must not join this process);
+       * main.c stops the service and starts it again from the checkpoint at version. */
+      px_warn("recovery generation %" PRIu64 ": going back from versions %" PRIu64 "..%" PRIu64
+              " to %" PRIu64 " (restarting from that checkpoint)", gen, vmin, vmax, version);
+      px_waiters_drain(&srv->waiters);
+      recover_reply(srv, call, true);
+      kill(getpid(), SIGUSR1);
+      break;
+    case PX_GEN_STALE:
+      px_reject(&srv->ctr, call, PX_ST_ABORTED, err);
+      break;
+    case PX_GEN_BEHIND:
+      px_reject(&srv->ctr, call, PX_ST_UNAVAILABLE, err);
+      break;
+    case PX_GEN_CANNOT:
+      px_warn("recovery generation %" PRIu64 " refused: %s", gen, why);
+      snprintf(err, sizeof err, "shard %u of %u cannot go back to version %" PRIu64 ": %s",
+               srv->cfg.shard, srv->cfg.shards, version, why);
+      px_reject(&srv->ctr, call, PX_ST_FAILED_PRECONDITION, err);
+      break;
+  }
 }

@@ -18,6 +18,10 @@ void px_control_stats(px_server* srv, px_srv_call* call, const uint8_t* req, siz
 void px_control_checkpoint(px_server* srv, px_srv_call* call, const uint8_t* req, size_t len);
 void px_control_heartbeat(px_server* srv, px_srv_call* call, const uint8_t* req, size_t len);
 void px_control_leave(px_server* srv, px_srv_call* call, const uint8_t* req, size_t len);
+/* Recover: brings this shard to a recovery generation's version (generation.h); when it
+ * must restart from a checkpoint it answers first, then signals SIGUSR1 to its process,
+ * whose main thread restarts the service. */
+void px_control_recover(px_server* srv, px_srv_call* call, const uint8_t* req, size_t len);
 void px_control_health(px_server* srv, px_srv_call* call, const uint8_t* req, size_t len);
 
 #endif

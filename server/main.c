@@ -1,5 +1,6 @@
 /* paramex-server: the parameter server process. */
 #include <errno.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <stdio.h>
@@ -31,13 +32,69 @@ static void guard_accepts(void) {
             strerror(errno));
 }
 
+/* Starts svc on cfg->listen and prints the readiness line; 0, or the exit code. */
+static int start(px_service* svc, const px_config* cfg, int* port) {
+  char err[512];
+  int rc = px_service_init(svc, cfg, err, sizeof err);
+  if (rc != 0) {
+    fprintf(stderr, "paramex-server: %s\n", err);
+    return rc == -2 ? 2 : 1;
+  }
+  if (px_service_start(svc, port, err, sizeof err) != 0) {
+    fprintf(stderr, "paramex-server: %s\n", err);
+    px_service_deinit(svc);
+    return 2;
+  }
+  const char* colon = strrchr(cfg->listen, ':');
+  printf("paramex-server listening on %.*s:%d\n", (int)(colon - cfg->listen), cfg->listen, *port);
+  fflush(stdout);
+  return 0;
+}
+
+/* A recovery generation asked this shard to go back to an older version (generation.h):
+ * the service stops without a final checkpoint, the newer checkpoints are set aside, and
+ * it starts again on the same port from the checkpoint at that version, under a new
+ * server id (so the workers that joined the earlier one are told ABORTED). 0, or the
+ * exit code. */
+static int restart_for_recovery(px_service* svc, px_config* cfg, int* port, char* listen,
+                                size_t cap) {
+  uint64_t gen = 0, version = 0;
+  px_gen_get(&svc->srv.gen, &gen, &version, NULL);
+  char dir[sizeof svc->srv.ckpt_dir];
+  snprintf(dir, sizeof dir, "%s", svc->srv.ckpt.o.dir ? svc->srv.ckpt.o.dir : "");
+  px_service_stop_for_restart(svc);
+  px_service_deinit(svc);
+  px_gen_set_aside_newer(dir[0] ? dir : NULL, version);
+  char host[256]; /* cfg->listen may be listen itself (a second restart) */
+  const char* colon = strrchr(cfg->listen, ':');
+  snprintf(host, sizeof host, "%.*s", (int)(colon - cfg->listen), cfg->listen);
+  snprintf(listen, cap, "%s:%d", host, *port);
+  cfg->listen = listen;
+  int rc = start(svc, cfg, port);
+  if (rc != 0) return rc;
+  uint64_t vmax = 0, vmin = px_store_version_min(&svc->srv.store, &vmax);
+  if (vmin != version || vmax != version) {
+    px_error("recovery generation %" PRIu64 ": restarted at versions %" PRIu64 "..%" PRIu64
+             ", not at %" PRIu64 " (see above)", gen, vmin, vmax, version);
+    px_service_stop_for_restart(svc);
+    px_service_deinit(svc);
+    return 1;
+  }
+  px_gen_restarted(&svc->srv.gen, gen, version);
+  px_info("recovery generation %" PRIu64 ": serving again at version %" PRIu64 " as %s", gen,
+          version, svc->srv.server_id);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   /* Signals are taken synchronously by this thread only; block them before any thread
-   * (gRPC's included) exists so that every thread inherits the mask. */
+   * (gRPC's included) exists so that every thread inherits the mask. SIGUSR1 is the
+   * Recover handler's: restart from an older checkpoint. */
   sigset_t sigs;
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGTERM);
   sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &sigs, NULL);
   signal(SIGPIPE, SIG_IGN);
 
@@ -56,21 +113,13 @@ int main(int argc, char** argv) {
   px_rpc_init();
 
   static px_service svc;
-  rc = px_service_init(&svc, &cfg, err, sizeof err);
-  if (rc != 0) {
-    fprintf(stderr, "paramex-server: %s\n", err);
-    return rc == -2 ? 2 : 1;
-  }
+  static char listen[300];
   int port = 0;
-  if (px_service_start(&svc, &port, err, sizeof err) != 0) {
-    fprintf(stderr, "paramex-server: %s\n", err);
-    px_service_deinit(&svc);
+  rc = start(&svc, &cfg, &port);
+  if (rc != 0) {
     px_rpc_shutdown();
-    return 2;
+    return rc;
   }
-  const char* colon = strrchr(cfg.listen, ':');
-  printf("paramex-server listening on %.*s:%d\n", (int)(colon - cfg.listen), cfg.listen, port);
-  fflush(stdout);
   px_info("serving %u workers, lr %g momentum %g weight decay %g, chunk %llu bytes, "
            "%u compute threads, backend %s, %s%s%s", cfg.workers, cfg.lr, cfg.momentum, cfg.weight_decay,
            (unsigned long long)cfg.chunk_bytes, cfg.threads, svc.srv.backend->desc,
@@ -79,7 +128,18 @@ int main(int argc, char** argv) {
            cfg.compression ? "" : ", compression off");
 
   int sig = 0;
-  sigwait(&sigs, &sig);
+  for (;;) {
+    sigwait(&sigs, &sig);
+    if (sig != SIGUSR1) break;
+    bool pending = false;
+    px_gen_get(&svc.srv.gen, NULL, NULL, &pending);
+    if (!pending) continue; /* not ours */
+    rc = restart_for_recovery(&svc, &cfg, &port, listen, sizeof listen);
+    if (rc != 0) {
+      px_rpc_shutdown();
+      return rc;
+    }
+  }
   px_info("%s: draining (up to %.1f s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
            cfg.drain_timeout);
   rc = px_service_stop(&svc);

@@ -16,6 +16,7 @@
 #include "config.h"
 #include "counters.h"
 #include "framecache.h"
+#include "generation.h"
 #include "membership.h"
 #include "publish.h"
 #include "rpc/rpc_server.h"
@@ -38,6 +39,7 @@ typedef struct px_server {
   px_members members;
   px_ckpt ckpt;
   px_agg agg;
+  px_gen gen;               /* recovery generations of shards (the Recover call) */
   px_rpc_server* rpc;
   _Atomic int64_t active_calls; /* Push and Pull calls and Exchange steps in progress (the drain waits) */
   pthread_mutex_t idle_mu;      /* guards idle_exchanges */

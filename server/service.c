@@ -78,6 +78,7 @@ UNARY_ENTRY(on_checkpoint, px_control_checkpoint, true)
 UNARY_ENTRY(on_heartbeat, px_control_heartbeat, false)
 UNARY_ENTRY(on_leave, px_control_leave, false)
 UNARY_ENTRY(on_health, px_control_health, false)
+UNARY_ENTRY(on_recover, px_control_recover, true)
 
 static const px_rpc_method methods[] = {
     {"/paramex.v1.ParameterExchange/Join", PX_RPC_UNARY, on_join},
@@ -89,6 +90,7 @@ static const px_rpc_method methods[] = {
     {"/paramex.v1.ParameterExchange/Checkpoint", PX_RPC_UNARY, on_checkpoint},
     {"/paramex.v1.ParameterExchange/Heartbeat", PX_RPC_UNARY, on_heartbeat},
     {"/paramex.v1.ParameterExchange/Leave", PX_RPC_UNARY, on_leave},
+    {"/paramex.v1.ParameterExchange/Recover", PX_RPC_UNARY, on_recover},
     {"/grpc.health.v1.Health/Check", PX_RPC_UNARY, on_health},
 };
 
@@ -131,6 +133,7 @@ static int rooms_init(px_server* srv, char* err, size_t errlen) {
   px_ckpt_opts co = {dir,       cfg->checkpoint_every, cfg->checkpoint_interval,
                      cfg->keep, cfg->momentum != 0,    srv->server_id};
   if (px_ckpt_init(&srv->ckpt, &co, &srv->store, &srv->members, err, errlen) != 0) return -1;
+  if (px_gen_init(&srv->gen, dir, err, errlen) != 0) return -1;
   px_agg_opts ao = {cfg->workers, cfg->chunk_bytes, cfg->hold_bytes, cfg->elastic};
   px_agg_init(&srv->agg, &ao, srv->backend, &srv->members, &srv->fcache, &srv->ckpt,
               &srv->publish, &srv->ctr);
@@ -212,7 +215,7 @@ static void end_parked_pulls(px_server* srv) {
   }
 }
 
-int px_service_stop(px_service* svc) {
+static int stop(px_service* svc, bool final_checkpoint) {
   px_server* srv = &svc->srv;
   px_monitor_stop(&svc->monitor);
   /* Health turns NOT_SERVING and parked pulls end with UNAVAILABLE at once: they may wait
@@ -235,10 +238,14 @@ int px_service_stop(px_service* svc) {
           (long long)atomic_load(&srv->active_calls), px_rpc_server_live_calls(srv->rpc), now - t0);
   px_rpc_server_shutdown(srv->rpc, (int64_t)(until > now ? until - now : 0));
   /* every call is over: the final checkpoint sees no more steps */
-  if (srv->cfg.checkpoint_dir && px_store_count(&srv->store) > 0)
+  if (final_checkpoint && srv->cfg.checkpoint_dir && px_store_count(&srv->store) > 0)
     return px_ckpt_final(&srv->ckpt, (int64_t)drain_ms + 60000);
   return 0;
 }
+
+int px_service_stop(px_service* svc) { return stop(svc, true); }
+
+void px_service_stop_for_restart(px_service* svc) { stop(svc, false); }
 
 void px_service_deinit(px_service* svc) {
   px_server* srv = &svc->srv;
@@ -250,6 +257,7 @@ void px_service_deinit(px_service* svc) {
   srv->rpc = NULL;
   if (srv->store.tensors) px_store_deinit(&srv->store);
   px_members_deinit(&srv->members);
+  px_gen_deinit(&srv->gen);
   px_waiters_deinit(&srv->waiters);
   pthread_mutex_destroy(&srv->idle_mu);
   px_backend_destroy(srv->backend);

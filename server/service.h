@@ -23,6 +23,9 @@ int px_service_start(px_service* svc, int* port, char* err, size_t errlen);
  * pushes and pulls in flight get --drain-timeout to finish, then the transport stops and
  * the final checkpoint is written. -1 when that checkpoint could not be written. */
 int px_service_stop(px_service* svc);
+/* The same stop without the final checkpoint: the service is about to restart from an
+ * older one (a recovery generation, generation.h). */
+void px_service_stop_for_restart(px_service* svc);
 /* Frees everything (after stop, or after a failed init or start). */
 void px_service_deinit(px_service* svc);
 

@@ -29,7 +29,7 @@
  * pmx_resume joins it again, declares what it lost, pulls version V and sets s = V; the
  * worker recomputes from there (steps it pushed before are acknowledged as duplicates).
  * A server that is down meanwhile is retried; a worker restarted itself starts at the
- * job's version the same way.
+ * job's version the same way, and over several shards the same loop recovers them as one.
  *
  * Conventions:
  *  - Every function returning pmx_status returns PMX_OK (0) or an error, and then
@@ -305,7 +305,12 @@ PMX_API pmx_status pmx_push_pull_as(pmx_client* client, uint64_t step, size_t n,
  * the library keeps), pulls tensors[i] in full into dst[i] at the server's version and
  * sets *step to the lowest of them: the step to compute next. A server that is down or
  * restarts again meanwhile is followed for up to retry_timeout_ms. No other operation of
- * the client may run meanwhile. */
+ * the client may run meanwhile.
+ * Over several shards it first brings them to one version (README, Reliability): when a
+ * shard restarted from its checkpoint at V, the others go back to V too (in place, or by
+ * restarting from their own checkpoint at V), and every worker resumes at V. A shard
+ * that has no checkpoint at V makes it fail PMX_ERR_FAILED_PRECONDITION naming that shard
+ * and the checkpoints it has; nothing is changed then. */
 PMX_API pmx_status pmx_resume(pmx_client* client, size_t n, pmx_tensor* const* tensors,
                               void* const* dst, uint64_t* step);
 

@@ -12,6 +12,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <poll.h>
+
 #include <inttypes.h>
 #include <sched.h>
 #include <stdio.h>
@@ -751,6 +753,76 @@ static void test_checkpoint_without_dir(void** state) {
   protobuf_c_message_free_unpacked(&st->base, NULL);
 }
 
+#define PATH_RECOVER "/paramex.v1.ParameterExchange/Recover"
+
+static int recover_req(uint64_t gen, uint64_t version, Paramex__V1__RecoverResponse** out,
+                       char* det, size_t cap) {
+  Paramex__V1__RecoverRequest req = PARAMEX__V1__RECOVER_REQUEST__INIT;
+  req.generation = gen;
+  req.version = version;
+  ProtobufCMessage* resp = NULL;
+  int st = px_h_unary_pb(g_f.ch, PATH_RECOVER, &req.base,
+                         &paramex__v1__recover_response__descriptor, &resp, CALL_MS, det, cap);
+  *out = (Paramex__V1__RecoverResponse*)resp;
+  return st;
+}
+
+/* Recover on one server without checkpoints (the restart itself is integration's):
+ * taken in place at its version, the same generation answered, older ones ABORTED, a
+ * version ahead UNAVAILABLE (a fresh server: ABORTED), and bad requests
+ * INVALID_ARGUMENT; Stats shows the generation. */
+static void test_recover(void** state) {
+  (void)state;
+  start(NULL);
+  uint64_t inc[2];
+  inc[0] = px_sf_join(&g_f, 0, 2);
+  inc[1] = px_sf_join(&g_f, 1, 2);
+  const uint32_t tw = px_sf_declare_f32(&g_f, "w", N_W, 1);
+  char det[512];
+  Paramex__V1__StatsResponse* st = stats();
+  assert_true(st->fresh && st->generation == 0 && st->generation_version == 0);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  Paramex__V1__RecoverResponse* r = NULL;
+  expect_status(recover_req(1, 3, &r, det, sizeof det), det, PX_ST_ABORTED,
+                "shard 0 of 1: this shard restarted at version 0, below 3: it cannot go forward by itself");
+  expect_status(recover_req(1, 0, &r, det, sizeof det), det, PX_ST_OK, "");
+  assert_true(r->generation == 1 && r->version == 0 && !r->restarting);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  expect_status(recover_req(1, 7, &r, det, sizeof det), det, PX_ST_OK, ""); /* generation 1's */
+  assert_true(r->generation == 1 && r->version == 0);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  st = stats();
+  assert_true(!st->fresh && st->generation == 1 && st->generation_version == 0);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  expect_status(recover_req(2, 5, &r, det, sizeof det), det, PX_ST_UNAVAILABLE,
+                "shard 0 of 1: this shard is at version 0, behind 5: pushes in flight have not "
+                "all landed");
+  /* a step: the generation's version is behind it now (going back restarts the process,
+   * as integration_shard_recovery tests; without a checkpoint a version above 0 cannot) */
+  float* g = calloc(N_W, sizeof *g);
+  assert_non_null(g);
+  for (uint32_t k = 0; k < 2; k++)
+    assert_int_equal(push_chunks(k, inc[k], 0, tw, g, N_W, 0, 3, NULL, NULL, NULL), PX_ST_OK);
+  free(g);
+  for (int i = 0; i < 2000; i++) { /* the step completes as the last push lands */
+    st = stats();
+    bool done = st->version_min == 1;
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+    if (done) break;
+    poll(NULL, 0, 5);
+  }
+  expect_status(recover_req(2, 2, &r, det, sizeof det), det, PX_ST_UNAVAILABLE,
+                "shard 0 of 1: this shard is at version 1, behind 2: pushes in flight have not "
+                "all landed");
+  expect_status(recover_req(0, 0, &r, det, sizeof det), det, PX_ST_INVALID_ARGUMENT,
+                "RecoverRequest: generation 0 is none");
+  expect_status(unary_raw(PATH_RECOVER, k_malformed, sizeof k_malformed, det, sizeof det), det,
+                PX_ST_INVALID_ARGUMENT, "malformed RecoverRequest");
+  st = stats();
+  assert_true(st->generation == 1 && st->version_min == 1);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+}
+
 static void test_checkpoint_with_dir(void** state) {
   (void)state;
   assert_int_equal(px_h_mkdtemp(g_dir, sizeof g_dir), 0);
@@ -966,6 +1038,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_heartbeat, teardown),
       cmocka_unit_test_teardown(test_leave, teardown),
       cmocka_unit_test_teardown(test_health, teardown),
+      cmocka_unit_test_teardown(test_recover, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
