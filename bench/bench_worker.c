@@ -380,30 +380,20 @@ static int setup(worker* w) {
   return 0;
 }
 
-/* One step s: push then pull, or pipelined: pmx_push_pull (one message each way on the
- * Exchange stream for steps up to 1 MiB), or with a bf16 view the pull started before the
- * push (it parks on the server until the step is complete). */
+/* One step s: push then pull, or pipelined: pmx_push_pull_as (one message each way on the
+ * Exchange stream for steps up to 1 MiB; else the pull started before the push, parked on
+ * the server until the step is complete), half of its time counted for each direction. */
 static int step(worker* w, int s) {
   const wopts* o = w->o;
   const void* const* g = w->gptr + (size_t)(s % o->ngrad) * w->m.n;
   const uint64_t v = w->base + (uint64_t)s;
   double t0 = now_s(), t1, t2;
-  if (o->overlap && w->view == 0) {
-    pmx_status st = pmx_push_pull(w->c, v, w->m.n, w->tensors, g, w->dst, NULL);
+  if (o->overlap) {
+    pmx_status st = pmx_push_pull_as(w->c, v, w->m.n, w->tensors, g, w->dst, w->view, NULL);
     if (st == PMX_ERR_ABORTED) return 2;
     WCHECK("push_pull", st);
     t2 = now_s();
     t1 = t0 + (t2 - t0) / 2; /* one exchange: half of it counted for each direction */
-  } else if (o->overlap) {
-    pmx_op* op = NULL;
-    WCHECK("pull", pmx_pull_as_async(w->c, w->m.n, w->tensors, w->dst, w->view, v + 1, NULL, &op));
-    pmx_status st = pmx_push(w->c, v, w->m.n, w->tensors, g);
-    pmx_status st_pull = pmx_op_wait(op);
-    if (st == PMX_ERR_ABORTED || st_pull == PMX_ERR_ABORTED) return 2;
-    WCHECK("push", st);
-    t1 = now_s();
-    WCHECK("pull", st_pull);
-    t2 = now_s();
   } else {
     pmx_status st = pmx_push(w->c, v, w->m.n, w->tensors, g);
     if (st == PMX_ERR_ABORTED) return 2;
