@@ -145,7 +145,7 @@ pmx_status px_recover_shards(pmx_client* c, uint64_t give_up_ms) {
       for (uint32_t s = 0; d != AGAIN && d != FAILED && s < c->nshards; s++)
         d = ask(c, s, gen, &ver, &st);
       if (d == FAILED) break;
-      if (d != AGAIN) {
+      if (d != AGAIN && px_now_ms() < give_up_ms) {
         pause = 20;
         continue; /* every shard answered: look again to see them as one */
       }
@@ -153,8 +153,10 @@ pmx_status px_recover_shards(pmx_client* c, uint64_t give_up_ms) {
     if (px_now_ms() >= give_up_ms) {
       char e[PX_ERROR_LEN];
       memcpy(e, px_last_error_buf(), sizeof e);
-      st = px_fail(st != PMX_OK ? st : PMX_ERR_UNAVAILABLE, "pmx_resume: the shards did not "
-                   "come to one version in time: %s", e);
+      st = st != PMX_OK
+               ? px_fail(st, "pmx_resume: the shards did not come to one version in time: %s", e)
+               : px_fail(PMX_ERR_UNAVAILABLE, "pmx_resume: the shards did not come to one "
+                         "version in time (they kept changing: shards restarting again?)");
       break;
     }
     nap_ms(pause); /* a shard restarts, or pushes in flight land */
