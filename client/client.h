@@ -19,6 +19,8 @@
 #define PX_M_EXCHANGE "/paramex.v1.ParameterExchange/Exchange"
 #define PX_M_HEARTBEAT "/paramex.v1.ParameterExchange/Heartbeat"
 #define PX_M_LEAVE "/paramex.v1.ParameterExchange/Leave"
+#define PX_M_STATS "/paramex.v1.ParameterExchange/Stats"
+#define PX_M_RECOVER "/paramex.v1.ParameterExchange/Recover"
 
 struct pmx_client {
   px_rpc_channel* ch;

@@ -11,7 +11,10 @@
 #ifndef PX_CLUSTER_H
 #define PX_CLUSTER_H
 
+#include <string.h>
+
 #include "client.h"
+#include "errors.h"
 #include "tensor.h"
 
 /* Client i of c's connections: its shards' clients, or c itself with one server. */
@@ -32,6 +35,15 @@ static inline uint64_t px_cluster_kid_tensors(pmx_tensor* const* tensors, size_t
     held += px_tensor_held(kt[i]);
   }
   return held;
+}
+
+/* Fails st with the thread's last error behind prefix and shard s's name:
+ * "PREFIXshard 1 (host:port): ERROR". */
+static inline pmx_status px_cluster_shard_fail(pmx_client* c, uint32_t s, pmx_status st,
+                                               const char* prefix) {
+  char e[PX_ERROR_LEN];
+  memcpy(e, px_last_error_buf(), sizeof e);
+  return px_fail(st, "%sshard %u (%s): %s", prefix, s, c->shard[s]->addr, e);
 }
 
 #endif

@@ -107,11 +107,7 @@ static pmx_status rejoin_and_declare(pmx_client* c) {
     pmx_status st = px_client_join_again(k);
     if (st == PMX_OK) st = declare_again_one(k);
     if (st != PMX_OK) {
-      if (c->nshards) {
-        char e[PX_ERROR_LEN];
-        memcpy(e, px_last_error_buf(), sizeof e);
-        px_fail(st, "shard %u (%s): %s", i, k->addr, e);
-      }
+      if (c->nshards) px_cluster_shard_fail(c, i, st, "");
       return st;
     }
   }
@@ -135,9 +131,7 @@ static pmx_status resume_pull(pmx_client* c, size_t n, pmx_tensor* const* tensor
     if (px_cluster_kid_tensors(tensors, n, s, kt) == 0) continue;
     st = pmx_pull(c->shard[s], n, kt, dst, 0, v);
     if (st != PMX_OK) {
-      char e[PX_ERROR_LEN];
-      memcpy(e, px_last_error_buf(), sizeof e);
-      px_fail(st, "shard %u (%s): %s", s, c->shard[s]->addr, e);
+      px_cluster_shard_fail(c, s, st, "");
       break;
     }
     for (size_t i = 0; st == PMX_OK && i < n; i++) {

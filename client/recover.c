@@ -7,13 +7,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "cluster.h"
 #include "errors.h"
 #include "paramex.pb-c.h"
 #include "util/clock.h"
 #include "util/log.h"
 
-#define PX_M_STATS "/paramex.v1.ParameterExchange/Stats"
-#define PX_M_RECOVER "/paramex.v1.ParameterExchange/Recover"
 #define CALL_MS 10000
 
 /* What Stats says of one shard. */
@@ -28,13 +27,6 @@ typedef enum { ONE, PROPOSE, AGAIN, FAILED } verdict;
 static void nap_ms(long ms) {
   struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L}; /* a back-off, bounded */
   nanosleep(&ts, NULL);
-}
-
-/* The error of shard s's call, as pmx_resume reports it. */
-static pmx_status shard_fail(pmx_client* c, uint32_t s, pmx_status st) {
-  char e[PX_ERROR_LEN];
-  memcpy(e, px_last_error_buf(), sizeof e);
-  return px_fail(st, "pmx_resume: shard %u (%s): %s", s, c->shard[s]->addr, e);
 }
 
 /* Retried (look again) rather than final: a shard that restarts (its calls in flight end
@@ -53,7 +45,7 @@ static verdict look(pmx_client* c, shard_view* v, pmx_status* st) {
     uint8_t* buf = NULL;
     size_t len = 0;
     *st = px_client_unary(k, PX_M_STATS, &req.base, CALL_MS, false, &buf, &len);
-    if (*st != PMX_OK) return passing(*st) ? AGAIN : (*st = shard_fail(c, s, *st), FAILED);
+    if (*st != PMX_OK) return passing(*st) ? AGAIN : (*st = px_cluster_shard_fail(c, s, *st, "pmx_resume: "), FAILED);
     Paramex__V1__StatsResponse* r = paramex__v1__stats_response__unpack(NULL, len, buf);
     free(buf);
     if (!r) {
@@ -112,7 +104,7 @@ static verdict ask(pmx_client* c, uint32_t s, uint64_t gen, uint64_t* ver, pmx_s
   uint8_t* buf = NULL;
   size_t len = 0;
   *st = px_client_unary(c->shard[s], PX_M_RECOVER, &req.base, CALL_MS, false, &buf, &len);
-  if (*st != PMX_OK) return passing(*st) ? AGAIN : (*st = shard_fail(c, s, *st), FAILED);
+  if (*st != PMX_OK) return passing(*st) ? AGAIN : (*st = px_cluster_shard_fail(c, s, *st, "pmx_resume: "), FAILED);
   Paramex__V1__RecoverResponse* r = paramex__v1__recover_response__unpack(NULL, len, buf);
   free(buf);
   if (!r) {

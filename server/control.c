@@ -209,6 +209,11 @@ static size_t stats_workers(px_server* srv, Paramex__V1__WorkerStats* ws, char (
   return nw;
 }
 
+/* Stats.fresh: started by its process, in no recovery generation since, no step done. */
+static bool fresh(px_server* srv) {
+  return px_gen_untouched(&srv->gen) && atomic_load(&srv->ctr.steps_completed) == 0;
+}
+
 static void stats_counters(px_server* srv, Paramex__V1__StatsResponse* s) {
   const px_counters* c = &srv->ctr;
   s->server_id = srv->server_id;
@@ -239,7 +244,7 @@ static void stats_counters(px_server* srv, Paramex__V1__StatsResponse* s) {
   s->shard = srv->cfg.shard;
   s->shards = srv->cfg.shards;
   px_gen_get(&srv->gen, &s->generation, &s->generation_version, NULL);
-  s->fresh = px_gen_untouched(&srv->gen) && s->steps_completed == 0;
+  s->fresh = fresh(srv);
 }
 
 void px_control_stats(px_server* srv, px_srv_call* call, const uint8_t* b, size_t n) {
@@ -417,10 +422,9 @@ void px_control_recover(px_server* srv, px_srv_call* call, const uint8_t* b, siz
     return;
   }
   uint64_t vmax = 0, vmin = px_store_version_min(&srv->store, &vmax);
-  const bool fresh = px_gen_untouched(&srv->gen) && atomic_load(&srv->ctr.steps_completed) == 0;
   char why[ERRLEN], err[ERRLEN + 128];
   why[0] = 0;
-  px_gen_action a = px_gen_decide(&srv->gen, gen, version, vmin, vmax, fresh, why, sizeof why);
+  px_gen_action a = px_gen_decide(&srv->gen, gen, version, vmin, vmax, fresh(srv), why, sizeof why);
   snprintf(err, sizeof err, "shard %u of %u: %s", srv->cfg.shard, srv->cfg.shards, why);
   switch (a) {
     case PX_GEN_CURRENT:
