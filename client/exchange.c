@@ -115,8 +115,8 @@ static pmx_status rejoin_and_declare(pmx_client* c) {
 }
 
 /* pmx_resume's pull; over several shards one shard at a time, each tensor's shards checked
- * to be at one version (px_recover_shards brought them there; a shard that restarted
- * again since makes this an error naming both, and pmx_resume tries again), never mixed
+ * to be at one version (px_recover_shards brought them there; a shard that restarted or
+ * went on since makes this ABORTED naming both, and pmx_resume tries again), never mixed
  * bits. */
 static pmx_status resume_pull(pmx_client* c, size_t n, pmx_tensor* const* tensors,
                               void* const* dst, uint64_t* versions) {
@@ -140,9 +140,10 @@ static pmx_status resume_pull(pmx_client* c, size_t n, pmx_tensor* const* tensor
         versions[i] = v[i];
         from[i] = s;
       } else if (versions[i] != v[i]) {
-        st = px_fail(PMX_ERR_FAILED_PRECONDITION, "pmx_resume: tensor '%s' is at version %llu on "
-                     "shard %u (%s) but at %llu on shard %u (%s): the shards' versions differ "
-                     "outside a recovery (a shard went on from an older checkpoint without one)", tensors[i]->name,
+        /* a step completed on one shard since the look (pmx_resume looks again) */
+        st = px_fail(PMX_ERR_ABORTED, "pmx_resume: tensor '%s' is at version %llu on shard %u "
+                     "(%s) but at %llu on shard %u (%s): the shards moved on while resuming",
+                     tensors[i]->name,
                      (unsigned long long)versions[i], from[i], c->shard[from[i]]->addr,
                      (unsigned long long)v[i], s, c->shard[s]->addr);
       }

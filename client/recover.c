@@ -17,8 +17,8 @@
 
 /* What Stats says of one shard. */
 typedef struct shard_view {
-  uint64_t version, gen, gen_version;
-  bool fresh;
+  uint64_t version, version_max, gen, gen_version;
+  bool fresh, holds; /* holds: a chunk of some tensor is on it (its versions mean something) */
 } shard_view;
 
 /* The next step of the recovery. */
@@ -53,7 +53,10 @@ static verdict look(pmx_client* c, shard_view* v, pmx_status* st) {
                     k->addr);
       return FAILED;
     }
-    v[s] = (shard_view){r->version_min, r->generation, r->generation_version, r->fresh};
+    v[s] = (shard_view){r->version_min, r->version_max, r->generation, r->generation_version,
+                        r->fresh, false};
+    for (size_t i = 0; i < r->n_tensors; i++)
+      if (r->tensors[i]->own_chunks > 0) v[s].holds = true;
     pthread_mutex_lock(&k->mu);
     if (k->joined && strcmp(k->server_id, r->server_id ? r->server_id : "") != 0)
       k->rejoin_failed = true; /* px_client_join_again joins it */
@@ -63,20 +66,32 @@ static verdict look(pmx_client* c, shard_view* v, pmx_status* st) {
   return ONE;
 }
 
-/* From the views: ONE when the shards are one (one generation and version, none fresh),
- * else PROPOSE with the generation and version to ask for. A fresh shard cannot move
- * forward. While the newest generation is not taken by every shard it goes on, when each
- * fresh shard is outside it and not below its version; otherwise a new generation goes to
- * the lowest version a fresh shard is at (lower still: the unfinished generation's). */
-static verdict decide(const pmx_client* c, const shard_view* v, uint64_t* gen, uint64_t* ver) {
+/* From the views: ONE when the shards are one (one generation, none fresh, every chunk at
+ * one version), AGAIN while one generation's shards are at different versions (the last
+ * pushes of a step still landing), else PROPOSE with the generation and version to ask
+ * for. A fresh shard cannot move forward. While the newest generation is not taken by
+ * every shard it goes on, when each fresh shard is outside it and not below its version;
+ * otherwise a new generation goes to the lowest version a fresh shard is at (lower still:
+ * the unfinished generation's). */
+static verdict decide(const pmx_client* c, const shard_view* v, uint64_t* gen, uint64_t* ver,
+                      pmx_status* st) {
   uint64_t gmax = 0, fresh_min = UINT64_MAX, top_min = UINT64_MAX, top_max = 0;
+  uint64_t lo = UINT64_MAX, hi = 0;
   bool same = true;
   for (uint32_t s = 0; s < c->nshards; s++) {
     if (v[s].gen > gmax) gmax = v[s].gen;
     if (v[s].gen != v[0].gen || v[s].gen_version != v[0].gen_version) same = false;
     if (v[s].fresh && v[s].version < fresh_min) fresh_min = v[s].version;
+    if (v[s].holds && v[s].version < lo) lo = v[s].version;
+    if (v[s].holds && v[s].version_max > hi) hi = v[s].version_max;
   }
-  if (same && fresh_min == UINT64_MAX) return ONE;
+  if (same && fresh_min == UINT64_MAX) {
+    if (lo >= hi) return ONE;
+    *st = px_fail(PMX_ERR_UNAVAILABLE, "the shards' chunks are at versions %" PRIu64 "..%" PRIu64
+                  " in recovery generation %" PRIu64 " (the pushes of a step not all landed)",
+                  lo, hi, gmax);
+    return AGAIN;
+  }
   bool fresh_inside = false;
   for (uint32_t s = 0; s < c->nshards; s++) {
     if (v[s].gen != gmax) continue;
@@ -129,7 +144,7 @@ pmx_status px_recover_shards(pmx_client* c, uint64_t give_up_ms) {
   for (;;) { /* bounded by give_up_ms */
     verdict d = look(c, v, &st);
     uint64_t gen = 0, ver = 0;
-    if (d == ONE) d = decide(c, v, &gen, &ver);
+    if (d == ONE) d = decide(c, v, &gen, &ver, &st);
     if (d == ONE || d == FAILED) break;
     if (d == PROPOSE) {
       px_info("recovery generation %" PRIu64 ": bringing %u shards to version %" PRIu64, gen,

@@ -446,6 +446,13 @@ void px_control_recover(px_server* srv, px_srv_call* call, const uint8_t* b, siz
     case PX_GEN_STALE:
       px_reject(&srv->ctr, call, PX_ST_ABORTED, err);
       break;
+    case PX_GEN_SAVE:
+      /* captures the chunks now (all at the version); asked again once it is written */
+      if (px_ckpt_now(&srv->ckpt, NULL, "recovery") != 0)
+        snprintf(err, sizeof err, "shard %u of %u cannot go back to version %" PRIu64
+                 ": out of memory for its checkpoint", srv->cfg.shard, srv->cfg.shards, version);
+      px_reject(&srv->ctr, call, PX_ST_UNAVAILABLE, err);
+      break;
     case PX_GEN_BEHIND:
       px_reject(&srv->ctr, call, PX_ST_UNAVAILABLE, err);
       break;

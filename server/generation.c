@@ -97,7 +97,20 @@ px_gen_action px_gen_decide(px_gen* g, uint64_t gen, uint64_t version, uint64_t 
   } else if (gen == g->gen || g->restart_pending) {
     a = PX_GEN_CURRENT;
   } else if (vmin == version && vmax == version) {
-    a = PX_GEN_IN_PLACE;
+    /* At the version already. A shard that served since its start may hold contributions
+     * to the next step (and pushes to it may be in flight) from before the recovery, which
+     * the shards that restarted no longer have: it restarts too, from its checkpoint at
+     * the version (written first when it has none), so that every shard begins the
+     * generation alike, under a new server id. */
+    if (fresh || (!g->dir && version > 0))
+      a = PX_GEN_IN_PLACE;
+    else if (can_restart_at(g, version, err, errlen))
+      a = PX_GEN_RESTART;
+    else {
+      snprintf(err, errlen, "this shard is writing its checkpoint at version %" PRIu64
+               " to restart from it", version);
+      a = PX_GEN_SAVE;
+    }
   } else if (vmax > version) {
     a = can_restart_at(g, version, err, errlen) ? PX_GEN_RESTART : PX_GEN_CANNOT;
   } else if (fresh) {

@@ -32,15 +32,18 @@ void px_gen_deinit(px_gen* g);
 typedef enum px_gen_action {
   PX_GEN_CURRENT,  /* generation not newer than this shard's: answered with (gen, version) */
   PX_GEN_STALE,    /* older than this shard's: ABORTED */
-  PX_GEN_IN_PLACE, /* taken: every own chunk is at the version */
+  PX_GEN_IN_PLACE, /* taken: every own chunk is at the version, and the shard is fresh */
   PX_GEN_RESTART,  /* taken: restart from the checkpoint at the version (restart_pending set) */
+  PX_GEN_SAVE,     /* not taken: at the version, not fresh, no checkpoint there: write one
+                    * (UNAVAILABLE until it is written, then RESTART) */
   PX_GEN_BEHIND,   /* not taken: behind the version (UNAVAILABLE while pushes land) */
   PX_GEN_CANNOT    /* not taken: no checkpoint at the version (FAILED_PRECONDITION) */
 } px_gen_action;
 
 /* Decides a request for generation `gen` at `version`, this shard's own chunks being at
- * versions vmin..vmax; takes the generation (writes the recovery file) for IN_PLACE and
- * RESTART. err gets the message of STALE, BEHIND and CANNOT. */
+ * versions vmin..vmax, fresh as Stats.fresh says; takes the generation (writes the
+ * recovery file) for IN_PLACE and RESTART. err gets the message of STALE, SAVE, BEHIND and
+ * CANNOT. */
 px_gen_action px_gen_decide(px_gen* g, uint64_t gen, uint64_t version, uint64_t vmin,
                             uint64_t vmax, bool fresh, char* err, size_t errlen);
 

@@ -120,6 +120,15 @@ static uint64_t wait_step(int fd, char* acc, size_t cap, uint64_t target) {
   }
 }
 
+/* Reads lines from fd until rank 0's "resync at ..." (the next kill would otherwise fall
+ * before it noticed this one, and one resynchronisation would cover both). */
+static void wait_resync(int fd, char* acc, size_t cap, int kill) {
+  char line[128];
+  CHECK(px_h_read_line_prefix(fd, "resync at ", acc, cap, line, sizeof line, PROGRESS_MS) == 0,
+        "rank 0 did not resynchronise within %d ms of kill %d (it ended or hangs)", PROGRESS_MS,
+        kill);
+}
+
 /* Waits for the checkpoint writer of the shard whose folder is dir to create a temporary
  * file (".ckpt-..."), then SIGKILLs pid at once. True when the file was still there after
  * the kill (the write was cut), false when no write began within ms. */
@@ -212,6 +221,7 @@ static void test_shard_kills_recover_as_one(void** state) {
     protobuf_c_message_free_unpacked(&st->base, NULL);
     fprintf(stderr, "# kill %d of %d: shard %u SIGKILLed %s when rank 0 had step %" PRIu64
             "; restarted from version %" PRIu64 "\n", k + 1, nkills, v, how, at, vs[n - 1]);
+    wait_resync(pfd[0], acc, sizeof acc, k + 1);
   }
   CHECK(cut_write, "no kill of the %d fell inside a checkpoint write", nkills);
 

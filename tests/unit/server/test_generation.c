@@ -110,6 +110,31 @@ static void test_decisions(void** state) {
   px_gen_deinit(&g);
 }
 
+/* A shard at the version that served since its start restarts too (it may hold pushes of
+ * the next step the restarted shard lost), writing the checkpoint first when it has none. */
+static void test_at_version_not_fresh(void** state) {
+  (void)state;
+  char err[512];
+  px_gen g;
+  touch_ckpt(6);
+  assert_int_equal(px_gen_init(&g, g_dir, err, sizeof err), 0);
+  assert_int_equal(decide(&g, 1, 8, 8, 8, false, err), PX_GEN_SAVE);
+  assert_non_null(strstr(err, "writing its checkpoint at version 8"));
+  uint64_t gen = 9, v = 9;
+  bool pending = true;
+  px_gen_get(&g, &gen, &v, &pending);
+  assert_true(gen == 0 && v == 0 && !pending); /* not taken */
+  touch_ckpt(8);
+  assert_int_equal(decide(&g, 1, 8, 8, 8, false, err), PX_GEN_RESTART);
+  px_gen_get(&g, &gen, &v, &pending);
+  assert_true(gen == 1 && v == 8 && pending);
+  px_gen_deinit(&g);
+  /* fresh at the version: in place, whatever the checkpoints */
+  assert_int_equal(px_gen_init(&g, g_dir, err, sizeof err), 0);
+  assert_int_equal(decide(&g, 2, 7, 7, 7, true, err), PX_GEN_IN_PLACE);
+  px_gen_deinit(&g);
+}
+
 static void test_without_folder(void** state) {
   (void)state;
   char err[512];
@@ -120,6 +145,11 @@ static void test_without_folder(void** state) {
   assert_int_equal(px_gen_init(&g, NULL, err, sizeof err), 0);
   assert_int_equal(decide(&g, 1, 2, 3, 3, false, err), PX_GEN_CANNOT);
   assert_non_null(strstr(err, "without --checkpoint-dir"));
+  /* at the version: nothing to restart from but nothing (version 0), else in place */
+  assert_int_equal(decide(&g, 1, 3, 3, 3, false, err), PX_GEN_IN_PLACE);
+  px_gen_deinit(&g);
+  assert_int_equal(px_gen_init(&g, NULL, err, sizeof err), 0);
+  assert_int_equal(decide(&g, 1, 0, 0, 0, false, err), PX_GEN_RESTART);
   px_gen_deinit(&g);
 }
 
@@ -140,6 +170,7 @@ static void test_bad_recovery_file(void** state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_decisions, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_at_version_not_fresh, setup, teardown),
       cmocka_unit_test_setup_teardown(test_without_folder, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_recovery_file, setup, teardown),
   };
