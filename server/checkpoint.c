@@ -228,6 +228,21 @@ size_t px_ckpt_list(const char* dir, uint64_t* versions, size_t cap) {
   return n;
 }
 
+void px_ckpt_path(char* buf, size_t cap, const char* dir, uint64_t version) {
+  snprintf(buf, cap, "%s%sckpt-%020" PRIu64 ".safetensors", dir ? dir : "", dir ? "/" : "",
+           version);
+}
+
+void px_ckpt_set_aside(const char* dir, const uint64_t* vs, size_t n, const char* suffix) {
+  for (size_t i = 0; i < n; i++) {
+    char from[PX_CKPT_PATH_MAX], to[PX_CKPT_PATH_MAX + 32];
+    px_ckpt_path(from, sizeof from, dir, vs[i]);
+    snprintf(to, sizeof to, "%s%s", from, suffix);
+    if (rename(from, to) == 0) px_warn("checkpoint %s set aside as %s", from, to);
+    else px_warn("cannot set %s aside: %s", from, strerror(errno));
+  }
+}
+
 static void finish_waiters(px_ckpt* ck, ckpt_waiter* w, int status, const char* msg,
                            uint64_t version, const char* path, uint64_t bytes) {
   (void)ck;
@@ -302,7 +317,7 @@ static int write_checkpoint(px_ckpt* ck, ckpt_copy* k, char* path, size_t pathle
                         "pmx.momentum", k->mom ? "1" : "0", "pmx.shard", shard,
                         "pmx.shards", shards};
   char name[64];
-  snprintf(name, sizeof name, "ckpt-%020" PRIu64 ".safetensors", k->version);
+  px_ckpt_path(name, sizeof name, NULL, k->version);
   write_ctx ctx = {ck, k};
   struct stat sb;
   if (stat(ck->o.dir, &sb) != 0 && errno == ENOENT) { /* removed under us: made again */
@@ -321,8 +336,8 @@ static int write_checkpoint(px_ckpt* ck, ckpt_copy* k, char* path, size_t pathle
   uint64_t vs[1024];
   size_t nv = px_ckpt_list(ck->o.dir, vs, 1024);
   for (size_t i = ck->o.keep; i < nv; i++) {
-    char old[600];
-    snprintf(old, sizeof old, "%s/ckpt-%020" PRIu64 ".safetensors", ck->o.dir, vs[i]);
+    char old[PX_CKPT_PATH_MAX];
+    px_ckpt_path(old, sizeof old, ck->o.dir, vs[i]);
     if (unlink(old) != 0) px_warn("checkpoint: cannot remove %s: %s", old, strerror(errno));
   }
   return 0;

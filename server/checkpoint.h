@@ -46,6 +46,12 @@ int px_ckpt_init(px_ckpt* ck, const px_ckpt_opts* o, px_store* store, px_members
 /* Versions of the checkpoint files of dir (ckpt-%020llu.safetensors), newest first;
  * returns their count (at most cap). */
 size_t px_ckpt_list(const char* dir, uint64_t* versions, size_t cap);
+/* DIR/ckpt-%020llu.safetensors of version into buf (dir NULL: the file name alone). */
+#define PX_CKPT_PATH_MAX 600
+void px_ckpt_path(char* buf, size_t cap, const char* dir, uint64_t version);
+/* Renames the checkpoints of dir at versions vs[0..n) to NAME + suffix (kept for
+ * inspection, no longer listed or restored), logging each. */
+void px_ckpt_set_aside(const char* dir, const uint64_t* vs, size_t n, const char* suffix);
 /* The momentum of tensor NAME is stored as NAME PX_CKPT_MOM_SUFFIX. */
 #define PX_CKPT_MOM_SUFFIX "@momentum"
 /* Capture hooks of a step, c->mu held: before the step leaves c->version, after it arrived

@@ -155,14 +155,11 @@ void px_gen_set_aside_newer(const char* dir, uint64_t version) {
   uint64_t vs[MAX_LISTED];
   size_t n = px_ckpt_list(dir, vs, MAX_LISTED);
   if (n > MAX_LISTED) n = MAX_LISTED;
-  for (size_t i = 0; i < n && vs[i] > version; i++) {
-    char from[700], to[740];
-    snprintf(from, sizeof from, "%s/ckpt-%020" PRIu64 ".safetensors", dir, vs[i]);
-    snprintf(to, sizeof to, "%s.rolled-back", from);
-    if (rename(from, to) == 0) px_info("going back to version %" PRIu64 ": %s set aside as %s",
-                                       version, from, to);
-    else px_warn("cannot set %s aside: %s", from, strerror(errno));
-  }
+  size_t newer = 0; /* vs is newest first */
+  while (newer < n && vs[newer] > version) newer++;
+  if (newer) px_info("going back to version %" PRIu64 ": %zu newer checkpoint%s set aside",
+                     version, newer, newer == 1 ? "" : "s");
+  px_ckpt_set_aside(dir, vs, newer, ".rolled-back");
 }
 
 void px_gen_restarted(px_gen* g, uint64_t gen, uint64_t version) {

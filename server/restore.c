@@ -84,27 +84,14 @@ static int restore_file(px_ckpt* ck, const char* path, uint64_t* version, char* 
   return rc;
 }
 
-/* Renames the skipped checkpoints vs[0..n) to NAME.unrestorable: kept for inspection, but
- * no longer ranked with this run's files (their higher versions once got the new run's
- * checkpoints pruned by --keep, so that a restart then restored nothing). */
-static void set_aside(px_ckpt* ck, const uint64_t* vs, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    char from[600], to[640];
-    snprintf(from, sizeof from, "%s/ckpt-%020" PRIu64 ".safetensors", ck->o.dir, vs[i]);
-    snprintf(to, sizeof to, "%s.unrestorable", from);
-    if (rename(from, to) == 0) px_warn("checkpoint %s set aside as %s", from, to);
-    else px_warn("cannot set %s aside: %s", from, strerror(errno));
-  }
-}
-
 int px_ckpt_restore(px_ckpt* ck) {
   if (!ck->o.dir) return 0;
   uint64_t vs[1024];
   size_t n = px_ckpt_list(ck->o.dir, vs, 1024);
   char first_err[512] = "";
   for (size_t i = 0; i < n; i++) {
-    char path[600], err[512];
-    snprintf(path, sizeof path, "%s/ckpt-%020" PRIu64 ".safetensors", ck->o.dir, vs[i]);
+    char path[PX_CKPT_PATH_MAX], err[512];
+    px_ckpt_path(path, sizeof path, ck->o.dir, vs[i]);
     uint64_t v = 0;
     if (restore_file(ck, path, &v, err, sizeof err) == 0) {
       px_info("restored %s: version %" PRIu64 ", %u tensors", path, v,
@@ -112,7 +99,10 @@ int px_ckpt_restore(px_ckpt* ck) {
       ck->last_version = v;
       ck->restored_version = v;
       snprintf(ck->last_path, sizeof ck->last_path, "%s", path);
-      set_aside(ck, vs, i); /* the newer ones that failed */
+      /* the newer ones that failed: kept for inspection, but no longer ranked with this
+       * run's files (their higher versions once got the new run's checkpoints pruned by
+       * --keep, so that a restart then restored nothing) */
+      px_ckpt_set_aside(ck->o.dir, vs, i, ".unrestorable");
       return 0;
     }
     px_warn("skipping checkpoint %s: %s", path, err);

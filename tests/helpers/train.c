@@ -183,6 +183,24 @@ size_t it_count(const char* hay, const char* needle) {
   return n;
 }
 
+uint64_t it_wait_step(int fd, char* acc, size_t cap, uint64_t target, const char* who, int ms) {
+  int64_t deadline = px_h_now_ms() + ms;
+  for (;;) {
+    char line[128];
+    int64_t left = deadline - px_h_now_ms();
+    CHECK(px_h_read_line_prefix(fd, "step ", acc, cap, line, sizeof line,
+                                left > 0 ? (int)left : 0) == 0,
+          "%s did not report step %" PRIu64 " within %d ms (it ended or hangs)", who, target, ms);
+    uint64_t s = strtoull(line + 5, NULL, 10);
+    if (s >= target) return s;
+  }
+}
+
+long it_resyncs_of(const char* out) {
+  const char* p = strstr(out, "resyncs ");
+  return p ? strtol(p + 8, NULL, 10) : -1;
+}
+
 void it_seed_rng(uint64_t* state) {
   const char* s = getenv("PMX_IT_SEED");
   if (s && *s) {

@@ -61,6 +61,12 @@ int it_open_out(const char* dir, const char* name);
 char* it_slurp(const char* dir, const char* name);
 /* Occurrences of needle in hay. */
 size_t it_count(const char* hay, const char* needle);
+/* Reads "step N" lines of a --progress worker from fd (acc: px_h_read_line_prefix's
+ * buffer; other lines skipped) until N >= target, within ms; returns N. Fails the test
+ * naming who when none comes. */
+uint64_t it_wait_step(int fd, char* acc, size_t cap, uint64_t target, const char* who, int ms);
+/* The N of a --resync worker's "resyncs N" line in out, or -1. */
+long it_resyncs_of(const char* out);
 
 /* The random moments of the fault tests: it_seed_rng seeds *state from PMX_IT_SEED (to
  * repeat a run) or the clock and prints the seed; it_rnd_between is uniform in [lo, hi]. */

@@ -99,19 +99,6 @@ static px_rpc_channel* channel(const px_h_server* srv) {
   return ch;
 }
 
-/* Reads "step N" lines from fd (skipping other lines) until N >= target; returns N. */
-static uint64_t wait_step(int fd, char* acc, size_t cap, uint64_t target, const char* who) {
-  int64_t deadline = px_h_now_ms() + PROGRESS_MS;
-  for (;;) {
-    char line[128];
-    int64_t left = deadline - px_h_now_ms();
-    CHECK(px_h_read_line_prefix(fd, "step ", acc, cap, line, sizeof line, left > 0 ? (int)left : 0) == 0,
-          "%s did not report step %" PRIu64 " within %d ms (it ended or hangs)", who, target, PROGRESS_MS);
-    uint64_t s = strtoull(line + 5, NULL, 10);
-    if (s >= target) return s;
-  }
-}
-
 /* The rest of a worker's stdout after it exited: what acc still holds plus the pipe. */
 static char* drain(int fd, const char* acc) {
   size_t cap = 1 << 20, n = strlen(acc);
@@ -120,12 +107,6 @@ static char* drain(int fd, const char* acc) {
   memcpy(out, acc, n + 1);
   px_h_read_all(fd, out + n, cap - n, 5000);
   return out;
-}
-
-/* The N of the worker's "resyncs N" line, or -1. */
-static long resyncs_of(const char* out) {
-  const char* p = strstr(out, "resyncs ");
-  return p ? strtol(p + 8, NULL, 10) : -1;
 }
 
 /* The server's final state: every tensor at `steps` with the reference checksum. */
@@ -189,7 +170,7 @@ static void test_server_sigkill_restart(void** state) {
   int64_t t0 = px_h_now_ms();
   for (int k = 0; k < nkills; k++) {
     uint64_t target = rnd_between(lo + (uint64_t)k * span, lo + (uint64_t)(k + 1) * span - 1);
-    uint64_t at = wait_step(pfd[0], acc, sizeof acc, target, "rank 0");
+    uint64_t at = it_wait_step(pfd[0], acc, sizeof acc, target, "rank 0", PROGRESS_MS);
     /* The restart needs a checkpoint to resume from (the first one is at version 2). */
     uint64_t vs[16];
     int64_t until = px_h_now_ms() + 10000;
@@ -228,7 +209,7 @@ static void test_server_sigkill_restart(void** state) {
     char name[32];
     snprintf(name, sizeof name, "kill-worker-%" PRIu32 ".out", r);
     char* o = r == 0 ? drain(pfd[0], acc) : it_slurp(g_dir, name);
-    long n = resyncs_of(o);
+    long n = it_resyncs_of(o);
     CHECK(n == nkills, "worker %" PRIu32 " resynchronised %ld times for %d server restarts (stdout tail: %s)", r, n,
           nkills, strlen(o) > 300 ? o + strlen(o) - 300 : o);
     free(o);
@@ -268,7 +249,7 @@ static void test_worker_sigkill_rejoin(void** state) {
   }
   char acc[4096] = "";
   uint64_t target = rnd_between(10, WK_STEPS - 50);
-  uint64_t at = wait_step(pfd[0], acc, sizeof acc, target, "the victim");
+  uint64_t at = it_wait_step(pfd[0], acc, sizeof acc, target, "the victim", PROGRESS_MS);
   px_h_kill(pids[victim]);
   close(pfd[0]);
 
@@ -286,7 +267,7 @@ static void test_worker_sigkill_rejoin(void** state) {
   uint64_t start = s ? strtoull(s + 11, NULL, 10) : 0;
   CHECK(start > at, "the restarted worker %" PRIu32 " started at step %" PRIu64 ", but the job had passed step %" PRIu64
         " (its stdout: %s)", victim, start, at, o);
-  CHECK(resyncs_of(o) == 0, "the restarted worker resynchronised: %s", o);
+  CHECK(it_resyncs_of(o) == 0, "the restarted worker resynchronised: %s", o);
   free(o);
   it_train_check(&j, &g_sgd);
   check_server_final(&srv, &j);
@@ -332,7 +313,7 @@ static void test_soak_rss(void** state) {
   close(pfd[1]);
   pids[1] = it_worker_start(&j, 1, -1, -1, NULL);
   char acc[4096] = "";
-  wait_step(pfd[0], acc, sizeof acc, SOAK_SAMPLE_STEP, "rank 0");
+  it_wait_step(pfd[0], acc, sizeof acc, SOAK_SAMPLE_STEP, "rank 0", PROGRESS_MS);
   long rss_early = px_h_rss_kib(srv.pid);
   CHECK(rss_early > 0, "cannot read the server's VmRSS");
   int64_t deadline = px_h_now_ms() + JOB_MS;

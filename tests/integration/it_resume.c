@@ -88,19 +88,6 @@ static pid_t start_worker(const char* addr, uint32_t rank, int out_fd, int err_f
   return pid;
 }
 
-/* Reads rank 0's "step N" lines until N >= target. */
-static void wait_step(int fd, char* acc, size_t cap, uint64_t target) {
-  int64_t deadline = px_h_now_ms() + PROGRESS_MS;
-  for (;;) {
-    char line[256];
-    int64_t left = deadline - px_h_now_ms();
-    CHECK(px_h_read_line_prefix(fd, "step ", acc, cap, line, sizeof line,
-                                left > 0 ? (int)left : 0) == 0,
-          "rank 0 did not report step %" PRIu64 " within %d ms", target, PROGRESS_MS);
-    if (strtoull(line + 5, NULL, 10) >= target) return;
-  }
-}
-
 /* Waits for the server to create a checkpoint's temporary file in dir (watch: an inotify
  * descriptor on dir), then SIGKILLs it at once. */
 static void kill_at_checkpoint_write(int watch, pid_t server) {
@@ -268,7 +255,7 @@ static void test_demo_survives_server_kills(void** state) {
     } else {
       /* a random step ahead of the last target (steps go back after each restart) */
       target += rnd_between(5, (STEPS - 60) / KILLS);
-      wait_step(pfd[0], acc, sizeof acc, target);
+      it_wait_step(pfd[0], acc, sizeof acc, target, "rank 0", PROGRESS_MS);
       px_h_kill(srv.pid);
       kind = k == 0 ? "before the first checkpoint" : "at a random step";
     }
@@ -333,7 +320,7 @@ static void test_demo_survives_sigterm_restarts(void** state) {
   uint64_t target = 0;
   for (int k = 0; k < TERMS; k++) {
     target += rnd_between(3, (STEPS - 60) / TERMS);
-    wait_step(pfd[0], acc, sizeof acc, target);
+    it_wait_step(pfd[0], acc, sizeof acc, target, "rank 0", PROGRESS_MS);
     stop_server_ok(&srv);
     start_server(&srv, listen, args, "term-server.log");
   }

@@ -107,19 +107,6 @@ static Paramex__V1__StatsResponse* shard_stats(const px_h_server* srv) {
   return st;
 }
 
-/* Reads "step N" lines from fd until N >= target; returns N. */
-static uint64_t wait_step(int fd, char* acc, size_t cap, uint64_t target) {
-  int64_t deadline = px_h_now_ms() + PROGRESS_MS;
-  for (;;) {
-    char line[128];
-    int64_t left = deadline - px_h_now_ms();
-    CHECK(px_h_read_line_prefix(fd, "step ", acc, cap, line, sizeof line, left > 0 ? (int)left : 0) == 0,
-          "rank 0 did not report step %" PRIu64 " within %d ms (it ended or hangs)", target, PROGRESS_MS);
-    uint64_t s = strtoull(line + 5, NULL, 10);
-    if (s >= target) return s;
-  }
-}
-
 /* Reads lines from fd until rank 0's "resync at ..." (the next kill would otherwise fall
  * before it noticed this one, and one resynchronisation would cover both). */
 static void wait_resync(int fd, char* acc, size_t cap, int kill) {
@@ -153,11 +140,6 @@ static bool kill_during_write(const char* dir, pid_t pid, int ms) {
   if (!seen) return false;
   px_h_kill(pid);
   return it_ckpt_temp_left(dir);
-}
-
-static long resyncs_of(const char* out) {
-  const char* p = strstr(out, "resyncs ");
-  return p ? strtol(p + 8, NULL, 10) : -1;
 }
 
 /* ---- kills --------------------------------------------------------------------------------- */
@@ -197,7 +179,7 @@ static void test_shard_kills_recover_as_one(void** state) {
   int64_t t0 = px_h_now_ms();
   for (int k = 0; k < nkills; k++) {
     uint64_t target = it_rnd_between(&g_rng, lo + (uint64_t)k * span, lo + (uint64_t)(k + 1) * span - 1);
-    uint64_t at = wait_step(pfd[0], acc, sizeof acc, target);
+    uint64_t at = it_wait_step(pfd[0], acc, sizeof acc, target, "rank 0", PROGRESS_MS);
     uint32_t v = (uint32_t)it_rnd_between(&g_rng, 0, SHARDS - 1);
     char vdir[700];
     snprintf(vdir, sizeof vdir, "%s/shard-%u", ckdir, v);
@@ -240,7 +222,7 @@ static void test_shard_kills_recover_as_one(void** state) {
     char name[32];
     snprintf(name, sizeof name, "worker-%u.out", r);
     char* o = r == 0 ? o0 : it_slurp(g_dir, name);
-    long n = resyncs_of(o);
+    long n = it_resyncs_of(o);
     CHECK(n >= nkills, "worker %u resynchronised %ld times for %d shard restarts", r, n, nkills);
     if (r) free(o);
   }
