@@ -20,6 +20,11 @@
 const char* pmx_version(void) { return "0.1.0"; }
 
 pmx_status px_client_connect(const char* addr, const pmx_options* opts, pmx_client** out) {
+  return px_client_connect_beside(addr, opts, NULL, out);
+}
+
+pmx_status px_client_connect_beside(const char* addr, const pmx_options* opts,
+                                    const pmx_client* beside, pmx_client** out) {
   if (!addr || !*addr || !out) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_connect: no address");
   pmx_client* c = calloc(1, sizeof *c);
   if (!c) return px_fail(PMX_ERR_NO_MEMORY, "pmx_connect: out of memory");
@@ -34,6 +39,7 @@ pmx_status px_client_connect(const char* addr, const pmx_options* opts, pmx_clie
   pthread_condattr_destroy(&cattr);
   char err[256] = "";
   px_rpc_channel_opts co = {0};
+  co.share_thread_of = beside ? beside->ch : NULL;
   char *ca = NULL, *cert = NULL, *key = NULL, *token = NULL;
   bool ok = true;
 #define OPT(field, env) (opts && opts->field ? opts->field : getenv(env))

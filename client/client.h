@@ -60,6 +60,10 @@ struct pmx_client {
 
 /* A client of the one server at addr (pmx_connect of one address). */
 pmx_status px_client_connect(const char* addr, const pmx_options* opts, pmx_client** out);
+/* The same, its calls completing on beside's completion-queue thread (beside NULL: its
+ * own); a cluster's shard clients share shard 0's. */
+pmx_status px_client_connect_beside(const char* addr, const pmx_options* opts,
+                                    const pmx_client* beside, pmx_client** out);
 /* pmx_client_destroy (say_leave) or pmx_client_abort of a client of one server. */
 void px_client_free(pmx_client* c, bool say_leave);
 /* pmx_join with one server. */

@@ -45,7 +45,7 @@ pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** o
   for (uint32_t i = 0; i < n; i++) {
     char a[256];
     px_shard_list_get(list, i, a, sizeof a);
-    pmx_status st = px_client_connect(a, opts, &c->shard[i]);
+    pmx_status st = px_client_connect_beside(a, opts, i ? c->shard[0] : NULL, &c->shard[i]);
     if (st != PMX_OK) {
       st = px_fail(st, "pmx_connect: shard %u of %u (%s): %s", i, n, a,
                    pmx_last_error() + (strncmp(pmx_last_error(), "pmx_connect: ", 13) ? 0 : 13));

@@ -1,8 +1,9 @@
 /* The client side of the transport adapter (rpc_client.h): a channel with its own
- * completion-queue thread; each call is a px_rpc_call (rpc_call.h) plus the status batch
+ * completion-queue thread (or another channel's); each call is a px_rpc_call (rpc_call.h) plus the status batch
  * that tells when it is over, half-close and cancel. */
 #include "rpc/rpc_client.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,10 +27,19 @@ struct px_cli_call {
   px_cli_call *prev, *next; /* live list of the channel */
 };
 
-struct px_rpc_channel {
-  grpc_channel* channel;
+/* A completion queue and the thread that drains it, shared by the channels made with
+ * opts->share_thread_of (the last one to go stops it). */
+typedef struct cq_thread {
   grpc_completion_queue* cq;
   pthread_t thread;
+  pthread_mutex_t mu;
+  int refs;
+} cq_thread;
+
+struct px_rpc_channel {
+  grpc_channel* channel;
+  grpc_completion_queue* cq; /* t->cq */
+  cq_thread* t;
   pthread_mutex_t mu;
   pthread_cond_t cv;
   px_cli_call* live; /* calls not yet done */
@@ -48,6 +58,43 @@ struct px_rpc_channel {
 #define CLI_CALL(core) ((px_cli_call*)(core))
 
 static const px_cli_call_cbs no_cbs = {0};
+
+static cq_thread* cq_thread_start(void) {
+  cq_thread* t = calloc(1, sizeof *t);
+  if (!t) return NULL;
+  t->cq = grpc_completion_queue_create_for_next(NULL);
+  if (!t->cq || pthread_create(&t->thread, NULL, px_rpc_cq_thread, t->cq) != 0) {
+    if (t->cq) {
+      grpc_completion_queue_shutdown(t->cq);
+      grpc_completion_queue_destroy(t->cq);
+    }
+    free(t);
+    return NULL;
+  }
+  pthread_mutex_init(&t->mu, NULL);
+  t->refs = 1;
+  return t;
+}
+
+static cq_thread* cq_thread_ref(cq_thread* t) {
+  pthread_mutex_lock(&t->mu);
+  t->refs++;
+  pthread_mutex_unlock(&t->mu);
+  return t;
+}
+
+/* The last reference stops the thread (every call on the queue is over by then). */
+static void cq_thread_unref(cq_thread* t) {
+  pthread_mutex_lock(&t->mu);
+  bool last = --t->refs == 0;
+  pthread_mutex_unlock(&t->mu);
+  if (!last) return;
+  grpc_completion_queue_shutdown(t->cq);
+  pthread_join(t->thread, NULL);
+  grpc_completion_queue_destroy(t->cq);
+  pthread_mutex_destroy(&t->mu);
+  free(t);
+}
 
 /* ---- channels ----------------------------------------------------------------------------- */
 
@@ -110,20 +157,18 @@ px_rpc_channel* px_rpc_channel_create_ex(const char* target, const px_rpc_channe
     ch->channel = grpc_channel_create(target, creds, &ca);
     grpc_channel_credentials_release(creds);
   }
-  ch->cq = ch->channel ? grpc_completion_queue_create_for_next(NULL) : NULL;
-  if (!ch->cq || pthread_create(&ch->thread, NULL, px_rpc_cq_thread, ch->cq) != 0) {
+  const px_rpc_channel* share = opts ? opts->share_thread_of : NULL;
+  ch->t = !ch->channel ? NULL : share ? cq_thread_ref(share->t) : cq_thread_start();
+  if (!ch->t) {
     if (!creds) snprintf(err, errlen, "cannot load the TLS CA, certificate or key");
     else if (!ch->channel) snprintf(err, errlen, "cannot create a channel to %s", target);
     else snprintf(err, errlen, "cannot start the channel thread");
-    if (ch->cq) {
-      grpc_completion_queue_shutdown(ch->cq);
-      grpc_completion_queue_destroy(ch->cq);
-    }
     if (ch->channel) grpc_channel_destroy(ch->channel);
     if (ch->has_auth) grpc_slice_unref(ch->auth_md.value);
     free(ch);
     return NULL;
   }
+  ch->cq = ch->t->cq;
   pthread_mutex_init(&ch->mu, NULL);
   px_cond_init_monotonic(&ch->cv);
   return ch;
@@ -136,9 +181,7 @@ void px_rpc_channel_destroy(px_rpc_channel* ch) {
   while (ch->nlive > 0) pthread_cond_wait(&ch->cv, &ch->mu);
   pthread_mutex_unlock(&ch->mu);
   grpc_channel_destroy(ch->channel);
-  grpc_completion_queue_shutdown(ch->cq);
-  pthread_join(ch->thread, NULL);
-  grpc_completion_queue_destroy(ch->cq);
+  cq_thread_unref(ch->t);
   pthread_mutex_destroy(&ch->mu);
   pthread_cond_destroy(&ch->cv);
   if (ch->has_auth) grpc_slice_unref(ch->auth_md.value);

@@ -27,6 +27,11 @@ typedef struct px_rpc_channel_opts {
   const char* tls_server_name;
   /* Sent as "authorization: Bearer TOKEN" on every call (copied). */
   const char* token;
+  /* Not NULL: the channel's calls complete on this channel's completion-queue thread
+   * instead of a thread of its own (the thread stops with the last channel using it, in
+   * any order). One thread then polls every connection: gRPC's epoll engine lets one
+   * thread poll at a time, and a thread per channel passed that role back and forth. */
+  const px_rpc_channel* share_thread_of;
 } px_rpc_channel_opts;
 px_rpc_channel* px_rpc_channel_create_ex(const char* target, const px_rpc_channel_opts* opts,
                                            char* err, size_t errlen);

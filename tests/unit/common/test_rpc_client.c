@@ -1,4 +1,4 @@
-/* Unit tests of common/rpc/rpc_client.c against a real server on loopback (tests/helpers/rpc_fixture.h): unary calls, client streaming with back-pressure, one send at a time, cancel, deadlines. */
+/* Unit tests of common/rpc/rpc_client.c against a real server on loopback (tests/helpers/rpc_fixture.h): unary calls, channels sharing a completion-queue thread, client streaming with back-pressure, one send at a time, cancel, deadlines. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -141,6 +141,50 @@ static void test_client_streaming_backpressure(void** state) {
  * the pending send ends with on_sent(false) when the call is cancelled. The send is kept
  * pending deterministically: the channel points at a port nobody listens on (one a
  * server just gave back) and the call waits for the server to be ready. */
+/* Channels sharing one completion-queue thread: calls on each complete, and the thread
+ * lives until the last of them goes, whichever is destroyed first. */
+static void shared_echo(px_rpc_channel* ch, uint32_t seed) {
+  uint8_t* req = pat_buf(seed, 0, 4096);
+  assert_non_null(req);
+  uint8_t* resp = NULL;
+  size_t len = 0;
+  char details[128];
+  assert_int_equal(px_rpc_unary(ch, M_ECHO, req, 4096, 10000, true, &resp, &len, details,
+                                sizeof details), PX_ST_OK);
+  assert_int_equal(len, 4096 + 5);
+  assert_memory_equal(resp + 5, req, 4096);
+  free(resp);
+  free(req);
+}
+
+static void test_shared_thread(void** state) {
+  (void)state;
+  char err[256] = "";
+  for (int order = 0; order < 2; order++) {
+    px_rpc_channel* a = px_rpc_channel_create(g_target, err, sizeof err);
+    assert_non_null(a);
+    px_rpc_channel_opts o = {.share_thread_of = a};
+    px_rpc_channel* b = px_rpc_channel_create_ex(g_target, &o, err, sizeof err);
+    px_rpc_channel* c = px_rpc_channel_create_ex(g_target, &o, err, sizeof err);
+    assert_true(b && c);
+    shared_echo(a, 1);
+    shared_echo(b, 2);
+    shared_echo(c, 3);
+    if (order == 0) { /* the owner first: the others' calls still complete */
+      px_rpc_channel_destroy(a);
+      shared_echo(b, 4);
+      px_rpc_channel_destroy(b);
+      shared_echo(c, 5);
+      px_rpc_channel_destroy(c);
+    } else {
+      px_rpc_channel_destroy(c);
+      px_rpc_channel_destroy(b);
+      shared_echo(a, 6);
+      px_rpc_channel_destroy(a);
+    }
+  }
+}
+
 static void test_client_send_one_outstanding(void** state) {
   (void)state;
   char err[256] = "";
@@ -255,6 +299,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_unary_round_trip),
       cmocka_unit_test(test_client_streaming_backpressure),
+      cmocka_unit_test(test_shared_thread),
       cmocka_unit_test(test_client_send_one_outstanding),
       cmocka_unit_test(test_client_cancel_reaches_server),
       cmocka_unit_test(test_deadline_exceeded),
