@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Issue 13's goals: one model over S shards, ResNet-50 x 4 workers (BSP), against
-# MPI_Allreduce over the same emulated hosts. ~12 minutes on the 2-vCPU VM; root (the
+# MPI_Allreduce over the same emulated hosts. ~15 minutes on the 2-vCPU VM; root (the
 # emulated hosts are network namespaces). Writes OUTDIR/shards-*.json, .csv, .txt and the
 # plots (bench/plot).
 #   1, 2. 4 shards colocated with the 4 workers on 1 Gbit/s hosts: plain f32 (compression
 #         off) and the defaults (diff-compressed pulls, bf16 view, bf16 pushes), each with
 #         pmx_push_pull's pipelined pattern (--overlap) and with push then pull;
-#   3.    loopback: S = 1 and 2 (the cost of sharding itself), both patterns;
+#   3.    loopback: S = 1 and 2 (the cost of sharding itself), both patterns, alternated
+#         twice (one pair on this VM varies by +-15%);
 #   4.    1, 2, 4 shards on hosts of their own (separate), 1 Gbit/s.
 # Usage: bench/shards.sh [OUTDIR] [BUILD_DIR]   (default: bench/results, build)
 set -euo pipefail
@@ -28,7 +29,8 @@ bench shards-colocated --shards 4 --hosts colocated --link 1gbit --compression o
   --baselines none
 bench shards-separate --shards 1,2,4 --hosts separate --link 1gbit --compression off \
   --overlap --baselines mpi
-bench shards-loopback --shards 1,2 --compression off --steps 10 --baselines mpi
-bench shards-loopback-overlap --shards 1,2 --compression off --steps 10 --overlap --baselines none
+bench shards-loopback --shards 1,2,1,2 --compression off --steps 20 --warmup 5 --baselines mpi
+bench shards-loopback-overlap --shards 1,2,1,2 --compression off --steps 20 --warmup 5 --overlap \
+  --baselines none
 /usr/bin/env python3 bench/plot "$out"/shards-*.json --out "$out/shards-plots"
 rm -f "$out/shards-plots/step_vs_workers.png" # one worker count: nothing to draw
