@@ -2,6 +2,8 @@
  * pmx_client_destroy / pmx_client_abort / pmx_client_get_stats of paramex.h). */
 #include "cluster.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,8 +123,29 @@ static void first_difference(const char* a, const char* b, char* wa, char* wb, s
   }
 }
 
+/* *v from the environment variable name when it is PMX_FROM_ENV: a decimal number below
+ * UINT32_MAX. */
+static pmx_status from_env(uint32_t* v, const char* name, const char* what) {
+  if (*v != PMX_FROM_ENV) return PMX_OK;
+  const char* s = getenv(name);
+  if (!s || !*s)
+    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_join: %s PMX_FROM_ENV, but %s is not set "
+                   "(paramex-launch sets it; or pass the %s)", what, name, what);
+  char* end = NULL;
+  errno = 0;
+  unsigned long long x = s[0] >= '0' && s[0] <= '9' ? strtoull(s, &end, 10) : ULLONG_MAX;
+  if (x >= PMX_FROM_ENV || errno != 0 || !end || *end)
+    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_join: %s=%.40s is not a %s (a number "
+                   "below %u)", name, s, what, PMX_FROM_ENV);
+  *v = (uint32_t)x;
+  return PMX_OK;
+}
+
 pmx_status pmx_join(pmx_client* c, uint32_t rank, uint32_t world_size, pmx_join_info* info) {
   if (!c) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_join: no client");
+  pmx_status est = from_env(&rank, "PMX_RANK", "rank");
+  if (est == PMX_OK) est = from_env(&world_size, "PMX_WORLD_SIZE", "world size");
+  if (est != PMX_OK) return est;
   if (!c->nshards) return px_client_join(c, rank, world_size, info);
   for (uint32_t i = 0; i < c->nshards; i++) {
     pmx_status st = px_client_join(c->shard[i], rank, world_size, i == 0 ? info : NULL);

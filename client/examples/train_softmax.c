@@ -217,9 +217,10 @@ static void usage(FILE* f) {
           "usage: " PROG " --server HOST:PORT [--rank R] [--world N] [--steps S]\n"
           "Trains softmax regression on synthetic data as worker R of N through a\n"
           "paramex-server (whose --workers must be N).\n"
-          "  --server HOST:PORT  the paramex-server (required)\n"
-          "  --rank R            this worker's rank, 0 <= R < N (default 0)\n"
-          "  --world N           number of workers, 1..%d (default 1)\n"
+          "  --server HOST:PORT  the paramex-server, or a shard list HOST:PORT,... (default:\n"
+          "                      PMX_SERVERS; required)\n"
+          "  --rank R            this worker's rank, 0 <= R < N (default: PMX_RANK, or 0)\n"
+          "  --world N           number of workers, 1..%d (default: PMX_WORLD_SIZE, or 1)\n"
           "  --steps S           training steps (default 60)\n",
           NUM_TRAIN);
 }
@@ -288,10 +289,16 @@ static void parse_flags(int argc, char** argv, config* cfg) {
       *slot = argv[++i];
     }
   }
+  /* unset flags from the environment paramex-launch sets (a flag wins) */
+  if (cfg->server == NULL) cfg->server = getenv("PMX_SERVERS");
+  const char* rank_name = rank_s ? "--rank" : "PMX_RANK";
+  const char* world_name = world_s ? "--world" : "PMX_WORLD_SIZE";
+  if (rank_s == NULL) rank_s = getenv("PMX_RANK");
+  if (world_s == NULL) world_s = getenv("PMX_WORLD_SIZE");
   if (cfg->server == NULL) bad_flag("--server HOST:PORT is required (see --help)");
   if (cfg->server[0] == '\0') bad_flag("--server: empty address");
-  if (world_s != NULL) cfg->world = parse_uint("--world", world_s, 1, NUM_TRAIN);
-  if (rank_s != NULL) cfg->rank = parse_uint("--rank", rank_s, 0, cfg->world - 1);
+  if (world_s != NULL) cfg->world = parse_uint(world_name, world_s, 1, NUM_TRAIN);
+  if (rank_s != NULL) cfg->rank = parse_uint(rank_name, rank_s, 0, cfg->world - 1);
   if (steps_s != NULL) cfg->steps = parse_uint("--steps", steps_s, 0, 100000000);
 }
 

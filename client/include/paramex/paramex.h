@@ -191,6 +191,10 @@ typedef struct pmx_join_info {
  * without it. */
 PMX_API pmx_status pmx_join(pmx_client* client, uint32_t rank, uint32_t world_size,
                             pmx_join_info* info);
+/* rank or world_size PMX_FROM_ENV: taken from the environment, PMX_RANK and PMX_WORLD_SIZE
+ * (what paramex-launch sets); unset or not a number is PMX_ERR_INVALID_ARGUMENT naming the
+ * variable. */
+#define PMX_FROM_ENV UINT32_MAX
 
 typedef enum pmx_init_kind {
   PMX_INIT_ZEROS = 0,

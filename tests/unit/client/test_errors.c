@@ -210,6 +210,41 @@ static void test_last_error_of_every_function(void** state) {
   pmx_client_destroy(c);
 }
 
+/* pmx_join's PMX_FROM_ENV: PMX_RANK / PMX_WORLD_SIZE, each refused by name when unset or
+ * not a number before any call, then taken as given (the server checks them). */
+static void test_join_from_env(void** state) {
+  (void)state;
+  char err[512];
+  const char* args[] = {"--workers", "2", "--log-level", "warn", NULL};
+  px_h_server srv;
+  if (px_h_server_start(&srv, args, NULL, SRV_START_MS, err, sizeof err) != 0)
+    fail_msg("server: %s", err);
+  pmx_options o = {.timeout_ms = 20000, .connect_timeout_ms = 20000};
+  pmx_client* c = NULL;
+  expect_st("connect", pmx_connect(srv.addr, &o, &c), PMX_OK);
+  unsetenv("PMX_RANK");
+  setenv("PMX_WORLD_SIZE", "2", 1);
+  assert_int_equal(pmx_join(c, PMX_FROM_ENV, PMX_FROM_ENV, NULL), PMX_ERR_INVALID_ARGUMENT);
+  assert_non_null(strstr(pmx_last_error(), "rank PMX_FROM_ENV, but PMX_RANK is not set"));
+  setenv("PMX_RANK", "1x", 1);
+  assert_int_equal(pmx_join(c, PMX_FROM_ENV, 2, NULL), PMX_ERR_INVALID_ARGUMENT);
+  assert_non_null(strstr(pmx_last_error(), "PMX_RANK=1x is not a rank"));
+  setenv("PMX_RANK", "1", 1);
+  setenv("PMX_WORLD_SIZE", "-2", 1);
+  assert_int_equal(pmx_join(c, PMX_FROM_ENV, PMX_FROM_ENV, NULL), PMX_ERR_INVALID_ARGUMENT);
+  assert_non_null(strstr(pmx_last_error(), "PMX_WORLD_SIZE=-2 is not a world size"));
+  setenv("PMX_WORLD_SIZE", "2", 1);
+  pmx_join_info info = {0};
+  expect_st("join", pmx_join(c, PMX_FROM_ENV, PMX_FROM_ENV, &info), PMX_OK);
+  assert_int_equal(info.world_size, 2);
+  assert_int_equal(info.worker_id, 1);
+  unsetenv("PMX_RANK");
+  unsetenv("PMX_WORLD_SIZE");
+  pmx_client_destroy(c);
+  int ws = 0;
+  assert_int_equal(px_h_server_stop(&srv, 20000, &ws, NULL), 0);
+}
+
 /* ---- px_from_rpc ----------------------------------------------------------------------------- */
 
 static void test_from_rpc(void** state) {
@@ -642,6 +677,7 @@ int main(void) {
       cmocka_unit_test(test_last_error_truncated),
       cmocka_unit_test(test_last_error_of_library_call),
       cmocka_unit_test(test_last_error_of_every_function),
+      cmocka_unit_test(test_join_from_env),
       cmocka_unit_test(test_from_rpc),
       cmocka_unit_test_teardown(test_log_checksum_warning, teardown),
       cmocka_unit_test_teardown(test_log_retrying, teardown),
