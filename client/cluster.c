@@ -2,13 +2,12 @@
  * pmx_client_destroy / pmx_client_abort / pmx_client_get_stats of paramex.h). */
 #include "cluster.h"
 
-#include <errno.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "errors.h"
+#include "launch/place.h"
 #include "shard/shardmap.h"
 #include "tensor.h"
 #include "util/log.h"
@@ -123,28 +122,37 @@ static void first_difference(const char* a, const char* b, char* wa, char* wb, s
   }
 }
 
-/* *v from the environment variable name when it is PMX_FROM_ENV: a decimal number below
- * UINT32_MAX. */
-static pmx_status from_env(uint32_t* v, const char* name, const char* what) {
-  if (*v != PMX_FROM_ENV) return PMX_OK;
-  const char* s = getenv(name);
-  if (!s || !*s)
-    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_join: %s PMX_FROM_ENV, but %s is not set "
-                   "(paramex-launch sets it; or pass the %s)", what, name, what);
-  char* end = NULL;
-  errno = 0;
-  unsigned long long x = s[0] >= '0' && s[0] <= '9' ? strtoull(s, &end, 10) : ULLONG_MAX;
-  if (x >= PMX_FROM_ENV || errno != 0 || !end || *end)
-    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_join: %s=%.40s is not a %s (a number "
-                   "below %u)", name, s, what, PMX_FROM_ENV);
-  *v = (uint32_t)x;
+static const char* env_get(const char* name, void* ctx) {
+  (void)ctx;
+  return getenv(name);
+}
+
+/* rank and world PMX_FROM_ENV from the launcher's variables (launch/place.h). */
+static pmx_status from_env(uint32_t* rank, uint32_t* world) {
+  if (*rank != PMX_FROM_ENV && *world != PMX_FROM_ENV) return PMX_OK;
+  px_place p;
+  char err[256];
+  if (px_place_worker(env_get, NULL, &p, err, sizeof err) != 0)
+    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_join: %s", err);
+  if (*rank == PMX_FROM_ENV && p.rank < 0)
+    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_join: rank PMX_FROM_ENV, but no variable "
+                   "gives it (PMX_RANK, DMLC_WORKER_ID with DMLC_ROLE=worker, RANK, "
+                   "OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK, SLURM_PROCID, "
+                   "JOB_COMPLETION_INDEX)");
+  if (*world == PMX_FROM_ENV && p.world < 0)
+    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_join: world size PMX_FROM_ENV, but no "
+                   "variable gives it (PMX_WORLD_SIZE, DMLC_NUM_WORKER with DMLC_ROLE=worker, "
+                   "WORLD_SIZE, OMPI_COMM_WORLD_SIZE, PMI_SIZE, SLURM_NTASKS)");
+  if (*rank == PMX_FROM_ENV) *rank = (uint32_t)p.rank;
+  if (*world == PMX_FROM_ENV) *world = (uint32_t)p.world;
+  px_info("joining as rank %u (%s) of %u (%s)", *rank, p.rank_from[0] ? p.rank_from : "given",
+          *world, p.world_from[0] ? p.world_from : "given");
   return PMX_OK;
 }
 
 pmx_status pmx_join(pmx_client* c, uint32_t rank, uint32_t world_size, pmx_join_info* info) {
   if (!c) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_join: no client");
-  pmx_status est = from_env(&rank, "PMX_RANK", "rank");
-  if (est == PMX_OK) est = from_env(&world_size, "PMX_WORLD_SIZE", "world size");
+  pmx_status est = from_env(&rank, &world_size);
   if (est != PMX_OK) return est;
   if (!c->nshards) return px_client_join(c, rank, world_size, info);
   for (uint32_t i = 0; i < c->nshards; i++) {

@@ -191,9 +191,14 @@ typedef struct pmx_join_info {
  * without it. */
 PMX_API pmx_status pmx_join(pmx_client* client, uint32_t rank, uint32_t world_size,
                             pmx_join_info* info);
-/* rank or world_size PMX_FROM_ENV: taken from the environment, PMX_RANK and PMX_WORLD_SIZE
- * (what paramex-launch sets); unset or not a number is PMX_ERR_INVALID_ARGUMENT naming the
- * variable. */
+/* rank or world_size PMX_FROM_ENV: taken from the environment: PMX_RANK / PMX_WORLD_SIZE
+ * (what paramex-launch sets), else the launcher's own variables: ps-lite's DMLC_WORKER_ID
+ * / DMLC_NUM_WORKER (DMLC_ROLE=worker), torchrun's RANK / WORLD_SIZE, Open MPI's
+ * OMPI_COMM_WORLD_RANK / _SIZE, PMIX_RANK, PMI_RANK / PMI_SIZE, Slurm's SLURM_PROCID /
+ * SLURM_NTASKS, a Kubernetes Indexed Job's JOB_COMPLETION_INDEX. A framework's variables
+ * win over a scheduler's, the innermost scheduler over the outer; two frameworks that
+ * disagree, a value that is not a number, or nothing at all: PMX_ERR_INVALID_ARGUMENT
+ * naming the variables. */
 #define PMX_FROM_ENV UINT32_MAX
 
 typedef enum pmx_init_kind {

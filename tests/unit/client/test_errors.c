@@ -210,8 +210,9 @@ static void test_last_error_of_every_function(void** state) {
   pmx_client_destroy(c);
 }
 
-/* pmx_join's PMX_FROM_ENV: PMX_RANK / PMX_WORLD_SIZE, each refused by name when unset or
- * not a number before any call, then taken as given (the server checks them). */
+/* pmx_join's PMX_FROM_ENV through the real environment: PMX_RANK / PMX_WORLD_SIZE, each
+ * refused by name when unset or not a number before any call, then taken as given (the
+ * server checks them); the conventions themselves: unit-place. */
 static void test_join_from_env(void** state) {
   (void)state;
   char err[512];
@@ -225,14 +226,14 @@ static void test_join_from_env(void** state) {
   unsetenv("PMX_RANK");
   setenv("PMX_WORLD_SIZE", "2", 1);
   assert_int_equal(pmx_join(c, PMX_FROM_ENV, PMX_FROM_ENV, NULL), PMX_ERR_INVALID_ARGUMENT);
-  assert_non_null(strstr(pmx_last_error(), "rank PMX_FROM_ENV, but PMX_RANK is not set"));
+  assert_non_null(strstr(pmx_last_error(), "rank PMX_FROM_ENV, but no variable gives it"));
   setenv("PMX_RANK", "1x", 1);
   assert_int_equal(pmx_join(c, PMX_FROM_ENV, 2, NULL), PMX_ERR_INVALID_ARGUMENT);
-  assert_non_null(strstr(pmx_last_error(), "PMX_RANK=1x is not a rank"));
+  assert_non_null(strstr(pmx_last_error(), "PMX_RANK=1x is not a number"));
   setenv("PMX_RANK", "1", 1);
   setenv("PMX_WORLD_SIZE", "-2", 1);
   assert_int_equal(pmx_join(c, PMX_FROM_ENV, PMX_FROM_ENV, NULL), PMX_ERR_INVALID_ARGUMENT);
-  assert_non_null(strstr(pmx_last_error(), "PMX_WORLD_SIZE=-2 is not a world size"));
+  assert_non_null(strstr(pmx_last_error(), "PMX_WORLD_SIZE=-2 is not a number"));
   setenv("PMX_WORLD_SIZE", "2", 1);
   pmx_join_info info = {0};
   expect_st("join", pmx_join(c, PMX_FROM_ENV, PMX_FROM_ENV, &info), PMX_OK);

@@ -1,0 +1,29 @@
+/* Where a worker stands in its job, from the variables its launcher set: PMX_RANK and
+ * PMX_WORLD_SIZE first (paramex-launch), else the conventions users already have:
+ *   frameworks  ps-lite/BytePS DMLC_WORKER_ID / DMLC_NUM_WORKER (with DMLC_ROLE=worker),
+ *               torchrun RANK / WORLD_SIZE;
+ *   schedulers  Open MPI OMPI_COMM_WORLD_RANK / _SIZE, PMIx PMIX_RANK, PMI PMI_RANK /
+ *               PMI_SIZE, Slurm SLURM_PROCID / SLURM_NTASKS, Kubernetes Indexed Jobs
+ *               JOB_COMPLETION_INDEX (no size: give PMX_WORLD_SIZE).
+ * A framework's variables win over a scheduler's (torchrun under Slurm); two frameworks
+ * that disagree are an error naming both; among schedulers the innermost wins (mpirun
+ * inside a Slurm allocation: MPI's). The environment is read through get (getenv in the
+ * library, a table in tests). */
+#ifndef PX_PLACE_H
+#define PX_PLACE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef const char* (*px_getenv_fn)(const char* name, void* ctx);
+
+typedef struct px_place {
+  int64_t rank, world;        /* -1: nothing says */
+  char rank_from[48], world_from[48]; /* the variable each came from, e.g. "SLURM_PROCID" */
+} px_place;
+
+/* 0, or -1 with err naming the variable(s): a value that is not a number below
+ * UINT32_MAX, or two frameworks that disagree. */
+int px_place_worker(px_getenv_fn get, void* ctx, px_place* out, char* err, size_t errlen);
+
+#endif
