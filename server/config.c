@@ -1,5 +1,6 @@
 /* paramex-server flags; each is also a PMX_* environment variable. */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,7 @@
 #include "config.h"
 
 #include "framecache.h"
+#include "launch/place.h"
 #include "shard/shardmap.h"
 #include "util/flags.h"
 #include "util/log.h"
@@ -57,8 +59,8 @@ static int check(px_config* cfg, char* err, size_t errlen) {
     rc = 2;
   }
   if (rc == 0 && cfg->shard >= cfg->shards) {
-    snprintf(err, errlen, "--shard %u is not below --shards %u (shards are numbered from 0)",
-             cfg->shard, cfg->shards);
+    snprintf(err, errlen, "%s %u is not below --shards %u (shards are numbered from 0)",
+             cfg->shard_from[0] ? cfg->shard_from : "--shard", cfg->shard, cfg->shards);
     rc = 2;
   }
   if (rc == 0 && (cfg->chunk_bytes % 4) != 0) {
@@ -96,6 +98,45 @@ static int check(px_config* cfg, char* err, size_t errlen) {
       px_gpu_list_parse(cfg->gpus, cfg->gpu_ids, PX_MAX_GPUS, &cfg->ngpus, err, errlen) != 0)
     rc = 2;
   return rc;
+}
+
+static bool on_command_line(int argc, char** argv, const char* flag) {
+  const size_t n = strlen(flag);
+  for (int i = 1; i < argc; i++)
+    if (strncmp(argv[i], flag, n) == 0 && (argv[i][n] == 0 || argv[i][n] == '=')) return true;
+  return false;
+}
+
+static const char* env_get(const char* name, void* ctx) {
+  (void)ctx;
+  return getenv(name);
+}
+
+/* --shard / --shards not given (the flags read PMX_SHARD / PMX_SHARDS): from the
+ * launcher's variables (launch/place.h). 0, or 2 with err. */
+static int adopt_shard(px_config* cfg, int argc, char** argv, char* err, size_t errlen) {
+  bool shard_set = on_command_line(argc, argv, "--shard"),
+       shards_set = on_command_line(argc, argv, "--shards");
+  if (shard_set && shards_set) return 0;
+  px_place p;
+  char why[256];
+  if (px_place_server(env_get, NULL, &p, why, sizeof why) != 0) {
+    snprintf(err, errlen, "%s", why);
+    return 2;
+  }
+  if (!shards_set && p.world >= 0) cfg->shards = (uint32_t)p.world;
+  /* a scheduler's index only where the count says there are several shards: a lone
+   * server inside a Slurm batch script, under mpirun or in a pod keeps being shard 0 */
+  if (!shard_set && p.rank >= 0 && cfg->shards > 1) {
+    cfg->shard = (uint32_t)p.rank;
+    snprintf(cfg->shard_from, sizeof cfg->shard_from, "%s", p.rank_from);
+  }
+  if (cfg->shard >= PX_MAX_SHARDS || cfg->shards < 1 || cfg->shards > PX_MAX_SHARDS) {
+    snprintf(err, errlen, "shard %u of %u (%s): shards are 0..%d", cfg->shard, cfg->shards,
+             cfg->shard_from[0] ? cfg->shard_from : "--shard", PX_MAX_SHARDS - 1);
+    return 2;
+  }
+  return 0;
 }
 
 int px_config_parse(px_config* cfg, int argc, char** argv, char* err, size_t errlen) {
@@ -172,6 +213,7 @@ int px_config_parse(px_config* cfg, int argc, char** argv, char* err, size_t err
     px_flags_usage(stdout, "paramex-server", SYNOPSIS, flags, nflags);
     return 1;
   }
+  if (rc == 0) rc = adopt_shard(cfg, argc, argv, err, errlen);
   if (rc == 0) rc = check(cfg, err, errlen);
   if (rc == 2) px_str_oneline(err); /* values are quoted as given */
   return rc;

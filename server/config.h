@@ -13,6 +13,7 @@ typedef struct px_config {
   const char* listen;
   uint32_t workers;
   uint32_t shard, shards;        /* this server is shard `shard` of `shards` */
+  char shard_from[48];           /* the launcher's variable the shard came from ("": a flag) */
   double lr, momentum, weight_decay;
   uint64_t chunk_bytes;
   uint32_t threads, cq_threads;

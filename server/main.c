@@ -127,6 +127,8 @@ int main(int argc, char** argv) {
            cfg.token_file ? ", bearer token required" : "",
            cfg.compression ? "" : ", compression off");
 
+  if (cfg.shard_from[0])
+    px_info("shard %u of %u: the shard from %s", cfg.shard, cfg.shards, cfg.shard_from);
   int sig = 0;
   for (;;) {
     sigwait(&sigs, &sig);

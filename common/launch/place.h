@@ -1,4 +1,5 @@
-/* Where a worker stands in its job, from the variables its launcher set: PMX_RANK and
+/* Where a worker (or a server shard, below) stands in its job, from the variables its
+ * launcher set: PMX_RANK and
  * PMX_WORLD_SIZE first (paramex-launch), else the conventions users already have:
  *   frameworks  ps-lite/BytePS DMLC_WORKER_ID / DMLC_NUM_WORKER (with DMLC_ROLE=worker),
  *               torchrun RANK / WORLD_SIZE;
@@ -25,5 +26,14 @@ typedef struct px_place {
 /* 0, or -1 with err naming the variable(s): a value that is not a number below
  * UINT32_MAX, or two frameworks that disagree. */
 int px_place_worker(px_getenv_fn get, void* ctx, px_place* out, char* err, size_t errlen);
+
+/* A server's shard (rank) and shard count (world) the same way: PMX_SHARD / PMX_SHARDS,
+ * then ps-lite's DMLC_NUM_SERVER (count only, with DMLC_ROLE=server), then the world rank
+ * of mpirun MPMD (servers first: OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK; no count),
+ * Slurm's SLURM_PROCID (not SLURM_NTASKS, which counts a batch script's tasks too), a
+ * Kubernetes StatefulSet pod's
+ * ordinal (HOSTNAME "name-N", with KUBERNETES_SERVICE_HOST set). Also -1 when the shard is
+ * not below the count. */
+int px_place_server(px_getenv_fn get, void* ctx, px_place* out, char* err, size_t errlen);
 
 #endif

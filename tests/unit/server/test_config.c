@@ -231,6 +231,62 @@ static void test_config_env(void** state) {
   }
 }
 
+/* --shard / --shards from the launcher's variables (launch/place.h; every convention is
+ * in unit-place): adopted only where neither the flag nor PMX_* says, and a scheduler's
+ * index only where there are several shards. */
+static const char* const launcher_vars[] = {
+    "PMX_SHARD", "PMX_SHARDS", "SLURM_PROCID", "DMLC_ROLE", "DMLC_NUM_SERVER",
+    "OMPI_COMM_WORLD_RANK", "KUBERNETES_SERVICE_HOST", "HOSTNAME"};
+
+static int parse_with(const char* const* kv, char** argv, int argc, px_config* c) {
+  const char* host = getenv("HOSTNAME");
+  char saved[256];
+  snprintf(saved, sizeof saved, "%s", host ? host : "");
+  for (size_t i = 0; i < sizeof launcher_vars / sizeof launcher_vars[0]; i++)
+    unsetenv(launcher_vars[i]);
+  for (; kv && kv[0]; kv += 2) setenv(kv[0], kv[1], 1);
+  int rc = px_config_parse(c, argc, argv, g_perr, sizeof g_perr);
+  for (size_t i = 0; i < sizeof launcher_vars / sizeof launcher_vars[0]; i++)
+    unsetenv(launcher_vars[i]);
+  if (host) setenv("HOSTNAME", saved, 1);
+  return rc;
+}
+
+static void test_config_adopted_shard(void** state) {
+  (void)state;
+  px_config c;
+  char* plain[] = {"paramex-server"};
+  char* two[] = {"paramex-server", "--shards", "2"};
+  char* flag[] = {"paramex-server", "--shards", "2", "--shard=0"};
+  const char* slurm[] = {"SLURM_PROCID", "1", NULL};
+  assert_int_equal(parse_with(slurm, plain, 1, &c), 0); /* a lone server stays shard 0 */
+  assert_true(c.shard == 0 && c.shards == 1);
+  assert_int_equal(parse_with(slurm, two, 3, &c), 0);
+  assert_true(c.shard == 1 && c.shards == 2);
+  assert_string_equal(c.shard_from, "SLURM_PROCID");
+  assert_int_equal(parse_with(slurm, flag, 4, &c), 0); /* the flag wins */
+  assert_true(c.shard == 0 && c.shards == 2);
+  const char* mpmd[] = {"DMLC_ROLE", "server", "DMLC_NUM_SERVER", "3", "OMPI_COMM_WORLD_RANK",
+                        "2", NULL};
+  assert_int_equal(parse_with(mpmd, plain, 1, &c), 0);
+  assert_true(c.shard == 2 && c.shards == 3);
+  const char* pod[] = {"KUBERNETES_SERVICE_HOST", "10.0.0.1", "HOSTNAME", "paramex-3",
+                       "PMX_SHARDS", "4", NULL};
+  assert_int_equal(parse_with(pod, plain, 1, &c), 0);
+  assert_true(c.shard == 3 && c.shards == 4);
+  const char* deployment[] = {"KUBERNETES_SERVICE_HOST", "10.0.0.1", "HOSTNAME",
+                              "paramex-7d9f8-abcde", "PMX_SHARDS", "4", NULL};
+  assert_int_equal(parse_with(deployment, plain, 1, &c), 0); /* no ordinal: shard 0 */
+  assert_true(c.shard == 0 && c.shards == 4);
+  const char* far[] = {"SLURM_PROCID", "5", NULL};
+  assert_int_equal(parse_with(far, two, 3, &c), 2);
+  assert_string_equal(g_perr, "SLURM_PROCID 5 is not below --shards 2 (shards are numbered "
+                              "from 0)");
+  const char* bad[] = {"SLURM_PROCID", "x1", NULL};
+  assert_int_equal(parse_with(bad, two, 3, &c), 2);
+  assert_non_null(strstr(g_perr, "SLURM_PROCID=x1 is not a number"));
+}
+
 static void test_config_bad_values(void** state) {
   (void)state;
   clear_env();
@@ -350,6 +406,7 @@ int main(void) {
       cmocka_unit_test(test_config_defaults),
       cmocka_unit_test(test_config_each_flag),
       cmocka_unit_test(test_config_env),
+      cmocka_unit_test(test_config_adopted_shard),
       cmocka_unit_test(test_config_bad_values),
       cmocka_unit_test(test_gpu_lists),
       cmocka_unit_test(test_config_error_one_line),
