@@ -1,6 +1,6 @@
 /* launch/place.c: a worker's rank and world size from its launcher's variables: PMX_*
  * first, each convention alone, frameworks over schedulers, the innermost scheduler,
- * disagreeing frameworks and bad numbers refused by name. */
+ * disagreeing frameworks and bad numbers refused by name; a server's shard and count. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -104,11 +104,55 @@ static void test_refusals(void** state) {
   refused(big, "PMX_RANK=4294967295 is not a number");
 }
 
+static void expect_server(const char* const* env, int64_t shard, const char* from,
+                          int64_t count, const char* count_from) {
+  px_place p;
+  char err[256] = "";
+  if (px_place_server(table_get, (void*)env, &p, err, sizeof err) != 0)
+    fail_msg("refused: %s", err);
+  assert_int_equal(p.rank, shard);
+  assert_int_equal(p.world, count);
+  if (shard >= 0) assert_string_equal(p.rank_from, from);
+  if (count >= 0) assert_string_equal(p.world_from, count_from);
+}
+
+static void test_servers(void** state) {
+  (void)state;
+  const char* pmx[] = {"PMX_SHARD", "1", "PMX_SHARDS", "2", "OMPI_COMM_WORLD_RANK", "0", NULL};
+  expect_server(pmx, 1, "PMX_SHARD", 2, "PMX_SHARDS");
+  const char* dmlc[] = {"DMLC_ROLE", "server", "DMLC_NUM_SERVER", "4", "PMIX_RANK", "3", NULL};
+  expect_server(dmlc, 3, "PMIX_RANK", 4, "DMLC_NUM_SERVER");
+  /* a ps-lite worker's DMLC_NUM_SERVER is no server's count */
+  const char* worker[] = {"DMLC_ROLE", "worker", "DMLC_NUM_SERVER", "4", NULL};
+  expect_server(worker, -1, NULL, -1, NULL);
+  /* the MPI world size counts the workers too, SLURM_NTASKS a batch script's tasks */
+  const char* mpi[] = {"OMPI_COMM_WORLD_RANK", "1", "OMPI_COMM_WORLD_SIZE", "6",
+                       "SLURM_NTASKS", "6", NULL};
+  expect_server(mpi, 1, "OMPI_COMM_WORLD_RANK", -1, NULL);
+  const char* slurm[] = {"SLURM_PROCID", "2", NULL};
+  expect_server(slurm, 2, "SLURM_PROCID", -1, NULL);
+  const char* pod[] = {"KUBERNETES_SERVICE_HOST", "10.0.0.1", "HOSTNAME", "pmx-shard-12", NULL};
+  expect_server(pod, 12, "HOSTNAME", -1, NULL);
+  const char* outside[] = {"HOSTNAME", "build-12", NULL}; /* not in Kubernetes */
+  expect_server(outside, -1, NULL, -1, NULL);
+  const char* deployment[] = {"KUBERNETES_SERVICE_HOST", "10.0.0.1", "HOSTNAME", "pmx-5f6-x9z",
+                              NULL};
+  expect_server(deployment, -1, NULL, -1, NULL);
+  px_place p;
+  char err[256] = "";
+  const char* beyond[] = {"DMLC_ROLE", "server", "DMLC_NUM_SERVER", "2", "SLURM_PROCID", "2",
+                          NULL};
+  assert_int_equal(px_place_server(table_get, (void*)beyond, &p, err, sizeof err), -1);
+  assert_string_equal(err, "the shard is 2 by SLURM_PROCID, not below the shard count 2 by "
+                           "DMLC_NUM_SERVER");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_each_convention),
       cmocka_unit_test(test_precedence),
       cmocka_unit_test(test_refusals),
+      cmocka_unit_test(test_servers),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
