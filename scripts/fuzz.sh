@@ -93,7 +93,7 @@ core_src=(
   common/util/taskpool.c common/util/scratch.c common/util/bufpool.c
   common/codec/checksum.c common/codec/initializer.c common/codec/dtype.c
   common/codec/transform.c common/codec/zstdframe.c common/codec/payload.c
-  common/wire/chunk_msg.c server/config.c
+  common/wire/chunk_msg.c common/launch/place.c server/config.c
 )
 extra_src=()
 for f in common/util/*.c common/codec/*.c common/wire/*.c common/format/*.c; do
