@@ -1,6 +1,6 @@
 /* The client side of the transport adapter (rpc_client.h): a channel with its own
- * completion-queue thread (or another channel's); each call is a px_rpc_call (rpc_call.h) plus the status batch
- * that tells when it is over, half-close and cancel. */
+ * completion-queue thread (or another channel's); each call is a px_rpc_call (rpc_call.h)
+ * plus the status batch that tells when it is over, half-close and cancel. */
 #include "rpc/rpc_client.h"
 
 #include <stdbool.h>
@@ -38,8 +38,7 @@ typedef struct cq_thread {
 
 struct px_rpc_channel {
   grpc_channel* channel;
-  grpc_completion_queue* cq; /* t->cq */
-  cq_thread* t;
+  cq_thread* t; /* its completion queue and thread, maybe another channel's */
   pthread_mutex_t mu;
   pthread_cond_t cv;
   px_cli_call* live; /* calls not yet done */
@@ -168,7 +167,6 @@ px_rpc_channel* px_rpc_channel_create_ex(const char* target, const px_rpc_channe
     free(ch);
     return NULL;
   }
-  ch->cq = ch->t->cq;
   pthread_mutex_init(&ch->mu, NULL);
   px_cond_init_monotonic(&ch->cv);
   return ch;
@@ -319,9 +317,9 @@ px_cli_call* px_cli_call_start(px_rpc_channel* ch, const char* path, int64_t tim
   gpr_timespec deadline = px_rpc_deadline_ms(timeout_ms);
   if (reg)
     c->core.call = grpc_channel_create_registered_call(ch->channel, NULL, GRPC_PROPAGATE_DEFAULTS,
-                                                       ch->cq, reg, deadline, NULL);
+                                                       ch->t->cq, reg, deadline, NULL);
   else
-    c->core.call = grpc_channel_create_call(ch->channel, NULL, GRPC_PROPAGATE_DEFAULTS, ch->cq,
+    c->core.call = grpc_channel_create_call(ch->channel, NULL, GRPC_PROPAGATE_DEFAULTS, ch->t->cq,
                                             grpc_slice_from_static_string(path), NULL, deadline,
                                             NULL);
   copy_headers(c, ch);
