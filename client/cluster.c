@@ -122,27 +122,19 @@ static void first_difference(const char* a, const char* b, char* wa, char* wb, s
   }
 }
 
-static const char* env_get(const char* name, void* ctx) {
-  (void)ctx;
-  return getenv(name);
-}
-
 /* rank and world PMX_FROM_ENV from the launcher's variables (launch/place.h). */
 static pmx_status from_env(uint32_t* rank, uint32_t* world) {
   if (*rank != PMX_FROM_ENV && *world != PMX_FROM_ENV) return PMX_OK;
   px_place p;
-  char err[256];
-  if (px_place_worker(env_get, NULL, &p, err, sizeof err) != 0)
+  char err[256], vars[256];
+  if (px_place_worker(px_place_getenv, NULL, &p, err, sizeof err) != 0)
     return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_join: %s", err);
-  if (*rank == PMX_FROM_ENV && p.rank < 0)
-    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_join: rank PMX_FROM_ENV, but no variable "
-                   "gives it (PMX_RANK, DMLC_WORKER_ID with DMLC_ROLE=worker, RANK, "
-                   "OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK, SLURM_PROCID, "
-                   "JOB_COMPLETION_INDEX)");
-  if (*world == PMX_FROM_ENV && p.world < 0)
-    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_join: world size PMX_FROM_ENV, but no "
-                   "variable gives it (PMX_WORLD_SIZE, DMLC_NUM_WORKER with DMLC_ROLE=worker, "
-                   "WORLD_SIZE, OMPI_COMM_WORLD_SIZE, PMI_SIZE, SLURM_NTASKS)");
+  const bool no_rank = *rank == PMX_FROM_ENV && p.rank < 0;
+  if (no_rank || (*world == PMX_FROM_ENV && p.world < 0)) {
+    px_place_sources(false, !no_rank, vars, sizeof vars);
+    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_join: %s PMX_FROM_ENV, but no variable "
+                   "gives it (%s)", no_rank ? "rank" : "world size", vars);
+  }
   if (*rank == PMX_FROM_ENV) *rank = (uint32_t)p.rank;
   if (*world == PMX_FROM_ENV) *world = (uint32_t)p.world;
   px_info("joining as rank %u (%s) of %u (%s)", *rank, p.rank_from[0] ? p.rank_from : "given",

@@ -107,11 +107,6 @@ static bool on_command_line(int argc, char** argv, const char* flag) {
   return false;
 }
 
-static const char* env_get(const char* name, void* ctx) {
-  (void)ctx;
-  return getenv(name);
-}
-
 /* --shard / --shards not given (the flags read PMX_SHARD / PMX_SHARDS): from the
  * launcher's variables (launch/place.h). 0, or 2 with err. */
 static int adopt_shard(px_config* cfg, int argc, char** argv, char* err, size_t errlen) {
@@ -120,7 +115,7 @@ static int adopt_shard(px_config* cfg, int argc, char** argv, char* err, size_t 
   if (shard_set && shards_set) return 0;
   px_place p;
   char why[256];
-  if (px_place_server(env_get, NULL, &p, why, sizeof why) != 0) {
+  if (px_place_server(px_place_getenv, NULL, &p, why, sizeof why) != 0) {
     snprintf(err, errlen, "%s", why);
     return 2;
   }

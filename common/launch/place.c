@@ -113,6 +113,32 @@ static int pick(const convention* table, size_t n, const char* what, px_getenv_f
   return 0;
 }
 
+const char* px_place_getenv(const char* name, void* ctx) {
+  (void)ctx;
+  return getenv(name);
+}
+
+void px_place_sources(bool server, bool size, char* buf, size_t cap) {
+  const convention* table = server ? k_servers : k_workers;
+  const size_t n = server ? sizeof k_servers / sizeof k_servers[0]
+                          : sizeof k_workers / sizeof k_workers[0];
+  size_t len = 0;
+  buf[0] = 0;
+  for (size_t i = 0; i < n && len < cap; i++) {
+    const convention* k = &table[i];
+    const char* name = size ? k->size : k->rank;
+    if (!name) continue;
+    int w = k->role && k->role_value
+                ? snprintf(buf + len, cap - len, "%s%s with %s=%s", len ? ", " : "", name,
+                           k->role, k->role_value)
+            : k->role ? snprintf(buf + len, cap - len, "%s%s with %s set", len ? ", " : "", name,
+                                 k->role)
+                      : snprintf(buf + len, cap - len, "%s%s", len ? ", " : "", name);
+    if (w < 0) break;
+    len += (size_t)w;
+  }
+}
+
 int px_place_worker(px_getenv_fn get, void* ctx, px_place* out, char* err, size_t errlen) {
   const size_t n = sizeof k_workers / sizeof k_workers[0];
   *out = (px_place){.rank = -1, .world = -1};

@@ -1,6 +1,6 @@
 /* Where a worker (or a server shard, below) stands in its job, from the variables its
- * launcher set: PMX_RANK and
- * PMX_WORLD_SIZE first (paramex-launch), else the conventions users already have:
+ * launcher set: PMX_RANK and PMX_WORLD_SIZE first (paramex-launch), else the conventions
+ * users already have:
  *   frameworks  ps-lite/BytePS DMLC_WORKER_ID / DMLC_NUM_WORKER (with DMLC_ROLE=worker),
  *               torchrun RANK / WORLD_SIZE;
  *   schedulers  Open MPI OMPI_COMM_WORLD_RANK / _SIZE, PMIx PMIX_RANK, PMI PMI_RANK /
@@ -13,6 +13,7 @@
 #ifndef PX_PLACE_H
 #define PX_PLACE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,9 +32,16 @@ int px_place_worker(px_getenv_fn get, void* ctx, px_place* out, char* err, size_
  * then ps-lite's DMLC_NUM_SERVER (count only, with DMLC_ROLE=server), then the world rank
  * of mpirun MPMD (servers first: OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK; no count),
  * Slurm's SLURM_PROCID (not SLURM_NTASKS, which counts a batch script's tasks too), a
- * Kubernetes StatefulSet pod's
- * ordinal (HOSTNAME "name-N", with KUBERNETES_SERVICE_HOST set). Also -1 when the shard is
- * not below the count. */
+ * Kubernetes StatefulSet pod's ordinal (HOSTNAME "name-N", with KUBERNETES_SERVICE_HOST
+ * set). Also -1 when the shard is not below the count. */
 int px_place_server(px_getenv_fn get, void* ctx, px_place* out, char* err, size_t errlen);
+
+/* The process's own environment (getenv) as a px_getenv_fn. */
+const char* px_place_getenv(const char* name, void* ctx);
+
+/* The variables that can give a worker's (server false) or a server's index (size false)
+ * or count, in the order they are read, for messages: "PMX_RANK, DMLC_WORKER_ID with
+ * DMLC_ROLE=worker, RANK, ...". */
+void px_place_sources(bool server, bool size, char* buf, size_t cap);
 
 #endif

@@ -226,7 +226,10 @@ static void test_join_from_env(void** state) {
   unsetenv("PMX_RANK");
   setenv("PMX_WORLD_SIZE", "2", 1);
   assert_int_equal(pmx_join(c, PMX_FROM_ENV, PMX_FROM_ENV, NULL), PMX_ERR_INVALID_ARGUMENT);
-  assert_non_null(strstr(pmx_last_error(), "rank PMX_FROM_ENV, but no variable gives it"));
+  assert_non_null(strstr(pmx_last_error(), "rank PMX_FROM_ENV, but no variable gives it "
+                                           "(PMX_RANK, DMLC_WORKER_ID with DMLC_ROLE=worker, "
+                                           "RANK, OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK, "
+                                           "SLURM_PROCID, JOB_COMPLETION_INDEX)"));
   setenv("PMX_RANK", "1x", 1);
   assert_int_equal(pmx_join(c, PMX_FROM_ENV, 2, NULL), PMX_ERR_INVALID_ARGUMENT);
   assert_non_null(strstr(pmx_last_error(), "PMX_RANK=1x is not a number"));

@@ -147,12 +147,33 @@ static void test_servers(void** state) {
                            "DMLC_NUM_SERVER");
 }
 
+/* The lists messages name, in the order the variables are read. */
+static void test_sources(void** state) {
+  (void)state;
+  char b[512];
+  px_place_sources(false, false, b, sizeof b);
+  assert_string_equal(b, "PMX_RANK, DMLC_WORKER_ID with DMLC_ROLE=worker, RANK, "
+                         "OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK, SLURM_PROCID, "
+                         "JOB_COMPLETION_INDEX");
+  px_place_sources(false, true, b, sizeof b);
+  assert_string_equal(b, "PMX_WORLD_SIZE, DMLC_NUM_WORKER with DMLC_ROLE=worker, WORLD_SIZE, "
+                         "OMPI_COMM_WORLD_SIZE, PMI_SIZE, SLURM_NTASKS");
+  px_place_sources(true, false, b, sizeof b);
+  assert_string_equal(b, "PMX_SHARD, OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK, SLURM_PROCID, "
+                         "HOSTNAME with KUBERNETES_SERVICE_HOST set");
+  px_place_sources(true, true, b, sizeof b);
+  assert_string_equal(b, "PMX_SHARDS, DMLC_NUM_SERVER with DMLC_ROLE=server");
+  px_place_sources(false, false, b, 12); /* cut, still a string */
+  assert_true(strlen(b) < 12);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_each_convention),
       cmocka_unit_test(test_precedence),
       cmocka_unit_test(test_refusals),
       cmocka_unit_test(test_servers),
+      cmocka_unit_test(test_sources),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
