@@ -388,11 +388,16 @@ px_rpc_server* px_rpc_server_start(const px_rpc_server_opts* opts, const px_rpc_
   pthread_mutex_init(&srv->mu, NULL);
   px_cond_init_monotonic(&srv->cv);
 
-  grpc_arg args[1];
+  /* SO_REUSEPORT off: with it (gRPC's default) a second server binds a port in use and
+   * the kernel splits the connections between the two. */
+  grpc_arg args[2];
   args[0].type = GRPC_ARG_INTEGER;
   args[0].key = (char*)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
   args[0].value.integer = (int)PX_RPC_MAX_MESSAGE;
-  grpc_channel_args ca = {1, args};
+  args[1].type = GRPC_ARG_INTEGER;
+  args[1].key = (char*)GRPC_ARG_ALLOW_REUSEPORT;
+  args[1].value.integer = 0;
+  grpc_channel_args ca = {2, args};
   srv->server = grpc_server_create(&ca, NULL);
   srv->cq = grpc_completion_queue_create_for_next(NULL);
   grpc_server_register_completion_queue(srv->server, srv->cq, NULL);

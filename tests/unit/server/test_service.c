@@ -700,6 +700,18 @@ static void test_start_errors(void** state) {
   int sv;
   expect_status(health(g_f.ch, &sv, det, sizeof det), det, PX_ST_OK, NULL);
   assert_int_equal(sv, SERVING);
+  /* its port is in use: a second server refuses it (no SO_REUSEPORT sharing) */
+  char busy[64];
+  snprintf(busy, sizeof busy, "127.0.0.1:%d", g_f.port);
+  const char* again[] = {"--listen", busy, NULL};
+  px_sf second;
+  px_sf_init(&second, again);
+  char err[512] = "";
+  int port = -1;
+  assert_int_equal(px_service_start(&second.svc, &port, err, sizeof err), -1);
+  snprintf(want, sizeof want, "cannot listen on %s (address in use", busy);
+  if (strncmp(err, want, strlen(want)) != 0) fail_msg("err '%s', want '%s...'", err, want);
+  assert_int_equal(px_sf_stop(&second), 0);
 }
 
 static void test_token(void** state) {
