@@ -36,13 +36,15 @@ packages=(
   libxxhash-dev        # chunk checksums
   libcmocka-dev        # unit and integration tests
   libjansson-dev       # JSON: safetensors checkpoint headers, stats output
+  openmpi-bin          # mpirun: paramex-launch --backend mpi (and bench/'s MPI baseline)
+  slurm-wlm            # paramex-launch --backend slurm, tested on a two-node local cluster
+  munge                # Slurm's authentication (the test cluster's own key and socket)
   clang                # libFuzzer targets (tests/fuzz), run briefly by scripts/test.sh
   libclang-rt-14-dev   # clang's sanitizer and libFuzzer runtimes
 )
 if ((bench)); then
   packages+=(
     iperf3             # loopback TCP baseline measured in the same run as paramex
-    openmpi-bin        # mpirun: the MPI_Allreduce baseline of bench/paramex-bench
     libopenmpi-dev     # mpicc and mpi.h for bench/baseline_mpi.c
     gnuplot-nox        # bench/plot draws the PNGs with it
     iproute2           # ip netns, veth and tc for paramex-bench --link

@@ -196,10 +196,12 @@ static void test_shard_kills_recover_as_one(void** state) {
     int n = it_ckpt_versions(vdir, vs, 16);
     CHECK(n >= 1, "shard %u has no checkpoint to restart from in %s", v, vdir);
     shard_start(&c, v, c.listen[v]);
+    /* Stats.fresh is not asked for: the workers retry at once and may have started a
+     * recovery generation on the new process before this call reaches it. The restored
+     * version is the new process's own (the old one restored an older one, or none). */
     Paramex__V1__StatsResponse* st = shard_stats(&c.srv[v]);
-    CHECK(st->restored_version == vs[n - 1] && st->fresh, "kill %d: shard %u restored version %"
-          PRIu64 " (fresh %d), its newest checkpoint is %" PRIu64, k + 1, v, st->restored_version,
-          st->fresh, vs[n - 1]);
+    CHECK(st->restored_version == vs[n - 1], "kill %d: shard %u restored version %" PRIu64
+          ", its newest checkpoint is %" PRIu64, k + 1, v, st->restored_version, vs[n - 1]);
     protobuf_c_message_free_unpacked(&st->base, NULL);
     fprintf(stderr, "# kill %d of %d: shard %u SIGKILLed %s when rank 0 had step %" PRIu64
             "; restarted from version %" PRIu64 "\n", k + 1, nkills, v, how, at, vs[n - 1]);

@@ -1,0 +1,1 @@
+"""paramex-launch: starts paramex-server shards and worker processes (see cli.py)."""
