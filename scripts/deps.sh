@@ -42,6 +42,10 @@ packages=(
   clang                # libFuzzer targets (tests/fuzz), run briefly by scripts/test.sh
   libclang-rt-14-dev   # clang's sanitizer and libFuzzer runtimes
 )
+# tests/k8s (manifest validation) needs node + npm and kubectl; this machine may have
+# newer ones installed otherwise (Debian's kubernetes-client and kubectl packages conflict)
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
+command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 if ((bench)); then
   packages+=(
     iperf3             # loopback TCP baseline measured in the same run as paramex
@@ -74,7 +78,19 @@ for p in "${packages[@]}"; do
   [[ -n ${installed[$p]:-} ]] || missing+=("$p")
 done
 
+# tests/k8s/node_modules: the npm packages of tests/k8s/package-lock.json (kubernetes-models,
+# ajv, yaml), installed again only when the lock file changed
+npm_packages() {
+  local dir
+  dir=$(cd "$(dirname "$0")/../tests/k8s" && pwd)
+  if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.paramex-lock" 2>/dev/null; then
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) &&
+      cp "$dir/package-lock.json" "$dir/node_modules/.paramex-lock"
+  fi
+}
+
 if ((${#missing[@]} == 0)); then
+  npm_packages
   exit 0
 fi
 
@@ -94,3 +110,4 @@ fi
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 echo "deps.sh: installed ${missing[*]}"
+npm_packages

@@ -13,7 +13,7 @@ import time
 from . import agent, backends, hub, slurm_submit
 
 OWNED = ("--listen", "--shard", "--shards", "--workers")
-USAGE = ("paramex-launch --shards S --workers W [--backend local|mpi|slurm] [options] "
+USAGE = ("paramex-launch --shards S --workers W [--backend local|mpi|slurm|k8s] [options] "
          "[paramex-server flags...] -- WORKER_COMMAND [args...]")
 
 
@@ -37,10 +37,13 @@ def parser(doc):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", type=int, required=True, help="paramex-server shards S")
     ap.add_argument("--workers", type=int, required=True, help="copies W of the worker command")
-    ap.add_argument("--backend", choices=["local", "mpi", "slurm"], default="local",
+    ap.add_argument("--backend", choices=["local", "mpi", "slurm", "k8s"], default="local",
                     help="where the processes run (default local: this machine)")
     ap.add_argument("--server-bin", help="paramex-server to run (default: beside this script, "
                     "PMX_SERVER_BIN, or on PATH); the same path on every host")
+    ap.add_argument("--name", default="paramex", help="slurm --submit: the job's name (its "
+                    "output goes to NAME-JOBID.out); k8s: the Service, StatefulSet and Job "
+                    "(default paramex)")
     ap.add_argument("--port", type=int, default=0,
                     help="shard I listens on PORT+I (default 0: an ephemeral port each)")
     ap.add_argument("--rendezvous", metavar="HOST",
@@ -67,10 +70,30 @@ def parser(doc):
     g.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
                    help="one more #SBATCH option for both components, e.g. --time=1:00:00")
     g.add_argument("--srun", help="the srun to run (default: on PATH)")
-    g.add_argument("--name", default="paramex", help="with --submit: the job's name, and "
-                   "of its output file NAME-JOBID.out (default paramex)")
     g.add_argument("--srun-arg", action="append", default=[], metavar="ARG",
                    help="one more srun argument (repeat)")
+    g = ap.add_argument_group("k8s")
+    g.add_argument("--image", help="container image with paramex-server, paramex and the "
+                   "worker command")
+    g.add_argument("--namespace", default="default")
+    g.add_argument("--token-secret", metavar="FILE", help="a token file: rendered as a Secret, "
+                   "mounted, and given to shards (--token-file) and workers (PMX_TOKEN_FILE)")
+    g.add_argument("--storage", default="10Gi", help="with --checkpoint-dir among the server "
+                   "flags: each shard's PersistentVolumeClaim size (default 10Gi)")
+    g.add_argument("--gpus-per-worker", type=int, default=0, metavar="N",
+                   help="nvidia.com/gpu limit of each worker pod")
+    g.add_argument("--cli-bin", default="paramex", help="the paramex CLI in the image (the "
+                   "workers' init containers wait with 'paramex health --wait')")
+    g.add_argument("--wait-timeout", type=float, default=600.0, help="seconds a worker pod "
+                   "waits for each shard to serve (default 600)")
+    g.add_argument("--jobset", action="store_true", help="workers as a JobSet "
+                   "(jobset.x-k8s.io/v1alpha2; default: an Indexed Job)")
+    g.add_argument("--max-restarts", type=int, default=0, metavar="N", help="with --jobset: "
+                   "how often the JobSet restarts the workers after a failure (default 0)")
+    g.add_argument("--output", metavar="DIR", help="write one file per manifest and a "
+                   "kustomization.yaml into DIR (default: all to stdout)")
+    g.add_argument("--apply", action="store_true", help="kubectl apply the manifests")
+    g.add_argument("--kubectl", default="kubectl", help="the kubectl to run (default: on PATH)")
     return ap
 
 
@@ -122,6 +145,9 @@ def main(argv, self_path, doc):
         return agent_main(argv[1:])
     a, server_flags, command = parse(argv, doc)
     here = os.path.dirname(os.path.abspath(self_path))
+    if a.backend == "k8s":
+        from . import k8s
+        return k8s.main(a, server_flags, command)
     if a.backend == "slurm" and a.submit:
         return slurm_submit.main(a, self_path, argv)
     if a.submit or a.dry_run or a.wait:
