@@ -26,21 +26,34 @@ static pmx_status shard_fail(pmx_status st, const char* what, const pmx_client* 
 
 pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** out) {
   if (!out) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_connect: no client pointer");
-  const char* list = addr ? addr : getenv("PMX_SERVERS");
-  if (!list || !*list)
-    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_connect: no address (give HOST:PORT, a "
-                   "comma-separated list of shards, or set PMX_SERVERS)");
   char err[300];
+  char* env_list = NULL; /* PMX_SERVERS or TF_CONFIG's cluster.ps */
+  const char* from = NULL;
+  if (!addr && px_place_servers(px_place_getenv, NULL, &env_list, &from, err, sizeof err) != 0)
+    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_connect: %s", err);
+  const char* list = addr ? addr : env_list;
+  if (!list || !*list) {
+    free(env_list);
+    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_connect: no address (give HOST:PORT, a "
+                   "comma-separated list of shards, or set PMX_SERVERS or TF_CONFIG)");
+  }
   uint32_t n = px_shard_list_count(list, PX_MAX_SHARDS, err, sizeof err);
-  if (n == 0) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_connect: %s%s", err,
-                             addr ? "" : " (PMX_SERVERS)");
-  if (n == 1) return px_client_connect(list, opts, out);
+  if (n == 0 || n == 1) {
+    pmx_status st = n == 0 ? px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_connect: %s%s%s%s", err,
+                                     from ? " (" : "", from ? from : "", from ? ")" : "")
+                           : px_client_connect(list, opts, out);
+    free(env_list);
+    return st;
+  }
   pmx_client* c = calloc(1, sizeof *c);
   if (!c || !(c->shard = calloc(n, sizeof *c->shard)) || !(c->addr = strdup(list))) {
     if (c) free(c->shard);
     free(c);
+    free(env_list);
     return px_fail(PMX_ERR_NO_MEMORY, "pmx_connect: out of memory");
   }
+  free(env_list);
+  list = c->addr;
   pthread_mutex_init(&c->mu, NULL);
   c->nshards = n;
   for (uint32_t i = 0; i < n; i++) {
@@ -122,11 +135,22 @@ static void first_difference(const char* a, const char* b, char* wa, char* wb, s
   }
 }
 
+pmx_status pmx_env_rank(uint32_t* rank, uint32_t* world) {
+  if (!rank || !world) return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_env_rank: missing argument");
+  px_place p;
+  char err[256];
+  if (px_place_worker(px_place_getenv, NULL, &p, err, sizeof err) != 0)
+    return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_env_rank: %s", err);
+  *rank = p.rank >= 0 ? (uint32_t)p.rank : PMX_FROM_ENV;
+  *world = p.world >= 0 ? (uint32_t)p.world : PMX_FROM_ENV;
+  return PMX_OK;
+}
+
 /* rank and world PMX_FROM_ENV from the launcher's variables (launch/place.h). */
 static pmx_status from_env(uint32_t* rank, uint32_t* world) {
   if (*rank != PMX_FROM_ENV && *world != PMX_FROM_ENV) return PMX_OK;
   px_place p;
-  char err[256], vars[256];
+  char err[256], vars[384];
   if (px_place_worker(px_place_getenv, NULL, &p, err, sizeof err) != 0)
     return px_fail(PMX_ERR_INVALID_ARGUMENT, "pmx_join: %s", err);
   const bool no_rank = *rank == PMX_FROM_ENV && p.rank < 0;

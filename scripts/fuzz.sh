@@ -80,7 +80,8 @@ done
 pkgs_cflags=$(pkg-config --cflags libprotobuf-c libzstd libxxhash) ||
   fail_all "pkg-config: protobuf-c, zstd or xxhash development files missing"
 pkgs_libs=$(pkg-config --libs libprotobuf-c libzstd libxxhash)
-# jansson only for the safetensors checkpoint reader; its target fails alone without it.
+# jansson: TF_CONFIG (common/launch, in every target through server/config.c) and the
+# safetensors checkpoint reader.
 jansson_cflags=$(pkg-config --cflags jansson 2>/dev/null || true)
 jansson_libs=$(pkg-config --libs jansson 2>/dev/null || echo -ljansson)
 
@@ -93,13 +94,13 @@ core_src=(
   common/util/taskpool.c common/util/scratch.c common/util/bufpool.c
   common/codec/checksum.c common/codec/initializer.c common/codec/dtype.c
   common/codec/transform.c common/codec/zstdframe.c common/codec/payload.c
-  common/wire/chunk_msg.c common/launch/place.c server/config.c
+  common/wire/chunk_msg.c common/launch/place.c common/launch/tf_config.c server/config.c
 )
 extra_src=()
 for f in common/util/*.c common/codec/*.c common/wire/*.c common/format/*.c; do
   [[ " ${core_src[*]} " == *" $f "* ]] || extra_src+=("$f")
 done
-# Targets that need the extra archive (and jansson).
+# Targets that need the extra archive.
 needs_extra=" safetensors "
 
 obj() { local p=${1#"$root"/}; p=${p//\//_}; echo "obj/${p%.c}.o"; }
@@ -116,7 +117,7 @@ san = -fsanitize=address,undefined -fno-sanitize-recover=all
 cflags = -std=c11 -D_GNU_SOURCE -ffp-contract=off -g -O1 -fno-omit-frame-pointer \$
   -fsanitize=fuzzer-no-link \$san -Wall -Wextra -Wno-unused-parameter \$
   -I$root/common -I$root/server -I$root/tests/fuzz -I$gen $pkgs_cflags $jansson_cflags
-libs = $pkgs_libs -lprotobuf-nanopb -lm -lpthread
+libs = $pkgs_libs $jansson_libs -lprotobuf-nanopb -lm -lpthread
 
 rule cc
   command = \$cc -MMD -MF \$out.d \$cflags -c \$in -o \$out
@@ -127,7 +128,7 @@ rule ar
   command = rm -f \$out && ar crs \$out \$in
   description = AR \$out
 rule link_fuzzer
-  command = \$cc -fsanitize=fuzzer \$san \$in -o \$out \$libs \$extra_libs
+  command = \$cc -fsanitize=fuzzer \$san \$in -o \$out \$libs
   description = LINK \$out
 rule link_tool
   command = \$cc \$san \$in -o \$out \$libs
@@ -170,7 +171,6 @@ EOF
     echo "build $o: cc $root/$f || $gen_hdrs"
     if [[ $needs_extra == *" $t "* ]]; then
       echo "build fuzz_$t: link_fuzzer $o libextra.a libcore.a"
-      echo "  extra_libs = $jansson_libs"
     else
       echo "build fuzz_$t: link_fuzzer $o libcore.a"
     fi

@@ -107,17 +107,32 @@ static bool on_command_line(int argc, char** argv, const char* flag) {
   return false;
 }
 
-/* --shard / --shards not given (the flags read PMX_SHARD / PMX_SHARDS): from the
- * launcher's variables (launch/place.h). 0, or 2 with err. */
-static int adopt_shard(px_config* cfg, int argc, char** argv, char* err, size_t errlen) {
+/* --shard / --shards / --workers / --listen not given (the flags read PMX_SHARD, PMX_SHARDS,
+ * PMX_WORKERS, PMX_LISTEN): from the launcher's variables (launch/place.h). 0, or 2 with
+ * err. */
+static int adopt_place(px_config* cfg, int argc, char** argv, char* err, size_t errlen) {
   bool shard_set = on_command_line(argc, argv, "--shard"),
-       shards_set = on_command_line(argc, argv, "--shards");
-  if (shard_set && shards_set) return 0;
+       shards_set = on_command_line(argc, argv, "--shards"),
+       workers_set = on_command_line(argc, argv, "--workers"),
+       listen_set = on_command_line(argc, argv, "--listen") || getenv("PMX_LISTEN");
+  if (shard_set && shards_set && workers_set && listen_set) return 0;
   px_place p;
   char why[256];
-  if (px_place_server(px_place_getenv, NULL, &p, why, sizeof why) != 0) {
+  if (px_place_server(px_place_getenv, NULL, &p, why, sizeof why) != 0 ||
+      (!listen_set && px_place_listen(px_place_getenv, NULL, cfg->listen_adopted,
+                                      sizeof cfg->listen_adopted, why, sizeof why) != 0)) {
     snprintf(err, errlen, "%s", why);
     return 2;
+  }
+  if (!listen_set && cfg->listen_adopted[0]) cfg->listen = cfg->listen_adopted;
+  if (!workers_set && p.workers >= 0) {
+    if (p.workers < 1 || p.workers > PX_MAX_WORKERS) {
+      snprintf(err, errlen, "%lld workers by %s: --workers is 1..%d", (long long)p.workers,
+               p.workers_from, PX_MAX_WORKERS);
+      return 2;
+    }
+    cfg->workers = (uint32_t)p.workers;
+    snprintf(cfg->workers_from, sizeof cfg->workers_from, "%s", p.workers_from);
   }
   if (!shards_set && p.world >= 0) cfg->shards = (uint32_t)p.world;
   /* a scheduler's index only where the count says there are several shards: a lone
@@ -208,7 +223,7 @@ int px_config_parse(px_config* cfg, int argc, char** argv, char* err, size_t err
     px_flags_usage(stdout, "paramex-server", SYNOPSIS, flags, nflags);
     return 1;
   }
-  if (rc == 0) rc = adopt_shard(cfg, argc, argv, err, errlen);
+  if (rc == 0) rc = adopt_place(cfg, argc, argv, err, errlen);
   if (rc == 0) rc = check(cfg, err, errlen);
   if (rc == 2) px_str_oneline(err); /* values are quoted as given */
   return rc;

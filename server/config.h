@@ -10,10 +10,12 @@
 #define PX_MAX_WORKERS 4096 /* --workers limit */
 
 typedef struct px_config {
-  const char* listen;
+  const char* listen;            /* may point to listen_adopted: keep the parsed struct */
   uint32_t workers;
   uint32_t shard, shards;        /* this server is shard `shard` of `shards` */
   char shard_from[48];           /* the launcher's variable the shard came from ("": a flag) */
+  char workers_from[48];         /* the same for --workers */
+  char listen_adopted[64];       /* a TF_CONFIG ps task's own address ("": not adopted) */
   double lr, momentum, weight_decay;
   uint64_t chunk_bytes;
   uint32_t threads, cq_threads;

@@ -129,6 +129,10 @@ int main(int argc, char** argv) {
 
   if (cfg.shard_from[0])
     px_info("shard %u of %u: the shard from %s", cfg.shard, cfg.shards, cfg.shard_from);
+  if (cfg.workers_from[0] && strcmp(cfg.workers_from, "PMX_WORKERS") != 0)
+    px_info("%u workers: the count from %s", cfg.workers, cfg.workers_from);
+  if (cfg.listen_adopted[0])
+    px_info("listening on %s: the address of this ps task in TF_CONFIG", cfg.listen_adopted);
   int sig = 0;
   for (;;) {
     sigwait(&sigs, &sig);

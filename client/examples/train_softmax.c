@@ -218,9 +218,11 @@ static void usage(FILE* f) {
           "Trains softmax regression on synthetic data as worker R of N through a\n"
           "paramex-server (whose --workers must be N).\n"
           "  --server HOST:PORT  the paramex-server, or a shard list HOST:PORT,... (default:\n"
-          "                      PMX_SERVERS; required)\n"
-          "  --rank R            this worker's rank, 0 <= R < N (default: PMX_RANK, or 0)\n"
-          "  --world N           number of workers, 1..%d (default: PMX_WORLD_SIZE, or 1)\n"
+          "                      PMX_SERVERS, or TF_CONFIG's cluster.ps; required)\n"
+          "  --rank R            this worker's rank, 0 <= R < N (default: PMX_RANK or the\n"
+          "                      launcher's variables, see pmx_env_rank; else 0)\n"
+          "  --world N           number of workers, 1..%d (default: PMX_WORLD_SIZE or the\n"
+          "                      launcher's; else 1)\n"
           "  --steps S           training steps (default 60)\n",
           NUM_TRAIN);
 }
@@ -289,16 +291,26 @@ static void parse_flags(int argc, char** argv, config* cfg) {
       *slot = argv[++i];
     }
   }
-  /* unset flags from the environment paramex-launch sets (a flag wins) */
+  /* unset flags from the environment (a flag wins): PMX_SERVERS or TF_CONFIG for the
+   * servers (pmx_connect reads them when given NULL), the rank and world size from
+   * PMX_RANK / PMX_WORLD_SIZE or the launcher's own variables (pmx_env_rank) */
   if (cfg->server == NULL) cfg->server = getenv("PMX_SERVERS");
-  const char* rank_name = rank_s ? "--rank" : "PMX_RANK";
-  const char* world_name = world_s ? "--world" : "PMX_WORLD_SIZE";
-  if (rank_s == NULL) rank_s = getenv("PMX_RANK");
-  if (world_s == NULL) world_s = getenv("PMX_WORLD_SIZE");
-  if (cfg->server == NULL) bad_flag("--server HOST:PORT is required (see --help)");
-  if (cfg->server[0] == '\0') bad_flag("--server: empty address");
-  if (world_s != NULL) cfg->world = parse_uint(world_name, world_s, 1, NUM_TRAIN);
-  if (rank_s != NULL) cfg->rank = parse_uint(rank_name, rank_s, 0, cfg->world - 1);
+  if (cfg->server == NULL && !getenv("TF_CONFIG"))
+    bad_flag("--server HOST:PORT is required (see --help)");
+  if (cfg->server != NULL && cfg->server[0] == '\0') bad_flag("--server: empty address");
+  uint32_t env_rank, env_world;
+  if ((rank_s == NULL || world_s == NULL) && pmx_env_rank(&env_rank, &env_world) != PMX_OK)
+    bad_flag("%s", pmx_last_error());
+  if (world_s != NULL) cfg->world = parse_uint("--world", world_s, 1, NUM_TRAIN);
+  else if (env_world != PMX_FROM_ENV) cfg->world = env_world;
+  if (cfg->world < 1 || cfg->world > NUM_TRAIN)
+    bad_flag("world size %" PRIu64 " (from the environment) is not in [1, %d]", cfg->world,
+             NUM_TRAIN);
+  if (rank_s != NULL) cfg->rank = parse_uint("--rank", rank_s, 0, cfg->world - 1);
+  else if (env_rank != PMX_FROM_ENV) cfg->rank = env_rank;
+  if (cfg->rank >= cfg->world)
+    bad_flag("rank %" PRIu64 " (from the environment) is not below the world size %" PRIu64,
+             cfg->rank, cfg->world);
   if (steps_s != NULL) cfg->steps = parse_uint("--steps", steps_s, 0, 100000000);
 }
 
@@ -339,10 +351,11 @@ int main(int argc, char** argv) {
   make_data(rank, world, &train, &test);
 
   pmx_client* client;
-  check(pmx_connect(cfg.server, NULL, &client), "connect to %s", cfg.server);
+  const char* servers = cfg.server ? cfg.server : "TF_CONFIG's cluster.ps";
+  check(pmx_connect(cfg.server, NULL, &client), "connect to %s", servers);
   g_client = client;
   check(pmx_join(client, rank, world, NULL), "join %s as rank %" PRIu32 " of %" PRIu32,
-        cfg.server, rank, world);
+        servers, rank, world);
 
   static const uint64_t shape[2] = {NUM_CLASSES, NUM_COLS};
   const pmx_init init = {.kind = PMX_INIT_NORMAL, .a = 0.0f, .b = 0.01f, .seed = 42};
@@ -357,8 +370,7 @@ int main(int argc, char** argv) {
     printf("softmax regression: %d classes, %d features, %d train / %d test examples, "
            "%" PRIu32 " worker%s, %" PRIu64 " steps, server %s (libparamex %s)\n",
            NUM_CLASSES, NUM_FEATURES, NUM_TRAIN, NUM_TEST, world, world == 1 ? "" : "s",
-           cfg.steps, cfg.server,
-           pmx_version());
+           cfg.steps, servers, pmx_version());
 
   static float params[NUM_PARAMS], grad[NUM_PARAMS];
   pmx_tensor* const tensors[1] = {weight};

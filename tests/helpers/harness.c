@@ -738,6 +738,36 @@ const Paramex__V1__TensorStats* px_h_stats_tensor(const Paramex__V1__StatsRespon
   return NULL;
 }
 
+pid_t px_h_spawn_piped(const char* const* argv, const char* const* env, int* out_fd) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) return -1;
+  pid_t pid = px_h_spawn(argv, env, p[1], p[1]);
+  close(p[1]);
+  if (pid < 0) {
+    close(p[0]);
+    return -1;
+  }
+  *out_fd = p[0];
+  return pid;
+}
+
+int px_h_run(const char* const* argv, const char* const* env, char* out, size_t cap,
+             int timeout_ms, int* wstatus) {
+  int fd;
+  out[0] = 0;
+  pid_t pid = px_h_spawn_piped(argv, env, &fd);
+  if (pid < 0) return -1;
+  int64_t until = px_h_now_ms() + timeout_ms;
+  ssize_t n = px_h_read_all(fd, out, cap, timeout_ms);
+  close(fd);
+  int64_t left = until - px_h_now_ms();
+  if (n < 0 || px_h_wait(pid, left > 0 ? (int)left : 1, wstatus) != 0) {
+    px_h_kill(pid);
+    return -1;
+  }
+  return 0;
+}
+
 char* px_h_cli(const char* const* args, int* exit_status) {
   const char* bin = getenv("PMX_CLI_BIN");
   *exit_status = -1;

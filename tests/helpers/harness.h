@@ -72,6 +72,16 @@ int px_h_server_stop(px_h_server* s, int timeout_ms, int* wstatus, size_t* extra
  * child's stdout / stderr, or -1 to inherit. stdin is /dev/null. Returns the pid or -1. */
 pid_t px_h_spawn(const char* const* argv, const char* const* env, int stdout_fd, int stderr_fd);
 
+/* px_h_spawn with the child's stdout and stderr together into a pipe whose read end is
+ * *out_fd (close-on-exec). Returns the pid, or -1 (nothing left open). */
+pid_t px_h_spawn_piped(const char* const* argv, const char* const* env, int* out_fd);
+
+/* Runs argv (env as px_h_spawn) to its exit: its stdout and stderr together in out
+ * (NUL-terminated, cut to cap-1) and the waitpid status in *wstatus. 0, or -1 when it
+ * could not start or did not exit within timeout_ms (it is then SIGKILLed and reaped). */
+int px_h_run(const char* const* argv, const char* const* env, char* out, size_t cap,
+             int timeout_ms, int* wstatus);
+
 /* Waits at most timeout_ms for pid to exit and reaps it. Returns 0 with the waitpid
  * status in *wstatus, -1 on timeout (the process is left running). */
 int px_h_wait(pid_t pid, int timeout_ms, int* wstatus);

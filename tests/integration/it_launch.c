@@ -76,18 +76,9 @@ static int launch_with(const char* server, const char* const* args, char* out, s
   size_t k = 3;
   for (; *args && k < 39; args++) argv[k++] = *args;
   argv[k] = NULL;
-  int po[2];
-  assert_int_equal(pipe(po), 0);
-  pid_t pid = px_h_spawn(argv, NULL, po[1], po[1]);
-  close(po[1]);
-  assert_true(pid > 0);
-  assert_true(px_h_read_all(po[0], out, cap, WAIT_MS) >= 0);
-  close(po[0]);
   int ws = 0;
-  if (px_h_wait(pid, WAIT_MS, &ws) != 0) {
-    px_h_kill(pid);
-    fail_msg("paramex-launch did not exit; its output: %s", out);
-  }
+  if (px_h_run(argv, NULL, out, cap, WAIT_MS, &ws) != 0)
+    fail_msg("paramex-launch did not run to its exit; its output: %s", out);
   char d[64];
   if (!WIFEXITED(ws)) fail_msg("paramex-launch %s; output: %s", px_h_describe_wstatus(ws, d, sizeof d), out);
   assert_none_left();

@@ -157,9 +157,11 @@ typedef struct pmx_options {
 
 enum { PMX_COMPRESSION_AUTO = 0, PMX_COMPRESSION_ON = 1, PMX_COMPRESSION_OFF = 2 };
 
-/* Creates a client for the server at addr ("HOST:PORT"). opts may be NULL. Connecting is
- * lazy: an unreachable server is reported by the first call. *out is destroyed with
- * pmx_client_destroy. */
+/* Creates a client for the server at addr ("HOST:PORT"), or for a model over several
+ * shards ("HOST:PORT,HOST:PORT,...", in shard order). addr NULL: the list in PMX_SERVERS
+ * (what paramex-launch sets), else TensorFlow's TF_CONFIG cluster.ps. opts may be NULL.
+ * Connecting is lazy: an unreachable server is reported by the first call. *out is
+ * destroyed with pmx_client_destroy. */
 PMX_API pmx_status pmx_connect(const char* addr, const pmx_options* opts, pmx_client** out);
 /* Says Leave to the server when the client joined (the worker is then reported finished,
  * not dead; see pmx_join), cancels operations still running, waits for them, frees the
@@ -193,13 +195,21 @@ PMX_API pmx_status pmx_join(pmx_client* client, uint32_t rank, uint32_t world_si
                             pmx_join_info* info);
 /* rank or world_size PMX_FROM_ENV: taken from the environment: PMX_RANK / PMX_WORLD_SIZE
  * (what paramex-launch sets), else the launcher's own variables: ps-lite's DMLC_WORKER_ID
- * / DMLC_NUM_WORKER (DMLC_ROLE=worker), torchrun's RANK / WORLD_SIZE, Open MPI's
+ * / DMLC_NUM_WORKER (DMLC_ROLE=worker), TF_CONFIG, torchrun's RANK / WORLD_SIZE, Open MPI's
  * OMPI_COMM_WORLD_RANK / _SIZE, PMIX_RANK, PMI_RANK / PMI_SIZE, Slurm's SLURM_PROCID /
  * SLURM_NTASKS, a Kubernetes Indexed Job's JOB_COMPLETION_INDEX. A framework's variables
  * win over a scheduler's, the innermost scheduler over the outer; two frameworks that
  * disagree, a value that is not a number, or nothing at all: PMX_ERR_INVALID_ARGUMENT
  * naming the variables. */
 #define PMX_FROM_ENV UINT32_MAX
+
+/* The rank and world size PMX_FROM_ENV would take, for a worker that needs them before
+ * pmx_join (to pick its share of the data): each set from the environment as above, or
+ * left PMX_FROM_ENV where no variable gives it. TensorFlow's TF_CONFIG is read too (a
+ * chief or worker task: the chief is rank 0, the workers follow; the world is chiefs +
+ * workers). Two frameworks that disagree or a value that is not a number:
+ * PMX_ERR_INVALID_ARGUMENT naming the variables, and nothing written. */
+PMX_API pmx_status pmx_env_rank(uint32_t* rank, uint32_t* world_size);
 
 typedef enum pmx_init_kind {
   PMX_INIT_ZEROS = 0,

@@ -153,7 +153,20 @@ static void test_last_error_of_library_call(void** state) {
   expect_st("pmx_connect(NULL)", pmx_connect(NULL, NULL, &c), PMX_ERR_INVALID_ARGUMENT);
   assert_ptr_equal(c, (pmx_client*)(uintptr_t)0x1); /* nothing written on error */
   assert_string_equal(pmx_last_error(), "pmx_connect: no address (give HOST:PORT, a "
-                                        "comma-separated list of shards, or set PMX_SERVERS)");
+                                        "comma-separated list of shards, or set PMX_SERVERS or TF_CONFIG)");
+  /* TF_CONFIG's cluster.ps where PMX_SERVERS is unset; a malformed one refused by name */
+  unsetenv("PMX_SERVERS");
+  setenv("TF_CONFIG", "{\"cluster\": {\"ps\": [\"127.0.0.1:1\", \"127.0.0.1:2\"]}}", 1);
+  expect_st("pmx_connect(NULL), TF_CONFIG", pmx_connect(NULL, NULL, &c), PMX_OK);
+  pmx_client_destroy(c);
+  c = (pmx_client*)(uintptr_t)0x1;
+  setenv("TF_CONFIG", "{\"cluster\": {\"ps\": [\"127.0.0.1\"]}}", 1);
+  expect_st("pmx_connect(NULL), bad TF_CONFIG", pmx_connect(NULL, NULL, &c),
+            PMX_ERR_INVALID_ARGUMENT);
+  assert_ptr_equal(c, (pmx_client*)(uintptr_t)0x1);
+  assert_string_equal(pmx_last_error(), "pmx_connect: TF_CONFIG: cluster.ps[0] is not a "
+                                        "\"host:port\" string (port 1..65535)");
+  unsetenv("TF_CONFIG");
   expect_st("pmx_op_wait(NULL)", pmx_op_wait(NULL), PMX_ERR_INVALID_ARGUMENT);
   assert_string_equal(pmx_last_error(), "pmx_op_wait: no op");
 }
@@ -212,7 +225,8 @@ static void test_last_error_of_every_function(void** state) {
 
 /* pmx_join's PMX_FROM_ENV through the real environment: PMX_RANK / PMX_WORLD_SIZE, each
  * refused by name when unset or not a number before any call, then taken as given (the
- * server checks them); the conventions themselves: unit-place. */
+ * server checks them); pmx_env_rank the same, TF_CONFIG among them; the conventions
+ * themselves: unit-place. */
 static void test_join_from_env(void** state) {
   (void)state;
   char err[512];
@@ -228,7 +242,8 @@ static void test_join_from_env(void** state) {
   assert_int_equal(pmx_join(c, PMX_FROM_ENV, PMX_FROM_ENV, NULL), PMX_ERR_INVALID_ARGUMENT);
   assert_non_null(strstr(pmx_last_error(), "rank PMX_FROM_ENV, but no variable gives it "
                                            "(PMX_RANK, DMLC_WORKER_ID with DMLC_ROLE=worker, "
-                                           "RANK, OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK, "
+                                           "TF_CONFIG of a chief or worker task, RANK, "
+                                           "OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK, "
                                            "SLURM_PROCID, JOB_COMPLETION_INDEX)"));
   setenv("PMX_RANK", "1x", 1);
   assert_int_equal(pmx_join(c, PMX_FROM_ENV, 2, NULL), PMX_ERR_INVALID_ARGUMENT);
@@ -242,8 +257,30 @@ static void test_join_from_env(void** state) {
   expect_st("join", pmx_join(c, PMX_FROM_ENV, PMX_FROM_ENV, &info), PMX_OK);
   assert_int_equal(info.world_size, 2);
   assert_int_equal(info.worker_id, 1);
+  /* pmx_env_rank: what PMX_FROM_ENV would take, PMX_FROM_ENV where nothing says */
+  uint32_t r = 7, w = 7;
+  expect_st("env_rank", pmx_env_rank(&r, &w), PMX_OK);
+  assert_true(r == 1 && w == 2);
   unsetenv("PMX_RANK");
   unsetenv("PMX_WORLD_SIZE");
+  expect_st("env_rank", pmx_env_rank(&r, &w), PMX_OK);
+  assert_true(r == PMX_FROM_ENV && w == PMX_FROM_ENV);
+  setenv("TF_CONFIG", "{\"cluster\": {\"worker\": [\"w0:1\", \"w1:1\", \"w2:1\"]}, "
+         "\"task\": {\"type\": \"worker\", \"index\": 2}}", 1);
+  expect_st("env_rank", pmx_env_rank(&r, &w), PMX_OK);
+  assert_true(r == 2 && w == 3);
+  setenv("RANK", "1", 1);
+  r = w = 7;
+  assert_int_equal(pmx_env_rank(&r, &w), PMX_ERR_INVALID_ARGUMENT);
+  assert_string_equal(pmx_last_error(), "pmx_env_rank: the rank is 2 by TF_CONFIG but 1 by "
+                      "RANK: unset one of them (or set PMX_RANK, which wins)");
+  assert_true(r == 7 && w == 7); /* nothing written */
+  unsetenv("RANK");
+  setenv("TF_CONFIG", "{\"cluster\"", 1);
+  assert_int_equal(pmx_join(c, PMX_FROM_ENV, PMX_FROM_ENV, NULL), PMX_ERR_INVALID_ARGUMENT);
+  assert_non_null(strstr(pmx_last_error(), "pmx_join: TF_CONFIG is not valid JSON"));
+  unsetenv("TF_CONFIG");
+  assert_int_equal(pmx_env_rank(NULL, &w), PMX_ERR_INVALID_ARGUMENT);
   pmx_client_destroy(c);
   int ws = 0;
   assert_int_equal(px_h_server_stop(&srv, 20000, &ws, NULL), 0);

@@ -1,12 +1,14 @@
 /* launch/place.c: a worker's rank and world size from its launcher's variables: PMX_*
  * first, each convention alone, frameworks over schedulers, the innermost scheduler,
- * disagreeing frameworks and bad numbers refused by name; a server's shard and count. */
+ * disagreeing frameworks and bad numbers refused by name; a server's shard, count and
+ * workers; TF_CONFIG's tasks, shard list and listen port. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "launch/place.h"
@@ -147,22 +149,129 @@ static void test_servers(void** state) {
                            "DMLC_NUM_SERVER");
 }
 
+/* A Kubeflow TFJob's TF_CONFIG: one chief, two workers, two ps. */
+#define TF_CLUSTER                                                                          \
+  "{\"cluster\": {\"chief\": [\"job-chief-0:2222\"], \"worker\": [\"job-worker-0:2222\", "  \
+  "\"job-worker-1:2222\"], \"ps\": [\"job-ps-0:2222\", \"job-ps-1:2223\"]}, "
+#define TF_TASK(type, index) TF_CLUSTER "\"task\": {\"type\": \"" type "\", \"index\": " #index "}}"
+
+static void test_tf_config(void** state) {
+  (void)state;
+  /* the chief is rank 0, the workers follow; the world is chiefs + workers */
+  const char* chief[] = {"TF_CONFIG", TF_TASK("chief", 0), NULL};
+  expect(chief, 0, "TF_CONFIG", 3, "TF_CONFIG");
+  const char* worker[] = {"TF_CONFIG", TF_TASK("worker", 1), NULL};
+  expect(worker, 2, "TF_CONFIG", 3, "TF_CONFIG");
+  /* a ps or an evaluator trains nothing: no rank, and a ps task is a shard */
+  const char* ps[] = {"TF_CONFIG", TF_TASK("ps", 1), NULL};
+  expect(ps, -1, NULL, -1, NULL);
+  px_place p;
+  char err[256] = "";
+  assert_int_equal(px_place_server(table_get, (void*)ps, &p, err, sizeof err), 0);
+  assert_int_equal(p.rank, 1);
+  assert_int_equal(p.world, 2);
+  assert_int_equal(p.workers, 3);
+  assert_string_equal(p.rank_from, "TF_CONFIG");
+  assert_string_equal(p.workers_from, "TF_CONFIG");
+  assert_int_equal(px_place_server(table_get, (void*)worker, &p, err, sizeof err), 0);
+  assert_int_equal(p.rank, -1);
+  assert_int_equal(p.workers, -1);
+  const char* evaluator[] = {"TF_CONFIG", TF_CLUSTER "\"task\": {\"type\": \"evaluator\"}}",
+                             NULL};
+  expect(evaluator, -1, NULL, -1, NULL);
+  /* PMX_* wins; another framework that agrees is one, one that disagrees an error */
+  const char* pmx[] = {"TF_CONFIG", TF_TASK("worker", 1), "PMX_RANK", "0", NULL};
+  expect(pmx, 0, "PMX_RANK", 3, "TF_CONFIG");
+  const char* torch_agrees[] = {"TF_CONFIG", TF_TASK("worker", 0), "RANK", "1", "WORLD_SIZE",
+                                "3", NULL};
+  expect(torch_agrees, 1, "TF_CONFIG", 3, "TF_CONFIG");
+  const char* torch[] = {"TF_CONFIG", TF_TASK("worker", 0), "RANK", "0", NULL};
+  refused(torch, "the rank is 1 by TF_CONFIG but 0 by RANK: unset one of them (or set "
+                 "PMX_RANK, which wins)");
+  /* a framework over a scheduler: TF_CONFIG over SLURM_PROCID */
+  const char* slurm[] = {"TF_CONFIG", TF_TASK("worker", 1), "SLURM_PROCID", "0", NULL};
+  expect(slurm, 2, "TF_CONFIG", 3, "TF_CONFIG");
+  /* a malformed TF_CONFIG is refused by name, unless PMX_* is read first */
+  const char* bad[] = {"TF_CONFIG", "{\"cluster\": ", NULL};
+  refused(bad, "TF_CONFIG is not valid JSON");
+  const char* bad_but_pmx[] = {"TF_CONFIG", "{", "PMX_RANK", "1", "PMX_WORLD_SIZE", "2", NULL};
+  expect(bad_but_pmx, 1, "PMX_RANK", 2, "PMX_WORLD_SIZE");
+  /* servers: TF_CONFIG with DMLC's count, and PMX_WORKERS first */
+  const char* ps_pmx[] = {"TF_CONFIG", TF_TASK("ps", 0), "PMX_WORKERS", "8", NULL};
+  assert_int_equal(px_place_server(table_get, (void*)ps_pmx, &p, err, sizeof err), 0);
+  assert_int_equal(p.workers, 8);
+  assert_string_equal(p.workers_from, "PMX_WORKERS");
+  const char* ps_dmlc[] = {"TF_CONFIG", TF_TASK("ps", 0), "DMLC_ROLE", "server",
+                           "DMLC_NUM_SERVER", "3", NULL};
+  assert_int_equal(px_place_server(table_get, (void*)ps_dmlc, &p, err, sizeof err), -1);
+  assert_string_equal(err, "the shard count is 3 by DMLC_NUM_SERVER but 2 by TF_CONFIG: unset "
+                           "one of them (or set PMX_SHARDS, which wins)");
+  const char* dmlc_workers[] = {"DMLC_ROLE", "server", "DMLC_NUM_WORKER", "4", NULL};
+  assert_int_equal(px_place_server(table_get, (void*)dmlc_workers, &p, err, sizeof err), 0);
+  assert_int_equal(p.workers, 4);
+  assert_string_equal(p.workers_from, "DMLC_NUM_WORKER");
+}
+
+/* The shard list: PMX_SERVERS, else cluster.ps; the listen address of a ps task. */
+static void test_servers_and_listen(void** state) {
+  (void)state;
+  char* list;
+  const char* from;
+  char err[256] = "", addr[64];
+  const char* worker[] = {"TF_CONFIG", TF_TASK("worker", 1), NULL};
+  assert_int_equal(px_place_servers(table_get, (void*)worker, &list, &from, err, sizeof err), 0);
+  assert_string_equal(list, "job-ps-0:2222,job-ps-1:2223");
+  assert_string_equal(from, "TF_CONFIG");
+  free(list);
+  const char* both[] = {"TF_CONFIG", "{", "PMX_SERVERS", "a:1,b:2", NULL};
+  assert_int_equal(px_place_servers(table_get, (void*)both, &list, &from, err, sizeof err), 0);
+  assert_string_equal(list, "a:1,b:2");
+  assert_string_equal(from, "PMX_SERVERS");
+  free(list);
+  const char* none[] = {"HOME", "/", NULL};
+  assert_int_equal(px_place_servers(table_get, (void*)none, &list, &from, err, sizeof err), 0);
+  assert_null(list);
+  assert_null(from);
+  const char* no_ps[] = {"TF_CONFIG", "{\"cluster\": {\"worker\": [\"w:1\"]}}", NULL};
+  assert_int_equal(px_place_servers(table_get, (void*)no_ps, &list, &from, err, sizeof err), 0);
+  assert_null(list);
+  const char* bad[] = {"TF_CONFIG", "[]", NULL};
+  assert_int_equal(px_place_servers(table_get, (void*)bad, &list, &from, err, sizeof err), -1);
+  assert_string_equal(err, "TF_CONFIG has no \"cluster\" object");
+
+  const char* ps[] = {"TF_CONFIG", TF_TASK("ps", 1), NULL};
+  assert_int_equal(px_place_listen(table_get, (void*)ps, addr, sizeof addr, err, sizeof err), 0);
+  assert_string_equal(addr, "0.0.0.0:2223");
+  assert_int_equal(px_place_listen(table_get, (void*)worker, addr, sizeof addr, err,
+                                   sizeof err), 0);
+  assert_string_equal(addr, "");
+  assert_int_equal(px_place_listen(table_get, (void*)none, addr, sizeof addr, err, sizeof err),
+                   0);
+  assert_string_equal(addr, "");
+  assert_int_equal(px_place_listen(table_get, (void*)bad, addr, sizeof addr, err, sizeof err),
+                   -1);
+}
+
 /* The lists messages name, in the order the variables are read. */
 static void test_sources(void** state) {
   (void)state;
   char b[512];
   px_place_sources(false, false, b, sizeof b);
-  assert_string_equal(b, "PMX_RANK, DMLC_WORKER_ID with DMLC_ROLE=worker, RANK, "
+  assert_string_equal(b, "PMX_RANK, DMLC_WORKER_ID with DMLC_ROLE=worker, TF_CONFIG of a "
+                         "chief or worker task, RANK, "
                          "OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK, SLURM_PROCID, "
                          "JOB_COMPLETION_INDEX");
   px_place_sources(false, true, b, sizeof b);
-  assert_string_equal(b, "PMX_WORLD_SIZE, DMLC_NUM_WORKER with DMLC_ROLE=worker, WORLD_SIZE, "
+  assert_string_equal(b, "PMX_WORLD_SIZE, DMLC_NUM_WORKER with DMLC_ROLE=worker, TF_CONFIG of "
+                         "a chief or worker task, WORLD_SIZE, "
                          "OMPI_COMM_WORLD_SIZE, PMI_SIZE, SLURM_NTASKS");
   px_place_sources(true, false, b, sizeof b);
-  assert_string_equal(b, "PMX_SHARD, OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK, SLURM_PROCID, "
+  assert_string_equal(b, "PMX_SHARD, TF_CONFIG of a ps task, OMPI_COMM_WORLD_RANK, PMIX_RANK, "
+                         "PMI_RANK, SLURM_PROCID, "
                          "HOSTNAME with KUBERNETES_SERVICE_HOST set");
   px_place_sources(true, true, b, sizeof b);
-  assert_string_equal(b, "PMX_SHARDS, DMLC_NUM_SERVER with DMLC_ROLE=server");
+  assert_string_equal(b, "PMX_SHARDS, DMLC_NUM_SERVER with DMLC_ROLE=server, TF_CONFIG of a ps "
+                         "task");
   px_place_sources(false, false, b, 12); /* cut, still a string */
   assert_true(strlen(b) < 12);
 }
@@ -173,6 +282,8 @@ int main(void) {
       cmocka_unit_test(test_precedence),
       cmocka_unit_test(test_refusals),
       cmocka_unit_test(test_servers),
+      cmocka_unit_test(test_tf_config),
+      cmocka_unit_test(test_servers_and_listen),
       cmocka_unit_test(test_sources),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

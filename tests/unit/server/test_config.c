@@ -231,12 +231,13 @@ static void test_config_env(void** state) {
   }
 }
 
-/* --shard / --shards from the launcher's variables (launch/place.h; every convention is
- * in unit-place): adopted only where neither the flag nor PMX_* says, and a scheduler's
- * index only where there are several shards. */
+/* --shard / --shards / --workers / --listen from the launcher's variables
+ * (launch/place.h; every convention is in unit-place): adopted only where neither the
+ * flag nor PMX_* says, and a scheduler's index only where there are several shards. */
 static const char* const launcher_vars[] = {
     "PMX_SHARD", "PMX_SHARDS", "SLURM_PROCID", "DMLC_ROLE", "DMLC_NUM_SERVER",
-    "OMPI_COMM_WORLD_RANK", "KUBERNETES_SERVICE_HOST", "HOSTNAME"};
+    "OMPI_COMM_WORLD_RANK", "KUBERNETES_SERVICE_HOST", "HOSTNAME", "TF_CONFIG",
+    "DMLC_NUM_WORKER", "PMX_WORKERS", "PMX_LISTEN"};
 
 static int parse_with(const char* const* kv, char** argv, int argc, px_config* c) {
   const char* host = getenv("HOSTNAME");
@@ -285,6 +286,54 @@ static void test_config_adopted_shard(void** state) {
   const char* bad[] = {"SLURM_PROCID", "x1", NULL};
   assert_int_equal(parse_with(bad, two, 3, &c), 2);
   assert_non_null(strstr(g_perr, "SLURM_PROCID=x1 is not a number"));
+}
+
+/* A TF_CONFIG ps task: its shard, the shard count, the workers (chief + workers) and its
+ * own port; ps-lite's DMLC_NUM_WORKER; flags and PMX_* first; bad ones exit 2. */
+static void test_config_adopted_tf_config(void** state) {
+  (void)state;
+  px_config c;
+  char* plain[] = {"paramex-server"};
+  char* flags[] = {"paramex-server", "--listen", "127.0.0.1:0", "--workers", "2", "--shard",
+                   "0", "--shards", "2"};
+  const char* ps1[] = {"TF_CONFIG", "{\"cluster\": {\"chief\": [\"c:2222\"], \"worker\": "
+                       "[\"w0:2222\", \"w1:2222\"], \"ps\": [\"p0:2222\", \"p1:2223\"]}, "
+                       "\"task\": {\"type\": \"ps\", \"index\": 1}}", NULL};
+  assert_int_equal(parse_with(ps1, plain, 1, &c), 0);
+  assert_true(c.shard == 1 && c.shards == 2 && c.workers == 3);
+  assert_string_equal(c.shard_from, "TF_CONFIG");
+  assert_string_equal(c.workers_from, "TF_CONFIG");
+  assert_string_equal(c.listen, "0.0.0.0:2223");
+  assert_int_equal(parse_with(ps1, flags, 9, &c), 0); /* the flags win */
+  assert_true(c.shard == 0 && c.shards == 2 && c.workers == 2);
+  assert_string_equal(c.listen, "127.0.0.1:0");
+  assert_string_equal(c.listen_adopted, "");
+  const char* ps1_pmx[] = {"TF_CONFIG", ps1[1], "PMX_LISTEN", "127.0.0.1:7", "PMX_WORKERS", "5",
+                           NULL};
+  assert_int_equal(parse_with(ps1_pmx, plain, 1, &c), 0);
+  assert_string_equal(c.listen, "127.0.0.1:7");
+  assert_int_equal(c.workers, 5);
+  /* a worker task's TF_CONFIG says nothing about a server */
+  const char* worker[] = {"TF_CONFIG", "{\"cluster\": {\"worker\": [\"w0:1\"]}, "
+                          "\"task\": {\"type\": \"worker\", \"index\": 0}}", NULL};
+  assert_int_equal(parse_with(worker, plain, 1, &c), 0);
+  assert_true(c.shard == 0 && c.shards == 1 && c.workers == 1);
+  assert_string_equal(c.listen, "0.0.0.0:50051");
+  const char* dmlc[] = {"DMLC_ROLE", "server", "DMLC_NUM_WORKER", "6", NULL};
+  assert_int_equal(parse_with(dmlc, plain, 1, &c), 0);
+  assert_int_equal(c.workers, 6);
+  assert_string_equal(c.workers_from, "DMLC_NUM_WORKER");
+  const char* too_many[] = {"DMLC_ROLE", "server", "DMLC_NUM_WORKER", "5000", NULL};
+  assert_int_equal(parse_with(too_many, plain, 1, &c), 2);
+  assert_string_equal(g_perr, "5000 workers by DMLC_NUM_WORKER: --workers is 1..4096");
+  const char* bad[] = {"TF_CONFIG", "{\"cluster\": 1}", NULL};
+  assert_int_equal(parse_with(bad, plain, 1, &c), 2);
+  assert_string_equal(g_perr, "TF_CONFIG has no \"cluster\" object");
+  const char* conflict[] = {"TF_CONFIG", ps1[1], "DMLC_ROLE", "server", "DMLC_NUM_WORKER", "4",
+                            NULL};
+  assert_int_equal(parse_with(conflict, plain, 1, &c), 2);
+  assert_string_equal(g_perr, "the worker count is 4 by DMLC_NUM_WORKER but 3 by TF_CONFIG: "
+                              "unset one of them (or set PMX_WORKERS, which wins)");
 }
 
 static void test_config_bad_values(void** state) {
@@ -407,6 +456,7 @@ int main(void) {
       cmocka_unit_test(test_config_each_flag),
       cmocka_unit_test(test_config_env),
       cmocka_unit_test(test_config_adopted_shard),
+      cmocka_unit_test(test_config_adopted_tf_config),
       cmocka_unit_test(test_config_bad_values),
       cmocka_unit_test(test_gpu_lists),
       cmocka_unit_test(test_config_error_one_line),
