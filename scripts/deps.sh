@@ -32,6 +32,9 @@ packages=(
   libnanopb-dev
   python3              # runs nanopb_generator.py; scripts parse JSON with it
   python3-protobuf     # imported by nanopb_generator.py
+  python3-dev          # Python.h: the paramex Python package's extension (python/)
+  python3-numpy        # the Python tests' arrays
+  python3-pytest       # runs python/tests
   libzstd-dev          # diff compression
   libxxhash-dev        # chunk checksums
   libcmocka-dev        # unit and integration tests
