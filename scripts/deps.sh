@@ -35,6 +35,8 @@ packages=(
   python3-dev          # Python.h: the paramex Python package's extension (python/)
   python3-numpy        # the Python tests' arrays
   python3-pytest       # runs python/tests
+  python3-torch        # paramex.torch and its tests (PyTorch 1.13, CPU)
+  python3-sklearn      # the digits data set of examples/python/train_digits.py (shipped with it)
   libzstd-dev          # diff compression
   libxxhash-dev        # chunk checksums
   libcmocka-dev        # unit and integration tests
