@@ -2,7 +2,8 @@
 # Installs what is missing, builds paramex, and trains a real model on this machine: one
 # paramex-server on an ephemeral loopback port and 4 paramex-train-demo workers (softmax
 # regression, 60 BSP steps). Then checks that every worker holds parameters bit-identical
-# to the server's and that the server stops cleanly on SIGTERM.
+# to the server's and that the server stops cleanly on SIGTERM, and installs the build
+# (meson install: the binaries, libparamex and the Python package, for /usr/bin/python3).
 #
 # Usage: scripts/demo.sh        (no arguments)
 set -euo pipefail
@@ -187,6 +188,27 @@ rc=0
 wait "$server_pid" || rc=$?
 server_pid=""
 ((rc == 0)) || fail "paramex-server exited with status $rc after SIGTERM (expected 0)"
+
+# --- install (binaries, libparamex, the Python package) so that `paramex-launch`,
+# `paramex-server` and `/usr/bin/python3 -c 'import paramex'` work from anywhere ---
+# (what meson installs, and no test program: the build outputs `meson introspect
+# --installed` lists)
+mapfile -t install_outputs < <(meson introspect build --installed |
+  /usr/bin/python3 -c 'import json, os, sys
+for k in json.load(sys.stdin):
+    if k.startswith(os.path.abspath("build") + "/"): print(os.path.relpath(k, "build"))')
+ninja -C build "${install_outputs[@]}" >"$tmp/compile.log" 2>&1 ||
+  fail "building what meson installs (see $tmp/compile.log)"
+sudo_=()
+((EUID == 0)) || sudo_=(sudo)
+"${sudo_[@]}" meson install -C build --no-rebuild --quiet >"$tmp/install.log" 2>&1 ||
+  fail "meson install (see $tmp/install.log)"
+"${sudo_[@]}" ldconfig 2>/dev/null || true
+pyver=$(cd / && /usr/bin/python3 -c 'import paramex; print(paramex.__version__)' 2>&1) ||
+  fail "the installed Python package does not import: $pyver"
+echo "installed under $(meson introspect build --buildoptions |
+  /usr/bin/python3 -c 'import json,sys; print([o["value"] for o in json.load(sys.stdin) if o["name"] == "prefix"][0])'):" \
+  "paramex-server, paramex-launch, libparamex, Python package paramex $pyver"
 
 accuracy=$(sed -n 's/^final test accuracy //p' "$tmp/worker0.log" | tail -n 1)
 elapsed_ms=$((($(date +%s%N) - start_ns) / 1000000))
