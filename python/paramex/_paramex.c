@@ -94,6 +94,7 @@ struct OpObject {
   pmx_op* op;          /* NULL once waited for */
   batch b;
   bool pull;           /* the result is a version */
+  bool waiting;        /* a thread is in pmx_op_wait for it */
   int status;          /* after the wait */
   char error[512];
   OpObject *next, *prev;
@@ -234,12 +235,23 @@ static int collect(ClientObject* self, PyObject* mapping, bool writable, int vie
   Py_ssize_t pos = 0, i = 0;
   PyObject *k, *v;
   while (PyDict_Next(mapping, &pos, &k, &v)) {
+    if (i == n) { /* a key's __hash__ / __eq__ changed the dict */
+      PyErr_SetString(PyExc_RuntimeError, "the dict of arrays changed during the call");
+      batch_free(b);
+      return -1;
+    }
     TensorObject* t = lookup(self, k);
     if (!t || get_view(t, v, writable, view, &b->views[i]) != 0) {
       batch_free(b);
       return -1;
     }
     b->nviews = i + 1;
+    for (Py_ssize_t j = 0; j < i; j++)
+      if (b->t[j] == t->t) {
+        invalid("tensor '%U' is given twice in one call", t->name);
+        batch_free(b);
+        return -1;
+      }
     b->t[i] = t->t;
     b->p[i] = b->views[i].buf;
     i++;
@@ -362,10 +374,12 @@ static void op_finish(OpObject* self) {
   if (!self->op) return;
   pmx_op* op = self->op;
   self->op = NULL;
+  self->waiting = true;
   pmx_status st;
   char errbuf[512] = "";
   CALL(self->owner, st, pmx_op_wait(op));
   self->status = st;
+  self->waiting = false;
   snprintf(self->error, sizeof self->error, "%s", errbuf);
   op_unlink(self);
   for (Py_ssize_t i = 0; i < self->b.nviews; i++) PyBuffer_Release(&self->b.views[i]);
@@ -373,6 +387,10 @@ static void op_finish(OpObject* self) {
 }
 
 static PyObject* Op_wait(OpObject* self, PyObject* x) {
+  if (self->waiting) {
+    PyErr_SetString(PyExc_RuntimeError, "Op.wait: another thread is waiting for this operation");
+    return NULL;
+  }
   op_finish(self);
   if (self->status != PMX_OK) return raise_status(self->status, self->error);
   if (self->pull) return PyLong_FromUnsignedLongLong(lowest(&self->b));
@@ -443,8 +461,8 @@ static int Client_init(ClientObject* self, PyObject* args, PyObject* kw) {
            *connect_timeout = NULL, *retry_timeout = NULL;
   const char *compression = NULL, *ca = NULL, *cert = NULL, *key = NULL, *name = NULL,
              *token = NULL, *token_file = NULL;
-  if (self->c) {
-    PyErr_SetString(PyExc_RuntimeError, "Client.__init__ called twice");
+  if (self->c || self->tensors) {
+    PyErr_SetString(PyExc_RuntimeError, "Client.__init__ called twice (a client connects once)");
     return -1;
   }
   if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOO$OOOzzzzzzz:Client", kwlist, &servers, &rank,
@@ -802,6 +820,7 @@ static PyObject* start_op(ClientObject* self, batch* b, bool pull, pmx_status st
   o->op = op;
   o->b = *b;
   o->pull = pull;
+  o->waiting = false;
   o->status = PMX_OK;
   o->error[0] = 0;
   o->prev = NULL;
@@ -887,6 +906,7 @@ static PyObject* Client_get_closed(ClientObject* self, void* x) {
   return PyBool_FromLong(self->c == NULL);
 }
 static PyObject* Client_get_tensors(ClientObject* self, void* x) {
+  if (!self->tensors) return raise_status(PMX_ERR_FAILED_PRECONDITION, "the client is closed");
   return PyDictProxy_New(self->tensors);
 }
 

@@ -232,6 +232,12 @@ def test_argument_errors_change_nothing(server):
             c.pull(0, {"w": b"\0" * 128})
         with pytest.raises(TypeError, match="a str"):
             c.declare(b"w", 4)
+        with pytest.raises(paramex.InvalidArgument, match="'w' is given twice"):
+            c.push(0, {"w": w, t: w})
+        with pytest.raises(RuntimeError, match="called twice"):
+            c.__init__(srv.addr, rank=0, world_size=1)
+        with pytest.raises(paramex.FailedPrecondition, match="closed"):
+            paramex._paramex.Client.__new__(paramex._paramex.Client).tensors
         with pytest.raises(paramex.InvalidArgument, match="step: want an int"):
             c.push(-1, {"w": w})
         with pytest.raises(paramex.InvalidArgument, match="same tensors"):
