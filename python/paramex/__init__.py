@@ -154,7 +154,10 @@ class Client(_paramex.Client):
     Joining waits for the server (without the GIL). ``close()`` (or leaving a ``with``
     block, or dropping the last reference) says Leave to the server: the worker is
     reported finished. ``close(abort=True)`` does not: it is reported dead after the
-    server's ``--worker-timeout``.
+    server's ``--worker-timeout``. A close waits for the pushes still pending (their
+    ``Op.wait()`` then returns their real result) and cancels the pending pulls
+    (``Cancelled``); an abort cancels both. ``set_push_compression`` and ``resume`` refuse
+    (``FailedPrecondition``) while an ``Op`` is pending or another thread is in a call.
     """
 
     def __init__(self, servers=None, rank=None, world_size=None, **options):

@@ -9,6 +9,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <float.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
@@ -132,8 +134,34 @@ static int check_open(ClientObject* self) {
   return -1;
 }
 
-/* Around a libparamex call without the GIL: the client cannot be closed meanwhile. */
+/* For calls that change what an operation in flight reads (a tensor's push compression,
+ * the tensors a resume declares again): none may be running, in any thread. */
+static int check_idle(ClientObject* self, const char* what) {
+  if (check_open(self) != 0) return -1;
+  if (self->inflight == 0 && !self->ops) return 0;
+  raise_obj(PMX_ERR_FAILED_PRECONDITION,
+            PyUnicode_FromFormat("%s: operations of this client are in flight (%d call(s) in "
+                                 "other threads%s); wait for them first", what, self->inflight,
+                                 self->ops ? ", an Op not waited for" : ""));
+  return -1;
+}
+
+/* Around a libparamex call without the GIL: the client cannot be closed meanwhile. The
+ * arguments' conversion runs Python code (a key's __hash__, a shape's __index__, another
+ * thread given the GIL), which may have closed it since the method's first check_open:
+ * the check is repeated here, right before the call. */
 #define CALL(self, st, expr)                                                   \
+  do {                                                                         \
+    if (!(self)->c) {                                                          \
+      (st) = PMX_ERR_FAILED_PRECONDITION;                                      \
+      snprintf(errbuf, sizeof errbuf, "the client was closed during the call"); \
+      break;                                                                   \
+    }                                                                          \
+    CALL_OPEN(self, st, expr);                                                 \
+  } while (0)
+
+/* The same for a client known to be open (an op's wait: close takes the ops first). */
+#define CALL_OPEN(self, st, expr)                                              \
   do {                                                                         \
     (self)->inflight++;                                                        \
     PyThreadState* ts_ = PyEval_SaveThread();                                  \
@@ -217,8 +245,12 @@ static int collect(ClientObject* self, PyObject* mapping, bool writable, int vie
                  Py_TYPE(mapping)->tp_name);
     return -1;
   }
-  Py_ssize_t n = PyDict_Size(mapping);
+  /* a snapshot: the keys' __hash__ / __eq__ run Python code, which may change the dict */
+  PyObject* items = PyDict_Items(mapping);
+  if (!items) return -1;
+  Py_ssize_t n = PyList_GET_SIZE(items);
   if (n == 0) {
+    Py_DECREF(items);
     invalid("no tensors given");
     return -1;
   }
@@ -229,34 +261,28 @@ static int collect(ClientObject* self, PyObject* mapping, bool writable, int vie
   b->versions = PyMem_Calloc((size_t)n, sizeof *b->versions);
   if (!b->t || !b->p || !b->views || !b->versions) {
     PyErr_NoMemory();
-    batch_free(b);
-    return -1;
+    goto fail;
   }
-  Py_ssize_t pos = 0, i = 0;
-  PyObject *k, *v;
-  while (PyDict_Next(mapping, &pos, &k, &v)) {
-    if (i == n) { /* a key's __hash__ / __eq__ changed the dict */
-      PyErr_SetString(PyExc_RuntimeError, "the dict of arrays changed during the call");
-      batch_free(b);
-      return -1;
-    }
-    TensorObject* t = lookup(self, k);
-    if (!t || get_view(t, v, writable, view, &b->views[i]) != 0) {
-      batch_free(b);
-      return -1;
-    }
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject* kv = PyList_GET_ITEM(items, i);
+    TensorObject* t = lookup(self, PyTuple_GET_ITEM(kv, 0));
+    if (!t || get_view(t, PyTuple_GET_ITEM(kv, 1), writable, view, &b->views[i]) != 0)
+      goto fail;
     b->nviews = i + 1;
     for (Py_ssize_t j = 0; j < i; j++)
       if (b->t[j] == t->t) {
         invalid("tensor '%U' is given twice in one call", t->name);
-        batch_free(b);
-        return -1;
+        goto fail;
       }
     b->t[i] = t->t;
     b->p[i] = b->views[i].buf;
-    i++;
   }
+  Py_DECREF(items);
   return 0;
+fail:
+  batch_free(b);
+  Py_DECREF(items);
+  return -1;
 }
 
 static uint64_t lowest(const batch* b) {
@@ -316,8 +342,8 @@ static PyObject* Tensor_set_push_compression(TensorObject* self, PyObject* args,
   if (!PyArg_ParseTupleAndKeywords(args, kw, "s|n:set_push_compression", kwlist, &mode,
                                    &min_bytes))
     return NULL;
-  if (!self->owner || check_open(self->owner) != 0)
-    return self->owner ? NULL : raise_status(PMX_ERR_FAILED_PRECONDITION, "the client is closed");
+  if (!self->owner) return raise_status(PMX_ERR_FAILED_PRECONDITION, "the client is closed");
+  if (check_idle(self->owner, "set_push_compression") != 0) return NULL;
   static const struct { const char* name; pmx_push_mode m; } modes[] = {
       {"raw", PMX_PUSH_RAW}, {"zstd", PMX_PUSH_ZSTD}, {"bf16", PMX_PUSH_BF16},
       {"bf16+zstd", PMX_PUSH_BF16_ZSTD}};
@@ -377,7 +403,7 @@ static void op_finish(OpObject* self) {
   self->waiting = true;
   pmx_status st;
   char errbuf[512] = "";
-  CALL(self->owner, st, pmx_op_wait(op));
+  CALL_OPEN(self->owner, st, pmx_op_wait(op));
   self->status = st;
   self->waiting = false;
   snprintf(self->error, sizeof self->error, "%s", errbuf);
@@ -551,29 +577,47 @@ static int Client_init(ClientObject* self, PyObject* args, PyObject* kw) {
   return 0;
 }
 
-/* Ends every pending op (libparamex waited for them in pmx_client_destroy): "closed". */
-static void orphan_ops(ClientObject* self) {
-  while (self->ops) {
-    OpObject* op = self->ops;
-    op->op = NULL;
-    op->status = PMX_ERR_CANCELLED;
-    snprintf(op->error, sizeof op->error, "the client was closed before the operation was "
-             "waited for");
-    op_unlink(op);
-    for (Py_ssize_t i = 0; i < op->b.nviews; i++) PyBuffer_Release(&op->b.views[i]);
-    op->b.nviews = 0;
-  }
-}
-
+/* Closes the client. Its pending ops are taken first, with the GIL held, so that no other
+ * thread's Op.wait or Op dealloc reaches a pmx_op that the close frees. A close waits for
+ * the pending pushes (without the GIL): a push keeps its real result (one the server
+ * applied is not reported as cancelled). The pending pulls are cancelled (one may wait on
+ * the server for a version nobody will push), and so is everything on an abort. Their
+ * arrays are released only once libparamex is done with them. */
 static void close_client(ClientObject* self, bool abort) {
   if (!self->c) return;
   pmx_client* c = self->c;
   self->c = NULL;
+  OpObject* taken = self->ops; /* still chained through next; held until the end */
+  self->ops = NULL;
+  for (OpObject* o = taken; o; o = o->next) {
+    Py_INCREF(o);
+    o->waiting = true; /* another thread's Op.wait raises until the close returns */
+  }
   Py_BEGIN_ALLOW_THREADS
-  if (abort) pmx_client_abort(c);
+  for (OpObject* o = taken; o && !abort; o = o->next)
+    if (!o->pull) {
+      o->status = pmx_op_wait(o->op);
+      snprintf(o->error, sizeof o->error, "%s", o->status ? pmx_last_error() : "");
+      o->op = NULL;
+    }
+  if (abort) pmx_client_abort(c); /* frees the ops not waited for: they end cancelled */
   else pmx_client_destroy(c);
   Py_END_ALLOW_THREADS
-  orphan_ops(self);
+  while (taken) {
+    OpObject* o = taken;
+    taken = o->next;
+    o->next = o->prev = NULL;
+    if (o->op) { /* freed by the close */
+      o->op = NULL;
+      o->status = PMX_ERR_CANCELLED;
+      snprintf(o->error, sizeof o->error, "the client was %s before the %s was waited for",
+               abort ? "aborted" : "closed", o->pull ? "pull" : "push");
+    }
+    o->waiting = false;
+    for (Py_ssize_t j = 0; j < o->b.nviews; j++) PyBuffer_Release(&o->b.views[j]);
+    o->b.nviews = 0;
+    Py_DECREF(o);
+  }
 }
 
 static PyObject* Client_close(ClientObject* self, PyObject* args, PyObject* kw) {
@@ -679,13 +723,22 @@ static PyObject* Client_declare(ClientObject* self, PyObject* args, PyObject* kw
     if (init != Py_None) {
       int kind;
       double a, b;
-      unsigned long long seed;
-      if (!PyTuple_Check(init) || !PyArg_ParseTuple(init, "iddK", &kind, &a, &b, &seed)) {
+      PyObject* seed_o;
+      if (!PyTuple_Check(init) || !PyArg_ParseTuple(init, "iddO", &kind, &a, &b, &seed_o)) {
         PyErr_Clear();
         PyErr_SetString(PyExc_TypeError, "declare: init is a paramex initializer "
                         "(paramex.zeros(), constant(), normal(), uniform())");
         return NULL;
       }
+      unsigned long long seed = PyLong_Check(seed_o) ? PyLong_AsUnsignedLongLong(seed_o) : 0;
+      if (PyErr_Occurred() || !PyLong_Check(seed_o)) {
+        PyErr_Clear();
+        return invalid("declare: an initializer's seed is an int in 0..2**64-1, not %R", seed_o);
+      }
+      if (kind < PMX_INIT_ZEROS || kind > PMX_INIT_UNIFORM || !isfinite(a) || !isfinite(b) ||
+          fabs(a) > FLT_MAX || fabs(b) > FLT_MAX)
+        return invalid("declare: init %R is not a paramex initializer of finite float32 "
+                       "parameters", init);
       in = (pmx_init){.kind = (pmx_init_kind)kind, .a = (float)a, .b = (float)b, .seed = seed};
     }
   }
@@ -693,18 +746,38 @@ static PyObject* Client_declare(ClientObject* self, PyObject* args, PyObject* kw
     if (have_values) PyBuffer_Release(&v);
     return invalid("declare: dtype %d is not float32, bfloat16 or float16", dtype);
   }
+  /* the object first: no MemoryError after the server declared it */
+  TensorObject* to = PyObject_New(TensorObject, &TensorType);
+  PyObject* shape = PyTuple_New(ndim);
+  for (int i = 0; shape && i < ndim; i++) {
+    PyObject* d = PyLong_FromUnsignedLongLong(dims[i]);
+    if (!d) Py_CLEAR(shape);
+    else PyTuple_SET_ITEM(shape, i, d);
+  }
+  if (to) {
+    to->owner = NULL;
+    to->name = Py_NewRef(name);
+    to->shape = shape;
+  } else {
+    Py_XDECREF(shape);
+  }
+  if (!to || !shape) {
+    if (have_values) PyBuffer_Release(&v);
+    Py_XDECREF(to);
+    return NULL;
+  }
   pmx_tensor* t = NULL;
   pmx_status st;
   char errbuf[512] = "";
   CALL(self, st, pmx_declare(self->c, cname, (pmx_dtype)dtype, dims, (size_t)ndim,
                              have_values ? v.buf : NULL, have_values ? NULL : &in, &t));
   if (have_values) PyBuffer_Release(&v);
-  if (st != PMX_OK) return raise_status(st, errbuf);
-  PyObject* known = PyDict_GetItemWithError(self->tensors, name);
-  if (known) return Py_NewRef(known); /* the same tensor again */
-  if (PyErr_Occurred()) return NULL;
-  TensorObject* to = PyObject_New(TensorObject, &TensorType);
-  if (!to) return NULL;
+  PyObject* known = st == PMX_OK ? PyDict_GetItemWithError(self->tensors, name) : NULL;
+  if (st != PMX_OK || known || PyErr_Occurred()) {
+    Py_DECREF(to);
+    if (st != PMX_OK) return raise_status(st, errbuf);
+    return known ? Py_NewRef(known) : NULL; /* known: the same tensor again */
+  }
   to->owner = self;
   to->t = t;
   to->numel = pmx_tensor_numel(t);
@@ -712,15 +785,11 @@ static PyObject* Client_declare(ClientObject* self, PyObject* args, PyObject* kw
   to->id = pmx_tensor_id(t);
   to->num_chunks = pmx_tensor_num_chunks(t);
   to->dtype = dtype;
-  to->name = Py_NewRef(name);
-  to->shape = PyTuple_New(ndim);
-  for (int i = 0; to->shape && i < ndim; i++)
-    PyTuple_SET_ITEM(to->shape, i, PyLong_FromUnsignedLongLong(dims[i]));
-  if (!to->shape || PyDict_SetItem(self->tensors, name, (PyObject*)to) != 0) {
+  if (PyDict_SetItem(self->tensors, name, (PyObject*)to) != 0) {
     Py_DECREF(to);
     return NULL;
   }
-  return (PyObject*)to;
+  return (PyObject*)to; /* the dict holds the other reference */
 }
 
 static int parse_step(PyObject* o, const char* what, uint64_t* v) {
@@ -802,28 +871,34 @@ static PyObject* Client_push_pull(ClientObject* self, PyObject* args, PyObject* 
   return PyLong_FromUnsignedLongLong(v);
 }
 
-static PyObject* start_op(ClientObject* self, batch* b, bool pull, pmx_status st, pmx_op* op,
-                          const char* errbuf) {
-  if (st != PMX_OK) {
-    batch_free(b);
-    return raise_status(st, errbuf);
-  }
-  OpObject* o = PyObject_New(OpObject, &OpType);
+/* The Op of an async call, made before the call (so that no MemoryError comes after the
+ * server saw it); it owns b from here. NULL with an exception (b freed). The open check is
+ * repeated: collecting b ran Python code. */
+static OpObject* new_op(ClientObject* self, batch* b, bool pull) {
+  OpObject* o = check_open(self) == 0 ? PyObject_New(OpObject, &OpType) : NULL;
   if (!o) {
-    PyThreadState* ts = PyEval_SaveThread();
-    pmx_op_wait(op);
-    PyEval_RestoreThread(ts);
     batch_free(b);
     return NULL;
   }
   o->owner = (ClientObject*)Py_NewRef(self);
-  o->op = op;
+  o->op = NULL;
   o->b = *b;
   o->pull = pull;
   o->waiting = false;
   o->status = PMX_OK;
   o->error[0] = 0;
-  o->prev = NULL;
+  o->prev = o->next = NULL;
+  return o;
+}
+
+/* After the async call: the started op is linked into the client's pending list. */
+static PyObject* start_op(ClientObject* self, OpObject* o, pmx_status st) {
+  if (st != PMX_OK) {
+    char errbuf[512];
+    snprintf(errbuf, sizeof errbuf, "%s", pmx_last_error());
+    Py_DECREF(o); /* o->op is NULL: frees the arrays */
+    return raise_status(st, errbuf);
+  }
   o->next = self->ops;
   if (self->ops) self->ops->prev = o;
   self->ops = o;
@@ -838,9 +913,10 @@ static PyObject* Client_push_async(ClientObject* self, PyObject* args) {
       parse_step(step_o, "push_async: step", &step) != 0 ||
       collect(self, grads, false, 0, &b) != 0)
     return NULL;
-  pmx_op* op = NULL;
-  pmx_status st = pmx_push_async(self->c, step, (size_t)b.n, b.t, (const void* const*)b.p, &op);
-  return start_op(self, &b, false, st, op, st ? pmx_last_error() : "");
+  OpObject* o = new_op(self, &b, false);
+  if (!o) return NULL;
+  return start_op(self, o, pmx_push_async(self->c, step, (size_t)o->b.n, o->b.t,
+                                          (const void* const*)o->b.p, &o->op));
 }
 
 static PyObject* Client_pull_async(ClientObject* self, PyObject* args, PyObject* kw) {
@@ -854,21 +930,25 @@ static PyObject* Client_pull_async(ClientObject* self, PyObject* args, PyObject*
       check_open(self) != 0 || parse_step(ver_o, "pull_async: version", &version) != 0 ||
       parse_view(view_o, &view) != 0 || collect(self, out, true, view, &b) != 0)
     return NULL;
-  pmx_op* op = NULL;
-  pmx_status st = pmx_pull_as_async(self->c, (size_t)b.n, b.t, b.p, (pmx_dtype)view, version,
-                                    b.versions, &op);
-  return start_op(self, &b, true, st, op, st ? pmx_last_error() : "");
+  OpObject* o = new_op(self, &b, true);
+  if (!o) return NULL;
+  return start_op(self, o, pmx_pull_as_async(self->c, (size_t)o->b.n, o->b.t, o->b.p,
+                                             (pmx_dtype)view, version, o->b.versions, &o->op));
 }
 
 static PyObject* Client_resume(ClientObject* self, PyObject* args) {
   PyObject* out;
   batch b;
-  if (!PyArg_ParseTuple(args, "O:resume", &out) || check_open(self) != 0 ||
+  if (!PyArg_ParseTuple(args, "O:resume", &out) || check_idle(self, "resume") != 0 ||
       collect(self, out, true, 0, &b) != 0)
     return NULL;
   uint64_t step = 0;
   pmx_status st;
   char errbuf[512] = "";
+  if (check_idle(self, "resume") != 0) { /* again: collect ran Python code */
+    batch_free(&b);
+    return NULL;
+  }
   CALL(self, st, pmx_resume(self->c, (size_t)b.n, b.t, b.p, &step));
   batch_free(&b);
   if (st != PMX_OK) return raise_status(st, errbuf);

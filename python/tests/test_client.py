@@ -302,6 +302,95 @@ def test_closed_client(server):
     c.close()  # twice is harmless
 
 
+def test_close_waits_for_pushes_and_cancels_pulls(server):
+    srv = server("--workers", "1", "--lr", "1")
+    c = paramex.Client(srv.addr, rank=0, world_size=1)
+    t = c.declare("w", 8)
+    push = c.push_async(0, {"w": np.ones(8, np.float32)})
+    held = bytearray(32)
+    pull = c.pull_async(5, {"w": memoryview(held).cast("f")})  # nobody pushes step 4
+    for call, what in ((lambda: c.resume({"w": np.zeros(8, np.float32)}), "resume"),
+                       (lambda: t.set_push_compression("zstd"), "set_push_compression")):
+        with pytest.raises(paramex.FailedPrecondition, match=what + ": operations of this "
+                           "client are in flight"):
+            call()
+    c.close()
+    assert push.wait() is None  # applied: its real result, not Cancelled
+    with pytest.raises(paramex.Cancelled, match="closed before the pull was waited for"):
+        pull.wait()
+    held.extend(b"1234")  # its array was released by the close
+    with paramex.Client(srv.addr, rank=0, world_size=1) as d:
+        d.declare("w", 8)
+        w = np.zeros(8, np.float32)
+        assert d.pull(1, {"w": w}) == 1 and (w == -1).all()
+    # an abort cancels a pending push too
+    e = paramex.Client(srv.addr, rank=0, world_size=1)
+    e.declare("w", 8)
+    op = e.push_async(1, {"w": np.ones(8, np.float32)})
+    e.close(abort=True)
+    with pytest.raises(paramex.Cancelled, match="aborted before the push"):
+        op.wait()
+
+
+class Closer(str):
+    """A tensor name whose hash runs Python code: it closes the client, or empties the
+    dict being read."""
+    action = None
+
+    def __hash__(self):
+        if Closer.action:
+            Closer.action()
+        return str.__hash__(self)
+
+    def __eq__(self, other):
+        return str.__eq__(self, other)
+
+
+def test_python_code_in_the_arguments(server):
+    srv = server("--workers", "1", "--lr", "1")
+    c = paramex.Client(srv.addr, rank=0, world_size=1)
+    c.declare("w", 8)
+    w = np.zeros(8, np.float32)
+    grads = {Closer("w"): np.ones(8, np.float32)}
+    Closer.action = grads.clear  # the call reads a snapshot of the dict
+    c.push(0, grads)
+    assert c.pull(1, {"w": w}) == 1 and (w == -1).all()
+    c.close()
+    # a name's hash closes the client after the method's first check: refused, not a crash
+    calls = (lambda c: c.push(1, {Closer("w"): w}), lambda c: c.pull(1, {Closer("w"): w}),
+             lambda c: c.push_pull(1, {"w": w}, {Closer("w"): w}),
+             lambda c: c.push_async(1, {Closer("w"): w}),
+             lambda c: c.pull_async(1, {Closer("w"): w}),
+             lambda c: c.resume({Closer("w"): w}))
+    for call in calls:
+        c = paramex.Client(srv.addr, rank=0, world_size=1)
+        c.declare("w", 8)
+        Closer.action = c.close
+        with pytest.raises(paramex.FailedPrecondition, match="the client (was|is) closed"):
+            call(c)
+        Closer.action = None
+        assert c.closed
+    c = paramex.Client(srv.addr, rank=0, world_size=1)
+    c.declare("w", 8)
+    assert c.pull(1, {"w": w}) == 1 and (w == -1).all()  # none of them pushed
+    c.close()
+
+
+def test_initializer_range(server):
+    srv = server("--workers", "1")
+    with paramex.Client(srv.addr, rank=0, world_size=1) as c:
+        for init, says in (((7, 0.0, 0.0, 0), "not a paramex initializer"),
+                           ((1, 1e39, 0.0, 0), "not a paramex initializer"),
+                           ((2, 0.0, float("nan"), 0), "not a paramex initializer"),
+                           ((2, 0.0, 1.0, -1), "seed is an int in 0..2\\*\\*64-1"),
+                           ((2, 0.0, 1.0, 2**64), "seed is an int"),
+                           ((2, 0.0, 1.0, 1.5), "seed is an int")):
+            with pytest.raises(paramex.InvalidArgument, match=says):
+                c.declare("w", 8, init=init)
+        assert c.tensors == {}  # nothing declared
+        c.declare("w", 8, init=paramex.normal(0.0, 1.0, seed=2**64 - 1))
+
+
 def test_aborted_after_restart_and_resume(server, tmp_path):
     """A server killed and restarted from its checkpoint: the next step raises Aborted
     naming the version; resume() pulls it and returns the step to compute next."""
