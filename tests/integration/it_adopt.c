@@ -47,6 +47,14 @@ static int free_port(void) {
   return ntohs(sa.sin_port);
 }
 
+/* argv = {the binary PMX_<bin_var> names, args..., NULL}; argv holds 16. */
+static void make_argv(const char* argv[16], const char* bin_var, const char* const* args) {
+  size_t k = 0;
+  argv[k++] = env_or_fail(bin_var);
+  for (; args && *args && k < 15; args++) argv[k++] = *args;
+  argv[k] = NULL;
+}
+
 typedef struct server {
   pid_t pid;
   int out;
@@ -56,10 +64,8 @@ typedef struct server {
 /* paramex-server ARGS with env ("NAME=VALUE", NULL-terminated), up to its readiness line
  * on host (it says where it listens: the address it adopted). */
 static server start_server(const char* const* args, const char* const* env, const char* host) {
-  const char* argv[16] = {env_or_fail("PMX_SERVER_BIN")};
-  size_t k = 1;
-  for (; args && *args && k < 15; args++) argv[k++] = *args;
-  argv[k] = NULL;
+  const char* argv[16];
+  make_argv(argv, "PMX_SERVER_BIN", args);
   int po[2];
   assert_int_equal(pipe(po), 0);
   server s = {.pid = px_h_spawn(argv, env, po[1], -1), .out = po[0]};
@@ -87,10 +93,8 @@ static void stop_server(server* s) {
 
 /* The demo with args and env to its exit: its exit status, its stdout and stderr in out. */
 static int run_demo(const char* const* args, const char* const* env, char* out, size_t cap) {
-  const char* argv[16] = {env_or_fail("PMX_DEMO_BIN")};
-  size_t k = 1;
-  for (; args && *args && k < 15; args++) argv[k++] = *args;
-  argv[k] = NULL;
+  const char* argv[16];
+  make_argv(argv, "PMX_DEMO_BIN", args);
   int ws = 0;
   if (px_h_run(argv, env, out, cap, WAIT_MS, &ws) != 0)
     fail_msg("the demo did not run to its exit; its output: %s", out);
@@ -113,10 +117,8 @@ static void run_workers(const worker_setup* w, char* want, size_t cap) {
   pid_t pid[WORKERS];
   int out[WORKERS];
   for (int r = 0; r < WORKERS; r++) {
-    const char* argv[16] = {env_or_fail("PMX_DEMO_BIN")};
-    size_t k = 1;
-    for (const char* const* a = w->args[r]; *a && k < 15; a++) argv[k++] = *a;
-    argv[k] = NULL;
+    const char* argv[16];
+    make_argv(argv, "PMX_DEMO_BIN", w->args[r]);
     pid[r] = px_h_spawn_piped(argv, w->env[r], &out[r]);
     assert_true(pid[r] > 0);
   }
