@@ -17,7 +17,7 @@
 #include "util/net.h"
 #include "util/str.h"
 
-const char* pmx_version(void) { return "0.1.0"; }
+const char* pmx_version(void) { return PX_VERSION; }
 
 pmx_status px_client_connect(const char* addr, const pmx_options* opts, pmx_client** out) {
   return px_client_connect_beside(addr, opts, NULL, out);

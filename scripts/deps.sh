@@ -41,6 +41,9 @@ packages=(
   libxxhash-dev        # chunk checksums
   libcmocka-dev        # unit and integration tests
   libjansson-dev       # JSON: safetensors checkpoint headers, stats output
+  libmicrohttpd-dev    # the server's /metrics endpoint (HTTP, and HTTPS through GnuTLS)
+  prometheus           # a real Prometheus scrapes paramex in the tests; promtool checks rules
+  python3-prometheus-client  # the metrics tests parse the exposition format with it
   openmpi-bin          # mpirun: paramex-launch --backend mpi (and bench/'s MPI baseline)
   slurm-wlm            # paramex-launch --backend slurm, tested on a two-node local cluster
   munge                # Slurm's authentication (the test cluster's own key and socket)

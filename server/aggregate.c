@@ -8,6 +8,7 @@
 #include "backend/step_io.h"
 #include "rpc/rpc_base.h"
 #include "util/bufpool.h"
+#include "util/clock.h"
 
 void px_agg_init(px_agg* a, const px_agg_opts* o, px_backend* backend, px_members* members,
                  px_fcache* fc, px_ckpt* ckpt, px_publish* publish, px_counters* ctr) {
@@ -20,6 +21,7 @@ void px_agg_init(px_agg* a, const px_agg_opts* o, px_backend* backend, px_member
   a->publish = publish;
   a->ctr = ctr;
   atomic_init(&a->hold_left, (int64_t)o->hold_bytes);
+  px_steptime_init(&a->steps, ctr);
 }
 
 /* Moves c->next_rank past the ranks that are accounted for: held contributions are added
@@ -76,6 +78,7 @@ static void chunk_try_complete(px_agg* a, px_tensor_state* t, px_chunk_state* c,
   memset(c->contributed, 0, a->o.workers);
   c->version++;
   atomic_fetch_add(&a->ctr->steps_completed, 1);
+  px_steptime_end(&a->steps, c->version - 1, px_now_ns());
   px_fcache_step_begin(a->fc, c->view, c->version, encode);
   px_ckpt_after_step(a->ckpt, t, c);
   after->step_t = t;
@@ -137,6 +140,7 @@ px_agg_result px_agg_push(px_agg* a, px_tensor_state* t, px_chunk_state* c, uint
     pthread_mutex_unlock(&c->mu);
     return r;
   }
+  if (c->ncontrib == 0) px_steptime_begin(&a->steps, step, px_now_ns());
   c->contributed[rank] = 1;
   c->ncontrib++;
   if (rank <= c->next_rank) {

@@ -23,6 +23,7 @@
 #include "framecache.h"
 #include "membership.h"
 #include "publish.h"
+#include "steptime.h"
 #include "store.h"
 
 /* Embedded in the state of a push call that may stall: its token. */
@@ -61,6 +62,7 @@ typedef struct px_agg {
   px_publish* publish;
   px_counters* ctr;
   _Atomic int64_t hold_left; /* bytes of the hold budget still free */
+  px_steptime steps;         /* step durations */
 } px_agg;
 
 void px_agg_init(px_agg* a, const px_agg_opts* o, px_backend* backend, px_members* members,

@@ -357,8 +357,9 @@ static void* ckpt_thread(void* arg) {
       ck->waiters = NULL;
       pthread_mutex_unlock(&ck->mu);
       char path[600], err[512];
-      uint64_t bytes = 0, t0 = px_now_ms();
+      uint64_t bytes = 0, t0 = px_now_ms(), n0 = px_now_ns();
       int rc = write_checkpoint(ck, k, path, sizeof path, &bytes, err, sizeof err);
+      px_hist_observe_ns(&ck->seconds, px_now_ns() - n0);
       if (rc == 0)
         px_info("checkpoint written: %s (version %" PRIu64 ", %" PRIu64 " bytes, %s, %" PRIu64
                  " ms)", path, k->version, bytes, k->reason, px_now_ms() - t0);
@@ -369,6 +370,8 @@ static void* ckpt_thread(void* arg) {
       if (rc == 0) {
         ck->written++;
         ck->last_version = k->version;
+        ck->last_bytes = bytes;
+        ck->last_unix_ms = px_wall_ms();
         snprintf(ck->last_path, sizeof ck->last_path, "%s", path);
       } else {
         ck->failures++;
@@ -431,6 +434,7 @@ static void* ckpt_thread(void* arg) {
 int px_ckpt_init(px_ckpt* ck, const px_ckpt_opts* o, px_store* store, px_members* members,
                  char* err, size_t errlen) {
   memset(ck, 0, sizeof *ck);
+  px_hist_init_exp(&ck->seconds, 0.01, 2, 16); /* 10 ms .. 5.5 min */
   ck->o = *o;
   ck->store = store;
   ck->members = members;
@@ -530,6 +534,8 @@ void px_ckpt_get_info(px_ckpt* ck, px_ckpt_info* out) {
   out->written = ck->written;
   out->failures = ck->failures;
   out->last_version = ck->last_version;
+  out->last_bytes = ck->last_bytes;
+  out->last_unix_ms = ck->last_unix_ms;
   out->restored_version = ck->restored_version;
   snprintf(out->last_path, sizeof out->last_path, "%s", ck->last_path);
   pthread_mutex_unlock(&ck->mu);

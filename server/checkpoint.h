@@ -10,6 +10,7 @@
 
 #include "membership.h"
 #include "rpc/rpc_server.h"
+#include "metrics/hist.h"
 #include "store.h"
 
 typedef struct px_ckpt_opts {
@@ -36,7 +37,9 @@ typedef struct px_ckpt {
   bool thread_started, stop, done_ok;
   uint64_t gen, done_gen;
   uint64_t written, failures, last_version, restored_version;
+  uint64_t last_bytes, last_unix_ms; /* the newest file's size, when it was written */
   char last_path[600];
+  px_hist seconds;               /* time to write each checkpoint (failed ones too) */
 } px_ckpt;
 
 /* Creates the directory (when missing), removes temp files of interrupted writes and starts
@@ -71,6 +74,7 @@ void px_ckpt_shutdown(px_ckpt* ck);
 
 typedef struct px_ckpt_info {
   uint64_t written, failures, last_version, restored_version;
+  uint64_t last_bytes, last_unix_ms; /* 0 before the first write */
   char last_path[600];
 } px_ckpt_info;
 void px_ckpt_get_info(px_ckpt* ck, px_ckpt_info* out);

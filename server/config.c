@@ -212,6 +212,11 @@ int px_config_parse(px_config* cfg, int argc, char** argv, char* err, size_t err
        "PEM CA: require client certificates signed by it (mutual TLS)"},
       {"token-file", PX_FLAG_STR, &cfg->token_file, 0, 0, "FILE",
        "bearer token every call but health must carry"},
+      {"metrics-listen", PX_FLAG_STR, &cfg->metrics_listen, 0, 0, "HOST:PORT",
+       "serve Prometheus metrics at http(s)://HOST:PORT/metrics (port 0: a free port; off "
+       "by default)"},
+      {"metrics-no-auth", PX_FLAG_BOOL, &cfg->metrics_no_auth, 0, 0, NULL,
+       "serve /metrics without the --token-file token"},
       {"device", PX_FLAG_STR, &cfg->device, 0, 0, "cpu|cuda",
        "where gradients are summed and the optimizer runs (cuda: GPUs with NCCL)"},
       {"gpus", PX_FLAG_STR, &cfg->gpus, 0, 0, "LIST",

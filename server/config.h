@@ -32,6 +32,8 @@ typedef struct px_config {
   const char* tls_key;
   const char* tls_client_ca;
   const char* token_file;
+  const char* metrics_listen;   /* HOST:PORT of /metrics; NULL: off */
+  bool metrics_no_auth;         /* /metrics without the bearer token of --token-file */
   const char* checkpoint_dir;
   uint64_t checkpoint_every;    /* steps; 0 = off */
   double checkpoint_interval;   /* seconds; 0 = off */

@@ -139,6 +139,7 @@ static void respond(ex_call* ex, int code, const char* msg) {
   px_srv_call* call = ex->call;
   atomic_fetch_add(&ex->push.srv->ctr.exchange_steps, 1);
   if (code != PX_ST_OK) atomic_fetch_add(&ex->push.srv->ctr.rejected_calls, 1);
+  atomic_fetch_add(&ex->push.srv->ctr.exchange_status[code >= 0 && code < 17 ? code : 2], 1);
   step_over(ex);
   if (ex->oom) {
     ex->oom = false;

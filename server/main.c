@@ -47,6 +47,11 @@ static int start(px_service* svc, const px_config* cfg, int* port) {
   }
   const char* colon = strrchr(cfg->listen, ':');
   printf("paramex-server listening on %.*s:%d\n", (int)(colon - cfg->listen), cfg->listen, *port);
+  if (svc->metrics.http) {
+    const char* mc = strrchr(cfg->metrics_listen, ':');
+    printf("paramex-server metrics on %s://%.*s:%d/metrics\n", cfg->tls_cert ? "https" : "http",
+           (int)(mc - cfg->metrics_listen), cfg->metrics_listen, svc->metrics.port);
+  }
   fflush(stdout);
   return 0;
 }
@@ -70,6 +75,13 @@ static int restart_for_recovery(px_service* svc, px_config* cfg, int* port, char
   snprintf(host, sizeof host, "%.*s", (int)(colon - cfg->listen), cfg->listen);
   snprintf(listen, cap, "%s:%d", host, *port);
   cfg->listen = listen;
+  static char metrics[300]; /* the same metrics port too */
+  if (cfg->metrics_listen) {
+    const char* mc = strrchr(cfg->metrics_listen, ':');
+    snprintf(host, sizeof host, "%.*s", (int)(mc - cfg->metrics_listen), cfg->metrics_listen);
+    snprintf(metrics, sizeof metrics, "%s:%d", host, svc->metrics.port);
+    cfg->metrics_listen = metrics;
+  }
   int rc = start(svc, cfg, port);
   if (rc != 0) return rc;
   uint64_t vmax = 0, vmin = px_store_version_min(&svc->srv.store, &vmax);

@@ -190,6 +190,7 @@ static bool pull_send(px_puller* p, px_tensor_state* t, px_chunk_state* c, int v
   atomic_fetch_add(&srv->ctr.pull_chunks, 1);
   atomic_fetch_add(&srv->ctr.pull_raw_bytes, h.raw_len);
   atomic_fetch_add(&srv->ctr.pull_wire_bytes, hl + body);
+  atomic_fetch_add(&srv->ctr.pull_wire_enc[h.encoding & 3], hl + body);
   atomic_fetch_add(&t->pull_raw, h.raw_len);
   atomic_fetch_add(&t->pull_wire, hl + body);
   if (p->sel) p->ki++;

@@ -156,6 +156,7 @@ static void count_chunk(px_pusher* ps, px_tensor_state* t, px_chunk_state* c) {
   atomic_fetch_add(&srv->ctr.push_chunks, 1);
   atomic_fetch_add(&srv->ctr.push_raw_bytes, raw);
   atomic_fetch_add(&srv->ctr.push_wire_bytes, wire);
+  atomic_fetch_add(&srv->ctr.push_wire_enc[ps->h.encoding & 3], wire);
   atomic_fetch_add(&t->push_raw, raw);
   atomic_fetch_add(&t->push_wire, wire);
   atomic_fetch_add(&srv->members.w[ps->h.worker_id].chunks_pushed, 1);

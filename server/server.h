@@ -29,6 +29,7 @@ typedef struct px_server {
   char server_id[64];       /* "<start time in us, hex>-<pid>": new every start */
   char ckpt_dir[600];       /* --checkpoint-dir, or its shard-I folder with several shards */
   uint64_t start_ms;
+  uint64_t start_unix_ms;   /* the process's start, Unix time (process_start_time_seconds) */
   px_counters ctr;
   px_taskpool* pool;        /* compute: large pushes, frame builds, control calls */
   px_backend* backend;      /* --device */

@@ -145,6 +145,7 @@ int px_service_init(px_service* svc, const px_config* cfg, char* err, size_t err
   px_server* srv = &svc->srv;
   srv->cfg = *cfg;
   srv->start_ms = px_now_ms();
+  srv->start_unix_ms = px_wall_ms();
   pthread_mutex_init(&srv->idle_mu, NULL);
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -195,6 +196,11 @@ int px_service_start(px_service* svc, int* port, char* err, size_t errlen) {
   srv->rpc = px_rpc_server_start(&o, methods, sizeof methods / sizeof methods[0], srv, port, err,
                                  errlen);
   if (!srv->rpc) return -1;
+  if (px_metrics_start(&svc->metrics, srv, methods, sizeof methods / sizeof methods[0], err,
+                       errlen) != 0) {
+    px_rpc_server_shutdown(srv->rpc, 0);
+    return -1;
+  }
   if (px_monitor_start(&svc->monitor, srv) != 0)
     px_warn("cannot start the lease monitor: leases and --call-timeout are not enforced");
   return 0;
@@ -249,6 +255,7 @@ void px_service_stop_for_restart(px_service* svc) { stop(svc, false); }
 
 void px_service_deinit(px_service* svc) {
   px_server* srv = &svc->srv;
+  px_metrics_stop(&svc->metrics); /* it reads the rooms freed below */
   px_monitor_stop(&svc->monitor);
   px_ckpt_shutdown(&srv->ckpt);
   px_taskpool_destroy(srv->pool);

@@ -6,12 +6,14 @@
 #include <stddef.h>
 
 #include "config.h"
+#include "metrics.h"
 #include "monitor.h"
 #include "server.h"
 
 typedef struct px_service {
   px_server srv;
   px_monitor monitor;
+  px_metrics metrics; /* --metrics-listen; metrics.port is the bound port */
 } px_service;
 
 /* 0; -1 with err when it cannot start; -2 with err when the configuration is wrong in a

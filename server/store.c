@@ -421,6 +421,8 @@ static int declare_locked(px_store* s, const px_declare_args* a, uint64_t numel,
   }
   s->tensors[t->id] = t;
   atomic_fetch_add(&s->ctr->store_bytes, (int64_t)need);
+  atomic_fetch_add(&s->ctr->params_bytes, (int64_t)(numel * t->elem));
+  atomic_fetch_add(&s->ctr->own_chunks, t->nown);
   atomic_store_explicit(&s->ntensors, t->id + 1, memory_order_release);
   px_info("declared tensor %u '%s' %s numel=%llu chunks=%u", t->id, t->name,
           px_dtype_name(t->dtype), (unsigned long long)numel, t->nchunks);

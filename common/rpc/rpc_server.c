@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,6 +56,7 @@ struct px_rpc_server {
   size_t max_calls;
   char* want_auth; /* "Bearer TOKEN", or NULL */
   char* token_exempt_prefix;
+  _Atomic uint64_t* finished; /* [(nmethods + 1) * PX_RPC_NSTATUS]: calls by method, status */
 };
 
 static const px_srv_call_cbs no_cbs = {0};
@@ -151,6 +153,12 @@ void px_srv_call_finish(px_srv_call* c, const px_out* out, int status, const cha
     return;
   }
   c->finished = true;
+  if (c->srv->finished) {
+    size_t m = c->method >= 0 ? (size_t)c->method : c->srv->nmethods;
+    int st = status >= 0 && status < PX_RPC_NSTATUS ? status : PX_ST_UNKNOWN;
+    atomic_fetch_add_explicit(&c->srv->finished[m * PX_RPC_NSTATUS + (size_t)st], 1,
+                              memory_order_relaxed);
+  }
   if (c->live) { /* lock order: a call's mutex, then the server's */
     pthread_mutex_lock(&c->srv->mu);
     c->answered = true;
@@ -365,6 +373,7 @@ static void server_free_unstarted(px_rpc_server* srv) {
   pthread_mutex_destroy(&srv->mu);
   pthread_cond_destroy(&srv->cv);
   free(srv->registered);
+  free((void*)srv->finished);
   free(srv);
 }
 
@@ -373,13 +382,16 @@ px_rpc_server* px_rpc_server_start(const px_rpc_server_opts* opts, const px_rpc_
                                    size_t errlen) {
   px_rpc_server* srv = calloc(1, sizeof *srv);
   void** registered = calloc(nmethods ? nmethods : 1, sizeof *registered);
-  if (!srv || !registered) {
+  _Atomic uint64_t* finished = calloc((nmethods + 1) * PX_RPC_NSTATUS, sizeof *finished);
+  if (!srv || !registered || !finished) {
     free(srv);
     free(registered);
+    free((void*)finished);
     snprintf(err, errlen, "out of memory");
     return NULL;
   }
   srv->registered = registered;
+  srv->finished = finished;
   srv->methods = methods;
   srv->nmethods = nmethods;
   srv->svc = svc;
@@ -450,6 +462,12 @@ px_rpc_server* px_rpc_server_start(const px_rpc_server_opts* opts, const px_rpc_
   return srv;
 }
 
+uint64_t px_rpc_server_calls(px_rpc_server* srv, size_t method, int status) {
+  if (method > srv->nmethods || status < 0 || status >= PX_RPC_NSTATUS) return 0;
+  return atomic_load_explicit(&srv->finished[method * PX_RPC_NSTATUS + (size_t)status],
+                              memory_order_relaxed);
+}
+
 size_t px_rpc_server_live_calls(px_rpc_server* srv) {
   pthread_mutex_lock(&srv->mu);
   size_t n = srv->live_calls;
@@ -497,5 +515,6 @@ void px_rpc_server_destroy(px_rpc_server* srv) {
   free(srv->token_exempt_prefix);
   free(srv->threads);
   free(srv->registered);
+  free((void*)srv->finished);
   free(srv);
 }

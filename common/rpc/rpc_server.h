@@ -96,5 +96,9 @@ px_rpc_server* px_rpc_server_start(const px_rpc_server_opts* opts, const px_rpc_
 void px_rpc_server_shutdown(px_rpc_server* srv, int64_t drain_ms);
 void px_rpc_server_destroy(px_rpc_server* srv); /* after shutdown; accepts NULL */
 size_t px_rpc_server_live_calls(px_rpc_server* srv);
+/* Calls of methods[method] (method == nmethods: unknown methods) that ended with status
+ * (0..PX_RPC_NSTATUS-1; others count as UNKNOWN), since the start. Lock-free. */
+#define PX_RPC_NSTATUS 17
+uint64_t px_rpc_server_calls(px_rpc_server* srv, size_t method, int status);
 
 #endif

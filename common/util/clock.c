@@ -11,6 +11,12 @@ uint64_t px_now_ns(void) {
 
 uint64_t px_now_ms(void) { return px_now_ns() / 1000000u; }
 
+uint64_t px_wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 void px_deadline_ts(struct timespec* ts, int clock, int64_t ms) {
   clock_gettime((clockid_t)clock, ts);
   ts->tv_sec += (time_t)(ms / 1000);

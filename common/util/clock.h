@@ -9,6 +9,7 @@ struct timespec;
 
 uint64_t px_now_ns(void); /* CLOCK_MONOTONIC */
 uint64_t px_now_ms(void); /* CLOCK_MONOTONIC, milliseconds */
+uint64_t px_wall_ms(void); /* CLOCK_REALTIME: milliseconds since the Unix epoch */
 /* *ts = now + ms on clock (for pthread_cond_timedwait on a condition variable using that
  * clock: CLOCK_MONOTONIC when made by px_cond_init_monotonic, else CLOCK_REALTIME). */
 void px_deadline_ts(struct timespec* ts, int clock, int64_t ms);

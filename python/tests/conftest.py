@@ -4,75 +4,17 @@ loopback ports (their readiness line gives the port), stopped by PID at the end.
 Run by meson (`meson test -C build python`), which sets PYTHONPATH to BUILD/python and
 PMX_SERVER_BIN / PMX_LIBPARAMEX to the built binaries."""
 import os
-import re
-import signal
-import subprocess
-import time
 
 import pytest
 
-SERVER_BIN = os.environ.get("PMX_SERVER_BIN", "")
+from pxserver import servers, wait_until, WAIT_S  # noqa: F401 (the tests import them here)
+
 LIBPARAMEX = os.environ.get("PMX_LIBPARAMEX", "")
-WAIT_S = 120  # a server normally starts in well under a second
-
-
-class Server:
-    """A paramex-server started with args; addr is 127.0.0.1:PORT."""
-
-    def __init__(self, *args, listen="127.0.0.1:0"):
-        if not SERVER_BIN:
-            pytest.fail("PMX_SERVER_BIN is not set (run through meson test)")
-        self.args = list(args)
-        self.proc = subprocess.Popen([SERVER_BIN, "--listen", listen, "--log-level", "warn"]
-                                     + self.args, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        line = self._readiness()
-        m = re.match(r"paramex-server listening on 127\.0\.0\.1:(\d+)$", line)
-        if not m:
-            self.kill()
-            pytest.fail(f"the server's first line: {line!r}; stderr: {self.proc.stderr.read()}")
-        self.port = int(m.group(1))
-        self.addr = f"127.0.0.1:{self.port}"
-
-    def _readiness(self):
-        # readline blocks until the line (or EOF when the server exits); the deadline is
-        # the test's own timeout
-        return self.proc.stdout.readline().rstrip("\n")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(WAIT_S)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(WAIT_S)
 
 
 @pytest.fixture
 def server():
     """server(*args) starts a paramex-server; every one is stopped at the test's end."""
-    started = []
-
-    def start(*args, listen="127.0.0.1:0"):
-        s = Server(*args, listen=listen)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
+    yield from servers()
 
 
-def wait_until(cond, what, timeout=WAIT_S):
-    """Polls cond() (an event the test waits for) every 10 ms, failing after timeout."""
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)

@@ -111,7 +111,7 @@ def results(out):
 
 
 def test_digits_four_workers_like_one_process():
-    from conftest import SERVER_BIN
+    from pxserver import SERVER_BIN
     steps = ["--steps", "150"]
     single = results(digits(*steps))
     assert len(single) == 1
