@@ -34,5 +34,7 @@ print(json.dumps({"model": "resnet50", "workers": 4, "rounds": len(off),
                   "scrape_p50_during_run_ms": round(statistics.median(scr) * 1e3, 3) if scr else None}))
 PY
 rm -f "${files[@]}"
-bench/plot "$out/metrics.json" --out "$out" >/dev/null || true
+plots=$(mktemp -d)
+bench/plot "$out/metrics.json" --out "$plots" >/dev/null && cp "$plots/run_metrics.png" "$out/"
+rm -rf "$plots"
 PYTHONPATH=$PWD/$build/python /usr/bin/python3 bench/metrics_scrape.py --build "$build" --tensors 10000
