@@ -360,6 +360,8 @@ static void* ckpt_thread(void* arg) {
       uint64_t bytes = 0, t0 = px_now_ms(), n0 = px_now_ns();
       int rc = write_checkpoint(ck, k, path, sizeof path, &bytes, err, sizeof err);
       px_hist_observe_ns(&ck->seconds, px_now_ns() - n0);
+      struct stat fst; /* the file's size, header included (bytes: the data) */
+      const uint64_t fsize = rc == 0 && stat(path, &fst) == 0 ? (uint64_t)fst.st_size : bytes;
       if (rc == 0)
         px_info("checkpoint written: %s (version %" PRIu64 ", %" PRIu64 " bytes, %s, %" PRIu64
                  " ms)", path, k->version, bytes, k->reason, px_now_ms() - t0);
@@ -370,7 +372,7 @@ static void* ckpt_thread(void* arg) {
       if (rc == 0) {
         ck->written++;
         ck->last_version = k->version;
-        ck->last_bytes = bytes;
+        ck->last_bytes = fsize;
         ck->last_unix_ms = px_wall_ms();
         snprintf(ck->last_path, sizeof ck->last_path, "%s", path);
       } else {

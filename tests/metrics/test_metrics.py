@@ -44,6 +44,23 @@ def test_values_after_training(server):
     assert value(m, "paramex_build_info", version="0.1.0") == 1
 
 
+def test_checkpoint_metrics(server, tmp_path):
+    srv = server("--workers", "1", "--checkpoint-dir", str(tmp_path / "ckpt"),
+                 "--checkpoint-every", "5", "--metrics-listen", "127.0.0.1:0")
+    train(srv.addr, 1, 7)
+    done = tmp_path / "ckpt" / "ckpt-00000000000000000005.safetensors"
+    wait_until(done.exists, "the checkpoint of version 5")
+    wait_until(lambda: value(scrape(srv)[0], "paramex_checkpoints_written_total") >= 1,
+               "the checkpoint counted")
+    m, _ = scrape(srv)
+    written = value(m, "paramex_checkpoints_written_total")
+    assert value(m, "paramex_checkpoint_failures_total") == 0
+    assert value(m, "paramex_checkpoint_duration_seconds_count") == written
+    assert value(m, "paramex_checkpoint_last_version") == 5
+    assert value(m, "paramex_checkpoint_last_bytes") == done.stat().st_size
+    assert value(m, "paramex_checkpoint_last_timestamp_seconds") > 1.7e9
+
+
 def test_bad_requests_change_nothing(server):
     srv = server("--workers", "1", "--metrics-listen", "127.0.0.1:0")
     status, headers, body = get(srv.metrics_port, "/nope")
