@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 PORT = 50051
+METRICS_PORT = 9400  # every shard serves Prometheus metrics here (--metrics-listen)
 TOKEN_DIR = "/etc/paramex/token"
 CKPT_VOLUME = "checkpoints"
 TLS_FLAGS = ("--tls-cert", "--tls-key", "--tls-ca", "--tls-client-ca")
@@ -100,6 +101,17 @@ def shard_addrs(a):
     return [f"{a.name}-{i}.{a.name}.{a.namespace}.svc:{PORT}" for i in range(a.shards)]
 
 
+def metrics_port(server_flags):
+    """The port of the shards' /metrics: a --metrics-listen given among the server flags,
+    else METRICS_PORT."""
+    given = flag_value(server_flags, "--metrics-listen")
+    port = given.rsplit(":", 1)[-1] if given else ""
+    if given and not (port.isdigit() and 0 < int(port) < 65536):
+        usage(f"--metrics-listen {given}: give a fixed port (HOST:PORT): the pods and the "
+              "Service name it")
+    return int(port) if given else METRICS_PORT
+
+
 def grpc_probe(period, failures):
     return {"grpc": {"port": PORT}, "periodSeconds": period, "failureThreshold": failures}
 
@@ -114,10 +126,14 @@ def token_mount():
 
 
 def statefulset(a, server_flags):
-    cmd = [a.server_bin or "paramex-server", "--listen", f"0.0.0.0:{PORT}",
+    given = flag_value(server_flags, "--metrics-listen")  # the user's, or ours on METRICS_PORT
+    own = [] if given else ["--metrics-listen", f"0.0.0.0:{METRICS_PORT}"]
+    mport = metrics_port(server_flags)
+    cmd = [a.server_bin or "paramex-server", "--listen", f"0.0.0.0:{PORT}"] + own + [
            "--shards", str(a.shards), "--workers", str(a.workers)] + server_flags
     c = {"name": "server", "image": a.image, "command": cmd,
-         "ports": [{"name": "grpc", "containerPort": PORT}],
+         "ports": [{"name": "grpc", "containerPort": PORT},
+                   {"name": "metrics", "containerPort": mport}],
          "startupProbe": grpc_probe(2, max(1, int(a.ready_timeout / 2 + 0.5))),
          "readinessProbe": grpc_probe(5, 3)}
     pod = {"terminationGracePeriodSeconds": int(a.stop_timeout + 0.5), "containers": [c]}
@@ -129,7 +145,13 @@ def statefulset(a, server_flags):
     ckpt = flag_value(server_flags, "--checkpoint-dir")
     spec = {"serviceName": a.name, "replicas": a.shards, "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": labels(a, "server")},
-            "template": {"metadata": {"labels": labels(a, "server")}, "spec": pod}}
+            "template": {"metadata": {"labels": labels(a, "server"),
+                                      # Prometheus's kubernetes_sd relabelling convention
+                                      # (with --token-file the scrape job must send it)
+                                      "annotations": {"prometheus.io/scrape": "true",
+                                                      "prometheus.io/port": str(mport),
+                                                      "prometheus.io/path": "/metrics"}},
+                         "spec": pod}}
     if ckpt:
         mounts.append({"name": CKPT_VOLUME, "mountPath": ckpt})
         spec["volumeClaimTemplates"] = [{
@@ -194,7 +216,10 @@ def render(a, server_flags, command, token):
                              "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
                                       "selector": labels(a, "server"),
                                       "ports": [{"name": "grpc", "port": PORT,
-                                                 "targetPort": "grpc"}]}}))
+                                                 "targetPort": "grpc"},
+                                                {"name": "metrics",
+                                                 "port": metrics_port(server_flags),
+                                                 "targetPort": "metrics"}]}}))
     docs.append(("statefulset", statefulset(a, server_flags)))
     docs.append(("pdb", {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
                          "metadata": dict(name=a.name, **meta),
