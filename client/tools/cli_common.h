@@ -40,8 +40,6 @@ extern conn_opts g_conn;
 
 /* A channel to addr with the connection flags. NULL with one line in err. */
 px_rpc_channel* open_channel(const char* addr, char* err, size_t errlen);
-/* Length of the valid UTF-8 sequence at p (n bytes available), 0 when invalid. */
-size_t utf8_seq(const unsigned char* p, size_t n);
 /* s as one printable line in buf: control characters and invalid UTF-8 become replacement. */
 const char* one_line(const char* s, char* buf, size_t cap, char replacement);
 void sleep_ms(uint64_t ms);
