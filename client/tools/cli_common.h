@@ -46,6 +46,10 @@ void sleep_ms(uint64_t ms);
 /* Writes s as a JSON string: escapes quotes, backslashes and control characters, and
  * replaces bytes that are not valid UTF-8 with U+FFFD. */
 void json_str(FILE* out, const char* s);
+/* v bytes as "512 B", "1.5 MiB", ... into buf. */
+const char* human_bytes(uint64_t v, char* buf, size_t cap);
+/* ms as "2.5 s", "3m07s" or "2h05m" into buf. */
+const char* human_duration(uint64_t ms, char* buf, size_t cap);
 /* Parses a subcommand's flags (argv[0] is the subcommand) and its single ADDR argument.
  * Returns -1 to continue, otherwise the exit status. */
 int parse_cmd(const char* cmd, const px_flag* flags, size_t nflags, int argc, char** argv,
