@@ -47,6 +47,7 @@ static void set_defaults(px_config* cfg) {
   cfg->max_calls = 4096;
   cfg->call_timeout = 3600;
   cfg->log_level = "info";
+  cfg->log_format = "text";
   cfg->device = "cpu";
 }
 
@@ -56,6 +57,10 @@ static int check(px_config* cfg, char* err, size_t errlen) {
   if (rc == 0 && px_log_level_parse(cfg->log_level) < 0) {
     snprintf(err, errlen, "--log-level: '%s' is not one of error, warn, info, debug",
              cfg->log_level);
+    rc = 2;
+  }
+  if (rc == 0 && px_log_format_parse(cfg->log_format) < 0) {
+    snprintf(err, errlen, "--log-format: '%.40s' is not text or json", cfg->log_format);
     rc = 2;
   }
   if (rc == 0 && cfg->shard >= cfg->shards) {
@@ -184,6 +189,8 @@ int px_config_parse(px_config* cfg, int argc, char** argv, char* err, size_t err
       {"drain-timeout", PX_FLAG_F64, &cfg->drain_timeout, 0, 3600, "SECONDS",
        "on SIGTERM, time for calls in flight before they are cancelled"},
       {"log-level", PX_FLAG_STR, &cfg->log_level, 0, 0, "LEVEL", "error, warn, info or debug"},
+      {"log-format", PX_FLAG_STR, &cfg->log_format, 0, 0, "text|json",
+       "stderr lines as text or as one JSON object each (time, level, role, shard, event)"},
       {"checkpoint-dir", PX_FLAG_STR, &cfg->checkpoint_dir, 0, 0, "DIR",
        "write checkpoints here, restore the newest valid one at start"},
       {"checkpoint-every", PX_FLAG_U64, &cfg->checkpoint_every, 0, 1e15, "STEPS",

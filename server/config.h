@@ -28,6 +28,7 @@ typedef struct px_config {
   bool compression;             /* false: --no-compression */
   double drain_timeout;
   const char* log_level;
+  const char* log_format;       /* "text" or "json" (util/log.h's px_log_format_parse) */
   const char* tls_cert;         /* paths */
   const char* tls_key;
   const char* tls_client_ca;

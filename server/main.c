@@ -118,7 +118,9 @@ int main(int argc, char** argv) {
     fprintf(stderr, "paramex-server: %s\n", err);
     return 2;
   }
-  px_log_init("server", (px_log_level)px_log_level_parse(cfg.log_level));
+  px_log_set_shard(cfg.shard);
+  px_log_init_format("server", (px_log_level)px_log_level_parse(cfg.log_level),
+                     (px_log_format)px_log_format_parse(cfg.log_format));
   raise_nofile();
   guard_accepts();
   px_tune_malloc();

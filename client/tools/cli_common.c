@@ -56,26 +56,6 @@ out:
 
 /* ---- small helpers ------------------------------------------------------------------ */
 
-/* Length of the valid UTF-8 sequence at p (n bytes available), 0 when invalid. */
-size_t utf8_seq(const unsigned char* p, size_t n) {
-  unsigned char c = p[0];
-  size_t len;
-  unsigned char lo = 0x80, hi = 0xBF; /* bounds of the second byte */
-  if (c < 0x80) return 1;
-  if (c >= 0xC2 && c <= 0xDF) len = 2;
-  else if (c == 0xE0) { len = 3; lo = 0xA0; }
-  else if (c == 0xED) { len = 3; hi = 0x9F; }  /* no surrogates */
-  else if (c >= 0xE1 && c <= 0xEF) len = 3;
-  else if (c == 0xF0) { len = 4; lo = 0x90; }
-  else if (c >= 0xF1 && c <= 0xF3) len = 4;
-  else if (c == 0xF4) { len = 4; hi = 0x8F; }  /* <= U+10FFFF */
-  else return 0;
-  if (n < len || p[1] < lo || p[1] > hi) return 0;
-  for (size_t i = 2; i < len; i++)
-    if (p[i] < 0x80 || p[i] > 0xBF) return 0;
-  return len;
-}
-
 /* Copies s into buf with every control character and every byte that is not valid UTF-8
  * replaced by replacement, so that text from the server or from gRPC stays on one line
  * and cannot drive the terminal. */
@@ -83,7 +63,7 @@ const char* one_line(const char* s, char* buf, size_t cap, char replacement) {
   const unsigned char* p = (const unsigned char*)(s ? s : "");
   size_t n = 0, left = strlen((const char*)p);
   while (left && n + 1 < cap) {
-    size_t len = utf8_seq(p, left);
+    size_t len = px_utf8_seq(p, left);
     if (len == 0 || len >= cap - n || (len == 1 && (*p < 0x20 || *p == 0x7f))) {
       buf[n++] = replacement;
       len = 1;
@@ -165,31 +145,36 @@ void json_str(FILE* out, const char* s) {
   size_t n = strlen((const char*)p);
   fputc('"', out);
   for (size_t i = 0; i < n;) {
-    unsigned char c = p[i];
-    switch (c) {
-      case '"': fputs("\\\"", out); i++; continue;
-      case '\\': fputs("\\\\", out); i++; continue;
-      case '\b': fputs("\\b", out); i++; continue;
-      case '\f': fputs("\\f", out); i++; continue;
-      case '\n': fputs("\\n", out); i++; continue;
-      case '\r': fputs("\\r", out); i++; continue;
-      case '\t': fputs("\\t", out); i++; continue;
-      default: break;
-    }
-    if (c < 0x20) {
-      fprintf(out, "\\u%04x", c);
-      i++;
-      continue;
-    }
-    size_t len = utf8_seq(p + i, n - i);
-    if (len == 0) {
-      fputs("\\ufffd", out);
-      i++;
-    } else {
-      fwrite(p + i, 1, len, out);
-      i += len;
-    }
+    char esc[6];
+    size_t used;
+    fwrite(esc, 1, px_json_char(p + i, n - i, esc, &used), out);
+    i += used;
   }
   fputc('"', out);
 }
 
+const char* human_bytes(uint64_t v, char* buf, size_t cap) {
+  static const char* const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double d = (double)v;
+  int u = 0;
+  while (d >= 1024.0 && u < 6) {
+    d /= 1024.0;
+    u++;
+  }
+  if (u == 0)
+    snprintf(buf, cap, "%" PRIu64 " B", v);
+  else
+    snprintf(buf, cap, "%.1f %s", d, units[u]);
+  return buf;
+}
+
+const char* human_duration(uint64_t ms, char* buf, size_t cap) {
+  uint64_t s = ms / 1000;
+  if (s < 60)
+    snprintf(buf, cap, "%.1f s", (double)ms / 1000.0);
+  else if (s < 3600)
+    snprintf(buf, cap, "%" PRIu64 "m%02" PRIu64 "s", s / 60, s % 60);
+  else
+    snprintf(buf, cap, "%" PRIu64 "h%02" PRIu64 "m", s / 3600, (s / 60) % 60);
+  return buf;
+}

@@ -40,14 +40,16 @@ extern conn_opts g_conn;
 
 /* A channel to addr with the connection flags. NULL with one line in err. */
 px_rpc_channel* open_channel(const char* addr, char* err, size_t errlen);
-/* Length of the valid UTF-8 sequence at p (n bytes available), 0 when invalid. */
-size_t utf8_seq(const unsigned char* p, size_t n);
 /* s as one printable line in buf: control characters and invalid UTF-8 become replacement. */
 const char* one_line(const char* s, char* buf, size_t cap, char replacement);
 void sleep_ms(uint64_t ms);
 /* Writes s as a JSON string: escapes quotes, backslashes and control characters, and
  * replaces bytes that are not valid UTF-8 with U+FFFD. */
 void json_str(FILE* out, const char* s);
+/* v bytes as "512 B", "1.5 MiB", ... into buf. */
+const char* human_bytes(uint64_t v, char* buf, size_t cap);
+/* ms as "2.5 s", "3m07s" or "2h05m" into buf. */
+const char* human_duration(uint64_t ms, char* buf, size_t cap);
 /* Parses a subcommand's flags (argv[0] is the subcommand) and its single ADDR argument.
  * Returns -1 to continue, otherwise the exit status. */
 int parse_cmd(const char* cmd, const px_flag* flags, size_t nflags, int argc, char** argv,

@@ -37,15 +37,14 @@ void cli_model_free(cli_model* m) {
   memset(m, 0, sizeof *m);
 }
 
-/* Stats of addr into *out; -1 with err. */
-static int shard_stats(const char* addr, Paramex__V1__StatsResponse** out, char* err,
-                       size_t errlen) {
+int cli_shard_stats(const char* addr, int64_t timeout_ms, Paramex__V1__StatsResponse** out,
+                    char* err, size_t errlen) {
   char details[512], line[512];
   px_rpc_channel* ch = open_channel(addr, err, errlen);
   if (!ch) return -1;
   uint8_t* resp = NULL;
   size_t len = 0;
-  int st = px_rpc_unary(ch, STATS_PATH, "", 0, STATS_TIMEOUT_MS, false, &resp, &len, details,
+  int st = px_rpc_unary(ch, STATS_PATH, "", 0, timeout_ms, false, &resp, &len, details,
                         sizeof details);
   px_rpc_channel_destroy(ch);
   *out = st == PX_ST_OK ? paramex__v1__stats_response__unpack(NULL, len, resp) : NULL;
@@ -126,7 +125,7 @@ int cli_model_stats(const char* list, cli_model* m, char* err, size_t errlen) {
   for (uint32_t s = 0; s < n; s++) {
     char a[256];
     px_shard_list_get(list, s, a, sizeof a);
-    if (!(m->addr[s] = strdup(a)) || shard_stats(a, &m->stats[s], err, errlen) != 0) return -1;
+    if (!(m->addr[s] = strdup(a)) || cli_shard_stats(a, STATS_TIMEOUT_MS, &m->stats[s], err, errlen) != 0) return -1;
     const Paramex__V1__StatsResponse* r = m->stats[s];
     const uint32_t shards = r->shards ? r->shards : 1;
     if (shards != n || r->shard != s) {

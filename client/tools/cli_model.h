@@ -34,6 +34,11 @@ typedef struct cli_model {
   uint64_t vmin, vmax;                   /* over every chunk */
 } cli_model;
 
+/* One Stats call to addr (a channel opened and closed for it) within timeout_ms: 0 with
+ * *out (free with paramex__v1__stats_response__free_unpacked), or -1 with one line in err
+ * that starts with addr. */
+int cli_shard_stats(const char* addr, int64_t timeout_ms, Paramex__V1__StatsResponse** out,
+                    char* err, size_t errlen);
 /* Stats of every shard of list, checked to be the shards of one model in that order:
  * 0, or -1 with one line in err. m is freed with cli_model_free either way. */
 int cli_model_stats(const char* list, cli_model* m, char* err, size_t errlen);

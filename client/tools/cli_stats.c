@@ -149,37 +149,11 @@ static void stats_json(FILE* out, const Paramex__V1__StatsResponse* r) {
 
 /* ---- human-readable stats ----------------------------------------------------------- */
 
-static const char* human_bytes(uint64_t v, char* buf, size_t cap) {
-  static const char* const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-  double d = (double)v;
-  int u = 0;
-  while (d >= 1024.0 && u < 6) {
-    d /= 1024.0;
-    u++;
-  }
-  if (u == 0)
-    snprintf(buf, cap, "%" PRIu64 " B", v);
-  else
-    snprintf(buf, cap, "%.1f %s", d, units[u]);
-  return buf;
-}
-
 static const char* ratio(uint64_t wire, uint64_t raw, char* buf, size_t cap) {
   if (raw == 0)
     snprintf(buf, cap, "n/a");
   else
     snprintf(buf, cap, "%.3f", (double)wire / (double)raw);
-  return buf;
-}
-
-static const char* human_duration(uint64_t ms, char* buf, size_t cap) {
-  uint64_t s = ms / 1000;
-  if (s < 60)
-    snprintf(buf, cap, "%.1f s", (double)ms / 1000.0);
-  else if (s < 3600)
-    snprintf(buf, cap, "%" PRIu64 "m%02" PRIu64 "s", s / 60, s % 60);
-  else
-    snprintf(buf, cap, "%" PRIu64 "h%02" PRIu64 "m", s / 3600, (s / 60) % 60);
   return buf;
 }
 

@@ -2,6 +2,7 @@
  *
  *   paramex health ADDR [--wait SECONDS] [--service NAME]   grpc.health.v1 Check
  *   paramex stats ADDRS [--json]                            ParameterExchange/Stats
+ *   paramex top ADDRS [--interval SECONDS] [--once]         Stats of every shard, live
  *   paramex checksum ADDRS [--json]                         xxh64 of every whole tensor
  *   paramex checkpoint ADDR [--timeout SECONDS]             ParameterExchange/Checkpoint
  *   paramex export ADDRS|CHECKPOINT --out FILE.safetensors  parameters as safetensors
@@ -22,6 +23,7 @@
 #include "cli_health.h"
 #include "cli_model.h"
 #include "cli_stats.h"
+#include "cli_top.h"
 
 static void top_usage(FILE* out) {
   fputs("usage: paramex COMMAND [ARGS]\n"
@@ -32,6 +34,11 @@ static void top_usage(FILE* out) {
         "  stats ADDRS [--json]\n"
         "                  print a server's counters, tensors and workers (with several\n"
         "                  shards: each shard's, then the model's combined)\n"
+        "  top ADDRS [--interval SECONDS] [--once]\n"
+        "                  a live view: per shard version, steps/s, bytes/s in and out,\n"
+        "                  memory and checkpoints; per worker state, last seen and lag\n"
+        "                  (--once: one frame, rates over one interval; exit 1 when a\n"
+        "                  shard did not answer)\n"
         "  checksum ADDRS [--json]\n"
         "                  pull every tensor and print the xxh64 of each whole tensor\n"
         "  checkpoint ADDR [--timeout SECONDS]\n"
@@ -70,6 +77,7 @@ int main(int argc, char** argv) {
   }
   if (strcmp(cmd, "health") == 0) return cmd_health(argc - 1, argv + 1);
   if (strcmp(cmd, "stats") == 0) return cmd_stats(argc - 1, argv + 1);
+  if (strcmp(cmd, "top") == 0) return cmd_top(argc - 1, argv + 1);
   if (strcmp(cmd, "checkpoint") == 0) return cmd_checkpoint(argc - 1, argv + 1);
   if (strcmp(cmd, "export") == 0) return cmd_export(argc - 1, argv + 1);
   if (strcmp(cmd, "checksum") == 0) return cmd_checksum(argc - 1, argv + 1);

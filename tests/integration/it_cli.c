@@ -1,7 +1,11 @@
 /* The `paramex` command line against a real server: after a short job with checkpoints,
  * `paramex stats ADDR --json` carries what the README points operators to (workers_alive,
  * checkpoints_written, checkpoint_failures, checkpoint_version and path, restored_version,
- * and per worker alive and finished), and the text form names each worker's state. */
+ * and per worker alive and finished), and the text form names each worker's state.
+ * `paramex top`: after a short job, `--once` prints one frame with the shard's version, a
+ * row per worker and real rates (two fetches --interval apart); without --once and not on
+ * a terminal it keeps printing frames until SIGINT (exit 0); an unknown flag is a one-line
+ * usage error (exit 2) and an unreachable shard with --once exits 1 naming the shard. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -90,6 +94,109 @@ static void test_stats_for_operators(void** state) {
         "server stop");
 }
 
+#define WAIT_MS 30000
+
+/* Runs `paramex top ARGS...` to its exit: stdout and stderr in out; returns the exit status
+ * (-1 when it did not exit normally). */
+static int top(const char* const* args, char* out, size_t cap) {
+  const char* argv[16] = {getenv("PMX_CLI_BIN"), "top"};
+  CHECK(argv[0], "PMX_CLI_BIN is not set (run through meson test)");
+  size_t n = 2;
+  for (size_t i = 0; args[i] && n < 15; i++) argv[n++] = args[i];
+  argv[n] = NULL;
+  int ws = 0;
+  CHECK(px_h_run(argv, NULL, out, cap, WAIT_MS, &ws) == 0, "paramex top did not exit: %s", out);
+  return WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
+}
+
+/* The frame's row of shard 0 (a copy up to its newline). */
+static void shard_row(const char* out, char* row, size_t cap) {
+  const char* p = strstr(out, "\n    0  127.0.0.1:");
+  CHECK(p, "no row of shard 0 in: %s", out);
+  p++;
+  size_t len = strcspn(p, "\n");
+  snprintf(row, cap, "%.*s", (int)len, p);
+}
+
+static void test_top_once_and_live(void** state) {
+  (void)state;
+  char outdir[600];
+  snprintf(outdir, sizeof outdir, "%s/top", g_dir);
+  CHECK(mkdir(outdir, 0755) == 0, "mkdir");
+  const char* args[] = {"--workers", "2", NULL};
+  px_h_server srv;
+  char err[512];
+  CHECK(px_h_server_start(&srv, args, NULL, 20000, err, sizeof err) == 0, "server: %s", err);
+  it_train j = {.addr = srv.addr, .world = 2, .steps = 4, .a_numel = 100, .dir = outdir};
+  it_train_run(&j, 60000);
+
+  static char out[1 << 16];
+  const char* once[] = {srv.addr, "--once", "--interval", "0.2", NULL};
+  CHECK(top(once, out, sizeof out) == 0, "paramex top --once failed: %s", out);
+  CHECK(strstr(out, "paramex top") == out, "the frame has no header: %s", out);
+  CHECK(!strstr(out, "\033["), "--once wrote terminal escapes: %s", out);
+  char row[512], addr[64], ver[64], steps[32], in[32], unit_in[16];
+  shard_row(out, row, sizeof row);
+  unsigned shard = 99;
+  CHECK(sscanf(row, "%u %63s %63s %31s %31s %15s", &shard, addr, ver, steps, in, unit_in) == 6,
+        "shard row: %s", row);
+  CHECK(shard == 0 && strcmp(addr, srv.addr) == 0, "shard row: %s", row);
+  CHECK(strcmp(ver, "4..4") == 0, "version is not 4..4 after 4 steps: %s", row);
+  /* the job is over: a real rate (not "-") of nothing */
+  CHECK(strcmp(steps, "0.0") == 0 && strcmp(in, "0") == 0 && strcmp(unit_in, "B/s") == 0,
+        "rates are not 0.0 steps/s and 0 B/s: %s", row);
+  CHECK(strstr(out, "workers (2)"), "no workers table: %s", out);
+  for (int r = 0; r < 2; r++) {
+    char want[64];
+    snprintf(want, sizeof want, "\n      %d  ", r);
+    const char* w = strstr(out, want);
+    CHECK(w && strstr(w, "finished"), "no finished row of worker %d: %s", r, out);
+  }
+
+  /* live, not on a terminal: frames one after another, until SIGINT */
+  const char* argv[] = {getenv("PMX_CLI_BIN"), "top", srv.addr, "--interval", "0.05", NULL};
+  int fd = -1;
+  pid_t pid = px_h_spawn_piped(argv, NULL, &fd);
+  CHECK(pid > 0, "cannot start paramex top");
+  char acc[8192] = "", line[512];
+  for (int f = 0; f < 3; f++)
+    CHECK(px_h_read_line_prefix(fd, "paramex top  ", acc, sizeof acc, line, sizeof line,
+                                WAIT_MS) == 0,
+          "frame %d of paramex top did not come", f);
+  CHECK(kill(pid, SIGINT) == 0, "kill");
+  int ws = 0;
+  CHECK(px_h_wait(pid, WAIT_MS, &ws) == 0, "paramex top did not end on SIGINT");
+  close(fd);
+  CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "paramex top: %s after SIGINT",
+        px_h_describe_wstatus(ws, line, sizeof line));
+  int st = 0;
+  CHECK(px_h_server_stop(&srv, 30000, &st, NULL) == 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+        "server stop");
+}
+
+static void test_top_bad_input(void** state) {
+  (void)state;
+  static char out[1 << 14];
+  const char* bogus[] = {"127.0.0.1:1", "--bogus", NULL};
+  CHECK(top(bogus, out, sizeof out) == 2, "unknown flag: not exit 2: %s", out);
+  CHECK(strstr(out, "--bogus") && strchr(out, '\n') == out + strlen(out) - 1,
+        "unknown flag: not one line naming it: %s", out);
+  const char* interval[] = {"127.0.0.1:1", "--interval", "0", NULL};
+  CHECK(top(interval, out, sizeof out) == 2 && strstr(out, "--interval"),
+        "--interval 0: not a usage error: %s", out);
+  /* a port nothing listens on: the port of a server that stopped */
+  px_h_server srv;
+  char err[512];
+  CHECK(px_h_server_start(&srv, NULL, NULL, 20000, err, sizeof err) == 0, "server: %s", err);
+  int st = 0;
+  CHECK(px_h_server_stop(&srv, 30000, &st, NULL) == 0, "server stop");
+  const char* gone[] = {srv.addr, "--once", "--interval", "0.05", NULL};
+  CHECK(top(gone, out, sizeof out) == 1, "unreachable shard: not exit 1: %s", out);
+  char want[128];
+  snprintf(want, sizeof want, "paramex: top: shard 0: %s", srv.addr);
+  CHECK(strstr(out, want) && strstr(out, "error: "), "the failed shard is not named: %s", out);
+}
+
 static int group_setup(void** state) {
   (void)state;
   px_rpc_init();
@@ -106,6 +213,10 @@ static int group_teardown(void** state) {
 
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_stats_for_operators)};
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_stats_for_operators),
+      cmocka_unit_test(test_top_once_and_live),
+      cmocka_unit_test(test_top_bad_input),
+  };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

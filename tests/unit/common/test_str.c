@@ -67,10 +67,35 @@ static void test_utf8_valid(void** state) {
   assert_true(px_utf8_valid("ab\xff", 2));
 }
 
+/* Escapes s with px_json_char into buf. */
+static const char* json_of(const char* s, size_t n, char* buf) {
+  size_t k = 0;
+  for (size_t i = 0; i < n;) {
+    size_t used;
+    k += px_json_char((const unsigned char*)s + i, n - i, buf + k, &used);
+    i += used;
+  }
+  buf[k] = '\0';
+  return buf;
+}
+
+static void test_json_char(void** state) {
+  (void)state;
+  char buf[128];
+  assert_string_equal(json_of("a\"b\\c", 5, buf), "a\\\"b\\\\c");
+  assert_string_equal(json_of("\n\r\t\b\f\x01\x1f", 7, buf), "\\n\\r\\t\\b\\f\\u0001\\u001f");
+  assert_string_equal(json_of("\xc3\xa9\xe2\x82\xac", 5, buf), "\xc3\xa9\xe2\x82\xac"); /* kept */
+  assert_string_equal(json_of("\xff\xc3(\xed\xa0\x80", 6, buf), "\\ufffd\\ufffd(\\ufffd\\ufffd\\ufffd");
+  assert_string_equal(json_of("\xc3\xa9", 1, buf), "\\ufffd"); /* cut mid-character */
+  assert_int_equal(px_utf8_seq((const unsigned char*)"\xf0\x9f\x98\x80", 4), 4);
+  assert_int_equal(px_utf8_seq((const unsigned char*)"\xc0\xaf", 2), 0); /* overlong */
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_strlcpy),
       cmocka_unit_test(test_utf8_valid),
+      cmocka_unit_test(test_json_char),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -33,7 +33,7 @@
 static const char* const env_vars[] = {
     "PMX_LISTEN", "PMX_WORKERS", "PMX_LR", "PMX_MOMENTUM", "PMX_WEIGHT_DECAY",
     "PMX_CHUNK_BYTES", "PMX_THREADS", "PMX_CQ_THREADS", "PMX_MAX_TENSORS",
-    "PMX_MAX_TENSOR_BYTES", "PMX_HOLD_BYTES", "PMX_DRAIN_TIMEOUT", "PMX_LOG_LEVEL",
+    "PMX_MAX_TENSOR_BYTES", "PMX_HOLD_BYTES", "PMX_DRAIN_TIMEOUT", "PMX_LOG_LEVEL", "PMX_LOG_FORMAT",
     "PMX_HISTORY", "PMX_HISTORY_BYTES", "PMX_COMPRESSION_LEVEL", "PMX_COMPRESSION"};
 
 static void clear_env(void) {
@@ -110,6 +110,7 @@ static void test_config_defaults(void** state) {
   assert_int_equal(c.hold_bytes, 256u << 20);
   assert_true(c.drain_timeout == 5.0);
   assert_string_equal(c.log_level, "info");
+  assert_string_equal(c.log_format, "text");
   assert_int_equal(c.history, 2);
   assert_int_equal(c.history_bytes, 1ull << 30);
   assert_int_equal(c.compression_level, 1);
@@ -124,7 +125,7 @@ static void test_config_each_flag(void** state) {
                   "--threads", "3", "--cq-threads", "4", "--max-tensors", "100",
                   "--max-tensor-bytes", "2G", "--hold-bytes", "1M", "--drain-timeout", "1.5",
                   "--log-level", "debug", "--history", "5", "--history-bytes", "64M",
-                  "--compression-level", "3", "--no-compression"};
+                  "--compression-level", "3", "--no-compression", "--log-format", "json"};
   px_config c;
   assert_int_equal(px_config_parse(&c, ARGC(argv), argv, g_perr, sizeof g_perr), 0);
   assert_string_equal(c.listen, "127.0.0.1:0");
@@ -140,6 +141,7 @@ static void test_config_each_flag(void** state) {
   assert_int_equal(c.hold_bytes, 1u << 20);
   assert_true(c.drain_timeout == 1.5);
   assert_string_equal(c.log_level, "debug");
+  assert_string_equal(c.log_format, "json");
   assert_int_equal(c.history, 5);
   assert_int_equal(c.history_bytes, 64u << 20);
   assert_int_equal(c.compression_level, 3);
@@ -169,6 +171,7 @@ static void test_config_env(void** state) {
   setenv("PMX_CHUNK_BYTES", "8K", 1);
   setenv("PMX_LISTEN", "localhost:7000", 1);
   setenv("PMX_LOG_LEVEL", "warn", 1);
+  setenv("PMX_LOG_FORMAT", "JSON", 1);
   setenv("PMX_WEIGHT_DECAY", "0.125", 1);
   char* argv[] = {"paramex-server", "--workers", "3"};
   px_config c;
@@ -180,6 +183,7 @@ static void test_config_env(void** state) {
   assert_int_equal(c.chunk_bytes, 8u << 10);
   assert_string_equal(c.listen, "localhost:7000");
   assert_string_equal(c.log_level, "warn");
+  assert_string_equal(c.log_format, "JSON"); /* any case, as --log-level */
   assert_true(c.weight_decay == 0.125);
 
   /* The history and compression settings from the environment. */
@@ -365,6 +369,8 @@ static void test_config_bad_values(void** state) {
       {"--max-tensor-bytes", "2", "--max-tensor-bytes"},
       {"--drain-timeout", "-1", "--drain-timeout"},
       {"--log-level", "loud", "--log-level"},
+      {"--log-format", "xml", "--log-format: 'xml' is not text or json"},
+      {"--log-format", "", "--log-format"},
       {"--listen", "nocolon", "--listen"},
       {"--listen", ":50051", "--listen"},
       {"--bogus", "1", "--bogus"},
