@@ -199,6 +199,7 @@ static size_t stats_workers(px_server* srv, Paramex__V1__WorkerStats* ws, char (
     px_members_name(&srv->members, i, names[nw], sizeof names[nw]);
     ws[nw].name = names[nw];
     ws[nw].chunks_pushed = atomic_load(&w->chunks_pushed);
+    ws[nw].steps = atomic_load(&w->steps_begun);
     uint64_t seen = atomic_load(&w->last_seen_ms);
     ws[nw].last_seen_ms = now > seen ? now - seen : 0;
     ws[nw].finished = atomic_load(&w->left) != 0;

@@ -134,6 +134,7 @@ static void stats_json(FILE* out, const Paramex__V1__StatsResponse* r) {
     json_u64(out, "incarnation", w->incarnation, &f);
     json_string_field(out, "name", w->name, &f);
     json_u64(out, "chunks_pushed", w->chunks_pushed, &f);
+    json_u64(out, "steps", w->steps, &f);
     json_u64(out, "last_seen_ms", w->last_seen_ms, &f);
     json_bool(out, "alive", w->alive, &f);
     json_bool(out, "finished", w->finished, &f);
@@ -276,14 +277,15 @@ static void stats_text(FILE* out, const Paramex__V1__StatsResponse* r) {
   }
   fprintf(out, "\nworkers (%zu)\n", r->n_workers);
   if (r->n_workers)
-    fprintf(out, "  %5s  %-8s  %20s  %-*s  %14s  %12s\n", "RANK", "STATE", "INCARNATION", wwname,
-            "NAME", "CHUNKS_PUSHED", "LAST_SEEN_MS");
+    fprintf(out, "  %5s  %-8s  %20s  %-*s  %14s  %8s  %12s\n", "RANK", "STATE", "INCARNATION",
+            wwname, "NAME", "CHUNKS_PUSHED", "STEPS", "LAST_SEEN_MS");
   for (size_t i = 0; i < r->n_workers; i++) {
     const Paramex__V1__WorkerStats* w = r->workers[i];
     const char* state = w->finished ? "finished" : w->alive ? "alive" : "dead";
-    fprintf(out, "  %5" PRIu32 "  %-8s  %20" PRIu64 "  %-*s  %14" PRIu64 "  %12" PRIu64 "\n",
+    fprintf(out, "  %5" PRIu32 "  %-8s  %20" PRIu64 "  %-*s  %14" PRIu64 "  %8" PRIu64
+                 "  %12" PRIu64 "\n",
             w->rank, state, w->incarnation, wwname, one_line(w->name, line, sizeof line, '?'),
-            w->chunks_pushed, w->last_seen_ms);
+            w->chunks_pushed, w->steps, w->last_seen_ms);
   }
 }
 

@@ -36,7 +36,7 @@ typedef struct top_shard {
 /* One worker rank over the shards. */
 typedef struct top_worker {
   bool seen, alive, finished, dead;
-  uint64_t chunks, last_seen_ms;
+  uint64_t chunks, steps, last_seen_ms; /* steps: the highest step pushed + 1, any shard */
   char name[96];
 } top_worker;
 
@@ -168,6 +168,7 @@ static size_t gather_workers(const top_shard* sh, uint32_t n, top_worker* w) {
         one_line(ws->name, x->name, sizeof x->name, '?');
       }
       x->chunks += ws->chunks_pushed;
+      if (ws->steps > x->steps) x->steps = ws->steps;
       if (ws->last_seen_ms < x->last_seen_ms) x->last_seen_ms = ws->last_seen_ms;
       x->finished = x->finished && ws->finished;
       x->alive = x->alive || ws->alive;
@@ -183,19 +184,19 @@ static void worker_rows(FILE* out, const top_worker* w, size_t beyond) {
   for (size_t k = 0; k < TOP_MAX_RANKS; k++)
     if (w[k].seen) {
       count++;
-      if (w[k].chunks > most) most = w[k].chunks;
+      if (w[k].steps > most) most = w[k].steps;
     }
   fprintf(out, "\nworkers (%zu)\n", count);
   if (count)
-    fprintf(out, "  %5s  %-24s  %-8s  %10s  %14s  %14s\n", "RANK", "NAME", "STATE", "LAST_SEEN",
-            "CHUNKS_PUSHED", "BEHIND_CHUNKS");
+    fprintf(out, "  %5s  %-24s  %-8s  %10s  %8s  %12s  %14s\n", "RANK", "NAME", "STATE",
+            "LAST_SEEN", "STEPS", "BEHIND_STEPS", "CHUNKS_PUSHED");
   for (size_t k = 0; k < TOP_MAX_RANKS; k++) {
     if (!w[k].seen) continue;
     const char* state = w[k].dead ? "dead" : w[k].finished ? "finished" : "alive";
     char seen[32];
-    fprintf(out, "  %5zu  %-24s  %-8s  %10s  %14" PRIu64 "  %14" PRIu64 "\n", k, w[k].name,
-            state, human_duration(w[k].last_seen_ms, seen, sizeof seen), w[k].chunks,
-            most - w[k].chunks);
+    fprintf(out, "  %5zu  %-24s  %-8s  %10s  %8" PRIu64 "  %12" PRIu64 "  %14" PRIu64 "\n", k,
+            w[k].name, state, human_duration(w[k].last_seen_ms, seen, sizeof seen), w[k].steps,
+            most - w[k].steps, w[k].chunks);
   }
   if (beyond) fprintf(out, "  (%zu workers with a rank above %d not shown)\n", beyond, TOP_MAX_RANKS);
 }

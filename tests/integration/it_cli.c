@@ -151,6 +151,12 @@ static void test_top_once_and_live(void** state) {
     snprintf(want, sizeof want, "\n      %d  ", r);
     const char* w = strstr(out, want);
     CHECK(w && strstr(w, "finished"), "no finished row of worker %d: %s", r, out);
+    /* after the state: last seen ("0.3 s"), steps pushed, steps behind, chunks */
+    double seen = -1;
+    unsigned long long steps_w = 0, behind = 99, chunks = 0;
+    CHECK(sscanf(strstr(w, "finished") + 8, " %lf s %llu %llu %llu", &seen, &steps_w, &behind,
+                 &chunks) == 4 && steps_w == 4 && behind == 0 && chunks >= 4,
+          "worker %d's row does not say 4 steps, 0 behind: %s", r, w);
   }
 
   /* live, not on a terminal: frames one after another, until SIGINT */
