@@ -78,7 +78,9 @@ static void chunk_try_complete(px_agg* a, px_tensor_state* t, px_chunk_state* c,
   memset(c->contributed, 0, a->o.workers);
   c->version++;
   atomic_fetch_add(&a->ctr->steps_completed, 1);
-  px_steptime_end(&a->steps, c->version - 1, px_now_ns());
+  const uint64_t now = px_now_ns();
+  px_hist_observe_ns(&a->steps.chunk_hist, now > c->step_begin_ns ? now - c->step_begin_ns : 0);
+  px_steptime_end(&a->steps, c->version - 1, now);
   px_fcache_step_begin(a->fc, c->view, c->version, encode);
   px_ckpt_after_step(a->ckpt, t, c);
   after->step_t = t;
@@ -140,7 +142,10 @@ px_agg_result px_agg_push(px_agg* a, px_tensor_state* t, px_chunk_state* c, uint
     pthread_mutex_unlock(&c->mu);
     return r;
   }
-  if (c->ncontrib == 0) px_steptime_begin(&a->steps, step, px_now_ns());
+  if (c->ncontrib == 0) {
+    c->step_begin_ns = px_now_ns();
+    px_steptime_begin(&a->steps, step, c->step_begin_ns);
+  }
   c->contributed[rank] = 1;
   c->ncontrib++;
   if (rank <= c->next_rank) {

@@ -49,8 +49,9 @@ static int start(px_service* svc, const px_config* cfg, int* port) {
   printf("paramex-server listening on %.*s:%d\n", (int)(colon - cfg->listen), cfg->listen, *port);
   if (svc->metrics.http) {
     const char* mc = strrchr(cfg->metrics_listen, ':');
+    const int hl = (int)(mc - cfg->metrics_listen); /* ":PORT" binds every address */
     printf("paramex-server metrics on %s://%.*s:%d/metrics\n", cfg->tls_cert ? "https" : "http",
-           (int)(mc - cfg->metrics_listen), cfg->metrics_listen, svc->metrics.port);
+           hl ? hl : 7, hl ? cfg->metrics_listen : "0.0.0.0", svc->metrics.port);
   }
   fflush(stdout);
   return 0;

@@ -100,47 +100,76 @@ static void steps(px_prom* p, px_server* srv) {
                 (double)atomic_load(&srv->agg.steps.last_ns) / 1e9);
   px_prom_counter(p, "paramex_chunk_steps_total", "chunk aggregations completed",
                   atomic_load(&srv->ctr.steps_completed));
+  px_hist_snapshot(&srv->agg.steps.chunk_hist, &hs);
+  px_prom_family(p, "paramex_chunk_step_duration_seconds", "histogram",
+                 "time from the first push of a chunk's step to its completion");
+  px_prom_hist(p, "paramex_chunk_step_duration_seconds", &hs);
   px_prom_gauge(p, "paramex_tensors", "tensors declared", (double)px_store_count(&srv->store));
 }
 
-/* The workers' rows: label worker="RANK" (bounded by --workers). */
+/* One worker as a scrape sees it: read once, so that every family agrees (the training
+ * threads move these meanwhile). */
+typedef struct worker_snap {
+  bool joined, up, left;
+  uint64_t steps, seen_ms, chunks;
+} worker_snap;
+
+static double worker_value(size_t f, const worker_snap* w, uint64_t top, uint64_t now) {
+  switch (f) {
+    case 0: return w->up;
+    case 1: return w->left;
+    case 2: return (double)(top > w->steps ? top - w->steps : 0);
+    case 3: return now > w->seen_ms ? (double)(now - w->seen_ms) / 1e3 : 0;
+    case 4: return (double)w->steps;
+    default: return (double)w->chunks;
+  }
+}
+
+/* The workers' rows: label worker="RANK" (bounded by --workers). A worker that left has no
+ * lag (it is done, not behind). */
 static void workers(px_prom* p, px_server* srv) {
   const px_members* m = &srv->members;
   const uint64_t now = px_now_ms();
+  worker_snap* ws = calloc(m->n ? m->n : 1, sizeof *ws);
+  if (!ws) {
+    p->failed = true;
+    return;
+  }
   uint64_t top = 0;
   uint32_t alive = 0, joined = 0;
   for (uint32_t r = 0; r < m->n; r++) {
-    uint64_t b = atomic_load(&m->w[r].steps_begun);
-    if (atomic_load(&m->w[r].incarnation) && b > top) top = b;
+    const px_worker_state* w = &m->w[r];
+    worker_snap* x = &ws[r];
+    x->joined = atomic_load(&w->incarnation) != 0;
+    x->left = atomic_load(&w->left) != 0;
+    x->up = x->joined && !x->left && !atomic_load(&w->dead);
+    x->steps = atomic_load(&w->steps_begun);
+    x->seen_ms = atomic_load(&w->last_seen_ms);
+    x->chunks = atomic_load(&w->chunks_pushed);
+    if (x->joined && x->steps > top) top = x->steps;
+    joined += x->joined;
+    alive += x->up;
   }
   px_prom_gauge(p, "paramex_workers_expected", "--workers", (double)m->n);
   static const struct { const char* name; const char* help; const char* type; } fam[] = {
       {"paramex_worker_up", "1 while the worker holds its lease (joined, not dead, not left)",
        "gauge"},
       {"paramex_worker_finished", "1 once the worker left (Leave): done, not dead", "gauge"},
-      {"paramex_worker_lag_steps", "steps the worker is behind the furthest worker", "gauge"},
+      {"paramex_worker_lag_steps", "steps the worker is behind the furthest worker (workers "
+       "that left are not listed)", "gauge"},
       {"paramex_worker_last_seen_seconds", "seconds since the worker's last call", "gauge"},
       {"paramex_worker_steps", "the highest step the worker pushed a chunk of, plus one", "gauge"},
       {"paramex_worker_pushed_chunks_total", "chunks the worker pushed", "counter"}};
   for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
     px_prom_family(p, fam[f].name, fam[f].type, fam[f].help);
     for (uint32_t r = 0; r < m->n; r++) {
-      const px_worker_state* w = &m->w[r];
-      if (!atomic_load(&w->incarnation)) continue;
+      if (!ws[r].joined || (f == 2 && ws[r].left)) continue;
       char rank[16];
       snprintf(rank, sizeof rank, "%u", r);
-      const bool left = atomic_load(&w->left) != 0, up = !left && !atomic_load(&w->dead);
-      const uint64_t b = atomic_load(&w->steps_begun), seen = atomic_load(&w->last_seen_ms);
-      double v = f == 0 ? up : f == 1 ? left : f == 2 ? (double)(top - b)
-               : f == 3 ? (now > seen ? (double)(now - seen) / 1e3 : 0) : f == 4 ? (double)b
-                        : (double)atomic_load(&w->chunks_pushed);
-      px_prom_sample(p, fam[f].name, v, "worker", rank, NULL);
-      if (f == 0) {
-        alive += up;
-        joined++;
-      }
+      px_prom_sample(p, fam[f].name, worker_value(f, &ws[r], top, now), "worker", rank, NULL);
     }
   }
+  free(ws);
   px_prom_gauge(p, "paramex_workers_joined", "workers that joined", (double)joined);
   px_prom_gauge(p, "paramex_workers_up", "workers holding their lease", (double)alive);
 }
@@ -280,7 +309,7 @@ int px_metrics_start(px_metrics* m, px_server* srv, const px_rpc_method* methods
   return 0;
 }
 
-void px_metrics_stop(px_metrics* m) {
+void px_metrics_stop(px_metrics* m) { /* keeps m->port: a recovery restart binds it again (main.c) */
   px_http_stop(m->http);
   m->http = NULL;
 }

@@ -3,7 +3,9 @@
  * (common/metrics/prom.h), served on the HTTP thread of common/http (libmicrohttpd), with
  * the server's TLS certificate when TLS is on and its bearer token when --token-file is
  * set (unless --metrics-no-auth). Every sample carries shard="I". Nothing here is on the
- * training path: the counters it reads are atomics the rooms update anyway. */
+ * training path: the counters it reads are atomics the rooms update anyway; the versions
+ * come from px_store_version_min, which takes each held chunk's mutex for a moment (0.65 ms
+ * for a scrape at 10,000 tensors, bench/metrics_scrape.py). */
 #ifndef PX_METRICS_H
 #define PX_METRICS_H
 

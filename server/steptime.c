@@ -8,6 +8,7 @@ void px_steptime_init(px_steptime* st, px_counters* ctr) {
   st->ctr = ctr;
   for (int i = 0; i < PX_STEPTIME_RING; i++) pthread_mutex_init(&st->ring[i].mu, NULL);
   px_hist_init_exp(&st->hist, 0.0005, 2, 18); /* 0.5 ms .. 65 s */
+  px_hist_init_exp(&st->chunk_hist, 0.0005, 2, 18);
   atomic_init(&st->last_ns, 0);
 }
 

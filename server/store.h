@@ -43,6 +43,7 @@ typedef struct px_chunk_state {
   px_viewcache view[2]; /* frames of view 0 (native) and 1 (bf16 of f32) */
   px_waitlist waiters;  /* parked pulls */
   uint64_t ckpt_gen;    /* the checkpoint generation that copied this chunk */
+  uint64_t step_begin_ns; /* the first contribution to the step at `version` (steptime.h) */
 } px_chunk_state;
 
 typedef struct px_tensor_state {

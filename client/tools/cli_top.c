@@ -305,6 +305,7 @@ int cmd_top(int argc, char** argv) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
+  signal(SIGPIPE, SIG_IGN); /* a closed pipe (top | head) is a write error, exit 1 */
   px_rpc_init();
   rc = run(sh, n, interval, once);
   px_rpc_shutdown();

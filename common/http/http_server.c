@@ -96,7 +96,10 @@ static void on_log(void* cls, const char* fmt, va_list ap) {
 /* A listening socket on listen; its fd, or -1 with err. */
 static int bind_listen(const char* addr, int* port, char* err, size_t errlen) {
   char host[256], ps[16];
-  if (!px_target_split(addr, host, sizeof host, ps, sizeof ps) || !ps[0]) {
+  if (addr[0] == ':' && strlen(addr + 1) < sizeof ps) { /* ":PORT": every address */
+    host[0] = 0;
+    snprintf(ps, sizeof ps, "%s", addr + 1);
+  } else if (!px_target_split(addr, host, sizeof host, ps, sizeof ps) || !ps[0]) {
     snprintf(err, errlen, "'%s' is not HOST:PORT", addr);
     return -1;
   }
@@ -179,7 +182,9 @@ px_http* px_http_start(const px_http_opts* o, const px_http_route* routes, size_
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32768, MHD_OPTION_EXTERNAL_LOGGER, on_log,
       NULL, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
   if (!h->d) {
-    close(fd);
+    /* fd is not closed here: libmicrohttpd closes a MHD_OPTION_LISTEN_SOCKET itself on most
+     * of its failure paths (TLS setup, threads), and a second close could hit a descriptor
+     * another thread opened since. On the others it stays open: the caller exits anyway. */
     snprintf(err, errlen, "cannot start the HTTP%s server on %s (libmicrohttpd refused%s)",
              tls ? "S" : "", o->listen, tls ? "; is the certificate and key PEM valid?" : "");
     px_http_stop(h);

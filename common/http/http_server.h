@@ -22,7 +22,8 @@ typedef struct px_http_route {
 } px_http_route;
 
 typedef struct px_http_opts {
-  const char* listen;       /* "HOST:PORT" or "[V6]:PORT"; port 0 picks a free one */
+  const char* listen;       /* "HOST:PORT", "[V6]:PORT" or ":PORT" (every address); port 0
+                             * picks a free one */
   const char* tls_cert_pem; /* PEM contents: serve HTTPS (both or neither) */
   const char* tls_key_pem;
   const char* token;        /* "Authorization: Bearer TOKEN" required; NULL: none */

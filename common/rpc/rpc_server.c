@@ -153,12 +153,6 @@ void px_srv_call_finish(px_srv_call* c, const px_out* out, int status, const cha
     return;
   }
   c->finished = true;
-  if (c->srv->finished) {
-    size_t m = c->method >= 0 ? (size_t)c->method : c->srv->nmethods;
-    int st = status >= 0 && status < PX_RPC_NSTATUS ? status : PX_ST_UNKNOWN;
-    atomic_fetch_add_explicit(&c->srv->finished[m * PX_RPC_NSTATUS + (size_t)st], 1,
-                              memory_order_relaxed);
-  }
   if (c->live) { /* lock order: a call's mutex, then the server's */
     pthread_mutex_lock(&c->srv->mu);
     c->answered = true;
@@ -183,6 +177,12 @@ void px_srv_call_finish(px_srv_call* c, const px_out* out, int status, const cha
     px_rpc_out_release(out);
     status = PX_ST_INTERNAL;
     details = "server error: final message while a send was pending";
+  }
+  if (c->srv->finished) { /* the status that goes out */
+    size_t m = c->method >= 0 ? (size_t)c->method : c->srv->nmethods;
+    int st = status >= 0 && status < PX_RPC_NSTATUS ? status : PX_ST_UNKNOWN;
+    atomic_fetch_add_explicit(&c->srv->finished[m * PX_RPC_NSTATUS + (size_t)st], 1,
+                              memory_order_relaxed);
   }
   c->status_details = grpc_slice_from_copied_string(details ? details : "");
   c->has_status_details = true;

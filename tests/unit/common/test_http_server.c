@@ -105,6 +105,18 @@ static void test_token(void** state) {
   px_http_stop(h);
 }
 
+static void test_every_address(void** state) {
+  (void)state;
+  px_http_opts o = {.listen = ":0"}; /* every address: loopback too */
+  char err[256] = "", out[4096];
+  int port = 0;
+  px_http* h = px_http_start(&o, routes, 2, "all\n", &port, err, sizeof err);
+  assert_non_null(h);
+  ask(port, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", out, sizeof out);
+  assert_non_null(strstr(out, "\r\n\r\nall\n"));
+  px_http_stop(h);
+}
+
 static void test_start_errors(void** state) {
   (void)state;
   int port = 0;
@@ -133,6 +145,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_routes_and_methods),
       cmocka_unit_test(test_token),
+      cmocka_unit_test(test_every_address),
       cmocka_unit_test(test_start_errors),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

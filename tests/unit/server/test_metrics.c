@@ -57,6 +57,8 @@ static void test_page_after_pushes(void** state) {
   has(page, "paramex_calls_total{shard=\"0\",method=\"Join\",code=\"OK\"} 1\n");
   has(page, "paramex_worker_steps{shard=\"0\",worker=\"0\"} 1\n");
   has(page, "paramex_worker_up{shard=\"0\",worker=\"0\"} 1\n");
+  has(page, "paramex_worker_lag_steps{shard=\"0\",worker=\"0\"} 0\n");
+  has(page, "paramex_chunk_step_duration_seconds_count{shard=\"0\"} 1\n");
   has(page, "paramex_workers_joined{shard=\"0\"} 1\n");
   has(page, "paramex_memory_bytes{shard=\"0\",kind=\"parameters\"} 4000\n");
   has(page, "paramex_memory_bytes{shard=\"0\",kind=\"optimizer_state\"} 0\n");
