@@ -69,6 +69,7 @@ static void chunk_try_complete(px_agg* a, px_tensor_state* t, px_chunk_state* c,
   px_step_io_alloc(&after->io, t->dtype, c->elems, c->view[1].enabled, encode);
   after->io.ncontrib = c->ncontrib;
   after->io.first = c->mom_first;
+  after->io.lr = px_lr_at(&a->o.sched, c->version);
   px_ckpt_before_step(a->ckpt, t, c);
   /* the optimizer; c->params holds the new version when it returns */
   a->backend->ops->step(a->backend, t->be, c->index, &after->io);

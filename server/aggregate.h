@@ -21,6 +21,7 @@
 #include "checkpoint.h"
 #include "counters.h"
 #include "framecache.h"
+#include "lr_schedule.h"
 #include "membership.h"
 #include "publish.h"
 #include "steptime.h"
@@ -47,6 +48,7 @@ typedef struct px_agg_after {
 } px_agg_after;
 
 typedef struct px_agg_opts {
+  px_lr_sched sched;    /* the lr of each step, by the chunk's version */
   uint32_t workers;
   uint64_t chunk_bytes; /* size of contribution buffers */
   uint64_t hold_bytes;

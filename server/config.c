@@ -25,6 +25,8 @@ static void set_defaults(px_config* cfg) {
   cfg->workers = 1;
   cfg->shards = 1;
   cfg->lr = 0.01;
+  cfg->lr_schedule = "constant";
+  cfg->lr_gamma = 0.1;
   cfg->chunk_bytes = 1u << 20;
   cfg->threads = px_ncpus();
   cfg->cq_threads = 2;
@@ -62,6 +64,18 @@ static int check(px_config* cfg, char* err, size_t errlen) {
   if (rc == 0 && px_log_format_parse(cfg->log_format) < 0) {
     snprintf(err, errlen, "--log-format: '%.40s' is not text or json", cfg->log_format);
     rc = 2;
+  }
+  const int kind = px_lr_kind_parse(cfg->lr_schedule);
+  if (rc == 0 && kind < 0) {
+    snprintf(err, errlen, "--lr-schedule: '%s' is not constant, step, cosine or linear-warmup",
+             cfg->lr_schedule);
+    rc = 2;
+  }
+  if (rc == 0) {
+    cfg->sched = (px_lr_sched){.kind = (px_lr_kind)kind, .lr = cfg->lr, .gamma = cfg->lr_gamma,
+                               .lr_min = cfg->lr_min, .step_size = cfg->lr_step_size,
+                               .total = cfg->lr_total_steps, .warmup = cfg->lr_warmup_steps};
+    if (px_lr_sched_check(&cfg->sched, err, errlen) != 0) rc = 2;
   }
   if (rc == 0 && cfg->shard >= cfg->shards) {
     snprintf(err, errlen, "%s %u is not below --shards %u (shards are numbered from 0)",
@@ -166,7 +180,17 @@ int px_config_parse(px_config* cfg, int argc, char** argv, char* err, size_t err
        "gives it"},
       {"shards", PX_FLAG_U32, &cfg->shards, 1, PX_MAX_SHARDS, "S",
        "servers that together hold the model (workers list them all, in shard order)"},
-      {"lr", PX_FLAG_F64, &cfg->lr, 0, 1e6, "F", "SGD learning rate"},
+      {"lr", PX_FLAG_F64, &cfg->lr, 0, 1e6, "F", "SGD learning rate (the schedule's base)"},
+      {"lr-schedule", PX_FLAG_STR, &cfg->lr_schedule, 0, 0, "NAME",
+       "constant, step, cosine or linear-warmup: the lr of each step by version"},
+      {"lr-step-size", PX_FLAG_U64, &cfg->lr_step_size, 0, 1e15, "STEPS",
+       "step: multiply the lr by --lr-gamma every STEPS steps"},
+      {"lr-gamma", PX_FLAG_F64, &cfg->lr_gamma, 0, 1, "F", "step: the factor (default 0.1)"},
+      {"lr-total-steps", PX_FLAG_U64, &cfg->lr_total_steps, 0, 1e15, "STEPS",
+       "cosine: steps from --lr down to --lr-min"},
+      {"lr-min", PX_FLAG_F64, &cfg->lr_min, 0, 1e6, "F", "cosine: the final lr (default 0)"},
+      {"lr-warmup-steps", PX_FLAG_U64, &cfg->lr_warmup_steps, 0, 1e15, "STEPS",
+       "linear warm-up over the first STEPS steps (any schedule; linear-warmup needs it)"},
       {"momentum", PX_FLAG_F64, &cfg->momentum, 0, 0.999999, "F", "SGD momentum (0 = none)"},
       {"weight-decay", PX_FLAG_F64, &cfg->weight_decay, 0, 1e3, "F", "L2 weight decay"},
       {"chunk-bytes", PX_FLAG_SIZE, &cfg->chunk_bytes, 1024, 3u << 20, "SIZE",

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lr_schedule.h"
+
 #define PX_MAX_GPUS 64
 #define PX_MAX_WORKERS 4096 /* --workers limit */
 
@@ -17,6 +19,10 @@ typedef struct px_config {
   char workers_from[48];         /* the same for --workers */
   char listen_adopted[64];       /* a TF_CONFIG ps task's own address ("": not adopted) */
   double lr, momentum, weight_decay;
+  const char* lr_schedule;      /* constant, step, cosine, linear-warmup (lr_schedule.h) */
+  uint64_t lr_step_size, lr_total_steps, lr_warmup_steps;
+  double lr_gamma, lr_min;
+  px_lr_sched sched;            /* the schedule, checked */
   uint64_t chunk_bytes;
   uint32_t threads, cq_threads;
   uint32_t max_tensors;

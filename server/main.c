@@ -142,6 +142,11 @@ int main(int argc, char** argv) {
            cfg.token_file ? ", bearer token required" : "",
            cfg.compression ? "" : ", compression off");
 
+  if (cfg.sched.kind != PX_LR_CONSTANT || cfg.sched.warmup) {
+    char sched[160];
+    px_lr_sched_describe(&cfg.sched, sched, sizeof sched);
+    px_info("learning rate: %s", sched);
+  }
   if (cfg.shard_from[0])
     px_info("shard %u of %u: the shard from %s", cfg.shard, cfg.shards, cfg.shard_from);
   if (cfg.workers_from[0] && strcmp(cfg.workers_from, "PMX_WORKERS") != 0)

@@ -105,6 +105,8 @@ static void steps(px_prom* p, px_server* srv) {
                  "time from the first push of a chunk's step to its completion");
   px_prom_hist(p, "paramex_chunk_step_duration_seconds", &hs);
   px_prom_gauge(p, "paramex_tensors", "tensors declared", (double)px_store_count(&srv->store));
+  px_prom_gauge(p, "paramex_learning_rate", "the lr of the next step at paramex_version "
+                "(--lr and --lr-schedule)", (double)px_lr_at(&srv->cfg.sched, vmin));
 }
 
 /* One worker as a scrape sees it: read once, so that every family agrees (the training

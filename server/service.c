@@ -134,7 +134,7 @@ static int rooms_init(px_server* srv, char* err, size_t errlen) {
                      cfg->keep, cfg->momentum != 0,    srv->server_id};
   if (px_ckpt_init(&srv->ckpt, &co, &srv->store, &srv->members, err, errlen) != 0) return -1;
   if (px_gen_init(&srv->gen, dir, err, errlen) != 0) return -1;
-  px_agg_opts ao = {cfg->workers, cfg->chunk_bytes, cfg->hold_bytes, cfg->elastic};
+  px_agg_opts ao = {cfg->sched, cfg->workers, cfg->chunk_bytes, cfg->hold_bytes, cfg->elastic};
   px_agg_init(&srv->agg, &ao, srv->backend, &srv->members, &srv->fcache, &srv->ckpt,
               &srv->publish, &srv->ctr);
   return 0;

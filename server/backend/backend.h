@@ -61,6 +61,8 @@ static inline uint32_t px_be_chunk_elems(const px_be_tensor_desc* d, uint32_t i)
 typedef struct px_step_io {
   uint32_t ncontrib;     /* contributions in the sum (the optimizer divides by it) */
   bool first;            /* no momentum step applied to this chunk yet */
+  float lr;              /* this step's learning rate (lr_schedule.h; the backend's sgd.lr
+                          * is the base) */
   void* bits[2];         /* new bits: [0] the tensor's dtype, [1] the bf16 view (f32 only) */
   uint8_t* enc[2];       /* encoder input of view v: px_zigzag_shuffle of the word delta
                           * (new bits - old bits), the bytes the DELTA_ZSTD frame compresses */

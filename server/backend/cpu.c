@@ -108,13 +108,15 @@ static void cpu_step(px_backend* b, px_be_tensor* bt, uint32_t i, px_step_io* io
     memcpy(old, params, nb);
   }
   if (!t->acc[i]) px_backend_fatal("cpu", "step without a contribution");
+  px_sgd o = b->sgd;
+  o.lr = io->lr;
   if (t->d.dtype == PX_DT_F32) {
-    px_sgd_apply(&b->sgd, (float*)params, mom, io->first, t->acc[i], n, io->ncontrib);
+    px_sgd_apply(&o, (float*)params, mom, io->first, t->acc[i], n, io->ncontrib);
   } else {
     float* p32 = (float*)scratch_or_die(3, n * sizeof(float));
     if (t->d.dtype == PX_DT_BF16) px_bf16_to_f32_n((const uint16_t*)params, p32, n);
     else px_f16_to_f32_n((const uint16_t*)params, p32, n);
-    px_sgd_apply(&b->sgd, p32, mom, io->first, t->acc[i], n, io->ncontrib);
+    px_sgd_apply(&o, p32, mom, io->first, t->acc[i], n, io->ncontrib);
     if (t->d.dtype == PX_DT_BF16) px_f32_to_bf16_n(p32, (uint16_t*)params, n);
     else px_f32_to_f16_n(p32, (uint16_t*)params, n);
   }

@@ -268,7 +268,7 @@ static uint32_t run(const scenario* sc, const char* dev, outlog* log) {
           assert_non_null(g);
         }
       }
-      px_step_io io = {.ncontrib = sc->workers, .first = g_first[k]};
+      px_step_io io = {.ncontrib = sc->workers, .first = g_first[k], .lr = b->sgd.lr};
       const bool v1 = sc->view1 && sc->dtype == PX_DT_F32;
       if (sc->view1 || sc->enc) io.bits[0] = malloc(m * es);
       if (v1) io.bits[1] = malloc(m * 2);
@@ -485,7 +485,7 @@ static void* mt_thread(void* p) {
       }
     }
     /* layout: params (the host mirror), new bits, bf16 view, encoder input 0, 1 */
-    px_step_io io = {.ncontrib = sc->workers, .first = g_first[k]};
+    px_step_io io = {.ncontrib = sc->workers, .first = g_first[k], .lr = b->sgd.lr};
     io.bits[0] = o + ce * es;
     if (v1) io.bits[1] = o + 2 * ce * es;
     io.enc[0] = o + 2 * ce * es + ce * 2;

@@ -87,7 +87,7 @@ static void cuda_step(px_backend* b, px_be_tensor* bt, uint32_t i, px_step_io* i
   cuda_tensor* t = CT(bt);
   char err[256];
   px_gpu_step_args a = {
-      .lr = b->sgd.lr,
+      .lr = io->lr, /* the schedule's, for this step */
       .momentum = b->sgd.momentum,
       .weight_decay = b->sgd.weight_decay,
       .ncontrib = io->ncontrib,

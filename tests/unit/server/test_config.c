@@ -125,7 +125,9 @@ static void test_config_each_flag(void** state) {
                   "--threads", "3", "--cq-threads", "4", "--max-tensors", "100",
                   "--max-tensor-bytes", "2G", "--hold-bytes", "1M", "--drain-timeout", "1.5",
                   "--log-level", "debug", "--history", "5", "--history-bytes", "64M",
-                  "--compression-level", "3", "--no-compression", "--log-format", "json"};
+                  "--compression-level", "3", "--no-compression", "--log-format", "json",
+                  "--lr-schedule", "cosine", "--lr-total-steps", "100", "--lr-min", "0.01",
+                  "--lr-warmup-steps", "10"};
   px_config c;
   assert_int_equal(px_config_parse(&c, ARGC(argv), argv, g_perr, sizeof g_perr), 0);
   assert_string_equal(c.listen, "127.0.0.1:0");
@@ -133,6 +135,10 @@ static void test_config_each_flag(void** state) {
   assert_true(c.lr == 0.25);
   assert_true(c.momentum == 0.9);
   assert_true(c.weight_decay == 0.001);
+  assert_int_equal(c.sched.kind, PX_LR_COSINE);
+  assert_true(c.sched.lr == 0.25 && c.sched.lr_min == 0.01);
+  assert_int_equal(c.sched.total, 100);
+  assert_int_equal(c.sched.warmup, 10);
   assert_int_equal(c.chunk_bytes, 64u << 10);
   assert_int_equal(c.threads, 3);
   assert_int_equal(c.cq_threads, 4);
@@ -370,6 +376,12 @@ static void test_config_bad_values(void** state) {
       {"--drain-timeout", "-1", "--drain-timeout"},
       {"--log-level", "loud", "--log-level"},
       {"--log-format", "xml", "--log-format: 'xml' is not text or json"},
+      {"--lr-schedule", "exp", "--lr-schedule: 'exp' is not constant, step, cosine or linear-warmup"},
+      {"--lr-schedule", "step", "--lr-schedule step needs --lr-step-size N (N >= 1)"},
+      {"--lr-schedule", "cosine", "--lr-schedule cosine needs --lr-total-steps N (N >= 1)"},
+      {"--lr-schedule", "linear-warmup", "--lr-schedule linear-warmup needs --lr-warmup-steps"},
+      {"--lr-gamma", "2", "--lr-gamma"},
+      {"--lr-step-size", "-3", "--lr-step-size"},
       {"--log-format", "", "--log-format"},
       {"--listen", "nocolon", "--listen"},
       {"--listen", ":50051", "--listen"},

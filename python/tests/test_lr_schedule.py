@@ -1,0 +1,117 @@
+"""--lr-schedule over real pushes: the parameters after each step equal a numpy reference
+that computes the schedule from PyTorch's formulas (in Python floats, rounded once to
+float32, as lr_schedule.h says) and the server's SGD step in float32, bit for bit; the
+same after a restart from a checkpoint (the lr depends on the version alone); and the
+start-up errors of bad schedule flags."""
+import math
+import subprocess
+
+import numpy as np
+import pytest
+
+import paramex
+from pxserver import SERVER_BIN, WAIT_S
+from conftest import wait_until
+
+N = 257
+
+
+def grad(rank, step):
+    return np.random.default_rng(7000 + 100 * step + rank).standard_normal(N).astype(np.float32)
+
+
+def lr_at(kind, step, lr, gamma=0.1, step_size=0, total=0, lr_min=0.0, warmup=0):
+    if kind == "step":
+        v = lr * gamma ** (step // step_size)
+    elif kind == "cosine":
+        t = min(step, total) / total
+        v = lr_min + (lr - lr_min) * (1.0 + math.cos(math.pi * t)) / 2.0
+    else:
+        v = lr
+    if warmup and step + 1 < warmup:
+        v = v * (step + 1) / warmup
+    return np.float32(v)
+
+
+def reference(steps, world, **sched):
+    """The server's step (server/backend/optimizer.c) with lr(s): every operation in f32."""
+    p = np.zeros(N, np.float32)
+    for s in range(steps):
+        acc = grad(0, s)
+        for r in range(1, world):
+            acc = acc + grad(r, s)
+        p = p - lr_at(step=s, **sched) * (acc / np.float32(world))
+    return p
+
+
+def run(c2, steps, start=0):
+    """Both ranks' push_pull per step (rank 1 async, then rank 0); rank 0's parameters."""
+    out = np.empty(N, np.float32)
+    for s in range(start, steps):
+        op = c2[1].push_async(s, {"w": grad(1, s)})
+        c2[0].push_pull(s, {"w": grad(0, s)}, {"w": out})
+        op.wait()
+    return out
+
+
+@pytest.mark.parametrize("flags,sched", [
+    (("--lr-schedule", "step", "--lr-step-size", "3", "--lr-gamma", "0.5"),
+     dict(kind="step", gamma=0.5, step_size=3)),
+    (("--lr-schedule", "cosine", "--lr-total-steps", "6", "--lr-min", "0.01",
+      "--lr-warmup-steps", "3"),
+     dict(kind="cosine", total=6, lr_min=0.01, warmup=3)),
+    (("--lr-schedule", "linear-warmup", "--lr-warmup-steps", "4"),
+     dict(kind="linear-warmup", warmup=4)),
+])
+def test_schedule_bit_exact(server, flags, sched):
+    srv = server("--workers", "2", "--lr", "0.3", *flags)
+    c2 = [paramex.Client(srv.addr, rank=r, world_size=2) for r in range(2)]
+    for c in c2:
+        c.declare("w", N)
+    got = run(c2, 8)
+    for c in c2:
+        c.close()
+    want = reference(8, 2, lr=0.3, **sched)
+    assert got.tobytes() == want.tobytes()
+    # and not what a constant lr gives
+    assert got.tobytes() != reference(8, 2, lr=0.3, kind="constant").tobytes()
+
+
+def test_schedule_survives_a_restart(server, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    args = ("--workers", "2", "--lr", "0.3", "--lr-schedule", "step", "--lr-step-size", "2",
+            "--lr-gamma", "0.5", "--checkpoint-dir", str(ckpt), "--checkpoint-every", "3")
+    srv = server(*args)
+    c2 = [paramex.Client(srv.addr, rank=r, world_size=2) for r in range(2)]
+    for c in c2:
+        c.declare("w", N)
+    run(c2, 4)
+    for c in c2:
+        c.close(abort=True)
+    done = ckpt / "ckpt-00000000000000000003.safetensors"
+    wait_until(done.exists, "the checkpoint of version 3")
+    srv.kill()
+    srv2 = server(*args, listen=srv.addr)
+    c2 = [paramex.Client(srv2.addr, rank=r, world_size=2) for r in range(2)]
+    out = np.empty(N, np.float32)
+    for c in c2:
+        c.declare("w", N)
+    steps = [c.resume({"w": out}) for c in c2]
+    assert steps == [4, 4] or steps == [3, 3]
+    got = run(c2, 8, start=steps[0])
+    for c in c2:
+        c.close()
+    assert got.tobytes() == reference(8, 2, lr=0.3, kind="step", gamma=0.5,
+                                      step_size=2).tobytes()
+
+
+@pytest.mark.parametrize("flags,says", [
+    (("--lr-schedule", "exp"), "--lr-schedule: 'exp' is not constant, step, cosine or linear-warmup"),
+    (("--lr-schedule", "step"), "--lr-schedule step needs --lr-step-size N (N >= 1)"),
+    (("--lr-schedule", "cosine", "--lr-total-steps", "5", "--lr-min", "1"),
+     "--lr-min 1: want 0 <= lr-min <= --lr 0.01"),
+])
+def test_bad_schedule_flags(flags, says):
+    r = subprocess.run([SERVER_BIN, "--listen", "127.0.0.1:0", *flags], capture_output=True,
+                       text=True, timeout=WAIT_S)
+    assert r.returncode == 2 and r.stderr.strip() == f"paramex-server: {says}"
