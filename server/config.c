@@ -26,6 +26,7 @@ static void set_defaults(px_config* cfg) {
   cfg->shards = 1;
   cfg->lr = 0.01;
   cfg->lr_schedule = "constant";
+  cfg->optimizer = "sgd";
   cfg->lr_gamma = 0.1;
   cfg->chunk_bytes = 1u << 20;
   cfg->threads = px_ncpus();
@@ -63,6 +64,16 @@ static int check(px_config* cfg, char* err, size_t errlen) {
   }
   if (rc == 0 && px_log_format_parse(cfg->log_format) < 0) {
     snprintf(err, errlen, "--log-format: '%.40s' is not text or json", cfg->log_format);
+    rc = 2;
+  }
+  const bool sgd = strcmp(cfg->optimizer, "sgd") == 0;
+  cfg->nesterov = strcmp(cfg->optimizer, "nesterov") == 0;
+  if (rc == 0 && !sgd && !cfg->nesterov && strcmp(cfg->optimizer, "momentum") != 0) {
+    snprintf(err, errlen, "--optimizer: '%s' is not sgd, momentum or nesterov", cfg->optimizer);
+    rc = 2;
+  }
+  if (rc == 0 && !sgd && cfg->momentum == 0) {
+    snprintf(err, errlen, "--optimizer %s needs --momentum F (F > 0)", cfg->optimizer);
     rc = 2;
   }
   const int kind = px_lr_kind_parse(cfg->lr_schedule);
@@ -181,6 +192,9 @@ int px_config_parse(px_config* cfg, int argc, char** argv, char* err, size_t err
       {"shards", PX_FLAG_U32, &cfg->shards, 1, PX_MAX_SHARDS, "S",
        "servers that together hold the model (workers list them all, in shard order)"},
       {"lr", PX_FLAG_F64, &cfg->lr, 0, 1e6, "F", "SGD learning rate (the schedule's base)"},
+      {"optimizer", PX_FLAG_STR, &cfg->optimizer, 0, 0, "NAME",
+       "sgd (with --momentum when given), momentum (sgd, needs --momentum) or nesterov "
+       "(Nesterov momentum, needs --momentum)"},
       {"lr-schedule", PX_FLAG_STR, &cfg->lr_schedule, 0, 0, "NAME",
        "constant, step, cosine or linear-warmup: the lr of each step by version"},
       {"lr-step-size", PX_FLAG_U64, &cfg->lr_step_size, 0, 1e15, "STEPS",

@@ -19,6 +19,8 @@ typedef struct px_config {
   char workers_from[48];         /* the same for --workers */
   char listen_adopted[64];       /* a TF_CONFIG ps task's own address ("": not adopted) */
   double lr, momentum, weight_decay;
+  const char* optimizer;        /* sgd, momentum (sgd, --momentum > 0) or nesterov */
+  bool nesterov;                /* --optimizer nesterov */
   const char* lr_schedule;      /* constant, step, cosine, linear-warmup (lr_schedule.h) */
   uint64_t lr_step_size, lr_total_steps, lr_warmup_steps;
   double lr_gamma, lr_min;

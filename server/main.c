@@ -135,8 +135,9 @@ int main(int argc, char** argv) {
     px_rpc_shutdown();
     return rc;
   }
-  px_info("serving %u workers, lr %g momentum %g weight decay %g, chunk %llu bytes, "
-           "%u compute threads, backend %s, %s%s%s", cfg.workers, cfg.lr, cfg.momentum, cfg.weight_decay,
+  px_info("serving %u workers, lr %g %smomentum %g weight decay %g, chunk %llu bytes, "
+           "%u compute threads, backend %s, %s%s%s", cfg.workers, cfg.lr,
+           cfg.nesterov ? "Nesterov " : "", cfg.momentum, cfg.weight_decay,
            (unsigned long long)cfg.chunk_bytes, cfg.threads, svc.srv.backend->desc,
            cfg.tls_client_ca ? "mutual TLS" : cfg.tls_cert ? "TLS" : "plaintext",
            cfg.token_file ? ", bearer token required" : "",

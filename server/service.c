@@ -100,7 +100,8 @@ static const px_rpc_method methods[] = {
 static int rooms_init(px_server* srv, char* err, size_t errlen) {
   const px_config* cfg = &srv->cfg;
   px_backend_opts bo = {cfg->device, cfg->gpu_ids, cfg->ngpus, cfg->chunk_bytes,
-                        {(float)cfg->lr, (float)cfg->momentum, (float)cfg->weight_decay},
+                        {(float)cfg->lr, (float)cfg->momentum, (float)cfg->weight_decay,
+                         cfg->nesterov},
                         cfg->threads};
   int brc = px_backend_create(&bo, &srv->backend, err, errlen);
   if (brc != 0) return brc;

@@ -1,4 +1,4 @@
-"""--lr-schedule over real pushes: the parameters after each step equal a numpy reference
+"""--lr-schedule and --optimizer nesterov over real pushes: the parameters after each step equal a numpy reference
 that computes the schedule from PyTorch's formulas (in Python floats, rounded once to
 float32, as lr_schedule.h says) and the server's SGD step in float32, bit for bit; the
 same after a restart from a checkpoint (the lr depends on the version alone); and the
@@ -54,6 +54,17 @@ def run(c2, steps, start=0):
     return out
 
 
+def train(srv, steps):
+    """Two workers through steps on a fresh server; rank 0's parameters."""
+    c2 = [paramex.Client(srv.addr, rank=r, world_size=2) for r in range(2)]
+    for c in c2:
+        c.declare("w", N)
+    got = run(c2, steps)
+    for c in c2:
+        c.close()
+    return got
+
+
 @pytest.mark.parametrize("flags,sched", [
     (("--lr-schedule", "step", "--lr-step-size", "3", "--lr-gamma", "0.5"),
      dict(kind="step", gamma=0.5, step_size=3)),
@@ -64,13 +75,7 @@ def run(c2, steps, start=0):
      dict(kind="linear-warmup", warmup=4)),
 ])
 def test_schedule_bit_exact(server, flags, sched):
-    srv = server("--workers", "2", "--lr", "0.3", *flags)
-    c2 = [paramex.Client(srv.addr, rank=r, world_size=2) for r in range(2)]
-    for c in c2:
-        c.declare("w", N)
-    got = run(c2, 8)
-    for c in c2:
-        c.close()
+    got = train(server("--workers", "2", "--lr", "0.3", *flags), 8)
     want = reference(8, 2, lr=0.3, **sched)
     assert got.tobytes() == want.tobytes()
     # and not what a constant lr gives
@@ -105,11 +110,29 @@ def test_schedule_survives_a_restart(server, tmp_path):
                                       step_size=2).tobytes()
 
 
+def test_nesterov_with_weight_decay_and_a_schedule(server):
+    """--optimizer nesterov: buf = mu * buf + d (d on the first step), p -= lr(s) * (d + mu *
+    buf), d = g + wd * p: PyTorch's SGD(nesterov=True), every operation in f32."""
+    got = train(server("--workers", "2", "--lr", "0.2", "--momentum", "0.9", "--weight-decay",
+                       "0.01", "--optimizer", "nesterov", "--lr-schedule", "step",
+                       "--lr-step-size", "3", "--lr-gamma", "0.5"), 7)
+    p, buf = np.zeros(N, np.float32), None
+    mu, wd = np.float32(0.9), np.float32(0.01)
+    for s in range(7):
+        g = (grad(0, s) + grad(1, s)) / np.float32(2)
+        d = g + wd * p
+        buf = d if buf is None else mu * buf + d
+        p = p - lr_at("step", s, 0.2, gamma=0.5, step_size=3) * (d + mu * buf)
+    assert got.tobytes() == p.tobytes()
+
+
 @pytest.mark.parametrize("flags,says", [
     (("--lr-schedule", "exp"), "--lr-schedule: 'exp' is not constant, step, cosine or linear-warmup"),
     (("--lr-schedule", "step"), "--lr-schedule step needs --lr-step-size N (N >= 1)"),
     (("--lr-schedule", "cosine", "--lr-total-steps", "5", "--lr-min", "1"),
      "--lr-min 1: want 0 <= lr-min <= --lr 0.01"),
+    (("--optimizer", "nesterov"), "--optimizer nesterov needs --momentum F (F > 0)"),
+    (("--optimizer", "adagrad"), "--optimizer: 'adagrad' is not sgd, momentum or nesterov"),
 ])
 def test_bad_schedule_flags(flags, says):
     r = subprocess.run([SERVER_BIN, "--listen", "127.0.0.1:0", *flags], capture_output=True,

@@ -37,6 +37,7 @@
 /* The optimizer's hyper-parameters (the arithmetic: optimizer.h). */
 typedef struct px_sgd {
   float lr, momentum, weight_decay;
+  bool nesterov; /* Nesterov momentum (needs momentum != 0) */
 } px_sgd;
 
 /* A tensor as a backend sees it. Chunk i holds elements [i * chunk_elems, min(numel,

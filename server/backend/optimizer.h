@@ -13,7 +13,8 @@
 
 /* One SGD step on n elements from the rank-ordered gradient sum of nworkers workers:
  *   g = sum / nworkers; if (wd) g = g + wd * p; if (momentum) { m = first ? g : momentum*m + g;
- *   g = m; } p = p - lr * g.   (PyTorch's SGD with dampening 0, nesterov off.) */
+ *   g = nesterov ? g + momentum * m : m; } p = p - lr * g.
+ * (PyTorch's SGD with dampening 0, nesterov on or off.) */
 void px_sgd_apply(const px_sgd* o, float* p, float* mom, bool first, const float* sum, size_t n,
                   uint32_t nworkers);
 /* acc[i] += g[i] for i in [0, n), in order (vectorized; the same bits as the scalar loop). */

@@ -129,6 +129,7 @@ typedef struct scenario {
   float scale;        /* values are scale * [-1, 1); 0 means 1. Tiny scales make the values
                        * subnormal (f32 below 2^-126, f16 below 2^-14): a device that
                        * flushed them to zero would differ from the cpu */
+  bool nesterov;      /* Nesterov momentum */
 } scenario;
 
 static float scale_of(const scenario* sc) { return sc->scale != 0.0f ? sc->scale : 1.0f; }
@@ -159,7 +160,7 @@ static px_be_tensor* g_bt;
 static bool* g_first; /* [nchunks]: no momentum step yet (kept by the caller, as the store does) */
 
 static void backend_up(const scenario* sc, const char* dev) {
-  px_backend_opts o = {dev, NULL, 0, CHUNK_BYTES, {sc->lr, sc->momentum, sc->wd}, 1};
+  px_backend_opts o = {dev, NULL, 0, CHUNK_BYTES, {sc->lr, sc->momentum, sc->wd, sc->nesterov}, 1};
   char err[512] = "";
   if (px_backend_create(&o, &g_be, err, sizeof err) != 0) fail_msg("backend %s: %s", dev, err);
 }
@@ -284,7 +285,7 @@ static uint32_t run(const scenario* sc, const char* dev, outlog* log) {
         if (sc->momentum != 0.0f) {
           float mm = first && !restore_step ? gr : sc->momentum * mref[off + i] + gr;
           mref[off + i] = mm;
-          gr = mm;
+          gr = sc->nesterov ? gr + sc->momentum * mm : mm;
         }
         pref[off + i] = round_to(sc->dtype, p - sc->lr * gr);
       }
@@ -382,32 +383,39 @@ static void conform(const scenario* sc) {
 
 static void test_f32_plain(void** state) {
   (void)state;
-  const scenario sc = {"f32-plain", PX_DT_F32, PX_DT_F32, 3000, 3, 0.5f, 0, 0, 2, true, true, 0};
+  const scenario sc = {"f32-plain", PX_DT_F32, PX_DT_F32, 3000, 3, 0.5f, 0, 0, 2, true, true, 0, false};
   conform(&sc);
 }
 
 static void test_f32_momentum_wd_bf16_pushes(void** state) {
   (void)state;
   const scenario sc = {"f32-momentum", PX_DT_F32, PX_DT_BF16, 2500, 4, 0.1f, 0.9f, 0.01f, 3,
-                       true, true, 0};
+                       true, true, 0, false};
+  conform(&sc);
+}
+
+static void test_f32_nesterov_wd(void** state) {
+  (void)state;
+  const scenario sc = {"f32-nesterov", PX_DT_F32, PX_DT_F32, 2300, 3, 0.1f, 0.9f, 0.01f, 3,
+                       true, true, 0, true};
   conform(&sc);
 }
 
 static void test_bf16_tensor(void** state) {
   (void)state;
-  const scenario sc = {"bf16", PX_DT_BF16, PX_DT_BF16, 2100, 2, 0.25f, 0.9f, 0, 3, false, true, 0};
+  const scenario sc = {"bf16", PX_DT_BF16, PX_DT_BF16, 2100, 2, 0.25f, 0.9f, 0, 3, false, true, 0, false};
   conform(&sc);
 }
 
 static void test_f16_tensor(void** state) {
   (void)state;
-  const scenario sc = {"f16", PX_DT_F16, PX_DT_F16, 1500, 3, 0.125f, 0, 0.01f, 2, false, true, 0};
+  const scenario sc = {"f16", PX_DT_F16, PX_DT_F16, 1500, 3, 0.125f, 0, 0.01f, 2, false, true, 0, false};
   conform(&sc);
 }
 
 static void test_no_outputs(void** state) {
   (void)state;
-  const scenario sc = {"bare", PX_DT_F32, PX_DT_F32, 2049, 1, 0.5f, 0.5f, 0, 2, false, false, 0};
+  const scenario sc = {"bare", PX_DT_F32, PX_DT_F32, 2049, 1, 0.5f, 0.5f, 0, 2, false, false, 0, false};
   conform(&sc);
 }
 
@@ -416,7 +424,7 @@ static void test_no_outputs(void** state) {
 static void test_f16_subnormal(void** state) {
   (void)state;
   const scenario sc = {"f16-subnormal", PX_DT_F16, PX_DT_F16, 2100, 3, 0.5f, 0.9f, 0, 3,
-                       false, true, 0x1p-15f};
+                       false, true, 0x1p-15f, false};
   conform(&sc);
 }
 
@@ -425,7 +433,7 @@ static void test_f16_subnormal(void** state) {
 static void test_f32_subnormal(void** state) {
   (void)state;
   const scenario sc = {"f32-subnormal", PX_DT_F32, PX_DT_F32, 2500, 2, 0.25f, 0.5f, 0.5f, 3,
-                       true, true, 0x1p-125f};
+                       true, true, 0x1p-125f, false};
   conform(&sc);
 }
 
@@ -530,7 +538,7 @@ static void test_concurrent_chunks(void** state) {
   (void)state;
   /* 41 chunks of 1024 elements (4K chunks), the last one partial */
   const scenario sc = {"concurrent", PX_DT_F32, PX_DT_BF16, 40 * 1024 + 300, 4, 0.1f, 0.9f,
-                       0.01f, 3, true, true, 0};
+                       0.01f, 3, true, true, 0, false};
   uint32_t ndev = 0, ndev_cpu = 0;
   size_t len = 0, len_cpu = 0;
   uint8_t* mine = run_mt(&sc, g_dev, 8, &ndev, &len);
@@ -566,6 +574,7 @@ int px_conformance_main(const char* dev) {
   const struct CMUnitTest conformance[] = {
       cmocka_unit_test(test_f32_plain),
       cmocka_unit_test(test_f32_momentum_wd_bf16_pushes),
+      cmocka_unit_test(test_f32_nesterov_wd),
       cmocka_unit_test(test_bf16_tensor),
       cmocka_unit_test(test_f16_tensor),
       cmocka_unit_test(test_no_outputs),

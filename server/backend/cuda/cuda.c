@@ -90,6 +90,7 @@ static void cuda_step(px_backend* b, px_be_tensor* bt, uint32_t i, px_step_io* i
       .lr = io->lr, /* the schedule's, for this step */
       .momentum = b->sgd.momentum,
       .weight_decay = b->sgd.weight_decay,
+      .nesterov = b->sgd.nesterov,
       .ncontrib = io->ncontrib,
       .first = io->first,
       .params_out = chunk_params(t, i),

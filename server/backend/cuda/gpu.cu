@@ -463,6 +463,7 @@ int px_gpu_step(px_gpu* g, px_gpu_chunk* c, const px_gpu_step_args* a, char* err
   k.wd = a->weight_decay;
   k.nw = (float)a->ncontrib;
   k.first = a->first;
+  k.nest = a->nesterov;
   k.n = n;
   int rc = 0;
   CU("cudaSetDevice", cudaSetDevice(d->id));

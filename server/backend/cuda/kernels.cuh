@@ -67,6 +67,7 @@ static __global__ void k_add(float* __restrict__ acc, const float* __restrict__ 
 struct step_k {
   float lr, mu, wd, nw;
   int first;
+  int nest; /* Nesterov momentum */
   size_t n;
 };
 
@@ -98,7 +99,7 @@ static __global__ void k_step(void* __restrict__ params, float* __restrict__ mom
       if (a.mu != 0.0f) {
         float m = a.first ? g : __fadd_rn(__fmul_rn(a.mu, mom[i]), g);
         mom[i] = m;
-        g = m;
+        g = a.nest ? __fadd_rn(g, __fmul_rn(a.mu, m)) : m;
       }
       q = __fsub_rn(p, __fmul_rn(a.lr, g));
     }

@@ -127,7 +127,7 @@ static void test_config_each_flag(void** state) {
                   "--log-level", "debug", "--history", "5", "--history-bytes", "64M",
                   "--compression-level", "3", "--no-compression", "--log-format", "json",
                   "--lr-schedule", "cosine", "--lr-total-steps", "100", "--lr-min", "0.01",
-                  "--lr-warmup-steps", "10"};
+                  "--lr-warmup-steps", "10", "--optimizer", "nesterov"};
   px_config c;
   assert_int_equal(px_config_parse(&c, ARGC(argv), argv, g_perr, sizeof g_perr), 0);
   assert_string_equal(c.listen, "127.0.0.1:0");
@@ -135,6 +135,7 @@ static void test_config_each_flag(void** state) {
   assert_true(c.lr == 0.25);
   assert_true(c.momentum == 0.9);
   assert_true(c.weight_decay == 0.001);
+  assert_true(c.nesterov);
   assert_int_equal(c.sched.kind, PX_LR_COSINE);
   assert_true(c.sched.lr == 0.25 && c.sched.lr_min == 0.01);
   assert_int_equal(c.sched.total, 100);
@@ -381,6 +382,8 @@ static void test_config_bad_values(void** state) {
       {"--lr-schedule", "cosine", "--lr-schedule cosine needs --lr-total-steps N (N >= 1)"},
       {"--lr-schedule", "linear-warmup", "--lr-schedule linear-warmup needs --lr-warmup-steps"},
       {"--lr-gamma", "2", "--lr-gamma"},
+      {"--optimizer", "adam", "--optimizer: 'adam' is not sgd, momentum or nesterov"},
+      {"--optimizer", "nesterov", "--optimizer nesterov needs --momentum F (F > 0)"},
       {"--lr-step-size", "-3", "--lr-step-size"},
       {"--log-format", "", "--log-format"},
       {"--listen", "nocolon", "--listen"},

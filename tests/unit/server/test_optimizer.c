@@ -21,7 +21,7 @@ static void assert_floats(const float* got, const float* want, size_t n) {
 
 static void test_plain_sgd(void** state) {
   (void)state;
-  px_sgd o = {0.5f, 0.0f, 0.0f};
+  px_sgd o = {0.5f, 0.0f, 0.0f, false};
   float p[] = {1, 1, -3, 0};
   const float sum[] = {4, -2, 1, 8};
   /* g = sum / 2 = {2, -1, 0.5, 4}; p -= 0.5 g */
@@ -36,7 +36,7 @@ static void test_plain_sgd(void** state) {
 
 static void test_mean_over_workers(void** state) {
   (void)state;
-  px_sgd o = {1.0f, 0.0f, 0.0f};
+  px_sgd o = {1.0f, 0.0f, 0.0f, false};
   const float sum[] = {6, -12};
   float p1[] = {0, 0}, p3[] = {0, 0}, p4[] = {0, 0};
   px_sgd_apply(&o, p1, NULL, true, sum, 2, 1);
@@ -50,7 +50,7 @@ static void test_mean_over_workers(void** state) {
 
 static void test_weight_decay(void** state) {
   (void)state;
-  px_sgd o = {0.25f, 0.0f, 0.5f};
+  px_sgd o = {0.25f, 0.0f, 0.5f, false};
   float p[] = {2, -4};
   float mom[] = {77, 77}; /* no momentum: never touched */
   const float sum[] = {2, 1};
@@ -64,7 +64,7 @@ static void test_weight_decay(void** state) {
 
 static void test_momentum_first_and_later_steps(void** state) {
   (void)state;
-  px_sgd o = {0.5f, 0.5f, 0.0f};
+  px_sgd o = {0.5f, 0.5f, 0.0f, false};
   float p[] = {1, 2};
   float mom[] = {100, -100}; /* garbage: the first step must not read it */
   /* step 1: g = {8,-4}/4 = {2,-1}; buf = g; p -= 0.5 buf */
@@ -87,9 +87,29 @@ static void test_momentum_first_and_later_steps(void** state) {
   assert_floats(p, p3, 2);
 }
 
+/* Nesterov by hand: buf as with momentum, then g + mu * buf is applied. */
+static void test_nesterov(void** state) {
+  (void)state;
+  px_sgd o = {0.5f, 0.5f, 0.0f, true};
+  float p[] = {1, 2};
+  float mom[] = {100, -100};
+  /* step 1: g = {2,-1}; buf = g = {2,-1}; d = g + 0.5 buf = {3,-1.5}; p -= 0.5 d */
+  const float s1[] = {8, -4};
+  px_sgd_apply(&o, p, mom, true, s1, 2, 4);
+  const float p1[] = {-0.5f, 2.75f}, m1[] = {2, -1};
+  assert_floats(mom, m1, 2);
+  assert_floats(p, p1, 2);
+  /* step 2: g = {1,1}; buf = 0.5 {2,-1} + {1,1} = {2, 0.5}; d = {1,1} + 0.5 buf = {2, 1.25} */
+  const float s2[] = {4, 4};
+  px_sgd_apply(&o, p, mom, false, s2, 2, 4);
+  const float p2[] = {-1.5f, 2.125f}, m2[] = {2, 0.5f};
+  assert_floats(mom, m2, 2);
+  assert_floats(p, p2, 2);
+}
+
 static void test_momentum_with_weight_decay(void** state) {
   (void)state;
-  px_sgd o = {0.5f, 0.5f, 0.5f};
+  px_sgd o = {0.5f, 0.5f, 0.5f, false};
   float p[] = {2};
   float mom[] = {-9};
   /* step 1: g = 2/2 + 0.5*2 = 2; buf = 2; p = 2 - 1 = 1 */
@@ -106,7 +126,7 @@ static void test_momentum_with_weight_decay(void** state) {
 
 static void test_zero_elements(void** state) {
   (void)state;
-  px_sgd o = {0.5f, 0.9f, 0.1f};
+  px_sgd o = {0.5f, 0.9f, 0.1f, false};
   float p[] = {3};
   float mom[] = {4};
   const float sum[] = {5};
@@ -127,15 +147,15 @@ static float rnd(float lo, float hi) {
 }
 
 /* The documented formula, one element at a time. */
-static void ref_sgd(float lr, float mu, float wd, float* p, float* mom, bool first,
-                    const float* sum, size_t n, uint32_t nworkers) {
+static void ref_sgd(float lr, float mu, float wd, bool nesterov, float* p, float* mom,
+                    bool first, const float* sum, size_t n, uint32_t nworkers) {
   for (size_t i = 0; i < n; i++) {
     float g = sum[i] / (float)nworkers;
     if (wd != 0.0f) g = g + wd * p[i];
     if (mu != 0.0f) {
       if (first) mom[i] = g;
       else mom[i] = mu * mom[i] + g;
-      g = mom[i];
+      g = nesterov ? g + mu * mom[i] : mom[i]; /* Sutskever et al. as PyTorch writes it */
     }
     p[i] = p[i] - lr * g;
   }
@@ -158,10 +178,11 @@ static void test_bit_exact_random(void** state) {
   assert_non_null(mr);
   assert_non_null(sum);
   rng_state = 0x853c49e6748fea9bull;
-  for (size_t a = 0; a < N_OF(mus); a++) {
+  for (size_t a = 0; a < N_OF(mus) + 1; a++) { /* the last: Nesterov, mu 0.9 */
     for (size_t b = 0; b < N_OF(wds); b++) {
       for (size_t c = 0; c < N_OF(nws); c++) {
-        px_sgd o = {0.01f, mus[a], wds[b]};
+        const bool nest = a == N_OF(mus);
+        px_sgd o = {0.01f, nest ? 0.9f : mus[a], wds[b], nest};
         for (size_t i = 0; i < n; i++) {
           p[i] = pr[i] = rnd(-3, 3);
           m[i] = mr[i] = rnd(-1, 1);
@@ -170,12 +191,13 @@ static void test_bit_exact_random(void** state) {
           for (size_t i = 0; i < n; i++) sum[i] = rnd(-10, 10) * (float)nws[c];
           bool first = step == 0;
           px_sgd_apply(&o, p, m, first, sum, n, nws[c]);
-          ref_sgd(o.lr, o.momentum, o.weight_decay, pr, mr, first, sum, n, nws[c]);
+          ref_sgd(o.lr, o.momentum, o.weight_decay, nest, pr, mr, first, sum, n, nws[c]);
           if (memcmp(p, pr, n * sizeof *p) != 0)
-            fail_msg("params differ (mu=%g wd=%g nw=%u step %d)", mus[a], wds[b], nws[c], step);
+            fail_msg("params differ (mu=%g wd=%g nesterov=%d nw=%u step %d)", o.momentum,
+                     wds[b], nest, nws[c], step);
           if (memcmp(m, mr, n * sizeof *m) != 0)
-            fail_msg("momentum differs (mu=%g wd=%g nw=%u step %d)", mus[a], wds[b], nws[c],
-                     step);
+            fail_msg("momentum differs (mu=%g wd=%g nesterov=%d nw=%u step %d)", o.momentum,
+                     wds[b], nest, nws[c], step);
         }
         /* The update really moved the parameters away from where they started. */
         float before = pr[0];
@@ -223,6 +245,7 @@ int main(void) {
       cmocka_unit_test(test_mean_over_workers),
       cmocka_unit_test(test_weight_decay),
       cmocka_unit_test(test_momentum_first_and_later_steps),
+      cmocka_unit_test(test_nesterov),
       cmocka_unit_test(test_momentum_with_weight_decay),
       cmocka_unit_test(test_zero_elements),
       cmocka_unit_test(test_bit_exact_random),
