@@ -94,7 +94,7 @@ core_src=(
   common/util/taskpool.c common/util/scratch.c common/util/bufpool.c
   common/codec/checksum.c common/codec/initializer.c common/codec/dtype.c
   common/codec/transform.c common/codec/zstdframe.c common/codec/payload.c
-  common/wire/chunk_msg.c common/launch/place.c common/launch/tf_config.c server/config.c
+  common/wire/chunk_msg.c common/launch/place.c common/launch/tf_config.c server/lr_schedule.c server/config.c
 )
 extra_src=()
 for f in common/util/*.c common/codec/*.c common/wire/*.c common/format/*.c; do

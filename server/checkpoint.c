@@ -315,7 +315,8 @@ static int write_checkpoint(px_ckpt* ck, ckpt_copy* k, char* path, size_t pathle
   const char* meta[] = {"pmx.version", version, "pmx.workers", workers, "pmx.server_id", server,
                         "pmx.incarnations", inc ? inc : "", "pmx.left", left ? left : "",
                         "pmx.momentum", k->mom ? "1" : "0", "pmx.shard", shard,
-                        "pmx.shards", shards};
+                        "pmx.shards", shards, "pmx.state",
+                        k->mom && ck->o.state ? ck->o.state : "none"};
   char name[64];
   px_ckpt_path(name, sizeof name, NULL, k->version);
   write_ctx ctx = {ck, k};

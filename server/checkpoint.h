@@ -18,8 +18,10 @@ typedef struct px_ckpt_opts {
   uint64_t every;           /* steps; 0 = off */
   double interval;          /* seconds; 0 = off */
   uint32_t keep;            /* files kept (the oldest are removed) */
-  bool momentum;            /* momentum state is written and restored */
+  bool momentum;            /* optimizer state (the "momentum" arrays) is written and restored */
   const char* server_id;    /* written into the metadata */
+  const char* state;        /* what that state is: "momentum", "adagrad" or "rmsprop"
+                             * (pmx.state; a checkpoint of another kind is not restored) */
 } px_ckpt_opts;
 
 typedef struct ckpt_copy ckpt_copy;

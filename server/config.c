@@ -27,6 +27,8 @@ static void set_defaults(px_config* cfg) {
   cfg->lr = 0.01;
   cfg->lr_schedule = "constant";
   cfg->optimizer = "sgd";
+  cfg->eps = -1; /* the optimizer's own default */
+  cfg->alpha = 0.99;
   cfg->lr_gamma = 0.1;
   cfg->chunk_bytes = 1u << 20;
   cfg->threads = px_ncpus();
@@ -54,6 +56,32 @@ static void set_defaults(px_config* cfg) {
   cfg->device = "cpu";
 }
 
+/* --optimizer and its hyper-parameters. 0, or 2 with err. */
+static int check_optimizer(px_config* cfg, char* err, size_t errlen) {
+  static const char* const names[] = {"sgd", "momentum", "nesterov", "adagrad", "rmsprop"};
+  int k = -1;
+  for (int i = 0; i < 5; i++)
+    if (strcmp(cfg->optimizer, names[i]) == 0) k = i;
+  if (k < 0) {
+    snprintf(err, errlen, "--optimizer: '%s' is not sgd, momentum, nesterov, adagrad or rmsprop",
+             cfg->optimizer);
+    return 2;
+  }
+  cfg->nesterov = k == 2;
+  cfg->opt_kind = k == 3 ? 1 : k == 4 ? 2 : 0; /* px_opt_kind */
+  if ((k == 1 || k == 2) && cfg->momentum == 0) {
+    snprintf(err, errlen, "--optimizer %s needs --momentum F (F > 0)", cfg->optimizer);
+    return 2;
+  }
+  if (k >= 3 && cfg->momentum != 0) {
+    snprintf(err, errlen, "--momentum is for sgd, momentum and nesterov, not --optimizer %s",
+             cfg->optimizer);
+    return 2;
+  }
+  if (cfg->eps < 0) cfg->eps = k == 3 ? 1e-10 : 1e-8;
+  return 0;
+}
+
 /* What the flag types alone cannot check: values and combinations. 0, or 2 with err. */
 static int check(px_config* cfg, char* err, size_t errlen) {
   int rc = 0;
@@ -66,16 +94,7 @@ static int check(px_config* cfg, char* err, size_t errlen) {
     snprintf(err, errlen, "--log-format: '%.40s' is not text or json", cfg->log_format);
     rc = 2;
   }
-  const bool sgd = strcmp(cfg->optimizer, "sgd") == 0;
-  cfg->nesterov = strcmp(cfg->optimizer, "nesterov") == 0;
-  if (rc == 0 && !sgd && !cfg->nesterov && strcmp(cfg->optimizer, "momentum") != 0) {
-    snprintf(err, errlen, "--optimizer: '%s' is not sgd, momentum or nesterov", cfg->optimizer);
-    rc = 2;
-  }
-  if (rc == 0 && !sgd && cfg->momentum == 0) {
-    snprintf(err, errlen, "--optimizer %s needs --momentum F (F > 0)", cfg->optimizer);
-    rc = 2;
-  }
+  if (rc == 0) rc = check_optimizer(cfg, err, errlen);
   const int kind = px_lr_kind_parse(cfg->lr_schedule);
   if (rc == 0 && kind < 0) {
     snprintf(err, errlen, "--lr-schedule: '%s' is not constant, step, cosine or linear-warmup",
@@ -193,8 +212,12 @@ int px_config_parse(px_config* cfg, int argc, char** argv, char* err, size_t err
        "servers that together hold the model (workers list them all, in shard order)"},
       {"lr", PX_FLAG_F64, &cfg->lr, 0, 1e6, "F", "SGD learning rate (the schedule's base)"},
       {"optimizer", PX_FLAG_STR, &cfg->optimizer, 0, 0, "NAME",
-       "sgd (with --momentum when given), momentum (sgd, needs --momentum) or nesterov "
-       "(Nesterov momentum, needs --momentum)"},
+       "sgd (with --momentum when given), momentum (sgd, needs --momentum), nesterov "
+       "(Nesterov momentum, needs --momentum), adagrad or rmsprop"},
+      {"eps", PX_FLAG_F64, &cfg->eps, 1e-30, 1, "F",
+       "adagrad and rmsprop: added to the square root (defaults 1e-10 and 1e-8, PyTorch's)"},
+      {"alpha", PX_FLAG_F64, &cfg->alpha, 0, 0.999999, "F",
+       "rmsprop: the decay of the average of squared gradients (default 0.99)"},
       {"lr-schedule", PX_FLAG_STR, &cfg->lr_schedule, 0, 0, "NAME",
        "constant, step, cosine or linear-warmup: the lr of each step by version"},
       {"lr-step-size", PX_FLAG_U64, &cfg->lr_step_size, 0, 1e15, "STEPS",

@@ -19,8 +19,10 @@ typedef struct px_config {
   char workers_from[48];         /* the same for --workers */
   char listen_adopted[64];       /* a TF_CONFIG ps task's own address ("": not adopted) */
   double lr, momentum, weight_decay;
-  const char* optimizer;        /* sgd, momentum (sgd, --momentum > 0) or nesterov */
+  const char* optimizer;        /* sgd, momentum, nesterov, adagrad, rmsprop */
   bool nesterov;                /* --optimizer nesterov */
+  int opt_kind;                 /* px_opt_kind (backend.h) */
+  double eps, alpha;            /* adagrad, rmsprop (eps: their defaults when not given) */
   const char* lr_schedule;      /* constant, step, cosine, linear-warmup (lr_schedule.h) */
   uint64_t lr_step_size, lr_total_steps, lr_warmup_steps;
   double lr_gamma, lr_min;

@@ -143,6 +143,8 @@ int main(int argc, char** argv) {
            cfg.token_file ? ", bearer token required" : "",
            cfg.compression ? "" : ", compression off");
 
+  if (cfg.opt_kind == 1) px_info("optimizer adagrad, eps %g", cfg.eps);
+  if (cfg.opt_kind == 2) px_info("optimizer rmsprop, eps %g, alpha %g", cfg.eps, cfg.alpha);
   if (cfg.sched.kind != PX_LR_CONSTANT || cfg.sched.warmup) {
     char sched[160];
     px_lr_sched_describe(&cfg.sched, sched, sizeof sched);

@@ -44,6 +44,21 @@ static bool shard_mismatch(px_ckpt* ck, px_st_file* f, char* err, size_t errlen)
   return true;
 }
 
+/* Whether f holds optimizer state of another kind than this server keeps (a momentum
+ * buffer is not an Adagrad sum); files without pmx.state hold momentum when pmx.momentum
+ * is 1. A file without state restores into any server (its state starts fresh). */
+static bool state_mismatch(px_ckpt* ck, const px_st_file* f, char* err, size_t errlen) {
+  const char* st = px_st_meta(f, "pmx.state");
+  const char* mom = px_st_meta(f, "pmx.momentum");
+  const char* has = st ? st : mom && strcmp(mom, "1") == 0 ? "momentum" : "none";
+  if (strcmp(has, "none") == 0) return false;
+  const char* want = ck->o.momentum && ck->o.state ? ck->o.state : "none";
+  if (strcmp(has, want) == 0 || strcmp(want, "none") == 0) return false;
+  snprintf(err, errlen, "it holds %s state, and this server's optimizer keeps %s state (start "
+           "it with the --optimizer that wrote it)", has, want);
+  return true;
+}
+
 /* Loads one checkpoint file into the (empty) store. */
 static int restore_file(px_ckpt* ck, const char* path, uint64_t* version, char* err,
                         size_t errlen) {
@@ -59,7 +74,7 @@ static int restore_file(px_ckpt* ck, const char* path, uint64_t* version, char* 
   } else if (!ws || strtoul(ws, NULL, 10) != ck->members->n) {
     snprintf(err, errlen, "written for %s workers, this server has --workers %u",
              ws ? ws : "?", ck->members->n);
-  } else if (!shard_mismatch(ck, f, err, errlen)) {
+  } else if (!state_mismatch(ck, f, err, errlen) && !shard_mismatch(ck, f, err, errlen)) {
     rc = 0;
     size_t n = px_st_count(f);
     for (size_t i = 0; rc == 0 && i < n; i++) {

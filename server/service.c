@@ -101,7 +101,8 @@ static int rooms_init(px_server* srv, char* err, size_t errlen) {
   const px_config* cfg = &srv->cfg;
   px_backend_opts bo = {cfg->device, cfg->gpu_ids, cfg->ngpus, cfg->chunk_bytes,
                         {(float)cfg->lr, (float)cfg->momentum, (float)cfg->weight_decay,
-                         cfg->nesterov},
+                         cfg->nesterov, (px_opt_kind)cfg->opt_kind, (float)cfg->eps,
+                         (float)cfg->alpha},
                         cfg->threads};
   int brc = px_backend_create(&bo, &srv->backend, err, errlen);
   if (brc != 0) return brc;
@@ -131,8 +132,10 @@ static int rooms_init(px_server* srv, char* err, size_t errlen) {
     snprintf(srv->ckpt_dir, sizeof srv->ckpt_dir, "%s/shard-%u", dir, cfg->shard);
     dir = srv->ckpt_dir;
   }
+  static const char* const states[] = {"momentum", "adagrad", "rmsprop"};
   px_ckpt_opts co = {dir,       cfg->checkpoint_every, cfg->checkpoint_interval,
-                     cfg->keep, cfg->momentum != 0,    srv->server_id};
+                     cfg->keep, cfg->momentum != 0 || cfg->opt_kind != 0, srv->server_id,
+                     states[cfg->opt_kind]};
   if (px_ckpt_init(&srv->ckpt, &co, &srv->store, &srv->members, err, errlen) != 0) return -1;
   if (px_gen_init(&srv->gen, dir, err, errlen) != 0) return -1;
   px_agg_opts ao = {cfg->sched, cfg->workers, cfg->chunk_bytes, cfg->hold_bytes, cfg->elastic};

@@ -35,10 +35,24 @@
 #include <stdint.h>
 
 /* The optimizer's hyper-parameters (the arithmetic: optimizer.h). */
+typedef enum {
+  PX_OPT_SGD = 0,     /* SGD, with momentum when momentum != 0 (nesterov: Nesterov's) */
+  PX_OPT_ADAGRAD = 1, /* per-element sum of squared gradients */
+  PX_OPT_RMSPROP = 2, /* per-element running average of squared gradients (alpha) */
+} px_opt_kind;
+
 typedef struct px_sgd {
   float lr, momentum, weight_decay;
-  bool nesterov; /* Nesterov momentum (needs momentum != 0) */
+  bool nesterov;      /* Nesterov momentum (needs momentum != 0) */
+  px_opt_kind kind;
+  float eps, alpha;   /* adagrad and rmsprop: added to the square root; rmsprop's decay */
 } px_sgd;
+
+/* Whether o keeps one f32 of state per element (the momentum buffer, Adagrad's sum,
+ * RMSprop's average): the "momentum" arrays of the backends and the checkpoints. */
+static inline bool px_sgd_has_state(const px_sgd* o) {
+  return o->kind != PX_OPT_SGD || o->momentum != 0.0f;
+}
 
 /* A tensor as a backend sees it. Chunk i holds elements [i * chunk_elems, min(numel,
  * (i + 1) * chunk_elems)). */

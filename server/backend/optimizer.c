@@ -17,6 +17,8 @@
 #define PX_CLONES
 #endif
 
+#include <math.h>
+
 #define BLOCK 16
 
 static inline __attribute__((always_inline)) float sgd_one(float p, float* mom, float s, float nw,
@@ -56,10 +58,55 @@ static inline __attribute__((always_inline)) void sgd_loop(float* restrict p, fl
     else sgd_loop(p, mom, sum, n, nw, lr, mu, wd, WD_, true, false, false);               \
   } while (0)
 
+/* Adagrad and RMSprop, one element (the order of operations of optimizer.h):
+ *   g = s / nw; if (WD) g = g + wd * p;
+ *   adagrad: v = FIRST ? g * g : v + g * g
+ *   rmsprop: v = FIRST ? om * (g * g) : alpha * v + om * (g * g)      (om = 1 - alpha)
+ *   p = p - lr * (g / (sqrt(v) + eps)) */
+static inline __attribute__((always_inline)) float adaptive_one(float p, float* v, float s,
+                                                                float nw, float lr, float wd,
+                                                                float eps, float alpha,
+                                                                float om, const bool WD,
+                                                                const bool FIRST,
+                                                                const bool RMS) {
+  float g = s / nw;
+  if (WD) g = g + wd * p;
+  const float gg = g * g;
+  const float nv = RMS ? (FIRST ? om * gg : alpha * *v + om * gg) : (FIRST ? gg : *v + gg);
+  *v = nv;
+  return p - lr * (g / (sqrtf(nv) + eps));
+}
+
+static void adaptive_apply(const px_sgd* o, float* restrict p, float* restrict v, bool first,
+                           const float* restrict sum, size_t n, float nw) {
+  const float lr = o->lr, wd = o->weight_decay, eps = o->eps, alpha = o->alpha;
+  const float om = 1.0f - alpha;
+  const bool WD = wd != 0.0f, RMS = o->kind == PX_OPT_RMSPROP;
+#define ADAPTIVE(WD_, FIRST_, RMS_)                                                       \
+  for (size_t i = 0; i < n; i++)                                                          \
+    p[i] = adaptive_one(p[i], &v[i], sum[i], nw, lr, wd, eps, alpha, om, WD_, FIRST_, RMS_)
+  if (RMS) {
+    if (WD && first) ADAPTIVE(true, true, true);
+    else if (WD) ADAPTIVE(true, false, true);
+    else if (first) ADAPTIVE(false, true, true);
+    else ADAPTIVE(false, false, true);
+  } else {
+    if (WD && first) ADAPTIVE(true, true, false);
+    else if (WD) ADAPTIVE(true, false, false);
+    else if (first) ADAPTIVE(false, true, false);
+    else ADAPTIVE(false, false, false);
+  }
+#undef ADAPTIVE
+}
+
 PX_CLONES
 void px_sgd_apply(const px_sgd* o, float* restrict p, float* restrict mom, bool first,
                    const float* restrict sum, size_t n, uint32_t nworkers) {
   const float nw = (float)nworkers;
+  if (o->kind != PX_OPT_SGD) {
+    adaptive_apply(o, p, mom, first, sum, n, nw);
+    return;
+  }
   const float lr = o->lr, mu = o->momentum, wd = o->weight_decay;
   const bool WD = wd != 0.0f, MU = mu != 0.0f, nest = o->nesterov;
   /* every combination with its own loop: no branch inside, so it vectorizes */

@@ -11,10 +11,15 @@
 
 #include "backend/backend.h"
 
-/* One SGD step on n elements from the rank-ordered gradient sum of nworkers workers:
- *   g = sum / nworkers; if (wd) g = g + wd * p; if (momentum) { m = first ? g : momentum*m + g;
- *   g = nesterov ? g + momentum * m : m; } p = p - lr * g.
- * (PyTorch's SGD with dampening 0, nesterov on or off.) */
+/* One optimizer step on n elements from the rank-ordered gradient sum of nworkers workers;
+ * mom is the state (px_sgd_has_state), first: the state was never written.
+ *   g = sum / nworkers; if (wd) g = g + wd * p;
+ *   sgd:     if (momentum) { m = first ? g : momentum*m + g; g = nesterov ? g + momentum*m : m; }
+ *            p = p - lr * g     (PyTorch's SGD with dampening 0, nesterov on or off)
+ *   adagrad: v = first ? g*g : v + g*g;                          p = p - lr * (g / (sqrt(v) + eps))
+ *   rmsprop: v = first ? (1-alpha)*(g*g) : alpha*v + (1-alpha)*(g*g); the same p
+ *            (PyTorch's Adagrad with lr_decay 0 and initial accumulator 0; RMSprop without
+ *            momentum, not centered; 1 - alpha rounded to f32 once) */
 void px_sgd_apply(const px_sgd* o, float* p, float* mom, bool first, const float* sum, size_t n,
                   uint32_t nworkers);
 /* acc[i] += g[i] for i in [0, n), in order (vectorized; the same bits as the scalar loop). */

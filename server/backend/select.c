@@ -31,7 +31,7 @@ int px_backend_create(const px_backend_opts* o, px_backend** out, char* err, siz
   px_backend* b = *out;
   b->sgd = o->sgd;
   b->chunk_bytes = o->chunk_bytes;
-  b->momentum = o->sgd.momentum != 0;
+  b->momentum = px_sgd_has_state(&o->sgd);
   return 0;
 }
 

@@ -130,6 +130,8 @@ typedef struct scenario {
                        * subnormal (f32 below 2^-126, f16 below 2^-14): a device that
                        * flushed them to zero would differ from the cpu */
   bool nesterov;      /* Nesterov momentum */
+  int kind;           /* px_opt_kind: adagrad and rmsprop keep their state in "momentum" */
+  float eps, alpha;
 } scenario;
 
 static float scale_of(const scenario* sc) { return sc->scale != 0.0f ? sc->scale : 1.0f; }
@@ -160,7 +162,8 @@ static px_be_tensor* g_bt;
 static bool* g_first; /* [nchunks]: no momentum step yet (kept by the caller, as the store does) */
 
 static void backend_up(const scenario* sc, const char* dev) {
-  px_backend_opts o = {dev, NULL, 0, CHUNK_BYTES, {sc->lr, sc->momentum, sc->wd, sc->nesterov}, 1};
+  px_backend_opts o = {dev, NULL, 0, CHUNK_BYTES, {.lr = sc->lr, .momentum = sc->momentum, .weight_decay = sc->wd, .nesterov = sc->nesterov,
+                        .kind = (px_opt_kind)sc->kind, .eps = sc->eps, .alpha = sc->alpha}, 1};
   char err[512] = "";
   if (px_backend_create(&o, &g_be, err, sizeof err) != 0) fail_msg("backend %s: %s", dev, err);
 }
@@ -251,7 +254,8 @@ static uint32_t run(const scenario* sc, const char* dev, outlog* log) {
         float* mom = malloc(m * sizeof(float));
         assert_non_null(mom);
         for (size_t i = 0; i < m; i++)
-          mref[off + i] = mom[i] = 0.25f * scale_of(sc) * val(7, k, i);
+          mref[off + i] = mom[i] = 0.25f * scale_of(sc) * (sc->kind ? fabsf(val(7, k, i))
+                                                                       : val(7, k, i));
         b->ops->chunk_load(b, g_bt, k, mom);
         g_first[k] = false;
         free(mom);
@@ -282,6 +286,15 @@ static uint32_t run(const scenario* sc, const char* dev, outlog* log) {
       for (size_t i = 0; i < m; i++) {
         float gr = sum[i] / (float)sc->workers, p = pref[off + i];
         if (sc->wd != 0.0f) gr = gr + sc->wd * p;
+        if (sc->kind != 0) { /* adagrad, rmsprop: optimizer.h's formulas */
+          const float sq = gr * gr, om = 1.0f - sc->alpha, was = mref[off + i];
+          const bool fresh = first && !restore_step;
+          const float vv = sc->kind == 2 ? (fresh ? om * sq : sc->alpha * was + om * sq)
+                                         : (fresh ? sq : was + sq);
+          mref[off + i] = vv;
+          pref[off + i] = round_to(sc->dtype, p - sc->lr * (gr / (sqrtf(vv) + sc->eps)));
+          continue;
+        }
         if (sc->momentum != 0.0f) {
           float mm = first && !restore_step ? gr : sc->momentum * mref[off + i] + gr;
           mref[off + i] = mm;
@@ -383,39 +396,53 @@ static void conform(const scenario* sc) {
 
 static void test_f32_plain(void** state) {
   (void)state;
-  const scenario sc = {"f32-plain", PX_DT_F32, PX_DT_F32, 3000, 3, 0.5f, 0, 0, 2, true, true, 0, false};
+  const scenario sc = {"f32-plain", PX_DT_F32, PX_DT_F32, 3000, 3, 0.5f, 0, 0, 2, true, true, 0, false, 0, 0.0f, 0.0f};
   conform(&sc);
 }
 
 static void test_f32_momentum_wd_bf16_pushes(void** state) {
   (void)state;
   const scenario sc = {"f32-momentum", PX_DT_F32, PX_DT_BF16, 2500, 4, 0.1f, 0.9f, 0.01f, 3,
-                       true, true, 0, false};
+                       true, true, 0, false, 0, 0.0f, 0.0f};
   conform(&sc);
 }
 
 static void test_f32_nesterov_wd(void** state) {
   (void)state;
   const scenario sc = {"f32-nesterov", PX_DT_F32, PX_DT_F32, 2300, 3, 0.1f, 0.9f, 0.01f, 3,
-                       true, true, 0, true};
+                       true, true, 0, true, 0, 0.0f, 0.0f};
+  conform(&sc);
+}
+
+static void test_f32_adagrad(void** state) {
+  (void)state;
+  const scenario sc = {"f32-adagrad", PX_DT_F32, PX_DT_F32, 2200, 3, 0.05f, 0, 0.01f, 3,
+                       true, true, 0, false, 1, 1e-10f, 0.0f};
+  conform(&sc);
+}
+
+static void test_bf16_rmsprop(void** state) {
+  (void)state;
+  const scenario sc = {"bf16-rmsprop", PX_DT_BF16, PX_DT_BF16, 1800, 2, 0.01f, 0, 0, 3,
+                       false, true, 0, false, 2, 1e-8f, 0.9f};
   conform(&sc);
 }
 
 static void test_bf16_tensor(void** state) {
   (void)state;
-  const scenario sc = {"bf16", PX_DT_BF16, PX_DT_BF16, 2100, 2, 0.25f, 0.9f, 0, 3, false, true, 0, false};
+  const scenario sc = {"bf16", PX_DT_BF16, PX_DT_BF16, 2100, 2, 0.25f, 0.9f, 0, 3, false, true, 0, false, 0, 0.0f, 0.0f};
   conform(&sc);
 }
 
 static void test_f16_tensor(void** state) {
   (void)state;
-  const scenario sc = {"f16", PX_DT_F16, PX_DT_F16, 1500, 3, 0.125f, 0, 0.01f, 2, false, true, 0, false};
+  const scenario sc = {"f16", PX_DT_F16, PX_DT_F16, 1500, 3, 0.125f, 0, 0.01f, 2, false, true, 0, false, 0, 0.0f, 0.0f};
   conform(&sc);
 }
 
 static void test_no_outputs(void** state) {
   (void)state;
-  const scenario sc = {"bare", PX_DT_F32, PX_DT_F32, 2049, 1, 0.5f, 0.5f, 0, 2, false, false, 0, false};
+  const scenario sc = {"bare", PX_DT_F32, PX_DT_F32, 2049, 1, 0.5f, 0.5f, 0, 2, false, false, 0, false, 0, 0.0f, 0.0f};
   conform(&sc);
 }
 
@@ -424,7 +451,7 @@ static void test_no_outputs(void** state) {
 static void test_f16_subnormal(void** state) {
   (void)state;
   const scenario sc = {"f16-subnormal", PX_DT_F16, PX_DT_F16, 2100, 3, 0.5f, 0.9f, 0, 3,
-                       false, true, 0x1p-15f, false};
+                       false, true, 0x1p-15f, false, 0, 0.0f, 0.0f};
   conform(&sc);
 }
 
@@ -433,7 +460,7 @@ static void test_f16_subnormal(void** state) {
 static void test_f32_subnormal(void** state) {
   (void)state;
   const scenario sc = {"f32-subnormal", PX_DT_F32, PX_DT_F32, 2500, 2, 0.25f, 0.5f, 0.5f, 3,
-                       true, true, 0x1p-125f, false};
+                       true, true, 0x1p-125f, false, 0, 0.0f, 0.0f};
   conform(&sc);
 }
 
@@ -538,7 +565,7 @@ static void test_concurrent_chunks(void** state) {
   (void)state;
   /* 41 chunks of 1024 elements (4K chunks), the last one partial */
   const scenario sc = {"concurrent", PX_DT_F32, PX_DT_BF16, 40 * 1024 + 300, 4, 0.1f, 0.9f,
-                       0.01f, 3, true, true, 0, false};
+                       0.01f, 3, true, true, 0, false, 0, 0.0f, 0.0f};
   uint32_t ndev = 0, ndev_cpu = 0;
   size_t len = 0, len_cpu = 0;
   uint8_t* mine = run_mt(&sc, g_dev, 8, &ndev, &len);
@@ -575,6 +602,8 @@ int px_conformance_main(const char* dev) {
       cmocka_unit_test(test_f32_plain),
       cmocka_unit_test(test_f32_momentum_wd_bf16_pushes),
       cmocka_unit_test(test_f32_nesterov_wd),
+      cmocka_unit_test(test_f32_adagrad),
+      cmocka_unit_test(test_bf16_rmsprop),
       cmocka_unit_test(test_bf16_tensor),
       cmocka_unit_test(test_f16_tensor),
       cmocka_unit_test(test_no_outputs),

@@ -154,7 +154,7 @@ int main(int argc, char** argv) {
   }
   px_log_init("backend-bench", PX_LOG_WARN);
   const size_t chunk_bytes = 1u << 20;
-  px_backend_opts o = {device, NULL, 0, chunk_bytes, {0.01f, 0.9f, 1e-4f, false}, threads};
+  px_backend_opts o = {device, NULL, 0, chunk_bytes, {.lr = 0.01f, .momentum = 0.9f, .weight_decay = 1e-4f, .nesterov = false}, threads};
   bench b = {0};
   char err[512];
   int rc = px_backend_create(&o, &b.be, err, sizeof err);

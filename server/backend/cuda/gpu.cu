@@ -464,6 +464,10 @@ int px_gpu_step(px_gpu* g, px_gpu_chunk* c, const px_gpu_step_args* a, char* err
   k.nw = (float)a->ncontrib;
   k.first = a->first;
   k.nest = a->nesterov;
+  k.kind = a->kind;
+  k.eps = a->eps;
+  k.alpha = a->alpha;
+  k.om = 1.0f - a->alpha;
   k.n = n;
   int rc = 0;
   CU("cudaSetDevice", cudaSetDevice(d->id));

@@ -68,6 +68,8 @@ int px_gpu_accumulate(px_gpu* g, px_gpu_chunk* c, uint32_t rank, const float* x,
 typedef struct px_gpu_step_args {
   float lr, momentum, weight_decay;
   int nesterov;
+  int kind;             /* px_opt_kind */
+  float eps, alpha;
   uint32_t ncontrib;
   int first;            /* first momentum step */
   void* params_out;     /* new parameters (required) */

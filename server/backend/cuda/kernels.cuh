@@ -68,6 +68,8 @@ struct step_k {
   float lr, mu, wd, nw;
   int first;
   int nest; /* Nesterov momentum */
+  int kind;  /* px_opt_kind: 0 sgd, 1 adagrad, 2 rmsprop */
+  float eps, alpha, om; /* om = 1 - alpha, rounded once (as optimizer.c) */
   size_t n;
 };
 
@@ -92,7 +94,16 @@ static __global__ void k_step(void* __restrict__ params, float* __restrict__ mom
     }
     float g = __fdiv_rn(sum[i], a.nw);
     float q;
-    if (a.mu == 0.0f && a.wd == 0.0f) {
+    if (a.kind != 0) { /* adagrad (1), rmsprop (2): optimizer.h's order of operations */
+      if (a.wd != 0.0f) g = __fadd_rn(g, __fmul_rn(a.wd, p));
+      const float gg = __fmul_rn(g, g);
+      const float nv = a.kind == 2 ? (a.first ? __fmul_rn(a.om, gg)
+                                              : __fadd_rn(__fmul_rn(a.alpha, mom[i]),
+                                                          __fmul_rn(a.om, gg)))
+                                   : (a.first ? gg : __fadd_rn(mom[i], gg));
+      mom[i] = nv;
+      q = __fsub_rn(p, __fmul_rn(a.lr, __fdiv_rn(g, __fadd_rn(__fsqrt_rn(nv), a.eps))));
+    } else if (a.mu == 0.0f && a.wd == 0.0f) {
       q = __fsub_rn(p, __fmul_rn(a.lr, g));
     } else {
       if (a.wd != 0.0f) g = __fadd_rn(g, __fmul_rn(a.wd, p));

@@ -795,7 +795,7 @@ static void test_unusable_dir(void** state) {
   assert_non_null(fp);
   fclose(fp);
   px_ckpt ck;
-  px_ckpt_opts o = {file, 0, 0, 3, false, "id"};
+  px_ckpt_opts o = {file, 0, 0, 3, false, "id", "momentum"};
   char err[512] = "";
   assert_int_equal(px_ckpt_init(&ck, &o, &s->store, &s->members, err, sizeof err), -1);
   char want[600];

@@ -8,6 +8,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 #include "backend/optimizer.h"
@@ -21,7 +22,7 @@ static void assert_floats(const float* got, const float* want, size_t n) {
 
 static void test_plain_sgd(void** state) {
   (void)state;
-  px_sgd o = {0.5f, 0.0f, 0.0f, false};
+  px_sgd o = {.lr = 0.5f, .momentum = 0.0f, .weight_decay = 0.0f, .nesterov = false};
   float p[] = {1, 1, -3, 0};
   const float sum[] = {4, -2, 1, 8};
   /* g = sum / 2 = {2, -1, 0.5, 4}; p -= 0.5 g */
@@ -36,7 +37,7 @@ static void test_plain_sgd(void** state) {
 
 static void test_mean_over_workers(void** state) {
   (void)state;
-  px_sgd o = {1.0f, 0.0f, 0.0f, false};
+  px_sgd o = {.lr = 1.0f, .momentum = 0.0f, .weight_decay = 0.0f, .nesterov = false};
   const float sum[] = {6, -12};
   float p1[] = {0, 0}, p3[] = {0, 0}, p4[] = {0, 0};
   px_sgd_apply(&o, p1, NULL, true, sum, 2, 1);
@@ -50,7 +51,7 @@ static void test_mean_over_workers(void** state) {
 
 static void test_weight_decay(void** state) {
   (void)state;
-  px_sgd o = {0.25f, 0.0f, 0.5f, false};
+  px_sgd o = {.lr = 0.25f, .momentum = 0.0f, .weight_decay = 0.5f, .nesterov = false};
   float p[] = {2, -4};
   float mom[] = {77, 77}; /* no momentum: never touched */
   const float sum[] = {2, 1};
@@ -64,7 +65,7 @@ static void test_weight_decay(void** state) {
 
 static void test_momentum_first_and_later_steps(void** state) {
   (void)state;
-  px_sgd o = {0.5f, 0.5f, 0.0f, false};
+  px_sgd o = {.lr = 0.5f, .momentum = 0.5f, .weight_decay = 0.0f, .nesterov = false};
   float p[] = {1, 2};
   float mom[] = {100, -100}; /* garbage: the first step must not read it */
   /* step 1: g = {8,-4}/4 = {2,-1}; buf = g; p -= 0.5 buf */
@@ -90,7 +91,7 @@ static void test_momentum_first_and_later_steps(void** state) {
 /* Nesterov by hand: buf as with momentum, then g + mu * buf is applied. */
 static void test_nesterov(void** state) {
   (void)state;
-  px_sgd o = {0.5f, 0.5f, 0.0f, true};
+  px_sgd o = {.lr = 0.5f, .momentum = 0.5f, .weight_decay = 0.0f, .nesterov = true};
   float p[] = {1, 2};
   float mom[] = {100, -100};
   /* step 1: g = {2,-1}; buf = g = {2,-1}; d = g + 0.5 buf = {3,-1.5}; p -= 0.5 d */
@@ -109,7 +110,7 @@ static void test_nesterov(void** state) {
 
 static void test_momentum_with_weight_decay(void** state) {
   (void)state;
-  px_sgd o = {0.5f, 0.5f, 0.5f, false};
+  px_sgd o = {.lr = 0.5f, .momentum = 0.5f, .weight_decay = 0.5f, .nesterov = false};
   float p[] = {2};
   float mom[] = {-9};
   /* step 1: g = 2/2 + 0.5*2 = 2; buf = 2; p = 2 - 1 = 1 */
@@ -126,13 +127,42 @@ static void test_momentum_with_weight_decay(void** state) {
 
 static void test_zero_elements(void** state) {
   (void)state;
-  px_sgd o = {0.5f, 0.9f, 0.1f, false};
+  px_sgd o = {.lr = 0.5f, .momentum = 0.9f, .weight_decay = 0.1f, .nesterov = false};
   float p[] = {3};
   float mom[] = {4};
   const float sum[] = {5};
   px_sgd_apply(&o, p, mom, true, sum, 0, 1);
   assert_true(p[0] == 3.0f);
   assert_true(mom[0] == 4.0f);
+}
+
+/* Adagrad and RMSprop by hand (values whose square roots are exact). */
+static void test_adagrad_rmsprop(void** state) {
+  (void)state;
+  px_sgd ada = {.lr = 0.5f, .kind = PX_OPT_ADAGRAD, .eps = 0.0f};
+  float p[] = {1, 2}, v[] = {100, 100};
+  /* g = {3, -4}; v = g^2 = {9, 16}; p -= 0.5 * g / sqrt(v) = 0.5 * {1, -1} */
+  const float s1[] = {6, -8};
+  px_sgd_apply(&ada, p, v, true, s1, 2, 2);
+  const float p1[] = {0.5f, 2.5f}, v1[] = {9, 16};
+  assert_floats(v, v1, 2);
+  assert_floats(p, p1, 2);
+  /* g = {4, 0}; v = {25, 16}; p -= 0.5 * {4/5, 0} */
+  const float s2[] = {8, 0};
+  px_sgd_apply(&ada, p, v, false, s2, 2, 2);
+  const float p2[] = {0.5f - 0.4f, 2.5f}, v2[] = {25, 16};
+  assert_floats(v, v2, 2);
+  assert_floats(p, p2, 2);
+  px_sgd rms = {.lr = 1.0f, .kind = PX_OPT_RMSPROP, .eps = 0.0f, .alpha = 0.75f};
+  float q[] = {0}, w[] = {-7};
+  /* g = 2; v = 0.25 * 4 = 1; q -= 2 / 1 */
+  const float t1[] = {2};
+  px_sgd_apply(&rms, q, w, true, t1, 1, 1);
+  assert_true(w[0] == 1.0f && q[0] == -2.0f);
+  /* g = 4; v = 0.75 * 1 + 0.25 * 16 = 4.75; q -= 4 / sqrt(4.75) */
+  const float t2[] = {4};
+  px_sgd_apply(&rms, q, w, false, t2, 1, 1);
+  assert_true(w[0] == 4.75f && q[0] == -2.0f - 4.0f / sqrtf(4.75f));
 }
 
 /* ---- bit-exact against a reference ----------------------------------------------------- */
@@ -161,6 +191,46 @@ static void ref_sgd(float lr, float mu, float wd, bool nesterov, float* p, float
   }
 }
 
+/* Adagrad and RMSprop from their formulas (optimizer.h), one element at a time. */
+static void ref_adaptive(const px_sgd* o, float* p, float* v, bool first, const float* sum,
+                         size_t n, uint32_t nworkers) {
+  const float om = 1.0f - o->alpha;
+  for (size_t i = 0; i < n; i++) {
+    float g = sum[i] / (float)nworkers;
+    if (o->weight_decay != 0.0f) g = g + o->weight_decay * p[i];
+    float sq = g * g;
+    if (o->kind == PX_OPT_ADAGRAD) v[i] = first ? sq : v[i] + sq;
+    else v[i] = first ? om * sq : o->alpha * v[i] + om * sq;
+    float denom = sqrtf(v[i]) + o->eps;
+    p[i] = p[i] - o->lr * (g / denom);
+  }
+}
+
+static void test_adaptive_bit_exact_random(void** state) {
+  (void)state;
+  enum { n = 777 };
+  static float p[n], pr[n], v[n], vr[n], sum[n];
+  const px_sgd opts[] = {
+      {.lr = 0.01f, .kind = PX_OPT_ADAGRAD, .eps = 1e-10f},
+      {.lr = 0.01f, .weight_decay = 1e-3f, .kind = PX_OPT_ADAGRAD, .eps = 1e-10f},
+      {.lr = 0.01f, .kind = PX_OPT_RMSPROP, .eps = 1e-8f, .alpha = 0.99f},
+      {.lr = 0.003f, .weight_decay = 1e-2f, .kind = PX_OPT_RMSPROP, .eps = 1e-8f, .alpha = 0.9f}};
+  rng_state = 0x2545f4914f6cdd1dull;
+  for (size_t k = 0; k < N_OF(opts); k++) {
+    for (size_t i = 0; i < n; i++) {
+      p[i] = pr[i] = rnd(-2, 2);
+      v[i] = vr[i] = rnd(0, 1);
+    }
+    for (int step = 0; step < 6; step++) {
+      for (size_t i = 0; i < n; i++) sum[i] = rnd(-3, 3);
+      px_sgd_apply(&opts[k], p, v, step == 0, sum, n, 3);
+      ref_adaptive(&opts[k], pr, vr, step == 0, sum, n, 3);
+      if (memcmp(p, pr, sizeof p) != 0 || memcmp(v, vr, sizeof v) != 0)
+        fail_msg("optimizer %zu differs from its formula at step %d", k, step);
+    }
+  }
+}
+
 static void test_bit_exact_random(void** state) {
   (void)state;
   const size_t n = 1037; /* not a multiple of any vector width */
@@ -182,7 +252,7 @@ static void test_bit_exact_random(void** state) {
     for (size_t b = 0; b < N_OF(wds); b++) {
       for (size_t c = 0; c < N_OF(nws); c++) {
         const bool nest = a == N_OF(mus);
-        px_sgd o = {0.01f, nest ? 0.9f : mus[a], wds[b], nest};
+        px_sgd o = {.lr = 0.01f, .momentum = nest ? 0.9f : mus[a], .weight_decay = wds[b], .nesterov = nest};
         for (size_t i = 0; i < n; i++) {
           p[i] = pr[i] = rnd(-3, 3);
           m[i] = mr[i] = rnd(-1, 1);
@@ -246,6 +316,8 @@ int main(void) {
       cmocka_unit_test(test_weight_decay),
       cmocka_unit_test(test_momentum_first_and_later_steps),
       cmocka_unit_test(test_nesterov),
+      cmocka_unit_test(test_adagrad_rmsprop),
+      cmocka_unit_test(test_adaptive_bit_exact_random),
       cmocka_unit_test(test_momentum_with_weight_decay),
       cmocka_unit_test(test_zero_elements),
       cmocka_unit_test(test_bit_exact_random),

@@ -12,7 +12,7 @@
 
 static void test_cpu(void** state) {
   (void)state;
-  px_backend_opts o = {"cpu", NULL, 0, 1u << 20, {0.5f, 0.9f, 0.01f, false}, 3};
+  px_backend_opts o = {"cpu", NULL, 0, 1u << 20, {.lr = 0.5f, .momentum = 0.9f, .weight_decay = 0.01f, .nesterov = false}, 3};
   px_backend* b = NULL;
   char err[256] = "";
   assert_int_equal(px_backend_create(&o, &b, err, sizeof err), 0);
@@ -34,7 +34,7 @@ static void test_cpu(void** state) {
 
 static void test_unknown_device(void** state) {
   (void)state;
-  px_backend_opts o = {"tpu", NULL, 0, 4096, {0.1f, 0, 0, false}, 1};
+  px_backend_opts o = {"tpu", NULL, 0, 4096, {.lr = 0.1f, .momentum = 0, .weight_decay = 0, .nesterov = false}, 1};
   px_backend* b = (px_backend*)&o; /* overwritten */
   char err[256] = "";
   assert_int_equal(px_backend_create(&o, &b, err, sizeof err), -2);
@@ -48,7 +48,7 @@ static void test_cuda_refusal(void** state) {
   char why[256];
   if (px_backend_cuda_available(why, sizeof why)) skip();
   assert_true(why[0] != 0);
-  px_backend_opts o = {"cuda", NULL, 0, 4096, {0.1f, 0, 0, false}, 1};
+  px_backend_opts o = {"cuda", NULL, 0, 4096, {.lr = 0.1f, .momentum = 0, .weight_decay = 0, .nesterov = false}, 1};
   px_backend* b = NULL;
   char err[512] = "";
   int rc = px_backend_create(&o, &b, err, sizeof err);

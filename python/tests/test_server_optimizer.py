@@ -1,8 +1,10 @@
-"""--lr-schedule and --optimizer nesterov over real pushes: the parameters after each step equal a numpy reference
-that computes the schedule from PyTorch's formulas (in Python floats, rounded once to
-float32, as lr_schedule.h says) and the server's SGD step in float32, bit for bit; the
-same after a restart from a checkpoint (the lr depends on the version alone); and the
-start-up errors of bad schedule flags."""
+"""The server's optimizers and learning-rate schedules over real pushes, each bit for bit
+against a numpy reference written from the formulas (PyTorch's; README, Semantics):
+--lr-schedule step / cosine with warm-up / linear-warmup (the lr computed in Python
+floats and rounded once to float32), --optimizer nesterov with weight decay, adagrad and
+rmsprop; the schedule and the optimizer state across a restart from a checkpoint; a
+checkpoint of one optimizer's state refused by another; and the start-up errors of bad
+flags."""
 import math
 import subprocess
 
@@ -82,10 +84,10 @@ def test_schedule_bit_exact(server, flags, sched):
     assert got.tobytes() != reference(8, 2, lr=0.3, kind="constant").tobytes()
 
 
-def test_schedule_survives_a_restart(server, tmp_path):
-    ckpt = tmp_path / "ckpt"
-    args = ("--workers", "2", "--lr", "0.3", "--lr-schedule", "step", "--lr-step-size", "2",
-            "--lr-gamma", "0.5", "--checkpoint-dir", str(ckpt), "--checkpoint-every", "3")
+def crash_after_checkpoint_3(server, args, ckpt):
+    """4 steps on a server started with args, the server SIGKILLed once its checkpoint of
+    version 3 is complete; then a restart on its port and both workers resumed: their
+    clients and the step to go on from."""
     srv = server(*args)
     c2 = [paramex.Client(srv.addr, rank=r, world_size=2) for r in range(2)]
     for c in c2:
@@ -93,19 +95,35 @@ def test_schedule_survives_a_restart(server, tmp_path):
     run(c2, 4)
     for c in c2:
         c.close(abort=True)
-    done = ckpt / "ckpt-00000000000000000003.safetensors"
-    wait_until(done.exists, "the checkpoint of version 3")
+    wait_until((ckpt / "ckpt-00000000000000000003.safetensors").exists, "the checkpoint")
     srv.kill()
+    return srv
+
+
+def resume(server, args, srv):
     srv2 = server(*args, listen=srv.addr)
     c2 = [paramex.Client(srv2.addr, rank=r, world_size=2) for r in range(2)]
     out = np.empty(N, np.float32)
     for c in c2:
         c.declare("w", N)
     steps = [c.resume({"w": out}) for c in c2]
-    assert steps == [4, 4] or steps == [3, 3]
-    got = run(c2, 8, start=steps[0])
+    assert steps == [3, 3]
+    return c2, 3
+
+
+def finish(c2, start, steps):
+    got = run(c2, steps, start=start)
     for c in c2:
         c.close()
+    return got
+
+
+def test_schedule_survives_a_restart(server, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    args = ("--workers", "2", "--lr", "0.3", "--lr-schedule", "step", "--lr-step-size", "2",
+            "--lr-gamma", "0.5", "--checkpoint-dir", str(ckpt), "--checkpoint-every", "3")
+    c2, start = resume(server, args, crash_after_checkpoint_3(server, args, ckpt))
+    got = finish(c2, start, 8)
     assert got.tobytes() == reference(8, 2, lr=0.3, kind="step", gamma=0.5,
                                       step_size=2).tobytes()
 
@@ -132,9 +150,57 @@ def test_nesterov_with_weight_decay_and_a_schedule(server):
     (("--lr-schedule", "cosine", "--lr-total-steps", "5", "--lr-min", "1"),
      "--lr-min 1: want 0 <= lr-min <= --lr 0.01"),
     (("--optimizer", "nesterov"), "--optimizer nesterov needs --momentum F (F > 0)"),
-    (("--optimizer", "adagrad"), "--optimizer: 'adagrad' is not sgd, momentum or nesterov"),
+    (("--optimizer", "adam"),
+     "--optimizer: 'adam' is not sgd, momentum, nesterov, adagrad or rmsprop"),
+    (("--optimizer", "adagrad", "--momentum", "0.9"),
+     "--momentum is for sgd, momentum and nesterov, not --optimizer adagrad"),
 ])
 def test_bad_schedule_flags(flags, says):
     r = subprocess.run([SERVER_BIN, "--listen", "127.0.0.1:0", *flags], capture_output=True,
                        text=True, timeout=WAIT_S)
     assert r.returncode == 2 and r.stderr.strip() == f"paramex-server: {says}"
+
+
+def adaptive_reference(kind, steps, lr, eps, alpha=0.99, wd=0.0):
+    """optimizer.h's adagrad / rmsprop in f32: v = g*g (first) or v + g*g, resp.
+    (1-alpha)*(g*g) or alpha*v + (1-alpha)*(g*g); p -= lr * (g / (sqrt(v) + eps))."""
+    p, v = np.zeros(N, np.float32), None
+    om, a32 = np.float32(1) - np.float32(alpha), np.float32(alpha)
+    for s in range(steps):
+        g = (grad(0, s) + grad(1, s)) / np.float32(2)
+        if wd:
+            g = g + np.float32(wd) * p
+        sq = g * g
+        if kind == "adagrad":
+            v = sq if v is None else v + sq
+        else:
+            v = om * sq if v is None else a32 * v + om * sq
+        p = p - np.float32(lr) * (g / (np.sqrt(v) + np.float32(eps)))
+    return p
+
+
+@pytest.mark.parametrize("kind,flags,eps,alpha,wd", [
+    ("adagrad", (), 1e-10, 0.99, 0.0),
+    ("adagrad", ("--weight-decay", "0.01"), 1e-10, 0.99, 0.01),
+    ("rmsprop", ("--alpha", "0.9", "--eps", "1e-6"), 1e-6, 0.9, 0.0),
+])
+def test_adagrad_rmsprop_bit_exact(server, kind, flags, eps, alpha, wd):
+    got = train(server("--workers", "2", "--lr", "0.05", "--optimizer", kind, *flags), 6)
+    want = adaptive_reference(kind, 6, 0.05, eps, alpha, wd)
+    assert got.tobytes() == want.tobytes()
+
+
+def test_optimizer_state_restores_and_kinds_do_not_mix(server, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    args = ("--workers", "2", "--lr", "0.05", "--optimizer", "rmsprop",
+            "--checkpoint-dir", str(ckpt), "--checkpoint-every", "3")
+    srv = crash_after_checkpoint_3(server, args, ckpt)
+    # a momentum server does not take an rmsprop average for its momentum
+    r = subprocess.run([SERVER_BIN, "--listen", "127.0.0.1:0", "--workers", "2", "--momentum",
+                        "0.9", "--checkpoint-dir", str(ckpt)], capture_output=True, text=True,
+                       timeout=WAIT_S)
+    assert r.returncode == 1
+    assert "it holds rmsprop state, and this server's optimizer keeps momentum state" in r.stderr
+    c2, start = resume(server, args, srv)
+    got = finish(c2, start, 7)
+    assert got.tobytes() == adaptive_reference("rmsprop", 7, 0.05, 1e-8).tobytes()
