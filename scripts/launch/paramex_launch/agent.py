@@ -158,6 +158,9 @@ def run(join, token, role, index, offset, split, connect_timeout):
             leaving = "bye" if kind == "hub" and m is not None else "lost"
             if child is None:
                 break
+            if leaving == "lost":  # say why, while the launcher may still hear it
+                why = f"signal {m}" if kind == "signal" else "the launcher's connection ended"
+                conn.send({"line": f"paramex-launch agent: {why}: stopping the {role}"})
             child.signal(signal.SIGTERM)  # then the exit event ends the loop
             if kill_at is None:
                 kill_at = time.monotonic() + 30
