@@ -57,6 +57,16 @@ static int start(px_service* svc, const px_config* cfg, int* port) {
   return 0;
 }
 
+/* "HOST:port" of addr ("HOST:PORT") into out, which addr may be (a second restart);
+ * returns out. */
+static const char* with_port(char* out, size_t cap, const char* addr, int port) {
+  char host[256];
+  const char* colon = strrchr(addr, ':');
+  snprintf(host, sizeof host, "%.*s", (int)(colon - addr), addr);
+  snprintf(out, cap, "%s:%d", host, port);
+  return out;
+}
+
 /* A recovery generation asked this shard to go back to an older version (generation.h):
  * the service stops without a final checkpoint, the newer checkpoints are set aside, and
  * it starts again on the same port from the checkpoint at that version, under a new
@@ -71,18 +81,11 @@ static int restart_for_recovery(px_service* svc, px_config* cfg, int* port, char
   px_service_stop_for_restart(svc);
   px_service_deinit(svc);
   px_gen_set_aside_newer(dir[0] ? dir : NULL, version);
-  char host[256]; /* cfg->listen may be listen itself (a second restart) */
-  const char* colon = strrchr(cfg->listen, ':');
-  snprintf(host, sizeof host, "%.*s", (int)(colon - cfg->listen), cfg->listen);
-  snprintf(listen, cap, "%s:%d", host, *port);
-  cfg->listen = listen;
+  cfg->listen = with_port(listen, cap, cfg->listen, *port);
   static char metrics[300]; /* the same metrics port too */
-  if (cfg->metrics_listen) {
-    const char* mc = strrchr(cfg->metrics_listen, ':');
-    snprintf(host, sizeof host, "%.*s", (int)(mc - cfg->metrics_listen), cfg->metrics_listen);
-    snprintf(metrics, sizeof metrics, "%s:%d", host, svc->metrics.port);
-    cfg->metrics_listen = metrics;
-  }
+  if (cfg->metrics_listen)
+    cfg->metrics_listen = with_port(metrics, sizeof metrics, cfg->metrics_listen,
+                                    svc->metrics.port);
   int rc = start(svc, cfg, port);
   if (rc != 0) return rc;
   uint64_t vmax = 0, vmin = px_store_version_min(&svc->srv.store, &vmax);

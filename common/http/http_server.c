@@ -16,6 +16,7 @@
 
 #include "util/log.h"
 #include "util/net.h"
+#include "util/str.h"
 
 struct px_http {
   struct MHD_Daemon* d;
@@ -24,13 +25,6 @@ struct px_http {
   void* ctx;
   char* want_auth; /* "Bearer TOKEN" or NULL */
 };
-
-static bool same_secret(const char* a, const char* b) {
-  size_t na = strlen(a), nb = strlen(b);
-  unsigned char diff = (unsigned char)(na != nb);
-  for (size_t i = 0; i < na; i++) diff |= (unsigned char)(a[i] ^ b[i % (nb ? nb : 1)]);
-  return diff == 0;
-}
 
 static enum MHD_Result answer(struct MHD_Connection* c, unsigned code, const char* text,
                               const char* header, const char* value) {
@@ -63,7 +57,7 @@ static enum MHD_Result on_request(void* cls, struct MHD_Connection* c, const cha
   if (h->want_auth) {
     const char* got = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                                   MHD_HTTP_HEADER_AUTHORIZATION);
-    if (!got || !same_secret(got, h->want_auth))
+    if (!got || !px_secret_equal(h->want_auth, strlen(h->want_auth), got, strlen(got)))
       return answer(c, MHD_HTTP_UNAUTHORIZED, "a bearer token is required (Authorization: "
                     "Bearer TOKEN, the server's --token-file)\n",
                     MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");

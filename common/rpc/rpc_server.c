@@ -13,6 +13,7 @@
 #include "rpc/rpc_call.h"
 #include "util/clock.h"
 #include "util/log.h"
+#include "util/str.h"
 
 #define REQUESTS_PER_METHOD 8
 
@@ -76,12 +77,8 @@ static bool auth_ok(px_srv_call* c) {
   const grpc_slice* got = NULL;
   for (size_t i = 0; i < c->md.count; i++)
     if (grpc_slice_str_cmp(c->md.metadata[i].key, "authorization") == 0) got = &c->md.metadata[i].value;
-  size_t wl = strlen(want);
-  const uint8_t* g = got ? GRPC_SLICE_START_PTR(*got) : NULL;
-  size_t gl = got ? GRPC_SLICE_LENGTH(*got) : 0;
-  unsigned diff = gl != wl;
-  for (size_t i = 0; i < wl; i++) diff |= (unsigned)(uint8_t)want[i] ^ (i < gl ? g[i] : 0u);
-  return diff == 0;
+  const char* g = got ? (const char*)GRPC_SLICE_START_PTR(*got) : NULL;
+  return px_secret_equal(want, strlen(want), g, got ? GRPC_SLICE_LENGTH(*got) : 0);
 }
 
 static void request_new(px_rpc_server* srv, int method);

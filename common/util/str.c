@@ -84,3 +84,10 @@ size_t px_json_char(const unsigned char* p, size_t n, char out[6], size_t* used)
   *used = len;
   return len;
 }
+
+int px_secret_equal(const char* want, size_t wl, const char* got, size_t gl) {
+  unsigned diff = gl != wl;
+  for (size_t i = 0; i < wl; i++)
+    diff |= (unsigned)(unsigned char)want[i] ^ (i < gl ? (unsigned char)got[i] : 0u);
+  return diff == 0;
+}

@@ -16,6 +16,10 @@ char* px_str_oneline(char* s);
  * U+10FFFF): what a protobuf string field must hold for other languages' parsers. */
 int px_utf8_valid(const char* s, size_t n);
 
+/* Whether got[0..gl) equals want[0..wl) (a bearer header against the expected one), in
+ * time that depends only on wl: no early exit on the first difference. */
+int px_secret_equal(const char* want, size_t wl, const char* got, size_t gl);
+
 /* Length of the well-formed UTF-8 sequence that starts at p (n >= 1 bytes available), 0
  * when p[0] does not start one (the same rules as px_utf8_valid). */
 size_t px_utf8_seq(const unsigned char* p, size_t n);

@@ -91,11 +91,22 @@ static void test_json_char(void** state) {
   assert_int_equal(px_utf8_seq((const unsigned char*)"\xc0\xaf", 2), 0); /* overlong */
 }
 
+static void test_secret_equal(void** state) {
+  (void)state;
+  assert_true(px_secret_equal("Bearer ab", 9, "Bearer ab", 9));
+  assert_false(px_secret_equal("Bearer ab", 9, "Bearer ac", 9));
+  assert_false(px_secret_equal("Bearer ab", 9, "Bearer a", 8));   /* a prefix */
+  assert_false(px_secret_equal("Bearer ab", 9, "Bearer abc", 10)); /* longer */
+  assert_false(px_secret_equal("x", 1, NULL, 0));
+  assert_true(px_secret_equal("", 0, NULL, 0));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_strlcpy),
       cmocka_unit_test(test_utf8_valid),
       cmocka_unit_test(test_json_char),
+      cmocka_unit_test(test_secret_equal),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
