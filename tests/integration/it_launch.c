@@ -159,6 +159,18 @@ static void failing_worker(const char* backend) {
   assert_non_null(strstr(g_out1, "[server 0]"));
 }
 
+/* A job longer than any socket timeout with nothing said meanwhile (the agents' reads of
+ * the launcher once timed out after 10 s and stopped their shard as if it were gone). */
+static void test_quiet_job(void** state) {
+  (void)state;
+  const char* args[] = {"--shards", "1", "--workers", "1", "--", "/bin/sh", "-c",
+                        "sleep 12; echo quiet job done", NULL};
+  char out[1 << 14];
+  int rc = launch(args, out, sizeof out);
+  if (rc != 0 || !strstr(out, "[worker 0] quiet job done") || strstr(out, "connection ended"))
+    fail_msg("a 12 s quiet job did not end cleanly (exit %d):\n%s", rc, out);
+}
+
 static void test_failing_worker(void** state) {
   (void)state;
   failing_worker("local");
@@ -246,6 +258,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_two_shards_as_one),
       cmocka_unit_test(test_failing_worker),
+      cmocka_unit_test(test_quiet_job),
       cmocka_unit_test(test_mpi),
       cmocka_unit_test(test_bad_shards),
       cmocka_unit_test(test_usage_errors),

@@ -58,7 +58,11 @@ def connect(addr, timeout):
     until, pause = time.monotonic() + timeout, 0.05
     while True:
         try:
-            return socket.create_connection((host, port), timeout=10)
+            s = socket.create_connection((host, port), timeout=10)
+            # the timeout was for the connect: the hub may then say nothing for hours (a
+            # training run), and a read timing out read as the launcher gone
+            s.settimeout(None)
+            return s
         except OSError as e:
             if time.monotonic() > until:
                 fail(f"cannot reach the launcher at {addr} within {timeout:g} s: {e}")

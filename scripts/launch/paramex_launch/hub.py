@@ -30,6 +30,7 @@ class Peer:
     def __init__(self, conn, role, index, host):
         self.conn, self.role, self.index, self.host = conn, role, index, host
         self.tail, self.addr, self.rc, self.gone = [], None, None, False
+        self.ran = False  # told what to run: something to stop
 
     @property
     def name(self):
@@ -108,12 +109,14 @@ class Run:
         self.peers[key] = p
         if p.role == "server":
             p.conn.send({"run": self.server_argv(p.index), "env": {}})
+            p.ran = True
         elif self.servers:
             self._start_worker(p)
 
     def _start_worker(self, p):
         p.conn.send({"run": self.command, "env": {
             "PMX_SERVERS": self.servers, "PMX_RANK": p.index, "PMX_WORLD_SIZE": self.W}})
+        p.ran = True
 
     def _missing(self, role):
         return [i for i in range(self._count(role)) if (role, i) not in self.peers]
@@ -197,7 +200,8 @@ class Run:
         return self.stop(0)
 
     def _stop_group(self, role):
-        group = [p for (r, _i), p in self.peers.items() if r == role and not p.ended]
+        # an agent that was never told to run has nothing to stop (bye ends it)
+        group = [p for (r, _i), p in self.peers.items() if r == role and p.ran and not p.ended]
         for p in group:
             p.conn.send({"stop": self.stop_timeout})
         until = time.monotonic() + self.stop_timeout + 10  # the agent kills at stop_timeout
